@@ -1,0 +1,190 @@
+"""analyse stage: pure functions from a weight array to statistics and a histogram.
+
+Definitions (docs/statistics.md): every statistic is computed in float64 over the finite
+elements; NaN and ±inf are only counted. std is the population std, skew and kurtosis are the
+biased Fisher-Pearson g1 and excess g2 (scipy.stats defaults), percentiles interpolate linearly
+between order statistics (numpy.percentile's default), histogram bins are numpy.histogram's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+PERCENTILE_COLUMNS = tuple(f"p{q:02d}" for q in PERCENTILES)
+FINE_BINS = 65536  # fits uint16 indices; each histogram bin is a whole number of fine bins
+CHUNK = 1 << 18  # elements per pass: float64 scratch of 2 MiB stays in cache
+
+
+@dataclass(frozen=True)
+class StatsOptions:
+    near_zero: float = 1e-3
+    bins: int = 64
+
+
+@dataclass
+class Histogram:
+    edges: np.ndarray  # bins + 1 edges
+    counts: np.ndarray  # bins counts
+
+
+@dataclass
+class _Moments:
+    """Running count, mean and central moment sums, merged chunk by chunk (Pébay 2008)."""
+
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    m3: float = 0.0
+    m4: float = 0.0
+
+    def merge(self, n: int, mean: float, m2: float, m3: float, m4: float) -> None:
+        na, nb = self.n, n
+        total = na + nb
+        delta = mean - self.mean
+        d_n = delta / total
+        self.m4 += (
+            m4
+            + delta * d_n**3 * na * nb * (na * na - na * nb + nb * nb)
+            + 6 * d_n**2 * (na * na * m2 + nb * nb * self.m2)
+            + 4 * d_n * (na * m3 - nb * self.m3)
+        )
+        self.m3 += m3 + delta * d_n**2 * na * nb * (na - nb) + 3 * d_n * (na * m2 - nb * self.m2)
+        self.m2 += m2 + delta * d_n * na * nb
+        self.mean += d_n * nb
+        self.n = total
+
+
+def _empty_stats(size: int, nan_count: int, inf_count: int, near_zero: float) -> dict:
+    stats: dict = dict.fromkeys(
+        ("mean", "std", "min", "max", "abs_mean", "l1", "l2", "max_abs", "near_zero_frac",
+         "skew", "kurtosis", *PERCENTILE_COLUMNS),
+    )  # fmt: skip
+    stats.update(size=size, zero_count=0, nan_count=nan_count, inf_count=inf_count)
+    stats["near_zero_threshold"] = near_zero
+    return stats
+
+
+def tensor_stats(values: np.ndarray, options: StatsOptions) -> tuple[dict, Histogram | None]:
+    """Distribution statistics of a tensor and its histogram (None when nothing is finite)."""
+    flat = np.ascontiguousarray(values).reshape(-1)
+    if flat.dtype.kind not in "f":
+        flat = flat.astype(np.float64)
+    size = flat.size
+    nan_count = inf_count = 0
+    if size:
+        lo, hi = flat.min(), flat.max()
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            nan_count = int(np.count_nonzero(np.isnan(flat)))
+            inf_count = int(np.count_nonzero(np.isinf(flat)))
+            flat = flat[np.isfinite(flat)]
+            if flat.size:
+                lo, hi = flat.min(), flat.max()
+    if flat.size == 0:
+        return _empty_stats(size, nan_count, inf_count, options.near_zero), None
+
+    lo, hi = float(lo), float(hi)
+    if lo == hi:  # numpy.histogram widens a degenerate range the same way
+        edge_lo, edge_hi = lo - 0.5, hi + 0.5
+    else:
+        edge_lo, edge_hi = lo, hi
+    fine = options.bins * (FINE_BINS // options.bins)
+    scale = fine / (edge_hi - edge_lo)
+
+    moments = _Moments()
+    l1 = 0.0
+    zeros = near = 0
+    fine_counts = np.zeros(fine, dtype=np.int64)
+    buf = np.empty(min(CHUNK, flat.size), dtype=np.float64)
+    sq = np.empty_like(buf)
+    for start in range(0, flat.size, CHUNK):
+        chunk = flat[start : start + CHUNK]
+        n = chunk.size
+        x, x2 = buf[:n], sq[:n]
+        np.copyto(x, chunk, casting="unsafe")
+        zeros += n - int(np.count_nonzero(x))
+        idx = _fine_index(x, edge_lo, scale, fine, x2)
+        fine_counts += np.bincount(idx, minlength=fine)
+        np.abs(x, out=x2)
+        l1 += float(x2.sum())
+        near += int(np.count_nonzero(x2 < options.near_zero))
+        mean = float(x.sum()) / n
+        x -= mean
+        np.multiply(x, x, out=x2)
+        moments.merge(n, mean, float(x2.sum()), float(np.dot(x2, x)), float(np.dot(x2, x2)))
+
+    n = moments.n
+    m2, m3, m4 = moments.m2 / n, moments.m3 / n, moments.m4 / n
+    constant = m2 <= 0.0 or lo == hi
+    stats = _empty_stats(size, nan_count, inf_count, options.near_zero)
+    stats.update(
+        mean=moments.mean,
+        std=0.0 if constant else math.sqrt(m2),
+        min=lo,
+        max=hi,
+        abs_mean=l1 / n,
+        l1=l1,
+        l2=math.sqrt(moments.m2 + n * moments.mean**2),
+        max_abs=max(abs(lo), abs(hi)),
+        zero_count=zeros,
+        near_zero_frac=near / n,
+        skew=None if constant else m3 / m2**1.5,
+        kurtosis=None if constant else m4 / m2**2 - 3.0,
+    )
+    stats.update(zip(PERCENTILE_COLUMNS, _percentiles(flat, fine_counts, edge_lo, scale)))
+    counts = fine_counts.reshape(options.bins, -1).sum(axis=1)
+    return stats, Histogram(np.linspace(edge_lo, edge_hi, options.bins + 1), counts)
+
+
+def _fine_index(x: np.ndarray, lo: float, scale: float, fine: int, out: np.ndarray) -> np.ndarray:
+    """Monotone bin index of each value among `fine` equal bins (the last bin is closed)."""
+    np.subtract(x, lo, out=out)
+    out *= scale
+    np.minimum(out, fine - 1, out=out)
+    return out.astype(np.uint16 if fine <= 65536 else np.int64)
+
+
+def _percentiles(flat: np.ndarray, fine_counts: np.ndarray, lo: float, scale: float) -> list:
+    """Exact percentiles (numpy's linear rule) without sorting: the fine histogram says which
+    bins hold the wanted order statistics, and only those bins' values are gathered and sorted."""
+    n = flat.size
+    positions = [(n - 1) * q / 100 for q in PERCENTILES]
+    ranks = sorted({r for h in positions for r in (math.floor(h), min(math.floor(h) + 1, n - 1))})
+    cum = np.cumsum(fine_counts)
+    rank_bins = np.searchsorted(cum, ranks, side="right")
+    wanted = np.zeros(fine_counts.size, dtype=bool)
+    wanted[rank_bins] = True
+    parts = []
+    scratch = np.empty(min(CHUNK, n), dtype=np.float64)
+    for start in range(0, n, CHUNK):
+        chunk = flat[start : start + CHUNK]
+        x = scratch[: chunk.size]
+        np.copyto(x, chunk, casting="unsafe")
+        idx = _fine_index(x, lo, scale, fine_counts.size, np.empty_like(x))
+        parts.append(chunk[wanted[idx]])
+    gathered = np.sort(np.concatenate(parts).astype(np.float64))
+    # Values of the wanted bins sit in `gathered` in bin order (the index is monotone).
+    wanted_bins = np.flatnonzero(wanted)
+    starts = np.concatenate(([0], np.cumsum(fine_counts[wanted_bins])[:-1]))
+    before = cum[wanted_bins] - fine_counts[wanted_bins]
+    order = {}
+    for rank, b in zip(ranks, rank_bins, strict=True):
+        j = int(np.searchsorted(wanted_bins, b))
+        order[rank] = float(gathered[starts[j] + rank - before[j]])
+    out = []
+    for h in positions:
+        k = math.floor(h)
+        a, b = order[k], order[min(k + 1, n - 1)]
+        out.append(a + (h - k) * (b - a))
+    return out
+
+
+def sample_indices(size: int, n: int, seed: int) -> np.ndarray:
+    """`n` distinct flat indices drawn uniformly (all of them when n >= size), ascending."""
+    if n >= size:
+        return np.arange(size, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(size, size=n, replace=False)).astype(np.int64)

@@ -1,0 +1,44 @@
+"""The Python API for notebooks and scripts; the CLI is a thin layer over it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+
+from wpipe import views
+
+DEFAULT_DB = "wpipe.duckdb"
+
+
+def default_db() -> str:
+    return os.environ.get("WPIPE_DB", DEFAULT_DB)
+
+
+def connect(db: str | os.PathLike | None = None) -> duckdb.DuckDBPyConnection:
+    """Open an ingested database with the views of `sql/` (re)applied."""
+    path = Path(db or default_db())
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such database; run `wpipe ingest` first")
+    con = duckdb.connect(str(path))
+    views.apply(con)
+    return con
+
+
+def resolve_model(con: duckdb.DuckDBPyConnection, ref: str) -> str:
+    """model_id of the model named `ref` by name, path, or unique model_id prefix."""
+    absolute = str(Path(ref).resolve())
+    rows = con.execute(
+        "SELECT model_id FROM models WHERE name = ? OR path = ? OR path = ?",
+        [ref, ref, absolute],
+    ).fetchall()
+    if not rows:
+        rows = con.execute(
+            "SELECT model_id FROM models WHERE starts_with(model_id, ?)", [ref.lower()]
+        ).fetchall()
+    if len(rows) == 1:
+        return rows[0][0]
+    if not rows:
+        raise LookupError(f"no model is named {ref!r} (try `wpipe models`)")
+    raise LookupError(f"{ref!r} names {len(rows)} models; use a longer name or the path")

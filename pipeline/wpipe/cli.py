@@ -1,0 +1,236 @@
+"""The `wpipe` command line: thin Typer commands over the API and the pipeline stages.
+
+Exit codes: 0 success; 1 some model files could not be read (the rest were stored);
+2 usage error (bad option, unknown model, invalid SQL, missing database).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from datetime import date, datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from wpipe import api, schema, store
+from wpipe.analysis import StatsOptions
+from wpipe.ingest import Outcome, ingest
+from wpipe.tables import ValuesMode
+
+app = typer.Typer(
+    help="Compare many trained Keras models by their weights: ingest, query, compare.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+out = Console()
+err = Console(stderr=True)
+
+DbOption = typer.Option(None, "--db", envvar="WPIPE_DB", help="DuckDB file [default: wpipe.duckdb]")
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+FormatOption = typer.Option(Format.table, "--format", "-f", help="Output format.")
+
+
+def _usage_error(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    return typer.Exit(2)
+
+
+def _connect(db: str | None) -> duckdb.DuckDBPyConnection:
+    try:
+        return api.connect(db)
+    except FileNotFoundError as exc:
+        raise _usage_error(str(exc)) from None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return value
+
+
+def emit(columns: list[str], rows: list[tuple], fmt: Format, title: str | None = None) -> None:
+    """Print rows as a rich table, CSV or JSON (a list of objects)."""
+    if fmt is Format.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+    elif fmt is Format.json:
+        records = [{c: _jsonable(v) for c, v in zip(columns, row, strict=True)} for row in rows]
+        sys.stdout.write(json.dumps(records, indent=2, default=str) + "\n")
+    else:
+        table = Table(title=title, header_style="bold")
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*(_cell(v) for v in row))
+        out.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "[dim]–[/dim]"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value).replace("[", r"\[")
+
+
+@app.command("ingest")
+def ingest_command(
+    paths: list[Path] = typer.Argument(..., help="Model files or folders (searched recursively)."),
+    db: str | None = DbOption,
+    lake: Path | None = typer.Option(
+        None, help="Parquet lake folder [default: the database path with suffix .lake]"
+    ),
+    jobs: int = typer.Option(os.cpu_count() or 1, "--jobs", "-j", min=1, help="Worker processes."),
+    values: str = typer.Option(
+        "all", help="Per-value rows in weight_values: all, none, or sample:N per tensor."
+    ),
+    near_zero: float = typer.Option(
+        1e-3, min=0.0, help="|w| below this counts as near zero (weights.near_zero_frac)."
+    ),
+    bins: int = typer.Option(64, min=1, max=65536, help="Histogram bins per tensor."),
+    prune: bool = typer.Option(False, help="Drop models whose files were deleted."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+) -> None:
+    """Read every Keras model file under PATHS into the Parquet lake and the database."""
+    try:
+        mode = ValuesMode.parse(values)
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from None
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise _usage_error(f"no such file or folder: {', '.join(missing)}")
+    db_path = db or api.default_db()
+    lake_path = lake or store.default_lake(db_path)
+    database = store.Database(db_path)
+    progress = Progress(
+        TextColumn("[bold]ingest"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=err,
+        disable=quiet,
+        transient=True,
+    )
+    task = progress.add_task("", total=0)
+
+    def started(total: int) -> None:
+        progress.update(task, total=total)
+
+    def done(outcome: Outcome) -> None:
+        if outcome.status == "failed":
+            progress.console.print(
+                f"[red]failed:[/red] {outcome.message}", markup=True, highlight=False
+            )
+        progress.update(task, advance=1, description=Path(outcome.path).name)
+
+    try:
+        with progress:
+            report = ingest(
+                paths,
+                database,
+                lake_path,
+                options=StatsOptions(near_zero=near_zero, bins=bins),
+                values=mode,
+                jobs=jobs,
+                prune=prune,
+                on_start=started,
+                on_done=done,
+            )
+    finally:
+        database.close()
+    if not quiet:
+        for outcome in report.failed:
+            if outcome.error == "unchanged-failure":
+                err.print(f"failed earlier, unchanged: {outcome.message}", highlight=False)
+        mb = report.bytes_read / 1e6
+        rate = f", {mb / report.seconds:.1f} MB/s" if report.seconds and mb else ""
+        err.print(
+            f"{report.files} files: {report.ingested} ingested, {report.unchanged} unchanged, "
+            f"{len(report.failed)} failed"
+            + (f", {report.pruned} pruned" if prune else "")
+            + f" — {report.n_tensors:,} tensors, {report.n_params:,} parameters, "
+            f"{mb:.1f} MB read in {report.seconds:.1f} s{rate} → {db_path}",
+            highlight=False,
+        )
+    raise typer.Exit(1 if report.failed else 0)
+
+
+@app.command("models")
+def models_command(db: str | None = DbOption, fmt: Format = FormatOption) -> None:
+    """List the ingested models: size, format, versions, architecture group."""
+    con = _connect(db)
+    result = con.execute(
+        "SELECT name, format, keras_version, model_class, n_layers, n_params, n_trainable, "
+        "n_non_trainable, arch_id, model_id FROM models ORDER BY name"
+    )
+    emit([d[0] for d in result.description], result.fetchall(), fmt, title="models")
+
+
+@app.command("layers")
+def layers_command(
+    model: str = typer.Argument(..., help="Model name, path, or model_id prefix."),
+    db: str | None = DbOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """List one model's layers with their classes and parameter counts."""
+    con = _connect(db)
+    try:
+        model_id = api.resolve_model(con, model)
+    except LookupError as exc:
+        raise _usage_error(str(exc)) from None
+    result = con.execute(
+        "SELECT layer_index, layer_path, class_name, trainable, n_params, n_trainable, "
+        "n_tensors, activation, units, filters, kernel_size FROM layers "
+        "WHERE model_id = ? ORDER BY layer_index",
+        [model_id],
+    )
+    emit([d[0] for d in result.description], result.fetchall(), fmt, title=model)
+
+
+@app.command("query")
+def query_command(
+    sql: str = typer.Argument(..., help="SQL over the tables and views (see `wpipe schema`)."),
+    db: str | None = DbOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """Run SQL against the database and print the result."""
+    con = _connect(db)
+    try:
+        result = con.execute(sql)
+    except duckdb.Error as exc:
+        raise _usage_error(str(exc).splitlines()[0]) from None
+    if result.description is None:
+        return
+    emit([d[0] for d in result.description], result.fetchall(), fmt)
+
+
+@app.command("schema")
+def schema_command(fmt: Format = FormatOption) -> None:
+    """Describe every table and column of the database contract."""
+    rows = [
+        (table.name, column.name, str(column.type), column.doc)
+        for table in schema.ALL_TABLES
+        for column in table.columns
+    ]
+    emit(["table", "column", "type", "meaning"], rows, fmt, title="wpipe tables")

@@ -1,0 +1,227 @@
+"""Ingest: find model files, read and analyse each (in a process pool), store the results.
+
+Reading a file is a pure map (file -> Parquet partition), so workers never touch DuckDB; the
+parent swaps each finished partition into the lake and loads it in one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+from wpipe import store
+from wpipe.analysis import StatsOptions
+from wpipe.readers import ModelReadError, open_model, sniff
+from wpipe.tables import FileInfo, ValuesMode, build_tables, model_id_for
+
+MODEL_SUFFIXES = (".h5", ".hdf5", ".keras")
+
+
+@dataclass(frozen=True)
+class Job:
+    path: str
+    lake: str
+    size: int
+    mtime: float
+    known_sha: str | None
+    options: StatsOptions
+    values: ValuesMode
+
+
+@dataclass
+class Outcome:
+    path: str
+    model_id: str
+    status: str  # "ingested" | "unchanged" | "failed"
+    partition: str | None = None
+    sha256: str | None = None
+    error: str | None = None
+    message: str | None = None
+    n_tensors: int = 0
+    n_params: int = 0
+    bytes_read: int = 0
+
+
+@dataclass
+class Report:
+    files: int = 0
+    ingested: int = 0
+    unchanged: int = 0
+    failed: list[Outcome] = field(default_factory=list)
+    pruned: int = 0
+    n_tensors: int = 0
+    n_params: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+
+
+def discover(paths: Iterable[str | os.PathLike], skip: Iterable[Path] = ()) -> list[Path]:
+    """Model files under `paths`: named files as given, folders walked recursively.
+
+    In folders a file counts when its content starts like HDF5 or ZIP or its name ends like a
+    Keras file; hidden folders and the `skip` folders (the lake) are not entered.
+    """
+    skipped = {p.resolve() for p in skip}
+    found: list[Path] = []
+    for raw in paths:
+        root = Path(raw).resolve()
+        if root.is_file():
+            found.append(root)
+            continue
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(
+                d for d in dirs if not d.startswith(".") and Path(folder, d) not in skipped
+            )
+            for name in sorted(files):
+                candidate = Path(folder, name)
+                if name.lower().endswith(MODEL_SUFFIXES) or (
+                    candidate.is_file() and _looks_like_model(candidate)
+                ):
+                    found.append(candidate)
+    return list(dict.fromkeys(found))
+
+
+def _looks_like_model(path: Path) -> bool:
+    try:
+        return sniff(path) is not None
+    except OSError:
+        return False
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run_job(job: Job) -> Outcome:
+    """Read, analyse and write one model's partition; never raises."""
+    model_id = model_id_for(job.path)
+    outcome = Outcome(job.path, model_id, "failed", bytes_read=job.size)
+    partition = None
+    try:
+        sha = sha256_of(job.path)
+        outcome.sha256 = sha
+        if sha == job.known_sha:
+            outcome.status = "unchanged"
+            return outcome
+        info = FileInfo(model_id, job.path, sha, job.size, job.mtime)
+        with open_model(job.path) as model:
+            partition = store.Partition(Path(job.lake), model_id)
+            tables = build_tables(model, info, job.options, job.values, partition.write_values)
+            partition.finish(tables)
+        row = tables["models"].to_pylist()[0]
+        outcome.status = "ingested"
+        outcome.partition = str(partition.tmp)
+        outcome.n_tensors, outcome.n_params = row["n_tensors"], row["n_params"]
+    except ModelReadError as exc:
+        outcome.error, outcome.message = exc.code, exc.message
+    except OSError as exc:
+        outcome.error, outcome.message = "io-error", f"{job.path}: {exc.strerror or exc}"
+    except Exception as exc:  # a bug must not stop the other files; the message says so
+        outcome.error = "internal-error"
+        outcome.message = f"{job.path}: wpipe failed on this file ({type(exc).__name__}: {exc})"
+    if outcome.status == "failed" and partition is not None:
+        partition.abort()
+    return outcome
+
+
+def ingest(
+    paths: Iterable[str | os.PathLike],
+    db: store.Database,
+    lake: Path,
+    options: StatsOptions | None = None,
+    values: ValuesMode | None = None,
+    jobs: int = 1,
+    prune: bool = False,
+    on_start: Callable[[int], None] | None = None,
+    on_done: Callable[[Outcome], None] | None = None,
+) -> Report:
+    """Bring the database up to date with the model files under `paths`."""
+    started = time.perf_counter()
+    options = options or StatsOptions()
+    values = values or ValuesMode("all")
+    roots = [Path(p).resolve() for p in paths]
+    lake = lake.resolve()
+    files = discover(roots, skip=[lake])
+    known, failures = db.known_files(), db.known_failures()
+    report = Report(files=len(files))
+    work: list[Job] = []
+    for path in files:
+        stat = path.stat()
+        key = str(path)
+        previous = known.get(key) or failures.get(key)
+        if previous and previous[0] == stat.st_size and previous[1] == stat.st_mtime:
+            if key in known:
+                report.unchanged += 1
+            else:  # failed before and unchanged since: still a failure, not retried
+                report.failed.append(
+                    Outcome(key, model_id_for(key), "failed", error="unchanged-failure",
+                            message=previous[2])
+                )  # fmt: skip
+            continue
+        known_sha = known[key][2] if key in known else None
+        work.append(Job(key, str(lake), stat.st_size, stat.st_mtime, known_sha, options, values))
+
+    if on_start:
+        on_start(len(work))
+    by_path = {job.path: job for job in work}
+    for outcome in _map(work, jobs):
+        _store(outcome, by_path[outcome.path], db, lake, report)
+        if on_done:
+            on_done(outcome)
+    if prune:
+        report.pruned = _prune(db, lake, roots)
+    db.refresh_names()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _map(work: list[Job], jobs: int) -> Iterable[Outcome]:
+    if jobs <= 1 or len(work) <= 1:
+        yield from map(run_job, work)
+        return
+    # spawn, not fork: the parent holds an open DuckDB connection and its threads.
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(run_job, job) for job in work]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def _store(outcome: Outcome, job: Job, db: store.Database, lake: Path, report: Report) -> None:
+    if outcome.status == "unchanged":
+        db.touch_model(outcome.path, job.mtime)
+        report.unchanged += 1
+    elif outcome.status == "ingested":
+        final = store.commit_partition(lake, outcome.model_id, Path(outcome.partition))
+        db.replace_model(outcome.model_id, final)
+        report.ingested += 1
+        report.n_tensors += outcome.n_tensors
+        report.n_params += outcome.n_params
+        report.bytes_read += outcome.bytes_read
+    else:
+        db.record_error(outcome.path, outcome.error, outcome.message, job.size, job.mtime)
+        report.failed.append(outcome)
+
+
+def _prune(db: store.Database, lake: Path, roots: list[Path]) -> int:
+    """Drop models (and recorded failures) whose files under `roots` no longer exist."""
+
+    def gone(path: str) -> bool:
+        p = Path(path)
+        return any(p == r or r in p.parents for r in roots) and not p.exists()
+
+    stale = {model_id for model_id, (path, *_) in db.known_files_by_id().items() if gone(path)}
+    db.remove_models(stale)
+    for model_id in stale:
+        store.remove_partition(lake, model_id)
+    db.clear_errors(p for p in db.known_failures() if gone(p))
+    return len(stale)

@@ -1,0 +1,61 @@
+"""Format-neutral records every reader yields: a model, its leaf layers, their weight tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+class ModelReadError(Exception):
+    """A file that cannot be read as a Keras model; `code` is a short machine-readable reason."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Tensor:
+    """One weight tensor; `load()` reads and decodes it only when called."""
+
+    weight_name: str  # canonical name within its layer: `kernel`, `forward/bias`, `query/kernel`
+    role: str  # the last component of weight_name, normalised (`W` of Keras 1 -> `kernel`)
+    trainable: bool
+    source_name: str  # where it lives in the file, verbatim
+    shape: tuple[int, ...]
+    dtype: str  # logical dtype: float32, float16, bfloat16, ...
+    load: Callable[[], np.ndarray]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass
+class Layer:
+    layer_path: str  # `encoder/dense_1` for layers of nested models
+    layer_name: str
+    class_name: str | None  # None when the file carries no architecture
+    config: dict[str, Any] | None
+    trainable: bool
+    tensors: list[Tensor] = field(default_factory=list)
+
+
+@dataclass
+class Model:
+    path: str
+    format: str
+    keras_version: str | None
+    backend: str | None
+    model_class: str | None
+    optimizer: str | None
+    loss: str | None
+    layers: list[Layer]
+    n_optimizer_tensors: int = 0
+    n_optimizer_params: int = 0
+    model_config: str | None = None  # raw JSON text, kept verbatim
+    training_config: str | None = None

@@ -1,0 +1,95 @@
+"""Safe, encoding-tolerant access to HDF5 objects: no external links, no virtual or external data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h5py
+import numpy as np
+
+from wpipe.readers.base import ModelReadError
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def text(value: Any) -> Any:
+    """Normalise an attribute value: bytes -> str, arrays -> lists of normalised items."""
+    if isinstance(value, bytes | np.bytes_):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.ndarray):
+        return [text(v) for v in value.tolist()] if value.ndim else text(value.item())
+    if isinstance(value, list | tuple):
+        return [text(v) for v in value]
+    return value
+
+
+def attr(obj: h5py.HLObject, name: str) -> Any:
+    return text(obj.attrs[name]) if name in obj.attrs else None
+
+
+def name_list(obj: h5py.HLObject, name: str) -> list[str] | None:
+    """A list attribute, reassembled from `name0`, `name1`, … when Keras chunked it (>64 KB)."""
+    if name in obj.attrs:
+        value = text(obj.attrs[name])
+        # A layer without weights has `weight_names = []`, which h5py stores as empty float64.
+        return [v for v in value if isinstance(v, str)] if isinstance(value, list) else [value]
+    chunks: list[str] = []
+    index = 0
+    while f"{name}{index}" in obj.attrs:
+        chunks.extend(text(obj.attrs[f"{name}{index}"]))
+        index += 1
+    return chunks if index else None
+
+
+def child(group: h5py.Group, path: str, where: str) -> h5py.HLObject:
+    """Resolve `path` below `group` one component at a time, refusing external links."""
+    node: h5py.HLObject = group
+    for part in path.split("/"):
+        if not part:
+            continue
+        if not isinstance(node, h5py.Group):
+            raise ModelReadError("missing-object", f"{where}: '{path}' crosses a dataset")
+        link = node.get(part, getlink=True)
+        if link is None:
+            raise ModelReadError("missing-object", f"{where}: '{path}' is not in the file")
+        if isinstance(link, h5py.ExternalLink):
+            raise ModelReadError(
+                "external-link", f"{where}: '{path}' is an external link to {link.filename}"
+            )
+        node = node[part]
+    return node
+
+
+def dataset(group: h5py.Group, path: str, where: str) -> h5py.Dataset:
+    node = child(group, path, where)
+    if not isinstance(node, h5py.Dataset):
+        raise ModelReadError("missing-object", f"{where}: '{path}' is not a dataset")
+    if node.is_virtual:
+        raise ModelReadError("virtual-dataset", f"{where}: '{path}' is a virtual dataset")
+    if node.external:
+        raise ModelReadError(
+            "external-storage", f"{where}: '{path}' stores its data in an external file"
+        )
+    return node
+
+
+def logical_dtype(ds: h5py.Dataset) -> str:
+    """float32, float16, …; a 2-byte opaque type is bfloat16 (Keras stores it so)."""
+    if ds.dtype.kind == "V" and ds.dtype.itemsize == 2:
+        return "bfloat16"
+    marker = attr(ds, "dtype")
+    if marker == "bfloat16":
+        return "bfloat16"
+    return ds.dtype.name
+
+
+def read_array(ds: h5py.Dataset) -> np.ndarray:
+    """The dataset's values; bfloat16 is widened to float32 exactly."""
+    if logical_dtype(ds) == "bfloat16":
+        raw = np.ascontiguousarray(ds[()]).view(np.uint16)
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    return ds[()]
+
+
+def is_hdf5(head: bytes) -> bool:
+    return head.startswith(HDF5_SIGNATURE)

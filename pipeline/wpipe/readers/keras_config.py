@@ -1,0 +1,164 @@
+"""Keras architecture JSON (all generations) -> a tree of layer specs, plus weight-name rules."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from wpipe.readers.base import ModelReadError
+
+MODEL_CLASSES = {"Sequential", "Functional", "Model"}
+
+# Variables Keras creates non-trainable, whatever the layer's `trainable` flag says.
+NON_TRAINABLE_ROLES = {"moving_mean", "moving_variance"}
+NON_TRAINABLE_BY_CLASS = {"Normalization": {"mean", "variance", "count"}}
+
+# Keras 1 weight suffixes (`dense_1_W`) and BatchNormalization's misnamed variance.
+ROLE_ALIASES = {
+    "W": "kernel",
+    "U": "recurrent_kernel",
+    "b": "bias",
+    "running_mean": "moving_mean",
+    "running_std": "moving_variance",
+}
+_KERAS1_GATE = re.compile(r"^([WUb])_([a-z])$")
+_CELL_SCOPE = re.compile(r"^(cell|[a-z_]*_cell(_\d+)?)$")
+_WEIGHT_SUFFIX = re.compile(r":\d+(_\d+)?$")
+CONFIG_FIELDS = {
+    "units": ("units", "output_dim"),
+    "filters": ("filters", "nb_filter"),
+    "activation": ("activation",),
+}
+
+
+@dataclass
+class LayerSpec:
+    name: str
+    class_name: str
+    config: dict[str, Any]
+    trainable: bool
+    children: list[LayerSpec] | None  # set for a nested model
+
+    @property
+    def inner(self) -> dict[str, Any]:
+        return inner_config(self.config)
+
+
+def inner_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config that describes the computation: a wrapper's wrapped layer, else itself."""
+    wrapped = config.get("layer")
+    if isinstance(wrapped, dict) and isinstance(wrapped.get("config"), dict):
+        return wrapped["config"]
+    return config
+
+
+def parse_json(raw: str | None, what: str, where: str) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ModelReadError("bad-json", f"{where}: {what} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ModelReadError("bad-json", f"{where}: {what} is not a JSON object")
+    return value
+
+
+def model_tree(model_config: dict[str, Any]) -> tuple[str | None, list[LayerSpec]]:
+    """The model's class name and its top-level layer specs (nested models expanded)."""
+    spec = _spec(model_config, "model")
+    return spec.class_name, spec.children or []
+
+
+def _spec(entry: dict[str, Any], fallback_name: str) -> LayerSpec:
+    class_name = str(entry.get("class_name", ""))
+    config = entry.get("config")
+    if isinstance(config, list):  # Keras 1 and 2.0–2.2.2 Sequential: a bare list of layers
+        config = {"layers": config}
+    if not isinstance(config, dict):
+        config = {}
+    name = entry.get("name") or config.get("name") or fallback_name
+    children = None
+    if class_name in MODEL_CLASSES or isinstance(config.get("layers"), list):
+        entries = [e for e in config.get("layers", []) if isinstance(e, dict)]
+        if class_name == "Sequential":  # Sequential.layers never lists its InputLayer
+            entries = [e for e in entries if e.get("class_name") != "InputLayer"]
+        children = [_spec(e, f"{name}_{i}") for i, e in enumerate(entries)]
+        config = {k: v for k, v in config.items() if k != "layers"}
+    trainable = config.get("trainable", True) is not False
+    return LayerSpec(str(name), class_name, config, trainable, children)
+
+
+def layer_fields(config: dict[str, Any] | None) -> dict[str, Any]:
+    """units / filters / activation / kernel_size from a layer config, across Keras generations."""
+    inner = inner_config(config or {})
+    out: dict[str, Any] = {}
+    for field, keys in CONFIG_FIELDS.items():
+        out[field] = next((inner[k] for k in keys if inner.get(k) is not None), None)
+    if isinstance(out["activation"], dict):  # a serialized activation object
+        out["activation"] = out["activation"].get("config", out["activation"].get("class_name"))
+    if not isinstance(out["activation"], str):
+        out["activation"] = None
+    for field in ("units", "filters"):
+        if not isinstance(out[field], int) or isinstance(out[field], bool):
+            out[field] = None
+    kernel = inner.get("kernel_size")
+    if kernel is None and "nb_row" in inner:
+        kernel = [inner["nb_row"], inner.get("nb_col", inner["nb_row"])]
+    elif kernel is None and "filter_length" in inner:
+        kernel = [inner["filter_length"]]
+    if isinstance(kernel, int):
+        kernel = [kernel]
+    out["kernel_size"] = (
+        [int(k) for k in kernel]
+        if isinstance(kernel, list) and all(isinstance(k, int) for k in kernel)
+        else None
+    )
+    return out
+
+
+def canonical_weight_name(parts: list[str], layer_name: str, class_name: str | None) -> str:
+    """Name of a variable within its layer, the same whichever Keras wrote it.
+
+    `parts` is the variable's stored name split on `/`. Drops `:0`, the layer's own scope,
+    RNN cell scopes and TimeDistributed's inner scope; Bidirectional halves become
+    `forward`/`backward`; Keras 1 suffixes become Keras 2 roles (`dense_1_W` -> `kernel`).
+    """
+    last = _WEIGHT_SUFFIX.sub("", parts[-1])
+    scopes = parts[:-1]
+    own_scope = re.compile(re.escape(layer_name) + r"(_\d+)?")
+    if scopes and own_scope.fullmatch(scopes[0]):
+        scopes = scopes[1:]
+    if not scopes and last.startswith(layer_name + "_"):
+        last = last[len(layer_name) + 1 :]
+    out: list[str] = []
+    for scope in scopes:
+        if _CELL_SCOPE.fullmatch(scope):
+            continue
+        if scope.startswith("forward"):
+            out.append("forward")
+        elif scope.startswith("backward"):
+            out.append("backward")
+        elif class_name != "TimeDistributed":
+            out.append(scope)
+    gate = _KERAS1_GATE.match(last)
+    if gate:
+        last = f"{ROLE_ALIASES[gate.group(1)]}_{gate.group(2)}"
+    return "/".join([*out, ROLE_ALIASES.get(last, last)])
+
+
+def role_of(weight_name: str) -> str:
+    """`kernel` for `forward/kernel` and for Keras 1's per-gate `kernel_i`."""
+    last = weight_name.rsplit("/", 1)[-1]
+    base, _, gate = last.rpartition("_")
+    if base in ("kernel", "recurrent_kernel", "bias") and len(gate) == 1:
+        return base
+    return last
+
+
+def is_trainable(role: str, class_name: str | None, layer_trainable: bool) -> bool:
+    if not layer_trainable or role in NON_TRAINABLE_ROLES:
+        return False
+    return role not in NON_TRAINABLE_BY_CLASS.get(class_name or "", set())

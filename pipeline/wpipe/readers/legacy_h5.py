@@ -1,0 +1,207 @@
+"""Legacy Keras HDF5: full models (`model_config` + `model_weights`) and `save_weights` files.
+
+Written by Keras 1, Keras 2, tf.keras / tf_keras and Keras 3 (`.h5` path); keras_formats.md §3.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import h5py
+import numpy as np
+
+from wpipe.readers import h5safe
+from wpipe.readers.base import Layer, Model, ModelReadError, Tensor
+from wpipe.readers.keras_config import (
+    LayerSpec,
+    canonical_weight_name,
+    is_trainable,
+    model_tree,
+    parse_json,
+    role_of,
+)
+
+FULL_MODEL = "h5-model"
+WEIGHTS_ONLY = "h5-weights"
+
+
+def claims(f: h5py.File) -> bool:
+    """True for the legacy layouts (§1.2 steps 1–3)."""
+    attrs = f.attrs
+    return (
+        "model_config" in attrs
+        or "layer_names" in attrs
+        or "layer_names0" in attrs
+        or isinstance(f.get("model_weights", getlink=True), h5py.HardLink)
+    )
+
+
+def read(f: h5py.File, where: str) -> Model:
+    model_json = h5safe.attr(f, "model_config")
+    full = model_json is not None or "model_weights" in f
+    weights_root = h5safe.child(f, "model_weights", where) if full else f
+    config = parse_json(model_json, "model_config", where)
+    training = parse_json(h5safe.attr(f, "training_config"), "training_config", where)
+    model_class, specs = model_tree(config) if config else (None, [])
+    layer_names = h5safe.name_list(weights_root, "layer_names")
+    if layer_names is None:
+        raise ModelReadError("not-keras", f"{where}: weights group has no layer_names attribute")
+
+    by_name = {spec.name: spec for spec in specs}
+    layers: list[Layer] = []
+    for name in layer_names:
+        group = h5safe.child(weights_root, name, where)
+        weight_names = h5safe.name_list(group, "weight_names") or []
+        spec = by_name.get(name)
+        if spec is not None and spec.children is not None:
+            layers.extend(_nested(group, weight_names, spec, name, True, where))
+        else:
+            layers.append(_leaf(group, weight_names, name, name, spec, True, where))
+    if "top_level_model_weights" in weights_root:
+        group = h5safe.child(weights_root, "top_level_model_weights", where)
+        names = h5safe.name_list(group, "weight_names") or []
+        if names:
+            layers.append(_leaf(group, names, "top_level_model_weights", "", None, True, where))
+
+    n_opt_tensors, n_opt_params = _optimizer_counts(f, where)
+    optimizer, loss = _training_summary(training)
+    keras_version = h5safe.attr(weights_root, "keras_version") or h5safe.attr(f, "keras_version")
+    backend = h5safe.attr(weights_root, "backend") or h5safe.attr(f, "backend")
+    return Model(
+        path=where,
+        format=FULL_MODEL if full else WEIGHTS_ONLY,
+        keras_version=keras_version,
+        backend=backend,
+        model_class=model_class,
+        optimizer=optimizer,
+        loss=loss,
+        layers=layers,
+        n_optimizer_tensors=n_opt_tensors,
+        n_optimizer_params=n_opt_params,
+        model_config=model_json,
+        training_config=h5safe.attr(f, "training_config"),
+    )
+
+
+def _nested(
+    group: h5py.Group,
+    weight_names: list[str],
+    spec: LayerSpec,
+    prefix: str,
+    enclosing_trainable: bool,
+    where: str,
+) -> Iterator[Layer]:
+    """A nested model's group holds all its sublayers' variables; split them by name prefix."""
+    children = spec.children or []
+    child_names = {c.name for c in children}
+    owned: dict[str, list[tuple[str, list[str]]]] = {c.name: [] for c in children}
+    orphans: list[str] = []
+    for full in weight_names:
+        parts = full.split("/")
+        hit = next((i for i, p in enumerate(parts[:-1]) if p in child_names), None)
+        if hit is None:
+            orphans.append(full)
+        else:
+            owned[parts[hit]].append((full, parts[hit + 1 :]))
+    trainable = enclosing_trainable and spec.trainable
+    for sub in children:
+        path = f"{prefix}/{sub.name}"
+        pairs = owned[sub.name]
+        if sub.children is not None:
+            yield from _nested(group, [full for full, _ in pairs], sub, path, trainable, where)
+        else:
+            yield _layer(group, pairs, path, sub.name, sub, trainable, where)
+    if orphans:
+        yield _leaf(group, orphans, prefix, spec.name, None, trainable, where)
+
+
+def _leaf(
+    group: h5py.Group,
+    weight_names: list[str],
+    path: str,
+    name: str,
+    spec: LayerSpec | None,
+    enclosing_trainable: bool,
+    where: str,
+) -> Layer:
+    pairs = [(full, full.split("/")) for full in weight_names]
+    return _layer(group, pairs, path, name, spec, enclosing_trainable, where)
+
+
+def _layer(
+    group: h5py.Group,
+    pairs: list[tuple[str, list[str]]],
+    path: str,
+    name: str,
+    spec: LayerSpec | None,
+    enclosing_trainable: bool,
+    where: str,
+) -> Layer:
+    """One leaf layer; `pairs` are (stored name, its components relative to the layer)."""
+    class_name = spec.class_name if spec else None
+    layer_trainable = enclosing_trainable and (spec.trainable if spec else True)
+    if spec and spec.inner is not spec.config and spec.inner.get("trainable") is False:
+        layer_trainable = False
+    tensors: list[Tensor] = []
+    seen: set[str] = set()
+    for full, parts in pairs:
+        ds = h5safe.dataset(group, full, where)
+        weight_name = canonical_weight_name(parts, name, class_name)
+        unique, n = weight_name, 1
+        while unique in seen:
+            unique, n = f"{weight_name}_{n}", n + 1
+        seen.add(unique)
+        role = role_of(weight_name)
+        tensors.append(
+            Tensor(
+                weight_name=unique,
+                role=role,
+                trainable=is_trainable(role, class_name, layer_trainable),
+                source_name=f"{group.name}/{full}",
+                shape=tuple(int(d) for d in ds.shape),
+                dtype=h5safe.logical_dtype(ds),
+                load=_loader(ds, where),
+            )
+        )
+    return Layer(
+        layer_path=path,
+        layer_name=name,
+        class_name=class_name,
+        config=spec.config if spec else None,
+        trainable=layer_trainable,
+        tensors=tensors,
+    )
+
+
+def _loader(ds: h5py.Dataset, where: str):
+    def load() -> np.ndarray:
+        try:
+            return h5safe.read_array(ds)
+        except (OSError, ValueError) as exc:
+            raise ModelReadError("corrupt", f"{where}: cannot read {ds.name} ({exc})") from None
+
+    return load
+
+
+def _optimizer_counts(f: h5py.File, where: str) -> tuple[int, int]:
+    link = f.get("optimizer_weights", getlink=True)
+    if not isinstance(link, h5py.HardLink):
+        return 0, 0
+    group = f["optimizer_weights"]
+    names = h5safe.name_list(group, "weight_names") or []
+    sizes = [h5safe.dataset(group, n, where).size for n in names]
+    return len(sizes), int(sum(sizes))
+
+
+def _training_summary(training: dict | None) -> tuple[str | None, str | None]:
+    if not training:
+        return None, None
+    opt = training.get("optimizer_config")
+    optimizer = opt.get("class_name") if isinstance(opt, dict) else opt
+    if isinstance(optimizer, str):
+        optimizer = optimizer.split(">")[-1]  # Keras 2.11+ writes "Custom>Adam"
+    loss = training.get("loss")
+    if loss is not None and not isinstance(loss, str):
+        loss = json.dumps(loss, sort_keys=True)
+    return optimizer if isinstance(optimizer, str) else None, loss

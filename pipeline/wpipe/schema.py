@@ -1,0 +1,179 @@
+"""The table contract: every table, column, type and meaning, in one place.
+
+Users write SQL against these names (DESIGN.md). Add columns freely; never rename or remove.
+The store creates Parquet and DuckDB tables from this; `wpipe schema` prints it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType
+    doc: str
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    grain: str
+    columns: tuple[Column, ...]
+
+    @property
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema([pa.field(c.name, c.type) for c in self.columns])
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+def _c(name: str, type_: pa.DataType, doc: str) -> Column:
+    return Column(name, type_, doc)
+
+
+STR, I64, I32, F64, F32, BOOL = (
+    pa.string(),
+    pa.int64(),
+    pa.int32(),
+    pa.float64(),
+    pa.float32(),
+    pa.bool_(),
+)
+TS = pa.timestamp("us", tz="UTC")
+TENSOR_KEY = (
+    _c("model_id", STR, "model the tensor belongs to (models.model_id)"),
+    _c("layer_path", STR, "layer path, nested models joined with '/' (layers.layer_path)"),
+    _c("weight_name", STR, "canonical name within the layer: kernel, forward/bias, query/kernel"),
+)
+
+MODELS = Table(
+    "models",
+    "model file",
+    (
+        _c("model_id", STR, "16 hex digits identifying the file (from its absolute path)"),
+        _c("name", STR, "file stem, widened with parent folders where two models share it"),
+        _c("path", STR, "absolute path of the file"),
+        _c("sha256", STR, "SHA-256 of the file's bytes"),
+        _c("file_bytes", I64, "file size in bytes"),
+        _c("mtime", F64, "file modification time (seconds since the epoch) when ingested"),
+        _c("format", STR, "on-disk layout: h5-model (full model) or h5-weights (save_weights)"),
+        _c("keras_version", STR, "Keras version recorded by the writer (NULL: Keras 1)"),
+        _c("backend", STR, "backend recorded by the writer (tensorflow, jax, theano, ...)"),
+        _c("model_class", STR, "Sequential, Functional, Model, ... (NULL without architecture)"),
+        _c("arch_id", STR, "fingerprint of weighted layers' classes and weight shapes"),
+        _c("n_layers", I64, "leaf layers (rows in layers), weightless ones included"),
+        _c("n_tensors", I64, "weight tensors (rows in weights)"),
+        _c("n_params", I64, "all weight elements, as Keras count_params()"),
+        _c("n_trainable", I64, "trainable elements, as Keras summary()"),
+        _c("n_non_trainable", I64, "non-trainable elements: BN moving stats, frozen layers"),
+        _c("n_optimizer_tensors", I64, "optimizer state tensors stored in the file"),
+        _c("n_optimizer_params", I64, "optimizer state elements stored in the file"),
+        _c("optimizer", STR, "optimizer class from the training config (NULL if none)"),
+        _c("loss", STR, "loss from the training config (text or JSON)"),
+        _c("model_config", STR, "architecture JSON, verbatim"),
+        _c("training_config", STR, "training config JSON, verbatim"),
+        _c("ingested_at", TS, "when this file was ingested"),
+    ),
+)
+
+LAYERS = Table(
+    "layers",
+    "leaf layer (layers of nested models get a path such as encoder/dense_1)",
+    (
+        _c("model_id", STR, "models.model_id"),
+        _c("layer_index", I32, "position among the model's leaf layers, from 0"),
+        _c("layer_path", STR, "unique path of the layer in the model"),
+        _c("layer_name", STR, "the layer's own name"),
+        _c("class_name", STR, "Keras class (NULL when the file has no architecture)"),
+        _c("trainable", BOOL, "the layer and every enclosing model are trainable"),
+        _c("n_params", I64, "weight elements in the layer (Keras count_params())"),
+        _c("n_trainable", I64, "trainable weight elements in the layer"),
+        _c("n_tensors", I32, "weight tensors in the layer"),
+        _c("activation", STR, "activation from the config (wrapped layer's for wrappers)"),
+        _c("units", I64, "units / output_dim from the config"),
+        _c("filters", I64, "filters / nb_filter from the config"),
+        _c("kernel_size", pa.list_(I64), "kernel size from the config"),
+        _c("config", STR, "the layer's config as JSON text"),
+    ),
+)
+
+WEIGHTS = Table(
+    "weights",
+    "weight tensor; statistics in float64 over finite values (see docs/statistics.md)",
+    (
+        *TENSOR_KEY,
+        _c("weight_index", I32, "position of the tensor in the model's saved order, from 0"),
+        _c("role", STR, "kernel, recurrent_kernel, bias, gamma, beta, moving_mean, ..."),
+        _c("trainable", BOOL, "counted as trainable by Keras"),
+        _c("dtype", STR, "stored dtype (bfloat16 is decoded to float32 for analysis)"),
+        _c("shape", pa.list_(I64), "tensor shape"),
+        _c("size", I64, "number of elements"),
+        _c("source_name", STR, "where the tensor lives in the file, verbatim"),
+        _c("mean", F64, "arithmetic mean"),
+        _c("std", F64, "population standard deviation (divides by n)"),
+        _c("min", F64, "smallest value"),
+        _c("max", F64, "largest value"),
+        _c("abs_mean", F64, "mean of |w|"),
+        _c("l1", F64, "sum of |w|"),
+        _c("l2", F64, "Euclidean (Frobenius) norm, sqrt(sum w^2)"),
+        _c("max_abs", F64, "largest |w|"),
+        _c("zero_count", I64, "elements exactly 0"),
+        _c("near_zero_frac", F64, "fraction of elements with |w| < near_zero_threshold"),
+        _c("near_zero_threshold", F64, "threshold used for near_zero_frac (--near-zero)"),
+        _c("nan_count", I64, "NaN elements (excluded from every other statistic)"),
+        _c("inf_count", I64, "+/-inf elements (excluded from every other statistic)"),
+        _c("p01", F64, "1st percentile (linear interpolation, as numpy.percentile)"),
+        _c("p05", F64, "5th percentile"),
+        _c("p25", F64, "25th percentile"),
+        _c("p50", F64, "median"),
+        _c("p75", F64, "75th percentile"),
+        _c("p95", F64, "95th percentile"),
+        _c("p99", F64, "99th percentile"),
+        _c("skew", F64, "Fisher-Pearson skewness m3/m2^1.5 (biased; NULL if constant)"),
+        _c("kurtosis", F64, "excess kurtosis m4/m2^2 - 3 (biased; NULL if constant)"),
+    ),
+)
+
+HISTOGRAMS = Table(
+    "histograms",
+    "histogram bin of a tensor: equal-width bins over [min, max], as numpy.histogram",
+    (
+        *TENSOR_KEY,
+        _c("bin", I32, "bin number from 0"),
+        _c("lo", F64, "lower edge (inclusive)"),
+        _c("hi", F64, "upper edge (exclusive; inclusive for the last bin)"),
+        _c("count", I64, "finite elements in the bin"),
+    ),
+)
+
+WEIGHT_VALUES = Table(
+    "weight_values",
+    "single weight value (all by default; --values sample:N or none)",
+    (
+        *TENSOR_KEY,
+        _c("flat_index", I64, "index in the C-order flattened tensor"),
+        _c("value", F32, "the value as float32 (exact for float32/float16/bfloat16 tensors)"),
+    ),
+)
+
+INGEST_ERRORS = Table(
+    "ingest_errors",
+    "file that could not be read",
+    (
+        _c("path", STR, "absolute path of the file"),
+        _c("error", STR, "short reason code: empty-file, not-hdf5, truncated, not-keras, ..."),
+        _c("message", STR, "one line naming the file and the reason"),
+        _c("at", TS, "when the failure was recorded"),
+        _c("file_bytes", I64, "file size when it failed (an unchanged file is not retried)"),
+        _c("mtime", F64, "file modification time when it failed"),
+    ),
+)
+
+MODEL_TABLES = (MODELS, LAYERS, WEIGHTS, HISTOGRAMS, WEIGHT_VALUES)
+ALL_TABLES = (*MODEL_TABLES, INGEST_ERRORS)

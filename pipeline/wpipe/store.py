@@ -1,0 +1,194 @@
+"""store stage: the Parquet lake (one folder per model, swapped in atomically) and DuckDB.
+
+Lake layout: `<lake>/<model_id>/<table>.parquet` for models, layers, weights, histograms and
+weight_values. A partition is written under `<lake>/.tmp/` and renamed into place, so a reader
+never sees half a model. The DuckDB file holds the same tables plus ingest_errors; each model is
+replaced inside one transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path, PurePath
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from wpipe import schema, views
+from wpipe.tables import file_stem
+
+_DUCK_TYPES = {
+    pa.string(): "VARCHAR",
+    pa.int64(): "BIGINT",
+    pa.int32(): "INTEGER",
+    pa.float64(): "DOUBLE",
+    pa.float32(): "FLOAT",
+    pa.bool_(): "BOOLEAN",
+    pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
+    pa.list_(pa.int64()): "BIGINT[]",
+}
+
+
+def _ddl(table: schema.Table) -> str:
+    columns = ", ".join(f'"{c.name}" {_DUCK_TYPES[c.type]}' for c in table.columns)
+    return f"CREATE TABLE IF NOT EXISTS {table.name} ({columns})"
+
+
+def default_lake(db_path: str | os.PathLike) -> Path:
+    return Path(db_path).with_suffix(".lake")
+
+
+class Partition:
+    """A model's Parquet files being written; `commit()` swaps them into the lake."""
+
+    def __init__(self, lake: Path, model_id: str) -> None:
+        self.tmp = lake / ".tmp" / f"{model_id}-{uuid.uuid4().hex[:8]}"
+        self.tmp.mkdir(parents=True)
+        self._values: pq.ParquetWriter | None = None
+
+    def write_values(self, batch: pa.RecordBatch) -> None:
+        if self._values is None:
+            self._values = pq.ParquetWriter(self.tmp / "weight_values.parquet", batch.schema)
+        self._values.write_batch(batch)
+
+    def finish(self, tables: dict[str, pa.Table]) -> None:
+        if self._values is not None:
+            self._values.close()
+        else:
+            empty = schema.WEIGHT_VALUES.arrow_schema.empty_table()
+            pq.write_table(empty, self.tmp / "weight_values.parquet")
+        for name, table in tables.items():
+            pq.write_table(table, self.tmp / f"{name}.parquet")
+
+    def abort(self) -> None:
+        if self._values is not None:
+            self._values.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def commit_partition(lake: Path, model_id: str, tmp: Path) -> Path:
+    """Swap a finished partition into the lake (renames: atomic on one filesystem)."""
+    final = lake / model_id
+    trash = None
+    if final.exists():
+        trash = lake / ".tmp" / f"trash-{model_id}-{uuid.uuid4().hex[:8]}"
+        final.rename(trash)
+    tmp.rename(final)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+    return final
+
+
+def remove_partition(lake: Path, model_id: str) -> None:
+    shutil.rmtree(lake / model_id, ignore_errors=True)
+
+
+class Database:
+    """The DuckDB file: contract tables, views, and per-model replace/remove."""
+
+    def __init__(self, path: str | os.PathLike, read_only: bool = False) -> None:
+        self.path = str(path)
+        self.con = duckdb.connect(self.path, read_only=read_only)
+        if not read_only:
+            for table in schema.ALL_TABLES:
+                self.con.execute(_ddl(table))
+            views.apply(self.con)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def known_files(self) -> dict[str, tuple[int, float, str]]:
+        """path -> (file_bytes, mtime, sha256) of every ingested model."""
+        rows = self.con.execute("SELECT path, file_bytes, mtime, sha256 FROM models").fetchall()
+        return {p: (b, m, s) for p, b, m, s in rows}
+
+    def known_files_by_id(self) -> dict[str, tuple[str, int, float]]:
+        """model_id -> (path, file_bytes, mtime)."""
+        rows = self.con.execute("SELECT model_id, path, file_bytes, mtime FROM models")
+        return {mid: (p, b, m) for mid, p, b, m in rows.fetchall()}
+
+    def known_failures(self) -> dict[str, tuple[int, float, str]]:
+        """path -> (file_bytes, mtime, message) of every recorded failure."""
+        rows = self.con.execute("SELECT path, file_bytes, mtime, message FROM ingest_errors")
+        return {p: (b, m, msg) for p, b, m, msg in rows.fetchall()}
+
+    def replace_model(self, model_id: str, partition: Path) -> None:
+        """Swap a model's rows for those in its lake partition, all or nothing."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for table in schema.MODEL_TABLES:
+                self.con.execute(f"DELETE FROM {table.name} WHERE model_id = ?", [model_id])
+                columns = ", ".join(f'"{c}"' for c in table.column_names)
+                source = str(partition / f"{table.name}.parquet")
+                self.con.execute(
+                    f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM read_parquet(?)",
+                    [source],
+                )
+            path = self.con.execute(
+                "SELECT path FROM models WHERE model_id = ?", [model_id]
+            ).fetchone()
+            if path:
+                self.con.execute("DELETE FROM ingest_errors WHERE path = ?", [path[0]])
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+
+    def touch_model(self, path: str, mtime: float) -> None:
+        self.con.execute("UPDATE models SET mtime = ? WHERE path = ?", [mtime, path])
+
+    def remove_models(self, model_ids: Iterable[str]) -> None:
+        ids = list(model_ids)
+        if not ids:
+            return
+        self.con.execute("BEGIN TRANSACTION")
+        for table in schema.MODEL_TABLES:
+            self.con.execute(f"DELETE FROM {table.name} WHERE list_contains(?, model_id)", [ids])
+        self.con.execute("COMMIT")
+
+    def record_error(self, path: str, code: str, message: str, size: int, mtime: float) -> None:
+        self.con.execute("BEGIN TRANSACTION")
+        self.con.execute("DELETE FROM ingest_errors WHERE path = ?", [path])
+        self.con.execute(
+            "INSERT INTO ingest_errors (path, error, message, at, file_bytes, mtime) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [path, code, message, datetime.now(timezone.utc), size, mtime],
+        )
+        self.con.execute("COMMIT")
+
+    def clear_errors(self, paths: Iterable[str]) -> None:
+        for path in paths:
+            self.con.execute("DELETE FROM ingest_errors WHERE path = ?", [path])
+
+    def refresh_names(self) -> None:
+        """Give every model the shortest unique name: its stem, widened by parent folders."""
+        rows = self.con.execute("SELECT model_id, path, name FROM models").fetchall()
+        names = unique_names({mid: path for mid, path, _ in rows}, file_stem)
+        changed = [(names[mid], mid) for mid, _, old in rows if names[mid] != old]
+        if changed:
+            self.con.executemany("UPDATE models SET name = ? WHERE model_id = ?", changed)
+
+
+def unique_names(paths: dict[str, str], stem: Callable[[str], str]) -> dict[str, str]:
+    """key -> shortest `parent/.../stem` that no other path shares."""
+    parts = {k: [*PurePath(p).parent.parts, stem(p)] for k, p in paths.items()}
+    depth = dict.fromkeys(paths, 1)
+    while True:
+        names = {k: "/".join(parts[k][-depth[k] :]) for k in paths}
+        seen: dict[str, list[str]] = {}
+        for k, name in names.items():
+            seen.setdefault(name, []).append(k)
+        clashes = [ks for ks in seen.values() if len(ks) > 1]
+        grown = False
+        for ks in clashes:
+            for k in ks:
+                if depth[k] < len(parts[k]):
+                    depth[k] += 1
+                    grown = True
+        if not grown:
+            return names

@@ -1,0 +1,182 @@
+"""analyse stage: one read Model -> the rows of the contract tables (as Arrow)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+
+from wpipe import schema
+from wpipe.analysis import StatsOptions, sample_indices, tensor_stats
+from wpipe.readers import Model
+from wpipe.readers.keras_config import layer_fields
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    model_id: str
+    path: str
+    sha256: str
+    file_bytes: int
+    mtime: float
+
+
+@dataclass(frozen=True)
+class ValuesMode:
+    """How many values per tensor go to weight_values: all, none, or a uniform sample of N."""
+
+    kind: str  # "all" | "none" | "sample"
+    n: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> ValuesMode:
+        if text in ("all", "none"):
+            return cls(text)
+        kind, _, number = text.partition(":")
+        if kind == "sample" and number.isdigit() and int(number) > 0:
+            return cls("sample", int(number))
+        raise ValueError(f"--values must be all, none or sample:N (N > 0), not {text!r}")
+
+
+def model_id_for(path: str) -> str:
+    return hashlib.sha1(path.encode("utf-8")).hexdigest()[:16]
+
+
+def arch_id(model: Model) -> str:
+    """Fingerprint of the weighted layers' classes and weight shapes, in order."""
+    signature = [
+        [layer.class_name, [[t.role, list(t.shape)] for t in layer.tensors]]
+        for layer in model.layers
+        if layer.tensors
+    ]
+    return hashlib.sha256(json.dumps(signature).encode()).hexdigest()[:16]
+
+
+def build_tables(
+    model: Model,
+    info: FileInfo,
+    options: StatsOptions,
+    values: ValuesMode,
+    emit_values: Callable[[pa.RecordBatch], None],
+) -> dict[str, pa.Table]:
+    """Analyse every tensor (one in memory at a time); weight_values go to `emit_values`."""
+    layer_rows, weight_rows, hist_rows = [], [], []
+    weight_index = 0
+    for layer_index, layer in enumerate(model.layers):
+        layer_rows.append(
+            {
+                "model_id": info.model_id,
+                "layer_index": layer_index,
+                "layer_path": layer.layer_path,
+                "layer_name": layer.layer_name,
+                "class_name": layer.class_name,
+                "trainable": layer.trainable,
+                "n_params": sum(t.size for t in layer.tensors),
+                "n_trainable": sum(t.size for t in layer.tensors if t.trainable),
+                "n_tensors": len(layer.tensors),
+                **layer_fields(layer.config),
+                "config": json.dumps(layer.config, sort_keys=True) if layer.config else None,
+            }
+        )
+        for tensor in layer.tensors:
+            key = {
+                "model_id": info.model_id,
+                "layer_path": layer.layer_path,
+                "weight_name": tensor.weight_name,
+            }
+            array = tensor.load()
+            stats, hist = tensor_stats(array, options)
+            weight_rows.append(
+                {
+                    **key,
+                    "weight_index": weight_index,
+                    "role": tensor.role,
+                    "trainable": tensor.trainable,
+                    "dtype": tensor.dtype,
+                    "shape": list(tensor.shape),
+                    "source_name": tensor.source_name,
+                    **stats,
+                }
+            )
+            weight_index += 1
+            if hist is not None:
+                for b, count in enumerate(hist.counts.tolist()):
+                    hist_rows.append(
+                        {**key, "bin": b, "lo": hist.edges[b], "hi": hist.edges[b + 1],
+                         "count": count}
+                    )  # fmt: skip
+            if values.kind != "none" and array.size:
+                emit_values(_values_batch(key, array, values))
+            del array
+
+    tensors = [t for layer in model.layers for t in layer.tensors]
+    model_row = {
+        "model_id": info.model_id,
+        "name": file_stem(info.path),
+        "path": info.path,
+        "sha256": info.sha256,
+        "file_bytes": info.file_bytes,
+        "mtime": info.mtime,
+        "format": model.format,
+        "keras_version": model.keras_version,
+        "backend": model.backend,
+        "model_class": model.model_class,
+        "arch_id": arch_id(model),
+        "n_layers": len(model.layers),
+        "n_tensors": len(tensors),
+        "n_params": sum(t.size for t in tensors),
+        "n_trainable": sum(t.size for t in tensors if t.trainable),
+        "n_non_trainable": sum(t.size for t in tensors if not t.trainable),
+        "n_optimizer_tensors": model.n_optimizer_tensors,
+        "n_optimizer_params": model.n_optimizer_params,
+        "optimizer": model.optimizer,
+        "loss": model.loss,
+        "model_config": model.model_config,
+        "training_config": model.training_config,
+        "ingested_at": datetime.now(timezone.utc),
+    }
+    return {
+        "models": _table(schema.MODELS, [model_row]),
+        "layers": _table(schema.LAYERS, layer_rows),
+        "weights": _table(schema.WEIGHTS, weight_rows),
+        "histograms": _table(schema.HISTOGRAMS, hist_rows),
+    }
+
+
+def file_stem(path: str) -> str:
+    """File name without its model suffix: `e05` for `e05.h5`, `m` for `m.weights.h5`."""
+    name = path.replace("\\", "/").rsplit("/", 1)[-1]
+    for suffix in (".weights.h5", ".weights.json", ".h5", ".hdf5", ".keras"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _table(table: schema.Table, rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=table.arrow_schema)
+
+
+def _values_batch(key: dict, array: np.ndarray, mode: ValuesMode) -> pa.RecordBatch:
+    flat = array.reshape(-1)
+    if mode.kind == "sample":
+        seed = zlib.crc32("/".join(key.values()).encode())
+        index = sample_indices(flat.size, mode.n, seed)
+        flat = flat[index]
+    else:
+        index = np.arange(flat.size, dtype=np.int64)
+    n = flat.size
+    zeros = pa.array(np.zeros(n, dtype=np.int32))
+    key_columns = [pa.DictionaryArray.from_arrays(zeros, pa.array([v])) for v in key.values()]
+    columns = [
+        *key_columns,
+        pa.array(index),
+        pa.array(flat.astype(np.float32, copy=False)),
+    ]
+    names = schema.WEIGHT_VALUES.column_names
+    return pa.RecordBatch.from_arrays(columns, names=names)
