@@ -134,7 +134,9 @@ def tensor_stats(values: np.ndarray, options: StatsOptions) -> tuple[dict, Histo
         skew=None if constant else m3 / m2**1.5,
         kurtosis=None if constant else m4 / m2**2 - 3.0,
     )
-    stats.update(zip(PERCENTILE_COLUMNS, _percentiles(flat, fine_counts, edge_lo, scale)))
+    stats.update(
+        zip(PERCENTILE_COLUMNS, _percentiles(flat, fine_counts, edge_lo, scale), strict=True)
+    )
     counts = fine_counts.reshape(options.bins, -1).sum(axis=1)
     return stats, Histogram(np.linspace(edge_lo, edge_hi, options.bins + 1), counts)
 

@@ -1,4 +1,4 @@
-"""Safe, encoding-tolerant access to HDF5 objects: no external links, no virtual or external data."""
+"""Safe, encoding-tolerant HDF5 access: no external links, no virtual or external data."""
 
 from __future__ import annotations
 
