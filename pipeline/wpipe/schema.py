@@ -105,7 +105,7 @@ LAYERS = Table(
 
 WEIGHTS = Table(
     "weights",
-    "weight tensor; statistics in float64 over finite values (see docs/statistics.md)",
+    "weight tensor; statistics in float64 over finite values (README: Statistics)",
     (
         *TENSOR_KEY,
         _c("weight_index", I32, "position of the tensor in the model's saved order, from 0"),

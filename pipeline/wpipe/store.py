@@ -155,7 +155,7 @@ class Database:
         self.con.execute("BEGIN TRANSACTION")
         self.con.execute("DELETE FROM ingest_errors WHERE path = ?", [path])
         self.con.execute(
-            "INSERT INTO ingest_errors (path, error, message, at, file_bytes, mtime) "
+            'INSERT INTO ingest_errors (path, error, message, "at", file_bytes, mtime) '
             "VALUES (?, ?, ?, ?, ?, ?)",
             [path, code, message, datetime.now(timezone.utc), size, mtime],
         )

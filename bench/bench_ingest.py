@@ -1,0 +1,173 @@
+"""`make bench`: wpipe ingest against a plain h5py read of the same files, in one run.
+
+Two workloads, both in the real Keras legacy layout:
+  zoo  - 240 small checkpoints: copies of a real Keras-saved demo CNN with fresh random weights;
+  big  - one VGG16-sized full model (138M parameters, 553 MB) written with h5py.
+The reference reads every weight dataset with h5py and makes one numpy pass over it (sum).
+Each measurement runs in a fresh child process (so its peak RSS is its own), alternating
+reference and wpipe; the best of the repeats is reported, with the ratio wpipe / reference.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "bench" / "_data"
+SEED_MODEL = ROOT / "examples" / "models" / "cnn_lr1e-3" / "e01.h5"
+ZOO_SIZE = 240
+REPEATS = 2
+
+VGG16 = [  # (layer, kernel shape) in Keras layout; bias = last dim
+    ("block1_conv1", (3, 3, 3, 64)), ("block1_conv2", (3, 3, 64, 64)),
+    ("block2_conv1", (3, 3, 64, 128)), ("block2_conv2", (3, 3, 128, 128)),
+    ("block3_conv1", (3, 3, 128, 256)), ("block3_conv2", (3, 3, 256, 256)),
+    ("block3_conv3", (3, 3, 256, 256)), ("block4_conv1", (3, 3, 256, 512)),
+    ("block4_conv2", (3, 3, 512, 512)), ("block4_conv3", (3, 3, 512, 512)),
+    ("block5_conv1", (3, 3, 512, 512)), ("block5_conv2", (3, 3, 512, 512)),
+    ("block5_conv3", (3, 3, 512, 512)), ("fc1", (25088, 4096)), ("fc2", (4096, 4096)),
+    ("predictions", (4096, 1000)),
+]  # fmt: skip
+
+
+def make_zoo(folder: Path) -> None:
+    if folder.exists() and len(list(folder.glob("*.h5"))) == ZOO_SIZE:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(ZOO_SIZE):
+        target = folder / f"ckpt_{i:03d}.h5"
+        shutil.copy2(SEED_MODEL, target)
+        with h5py.File(target, "r+") as f:
+
+            def refill(_name, obj):
+                if isinstance(obj, h5py.Dataset) and obj.dtype.kind == "f":
+                    obj[...] = rng.normal(0, 0.1, obj.shape).astype(obj.dtype)
+
+            f["model_weights"].visititems(refill)
+
+
+def make_big(path: Path) -> None:
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    layers = [{"class_name": "Conv2D" if "conv" in n else "Dense",
+               "config": {"name": n, "trainable": True}} for n, _ in VGG16]  # fmt: skip
+    config = {"class_name": "Sequential", "config": {"name": "vgg16", "layers": layers}}
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = json.dumps(config).encode()
+        f.attrs["keras_version"] = "2.15.0"
+        f.attrs["backend"] = "tensorflow"
+        weights = f.create_group("model_weights")
+        weights.attrs["layer_names"] = [n.encode() for n, _ in VGG16]
+        for name, shape in VGG16:
+            group = weights.create_group(name)
+            group.attrs["weight_names"] = [f"{name}/kernel:0".encode(), f"{name}/bias:0".encode()]
+            group[f"{name}/kernel:0"] = rng.standard_normal(shape, dtype=np.float32) * 0.01
+            group[f"{name}/bias:0"] = rng.standard_normal(shape[-1], dtype=np.float32) * 0.01
+
+
+def reference(paths: list[str]) -> dict:
+    """Read every weight dataset with h5py and make one numpy pass over it."""
+    total = 0.0
+    largest = 0
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            datasets = []
+            f["model_weights"].visititems(
+                lambda _n, o: datasets.append(o) if isinstance(o, h5py.Dataset) else None
+            )
+            for ds in datasets:
+                array = ds[()]
+                largest = max(largest, array.nbytes)
+                total += float(np.sum(array, dtype=np.float64))
+    return {"largest_tensor": largest, "checksum": total}
+
+
+def wpipe_ingest(paths: list[str], db: str, jobs: int, values: str) -> dict:
+    from wpipe import store
+    from wpipe.ingest import ingest
+    from wpipe.tables import ValuesMode
+
+    for leftover in (Path(db), Path(db).with_suffix(".lake")):
+        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(
+            missing_ok=True
+        )
+    database = store.Database(db)
+    report = ingest(paths, database, Path(db).with_suffix(".lake"), values=ValuesMode.parse(values),
+                    jobs=jobs)  # fmt: skip
+    database.close()
+    assert not report.failed, report.failed
+    return {"ingested": report.ingested}
+
+
+def child(kind: str, args: list[str]) -> None:
+    started = time.perf_counter()
+    if kind == "reference":
+        extra = reference(args)
+    else:
+        db, jobs, values, *paths = args
+        extra = wpipe_ingest(paths, db, int(jobs), values)
+    seconds = time.perf_counter() - started
+    rss = max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    )
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": rss / 1024, **extra}))
+
+
+def measure(kind: str, args: list[str]) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", kind, *args],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def compare(label: str, paths: list[str], jobs: int, values: str) -> None:
+    mb = sum(Path(p).stat().st_size for p in paths) / 1e6
+    db = str(DATA / f"bench_{label}.duckdb")
+    ref_runs, our_runs = [], []
+    for _ in range(REPEATS):
+        ref_runs.append(measure("reference", paths))
+        our_runs.append(measure("wpipe", [db, str(jobs), values, *paths]))
+    ref = min(ref_runs, key=lambda r: r["seconds"])
+    ours = min(our_runs, key=lambda r: r["seconds"])
+    largest_mb = ref["largest_tensor"] / 1e6
+    print(
+        f"{label:<28} files={len(paths):<4} {mb:8.1f} MB | reference {ref['seconds']:7.2f} s "
+        f"{mb / ref['seconds']:7.0f} MB/s rss {ref['peak_rss_mb']:6.0f} MB | wpipe "
+        f"{ours['seconds']:7.2f} s {mb / ours['seconds']:7.0f} MB/s rss "
+        f"{ours['peak_rss_mb']:6.0f} MB | ratio {ours['seconds'] / ref['seconds']:5.2f}x | "
+        f"rss budget 3x largest tensor + 300 MB = {3 * largest_mb + 300:.0f} MB"
+    )
+
+
+def main() -> None:
+    zoo = DATA / "zoo"
+    big = DATA / "vgg16_like.h5"
+    make_zoo(zoo)
+    make_big(big)
+    zoo_paths = sorted(str(p) for p in zoo.glob("*.h5"))
+    print(f"wpipe bench: best of {REPEATS}, each run in a fresh process")
+    compare("zoo, values=all, jobs=1", zoo_paths, 1, "all")
+    compare("zoo, values=all, jobs=2", zoo_paths, 2, "all")
+    compare("big, values=none, jobs=1", [str(big)], 1, "none")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3:])
+    else:
+        main()

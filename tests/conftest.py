@@ -1,0 +1,89 @@
+"""Shared test helpers: fixture locations, a fresh database, and layout-true files made by h5py.
+
+Files made here by h5py follow keras_formats.md §3 and are used where a real Keras cannot make
+the case (hostile or broken files, Keras 1 layouts); everything else uses the real Keras files
+in tests/fixtures/models, written by tests/fixtures/make_fixtures.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from wpipe import store
+from wpipe.analysis import StatsOptions
+from wpipe.ingest import Report, ingest
+from wpipe.tables import ValuesMode
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MODELS = FIXTURES / "models"
+EXPECTED = FIXTURES / "expected"
+
+
+class Warehouse:
+    """A database and lake in a temporary folder, ingested through the real pipeline."""
+
+    def __init__(self, root: Path) -> None:
+        self.db_path = root / "w.duckdb"
+        self.lake = root / "w.lake"
+
+    def ingest(self, *paths, values: str = "all", jobs: int = 1, prune: bool = False) -> Report:
+        db = store.Database(self.db_path)
+        try:
+            return ingest(
+                paths, db, self.lake, StatsOptions(), ValuesMode.parse(values), jobs, prune
+            )
+        finally:
+            db.close()
+
+    def query(self, sql: str, params=None) -> list[tuple]:
+        db = store.Database(self.db_path)
+        try:
+            return db.con.execute(sql, params or []).fetchall()
+        finally:
+            db.close()
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> Warehouse:
+    return Warehouse(tmp_path)
+
+
+def write_legacy_h5(path: Path, layers: dict[str, dict[str, np.ndarray]], config=None, **attrs):
+    """A Keras 2 style full-model file: layers maps layer name -> {stored weight name: array}."""
+    with h5py.File(path, "w") as f:
+        if config is not None:
+            f.attrs["model_config"] = (
+                json.dumps(config).encode() if isinstance(config, dict) else config
+            )
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        group = f.create_group("model_weights")
+        group.attrs["layer_names"] = [n.encode() for n in layers]
+        group.attrs["keras_version"] = b"2.15.0"
+        group.attrs["backend"] = b"tensorflow"
+        for name, weights in layers.items():
+            g = group.create_group(name)
+            g.attrs["weight_names"] = [w.encode() for w in weights]
+            for wname, array in weights.items():
+                g[wname] = array
+    return path
+
+
+def dense_config(*names: str) -> dict:
+    return {
+        "class_name": "Sequential",
+        "config": {
+            "name": "seq",
+            "layers": [{"class_name": "Dense", "config": {"name": n, "units": 3}} for n in names],
+        },
+    }
+
+
+def expected(name: str) -> tuple[dict, dict[str, np.ndarray]]:
+    spec = json.loads((EXPECTED / f"{name}.json").read_text())
+    with np.load(EXPECTED / f"{name}.npz", allow_pickle=False) as arrays:
+        return spec, {k: arrays[k] for k in arrays.files}

@@ -1,0 +1,172 @@
+"""Legacy HDF5 files written by real tf_keras (Keras 2) and Keras 3, checked against what
+Keras itself reported when it wrote them (tests/fixtures/expected, from make_fixtures.py):
+count_params, trainable split, layer order and classes, and every tensor's values."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.conftest import EXPECTED, MODELS, Warehouse, expected
+
+LEGACY = sorted(
+    p.name[: -len(".json")]
+    for p in EXPECTED.glob("*.json")
+    if (p.name.endswith(".h5.json") and ".weights.h5" not in p.name) or ".weights_only.h5" in p.name
+)
+WEIGHTS_ONLY = [n for n in LEGACY if json.loads((EXPECTED / f"{n}.json").read_text())[
+    "save_call"] == "model.save_weights"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    w = Warehouse(tmp_path_factory.mktemp("legacy"))
+    report = w.ingest(*[MODELS / name for name in LEGACY])
+    assert not report.failed, [o.message for o in report.failed]
+    return w
+
+
+def model_id(w: Warehouse, name: str) -> str:
+    return w.query("SELECT model_id FROM models WHERE path LIKE ?", [f"%/{name}"])[0][0]
+
+
+def test_every_legacy_fixture_kind_is_present():
+    for kind in (
+        "dense_bn_frozen",
+        "nested",
+        "lstm",
+        "gru_reset_after",
+        "gru_reset_before",
+        "bidi_td",
+        "conv2d",
+        "mha",
+        "float16",
+        "bfloat16",
+        "long_names",
+        "uncompiled",
+    ):
+        assert f"k2_{kind}.h5" in LEGACY, kind  # fmt: skip
+    assert any(n.startswith("k3_") for n in LEGACY)
+    assert WEIGHTS_ONLY
+
+
+@pytest.mark.parametrize("name", LEGACY)
+def test_model_row_matches_keras(loaded, name):
+    spec, _ = expected(name)
+    row = loaded.query(
+        "SELECT format, keras_version, backend, model_class, n_params, n_trainable, "
+        "n_non_trainable, n_layers FROM models WHERE model_id = ?",
+        [model_id(loaded, name)],
+    )[0]
+    fmt, version, backend, model_class, n_params, n_trainable, n_non_trainable, n_layers = row
+    assert n_params == spec["count_params"]
+    assert version == spec["keras_version"]
+    assert backend == spec["backend"]
+    if spec["save_call"] == "model.save":
+        assert fmt == "h5-model"
+        assert model_class == spec["model_class"]
+        assert (n_trainable, n_non_trainable) == (spec["n_trainable"], spec["n_non_trainable"])
+        assert n_layers == len(spec["layers"])
+    else:
+        assert fmt == "h5-weights" and model_class is None
+
+
+@pytest.mark.parametrize("name", [n for n in LEGACY if n not in WEIGHTS_ONLY])
+def test_layers_match_keras_in_order(loaded, name):
+    spec, _ = expected(name)
+    rows = loaded.query(
+        "SELECT layer_path, layer_name, class_name, n_params, trainable FROM layers "
+        "WHERE model_id = ? ORDER BY layer_index",
+        [model_id(loaded, name)],
+    )
+    want = [
+        (lay["layer_path"], lay["layer_name"], lay["class_name"], lay["n_params"], lay["trainable"])
+        for lay in spec["layers"]
+    ]
+    assert rows == want
+
+
+@pytest.mark.parametrize("name", LEGACY)
+def test_every_tensor_matches_the_array_keras_returned(loaded, name):
+    spec, arrays = expected(name)
+    mid = model_id(loaded, name)
+    rows = {
+        (r[0], r[1]): r[2:]
+        for r in loaded.query(
+            "SELECT layer_path, weight_name, role, shape, dtype, trainable, size, mean, std, "
+            "min, max, l2, p05, p50, p95, zero_count FROM weights WHERE model_id = ?",
+            [mid],
+        )
+    }
+    assert len(rows) == len(spec["weights"])
+    full_model = spec["save_call"] == "model.save"
+    for w in spec["weights"]:
+        layer_path = w["layer_path"] if full_model else w["layer_path"].split("/")[0]
+        role, shape, dtype, trainable, size, *stats = rows[(layer_path, w["weight_name"])]
+        a = arrays[w["key"]].astype(np.float64).ravel()
+        assert (role, shape, dtype) == (w["role"], w["shape"], w["dtype"])
+        if full_model:
+            assert trainable == w["trainable"], (layer_path, w["weight_name"])
+        assert size == a.size
+        want = [a.mean(), a.std(), a.min(), a.max(), np.linalg.norm(a),
+                *np.percentile(a, [5, 50, 95]), int((a == 0).sum())]  # fmt: skip
+        assert stats == pytest.approx(want, rel=1e-9, abs=1e-12), (layer_path, w["weight_name"])
+
+
+@pytest.mark.parametrize("name", ["k2_lstm.h5", "k3_bfloat16.h5", "k2_float16.h5"])
+def test_weight_values_and_histograms_reproduce_the_arrays(loaded, name):
+    spec, arrays = expected(name)
+    mid = model_id(loaded, name)
+    for w in spec["weights"]:
+        key = [mid, w["layer_path"], w["weight_name"]]
+        values = loaded.query(
+            "SELECT value FROM weight_values WHERE model_id = ? AND layer_path = ? "
+            "AND weight_name = ? ORDER BY flat_index",
+            key,
+        )
+        np.testing.assert_array_equal(
+            np.array([v for (v,) in values], dtype=np.float32),
+            arrays[w["key"]].astype(np.float32).ravel(),
+        )
+        counts = loaded.query(
+            "SELECT count FROM histograms WHERE model_id = ? AND layer_path = ? "
+            "AND weight_name = ? ORDER BY bin",
+            key,
+        )
+        want, _ = np.histogram(arrays[w["key"]].astype(np.float64), bins=64)
+        assert [c for (c,) in counts] == want.tolist()
+
+
+def test_weights_only_file_counts_params_but_cannot_know_frozen_layers(loaded):
+    spec, _ = expected("k2_dense_bn_frozen.weights_only.h5")
+    row = loaded.query(
+        "SELECT n_params, n_non_trainable FROM models WHERE model_id = ?",
+        [model_id(loaded, "k2_dense_bn_frozen.weights_only.h5")],
+    )[0]
+    bn_moving = sum(
+        int(np.prod(w["shape"])) for w in spec["weights"]
+        if w["role"] in ("moving_mean", "moving_variance")
+    )  # fmt: skip
+    assert row == (spec["count_params"], bn_moving)
+
+
+def test_long_names_file_really_has_chunked_attributes():
+    with h5py.File(MODELS / "k2_long_names.h5") as f:
+        assert "layer_names" not in f["model_weights"].attrs
+        assert "layer_names1" in f["model_weights"].attrs
+
+
+def test_optimizer_state_is_counted_not_taken_for_layers(loaded):
+    rows = dict(
+        loaded.query(
+            "SELECT regexp_extract(path, '[^/]+$'), n_optimizer_tensors FROM models "
+            "WHERE path LIKE '%dense_bn_frozen.h5' OR path LIKE '%uncompiled.h5'"
+        )
+    )
+    assert rows["k2_uncompiled.h5"] == 0
+    assert rows["k2_dense_bn_frozen.h5"] > 0
+    paths = loaded.query("SELECT DISTINCT layer_path FROM layers")
+    assert not any("optimizer" in p or p.startswith("Adam") for (p,) in paths)

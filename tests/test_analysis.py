@@ -1,0 +1,94 @@
+"""tensor_stats against numpy and scipy computed independently on the same arrays."""
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+from wpipe.analysis import CHUNK, PERCENTILES, StatsOptions, sample_indices, tensor_stats
+
+RNG = np.random.default_rng(7)
+ARRAYS = {
+    "small-normal": RNG.normal(size=(7, 5)).astype(np.float32),
+    # more than one chunk, heavy tails: exercises moment merging and the percentile gather
+    "multi-chunk-t": RNG.standard_t(3, size=3 * CHUNK + 11).astype(np.float32),
+    "float16": RNG.normal(size=(33, 9)).astype(np.float16),
+    "float64-offset": 1e4 + RNG.normal(size=5000),
+    "ints": np.arange(-20, 21, dtype=np.int64),
+    "with-zeros": np.where(RNG.random(1000) < 0.3, 0.0, RNG.normal(size=1000)).astype(np.float32),
+}
+
+
+def reference(a: np.ndarray, near_zero: float) -> dict:
+    f = a.astype(np.float64).ravel()
+    return {
+        "mean": f.mean(),
+        "std": f.std(),
+        "min": f.min(),
+        "max": f.max(),
+        "abs_mean": np.abs(f).mean(),
+        "l1": np.abs(f).sum(),
+        "l2": np.linalg.norm(f),
+        "max_abs": np.abs(f).max(),
+        "zero_count": int((f == 0).sum()),
+        "near_zero_frac": float((np.abs(f) < near_zero).mean()),
+        "skew": sps.skew(f),
+        "kurtosis": sps.kurtosis(f),
+        **{f"p{q:02d}": np.percentile(f, q) for q in PERCENTILES},
+    }
+
+
+@pytest.mark.parametrize("name", ARRAYS)
+def test_statistics_match_numpy_and_scipy(name):
+    a = ARRAYS[name]
+    options = StatsOptions(near_zero=0.05, bins=64)
+    stats, hist = tensor_stats(a, options)
+    for key, expected in reference(a, options.near_zero).items():
+        assert stats[key] == pytest.approx(expected, rel=1e-9, abs=1e-12), key
+    assert stats["size"] == a.size
+    assert stats["nan_count"] == stats["inf_count"] == 0
+    counts, edges = np.histogram(a.astype(np.float64), bins=64)
+    np.testing.assert_array_equal(hist.counts, counts)
+    np.testing.assert_allclose(hist.edges, edges, rtol=1e-12)
+
+
+def test_nonfinite_values_are_counted_and_excluded():
+    a = np.array([np.nan, 1.0, -np.inf, 2.0, np.inf, 4.0, 0.0], dtype=np.float32)
+    stats, hist = tensor_stats(a, StatsOptions())
+    assert (stats["nan_count"], stats["inf_count"], stats["size"]) == (1, 2, 7)
+    finite = np.array([1.0, 2.0, 4.0, 0.0])
+    assert stats["mean"] == pytest.approx(finite.mean())
+    assert stats["p50"] == pytest.approx(np.median(finite))
+    assert stats["zero_count"] == 1
+    assert hist.counts.sum() == 4
+
+
+def test_constant_tensor_has_zero_std_and_no_shape_moments():
+    stats, hist = tensor_stats(np.full((3, 4), 2.5, dtype=np.float32), StatsOptions())
+    assert stats["std"] == 0.0
+    assert stats["skew"] is None and stats["kurtosis"] is None
+    assert stats["p01"] == stats["p99"] == 2.5
+    counts, edges = np.histogram(np.full(12, 2.5), bins=64)  # numpy widens to [2.0, 3.0]
+    np.testing.assert_array_equal(hist.counts, counts)
+    np.testing.assert_allclose(hist.edges, edges)
+
+
+def test_all_nan_and_empty_tensors_have_no_statistics():
+    for a in (np.full(3, np.nan, dtype=np.float32), np.zeros((0, 4), dtype=np.float32)):
+        stats, hist = tensor_stats(a, StatsOptions())
+        assert hist is None
+        assert stats["mean"] is None and stats["p50"] is None
+        assert stats["size"] == a.size
+
+
+@pytest.mark.parametrize("bins", [1, 10, 64, 100])
+def test_histogram_bin_count_is_configurable(bins):
+    a = RNG.normal(size=10_000)
+    _, hist = tensor_stats(a, StatsOptions(bins=bins))
+    counts, _ = np.histogram(a, bins=bins)
+    np.testing.assert_array_equal(hist.counts, counts)
+
+
+def test_sample_indices_are_distinct_sorted_and_reproducible():
+    first = sample_indices(1000, 50, seed=3)
+    assert len(set(first.tolist())) == 50 and np.all(np.diff(first) > 0)
+    np.testing.assert_array_equal(first, sample_indices(1000, 50, seed=3))
+    np.testing.assert_array_equal(sample_indices(10, 50, seed=3), np.arange(10))

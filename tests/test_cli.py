@@ -1,0 +1,133 @@
+"""The CLI: every command, its formats and its exit codes (0 ok, 1 some files failed, 2 usage)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+from wpipe import schema
+from wpipe.cli import app
+
+from tests.conftest import MODELS
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+runner = CliRunner()
+
+
+@pytest.fixture
+def db(tmp_path):
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    for name in ("k2_dense_bn_frozen.h5", "k3_nested.h5"):
+        shutil.copy2(MODELS / name, zoo / name)
+    path = tmp_path / "t.duckdb"
+    result = runner.invoke(app, ["ingest", str(zoo), "--db", str(path), "-j", "1"])
+    assert result.exit_code == 0, result.output
+    return str(path)
+
+
+def test_ingest_reports_a_summary_and_exits_1_when_a_file_fails(tmp_path):
+    (tmp_path / "bad.h5").write_bytes(b"not a model")
+    shutil.copy2(MODELS / "k2_uncompiled.h5", tmp_path / "good.h5")
+    db = str(tmp_path / "t.duckdb")
+    result = runner.invoke(app, ["ingest", str(tmp_path), "--db", db])
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'bad.h5'}: not a Keras model file" in result.output
+    assert "1 ingested" in result.output and "1 failed" in result.output
+
+
+def test_ingest_usage_errors_exit_2(tmp_path):
+    db = str(tmp_path / "t.duckdb")
+    assert runner.invoke(app, ["ingest", str(tmp_path / "nope"), "--db", db]).exit_code == 2
+    bad_values = runner.invoke(app, ["ingest", str(tmp_path), "--db", db, "--values", "some"])
+    assert bad_values.exit_code == 2 and "sample:N" in bad_values.output
+    assert runner.invoke(app, ["ingest", "--no-such-option"]).exit_code == 2
+
+
+def test_db_comes_from_the_environment(db):
+    result = runner.invoke(app, ["models", "-f", "json"], env={"WPIPE_DB": db})
+    assert result.exit_code == 0
+    assert len(json.loads(result.output)) == 2
+
+
+def test_models_in_every_format(db):
+    as_json = json.loads(runner.invoke(app, ["models", "--db", db, "-f", "json"]).output)
+    assert {m["name"] for m in as_json} == {"k2_dense_bn_frozen", "k3_nested"}
+    rows = list(
+        csv.DictReader(io.StringIO(runner.invoke(app, ["models", "--db", db, "-f", "csv"]).output))
+    )
+    assert [r["name"] for r in rows] == ["k2_dense_bn_frozen", "k3_nested"]
+    table = runner.invoke(app, ["models", "--db", db], env={"COLUMNS": "200"}).output
+    assert "k2_dense_bn_frozen" in table and "┃" in table
+
+
+def test_layers_by_name_path_and_id_prefix(db):
+    model_id = json.loads(
+        runner.invoke(
+            app,
+            [
+                "query",
+                "SELECT model_id, path FROM models WHERE name = 'k3_nested'",
+                "--db",
+                db,
+                "-f",
+                "json",
+            ],
+        ).output  # fmt: skip
+    )[0]
+    outputs = [
+        runner.invoke(app, ["layers", ref, "--db", db, "-f", "json"])
+        for ref in ("k3_nested", model_id["path"], model_id["model_id"][:6])
+    ]
+    assert all(o.exit_code == 0 for o in outputs)
+    assert outputs[0].output == outputs[1].output == outputs[2].output
+    paths = [row["layer_path"] for row in json.loads(outputs[0].output)]
+    assert any(p.startswith("encoder/") for p in paths)
+
+
+def test_unknown_model_and_bad_sql_are_usage_errors(db, tmp_path):
+    missing = runner.invoke(app, ["layers", "nope", "--db", db])
+    assert missing.exit_code == 2 and "no model is named 'nope'" in missing.output
+    bad_sql = runner.invoke(app, ["query", "SELEC 1", "--db", db])
+    assert bad_sql.exit_code == 2 and "syntax error" in bad_sql.output.lower()
+    no_db = runner.invoke(app, ["models", "--db", str(tmp_path / "absent.duckdb")])
+    assert no_db.exit_code == 2 and "wpipe ingest" in no_db.output
+
+
+def test_query_csv_output(db):
+    result = runner.invoke(
+        app, ["query", "SELECT count(*) AS n FROM weights", "--db", db, "--format", "csv"]
+    )
+    assert result.exit_code == 0
+    assert result.output.splitlines()[0] == "n" and int(result.output.splitlines()[1]) > 0
+
+
+def test_schema_lists_every_contract_column():
+    rows = json.loads(runner.invoke(app, ["schema", "-f", "json"]).output)
+    listed = {(r["table"], r["column"]) for r in rows}
+    assert listed == {(t.name, c.name) for t in schema.ALL_TABLES for c in t.columns}
+    assert all(r["meaning"] for r in rows)
+
+
+def test_every_command_has_help_and_is_in_the_readme():
+    readme = README.read_text()
+    commands = [c.name for c in app.registered_commands]
+    assert commands
+    for name in commands:
+        result = runner.invoke(app, [name, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output
+        assert re.search(rf"wpipe {name}\b", readme), f"`wpipe {name}` missing from README"
+
+
+def test_readme_documents_every_table_and_column():
+    readme = README.read_text()
+    for table in schema.ALL_TABLES:
+        assert f"`{table.name}`" in readme, table.name
+        for column in table.columns:
+            assert f"`{column.name}`" in readme, f"{table.name}.{column.name}"
