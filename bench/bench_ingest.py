@@ -78,17 +78,21 @@ def make_big(path: Path) -> None:
             group[f"{name}/bias:0"] = rng.standard_normal(shape[-1], dtype=np.float32) * 0.01
 
 
+def _datasets(group: h5py.Group) -> list[h5py.Dataset]:
+    found: list[h5py.Dataset] = []
+    group.visititems(
+        lambda _name, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None
+    )
+    return found
+
+
 def reference(paths: list[str]) -> dict:
     """Read every weight dataset with h5py and make one numpy pass over it."""
     total = 0.0
     largest = 0
     for path in paths:
         with h5py.File(path, "r") as f:
-            datasets = []
-            f["model_weights"].visititems(
-                lambda _n, o: datasets.append(o) if isinstance(o, h5py.Dataset) else None
-            )
-            for ds in datasets:
+            for ds in _datasets(f["model_weights"]):
                 array = ds[()]
                 largest = max(largest, array.nbytes)
                 total += float(np.sum(array, dtype=np.float64))

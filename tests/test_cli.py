@@ -68,19 +68,9 @@ def test_models_in_every_format(db):
 
 
 def test_layers_by_name_path_and_id_prefix(db):
-    model_id = json.loads(
-        runner.invoke(
-            app,
-            [
-                "query",
-                "SELECT model_id, path FROM models WHERE name = 'k3_nested'",
-                "--db",
-                db,
-                "-f",
-                "json",
-            ],
-        ).output  # fmt: skip
-    )[0]
+    sql = "SELECT model_id, path FROM models WHERE name = 'k3_nested'"
+    found = runner.invoke(app, ["query", sql, "--db", db, "-f", "json"])
+    model_id = json.loads(found.output)[0]
     outputs = [
         runner.invoke(app, ["layers", ref, "--db", db, "-f", "json"])
         for ref in ("k3_nested", model_id["path"], model_id["model_id"][:6])

@@ -102,7 +102,7 @@ def test_values_modes_bound_weight_values(folder, warehouse, mode, per_tensor):
     warehouse.ingest(folder, values=mode)
     rows = warehouse.query(
         "SELECT w.size, count(v.value) FROM weights w LEFT JOIN weight_values v "
-        "USING (model_id, layer_path, weight_name) GROUP BY ALL, w.model_id, w.layer_path, "
+        "USING (model_id, layer_path, weight_name) GROUP BY w.size, w.model_id, w.layer_path, "
         "w.weight_name"
     )
     assert rows and all(n == min(size, per_tensor) for size, n in rows)

@@ -48,7 +48,7 @@ FormatOption = typer.Option(Format.table, "--format", "-f", help="Output format.
 
 
 def _usage_error(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -140,7 +140,10 @@ def ingest_command(
     def done(outcome: Outcome) -> None:
         if outcome.status == "failed":
             progress.console.print(
-                f"[red]failed:[/red] {outcome.message}", markup=True, highlight=False
+                f"[red]failed:[/red] {outcome.message}",
+                markup=True,
+                highlight=False,
+                soft_wrap=True,
             )
         progress.update(task, advance=1, description=Path(outcome.path).name)
 
@@ -162,7 +165,11 @@ def ingest_command(
     if not quiet:
         for outcome in report.failed:
             if outcome.error == "unchanged-failure":
-                err.print(f"failed earlier, unchanged: {outcome.message}", highlight=False)
+                err.print(
+                    f"failed earlier, unchanged: {outcome.message}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
         mb = report.bytes_read / 1e6
         rate = f", {mb / report.seconds:.1f} MB/s" if report.seconds and mb else ""
         err.print(
@@ -172,6 +179,7 @@ def ingest_command(
             + f" — {report.n_tensors:,} tensors, {report.n_params:,} parameters, "
             f"{mb:.1f} MB read in {report.seconds:.1f} s{rate} → {db_path}",
             highlight=False,
+            soft_wrap=True,
         )
     raise typer.Exit(1 if report.failed else 0)
 

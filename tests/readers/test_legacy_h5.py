@@ -170,3 +170,61 @@ def test_optimizer_state_is_counted_not_taken_for_layers(loaded):
     assert rows["k2_dense_bn_frozen.h5"] > 0
     paths = loaded.query("SELECT DISTINCT layer_path FROM layers")
     assert not any("optimizer" in p or p.startswith("Adam") for (p,) in paths)
+
+
+def write_keras1_model(path):
+    """A Keras 1.2.2 full-model file by its layout (keras_formats.md §3.1, §3.2, §6): no
+    keras_version on model_weights, fixed-length name arrays, `dense_1_W` names, a list-style
+    Sequential config with Keras 1 keys, BatchNormalization's `running_std` variance.
+    Keras 1 cannot run on this Python, so h5py writes what it wrote."""
+    rng = np.random.default_rng(5)
+    arrays = {
+        "dense_1": {"dense_1_W": rng.normal(size=(4, 3)), "dense_1_b": rng.normal(size=3)},
+        "batchnormalization_1": {
+            f"batchnormalization_1_{n}": rng.random(3)
+            for n in ("gamma", "beta", "running_mean", "running_std")
+        },
+    }
+    config = {
+        "class_name": "Sequential",
+        "config": [
+            {"class_name": "Dense", "config": {"name": "dense_1", "output_dim": 3,
+                                               "activation": "relu", "trainable": True}},
+            {"class_name": "BatchNormalization", "config": {"name": "batchnormalization_1"}},
+        ],
+    }  # fmt: skip
+    with h5py.File(path, "w") as f:
+        f.attrs["keras_version"] = b"1.2.2"
+        f.attrs["model_config"] = json.dumps(config).encode()
+        group = f.create_group("model_weights")
+        group.attrs["layer_names"] = np.array([n.encode() for n in arrays], dtype="S20")
+        for layer, weights in arrays.items():
+            g = group.create_group(layer)
+            g.attrs["weight_names"] = np.array([w.encode() for w in weights], dtype="S40")
+            for name, value in weights.items():
+                g[name] = value.astype(np.float32)
+    return arrays
+
+
+def test_keras1_layout_gets_keras2_roles_and_counts(tmp_path):
+    arrays = write_keras1_model(tmp_path / "k1.hdf5")
+    w = Warehouse(tmp_path)
+    assert not w.ingest(tmp_path / "k1.hdf5").failed
+    rows = w.query(
+        "SELECT layer_path, weight_name, role, trainable, mean FROM weights ORDER BY weight_index"
+    )
+    means = [float(a.astype(np.float32).mean()) for layer in arrays.values() for a in layer.values()]
+    assert [r[:4] for r in rows] == [
+        ("dense_1", "kernel", "kernel", True),
+        ("dense_1", "bias", "bias", True),
+        ("batchnormalization_1", "gamma", "gamma", True),
+        ("batchnormalization_1", "beta", "beta", True),
+        ("batchnormalization_1", "moving_mean", "moving_mean", False),
+        ("batchnormalization_1", "moving_variance", "moving_variance", False),
+    ]
+    assert [r[4] for r in rows] == pytest.approx(means)
+    model = w.query("SELECT keras_version, n_params, n_trainable, n_non_trainable FROM models")
+    assert model == [("1.2.2", 27, 21, 6)]
+    assert w.query("SELECT units, activation FROM layers WHERE layer_path = 'dense_1'") == [
+        (3, "relu")
+    ]

@@ -128,9 +128,11 @@ def canonical_weight_name(parts: list[str], layer_name: str, class_name: str | N
     """
     last = _WEIGHT_SUFFIX.sub("", parts[-1])
     scopes = parts[:-1]
+    # Keras 3 prefixes the model's name (`model/dense/kernel`); TF1 uniquified (`dense_1_1`).
     own_scope = re.compile(re.escape(layer_name) + r"(_\d+)?")
-    if scopes and own_scope.fullmatch(scopes[0]):
-        scopes = scopes[1:]
+    own = next((i for i, scope in enumerate(scopes) if own_scope.fullmatch(scope)), None)
+    if own is not None:
+        scopes = scopes[own + 1 :]
     if not scopes and last.startswith(layer_name + "_"):
         last = last[len(layer_name) + 1 :]
     out: list[str] = []
