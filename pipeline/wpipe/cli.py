@@ -18,6 +18,7 @@ from typing import Any
 import duckdb
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -48,7 +49,7 @@ FormatOption = typer.Option(Format.table, "--format", "-f", help="Output format.
 
 
 def _usage_error(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -140,7 +141,7 @@ def ingest_command(
     def done(outcome: Outcome) -> None:
         if outcome.status == "failed":
             progress.console.print(
-                f"[red]failed:[/red] {outcome.message}",
+                f"[red]failed:[/red] {escape(outcome.message)}",
                 markup=True,
                 highlight=False,
                 soft_wrap=True,
