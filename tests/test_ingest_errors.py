@@ -3,13 +3,16 @@ goes on, and nothing already ingested is lost or duplicated."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import zipfile
 
 import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import dense_config, write_legacy_h5
+from tests.conftest import MODELS, dense_config, write_legacy_h5
 
 GOOD = {"d": {"d/kernel:0": np.ones((2, 3), "f4"), "d/bias:0": np.zeros(3, "f4")}}
 
@@ -80,6 +83,74 @@ def make_missing_dataset(path):
         f["model_weights/d"].attrs["weight_names"] = [b"d/kernel:0", b"d/gone:0"]
 
 
+def keras_archive(path, members: dict[str, bytes], compression=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(path, "w", compression) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+
+
+def real_member(name: str) -> bytes:
+    with zipfile.ZipFile(MODELS / "k3_dense_bn_frozen.keras") as z:
+        return z.read(name)
+
+
+def make_zip_bomb(path):
+    # 256 MB of zeros deflate to ~250 kB: reading it must be refused, not inflated
+    keras_archive(path, {"config.json": real_member("config.json"),
+                         "model.weights.h5": bytes(256 << 20)}, zipfile.ZIP_DEFLATED)  # fmt: skip
+
+
+def make_escaping_member(path):
+    members = {n: real_member(n) for n in ("config.json", "metadata.json", "model.weights.h5")}
+    keras_archive(path, {**members, "../../etc/evil.txt": b"x"})
+
+
+def make_bad_config_archive(path):
+    keras_archive(path, {"config.json": b"{nope", "model.weights.h5": real_member(
+        "model.weights.h5")})  # fmt: skip
+
+
+def make_archive_without_weights(path):
+    keras_archive(path, {"config.json": real_member("config.json"), "metadata.json": b"{}"})
+
+
+def make_npz_archive(path):
+    keras_archive(path, {"config.json": real_member("config.json"), "model.weights.npz": b"PK"})
+
+
+def make_archive_with_external_link(path):
+    outside = path.parent.parent / "outside_weights.h5"
+    with h5py.File(outside, "w") as f:
+        f["x"] = np.ones((5, 8), "f4")
+    buffer = io.BytesIO(real_member("model.weights.h5"))
+    with h5py.File(buffer, "r+") as f:
+        group = next(g for k, g in f["layers"].items() if "0" in g["vars"])["vars"]
+        del group["0"]
+        group["0"] = h5py.ExternalLink(str(outside), "x")
+    keras_archive(path, {"config.json": real_member("config.json"),
+                         "model.weights.h5": buffer.getvalue()})  # fmt: skip
+
+
+def make_tf_checkpoint(path):
+    path.write_bytes(b"\x00" * 40)  # ckpt.index: a TF tensor-bundle index, not HDF5
+    path.with_name("ckpt.data-00000-of-00001").write_bytes(b"\x00" * 40)
+
+
+def make_saved_model(path):
+    (path / "variables").mkdir(parents=True)
+    (path / "saved_model.pb").write_bytes(b"\x08\x01")
+    (path / "variables" / "variables.index").write_bytes(b"\x00")
+
+
+def make_orbax(path):
+    (path / "0").mkdir(parents=True)
+    (path / "_CHECKPOINT_METADATA").write_text("{}")
+
+
+def make_escaping_shard_index(path):
+    path.write_text(json.dumps({"metadata": {}, "weight_map": {"/vars": "../../secret.h5"}}))
+
+
 CASES = {
     "empty.h5": (make_empty, "empty-file", "empty"),
     "random.h5": (make_random, "not-hdf5", "not a Keras model file"),
@@ -89,6 +160,16 @@ CASES = {
     "linked.h5": (make_external_link, "external-link", "external link"),
     "virtual.h5": (make_virtual_dataset, "virtual-dataset", "virtual dataset"),
     "missing.h5": (make_missing_dataset, "missing-object", "not in the file"),
+    "bomb.keras": (make_zip_bomb, "zip-bomb", "would inflate"),
+    "escape.keras": (make_escaping_member, "unsafe-archive", "leaves the archive"),
+    "badconfig.keras": (make_bad_config_archive, "bad-json", "config.json is not valid JSON"),
+    "noweights.keras": (make_archive_without_weights, "missing-member", "without model.weights"),
+    "npz.keras": (make_npz_archive, "unsupported-format", "pickled objects"),
+    "linked.keras": (make_archive_with_external_link, "external-link", "external link"),
+    "ckpt.index": (make_tf_checkpoint, "unsupported-format", "TF checkpoint"),
+    "saved": (make_saved_model, "unsupported-format", "TF SavedModel — not readable"),
+    "orbax_run": (make_orbax, "unsupported-format", "Orbax checkpoint"),
+    "x.weights.json": (make_escaping_shard_index, "unsafe-archive", "outside the folder"),
 }
 
 

@@ -17,10 +17,18 @@ from pathlib import Path
 
 from wpipe import store
 from wpipe.analysis import StatsOptions
-from wpipe.readers import ModelReadError, open_model, sniff
+from wpipe.readers import (
+    ModelReadError,
+    keras_dir,
+    model_files,
+    open_model,
+    sharded,
+    sniff,
+    unsupported,
+)
 from wpipe.tables import FileInfo, ValuesMode, build_tables, model_id_for
 
-MODEL_SUFFIXES = (".h5", ".hdf5", ".keras")
+MODEL_SUFFIXES = (".h5", ".hdf5", ".keras", ".weights.json")
 
 
 @dataclass(frozen=True)
@@ -62,43 +70,83 @@ class Report:
 
 
 def discover(paths: Iterable[str | os.PathLike], skip: Iterable[Path] = ()) -> list[Path]:
-    """Model files under `paths`: named files as given, folders walked recursively.
+    """Model saves under `paths`: named files or folders as given, folders walked recursively.
 
-    In folders a file counts when its content starts like HDF5 or ZIP or its name ends like a
-    Keras file; hidden folders and the `skip` folders (the lake) are not entered.
+    In a walk a file counts when its content starts like HDF5 or ZIP, its name ends like a
+    Keras file, or it is a recognisable unreadable save (reported, not silently skipped). A
+    folder that is itself a save (unzipped .keras, SavedModel, …) counts as one model; shards
+    listed by a `.weights.json` index belong to that index. Hidden folders and `skip` (the lake)
+    are not entered.
     """
     skipped = {p.resolve() for p in skip}
     found: list[Path] = []
     for raw in paths:
         root = Path(raw).resolve()
-        if root.is_file():
+        if root.is_file() or _is_save_folder(root):
             found.append(root)
             continue
         for folder, dirs, files in os.walk(root):
+            here = Path(folder)
+            saves = [d for d in dirs if _is_save_folder(here / d)]
+            found.extend(here / d for d in sorted(saves))
             dirs[:] = sorted(
-                d for d in dirs if not d.startswith(".") and Path(folder, d) not in skipped
-            )
+                d for d in dirs
+                if not d.startswith(".") and here / d not in skipped and d not in saves
+            )  # fmt: skip
+            shards = {
+                name
+                for index in files
+                if sharded.is_index(here / index)
+                for name in _shards_of(here / index)
+            }
             for name in sorted(files):
-                candidate = Path(folder, name)
-                if name.lower().endswith(MODEL_SUFFIXES) or (
-                    candidate.is_file() and _looks_like_model(candidate)
+                candidate = here / name
+                if name in shards:
+                    continue
+                if (
+                    name.lower().endswith(MODEL_SUFFIXES)
+                    or sharded.is_index(candidate)
+                    or unsupported.is_candidate(candidate)
+                    or _looks_like_model(candidate)
                 ):
                     found.append(candidate)
     return list(dict.fromkeys(found))
 
 
+def _is_save_folder(path: Path) -> bool:
+    return path.is_dir() and (keras_dir.claims(path) or unsupported.identify(path) is not None)
+
+
+def _shards_of(index: Path) -> list[str]:
+    try:
+        return sharded.shard_names(index, str(index))
+    except ModelReadError:
+        return []
+
+
 def _looks_like_model(path: Path) -> bool:
     try:
-        return sniff(path) is not None
+        return path.is_file() and sniff(path) is not None
     except OSError:
         return False
 
 
+def fingerprint(path: Path) -> tuple[int, float]:
+    """(total bytes, newest mtime) of the files a save consists of."""
+    stats = [p.stat() for p in model_files(path)]
+    return sum(s.st_size for s in stats), max((s.st_mtime for s in stats), default=0.0)
+
+
 def sha256_of(path: str) -> str:
+    """SHA-256 of a file's bytes; for a multi-file save, over each file's name and bytes."""
+    files = model_files(Path(path))
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
+    for file in files:
+        if len(files) > 1:
+            digest.update(f"{file.relative_to(Path(path).parent)}\0".encode())
+        with open(file, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -156,10 +204,10 @@ def ingest(
     report = Report(files=len(files))
     work: list[Job] = []
     for path in files:
-        stat = path.stat()
+        size, mtime = fingerprint(path)
         key = str(path)
         previous = known.get(key) or failures.get(key)
-        if previous and previous[0] == stat.st_size and previous[1] == stat.st_mtime:
+        if previous and previous[0] == size and previous[1] == mtime:
             if key in known:
                 report.unchanged += 1
             else:  # failed before and unchanged since: still a failure, not retried
@@ -169,7 +217,7 @@ def ingest(
                 )  # fmt: skip
             continue
         known_sha = known[key][2] if key in known else None
-        work.append(Job(key, str(lake), stat.st_size, stat.st_mtime, known_sha, options, values))
+        work.append(Job(key, str(lake), size, mtime, known_sha, options, values))
 
     if on_start:
         on_start(len(work))

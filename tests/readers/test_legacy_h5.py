@@ -213,7 +213,9 @@ def test_keras1_layout_gets_keras2_roles_and_counts(tmp_path):
     rows = w.query(
         "SELECT layer_path, weight_name, role, trainable, mean FROM weights ORDER BY weight_index"
     )
-    means = [float(a.astype(np.float32).mean()) for layer in arrays.values() for a in layer.values()]
+    means = [
+        float(a.astype(np.float32).mean()) for layer in arrays.values() for a in layer.values()
+    ]
     assert [r[:4] for r in rows] == [
         ("dense_1", "kernel", "kernel", True),
         ("dense_1", "bias", "bias", True),

@@ -1,20 +1,22 @@
-"""read stage: detect a file's layout by content and yield format-neutral records."""
+"""read stage: detect a save's layout by content and yield format-neutral records."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import h5py
 
-from wpipe.readers import h5safe, legacy_h5
+from wpipe.readers import h5safe, keras_dir, keras_zip, legacy_h5, native, sharded, unsupported
 from wpipe.readers.base import Layer, Model, ModelReadError, Tensor
 
-__all__ = ["Layer", "Model", "ModelReadError", "Tensor", "open_model", "sniff"]
+__all__ = ["Layer", "Model", "ModelReadError", "Tensor", "model_files", "open_model", "sniff"]
 
 ZIP_SIGNATURE = b"PK\x03\x04"
+WEIGHTS_H5 = "weights-h5"
+NATIVE_ROOTS = ("layers", "vars", "optimizer", "_layer_checkpoint_dependencies")
 
 
 def sniff(path: str | os.PathLike) -> str | None:
@@ -28,40 +30,70 @@ def sniff(path: str | os.PathLike) -> str | None:
     return None
 
 
+def model_files(path: Path) -> list[Path]:
+    """The files a save consists of: the file, a folder's files, or an index and its shards."""
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    if sharded.is_index(path):
+        try:
+            names = sharded.shard_names(path, str(path))
+        except ModelReadError:
+            return [path]
+        return [path, *(path.parent / n for n in names if (path.parent / n).is_file())]
+    return [path]
+
+
 @contextmanager
 def open_model(path: str | os.PathLike) -> Iterator[Model]:
-    """Open a model file; tensors load lazily while the context is open."""
+    """Open a model save; tensors load lazily while the context is open."""
     where = str(path)
-    p = Path(path)
+    with ExitStack() as stack:
+        try:
+            model = stack.enter_context(_open(Path(path), where))
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise ModelReadError("corrupt", f"{where}: {type(exc).__name__}: {exc}") from None
+        yield model
+
+
+@contextmanager
+def _open(p: Path, where: str) -> Iterator[Model]:
+    reason = unsupported.identify(p)
+    if reason:
+        raise ModelReadError("unsupported-format", f"{where}: {reason}")
     if p.is_dir():
-        raise ModelReadError("directory", f"{where}: is a folder, not a model file")
-    size = p.stat().st_size
-    if size == 0:
+        if not keras_dir.claims(p):
+            raise ModelReadError("not-keras", f"{where}: folder is not a Keras save")
+        with keras_dir.open_folder(p, where) as model:
+            yield model
+        return
+    if p.stat().st_size == 0:
         raise ModelReadError("empty-file", f"{where}: file is empty (0 bytes)")
+    if sharded.is_index(p):
+        with sharded.open_shards(p, where) as model:
+            yield model
+        return
     kind = sniff(p)
     if kind == "zip":
-        raise ModelReadError(
-            "unsupported-format", f"{where}: Keras v3 .keras archive — not supported yet"
-        )
+        with keras_zip.open_archive(str(p), where) as model:
+            yield model
+        return
     if kind != "hdf5":
         raise ModelReadError("not-hdf5", f"{where}: not a Keras model file (not HDF5 or ZIP)")
     try:
         f = h5py.File(p, "r", locking=False)
     except OSError as exc:
-        reason = str(exc).split("(", 1)[-1].rstrip(")") if "(" in str(exc) else str(exc)
+        text = str(exc)
+        reason = text.split("(", 1)[-1].rstrip(")") if "(" in text else text
         code = "truncated" if "truncated" in reason or "eof" in reason else "unreadable-hdf5"
         raise ModelReadError(code, f"{where}: cannot open HDF5 file ({reason})") from None
-    try:
-        if not legacy_h5.claims(f):
+    with f:
+        if legacy_h5.claims(f):
+            yield legacy_h5.read(f, where)
+        elif any(isinstance(f.get(k, getlink=True), h5py.HardLink) for k in NATIVE_ROOTS):
+            yield native.read([f], where, WEIGHTS_H5, None, None)
+        else:
             raise ModelReadError(
                 "not-keras",
-                f"{where}: HDF5 file without a Keras layout (no model_config, "
-                "layer_names or model_weights)",
+                f"{where}: HDF5 file without a Keras layout (no model_config, layer_names, "
+                "model_weights or layers/vars groups)",
             )
-        try:
-            model = legacy_h5.read(f, where)
-        except (OSError, KeyError, ValueError, TypeError) as exc:
-            raise ModelReadError("corrupt", f"{where}: {type(exc).__name__}: {exc}") from None
-        yield model
-    finally:
-        f.close()

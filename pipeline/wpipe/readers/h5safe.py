@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import h5py
@@ -89,6 +90,18 @@ def read_array(ds: h5py.Dataset) -> np.ndarray:
         raw = np.ascontiguousarray(ds[()]).view(np.uint16)
         return (raw.astype(np.uint32) << 16).view(np.float32)
     return ds[()]
+
+
+def lazy_array(ds: h5py.Dataset, where: str) -> Callable[[], np.ndarray]:
+    """A loader that reads the dataset when called, naming the file if the read fails."""
+
+    def load() -> np.ndarray:
+        try:
+            return read_array(ds)
+        except (OSError, ValueError) as exc:
+            raise ModelReadError("corrupt", f"{where}: cannot read {ds.name} ({exc})") from None
+
+    return load
 
 
 def is_hdf5(head: bytes) -> bool:

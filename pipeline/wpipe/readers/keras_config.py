@@ -68,8 +68,17 @@ def parse_json(raw: str | None, what: str, where: str) -> dict[str, Any] | None:
 
 def model_tree(model_config: dict[str, Any]) -> tuple[str | None, list[LayerSpec]]:
     """The model's class name and its top-level layer specs (nested models expanded)."""
-    spec = _spec(model_config, "model")
+    spec = _spec(_without_object_ids(model_config), "model")
     return spec.class_name, spec.children or []
+
+
+def _without_object_ids(value: Any) -> Any:
+    """Drop Keras 3's `shared_object_id` (a Python id(): differs on every save of one model)."""
+    if isinstance(value, dict):
+        return {k: _without_object_ids(v) for k, v in value.items() if k != "shared_object_id"}
+    if isinstance(value, list):
+        return [_without_object_ids(v) for v in value]
+    return value
 
 
 def _spec(entry: dict[str, Any], fallback_name: str) -> LayerSpec:

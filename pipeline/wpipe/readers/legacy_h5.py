@@ -9,7 +9,6 @@ import json
 from collections.abc import Iterator
 
 import h5py
-import numpy as np
 
 from wpipe.readers import h5safe
 from wpipe.readers.base import Layer, Model, ModelReadError, Tensor
@@ -161,7 +160,7 @@ def _layer(
                 source_name=f"{group.name}/{full}",
                 shape=tuple(int(d) for d in ds.shape),
                 dtype=h5safe.logical_dtype(ds),
-                load=_loader(ds, where),
+                load=h5safe.lazy_array(ds, where),
             )
         )
     return Layer(
@@ -172,16 +171,6 @@ def _layer(
         trainable=layer_trainable,
         tensors=tensors,
     )
-
-
-def _loader(ds: h5py.Dataset, where: str):
-    def load() -> np.ndarray:
-        try:
-            return h5safe.read_array(ds)
-        except (OSError, ValueError) as exc:
-            raise ModelReadError("corrupt", f"{where}: cannot read {ds.name} ({exc})") from None
-
-    return load
 
 
 def _optimizer_counts(f: h5py.File, where: str) -> tuple[int, int]:

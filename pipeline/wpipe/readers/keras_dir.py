@@ -1,0 +1,54 @@
+"""Unzipped Keras saves (Keras 3.4+ `zipped=False`, Hugging Face uploads), §1.4: a folder with
+`config.json`, `metadata.json` and `model.weights.h5` (or a sharded `model.weights.json`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
+
+from wpipe.readers import native, sharded
+from wpipe.readers.base import Model, ModelReadError
+from wpipe.readers.keras_config import parse_json
+
+FORMAT = "keras-dir"
+MAX_JSON_BYTES = 64 << 20
+
+
+def claims(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (
+        (folder / "model.weights.h5").is_file() or any(folder.glob("*.weights.json"))
+    )
+
+
+def _json(path: Path, where: str) -> dict | None:
+    if not path.is_file():
+        return None
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise ModelReadError("bad-json", f"{where}: {path.name} is implausibly large")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return parse_json(text, path.name, where)
+
+
+@contextmanager
+def open_folder(folder: Path, where: str) -> Iterator[Model]:
+    config = _json(folder / "config.json", where)
+    metadata = _json(folder / "metadata.json", where)
+    weights = folder / "model.weights.h5"
+    if weights.is_file():
+        try:
+            f = h5py.File(weights, "r", locking=False)
+        except OSError as exc:
+            raise ModelReadError(
+                "corrupt", f"{where}: model.weights.h5 unreadable ({exc})"
+            ) from None
+        with f:
+            yield native.read([f], where, FORMAT, config, metadata)
+        return
+    index = next(iter(sorted(folder.glob("*.weights.json"))), None)
+    if index is None:
+        raise ModelReadError("missing-member", f"{where}: folder has config.json but no weights")
+    with sharded.open_shards(index, where, FORMAT, config, metadata) as model:
+        yield model

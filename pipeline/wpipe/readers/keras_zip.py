@@ -1,0 +1,103 @@
+"""`.keras` zip archives (Keras 3, Keras 2.12–2.15; Keras 2.11's `variables.h5`), §1.3, §4.1.
+
+The weights member is opened in place when stored (Keras writes ZIP_STORED), so memory holds
+one tensor at a time; a deflated (re-zipped) member is inflated into memory with its declared
+size checked as it inflates. Nothing is ever extracted to disk.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import PurePosixPath
+
+import h5py
+
+from wpipe.readers import native
+from wpipe.readers.base import Model, ModelReadError
+from wpipe.readers.keras_config import parse_json
+
+FORMAT = "keras-zip"
+WEIGHT_MEMBERS = ("model.weights.h5", "variables.h5")
+MAX_RATIO = 100  # weights barely compress; a member inflating 100x its stored size is a bomb
+MAX_JSON_BYTES = 64 << 20
+MAX_INFLATED_BYTES = 16 << 30
+
+
+def _check_members(zf: zipfile.ZipFile, where: str) -> None:
+    for info in zf.infolist():
+        parts = PurePosixPath(info.filename.replace("\\", "/")).parts
+        if info.filename.startswith(("/", "\\")) or ".." in parts or ":" in info.filename:
+            raise ModelReadError(
+                "unsafe-archive",
+                f"{where}: archive member path {info.filename!r} leaves the archive",
+            )
+        if info.compress_type != zipfile.ZIP_STORED and info.file_size > 1 << 20:
+            ratio = info.file_size / max(info.compress_size, 1)
+            if ratio > MAX_RATIO or info.file_size > MAX_INFLATED_BYTES:
+                raise ModelReadError(
+                    "zip-bomb",
+                    f"{where}: member {info.filename} would inflate {ratio:.0f}x to "
+                    f"{info.file_size:,} bytes; refusing",
+                )
+
+
+def _read_bounded(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, where: str) -> bytes:
+    """The member's bytes, refusing to inflate beyond its declared size or `limit`."""
+    if info.file_size > limit:
+        raise ModelReadError("zip-bomb", f"{where}: member {info.filename} is too large")
+    with zf.open(info) as fh:
+        data = fh.read(info.file_size + 1)
+    if len(data) > info.file_size:
+        raise ModelReadError("zip-bomb", f"{where}: member {info.filename} inflates past its size")
+    return data
+
+
+def read_json_member(zf: zipfile.ZipFile, name: str, where: str) -> dict | None:
+    try:
+        info = zf.getinfo(name)
+    except KeyError:
+        return None
+    raw = _read_bounded(zf, info, MAX_JSON_BYTES, where)
+    return parse_json(raw.decode("utf-8", errors="replace"), name, where)
+
+
+@contextmanager
+def open_archive(path: str, where: str) -> Iterator[Model]:
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise ModelReadError("bad-zip", f"{where}: not a readable zip archive ({exc})") from None
+    with zf:
+        _check_members(zf, where)
+        names = set(zf.namelist())
+        if "model.weights.npz" in names and not names & set(WEIGHT_MEMBERS):
+            raise ModelReadError(
+                "unsupported-format",
+                f"{where}: .keras archive with npz weights (pickled objects) — not read, since "
+                "unpickling can run code; re-save with model.save('x.keras')",
+            )
+        member = next((m for m in WEIGHT_MEMBERS if m in names), None)
+        if "config.json" not in names or member is None:
+            missing = "config.json" if "config.json" not in names else "model.weights.h5"
+            raise ModelReadError(
+                "missing-member", f"{where}: zip archive without {missing} — not a .keras model"
+            )
+        config = read_json_member(zf, "config.json", where)
+        metadata = read_json_member(zf, "metadata.json", where)
+        info = zf.getinfo(member)
+        if info.compress_type == zipfile.ZIP_STORED:
+            handle = zf.open(info)  # seekable view of the stored bytes: read lazily
+        else:
+            handle = io.BytesIO(_read_bounded(zf, info, MAX_INFLATED_BYTES, where))
+        with handle:
+            try:
+                f = h5py.File(handle, "r")
+            except OSError as exc:
+                raise ModelReadError(
+                    "corrupt", f"{where}: {member} is not a readable HDF5 file ({exc})"
+                ) from None
+            with f:
+                yield native.read([f], where, FORMAT, config, metadata)

@@ -1,0 +1,63 @@
+"""Sharded native weights (Keras 3.10+): a `*.weights.json` index and its HDF5 shards, §4.6."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import h5py
+
+from wpipe.readers import h5safe, native
+from wpipe.readers.base import Model, ModelReadError
+
+FORMAT = "weights-sharded"
+MAX_INDEX_BYTES = 64 << 20
+
+
+def is_index(path: Path) -> bool:
+    return path.name.endswith(".weights.json")
+
+
+def shard_names(index_path: Path, where: str) -> list[str]:
+    """The shard files an index names, in first-mention order; names must be plain file names."""
+    if index_path.stat().st_size > MAX_INDEX_BYTES:
+        raise ModelReadError("bad-json", f"{where}: shard index is implausibly large")
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelReadError(
+            "bad-json", f"{where}: shard index is not valid JSON ({exc})"
+        ) from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise ModelReadError("bad-json", f"{where}: shard index has no weight_map")
+    names: list[str] = []
+    for value in weight_map.values():
+        for name in [value] if isinstance(value, str) else value:
+            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+                raise ModelReadError(
+                    "unsafe-archive", f"{where}: shard name {name!r} points outside the folder"
+                )
+            if name not in names:
+                names.append(name)
+    return names
+
+
+@contextmanager
+def open_shards(
+    index_path: Path, where: str, fmt: str = FORMAT, config=None, metadata=None
+) -> Iterator[Model]:
+    names = shard_names(index_path, where)
+    with ExitStack() as stack:
+        files = []
+        for name in names:
+            shard = index_path.parent / name
+            if not shard.is_file():
+                raise ModelReadError("missing-member", f"{where}: shard {name} is missing")
+            with open(shard, "rb") as fh:
+                if not h5safe.is_hdf5(fh.read(8)):
+                    raise ModelReadError("corrupt", f"{where}: shard {name} is not HDF5")
+            files.append(stack.enter_context(h5py.File(shard, "r", locking=False)))
+        yield native.read(files, where, fmt, config, metadata)
