@@ -124,10 +124,14 @@ def child(kind: str, args: list[str]) -> None:
         db, jobs, values, *paths = args
         extra = wpipe_ingest(paths, db, int(jobs), values)
     seconds = time.perf_counter() - started
-    rss = max(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    # VmHWM is this process's own peak (ru_maxrss would include the parent's before exec);
+    # pool workers are children, measured by RUSAGE_CHILDREN.
+    hwm_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("VmHWM:")
     )
+    rss = max(hwm_kb, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     print(json.dumps({"seconds": seconds, "peak_rss_mb": rss / 1024, **extra}))
 
 

@@ -91,7 +91,12 @@ def tensor_stats(values: np.ndarray, options: StatsOptions) -> tuple[dict, Histo
         edge_lo, edge_hi = lo - 0.5, hi + 0.5
     else:
         edge_lo, edge_hi = lo, hi
-    fine = options.bins * (FINE_BINS // options.bins)
+    # Fine bins per histogram bin: enough that the percentile gather touches few values,
+    # few enough that a tiny tensor does not pay for 65536 empty bins.
+    per_bin = min(
+        FINE_BINS // options.bins, 1 << max(0, math.ceil(math.log2(flat.size / options.bins)))
+    )
+    fine = options.bins * max(per_bin, 1)
     scale = fine / (edge_hi - edge_lo)
 
     moments = _Moments()

@@ -28,6 +28,9 @@ from wpipe.readers import (
 )
 from wpipe.tables import FileInfo, ValuesMode, build_tables, model_id_for
 
+# Models loaded into DuckDB per transaction: one transaction per model costs more than reading
+# a small checkpoint. A crash loses at most the batch, whose files are then re-read next run.
+LOAD_BATCH = 64
 MODEL_SUFFIXES = (".h5", ".hdf5", ".keras", ".weights.json")
 
 
@@ -222,10 +225,15 @@ def ingest(
     if on_start:
         on_start(len(work))
     by_path = {job.path: job for job in work}
+    pending: dict[str, Path] = {}  # committed to the lake, not yet loaded into DuckDB
     for outcome in _map(work, jobs):
-        _store(outcome, by_path[outcome.path], db, lake, report)
+        _store(outcome, by_path[outcome.path], db, lake, report, pending)
+        if len(pending) >= LOAD_BATCH:
+            db.replace_models(pending)
+            pending.clear()
         if on_done:
             on_done(outcome)
+    db.replace_models(pending)
     if prune:
         report.pruned = _prune(db, lake, roots)
     db.refresh_names()
@@ -244,13 +252,21 @@ def _map(work: list[Job], jobs: int) -> Iterable[Outcome]:
             yield future.result()
 
 
-def _store(outcome: Outcome, job: Job, db: store.Database, lake: Path, report: Report) -> None:
+def _store(
+    outcome: Outcome,
+    job: Job,
+    db: store.Database,
+    lake: Path,
+    report: Report,
+    pending: dict[str, Path],
+) -> None:
     if outcome.status == "unchanged":
         db.touch_model(outcome.path, job.mtime)
         report.unchanged += 1
     elif outcome.status == "ingested":
-        final = store.commit_partition(lake, outcome.model_id, Path(outcome.partition))
-        db.replace_model(outcome.model_id, final)
+        pending[outcome.model_id] = store.commit_partition(
+            lake, outcome.model_id, Path(outcome.partition)
+        )
         report.ingested += 1
         report.n_tensors += outcome.n_tensors
         report.n_params += outcome.n_params

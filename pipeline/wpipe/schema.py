@@ -63,7 +63,9 @@ MODELS = Table(
         _c("file_bytes", I64, "file size in bytes"),
         _c("mtime", F64, "file modification time (seconds since the epoch) when ingested"),
         _c("format", STR, "on-disk layout: h5-model (full model) or h5-weights (save_weights)"),
-        _c("keras_version", STR, "Keras version recorded by the writer (NULL: Keras 1)"),
+        _c(
+            "keras_version", STR, "Keras version the writer recorded (NULL where none: Keras 0.x/1)"
+        ),
         _c("backend", STR, "backend recorded by the writer (tensorflow, jax, theano, ...)"),
         _c("model_class", STR, "Sequential, Functional, Model, ... (NULL without architecture)"),
         _c("arch_id", STR, "fingerprint of weighted layers' classes and weight shapes"),
@@ -115,6 +117,7 @@ WEIGHTS = Table(
         _c("shape", pa.list_(I64), "tensor shape"),
         _c("size", I64, "number of elements"),
         _c("source_name", STR, "where the tensor lives in the file, verbatim"),
+        _c("layout", STR, "keras; theano (Keras 1 'th' conv kernel); cudnn (CuDNNLSTM/GRU)"),
         _c("mean", F64, "arithmetic mean"),
         _c("std", F64, "population standard deviation (divides by n)"),
         _c("min", F64, "smallest value"),

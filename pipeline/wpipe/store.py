@@ -63,7 +63,10 @@ class Partition:
             empty = schema.WEIGHT_VALUES.arrow_schema.empty_table()
             pq.write_table(empty, self.tmp / "weight_values.parquet")
         for name, table in tables.items():
-            pq.write_table(table, self.tmp / f"{name}.parquet")
+            # a few rows each: column statistics and dictionaries cost more than they save
+            pq.write_table(
+                table, self.tmp / f"{name}.parquet", write_statistics=False, use_dictionary=False
+            )
 
     def abort(self) -> None:
         if self._values is not None:
@@ -117,23 +120,28 @@ class Database:
         rows = self.con.execute("SELECT path, file_bytes, mtime, message FROM ingest_errors")
         return {p: (b, m, msg) for p, b, m, msg in rows.fetchall()}
 
-    def replace_model(self, model_id: str, partition: Path) -> None:
-        """Swap a model's rows for those in its lake partition, all or nothing."""
+    def replace_models(self, partitions: dict[str, Path]) -> None:
+        """Swap each model's rows for those in its lake partition, all in one transaction."""
+        if not partitions:
+            return
+        ids = list(partitions)
         self.con.execute("BEGIN TRANSACTION")
         try:
             for table in schema.MODEL_TABLES:
-                self.con.execute(f"DELETE FROM {table.name} WHERE model_id = ?", [model_id])
+                self.con.execute(
+                    f"DELETE FROM {table.name} WHERE list_contains(?, model_id)", [ids]
+                )
                 columns = ", ".join(f'"{c}"' for c in table.column_names)
-                source = str(partition / f"{table.name}.parquet")
+                sources = [str(p / f"{table.name}.parquet") for p in partitions.values()]
                 self.con.execute(
                     f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM read_parquet(?)",
-                    [source],
+                    [sources],
                 )
-            path = self.con.execute(
-                "SELECT path FROM models WHERE model_id = ?", [model_id]
-            ).fetchone()
-            if path:
-                self.con.execute("DELETE FROM ingest_errors WHERE path = ?", [path[0]])
+            self.con.execute(
+                "DELETE FROM ingest_errors WHERE path IN "
+                "(SELECT path FROM models WHERE list_contains(?, model_id))",
+                [ids],
+            )
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")

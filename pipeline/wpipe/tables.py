@@ -101,6 +101,7 @@ def build_tables(
                     "dtype": tensor.dtype,
                     "shape": list(tensor.shape),
                     "source_name": tensor.source_name,
+                    "layout": tensor.layout,
                     **stats,
                 }
             )

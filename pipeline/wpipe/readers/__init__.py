@@ -9,7 +9,16 @@ from pathlib import Path
 
 import h5py
 
-from wpipe.readers import h5safe, keras_dir, keras_zip, legacy_h5, native, sharded, unsupported
+from wpipe.readers import (
+    h5safe,
+    keras0,
+    keras_dir,
+    keras_zip,
+    legacy_h5,
+    native,
+    sharded,
+    unsupported,
+)
 from wpipe.readers.base import Layer, Model, ModelReadError, Tensor
 
 __all__ = ["Layer", "Model", "ModelReadError", "Tensor", "model_files", "open_model", "sniff"]
@@ -89,11 +98,13 @@ def _open(p: Path, where: str) -> Iterator[Model]:
     with f:
         if legacy_h5.claims(f):
             yield legacy_h5.read(f, where)
+        elif keras0.claims(f):
+            yield keras0.read(f, where)
         elif any(isinstance(f.get(k, getlink=True), h5py.HardLink) for k in NATIVE_ROOTS):
             yield native.read([f], where, WEIGHTS_H5, None, None)
         else:
             raise ModelReadError(
                 "not-keras",
                 f"{where}: HDF5 file without a Keras layout (no model_config, layer_names, "
-                "model_weights or layers/vars groups)",
+                "model_weights, nb_layers or layers/vars groups)",
             )

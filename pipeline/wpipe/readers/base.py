@@ -29,6 +29,9 @@ class Tensor:
     shape: tuple[int, ...]
     dtype: str  # logical dtype: float32, float16, bfloat16, ...
     load: Callable[[], np.ndarray]
+    # Element order when it differs from Keras 2's: "theano" conv kernels (filters, in, *k),
+    # "cudnn" recurrent weights (per-gate cuDNN blocks, bias of 8u/6u).
+    layout: str = "keras"
 
     @property
     def size(self) -> int:

@@ -76,10 +76,8 @@ def dataset(group: h5py.Group, path: str, where: str) -> h5py.Dataset:
 
 def logical_dtype(ds: h5py.Dataset) -> str:
     """float32, float16, …; a 2-byte opaque type is bfloat16 (Keras stores it so)."""
+    # Keras ≥3.0.5 also marks these with attribute dtype="bfloat16"; older writers do not.
     if ds.dtype.kind == "V" and ds.dtype.itemsize == 2:
-        return "bfloat16"
-    marker = attr(ds, "dtype")
-    if marker == "bfloat16":
         return "bfloat16"
     return ds.dtype.name
 

@@ -6,9 +6,11 @@ Written by Keras 1, Keras 2, tf.keras / tf_keras and Keras 3 (`.h5` path); keras
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 
 import h5py
+import numpy as np
 
 from wpipe.readers import h5safe
 from wpipe.readers.base import Layer, Model, ModelReadError, Tensor
@@ -63,7 +65,7 @@ def read(f: h5py.File, where: str) -> Model:
         if names:
             layers.append(_leaf(group, names, "top_level_model_weights", "", None, True, where))
 
-    n_opt_tensors, n_opt_params = _optimizer_counts(f, where)
+    n_opt_tensors, n_opt_params = _optimizer_counts(f)
     optimizer, loss = _training_summary(training)
     keras_version = h5safe.attr(weights_root, "keras_version") or h5safe.attr(f, "keras_version")
     backend = h5safe.attr(weights_root, "backend") or h5safe.attr(f, "backend")
@@ -163,6 +165,11 @@ def _layer(
                 load=h5safe.lazy_array(ds, where),
             )
         )
+    layout = _layout(spec)
+    tensors = _fuse_keras1_gates(tensors)
+    for tensor in tensors:
+        if layout == "cudnn" or (layout == "theano" and tensor.role == "kernel"):
+            tensor.layout = layout
     return Layer(
         layer_path=path,
         layer_name=name,
@@ -173,13 +180,78 @@ def _layer(
     )
 
 
-def _optimizer_counts(f: h5py.File, where: str) -> tuple[int, int]:
+CUDNN_CLASSES = {"CuDNNLSTM", "CuDNNGRU"}
+# Keras 1 saved non-fused recurrent layers gate by gate; Keras 2 concatenates in this order.
+GATE_ORDERS = ({"i", "c", "f", "o"}, "ifco"), ({"z", "r", "h"}, "zrh")
+_GATE_NAME = re.compile(
+    r"^(?:(?P<scope>.+)/)?(?P<role>kernel|recurrent_kernel|bias)_(?P<gate>[a-z])$"
+)
+
+
+def _layout(spec: LayerSpec | None) -> str:
+    if spec is None:
+        return "keras"
+    wrapped = spec.config.get("layer") if isinstance(spec.config.get("layer"), dict) else {}
+    if spec.class_name in CUDNN_CLASSES or wrapped.get("class_name") in CUDNN_CLASSES:
+        return "cudnn"
+    if "onvolution" in spec.class_name and spec.inner.get("dim_ordering") == "th":
+        return "theano"
+    return "keras"
+
+
+def _fuse_keras1_gates(tensors: list[Tensor]) -> list[Tensor]:
+    """Keras 1's W_i, U_i, b_i, W_c, … (LSTM) or W_z, … (GRU) -> fused kernel,
+    recurrent_kernel and bias with gate blocks in Keras 2 order (i, f, c, o / z, r, h)."""
+    parts: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for tensor in tensors:
+        match = _GATE_NAME.match(tensor.weight_name)
+        if match:
+            key = (match["scope"] or "", match["role"])
+            parts.setdefault(key, {})[match["gate"]] = tensor
+    fused: dict[int, Tensor] = {}
+    absorbed: set[int] = set()
+    for (scope, role), gates in parts.items():
+        order = next((o for g, o in GATE_ORDERS if set(gates) == g), None)
+        if order is None:
+            continue
+        pieces = [gates[g] for g in order]
+        first = min(tensors.index(p) for p in pieces)
+        shape = (*pieces[0].shape[:-1], sum(p.shape[-1] for p in pieces))
+        fused[first] = Tensor(
+            weight_name=f"{scope}/{role}" if scope else role,
+            role=role,
+            trainable=pieces[0].trainable,
+            source_name=",".join(p.source_name for p in pieces),
+            shape=shape,
+            dtype=pieces[0].dtype,
+            load=_concatenated([p.load for p in pieces]),
+        )
+        absorbed.update(id(p) for p in pieces)
+    out = []
+    for index, tensor in enumerate(tensors):
+        if index in fused:
+            out.append(fused[index])
+        if id(tensor) not in absorbed:
+            out.append(tensor)
+    return out
+
+
+def _concatenated(loads):
+    def load() -> np.ndarray:
+        return np.concatenate([lo() for lo in loads], axis=-1)
+
+    return load
+
+
+def _optimizer_counts(f: h5py.File) -> tuple[int, int]:
+    """Tensors and elements of the optimizer state (shapes only; visititems skips links)."""
     link = f.get("optimizer_weights", getlink=True)
     if not isinstance(link, h5py.HardLink):
         return 0, 0
-    group = f["optimizer_weights"]
-    names = h5safe.name_list(group, "weight_names") or []
-    sizes = [h5safe.dataset(group, n, where).size for n in names]
+    sizes: list[int] = []
+    f["optimizer_weights"].visititems(
+        lambda _name, obj: sizes.append(obj.size) if isinstance(obj, h5py.Dataset) else None
+    )
     return len(sizes), int(sum(sizes))
 
 

@@ -1,0 +1,50 @@
+"""Keras 0.x `save_weights` files (≤0.3.3), §1.2 step 4: no names, no architecture.
+
+Sequential: root attribute `nb_layers`, groups `layer_{k}` with `nb_params` and datasets
+`param_{p}`; Graph: root group `graph` with `nb_params` and `param_{p}`. Layers and weights are
+known by position only, so every tensor's role is `unknown`.
+"""
+
+from __future__ import annotations
+
+import h5py
+
+from wpipe.readers import h5safe
+from wpipe.readers.base import Layer, Model, ModelReadError, Tensor
+
+FORMAT = "h5-keras0"
+
+
+def claims(f: h5py.File) -> bool:
+    return "nb_layers" in f.attrs or (
+        isinstance(f.get("graph", getlink=True), h5py.HardLink) and "nb_params" in f["graph"].attrs
+    )
+
+
+def read(f: h5py.File, where: str) -> Model:
+    if "nb_layers" in f.attrs:
+        groups = [(f"layer_{k}", f"layer_{k}") for k in range(int(f.attrs["nb_layers"]))]
+        model_class = "Sequential"
+    else:
+        groups, model_class = [("graph", "graph")], "Graph"
+    layers = []
+    for path, key in groups:
+        group = h5safe.child(f, key, where)
+        if "nb_params" not in group.attrs:
+            raise ModelReadError("not-keras", f"{where}: Keras 0.x group {key} has no nb_params")
+        tensors = []
+        for p in range(int(group.attrs["nb_params"])):
+            ds = h5safe.dataset(group, f"param_{p}", where)
+            tensors.append(
+                Tensor(
+                    weight_name=f"param_{p}",
+                    role="unknown",
+                    trainable=True,
+                    source_name=ds.name,
+                    shape=tuple(int(d) for d in ds.shape),
+                    dtype=h5safe.logical_dtype(ds),
+                    load=h5safe.lazy_array(ds, where),
+                )
+            )
+        layers.append(Layer(path, path, None, None, True, tensors))
+    return Model(where, FORMAT, None, None, model_class, None, None, layers)
