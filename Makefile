@@ -16,6 +16,7 @@ demo: $(STAMP)
 	rm -f demo.duckdb
 	$(BIN)/wpipe ingest examples/models --db demo.duckdb --lake demo_lake
 	$(BIN)/wpipe models --db demo.duckdb
+	$(BIN)/wpipe report --db demo.duckdb -o report.html
 
 test: $(STAMP)
 	$(BIN)/pytest -q

@@ -243,3 +243,150 @@ def schema_command(fmt: Format = FormatOption) -> None:
         for column in table.columns
     ]
     emit(["table", "column", "type", "meaning"], rows, fmt, title="wpipe tables")
+
+
+# Options of `wpipe chart`, by the chart function parameter they fill.
+_CHART_OPTION_NAMES = {
+    "models": "--model",
+    "layers": "--layer",
+    "roles": "--role",
+    "weight": "--weight",
+    "stat": "--stat",
+    "bins": "--bins",
+}
+
+
+@app.command("health")
+def health_command(
+    models: list[str] = typer.Argument(None, help="Model names, paths or id prefixes [all]."),
+    db: str | None = DbOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """Flagged weight tensors across models, worst first (exit 0: findings are not errors)."""
+    con = _connect(db)
+    try:
+        ids = [api.resolve_model(con, m) for m in models or []]
+    except LookupError as exc:
+        raise _usage_error(str(exc)) from None
+    result = con.execute(
+        "SELECT * EXCLUDE (model_id, severity) FROM health_findings "
+        "WHERE len(?::VARCHAR[]) = 0 OR list_contains(?::VARCHAR[], model_id)",
+        [ids, ids],
+    )
+    rows = result.fetchall()
+    emit([d[0] for d in result.description], rows, fmt, title="health findings")
+    if fmt is Format.table and not rows:
+        err.print("no findings: no tensor crosses a threshold in the settings table")
+
+
+@app.command("chart")
+def chart_command(
+    name: str | None = typer.Argument(None, help="Chart to draw (`wpipe chart --list`)."),
+    output: Path | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="File to write; the suffix gives the format: .vl.json/.json, .html, .png, .svg.",
+    ),
+    model: list[str] | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help=r"Model name, path or model_id prefix; repeat for more \[default: all].",
+    ),
+    layer: list[str] | None = typer.Option(
+        None,
+        "--layer",
+        "-l",
+        help="Layer path or glob pattern; repeat for more (histogram and gates take one).",
+    ),
+    role: list[str] | None = typer.Option(
+        None,
+        "--role",
+        "-r",
+        help=r"Weight role for heatmap and boxes (kernel, bias, …); repeat \[default: kernel].",
+    ),
+    weight: str | None = typer.Option(
+        None, "--weight", "-w", help="Weight name for histogram (kernel, forward/kernel, …)."
+    ),
+    stat: str | None = typer.Option(
+        None, "--stat", "-s", help="weights column for heatmap (std, l2, max_abs, …)."
+    ),
+    bins: int | None = typer.Option(
+        None, min=1, max=1000, help=r"Bins for histogram and gates \[default: 40]."
+    ),
+    list_charts: bool = typer.Option(False, "--list", help="List the charts, one a line."),
+    db: str | None = DbOption,
+) -> None:
+    """Draw one figure into a file: Vega-Lite JSON, offline HTML, PNG or SVG."""
+    import inspect
+
+    from wpipe import charts  # imported here: Altair adds 0.3 s to every command's start
+
+    if list_charts:
+        for chart_name in charts.CHARTS:
+            sys.stdout.write(f"{chart_name:<13} {charts.summary(chart_name)}\n")
+        return
+    if name is None:
+        raise _usage_error("name the chart to draw (`wpipe chart --list` lists them)")
+    if name not in charts.CHARTS:
+        raise _usage_error(f"no chart is named {name!r}; one of: {', '.join(charts.CHARTS)}")
+    if output is None:
+        raise _usage_error("give the file to write: -o FILE (.vl.json, .json, .html, .png, .svg)")
+    if not output.name.lower().endswith(charts.SAVE_FORMATS):
+        raise _usage_error(
+            f"{output}: unknown format; the suffix must be one of {', '.join(charts.SAVE_FORMATS)}"
+        )
+    draw = charts.CHARTS[name]
+    accepted = inspect.signature(draw).parameters
+    given = {"models": model, "layers": layer, "roles": role, "weight": weight, "stat": stat}
+    given["bins"] = bins
+    kwargs: dict[str, Any] = {}
+    for key, value in given.items():
+        if not value:
+            continue
+        if key == "layers" and "layer" in accepted:
+            if len(value) > 1:
+                raise _usage_error(f"chart {name} draws one layer; give --layer once")
+            kwargs["layer"] = value[0]
+        elif key in accepted:
+            kwargs[key] = value
+        else:
+            raise _usage_error(f"chart {name} takes no {_CHART_OPTION_NAMES[key]}")
+    con = _connect(db)
+    try:
+        chart = draw(con, **kwargs)
+    except charts.NoData as exc:
+        err.print(f"nothing to draw: {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except (LookupError, ValueError) as exc:
+        raise _usage_error(str(exc)) from None
+    try:
+        charts.save_chart(chart, output)
+    except OSError as exc:
+        raise _usage_error(f"cannot write {output}: {exc.strerror or exc}") from None
+    err.print(f"wrote {output}", highlight=False, soft_wrap=True)
+
+
+@app.command("report")
+def report_command(
+    output: Path = typer.Option(Path("report.html"), "--output", "-o", help="HTML file to write."),
+    model: list[str] | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help=r"Only these models (name, path or model_id prefix); repeat \[default: all].",
+    ),
+    db: str | None = DbOption,
+) -> None:
+    """Write one self-contained HTML report of the tables and figures; it opens offline."""
+    from wpipe import report  # imported here: Altair adds 0.3 s to every command's start
+
+    con = _connect(db)
+    try:
+        path = report.write_report(con, output, models=model or None)
+    except LookupError as exc:
+        raise _usage_error(str(exc)) from None
+    except OSError as exc:
+        raise _usage_error(f"cannot write {output}: {exc.strerror or exc}") from None
+    err.print(f"wrote {path}", highlight=False, soft_wrap=True)

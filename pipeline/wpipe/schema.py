@@ -165,6 +165,27 @@ WEIGHT_VALUES = Table(
     ),
 )
 
+UNITS = Table(
+    "units",
+    "slice of a weight tensor along its meaningful axis (README: Weight anatomy)",
+    (
+        *TENSOR_KEY,
+        _c("role", STR, "weights.role of the tensor"),
+        _c("axis", STR, "unit, filter, channel, gate (a whole gate block) or head"),
+        _c("index", I64, "slice index along the axis (unit within its gate for gated layers)"),
+        _c("gate", STR, "i, f, c, o (LSTM, ConvLSTM); z, r, h (GRU); NULL elsewhere"),
+        _c("direction", STR, "forward / backward inside Bidirectional; NULL elsewhere"),
+        _c("part", STR, "input / recurrent half of a GRU reset_after or cuDNN bias"),
+        _c("size", I64, "elements in the slice (a unit's incoming weights)"),
+        _c("mean", F64, "mean of the slice"),
+        _c("std", F64, "population standard deviation of the slice"),
+        _c("l2", F64, "Euclidean norm of the slice"),
+        _c("max_abs", F64, "largest |w| in the slice"),
+        _c("zero_frac", F64, "fraction of elements exactly 0"),
+        _c("near_zero_frac", F64, "fraction with |w| < weights.near_zero_threshold"),
+    ),
+)
+
 INGEST_ERRORS = Table(
     "ingest_errors",
     "file that could not be read",
@@ -178,5 +199,5 @@ INGEST_ERRORS = Table(
     ),
 )
 
-MODEL_TABLES = (MODELS, LAYERS, WEIGHTS, HISTOGRAMS, WEIGHT_VALUES)
+MODEL_TABLES = (MODELS, LAYERS, WEIGHTS, HISTOGRAMS, WEIGHT_VALUES, UNITS)
 ALL_TABLES = (*MODEL_TABLES, INGEST_ERRORS)

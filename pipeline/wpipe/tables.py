@@ -14,8 +14,11 @@ import pyarrow as pa
 
 from wpipe import schema
 from wpipe.analysis import StatsOptions, sample_indices, tensor_stats
+from wpipe.anatomy import slice_groups, slice_stats
 from wpipe.readers import Model
 from wpipe.readers.keras_config import layer_fields
+
+DIRECTIONS = ("forward", "backward")
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ def build_tables(
     emit_values: Callable[[pa.RecordBatch], None],
 ) -> dict[str, pa.Table]:
     """Analyse every tensor (one in memory at a time); weight_values go to `emit_values`."""
-    layer_rows, weight_rows, hist_rows = [], [], []
+    layer_rows, weight_rows, hist_rows, unit_rows = [], [], [], []
     weight_index = 0
     for layer_index, layer in enumerate(model.layers):
         layer_rows.append(
@@ -112,6 +115,15 @@ def build_tables(
                         {**key, "bin": b, "lo": hist.edges[b], "hi": hist.edges[b + 1],
                          "count": count}
                     )  # fmt: skip
+            direction = tensor.weight_name.split("/", 1)[0]
+            groups = slice_groups(layer.class_name, layer.config, tensor.weight_name,
+                                  tensor.role, tensor.layout, array)  # fmt: skip
+            for group in groups:
+                for row in slice_stats(group, options.near_zero):
+                    unit_rows.append(
+                        {**key, "role": tensor.role,
+                         "direction": direction if direction in DIRECTIONS else None, **row}
+                    )  # fmt: skip
             if values.kind != "none" and array.size:
                 emit_values(_values_batch(key, array, values))
             del array
@@ -147,6 +159,7 @@ def build_tables(
         "layers": _table(schema.LAYERS, layer_rows),
         "weights": _table(schema.WEIGHTS, weight_rows),
         "histograms": _table(schema.HISTOGRAMS, hist_rows),
+        "units": _table(schema.UNITS, unit_rows),
     }
 
 

@@ -14,6 +14,8 @@ import pytest
 from tests.conftest import MODELS, Warehouse, expected
 
 NATIVE = ["k3_dense_bn_frozen", "k3_lstm", "k3_bidi_td", "k3_conv2d", "k3_mha"]
+# the same kinds written by Keras 3 on the JAX backend
+NATIVE += ["k3j_dense_bn_frozen", "k3j_lstm", "k3j_conv2d", "k3j_mha", "k3j_gru_reset_after"]
 LAYER_COLUMNS = (
     "layer_index, layer_path, layer_name, class_name, trainable, n_params, n_trainable, "
     "n_tensors, activation, units, filters, kernel_size, config"

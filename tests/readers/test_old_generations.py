@@ -40,8 +40,10 @@ def test_keras0_sequential_and_graph_weights(tmp_path):
     w = Warehouse(tmp_path)
     assert not w.ingest(tmp_path).failed
     models = w.query("SELECT name, format, model_class, n_layers, n_params FROM models ORDER BY 1")
-    assert models == [("k0_graph", "h5-keras0", "Graph", 1, 12), ("k0_seq", "h5-keras0",
-                                                                   "Sequential", 2, 15)]  # fmt: skip
+    assert models == [
+        ("k0_graph", "h5-keras0", "Graph", 1, 12),
+        ("k0_seq", "h5-keras0", "Sequential", 2, 15),
+    ]
     rows = w.query(
         "SELECT layer_path, weight_name, role, mean FROM weights JOIN models USING (model_id) "
         "WHERE name = 'k0_seq' ORDER BY weight_index"

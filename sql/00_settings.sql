@@ -1,0 +1,20 @@
+-- settings: every threshold the health views use, kept in one place (README: Weight health).
+-- Change one with  UPDATE settings SET value = 0.8 WHERE name = 'sparse_frac';
+-- the change stays in the database: re-applying this file only adds missing names.
+CREATE TABLE IF NOT EXISTS settings (name VARCHAR PRIMARY KEY, value DOUBLE, doc VARCHAR);
+INSERT INTO settings VALUES
+    ('dead_abs', 1e-4,
+     'a unit/filter is dead when every incoming weight has |w| below this; a BN channel when |gamma| is'),
+    ('sparse_frac', 0.5,
+     'a tensor is sparse when more than this fraction of its weights is near zero'),
+    ('explode_abs', 100.0,
+     'a weight tensor explodes when some |w| exceeds this absolute limit'),
+    ('explode_ratio', 50.0,
+     'or when max |w| exceeds this many robust standard deviations (IQR / 1.349) of its tensor'),
+    ('explode_min_size', 64.0,
+     'the ratio test needs at least this many elements: a small tensor has no stable spread'),
+    ('forget_bias_high', 5.0,
+     'LSTM forget gate saturates open when its mean bias is above this (sigmoid(5) = 0.993)'),
+    ('forget_bias_low', -5.0,
+     'LSTM forget gate saturates shut when its mean bias is below this (sigmoid(-5) = 0.007)')
+ON CONFLICT (name) DO NOTHING;

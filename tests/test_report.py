@@ -1,0 +1,168 @@
+"""The HTML report: every section, valid embedded figures, offline, and model text escaped."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import time
+
+import jsonschema
+import numpy as np
+import pytest
+import wpipe
+from typer.testing import CliRunner
+from wpipe import charts, report, store
+from wpipe.cli import app
+
+from tests.conftest import Warehouse, dense_config, expected, write_legacy_h5
+from tests.test_charts import data_rows, make_zoo, many_models, vega_lite_schema
+
+runner = CliRunner()
+
+ZOO = ["k2_conv2d.h5", "k3_conv2d.h5", "k2_lstm.h5", "k2_gru_reset_after.h5", "k2_bidi_td.h5"]
+EVIL_LAYER = "<script>alert(1)</script>"
+EVIL_MODEL = "<img src=x onerror=alert(2)>"
+SPEC_SCRIPT = re.compile(r'<script type="application/json" id="spec-(\d+)">(.*?)</script>', re.S)
+
+
+@pytest.fixture(scope="module")
+def db_path(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    zoo = make_zoo(root / "zoo", ZOO)
+    rng = np.random.default_rng(7)
+    write_legacy_h5(
+        zoo / f"{EVIL_MODEL}.h5",
+        {
+            EVIL_LAYER: {
+                f"{EVIL_LAYER}/kernel:0": rng.normal(size=(4, 3)).astype(np.float32),
+                f"{EVIL_LAYER}/bias:0": np.zeros(3, np.float32),
+            }
+        },
+        config=dense_config(EVIL_LAYER),
+    )
+    (zoo / "broken.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 40)  # a truncated file
+    result = Warehouse(root).ingest(zoo)
+    assert result.ingested == len(ZOO) + 1 and len(result.failed) == 1
+    return root / "w.duckdb"
+
+
+@pytest.fixture(scope="module")
+def page(db_path):
+    con = wpipe.connect(db_path)
+    text = report.build_report(con)
+    con.close()
+    return text
+
+
+def test_report_has_every_section_in_its_table_of_contents(page):
+    for section in (
+        "overview",
+        "architectures",
+        "parameters",
+        "group-1",
+        "gates",
+        "filters",
+        "tables",
+        "errors",
+    ):
+        assert f'<section id="{section}">' in page, section
+        assert f'<a href="#{section}">' in page, section
+    assert page.index('id="contents"') < page.index('<section id="overview">')
+    for caption in ("Largest |w|", "Most near-zero", "Non-finite values", "Layer classes"):
+        assert caption in page
+
+
+def test_overview_counts_match_the_fixtures(page):
+    total = sum(expected(name)[0]["count_params"] for name in ZOO) + 4 * 3 + 3
+    models = len(ZOO) + 1
+    assert f"{models} models in" in page
+    assert f"{total:,} parameters" in page
+    assert "1 files could not be read" in page
+
+
+def test_every_embedded_figure_is_valid_and_within_budget(page):
+    specs = SPEC_SCRIPT.findall(page)
+    figures = re.findall(r'<div class="vis" data-spec="spec-(\d+)">', page)
+    assert len(specs) == len(figures) >= 8
+    assert [n for n, _ in specs] == figures
+    validator = jsonschema.Draft7Validator(vega_lite_schema())
+    for _, text in specs:
+        assert "<" not in text  # nothing inside can close the <script> element
+        spec = json.loads(text)
+        validator.validate(spec)
+        assert 0 < len(data_rows(spec)) <= charts.ROW_BUDGET
+
+
+def test_model_supplied_text_is_escaped_everywhere(page):
+    assert EVIL_LAYER not in page and EVIL_MODEL not in page
+    assert "alert(1)</script>" not in page
+    assert html.escape(EVIL_MODEL) in page  # shown as text in the tables
+    assert html.escape(EVIL_LAYER) in page
+    # It reaches the figures too, as data the browser never parses as HTML.
+    in_specs = [json.loads(t) for _, t in SPEC_SCRIPT.findall(page)]
+    assert any(EVIL_MODEL in json.dumps(s) for s in in_specs)
+    # The only script elements: the inlined library, one per figure, the loader.
+    assert page.count("<script") == 1 + len(in_specs) + 1
+    assert page.lower().count("</script>") == page.count("<script")
+
+
+def test_report_is_self_contained(page):
+    assert "window.vegaEmbed" in page  # Vega, Vega-Lite and vega-embed are inlined
+    start = page.index("<script>")
+    outside = page[:start] + page[page.index("</script>", start) :]  # the library's own code
+    assert not re.search(r"<(script|img|iframe)[^>]*\ssrc=", outside)
+    assert "<link" not in outside
+    assert '"editor": false' in page or '"editor":false' in page
+
+
+def test_report_of_an_empty_database(tmp_path):
+    db = store.Database(tmp_path / "empty.duckdb")
+    db.close()
+    con = wpipe.connect(tmp_path / "empty.duckdb")
+    text = report.build_report(con)
+    con.close()
+    assert "No models are ingested" in text and '<section id="overview">' in text
+    assert not SPEC_SCRIPT.findall(text)
+
+
+def test_report_of_chosen_models_only(db_path):
+    con = wpipe.connect(db_path)
+    text = report.build_report(con, models=["k2_conv2d", "k3_conv2d"])
+    con.close()
+    assert "2 models in 1 architecture groups" in text
+    assert "k2_lstm" not in text and 'id="gates"' not in text
+    assert 'id="filters"' in text
+
+
+def test_cli_report_writes_the_file(db_path, tmp_path):
+    db = tmp_path / "copy.duckdb"
+    shutil.copy2(db_path, db)
+    out = tmp_path / "r.html"
+    result = runner.invoke(app, ["report", "--db", str(db), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_text().startswith("<!DOCTYPE html>")
+    assert str(out) in result.output
+    picked = runner.invoke(
+        app, ["report", "--db", str(db), "-o", str(tmp_path / "p.html"), "-m", "k2_lstm"]
+    )
+    assert picked.exit_code == 0 and "1 models in" in (tmp_path / "p.html").read_text()
+    unknown = runner.invoke(app, ["report", "--db", str(db), "-m", "nope", "-o", str(out)])
+    assert unknown.exit_code == 2 and "no model is named" in unknown.output
+    no_db = runner.invoke(app, ["report", "--db", str(tmp_path / "none.duckdb")])
+    assert no_db.exit_code == 2
+
+
+def test_report_over_500_models_is_quick_and_bounded(tmp_path):
+    con = wpipe.connect(many_models(tmp_path))
+    charts.javascript_bundle()  # built once per process; time the report itself
+    started = time.perf_counter()
+    text = report.build_report(con)
+    seconds = time.perf_counter() - started
+    con.close()
+    assert seconds < 20
+    assert "500 models in 4 architecture groups" in text
+    assert text.count("<tr>") >= 500
+    for _, spec in SPEC_SCRIPT.findall(text):
+        assert len(data_rows(json.loads(spec))) <= charts.ROW_BUDGET
