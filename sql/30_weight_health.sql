@@ -22,6 +22,10 @@ forget AS (
     FROM units
     WHERE axis = 'gate' AND gate = 'f' AND role = 'bias'
     GROUP BY ALL),
+previous AS (
+    -- the tensor's change from the previous checkpoint of its series (drift table)
+    SELECT model_b AS model_id, layer_path, weight_name, l2_diff = 0 AS unchanged
+    FROM drift WHERE series IS NOT NULL),
 base AS (
     SELECT w.model_id, m.name AS model, w.layer_path, l.class_name, w.weight_name, w.role,
            w.size, w.near_zero_frac, w.max_abs,
@@ -29,13 +33,15 @@ base AS (
            w.nan_count + w.inf_count AS nonfinite_count,
            d.n_units, coalesce(d.dead_units, 0) AS dead_units,
            f.forget_bias_mean,
+           w.trainable AND coalesce(p.unchanged, false) AS stale,
            w.role IN ('moving_mean', 'moving_variance', 'mean', 'variance', 'count')
                AS is_statistic
     FROM weights AS w
     JOIN models AS m USING (model_id)
     LEFT JOIN layers AS l USING (model_id, layer_path)
     LEFT JOIN dead AS d USING (model_id, layer_path, weight_name)
-    LEFT JOIN forget AS f USING (model_id, layer_path, weight_name))
+    LEFT JOIN forget AS f USING (model_id, layer_path, weight_name)
+    LEFT JOIN previous AS p USING (model_id, layer_path, weight_name))
 SELECT
     b.*,
     b.max_abs / nullif(b.robust_std, 0) AS max_abs_ratio,
@@ -59,13 +65,14 @@ SELECT
         CASE WHEN exploding THEN 'exploding' END,
         CASE WHEN has_dead_units THEN 'dead_units' END,
         CASE WHEN saturating_forget_gate THEN 'saturating_forget_gate' END,
-        CASE WHEN sparse THEN 'sparse' END) AS flags,
+        CASE WHEN sparse THEN 'sparse' END,
+        CASE WHEN stale THEN 'stale' END) AS flags,
     CASE WHEN has_dead_units THEN dead_units || '/' || n_units END AS dead,
     nonfinite_count, max_abs, round(max_abs_ratio, 1) AS max_abs_ratio,
     round(near_zero_frac, 4) AS near_zero_frac, round(forget_bias_mean, 3) AS forget_bias_mean,
     4 * nan_or_inf::INT + 3 * exploding::INT + 2 * has_dead_units::INT
-        + saturating_forget_gate::INT + sparse::INT AS severity,
+        + saturating_forget_gate::INT + sparse::INT + stale::INT AS severity,
     model_id
 FROM weight_health
-WHERE nan_or_inf OR exploding OR has_dead_units OR saturating_forget_gate OR sparse
+WHERE nan_or_inf OR exploding OR has_dead_units OR saturating_forget_gate OR sparse OR stale
 ORDER BY severity DESC, dead_units DESC, model, layer_path, weight_name;

@@ -30,11 +30,20 @@ class Warehouse:
         self.db_path = root / "w.duckdb"
         self.lake = root / "w.lake"
 
-    def ingest(self, *paths, values: str = "all", jobs: int = 1, prune: bool = False) -> Report:
+    def ingest(
+        self, *paths, values: str = "all", jobs: int = 1, prune: bool = False, drift: bool = True
+    ) -> Report:
         db = store.Database(self.db_path)
         try:
             return ingest(
-                paths, db, self.lake, StatsOptions(), ValuesMode.parse(values), jobs, prune
+                paths,
+                db,
+                self.lake,
+                StatsOptions(),
+                ValuesMode.parse(values),
+                jobs,
+                prune,
+                drift=drift,
             )
         finally:
             db.close()

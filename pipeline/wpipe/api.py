@@ -21,7 +21,11 @@ def connect(db: str | os.PathLike | None = None) -> duckdb.DuckDBPyConnection:
     path = Path(db or default_db())
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such database; run `wpipe ingest` first")
-    con = duckdb.connect(str(path))
+    try:
+        con = duckdb.connect(str(path))
+    except duckdb.IOException:
+        # another process (an ingest) holds the write lock: read what it has committed
+        return duckdb.connect(str(path), read_only=True)
     views.apply(con)
     return con
 

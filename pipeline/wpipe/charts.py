@@ -572,7 +572,6 @@ def param_counts(
                 title="layer class (click to pick)",
                 scale=alt.Scale(scheme="tableau20"),
             ),
-            order=alt.Order("class_name:N"),
             opacity=alt.condition(pick, alt.value(1.0), alt.value(0.2)),
             tooltip=[
                 alt.Tooltip("model:N"),

@@ -36,7 +36,9 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
-DbOption = typer.Option(None, "--db", envvar="WPIPE_DB", help="DuckDB file [default: wpipe.duckdb]")
+DbOption = typer.Option(
+    None, "--db", envvar="WPIPE_DB", help="DuckDB file \\[default: wpipe.duckdb]"
+)
 
 
 class Format(str, Enum):
@@ -110,6 +112,10 @@ def ingest_command(
     ),
     bins: int = typer.Option(64, min=1, max=65536, help="Histogram bins per tensor."),
     prune: bool = typer.Option(False, help="Drop models whose files were deleted."),
+    tag_pattern: str | None = typer.Option(
+        None, help="Regex with groups key and value for tags in names [README: Tags]."
+    ),
+    drift: bool = typer.Option(True, help="Compute drift between consecutive checkpoints."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Read every Keras model file under PATHS into the Parquet lake and the database."""
@@ -130,7 +136,7 @@ def ingest_command(
         TimeElapsedColumn(),
         TextColumn("{task.description}"),
         console=err,
-        disable=quiet,
+        disable=quiet or not err.is_terminal,
         transient=True,
     )
     task = progress.add_task("", total=0)
@@ -158,11 +164,15 @@ def ingest_command(
                 values=mode,
                 jobs=jobs,
                 prune=prune,
+                tag_pattern=tag_pattern,
+                drift=drift,
                 on_start=started,
                 on_done=done,
             )
     finally:
         database.close()
+    for warning in report.warnings:
+        err.print(f"warning: {warning}", highlight=False, soft_wrap=True, markup=False)
     if not quiet:
         for outcome in report.failed:
             if outcome.error == "unchanged-failure":
@@ -177,6 +187,7 @@ def ingest_command(
             f"{report.files} files: {report.ingested} ingested, {report.unchanged} unchanged, "
             f"{len(report.failed)} failed"
             + (f", {report.pruned} pruned" if prune else "")
+            + (f", {report.drift_pairs} drift pairs" if report.drift_pairs else "")
             + f" — {report.n_tensors:,} tensors, {report.n_params:,} parameters, "
             f"{mb:.1f} MB read in {report.seconds:.1f} s{rate} → {db_path}",
             highlight=False,
@@ -277,6 +288,121 @@ def health_command(
     emit([d[0] for d in result.description], rows, fmt, title="health findings")
     if fmt is Format.table and not rows:
         err.print("no findings: no tensor crosses a threshold in the settings table")
+
+
+def _models(con: duckdb.DuckDBPyConnection, refs: list[str]) -> list[str]:
+    try:
+        return [api.resolve_model(con, ref) for ref in refs]
+    except LookupError as exc:
+        raise _usage_error(str(exc)) from None
+
+
+COMPARE_SQL = """
+SELECT * FROM (
+SELECT al.position_a, al.path_a, al.path_b, al.class_name, al.matched_by,
+       al.n_params_a, al.n_params_b,
+       sa.std AS std_a, sb.std AS std_b, sa.max_abs AS max_abs_a, sb.max_abs AS max_abs_b,
+       sqrt(sum(d.l2_diff ^ 2)) / nullif(sqrt(sum(d.l2_a ^ 2)), 0) AS rel_l2,
+       sum(d.l2_a * d.l2_b * d.cosine) / nullif(sqrt(sum(d.l2_a ^ 2) * sum(d.l2_b ^ 2)), 0)
+           AS cosine
+FROM align_layers($a, $b) AS al
+LEFT JOIN (SELECT layer_path, sqrt(sum(size * std ^ 2) / sum(size)) AS std,
+                  max(max_abs) AS max_abs FROM weights WHERE model_id = $a GROUP BY ALL) AS sa
+       ON sa.layer_path = al.path_a
+LEFT JOIN (SELECT layer_path, sqrt(sum(size * std ^ 2) / sum(size)) AS std,
+                  max(max_abs) AS max_abs FROM weights WHERE model_id = $b GROUP BY ALL) AS sb
+       ON sb.layer_path = al.path_b
+LEFT JOIN drift AS d ON d.model_a = $a AND d.model_b = $b AND d.layer_path = al.path_a
+GROUP BY ALL)
+ORDER BY coalesce(position_a, 1e9), path_b
+"""
+
+
+@app.command("compare")
+def compare_command(
+    models: list[str] = typer.Argument(..., help="Two or more models: name, path or id prefix."),
+    matrix: bool = typer.Option(
+        False, "--matrix", help="Model x model distance per layer (same-architecture models)."
+    ),
+    db: str | None = DbOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """Layer by layer differences between models (the first is the reference)."""
+    from wpipe import compare
+
+    if len(models) < 2:
+        raise _usage_error("compare needs at least two models")
+    con = _connect(db)
+    ids = _models(con, models)
+    names = dict(con.execute("SELECT model_id, name FROM models").fetchall())
+    if matrix:
+        rows = compare.distance_matrix(con, ids)
+        if fmt is not Format.table:
+            emit(["layer_path", "model_a", "model_b", "distance"],
+                 [(p, names[a], names[b], d) for p, a, b, d in rows], fmt)  # fmt: skip
+            return
+        for layer_path in dict.fromkeys(p for p, *_ in rows):
+            cells = {(a, b): d for p, a, b, d in rows if p == layer_path}
+            cells.update({(b, a): d for (a, b), d in list(cells.items())})
+            grid = [(names[a], *[0.0 if a == b else cells.get((a, b)) for b in ids]) for a in ids]
+            emit(["model", *[names[b] for b in ids]], grid, fmt, title=f"{layer_path}: distance")
+        return
+    out_rows, columns = [], None
+    for other in ids[1:]:
+        compare.pair_drift(con, ids[0], other, renamed=compare.aligned_renames(con, ids[0], other))
+        result = con.execute(COMPARE_SQL, {"a": ids[0], "b": other})
+        columns = ["model", *[d[0] for d in result.description]]
+        out_rows += [(names[other], *row) for row in result.fetchall()]
+    emit(columns, out_rows, fmt, title=f"compared with {names[ids[0]]}")
+
+
+metrics_app = typer.Typer(help="Attach validation results to models.", no_args_is_help=True)
+app.add_typer(metrics_app, name="metrics")
+
+
+@metrics_app.command("add")
+def metrics_add_command(
+    csv_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV of results."),
+    db: str | None = DbOption,
+) -> None:
+    """Load a CSV of per-model results (or a Keras CSVLogger file) into model_metrics."""
+    from wpipe import compare
+
+    con = _connect(db)
+    try:
+        n = compare.add_metrics(con, csv_file.resolve())
+    except compare.MetricsError as exc:
+        for line in str(exc).splitlines():
+            err.print(f"error: {line}", highlight=False, soft_wrap=True, markup=False)
+        raise typer.Exit(2) from None
+    err.print(f"{n} metric values from {csv_file}", highlight=False)
+
+
+@app.command("correlate")
+def correlate_command(
+    metric: str = typer.Argument(..., help="A metric in model_metrics, e.g. val_accuracy."),
+    top: int = typer.Option(20, min=1, help="How many statistics to show."),
+    db: str | None = DbOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """Weight statistics ranked by Spearman rank correlation with a metric across models."""
+    from wpipe import compare
+
+    con = _connect(db)
+    known = [m for (m,) in con.execute("SELECT DISTINCT metric FROM model_metrics").fetchall()]
+    if metric not in known:
+        raise _usage_error(f"no metric {metric!r}; known: {', '.join(sorted(known)) or 'none'}")
+    rows = compare.correlate(con, metric)
+    n_models = con.execute(
+        "SELECT count(DISTINCT model_id) FROM model_metrics WHERE metric = ?", [metric]
+    ).fetchone()[0]
+    if n_models < 8:
+        err.print(
+            f"warning: only {n_models} models have {metric}; rank correlations over fewer "
+            "than ~8 models are mostly noise",
+            highlight=False,
+        )
+    emit(["statistic", "n_models", "spearman_rho"], rows[:top], fmt, title=f"vs {metric}")
 
 
 @app.command("chart")

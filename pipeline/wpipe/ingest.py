@@ -11,11 +11,11 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
-from wpipe import store
+from wpipe import compare, store
 from wpipe.analysis import StatsOptions
 from wpipe.readers import (
     ModelReadError,
@@ -26,6 +26,8 @@ from wpipe.readers import (
     sniff,
     unsupported,
 )
+from wpipe.spectra import SpectraOptions
+from wpipe.spectra_tables import CACHE_FOLDER
 from wpipe.tables import FileInfo, ValuesMode, build_tables, model_id_for
 
 # Models loaded into DuckDB per transaction: one transaction per model costs more than reading
@@ -43,6 +45,7 @@ class Job:
     known_sha: str | None
     options: StatsOptions
     values: ValuesMode
+    spectra: SpectraOptions = field(default_factory=SpectraOptions)
 
 
 @dataclass
@@ -70,6 +73,8 @@ class Report:
     n_params: int = 0
     bytes_read: int = 0
     seconds: float = 0.0
+    drift_pairs: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
 def discover(paths: Iterable[str | os.PathLike], skip: Iterable[Path] = ()) -> list[Path]:
@@ -167,7 +172,9 @@ def run_job(job: Job) -> Outcome:
         info = FileInfo(model_id, job.path, sha, job.size, job.mtime)
         with open_model(job.path) as model:
             partition = store.Partition(Path(job.lake), model_id)
-            tables = build_tables(model, info, job.options, job.values, partition.write_values)
+            tables = build_tables(
+                model, info, job.options, job.values, partition.write_values, job.spectra
+            )
             partition.finish(tables)
         row = tables["models"].to_pylist()[0]
         outcome.status = "ingested"
@@ -193,15 +200,22 @@ def ingest(
     values: ValuesMode | None = None,
     jobs: int = 1,
     prune: bool = False,
+    tag_pattern: str | None = None,
+    drift: bool = True,
     on_start: Callable[[int], None] | None = None,
     on_done: Callable[[Outcome], None] | None = None,
+    spectra: SpectraOptions | None = None,
 ) -> Report:
-    """Bring the database up to date with the model files under `paths`."""
+    """Bring the database up to date with the model files under `paths`, then re-derive tags,
+    attach training logs found next to checkpoints, and compute new series drift."""
     started = time.perf_counter()
     options = options or StatsOptions()
     values = values or ValuesMode("all")
+    spectra = spectra or SpectraOptions()
     roots = [Path(p).resolve() for p in paths]
     lake = lake.resolve()
+    if spectra.cache_dir is None:
+        spectra = replace(spectra, cache_dir=str(lake / CACHE_FOLDER))
     files = discover(roots, skip=[lake])
     known, failures = db.known_files(), db.known_failures()
     report = Report(files=len(files))
@@ -220,7 +234,7 @@ def ingest(
                 )  # fmt: skip
             continue
         known_sha = known[key][2] if key in known else None
-        work.append(Job(key, str(lake), size, mtime, known_sha, options, values))
+        work.append(Job(key, str(lake), size, mtime, known_sha, options, values, spectra))
 
     if on_start:
         on_start(len(work))
@@ -237,6 +251,11 @@ def ingest(
     if prune:
         report.pruned = _prune(db, lake, roots)
     db.refresh_names()
+    compare.refresh_tags(db.con, tag_pattern)
+    report.warnings += compare.attach_training_logs(db.con)
+    if drift:
+        report.drift_pairs, problems = compare.series_drift(db.con)
+        report.warnings += problems
     report.seconds = time.perf_counter() - started
     return report
 

@@ -165,6 +165,55 @@ WEIGHT_VALUES = Table(
     ),
 )
 
+PAIR_KEY = (
+    _c("model_a", STR, "model_id of the earlier / reference model"),
+    _c("model_b", STR, "model_id of the later / compared model"),
+)
+
+DRIFT = Table(
+    "drift",
+    "tensor of two same-architecture models (a checkpoint series' consecutive pair, or a "
+    "pair named to `wpipe compare`)",
+    (
+        *PAIR_KEY,
+        _c("layer_path", STR, "layer path (the same in both models)"),
+        _c("weight_name", STR, "weight name (the same in both models)"),
+        _c("size", I64, "elements in the tensor"),
+        _c("rel_l2", F64, "relative change ||B-A|| / ||A|| (NULL when ||A|| = 0)"),
+        _c("cosine", F64, "cosine similarity A.B / (||A|| ||B||)"),
+        _c("mean_abs_change", F64, "mean |B-A|"),
+        _c("sign_flip_frac", F64, "fraction of elements whose sign flips (A*B < 0)"),
+        _c("max_abs_change", F64, "max |B-A|"),
+        _c("l2_a", F64, "||A||"),
+        _c("l2_b", F64, "||B||"),
+        _c("l2_diff", F64, "||B-A||"),
+        _c("series", STR, "the series (folder) the pair belongs to; NULL for an ad-hoc pair"),
+        _c("sha256_a", STR, "content hash of A's file when computed (stale rows are replaced)"),
+        _c("sha256_b", STR, "content hash of B's file when computed"),
+    ),
+)
+
+MODEL_TAGS = Table(
+    "model_tags",
+    "hyperparameter parsed from a model's folder and file names (README: Tags)",
+    (
+        _c("model_id", STR, "models.model_id"),
+        _c("key", STR, "tag name: lr, dropout, l2, epoch, step, ..."),
+        _c("value", F64, "tag value"),
+    ),
+)
+
+MODEL_METRICS = Table(
+    "model_metrics",
+    "user-supplied result of a model (validation accuracy, loss, ...), long form",
+    (
+        _c("model_id", STR, "models.model_id"),
+        _c("metric", STR, "metric name (a CSV column)"),
+        _c("value", F64, "metric value"),
+        _c("source", STR, "file the value came from"),
+    ),
+)
+
 UNITS = Table(
     "units",
     "slice of a weight tensor along its meaningful axis (README: Weight anatomy)",
@@ -186,6 +235,49 @@ UNITS = Table(
     ),
 )
 
+SPECTRA = Table(
+    "spectra",
+    "matrix of a weight tensor: its eigenvalue spectrum's metrics, WeightWatcher-compatible "
+    "(README: Spectral health); every tensor has at least one row, skipped ones with the reason",
+    (
+        *TENSOR_KEY,
+        _c("matrix", STR, "full (whole tensor), pooled (conv slices), gate:i, filters, slice:i,j"),
+        _c("N", I64, "larger dimension of the matrix (of each slice when pooled)"),
+        _c("M", I64, "smaller dimension: eigenvalues per matrix"),
+        _c("rf", I64, "matrices pooled into this ESD (conv kernel positions kh·kw; else 1)"),
+        _c("rescale", F64, "factor applied to the eigenvalues: 0.5 for conv slices (W/√2), else 1"),
+        _c("num_evals", I64, "eigenvalues in the ESD, M·rf (zeros included)"),
+        _c("lambda_max", F64, "largest eigenvalue λmax = σmax² (after rescale)"),
+        _c("spectral_norm", F64, "WeightWatcher's spectral_norm: λmax (the squared operator norm)"),
+        _c("log_spectral_norm", F64, "log10 λmax"),
+        _c("norm", F64, "Σ λ = squared Frobenius norm ||W||_F² (after rescale)"),
+        _c("log_norm", F64, "log10 Σ λ"),
+        _c("stable_rank", F64, "Σ λ / λmax"),
+        _c("entropy", F64, "-Σ p ln p / ln R, p = λ/Σλ, R = numerical rank (WeightWatcher)"),
+        _c("alpha", F64, "power-law exponent of the ESD tail (continuous MLE)"),
+        _c("xmin", F64, "start of the fitted tail: the candidate of least KS distance"),
+        _c("D", F64, "Kolmogorov-Smirnov distance of the fit"),
+        _c("sigma", F64, "standard error of alpha, (alpha - 1) / sqrt(tail size)"),
+        _c("num_pl_spikes", I64, "eigenvalues >= xmin (the fitted tail)"),
+        _c("alpha_weighted", F64, "alpha · log10 λmax"),
+        _c("log_alpha_norm", F64, "log10 Σ λ^alpha"),
+        _c("warning", STR, "over-trained (alpha < 2), under-trained (alpha > 6), else NULL"),
+        _c("status", STR, "ok, or 'skipped: <reason>' (the columns that could be computed are)"),
+        _c("method_version", STR, "version of the definitions that produced the row"),
+    ),
+)
+
+EIGENVALUES = Table(
+    "eigenvalues",
+    "eigenvalue of a matrix in spectra (its ESD, after rescale), largest first",
+    (
+        *TENSOR_KEY,
+        _c("matrix", STR, "spectra.matrix"),
+        _c("k", I64, "rank from 0 (the largest eigenvalue, lambda_max)"),
+        _c("value", F64, "the eigenvalue: a squared singular value of W (no 1/N scaling)"),
+    ),
+)
+
 INGEST_ERRORS = Table(
     "ingest_errors",
     "file that could not be read",
@@ -199,5 +291,8 @@ INGEST_ERRORS = Table(
     ),
 )
 
-MODEL_TABLES = (MODELS, LAYERS, WEIGHTS, HISTOGRAMS, WEIGHT_VALUES, UNITS)
-ALL_TABLES = (*MODEL_TABLES, INGEST_ERRORS)
+MODEL_TABLES = (MODELS, LAYERS, WEIGHTS, HISTOGRAMS, WEIGHT_VALUES, UNITS, SPECTRA, EIGENVALUES)
+# Derived tables live in DuckDB only: they are recomputed from the lake, the files' names and
+# the user's CSV files.
+DERIVED_TABLES = (DRIFT, MODEL_TAGS, MODEL_METRICS)
+ALL_TABLES = (*MODEL_TABLES, *DERIVED_TABLES, INGEST_ERRORS)

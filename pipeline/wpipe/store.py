@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path, PurePath
@@ -183,17 +184,22 @@ class Database:
 
 
 def unique_names(paths: dict[str, str], stem: Callable[[str], str]) -> dict[str, str]:
-    """key -> shortest `parent/.../stem` that no other path shares."""
-    parts = {k: [*PurePath(p).parent.parts, stem(p)] for k, p in paths.items()}
+    """key -> shortest `parent/.../stem` that no other path shares (the file name instead of
+    the stem where one folder holds m.h5 beside m.keras)."""
+    leaf = {k: (str(PurePath(p).parent), stem(p)) for k, p in paths.items()}
+    twins = {v for v, n in Counter(leaf.values()).items() if n > 1}
+    parts = {
+        k: [*PurePath(p).parent.parts, PurePath(p).name if leaf[k] in twins else stem(p)]
+        for k, p in paths.items()
+    }
     depth = dict.fromkeys(paths, 1)
     while True:
         names = {k: "/".join(parts[k][-depth[k] :]) for k in paths}
         seen: dict[str, list[str]] = {}
         for k, name in names.items():
             seen.setdefault(name, []).append(k)
-        clashes = [ks for ks in seen.values() if len(ks) > 1]
         grown = False
-        for ks in clashes:
+        for ks in (ks for ks in seen.values() if len(ks) > 1):
             for k in ks:
                 if depth[k] < len(parts[k]):
                     depth[k] += 1

@@ -17,6 +17,8 @@ from wpipe.analysis import StatsOptions, sample_indices, tensor_stats
 from wpipe.anatomy import slice_groups, slice_stats
 from wpipe.readers import Model
 from wpipe.readers.keras_config import layer_fields
+from wpipe.spectra import SpectraOptions
+from wpipe.spectra_tables import SpectraCollector
 
 DIRECTIONS = ("forward", "backward")
 
@@ -67,9 +69,11 @@ def build_tables(
     options: StatsOptions,
     values: ValuesMode,
     emit_values: Callable[[pa.RecordBatch], None],
+    spectra: SpectraOptions | None = None,
 ) -> dict[str, pa.Table]:
     """Analyse every tensor (one in memory at a time); weight_values go to `emit_values`."""
     layer_rows, weight_rows, hist_rows, unit_rows = [], [], [], []
+    spectra_out = SpectraCollector(spectra or SpectraOptions())
     weight_index = 0
     for layer_index, layer in enumerate(model.layers):
         layer_rows.append(
@@ -124,6 +128,7 @@ def build_tables(
                         {**key, "role": tensor.role,
                          "direction": direction if direction in DIRECTIONS else None, **row}
                     )  # fmt: skip
+            spectra_out.add(key, layer.class_name, layer.config, tensor, array)
             if values.kind != "none" and array.size:
                 emit_values(_values_batch(key, array, values))
             del array
@@ -160,6 +165,7 @@ def build_tables(
         "weights": _table(schema.WEIGHTS, weight_rows),
         "histograms": _table(schema.HISTOGRAMS, hist_rows),
         "units": _table(schema.UNITS, unit_rows),
+        **spectra_out.tables(),
     }
 
 

@@ -1,0 +1,334 @@
+"""Comparing models: checkpoint series and their drift, ad-hoc pairs, distance matrices,
+tags from names and user metrics. Reads model files again (drift needs both tensors), writes
+the derived tables `drift`, `model_tags` and `model_metrics`."""
+
+from __future__ import annotations
+
+import csv
+import re
+from contextlib import ExitStack
+from itertools import combinations, pairwise
+from pathlib import Path
+
+import duckdb
+
+from wpipe import schema
+from wpipe.drift import symmetric_distance, tensor_drift
+from wpipe.readers import ModelReadError, open_model
+from wpipe.tags import parse_tags
+
+LOG_NAMES = ("training.log",)  # CSVLogger's usual name besides *.csv
+
+
+def natural_key(text: str) -> list:
+    """`e2` before `e10`: digit runs compare as numbers."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def refresh_tags(con: duckdb.DuckDBPyConnection, pattern: str | None = None) -> None:
+    """Re-derive model_tags for every model from its path."""
+    rows = con.execute("SELECT model_id, path FROM models").fetchall()
+    tags = [(mid, k, v) for mid, path in rows for k, v in parse_tags(path, pattern).items()]
+    con.execute("BEGIN TRANSACTION")
+    con.execute("DELETE FROM model_tags")
+    if tags:
+        con.executemany("INSERT INTO model_tags VALUES (?, ?, ?)", tags)
+    con.execute("COMMIT")
+
+
+def series(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
+    """Checkpoint series: models of one arch_id in one folder (two or more), in order of their
+    epoch/step tag when every member has one, else of their names (naturally)."""
+    rows = con.execute(
+        "SELECT m.model_id, m.path, m.arch_id, m.name, e.value FROM models AS m "
+        "LEFT JOIN model_tags AS e ON e.model_id = m.model_id AND e.key IN ('epoch', 'step')"
+    ).fetchall()
+    groups: dict[tuple[str, str], list[tuple]] = {}
+    for model_id, path, arch, name, order in rows:
+        groups.setdefault((str(Path(path).parent), arch), []).append((model_id, name, order))
+    out = {}
+    for (folder, arch), members in sorted(groups.items()):
+        if len(members) < 2:
+            continue
+        tagged = all(order is not None for _, _, order in members)
+        members.sort(key=lambda m: (m[2], natural_key(m[1])) if tagged else natural_key(m[1]))
+        label = folder if len({a for (f, a) in groups if f == folder}) == 1 else f"{folder}#{arch}"
+        out[label] = [model_id for model_id, _, _ in members]
+    return out
+
+
+def pair_drift(
+    con: duckdb.DuckDBPyConnection,
+    a: str,
+    b: str,
+    series_name: str | None = None,
+    renamed: dict[str, str] | None = None,
+) -> bool:
+    """Compute drift for every tensor the two models share (same weight name and shape in
+    the same layer, or in the layer `renamed` maps A's path to); rows carry A's layer path.
+    Skipped when stored rows already match both files' hashes. True if computed."""
+    (path_a, sha_a), (path_b, sha_b) = (
+        con.execute("SELECT path, sha256 FROM models WHERE model_id = ?", [m]).fetchone()
+        for m in (a, b)
+    )
+    known = con.execute(
+        "SELECT count(*) FROM drift WHERE model_a = ? AND model_b = ? AND sha256_a = ? "
+        "AND sha256_b = ?",
+        [a, b, sha_a, sha_b],
+    ).fetchone()[0]
+    if known:
+        return False
+    rows = []
+    with open_model(path_a) as model_a, open_model(path_b) as model_b:
+        tensors_b = {
+            (layer.layer_path, t.weight_name): t for layer in model_b.layers for t in layer.tensors
+        }
+        for layer in model_a.layers:
+            for t in layer.tensors:
+                path_b = (renamed or {}).get(layer.layer_path, layer.layer_path)
+                other = tensors_b.get((path_b, t.weight_name))
+                if other is None or other.shape != t.shape:
+                    continue
+                d = tensor_drift(t.load(), other.load())
+                rows.append(
+                    {"model_a": a, "model_b": b, "layer_path": layer.layer_path,
+                     "weight_name": t.weight_name, **d, "series": series_name,
+                     "sha256_a": sha_a, "sha256_b": sha_b}
+                )  # fmt: skip
+    _replace_pair(con, a, b, rows)
+    return True
+
+
+def _replace_pair(con: duckdb.DuckDBPyConnection, a: str, b: str, rows: list[dict]) -> None:
+    columns = schema.DRIFT.column_names
+    con.execute("BEGIN TRANSACTION")
+    con.execute("DELETE FROM drift WHERE model_a = ? AND model_b = ?", [a, b])
+    if rows:
+        con.executemany(
+            f"INSERT INTO drift ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+            [[row[c] for c in columns] for row in rows],
+        )
+    con.execute("COMMIT")
+
+
+def series_drift(con: duckdb.DuckDBPyConnection) -> tuple[int, list[str]]:
+    """Drift of every consecutive pair of every series; only new or changed pairs are read.
+    Returns (pairs computed, problems)."""
+    computed, problems = 0, []
+    wanted = set()
+    for name, members in series(con).items():
+        for a, b in pairwise(members):
+            wanted.add((a, b))
+            try:
+                computed += pair_drift(con, a, b, name)
+            except (ModelReadError, OSError) as exc:
+                problems.append(f"drift {name}: {exc}")
+    # a series that lost or gained a member no longer has its old consecutive pairs
+    stale = [
+        pair
+        for pair in con.execute(
+            "SELECT DISTINCT model_a, model_b FROM drift WHERE series IS NOT NULL"
+        ).fetchall()
+        if pair not in wanted
+    ]
+    for a, b in stale:
+        con.execute("DELETE FROM drift WHERE model_a = ? AND model_b = ?", [a, b])
+    return computed, problems
+
+
+def aligned_renames(con: duckdb.DuckDBPyConnection, a: str, b: str) -> dict[str, str]:
+    """A's layer path -> B's, for layers align_layers matched under different paths."""
+    rows = con.execute(
+        "SELECT path_a, path_b FROM align_layers(?, ?) WHERE path_a IS NOT NULL "
+        "AND path_b IS NOT NULL AND path_a <> path_b",
+        [a, b],
+    ).fetchall()
+    return dict(rows)
+
+
+def distance_matrix(con: duckdb.DuckDBPyConnection, model_ids: list[str]) -> list[tuple]:
+    """(layer_path, model_a, model_b, distance) for every pair: ‖A−B‖ / mean(‖A‖, ‖B‖)
+    over all tensors the layer has in both models."""
+    paths = [
+        con.execute("SELECT path FROM models WHERE model_id = ?", [m]).fetchone()[0]
+        for m in model_ids
+    ]
+    with ExitStack() as stack:
+        models = [stack.enter_context(open_model(p)) for p in paths]
+        tensors = [
+            {(layer.layer_path, t.weight_name): t for layer in m.layers for t in layer.tensors}
+            for m in models
+        ]
+        layer_order = [layer.layer_path for layer in models[0].layers if layer.tensors]
+        out = []
+        for layer_path in layer_order:
+            keys = [k for k in tensors[0] if k[0] == layer_path]
+            arrays = [
+                {k: t[k].load() for k in keys if k in t and t[k].shape == tensors[0][k].shape}
+                for t in tensors
+            ]
+            for i, j in combinations(range(len(model_ids)), 2):
+                shared = [k for k in keys if k in arrays[i] and k in arrays[j]]
+                if not shared:
+                    continue
+                parts = [tensor_drift(arrays[i][k], arrays[j][k]) for k in shared]
+                l2 = [sum((p[f] or 0.0) ** 2 for p in parts) ** 0.5 for f in
+                      ("l2_a", "l2_b", "l2_diff")]  # fmt: skip
+                out.append((layer_path, model_ids[i], model_ids[j], symmetric_distance(*l2)))
+    return out
+
+
+class MetricsError(ValueError):
+    """A metrics file that cannot be joined to the models (every problem, one per line)."""
+
+
+ID_COLUMNS = ("model", "name", "path", "file", "model_id")
+
+
+def add_metrics(con: duckdb.DuckDBPyConnection, csv_path: Path) -> int:
+    """Load a CSV of per-model results into model_metrics (all rows or none).
+
+    The model column is the first of model/name/path/file/model_id (else the first column);
+    its values match a model's name, path (absolute or relative to the CSV), file name, or
+    model_id prefix. A Keras CSVLogger file (an `epoch` column and no model column) is
+    attached to the checkpoints in its folder: its epoch k (0-based) is the checkpoint tagged
+    epoch k+1 (ModelCheckpoint counts from 1). Every other numeric column is a metric."""
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        records = list(reader)
+    if not header:
+        raise MetricsError(f"{csv_path}: empty CSV")
+    id_column = next((c for c in ID_COLUMNS if c in header), None)
+    problems: list[str] = []
+    rows: list[tuple] = []
+    if id_column is None and "epoch" in header:
+        targets = _epoch_targets(con, csv_path.parent)
+        for line, record in enumerate(records, start=2):
+            try:
+                epoch = int(float(record["epoch"])) + 1
+            except ValueError:
+                problems.append(f"{csv_path}:{line}: epoch {record['epoch']!r} is not a number")
+                continue
+            if epoch not in targets:
+                continue  # a logged epoch without a saved checkpoint
+            rows += _metric_rows(targets[epoch], record, {"epoch"}, str(csv_path))
+        if not rows and not problems:
+            problems.append(f"{csv_path}: no checkpoint in {csv_path.parent} has an epoch tag "
+                            "matching the log's epochs")  # fmt: skip
+    else:
+        id_column = id_column or header[0]
+        for line, record in enumerate(records, start=2):
+            ref = (record.get(id_column) or "").strip()
+            matches = _match_model(con, ref, csv_path.parent)
+            if len(matches) != 1:
+                what = "matches no model" if not matches else f"matches {len(matches)} models"
+                problems.append(f"{csv_path}:{line}: {id_column} {ref!r} {what}")
+                continue
+            rows += _metric_rows(matches[0], record, {id_column}, str(csv_path))
+    if problems:
+        raise MetricsError("\n".join(problems))
+    con.execute("BEGIN TRANSACTION")
+    con.execute("DELETE FROM model_metrics WHERE source = ?", [str(csv_path)])
+    con.executemany("INSERT INTO model_metrics VALUES (?, ?, ?, ?)", rows)
+    con.execute("COMMIT")
+    return len(rows)
+
+
+def attach_training_logs(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """CSVLogger files (an `epoch` column) next to ingested checkpoints -> model_metrics."""
+    folders = {str(Path(p).parent) for (p,) in con.execute("SELECT path FROM models").fetchall()}
+    problems = []
+    for folder in sorted(folders):
+        logs = [p for p in Path(folder).glob("*.csv")] + [
+            Path(folder, n) for n in LOG_NAMES if Path(folder, n).is_file()
+        ]
+        for log in sorted(logs):
+            try:
+                with open(log, newline="", encoding="utf-8") as fh:
+                    header = next(csv.reader(fh), [])
+                if "epoch" in header and not set(ID_COLUMNS) & set(header):
+                    add_metrics(con, log)
+            except (MetricsError, OSError, UnicodeDecodeError) as exc:
+                problems.append(str(exc).splitlines()[0])
+    return problems
+
+
+def _epoch_targets(con: duckdb.DuckDBPyConnection, folder: Path) -> dict[int, str]:
+    rows = con.execute(
+        "SELECT m.model_id, m.path, t.value FROM models AS m JOIN model_tags AS t "
+        "USING (model_id) WHERE t.key = 'epoch'"
+    ).fetchall()
+    return {
+        int(value): model_id
+        for model_id, path, value in rows
+        if Path(path).parent == folder.resolve()
+    }
+
+
+def _match_model(con: duckdb.DuckDBPyConnection, ref: str, base: Path) -> list[str]:
+    if not ref:
+        return []
+    absolute = str((base / ref).resolve())
+    rows = con.execute(
+        "SELECT model_id FROM models WHERE name = ? OR path = ? OR path = ? "
+        "OR regexp_extract(path, '[^/]+$') = ?",
+        [ref, ref, absolute, ref],
+    ).fetchall()
+    if not rows and len(ref) >= 6:
+        rows = con.execute(
+            "SELECT model_id FROM models WHERE starts_with(model_id, ?)", [ref.lower()]
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _metric_rows(model_id: str, record: dict, skip: set[str], source: str) -> list[tuple]:
+    rows = []
+    for key, value in record.items():
+        if key in skip or key is None or value in (None, ""):
+            continue
+        try:
+            rows.append((model_id, key, float(value), source))
+        except ValueError:
+            continue  # a text column (run name, notes): not a metric
+    return rows
+
+
+def correlate(con: duckdb.DuckDBPyConnection, metric: str) -> list[tuple]:
+    """Weight statistics ranked by |Spearman ρ| with `metric` across the models that have it:
+    (feature, n_models, rho). Ties get average ranks; features need 3+ models."""
+    return con.execute(
+        """
+        WITH y AS (SELECT model_id, value FROM model_metrics WHERE metric = ?),
+        model_level AS (
+            UNPIVOT (SELECT model_id, n_params::DOUBLE AS n_params, max_abs, zero_frac,
+                            near_zero_frac, nonfinite_count::DOUBLE AS nonfinite_count
+                     FROM model_summary)
+            ON COLUMNS(* EXCLUDE (model_id)) INTO NAME stat VALUE x),
+        tensor_level AS (
+            UNPIVOT (SELECT model_id, layer_path || '/' || weight_name AS tensor,
+                            mean, std, l2, max_abs, near_zero_frac, kurtosis FROM weights)
+            ON mean, std, l2, max_abs, near_zero_frac, kurtosis INTO NAME stat VALUE x),
+        features AS (
+            SELECT model_id, 'model: ' || stat AS feature, x FROM model_level
+            UNION ALL
+            SELECT model_id, tensor || ': ' || stat, x FROM tensor_level),
+        joined AS (
+            SELECT f.feature, f.x, y.value AS y FROM features AS f JOIN y USING (model_id)
+            WHERE f.x IS NOT NULL AND isfinite(f.x) AND isfinite(y.value)),
+        ranked AS (
+            SELECT feature,
+                (rank() OVER (PARTITION BY feature ORDER BY x)
+                 + count(*) OVER (PARTITION BY feature) + 1
+                 - rank() OVER (PARTITION BY feature ORDER BY x DESC)) / 2.0 AS rx,
+                (rank() OVER (PARTITION BY feature ORDER BY y)
+                 + count(*) OVER (PARTITION BY feature) + 1
+                 - rank() OVER (PARTITION BY feature ORDER BY y DESC)) / 2.0 AS ry
+            FROM joined)
+        SELECT feature, count(*) AS n_models, corr(rx, ry) AS rho
+        FROM ranked GROUP BY feature
+        HAVING count(*) >= 3 AND rho IS NOT NULL AND isfinite(rho)
+        ORDER BY abs(rho) DESC, feature
+        """,
+        [metric],
+    ).fetchall()

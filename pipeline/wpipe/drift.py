@@ -1,0 +1,61 @@
+"""analyse stage: how one weight tensor moved between two models (pure functions)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+CHUNK = 1 << 18
+
+
+def tensor_drift(a: np.ndarray, b: np.ndarray) -> dict:
+    """Change from `a` to `b` (same shape), in float64:
+
+    rel_l2 = ‖b−a‖/‖a‖, cosine = a·b/(‖a‖‖b‖), mean_abs_change = mean|b−a|,
+    sign_flip_frac = fraction of elements whose sign strictly flips (a·b < 0),
+    max_abs_change = max|b−a|. Undefined values (a zero norm, NaN weights) are None.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    n = fa.size
+    sums = dict.fromkeys(("aa", "bb", "ab", "dd", "abs", "peak", "flips"), 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf weights give None below
+        for start in range(0, n, CHUNK):
+            _accumulate(fa[start : start + CHUNK], fb[start : start + CHUNK], sums)
+    aa, bb, ab, dd = sums["aa"], sums["bb"], sums["ab"], sums["dd"]
+    abs_sum, peak, flips = sums["abs"], sums["peak"], sums["flips"]
+    out = {
+        "size": n,
+        "rel_l2": math.sqrt(dd) / math.sqrt(aa) if aa > 0 else None,
+        "cosine": ab / math.sqrt(aa * bb) if aa > 0 and bb > 0 else None,
+        "mean_abs_change": abs_sum / n if n else None,
+        "sign_flip_frac": flips / n if n else None,
+        "max_abs_change": peak if n else None,
+        "l2_a": math.sqrt(aa),
+        "l2_b": math.sqrt(bb),
+        "l2_diff": math.sqrt(dd),
+    }
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}
+
+
+def _accumulate(a: np.ndarray, b: np.ndarray, sums: dict) -> None:
+    x = a.astype(np.float64)
+    y = b.astype(np.float64)
+    d = y - x
+    sums["aa"] += float(np.multiply(x, x).sum())
+    sums["bb"] += float(np.multiply(y, y).sum())
+    sums["ab"] += float(np.multiply(x, y).sum())
+    sums["dd"] += float(np.multiply(d, d).sum())
+    np.abs(d, out=d)
+    sums["abs"] += float(d.sum())
+    if d.size:
+        sums["peak"] = max(sums["peak"], float(d.max()))
+    sums["flips"] += int(np.count_nonzero(np.multiply(x, y) < 0))
+
+
+def symmetric_distance(l2_a: float, l2_b: float, l2_diff: float) -> float | None:
+    """‖A−B‖ / mean(‖A‖, ‖B‖): 0 for equal weights, 2 for opposite ones, order-free."""
+    scale = (l2_a + l2_b) / 2
+    return l2_diff / scale if scale > 0 else None

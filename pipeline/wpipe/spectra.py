@@ -1,0 +1,380 @@
+"""analyse stage: the empirical spectral density (ESD) of a weight tensor's matrices and
+WeightWatcher-compatible metrics of it (README: Spectral health).
+
+Pure functions of (layer class, layer config, weight name, role, layout, array); they know
+nothing of files, caches or storage. `plan` says which matrices a tensor holds (or why it has
+none), `analyse` computes one matrix's eigenvalues and metrics, `tensor_spectra` does both.
+
+Definitions follow WeightWatcher's `analyze()` defaults (weightwatcher.py, WW_powerlaw.py,
+RMT_Util.py): eigenvalues are squared singular values of W without 1/N scaling; a convolution
+kernel is cut into one in×out matrix per kernel position, pooled into one ESD and scaled by
+1/√2 (eigenvalues × 1/2); the power law is the continuous MLE at every candidate xmin, keeping
+the xmin of least KS distance, over eigenvalues > 1e-5.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from wpipe.anatomy import (
+    CONV,
+    CONV_TRANSPOSE,
+    DENSE,
+    DEPTHWISE,
+    GATES,
+    SEPARABLE,
+    _from_cudnn,
+    _wrapped,
+)
+
+METHOD_VERSION = "wpipe-spectra/1"
+EVALS_THRESH = 1e-5  # eigenvalues at or below this are not fitted (WeightWatcher EVALS_THRESH)
+MIN_EVALS = 10  # fewer eigenvalues in an ESD: no power-law fit (WeightWatcher min_evals)
+AUTO_MAX_EVALS = 4096  # --spectra auto: at most this many eigenvalues per matrix, min(N, M)
+AUTO_MAX_WORK = 2**36  # --spectra auto: at most rf·N·M² multiply-adds to form the Gram matrices
+GRAM_FLOOR = 1e-9  # a Gram ESD whose smallest eigenvalue is below this × λmax is redone by SVD
+CONV_RESCALE = 0.5  # eigenvalue factor of convolution slices: W·(1/√2) (WW conv2d_norm)
+OVER_TRAINED_BELOW = 2.0
+UNDER_TRAINED_ABOVE = 6.0
+MODES = ("auto", "all", "none")
+GRAM_CHUNK = 1 << 22  # elements converted to float64 at a time when forming a large Gram matrix
+KS_BLOCK = 1 << 21  # candidate × eigenvalue cells per step of the KS-distance search
+
+
+@dataclass(frozen=True)
+class SpectraOptions:
+    """How spectra are computed. `cache_dir` is for the ingest glue (wpipe.spectra_tables)."""
+
+    mode: str = "auto"  # auto | all | none
+    pool: bool = True  # one pooled ESD per convolution kernel (False: one per kernel position)
+    conv_rescale: bool = True  # scale convolution eigenvalues by 1/2, as WeightWatcher does
+    cache_dir: str | None = None
+
+    @classmethod
+    def parse(cls, mode: str) -> SpectraOptions:
+        if mode not in MODES:
+            raise ValueError(f"--spectra must be auto, all or none, not {mode!r}")
+        return cls(mode)
+
+
+@dataclass
+class Planned:
+    """One matrix (or pooled set of slices) of a tensor, or the reason it is not analysed."""
+
+    label: str  # full | pooled | slice:i,j | gate:i | gate:i slice:i,j | filters
+    slices: np.ndarray | None  # (rf, N, M) with N >= M, usually a view of the tensor
+    n: int | None = None
+    m: int | None = None
+    rf: int | None = None
+    rescale: float = 1.0
+    skip: str | None = None  # "skipped: <reason>" when nothing is computed
+
+
+@dataclass
+class Spectrum:
+    """The result for one planned matrix: a row of the spectra table and its eigenvalues."""
+
+    label: str
+    metrics: dict  # spectra columns other than the tensor key
+    evals: np.ndarray | None  # descending, after rescale; None when not computed
+
+
+# --- which matrices a tensor holds --------------------------------------------------------------
+
+
+def plan(
+    class_name: str | None,
+    config: dict | None,
+    weight_name: str,
+    role: str,
+    layout: str,
+    array: np.ndarray,
+    options: SpectraOptions,
+) -> list[Planned]:
+    """The matrices of one tensor (README: Spectral health, "Which matrices")."""
+    if array.size == 0:
+        return [Planned("full", None, skip="skipped: empty tensor")]
+    if array.ndim < 2:
+        return [Planned("full", None, skip=f"skipped: not a matrix ({array.ndim}-D)")]
+    if role == "bias":
+        return [Planned("full", None, skip="skipped: bias (not a linear map)")]
+    cls, _ = _wrapped(class_name, config or {})
+    matrices = _rules(cls, weight_name, role, layout, array, options)
+    if isinstance(matrices, str):
+        return [Planned("full", None, skip=matrices)]
+    if not np.isfinite(array).all():
+        return [Planned(label, None, skip="skipped: non-finite values") for label, *_ in matrices]
+    return [_limit(p, options) for p in _planned(matrices)]
+
+
+def _rules(cls, weight_name, role, layout, array, options):
+    """[(label, (rf, a, b) slices, rescale), ...] or a skip reason."""
+    conv = CONV_RESCALE if options.conv_rescale else 1.0
+    if cls in GATES and role in ("kernel", "recurrent_kernel"):
+        gates = GATES[cls]
+        if not gates:  # SimpleRNN
+            return _conv_or_matrix("", array, "keras", options.pool, conv)
+        if layout == "cudnn":
+            array = _from_cudnn(array.reshape(-1, array.shape[-1]), role, len(gates))
+        u, rest = divmod(array.shape[-1], len(gates))
+        if rest:
+            return f"skipped: {array.shape[-1]} columns do not split into {len(gates)} gates"
+        out = []
+        for g, gate in enumerate(gates):
+            block = array[..., g * u : (g + 1) * u]
+            out += _conv_or_matrix(f"gate:{gate}", block, "keras", options.pool, conv)
+        return out
+    if cls == "MultiHeadAttention" and role == "kernel":
+        scope = weight_name.split("/")[-2] if "/" in weight_name else ""
+        if scope == "attention_output":  # (heads, dim, d_out) -> heads·dim × d_out
+            return [("full", array.reshape(1, -1, array.shape[-1]), 1.0)]
+        return [("full", array.reshape(1, array.shape[0], -1), 1.0)]  # d_in × heads·dim
+    if cls in DEPTHWISE or (cls in SEPARABLE and role == "depthwise_kernel"):
+        # (k..., in, multiplier): each row one depthwise filter over the kernel positions
+        rf = int(np.prod(array.shape[:-2]))
+        return [("filters", array.reshape(1, rf, -1).transpose(0, 2, 1), 1.0)]
+    if cls in CONV | CONV_TRANSPOSE | SEPARABLE and role in ("kernel", "pointwise_kernel"):
+        return _conv_or_matrix("", array, layout, options.pool, conv)
+    if cls in DENSE or cls == "Embedding" or cls not in _KNOWN:
+        if array.ndim == 2:
+            return [("full", array[None], 1.0)]
+        return f"skipped: no matrix rule for a {array.ndim}-D {role} of {cls or 'unknown class'}"
+    return f"skipped: no matrix rule for {role} of {cls}"
+
+
+_KNOWN = set(GATES) | CONV | CONV_TRANSPOSE | DEPTHWISE | SEPARABLE | {"MultiHeadAttention"}
+
+
+def _conv_or_matrix(prefix: str, array: np.ndarray, layout: str, pool: bool, conv: float):
+    """A 2-D matrix as itself; a convolution kernel as its kernel-position slices."""
+    if array.ndim == 2:
+        return [((prefix or "full"), array[None], 1.0)]
+    if layout == "theano":  # (filters, in, *k) -> (k..., in, filters)
+        array = np.moveaxis(array, (0, 1), (-1, -2))
+    kernel = array.shape[:-2]
+    slices = array.reshape(-1, *array.shape[-2:])
+    if pool:
+        return [((prefix or "pooled"), slices, conv)]
+    out = []
+    for k in range(slices.shape[0]):
+        where = ",".join(str(int(i)) for i in np.unravel_index(k, kernel))
+        label = f"{prefix} slice:{where}" if prefix else f"slice:{where}"
+        out.append((label, slices[k : k + 1], conv))
+    return out
+
+
+def _planned(matrices) -> list[Planned]:
+    out = []
+    for label, slices, rescale in matrices:
+        rf, a, b = slices.shape
+        if a < b:
+            slices = slices.transpose(0, 2, 1)
+        out.append(Planned(label, slices, max(a, b), min(a, b), rf, rescale))
+    return out
+
+
+def _limit(p: Planned, options: SpectraOptions) -> Planned:
+    if options.mode != "auto":
+        return p
+    work = p.rf * p.n * p.m * p.m
+    if p.m > AUTO_MAX_EVALS:
+        reason = f"min(N, M) = {p.m} > {AUTO_MAX_EVALS}"
+    elif work > AUTO_MAX_WORK:
+        reason = f"rf·N·M² = {work:.3g} > 2^36"
+    else:
+        return p
+    p.skip = f"skipped: larger than the auto limit ({reason}); use --spectra all"
+    p.slices = None
+    return p
+
+
+# --- eigenvalues --------------------------------------------------------------------------------
+
+
+def eigenvalues(slices: np.ndarray) -> np.ndarray:
+    """Eigenvalues of WₖᵀWₖ for every slice of (rf, N, M) (N >= M), pooled, descending.
+
+    The M×M Gram matrices are formed and diagonalised in float64, batched over slices. The
+    Gram path resolves eigenvalues down to about 1e-13 λmax, so a slice whose smallest
+    eigenvalue is below GRAM_FLOOR·λmax (near-singular) is redone exactly: all-zero rows and
+    columns removed (they only add exact zeros), then the Gram path again if it is then well
+    conditioned, else the singular values of the float64 matrix (LAPACK gesdd)."""
+    rf, n, m = slices.shape
+    evals = np.empty((rf, m))
+    group = GRAM_CHUNK // max(n * m, 1)
+    if group:
+        for start in range(0, rf, group):
+            x = slices[start : start + group].astype(np.float64)
+            evals[start : start + group] = np.linalg.eigvalsh(np.matmul(x.transpose(0, 2, 1), x))
+    else:
+        for k in range(rf):
+            evals[k] = np.linalg.eigvalsh(_gram(slices[k]))
+    for k in np.flatnonzero(evals[:, 0] < GRAM_FLOOR * evals[:, -1]):
+        evals[k] = _exact(slices[k])
+    return np.sort(evals.reshape(-1))[::-1]
+
+
+def _gram(w: np.ndarray) -> np.ndarray:
+    """WᵀW in float64, converting at most GRAM_CHUNK elements at a time."""
+    n, m = w.shape
+    step = max(1, GRAM_CHUNK // max(m, 1))
+    if n <= step:
+        x = w.astype(np.float64)
+        return x.T @ x
+    g = np.zeros((m, m))
+    for start in range(0, n, step):
+        x = w[start : start + step].astype(np.float64)
+        g += x.T @ x
+    return g
+
+
+def _exact(w: np.ndarray) -> np.ndarray:
+    """Ascending eigenvalues of WᵀW (N >= M) for a near-singular W."""
+    m = w.shape[1]
+    x = w.astype(np.float64)
+    x = x[:, x.any(axis=0)]
+    x = x[x.any(axis=1)]
+    out = np.zeros(m)
+    k = min(x.shape)
+    if k == 0:
+        return out
+    if x.shape[0] < x.shape[1]:
+        x = x.T
+    evals = np.linalg.eigvalsh(x.T @ x)
+    if evals[0] < GRAM_FLOOR * evals[-1]:
+        evals = np.sort(np.linalg.svd(x, compute_uv=False) ** 2)
+    out[m - k :] = evals
+    return out
+
+
+# --- the power law ------------------------------------------------------------------------------
+
+
+@dataclass
+class PowerLawFit:
+    alpha: float
+    xmin: float
+    D: float
+    sigma: float
+
+
+def fit_power_law(evals: np.ndarray) -> PowerLawFit | None:
+    """WeightWatcher's fit (WW_powerlaw.WWFit): over the eigenvalues x > EVALS_THRESH sorted
+    ascending, every x_i but the largest is a candidate xmin; for each, with the n = len − i
+    eigenvalues x ≥ x_i,
+
+        alpha_i = 1 + n / Σ_j ln(x_j / x_i)           (continuous power-law MLE)
+        D_i     = max_j |1 − (x_j / x_i)^(1 − alpha_i) − (j − i)/n|   (KS distance)
+        sigma_i = (alpha_i − 1) / √n
+
+    and the candidate of least D is kept (the first on ties). None when fewer than two
+    eigenvalues exceed EVALS_THRESH or all of them are equal."""
+    x = np.sort(np.asarray(evals, dtype=np.float64))
+    x = x[x > EVALS_THRESH]
+    total = x.size
+    if total < 2:
+        return None
+    logx = np.log(x)
+    suffix = np.cumsum(logx[::-1])[::-1]
+    i = np.arange(total - 1)
+    n = (total - i).astype(np.float64)
+    spread = suffix[:-1] - n * logx[:-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alphas = np.where(spread > 0, 1.0 + n / spread, np.nan)
+    ds = np.ones(total - 1)
+    block = max(1, KS_BLOCK // total)
+    j = np.arange(total)
+    for start in range(0, total - 1, block):
+        rows = np.arange(start, min(start + block, total - 1))
+        a = alphas[rows, None]
+        with np.errstate(invalid="ignore", over="ignore"):
+            theory = 1.0 - np.exp((1.0 - a) * (logx[None, start:] - logx[rows, None]))
+            empirical = (j[None, start:] - rows[:, None]) / n[rows, None]
+            gap = np.abs(theory - empirical)
+        gap[j[None, start:] < rows[:, None]] = 0.0
+        d = gap.max(axis=1)
+        ok = np.isfinite(alphas[rows]) & (alphas[rows] > 1)
+        ds[rows] = np.where(ok, d, 1.0)
+    best = int(np.argmin(ds))
+    alpha = float(alphas[best])
+    if not math.isfinite(alpha):  # every candidate degenerate (all eigenvalues equal)
+        return None
+    return PowerLawFit(alpha, float(x[best]), float(ds[best]), (alpha - 1) / math.sqrt(n[best]))
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+def analyse(p: Planned) -> Spectrum:
+    """Eigenvalues and metrics of one planned matrix (nothing computed for a skipped one)."""
+    metrics = {"matrix": p.label, "N": p.n, "M": p.m, "rf": p.rf, "rescale": p.rescale,
+               "method_version": METHOD_VERSION}  # fmt: skip
+    if p.skip is not None:
+        return Spectrum(p.label, {**metrics, "status": p.skip}, None)
+    evals = eigenvalues(p.slices) * p.rescale
+    return Spectrum(p.label, {**metrics, **esd_metrics(evals, p.n)}, evals)
+
+
+def esd_metrics(evals: np.ndarray, n: int) -> dict:
+    """Metrics of a descending ESD whose matrices have largest dimension `n` (README)."""
+    num = int(evals.size)
+    lam = float(evals[0])
+    out: dict = {"num_evals": num, "lambda_max": lam, "spectral_norm": lam}
+    if lam <= 0:
+        return {**out, "norm": 0.0, "status": "skipped: all eigenvalues are zero"}
+    norm = float(evals.sum())
+    rank = int(np.count_nonzero(evals > lam * (n * np.finfo(np.float64).eps) ** 2))
+    p = evals[evals > 0] / norm
+    out.update(
+        log_spectral_norm=math.log10(lam),
+        norm=norm,
+        log_norm=math.log10(norm),
+        stable_rank=norm / lam,
+        entropy=float(-(p * np.log(p)).sum() / math.log(rank if rank > 1 else 1.000001)),
+    )
+    if num < MIN_EVALS:
+        return {**out, "status": f"skipped: {num} eigenvalues, fewer than {MIN_EVALS} to fit"}
+    fit = fit_power_law(evals)
+    if fit is None:
+        return {**out, "status": "skipped: no power law to fit (fewer than 2 distinct "
+                f"eigenvalues above {EVALS_THRESH:g})"}  # fmt: skip
+    positive = np.log(evals[evals > 0])
+    scaled = fit.alpha * positive
+    top = float(scaled.max())
+    log_alpha_norm = (top + math.log(float(np.exp(scaled - top).sum()))) / math.log(10)
+    warning = None
+    if fit.alpha < OVER_TRAINED_BELOW:
+        warning = "over-trained"
+    elif fit.alpha > UNDER_TRAINED_ABOVE:
+        warning = "under-trained"
+    return {
+        **out,
+        "alpha": fit.alpha,
+        "xmin": fit.xmin,
+        "D": fit.D,
+        "sigma": fit.sigma,
+        "num_pl_spikes": int(np.count_nonzero(evals >= fit.xmin)),
+        "alpha_weighted": fit.alpha * math.log10(lam),
+        "log_alpha_norm": log_alpha_norm,
+        "warning": warning,
+        "status": "ok",
+    }
+
+
+def tensor_spectra(
+    class_name: str | None,
+    config: dict | None,
+    weight_name: str,
+    role: str,
+    layout: str,
+    array: np.ndarray,
+    options: SpectraOptions,
+) -> list[Spectrum]:
+    """Every matrix of a tensor analysed (or skipped with its reason); [] for mode none."""
+    if options.mode == "none":
+        return []
+    return [analyse(p) for p in plan(class_name, config, weight_name, role, layout, array,
+                                     options)]  # fmt: skip

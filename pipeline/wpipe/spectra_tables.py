@@ -1,0 +1,119 @@
+"""The `spectra` and `eigenvalues` tables of one model, with a content-addressed cache.
+
+Glue between the pure analysis (wpipe.spectra) and the per-model tables (wpipe.tables): each
+tensor's result is cached in `<lake>/.spectra-cache/` under the SHA-256 of its bytes and of
+everything else the result depends on (method version, layer class, weight name, role,
+layout, dtype, shape, the planned matrices), so a re-ingested file or a duplicated checkpoint
+costs one hash per tensor. Workers share the folder; an entry is written under a temporary
+name and renamed, so a reader never sees half of one. Deleting the folder only costs time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from wpipe import schema
+from wpipe.anatomy import _wrapped
+from wpipe.spectra import METHOD_VERSION, SpectraOptions, Spectrum, analyse, plan
+
+CACHE_FOLDER = ".spectra-cache"
+# Work done in this process (tests count cache hits with it): tensors computed / read back.
+COUNTS = {"computed": 0, "cached": 0}
+
+
+class SpectraCollector:
+    """Rows of the spectra and eigenvalues tables, tensor by tensor."""
+
+    def __init__(self, options: SpectraOptions) -> None:
+        self.options = options
+        self.rows: list[dict] = []
+        self.eigen: list[tuple[dict, str, np.ndarray]] = []
+
+    def add(self, key: dict, class_name: str | None, config: dict | None, tensor, array) -> None:
+        """Analyse one tensor (a wpipe.readers.Tensor and its loaded array)."""
+        if self.options.mode == "none":
+            return
+        planned = plan(class_name, config, tensor.weight_name, tensor.role, tensor.layout,
+                       array, self.options)  # fmt: skip
+        if all(p.skip for p in planned) or self.options.cache_dir is None:
+            results = [analyse(p) for p in planned]
+        else:
+            results = _cached(Path(self.options.cache_dir), class_name, config, tensor, array,
+                              planned)  # fmt: skip
+        for result in results:
+            self.rows.append({**key, **result.metrics})
+            if result.evals is not None:
+                self.eigen.append((key, result.label, result.evals))
+
+    def tables(self) -> dict[str, pa.Table]:
+        spectra = pa.Table.from_pylist(self.rows, schema=schema.SPECTRA.arrow_schema)
+        columns: dict[str, list] = {c: [] for c in schema.EIGENVALUES.column_names}
+        for key, label, evals in self.eigen:
+            n = int(evals.size)
+            for name, value in key.items():
+                columns[name] += [value] * n
+            columns["matrix"] += [label] * n
+            columns["k"].append(np.arange(n, dtype=np.int64))
+            columns["value"].append(evals)
+        for name in ("k", "value"):
+            columns[name] = np.concatenate(columns[name]) if columns[name] else []
+        eigen = pa.Table.from_pydict(columns, schema=schema.EIGENVALUES.arrow_schema)
+        return {"spectra": spectra, "eigenvalues": eigen}
+
+
+def cache_key(class_name, config, tensor, array: np.ndarray, planned) -> str:
+    digest = hashlib.sha256()
+    about = {
+        "method": METHOD_VERSION,
+        "class": _wrapped(class_name, config or {})[0],
+        "name": tensor.weight_name.split("/")[-2:],
+        "role": tensor.role,
+        "layout": tensor.layout,
+        "dtype": str(array.dtype),
+        "shape": list(array.shape),
+        "plan": [[p.label, p.n, p.m, p.rf, p.rescale, p.skip] for p in planned],
+    }
+    digest.update(json.dumps(about, sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(array).view(np.uint8).reshape(-1))
+    return digest.hexdigest()
+
+
+def _cached(folder: Path, class_name, config, tensor, array, planned) -> list[Spectrum]:
+    key = cache_key(class_name, config, tensor, array, planned)
+    path = folder / key[:2] / f"{key}.npz"
+    results = _read(path)
+    if results is not None:
+        COUNTS["cached"] += 1
+        return results
+    results = [analyse(p) for p in planned]
+    COUNTS["computed"] += 1
+    _write(path, results)
+    return results
+
+
+def _read(path: Path) -> list[Spectrum] | None:
+    try:
+        with np.load(path, allow_pickle=False) as entry:
+            meta = json.loads(str(entry["meta"]))
+            return [Spectrum(m["matrix"], m, entry.get(f"evals{i}")) for i, m in enumerate(meta)]
+    except (OSError, ValueError, KeyError):
+        return None  # absent or unreadable: computed again and rewritten
+
+
+def _write(path: Path, results: list[Spectrum]) -> None:
+    arrays = {f"evals{i}": r.evals for i, r in enumerate(results) if r.evals is not None}
+    tmp = path.with_name(f".{path.stem}-{uuid.uuid4().hex[:8]}.npz")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            np.savez(fh, meta=np.array(json.dumps([r.metrics for r in results])), **arrays)
+        os.replace(tmp, path)
+    except OSError:  # a cache that cannot be written only costs time
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,56 @@
+"""Hyperparameters read from folder and file names: `runs/lr1e-2_dropout0.6/e05.h5` ->
+lr=0.01, dropout=0.6, epoch=5 (README: Tags). Pure functions."""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePath
+
+NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+# A token is a key glued to a number (`lr1e-2`, `dropout0.6`, `e05`); a token that is only a
+# number belongs to the token before it (`l2_1e-3`).
+_GLUED = re.compile(rf"^(?P<key>[A-Za-z][A-Za-z]*?)(?P<value>{NUMBER})$")
+_NUMBER = re.compile(rf"^{NUMBER}$")
+_SPLIT = re.compile(r"[_\s]+|(?<![eE])-|=|\.(?!\d)")
+ALIASES = {"e": "epoch", "ep": "epoch", "epoch": "epoch", "epochs": "epoch", "s": "step",
+           "step": "step", "it": "step", "iter": "step"}  # fmt: skip
+MODEL_SUFFIXES = (".weights.json", ".weights.h5", ".h5", ".hdf5", ".keras")
+
+
+def _components(path: str, depth: int) -> list[str]:
+    parts = list(PurePath(path).parts[-depth:])
+    name = parts[-1]
+    for suffix in MODEL_SUFFIXES:
+        if name.endswith(suffix):
+            parts[-1] = name[: -len(suffix)]
+            break
+    return parts
+
+
+def parse_tags(path: str, pattern: str | None = None, depth: int = 3) -> dict[str, float]:
+    """key -> value from the file name and its `depth - 1` parent folders; later (deeper)
+    components win. `pattern` replaces the default rule: a regex with groups `key`, `value`."""
+    tags: dict[str, float] = {}
+    for component in _components(path, depth):
+        if pattern:
+            for match in re.finditer(pattern, component):
+                _put(tags, match.group("key"), match.group("value"))
+            continue
+        tokens = [t for t in _SPLIT.split(component) if t]
+        for i, token in enumerate(tokens):
+            glued = _GLUED.match(token)
+            nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
+            if _NUMBER.match(nxt) and not _NUMBER.match(token) and re.match(r"^[A-Za-z]", token):
+                _put(tags, token, nxt)
+            elif glued:
+                _put(tags, glued.group("key"), glued.group("value"))
+    return tags
+
+
+def _put(tags: dict[str, float], key: str, value: str) -> None:
+    try:
+        number = float(value)
+    except ValueError:
+        return
+    key = key.lower()
+    tags[ALIASES.get(key, key)] = number

@@ -1,0 +1,138 @@
+-- Comparison across models (README: Comparing models).
+
+-- layer_signatures(m): the weighted layers of one model, in order, with a signature of their
+-- tensors' roles and shapes (what alignment matches on).
+CREATE OR REPLACE MACRO layer_signatures(m) AS TABLE
+    SELECT l.model_id, l.layer_path, l.class_name, l.n_params,
+           row_number() OVER (ORDER BY l.layer_index) AS position,
+           (SELECT string_agg(w.role || ':' || w.shape::VARCHAR, ';' ORDER BY w.weight_index)
+            FROM weights AS w
+            WHERE w.model_id = l.model_id AND w.layer_path = l.layer_path) AS signature
+    FROM layers AS l
+    WHERE l.model_id = m AND l.n_tensors > 0;
+
+-- align_layers(a, b): layers of model a matched to layers of model b, first by layer path,
+-- then (among the rest) by class and weight shapes in order of position. `matched_by` says
+-- which; a layer matched by neither appears with NULL on the other side.
+CREATE OR REPLACE MACRO align_layers(a, b) AS TABLE
+    WITH
+    la AS (SELECT * FROM layer_signatures(a)),
+    lb AS (SELECT * FROM layer_signatures(b)),
+    by_path AS (
+        SELECT la.layer_path AS path_a, lb.layer_path AS path_b, 'path' AS matched_by
+        FROM la JOIN lb USING (layer_path)),
+    rest_a AS (
+        SELECT *, row_number() OVER (PARTITION BY class_name, signature ORDER BY position) AS k
+        FROM la WHERE layer_path NOT IN (SELECT path_a FROM by_path)),
+    rest_b AS (
+        SELECT *, row_number() OVER (PARTITION BY class_name, signature ORDER BY position) AS k
+        FROM lb WHERE layer_path NOT IN (SELECT path_b FROM by_path)),
+    by_shape AS (
+        SELECT rest_a.layer_path AS path_a, rest_b.layer_path AS path_b,
+               'class and shapes' AS matched_by
+        FROM rest_a JOIN rest_b
+          ON rest_a.class_name IS NOT DISTINCT FROM rest_b.class_name
+         AND rest_a.signature = rest_b.signature AND rest_a.k = rest_b.k),
+    matched AS (SELECT * FROM by_path UNION ALL SELECT * FROM by_shape)
+    SELECT la.position AS position_a, lb.position AS position_b,
+           coalesce(m.path_a, la.layer_path) AS path_a, lb.layer_path AS path_b,
+           coalesce(la.class_name, lb.class_name) AS class_name,
+           la.n_params AS n_params_a, lb.n_params AS n_params_b,
+           la.signature = lb.signature AS same_shapes,
+           coalesce(m.matched_by, 'unmatched') AS matched_by
+    FROM matched AS m
+    FULL JOIN la ON la.layer_path = m.path_a
+    FULL JOIN lb ON lb.layer_path = m.path_b
+    ORDER BY coalesce(la.position, lb.position), lb.position;
+
+-- unmatched_layers(a, b): layers of either model that align_layers could not match.
+CREATE OR REPLACE MACRO unmatched_layers(a, b) AS TABLE
+    SELECT CASE WHEN path_b IS NULL THEN a ELSE b END AS model_id,
+           coalesce(path_a, path_b) AS layer_path, class_name,
+           coalesce(n_params_a, n_params_b) AS n_params
+    FROM align_layers(a, b)
+    WHERE matched_by = 'unmatched';
+
+-- layer_drift: drift per layer and pair (all tensors of the layer taken together).
+CREATE OR REPLACE VIEW layer_drift AS
+SELECT d.series, d.model_a, ma.name AS name_a, d.model_b, mb.name AS name_b,
+       tb.value AS epoch_b, d.layer_path,
+       sqrt(sum(d.l2_diff ^ 2)) / nullif(sqrt(sum(d.l2_a ^ 2)), 0) AS rel_l2,
+       sum(d.l2_a * d.l2_b * d.cosine) / nullif(sqrt(sum(d.l2_a ^ 2) * sum(d.l2_b ^ 2)), 0)
+           AS cosine,
+       sum(d.sign_flip_frac * d.size) / sum(d.size) AS sign_flip_frac,
+       max(d.max_abs_change) AS max_abs_change
+FROM drift AS d
+JOIN models AS ma ON ma.model_id = d.model_a
+JOIN models AS mb ON mb.model_id = d.model_b
+LEFT JOIN model_tags AS tb ON tb.model_id = d.model_b AND tb.key = 'epoch'
+GROUP BY ALL
+ORDER BY d.series, epoch_b, name_b, d.layer_path;
+
+-- model_overview: one row per model: size, parameters by layer class, health, tags, metrics.
+CREATE OR REPLACE VIEW model_overview AS
+WITH
+by_class AS (
+    SELECT model_id, map(list(coalesce(class_name, '?')), list(n)) AS params_by_class
+    FROM (SELECT model_id, class_name, sum(n_params) AS n FROM layers
+          WHERE n_params > 0 GROUP BY ALL ORDER BY class_name)
+    GROUP BY model_id),
+health AS (
+    SELECT model_id,
+           count(*) FILTER (WHERE nan_or_inf) AS nan_or_inf_tensors,
+           count(*) FILTER (WHERE exploding) AS exploding_tensors,
+           coalesce(sum(dead_units), 0) AS dead_units,
+           count(*) FILTER (WHERE saturating_forget_gate) AS saturating_forget_gates,
+           count(*) FILTER (WHERE sparse) AS sparse_tensors
+    FROM weight_health GROUP BY model_id),
+tags AS (SELECT model_id, map(list(key ORDER BY key), list(value ORDER BY key)) AS tags
+         FROM model_tags GROUP BY model_id),
+metrics AS (SELECT model_id, map(list(metric ORDER BY metric), list(value ORDER BY metric))
+                AS metrics
+            FROM model_metrics GROUP BY model_id)
+SELECT m.name AS model, m.format, m.keras_version, m.backend, m.model_class, m.arch_id,
+       m.n_layers, m.n_params, m.n_trainable, m.n_non_trainable,
+       round(m.file_bytes / 1e6, 3) AS file_mb, c.params_by_class,
+       h.* EXCLUDE (model_id), t.tags, x.metrics, m.path, m.model_id
+FROM models AS m
+LEFT JOIN by_class AS c USING (model_id)
+LEFT JOIN health AS h USING (model_id)
+LEFT JOIN tags AS t USING (model_id)
+LEFT JOIN metrics AS x USING (model_id)
+ORDER BY m.name;
+
+-- layer_compare: one row per weighted layer and model with its key numbers, long form (pivot
+-- on `model` or on `layer_path`; models of one arch_id align by layer_path).
+CREATE OR REPLACE VIEW layer_compare AS
+WITH
+stats AS (
+    SELECT model_id, layer_path,
+           sqrt(sum(l2 ^ 2)) AS l2,
+           max(max_abs) AS max_abs,
+           sum(near_zero_frac * size) / sum(size) AS near_zero_frac,
+           any_value(std ORDER BY weight_index) FILTER (WHERE role = 'kernel') AS kernel_std,
+           any_value(mean ORDER BY weight_index) FILTER (WHERE role = 'bias') AS bias_mean
+    FROM weights GROUP BY ALL),
+health AS (
+    SELECT model_id, layer_path, sum(dead_units) AS dead_units,
+           bool_or(nan_or_inf OR exploding) AS unstable
+    FROM weight_health GROUP BY ALL),
+previous AS (
+    SELECT model_b AS model_id, layer_path, rel_l2 AS drift_from_previous
+    FROM layer_drift WHERE series IS NOT NULL)
+SELECT m.name AS model, m.arch_id, l.layer_index, l.layer_path, l.class_name, l.n_params,
+       s.* EXCLUDE (model_id, layer_path), h.dead_units, h.unstable, p.drift_from_previous,
+       m.model_id
+FROM layers AS l
+JOIN models AS m USING (model_id)
+JOIN stats AS s USING (model_id, layer_path)
+LEFT JOIN health AS h USING (model_id, layer_path)
+LEFT JOIN previous AS p USING (model_id, layer_path)
+ORDER BY m.name, l.layer_index;
+
+-- metric_vs_weights: each model's metrics next to its weight summaries.
+CREATE OR REPLACE VIEW metric_vs_weights AS
+SELECT x.metric, x.value AS metric_value, s.*
+FROM model_metrics AS x
+JOIN model_summary AS s USING (model_id)
+ORDER BY x.metric, s.model;
