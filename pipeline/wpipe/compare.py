@@ -11,10 +11,11 @@ from itertools import combinations, pairwise
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 from wpipe import schema
 from wpipe.drift import symmetric_distance, tensor_drift
-from wpipe.readers import ModelReadError, open_model
+from wpipe.readers import Model, ModelReadError, open_model
 from wpipe.tags import parse_tags
 
 LOG_NAMES = ("training.log",)  # CSVLogger's usual name besides *.csv
@@ -57,6 +58,42 @@ def series(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
     return out
 
 
+def _file_of(con: duckdb.DuckDBPyConnection, model_id: str) -> tuple[str, str]:
+    return con.execute("SELECT path, sha256 FROM models WHERE model_id = ?", [model_id]).fetchone()
+
+
+def _known(con: duckdb.DuckDBPyConnection, a: str, b: str) -> bool:
+    """Stored rows for the pair were computed from the files as they are now."""
+    return bool(
+        con.execute(
+            "SELECT count(*) FROM drift d, models ma, models mb WHERE d.model_a = ? "
+            "AND d.model_b = ? AND ma.model_id = d.model_a AND mb.model_id = d.model_b "
+            "AND d.sha256_a = ma.sha256 AND d.sha256_b = mb.sha256",
+            [a, b],
+        ).fetchone()[0]
+    )
+
+
+def _drift_rows(
+    model_a: Model, model_b: Model, ids: tuple[str, str], shas: tuple[str, str],
+    series_name: str | None, renamed: dict[str, str],
+) -> list[dict]:  # fmt: skip
+    tensors_b = {(layer.layer_path, t.weight_name): t for layer in model_b.layers
+                 for t in layer.tensors}  # fmt: skip
+    rows = []
+    for layer in model_a.layers:
+        for t in layer.tensors:
+            other = tensors_b.get((renamed.get(layer.layer_path, layer.layer_path), t.weight_name))
+            if other is None or other.shape != t.shape:
+                continue
+            rows.append(
+                {"model_a": ids[0], "model_b": ids[1], "layer_path": layer.layer_path,
+                 "weight_name": t.weight_name, **tensor_drift(t.load(), other.load()),
+                 "series": series_name, "sha256_a": shas[0], "sha256_b": shas[1]}
+            )  # fmt: skip
+    return rows
+
+
 def pair_drift(
     con: duckdb.DuckDBPyConnection,
     a: str,
@@ -67,62 +104,75 @@ def pair_drift(
     """Compute drift for every tensor the two models share (same weight name and shape in
     the same layer, or in the layer `renamed` maps A's path to); rows carry A's layer path.
     Skipped when stored rows already match both files' hashes. True if computed."""
-    (path_a, sha_a), (path_b, sha_b) = (
-        con.execute("SELECT path, sha256 FROM models WHERE model_id = ?", [m]).fetchone()
-        for m in (a, b)
-    )
-    known = con.execute(
-        "SELECT count(*) FROM drift WHERE model_a = ? AND model_b = ? AND sha256_a = ? "
-        "AND sha256_b = ?",
-        [a, b, sha_a, sha_b],
-    ).fetchone()[0]
-    if known:
+    if _known(con, a, b):
         return False
-    rows = []
+    (path_a, sha_a), (path_b, sha_b) = _file_of(con, a), _file_of(con, b)
     with open_model(path_a) as model_a, open_model(path_b) as model_b:
-        tensors_b = {
-            (layer.layer_path, t.weight_name): t for layer in model_b.layers for t in layer.tensors
-        }
-        for layer in model_a.layers:
-            for t in layer.tensors:
-                path_b = (renamed or {}).get(layer.layer_path, layer.layer_path)
-                other = tensors_b.get((path_b, t.weight_name))
-                if other is None or other.shape != t.shape:
-                    continue
-                d = tensor_drift(t.load(), other.load())
-                rows.append(
-                    {"model_a": a, "model_b": b, "layer_path": layer.layer_path,
-                     "weight_name": t.weight_name, **d, "series": series_name,
-                     "sha256_a": sha_a, "sha256_b": sha_b}
-                )  # fmt: skip
-    _replace_pair(con, a, b, rows)
+        rows = _drift_rows(model_a, model_b, (a, b), (sha_a, sha_b), series_name, renamed or {})
+    _replace_pairs(con, [(a, b)], rows)
     return True
 
 
-def _replace_pair(con: duckdb.DuckDBPyConnection, a: str, b: str, rows: list[dict]) -> None:
-    columns = schema.DRIFT.column_names
+def _replace_pairs(
+    con: duckdb.DuckDBPyConnection, pairs: list[tuple[str, str]], rows: list[dict]
+) -> None:
+    table = pa.Table.from_pylist(rows, schema=schema.DRIFT.arrow_schema)
     con.execute("BEGIN TRANSACTION")
-    con.execute("DELETE FROM drift WHERE model_a = ? AND model_b = ?", [a, b])
-    if rows:
-        con.executemany(
-            f"INSERT INTO drift ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-            [[row[c] for c in columns] for row in rows],
-        )
+    for a, b in pairs:
+        con.execute("DELETE FROM drift WHERE model_a = ? AND model_b = ?", [a, b])
+    con.register("new_drift_rows", table)
+    con.execute("INSERT INTO drift SELECT * FROM new_drift_rows")
+    con.unregister("new_drift_rows")
     con.execute("COMMIT")
 
 
 def series_drift(con: duckdb.DuckDBPyConnection) -> tuple[int, list[str]]:
-    """Drift of every consecutive pair of every series; only new or changed pairs are read.
-    Returns (pairs computed, problems)."""
-    computed, problems = 0, []
-    wanted = set()
+    """Drift of every consecutive pair of every series; only new or changed pairs are read,
+    each file opened once as it slides from pair (a, b) to (b, c). Returns (pairs, problems)."""
+    problems: list[str] = []
+    wanted: set[tuple[str, str]] = set()
+    done: list[tuple[str, str]] = []
+    rows: list[dict] = []
+    listing = con.execute("SELECT model_id, path, sha256 FROM models").fetchall()
+    files = {m: (p, h) for m, p, h in listing}
+    known = set(
+        con.execute(
+            "SELECT DISTINCT d.model_a, d.model_b FROM drift d, models ma, models mb "
+            "WHERE ma.model_id = d.model_a AND mb.model_id = d.model_b "
+            "AND d.sha256_a = ma.sha256 AND d.sha256_b = mb.sha256"
+        ).fetchall()
+    )
     for name, members in series(con).items():
-        for a, b in pairwise(members):
-            wanted.add((a, b))
+        todo = [p for p in pairwise(members) if p not in wanted and p not in known]
+        wanted.update(pairwise(members))
+        held: tuple[str, Model, ExitStack] | None = None
+        for a, b in todo:
             try:
-                computed += pair_drift(con, a, b, name)
+                if held is None or held[0] != a:
+                    if held is not None:
+                        held[2].close()
+                    stack = ExitStack()
+                    held = (a, stack.enter_context(open_model(files[a][0])), stack)
+                stack_b = ExitStack()
+                model_b = stack_b.enter_context(open_model(files[b][0]))
+                shas = (files[a][1], files[b][1])
+                try:
+                    rows += _drift_rows(held[1], model_b, (a, b), shas, name, {})
+                except BaseException:
+                    stack_b.close()
+                    raise
+                done.append((a, b))
+                held[2].close()
+                held = (b, model_b, stack_b)
             except (ModelReadError, OSError) as exc:
                 problems.append(f"drift {name}: {exc}")
+                if held is not None:
+                    held[2].close()
+                held = None
+        if held is not None:
+            held[2].close()
+    if done:
+        _replace_pairs(con, done, rows)
     # a series that lost or gained a member no longer has its old consecutive pairs
     stale = [
         pair
@@ -133,7 +183,7 @@ def series_drift(con: duckdb.DuckDBPyConnection) -> tuple[int, list[str]]:
     ]
     for a, b in stale:
         con.execute("DELETE FROM drift WHERE model_a = ? AND model_b = ?", [a, b])
-    return computed, problems
+    return len(done), problems
 
 
 def aligned_renames(con: duckdb.DuckDBPyConnection, a: str, b: str) -> dict[str, str]:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
+
+import pyarrow as pa
 
 from wpipe import compare, store
 from wpipe.analysis import StatsOptions
@@ -60,6 +63,7 @@ class Outcome:
     n_tensors: int = 0
     n_params: int = 0
     bytes_read: int = 0
+    tables: dict[str, pa.Table] | None = None  # the partition's small tables, for loading
 
 
 @dataclass
@@ -179,6 +183,7 @@ def run_job(job: Job) -> Outcome:
         row = tables["models"].to_pylist()[0]
         outcome.status = "ingested"
         outcome.partition = str(partition.tmp)
+        outcome.tables = tables
         outcome.n_tensors, outcome.n_params = row["n_tensors"], row["n_params"]
     except ModelReadError as exc:
         outcome.error, outcome.message = exc.code, exc.message
@@ -216,6 +221,8 @@ def ingest(
     lake = lake.resolve()
     if spectra.cache_dir is None:
         spectra = replace(spectra, cache_dir=str(lake / CACHE_FOLDER))
+    # half-written partitions of a run that was killed (the DuckDB lock keeps runs apart)
+    shutil.rmtree(lake / ".tmp", ignore_errors=True)
     files = discover(roots, skip=[lake])
     known, failures = db.known_files(), db.known_failures()
     report = Report(files=len(files))
@@ -240,14 +247,19 @@ def ingest(
         on_start(len(work))
     by_path = {job.path: job for job in work}
     pending: dict[str, Path] = {}  # committed to the lake, not yet loaded into DuckDB
+    loaded: dict[str, dict[str, pa.Table]] = {}
     for outcome in _map(work, jobs):
         _store(outcome, by_path[outcome.path], db, lake, report, pending)
+        if outcome.tables is not None:
+            loaded[outcome.model_id] = outcome.tables
+            outcome.tables = None
         if len(pending) >= LOAD_BATCH:
-            db.replace_models(pending)
+            db.replace_models(pending, loaded)
             pending.clear()
+            loaded.clear()
         if on_done:
             on_done(outcome)
-    db.replace_models(pending)
+    db.replace_models(pending, loaded)
     if prune:
         report.pruned = _prune(db, lake, roots)
     db.refresh_names()

@@ -121,11 +121,17 @@ class Database:
         rows = self.con.execute("SELECT path, file_bytes, mtime, message FROM ingest_errors")
         return {p: (b, m, msg) for p, b, m, msg in rows.fetchall()}
 
-    def replace_models(self, partitions: dict[str, Path]) -> None:
-        """Swap each model's rows for those in its lake partition, all in one transaction."""
+    def replace_models(
+        self, partitions: dict[str, Path], tables: dict[str, dict[str, pa.Table]] | None = None
+    ) -> None:
+        """Swap each model's rows for those in its lake partition, all in one transaction.
+
+        `tables` (model_id -> table name -> rows) are the partition's small tables already in
+        memory; they are inserted from Arrow instead of being read back from Parquet."""
         if not partitions:
             return
         ids = list(partitions)
+        tables = tables or {}
         self.con.execute("BEGIN TRANSACTION")
         try:
             for table in schema.MODEL_TABLES:
@@ -133,6 +139,14 @@ class Database:
                     f"DELETE FROM {table.name} WHERE list_contains(?, model_id)", [ids]
                 )
                 columns = ", ".join(f'"{c}"' for c in table.column_names)
+                held = [tables.get(i, {}).get(table.name) for i in ids]
+                if all(t is not None for t in held):
+                    self.con.register("incoming_rows", pa.concat_tables(held))
+                    self.con.execute(
+                        f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM incoming_rows"
+                    )
+                    self.con.unregister("incoming_rows")
+                    continue
                 sources = [str(p / f"{table.name}.parquet") for p in partitions.values()]
                 self.con.execute(
                     f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM read_parquet(?)",

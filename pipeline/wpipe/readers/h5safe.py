@@ -43,22 +43,34 @@ def name_list(obj: h5py.HLObject, name: str) -> list[str] | None:
 
 
 def child(group: h5py.Group, path: str, where: str) -> h5py.HLObject:
-    """Resolve `path` below `group` one component at a time, refusing external links."""
-    node: h5py.HLObject = group
+    """Resolve `path` below `group` one link at a time, refusing external and user-defined
+    links (low-level calls: resolving every weight is on the ingest's hot path)."""
+    node = group.id
     for part in path.split("/"):
         if not part:
             continue
-        if not isinstance(node, h5py.Group):
+        if not isinstance(node, h5py.h5g.GroupID):
             raise ModelReadError("missing-object", f"{where}: '{path}' crosses a dataset")
-        link = node.get(part, getlink=True)
-        if link is None:
+        raw = part.encode()
+        if not node.links.exists(raw):
             raise ModelReadError("missing-object", f"{where}: '{path}' is not in the file")
-        if isinstance(link, h5py.ExternalLink):
+        kind = node.links.get_info(raw).type
+        if kind == h5py.h5l.TYPE_EXTERNAL:
+            target = node.links.get_val(raw)[0].decode(errors="replace")
             raise ModelReadError(
-                "external-link", f"{where}: '{path}' is an external link to {link.filename}"
+                "external-link", f"{where}: '{path}' is an external link to {target}"
             )
-        node = node[part]
-    return node
+        if kind not in (h5py.h5l.TYPE_HARD, h5py.h5l.TYPE_SOFT):
+            raise ModelReadError("external-link", f"{where}: '{path}' is a user-defined link")
+        try:
+            node = h5py.h5o.open(node, raw)
+        except KeyError:
+            raise ModelReadError(
+                "missing-object", f"{where}: '{path}' is a dangling link"
+            ) from None
+    if isinstance(node, h5py.h5d.DatasetID):
+        return h5py.Dataset(node)
+    return h5py.Group(node)
 
 
 def dataset(group: h5py.Group, path: str, where: str) -> h5py.Dataset:
