@@ -1,36 +1,47 @@
-# Every target builds .venv from nothing (only python3 is assumed) and installs what it needs.
+# Every target builds .venv from nothing (only python3 is assumed) and installs what it needs:
+# the package for `demo`, the package and its dev extras for `test`, `bench` and `lint`.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+CORE   := $(VENV)/.installed-core
+DEV    := $(VENV)/.installed-dev
 
 .PHONY: demo test bench lint format clean
 
-$(STAMP): pyproject.toml
+$(CORE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(DEV): $(CORE)
 	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $@
 
-demo: $(STAMP)
-	rm -f demo.duckdb
-	$(BIN)/wpipe ingest examples/models --db demo.duckdb --lake demo_lake
+demo: $(CORE)
+	rm -rf demo.duckdb demo.lake
+	$(BIN)/wpipe ingest examples/models --db demo.duckdb
 	$(BIN)/wpipe models --db demo.duckdb
+	$(BIN)/wpipe query "SELECT name_b AS checkpoint, round(avg(rel_l2), 3) AS mean_layer_drift \
+		FROM layer_drift GROUP BY ALL ORDER BY checkpoint" --db demo.duckdb
+	$(BIN)/wpipe health --db demo.duckdb
+	$(BIN)/wpipe correlate val_accuracy --top 5 --db demo.duckdb
 	$(BIN)/wpipe report --db demo.duckdb -o report.html
+	@echo "report: report.html"
 
-test: $(STAMP)
+test: $(DEV)
 	$(BIN)/pytest -q
 
-bench: $(STAMP)
+bench: $(DEV)
 	$(BIN)/python bench/bench_ingest.py
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check pipeline tests bench
 	$(BIN)/ruff format --check pipeline tests bench
 
-format: $(STAMP)
+format: $(DEV)
 	$(BIN)/ruff check --fix pipeline tests bench
 	$(BIN)/ruff format pipeline tests bench
 
 clean:
-	rm -rf $(VENV) demo.duckdb demo_lake .pytest_cache
+	rm -rf $(VENV) demo.duckdb demo.lake report.html .pytest_cache

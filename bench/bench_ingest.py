@@ -153,7 +153,7 @@ def compare(label: str, paths: list[str], options: str) -> None:
     ours = min(our_runs, key=lambda r: r["seconds"])
     largest_mb = ref["largest_tensor"] / 1e6
     print(
-        f"{label:<32} files={len(paths):<4} {mb:8.1f} MB | reference {ref['seconds']:7.2f} s "
+        f"{label:<28} files={len(paths):<4} {mb:8.1f} MB | reference {ref['seconds']:7.2f} s "
         f"{mb / ref['seconds']:7.0f} MB/s rss {ref['peak_rss_mb']:6.0f} MB | wpipe "
         f"{ours['seconds']:7.2f} s {mb / ours['seconds']:7.0f} MB/s rss "
         f"{ours['peak_rss_mb']:6.0f} MB | ratio {ours['seconds'] / ref['seconds']:5.2f}x | "
@@ -171,8 +171,10 @@ def main() -> None:
     print("zoo = 240 small real-layout checkpoints in one folder (one series: drift on by default)")
     compare("zoo, defaults, -j 1", zoo_paths, "-j 1")
     compare("zoo, defaults, -j 2", zoo_paths, "-j 2")
-    compare("zoo, --values none --no-drift", zoo_paths, "-j 2 --values none --no-drift")
-    compare("big, --values none, -j 1", [str(big)], "-j 1 --values none")
+    compare("zoo, stats only, -j 2", zoo_paths, "-j 2 --values none --no-drift --spectra none")
+    print("big = one VGG16-sized full model (138M parameters)")
+    compare("big, stats only, -j 1", [str(big)], "-j 1 --values none --spectra none")
+    compare("big, + spectra auto, -j 1", [str(big)], "-j 1 --values none")
 
 
 if __name__ == "__main__":

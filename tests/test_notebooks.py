@@ -13,7 +13,12 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 
 def test_the_notebooks_are_there():
     names = [p.name for p in NOTEBOOKS]
-    assert "01_quick_start.ipynb" in names and "02_checkpoints_and_sweeps.ipynb" in names
+    for name in (
+        "01_quick_start.ipynb",
+        "02_checkpoints_and_sweeps.ipynb",
+        "03_health_walkthrough.ipynb",
+    ):
+        assert name in names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

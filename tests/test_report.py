@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import wpipe
 from typer.testing import CliRunner
-from wpipe import charts, report, store
+from wpipe import charts, compare, report, store
 from wpipe.cli import app
 
 from tests.conftest import Warehouse, dense_config, expected, write_legacy_h5
@@ -24,6 +24,7 @@ runner = CliRunner()
 ZOO = ["k2_conv2d.h5", "k3_conv2d.h5", "k2_lstm.h5", "k2_gru_reset_after.h5", "k2_bidi_td.h5"]
 EVIL_LAYER = "<script>alert(1)</script>"
 EVIL_MODEL = "<img src=x onerror=alert(2)>"
+EVIL_METRIC = "<b onmouseover=alert(3)>acc</b>"
 SPEC_SCRIPT = re.compile(r'<script type="application/json" id="spec-(\d+)">(.*?)</script>', re.S)
 
 
@@ -32,11 +33,13 @@ def db_path(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     zoo = make_zoo(root / "zoo", ZOO)
     rng = np.random.default_rng(7)
+    kernel = rng.normal(size=(4, 3)).astype(np.float32)
+    kernel[0, 0] = np.nan  # a health finding named after the evil layer
     write_legacy_h5(
         zoo / f"{EVIL_MODEL}.h5",
         {
             EVIL_LAYER: {
-                f"{EVIL_LAYER}/kernel:0": rng.normal(size=(4, 3)).astype(np.float32),
+                f"{EVIL_LAYER}/kernel:0": kernel,
                 f"{EVIL_LAYER}/bias:0": np.zeros(3, np.float32),
             }
         },
@@ -45,6 +48,15 @@ def db_path(tmp_path_factory):
     (zoo / "broken.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 40)  # a truncated file
     result = Warehouse(root).ingest(zoo)
     assert result.ingested == len(ZOO) + 1 and len(result.failed) == 1
+    # results for a few models, one metric named with markup: a CSV header is user text too
+    names = [n.removesuffix(".h5") for n in ZOO] + [EVIL_MODEL]
+    lines = [f"model,val_accuracy,{EVIL_METRIC}"]
+    lines += [f"{n},{0.5 + k / 20},{1 - k / 30}" for k, n in enumerate(names)]
+    (root / "results.csv").write_text("\n".join(lines) + "\n")
+    added = runner.invoke(
+        app, ["metrics", "add", str(root / "results.csv"), "--db", str(root / "w.duckdb")]
+    )
+    assert added.exit_code == 0, added.output
     return root / "w.duckdb"
 
 
@@ -64,6 +76,9 @@ def test_report_has_every_section_in_its_table_of_contents(page):
         "group-1",
         "gates",
         "filters",
+        "health",
+        "drift",
+        "metrics",
         "tables",
         "errors",
     ):
@@ -72,6 +87,44 @@ def test_report_has_every_section_in_its_table_of_contents(page):
     assert page.index('id="contents"') < page.index('<section id="overview">')
     for caption in ("Largest |w|", "Most near-zero", "Non-finite values", "Layer classes"):
         assert caption in page
+    for caption in (
+        "Flagged tensors per model and flag",
+        "drift across the 2 checkpoints of zoo#",
+        "val_accuracy vs ",
+        "thresholds (the settings table)",
+    ):
+        assert caption in page, caption
+
+
+def section(page: str, name: str) -> str:
+    start = page.index(f'<section id="{name}">')
+    return page[start : page.index("</section>", start)]
+
+
+def test_health_drift_and_metrics_sections_hold_the_database_numbers(page, db_path):
+    con = wpipe.connect(db_path)
+    n_findings, n_models = con.execute(
+        "SELECT count(*), count(DISTINCT model_id) FROM health_findings"
+    ).fetchone()
+    ranked = compare.correlate(con, "val_accuracy")[: report.TOP_CORRELATIONS]
+    series = con.execute("SELECT DISTINCT series FROM drift WHERE series IS NOT NULL").fetchall()
+    con.close()
+    health = section(page, "health")
+    assert f"{n_findings} findings in {n_models} models, worst first" in health
+    assert health.count("<tr>") >= n_findings + 1
+    metrics = section(page, "metrics")
+    table = metrics[metrics.index("<h3>val_accuracy</h3>") :]
+    for feature, n, rho in ranked:  # the correlation table, in wpipe correlate's order
+        table = table[table.index(f"<td>{html.escape(feature)}</td>") :]
+        assert f'<td class="num">{n}</td><td class="num">{report.esc(rho)}</td>' in table[:200]
+    figure = next(
+        json.loads(t)
+        for _, t in SPEC_SCRIPT.findall(page)
+        if json.loads(t).get("title", {}).get("text", "").startswith("val_accuracy vs ")
+    )
+    assert figure["title"]["text"].startswith(f"val_accuracy vs {ranked[0][0]} · Spearman ρ")
+    drift = section(page, "drift")
+    assert f"{len(series)} checkpoint series" in drift and "k3_conv2d" in drift
 
 
 def test_overview_counts_match_the_fixtures(page):
@@ -96,10 +149,13 @@ def test_every_embedded_figure_is_valid_and_within_budget(page):
 
 
 def test_model_supplied_text_is_escaped_everywhere(page):
-    assert EVIL_LAYER not in page and EVIL_MODEL not in page
+    assert EVIL_LAYER not in page and EVIL_MODEL not in page and EVIL_METRIC not in page
     assert "alert(1)</script>" not in page
     assert html.escape(EVIL_MODEL) in page  # shown as text in the tables
     assert html.escape(EVIL_LAYER) in page
+    assert html.escape(EVIL_METRIC) in page  # the metric's heading and table
+    health = page[page.index('<section id="health">') : page.index('<section id="parameters">')]
+    assert html.escape(EVIL_LAYER) in health and html.escape(EVIL_MODEL) in health
     # It reaches the figures too, as data the browser never parses as HTML.
     in_specs = [json.loads(t) for _, t in SPEC_SCRIPT.findall(page)]
     assert any(EVIL_MODEL in json.dumps(s) for s in in_specs)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import duckdb
 
-from wpipe import views
+from wpipe import store
 
 DEFAULT_DB = "wpipe.duckdb"
 
@@ -26,7 +26,7 @@ def connect(db: str | os.PathLike | None = None) -> duckdb.DuckDBPyConnection:
     except duckdb.IOException:
         # another process (an ingest) holds the write lock: read what it has committed
         return duckdb.connect(str(path), read_only=True)
-    views.apply(con)
+    store.ensure_schema(con)
     return con
 
 

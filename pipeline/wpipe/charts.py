@@ -12,6 +12,7 @@ prefix. Layer filters are `layer_path` values or glob patterns (`encoder/*`).
 
 from __future__ import annotations
 
+import fnmatch
 import html
 import json
 import math
@@ -122,12 +123,23 @@ def _records(
     con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """Rows as dicts, refusing more than ROW_BUDGET (the queries are built to stay under it)."""
-    cursor = con.execute(sql, params)
+    cursor = con.execute(sql, _bound(sql, params))
     columns = [d[0] for d in cursor.description]
     rows = cursor.fetchmany(ROW_BUDGET + 1)
     if len(rows) > ROW_BUDGET:
         raise RuntimeError(f"chart data exceeds the row budget of {ROW_BUDGET} rows")
     return [{c: _json_value(v) for c, v in zip(columns, row, strict=True)} for row in rows]
+
+
+def _bound(sql: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters `sql` uses (DuckDB refuses named parameters a query does not use)."""
+    return {k: v for k, v in params.items() if re.search(rf"\${re.escape(k)}\b", sql)}
+
+
+def _run(
+    con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]
+) -> duckdb.DuckDBPyConnection:
+    return con.execute(sql, _bound(sql, params))
 
 
 def _json_value(value: Any) -> Any:
@@ -883,6 +895,677 @@ WHERE list_contains($ids, w.model_id)
 """
 
 
+# ----------------------------------------------------------------------------- drift
+
+MAX_LAYERS = 12  # layers drawn as lines of one panel (drift)
+
+
+def drift_series(
+    con: duckdb.DuckDBPyConnection, models: Sequence[str] | None = None
+) -> list[tuple[str, str, int]]:
+    """Checkpoint series with drift among the models: (series, short label, checkpoints),
+    largest first. The label is the shortest tail of the series' folder that tells it apart."""
+    rows = con.execute(
+        "SELECT series, count(DISTINCT model_b) + 1 AS n FROM drift "
+        "WHERE series IS NOT NULL AND list_contains($ids, model_a) "
+        "AND list_contains($ids, model_b) GROUP BY series",
+        {"ids": model_ids(con, models)},
+    ).fetchall()
+    labels = series_labels([s for s, _ in rows])
+    return sorted(((s, labels[s], n) for s, n in rows), key=lambda r: (-r[2], r[1]))
+
+
+def series_labels(names: Sequence[str]) -> dict[str, str]:
+    """Short labels for series names (a folder, `folder#arch_id` when one folder holds two
+    architectures): the fewest trailing folder names that keep the labels apart."""
+    split = {}
+    for name in names:
+        folder, _, arch = name.partition("#")
+        parts = [p for p in folder.replace("\\", "/").split("/") if p] or [folder]
+        split[name] = (parts, f"#{arch[:8]}" if arch else "")
+    depth = dict.fromkeys(names, 1)
+    while True:
+        labels = {n: "/".join(p[-depth[n] :]) + s for n, (p, s) in split.items()}
+        seen: dict[str, list[str]] = {}
+        for name, label in labels.items():
+            seen.setdefault(label, []).append(name)
+        clashes = [n for group in seen.values() if len(group) > 1 for n in group]
+        grow = [n for n in clashes if depth[n] < len(split[n][0])]
+        if not grow:
+            return labels
+        for name in grow:
+            depth[name] += 1
+
+
+def _pick_series(
+    available: list[tuple[str, str, int]], wanted: Sequence[str] | None
+) -> list[tuple[str, str, int]]:
+    """The series named by `wanted` (full name, short label, or a glob on either), in the
+    order of `available`."""
+    if not wanted:
+        return available
+    picked = []
+    for pattern in wanted:
+        found = [
+            s
+            for s in available
+            if pattern in (s[0], s[1])
+            or fnmatch.fnmatchcase(s[0], pattern)
+            or fnmatch.fnmatchcase(s[1], pattern)
+        ]
+        if not found:
+            known = ", ".join(s[1] for s in available) or "none"
+            raise LookupError(f"no checkpoint series is named {pattern!r}; known: {known}")
+        picked += found
+    chosen = {s[0] for s in picked}
+    return [s for s in available if s[0] in chosen]
+
+
+# Position of every checkpoint in its series: the drift pairs of a series form a chain
+# (consecutive checkpoints, README: Series and drift); k = 0 is the first checkpoint.
+_CHAIN = """
+WITH RECURSIVE
+pairs AS (
+    SELECT DISTINCT series, model_a, model_b FROM drift WHERE list_contains($series, series)
+),
+chain(series, model_id, k) AS (
+    SELECT p.series, p.model_a, 0 FROM pairs AS p
+    WHERE NOT EXISTS (
+        SELECT 1 FROM pairs AS q WHERE q.series = p.series AND q.model_b = p.model_a)
+    UNION ALL
+    SELECT p.series, p.model_b, c.k + 1 FROM chain AS c
+    JOIN pairs AS p ON p.series = c.series AND p.model_a = c.model_id
+    WHERE c.k < 1000000
+),
+pos AS (
+    SELECT c.series, c.model_id, c.k, e.value AS epoch, s.value AS step,
+           max(c.k) OVER (PARTITION BY c.series) AS last_k
+    FROM chain AS c
+    LEFT JOIN model_tags AS e ON e.model_id = c.model_id AND e.key = 'epoch'
+    LEFT JOIN model_tags AS s ON s.model_id = c.model_id AND s.key = 'step'
+)
+"""
+
+
+def checkpoint_drift(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    series: Sequence[str] | None = None,
+    models: Sequence[str] | None = None,
+    layers: Sequence[str] | None = None,
+) -> alt.FacetChart:
+    """Drift across checkpoint series: epoch vs each layer's relative change, a panel per series.
+
+    One line per layer: ‖B−A‖/‖A‖ from the previous checkpoint of its series, from
+    `layer_drift` (all tensors of a layer together). The x axis is the epoch tag when
+    every checkpoint drawn has one, else the step tag, else the checkpoint's position in its
+    series (1 = first). `series` takes full names (folders), short labels or globs; `models`
+    keeps the pairs whose two checkpoints are both among them.
+    """
+    ids = model_ids(con, models)
+    chosen = _pick_series(drift_series(con, ids), series)
+    if not chosen:
+        raise NoData("no checkpoint series with drift among the selected models")
+    params: dict[str, Any] = {"ids": ids, "series": [s[0] for s in chosen]}
+    params.update(_layer_params(layers))
+    points = f"""
+        SELECT ld.*, p.k, p.last_k, p.epoch, p.step, l.layer_index
+        FROM layer_drift AS ld
+        JOIN pos AS p ON p.series = ld.series AND p.model_id = ld.model_b
+        LEFT JOIN layers AS l ON l.model_id = ld.model_b AND l.layer_path = ld.layer_path
+        WHERE list_contains($series, ld.series) AND list_contains($ids, ld.model_a)
+          AND list_contains($ids, ld.model_b) AND {_layer_filter(layers, "ld.layer_path")}
+          AND ld.rel_l2 IS NOT NULL
+    """
+    found = _run(
+        con,
+        f"{_CHAIN} SELECT layer_path, min(layer_index) AS position FROM ({points}) "
+        "GROUP BY layer_path ORDER BY position NULLS LAST, layer_path",
+        params,
+    ).fetchall()
+    if not found:
+        raise NoData("no layer with drift matches the filters")
+    layer_order = _thin([r[0] for r in found], MAX_LAYERS)
+    per_series = {
+        name: (n_rows, n_layers)
+        for name, n_rows, n_layers in _run(
+            con,
+            f"{_CHAIN} SELECT series, count(*), count(DISTINCT layer_path) FROM ({points}) "
+            "WHERE list_contains($layers, layer_path) GROUP BY series",
+            {**params, "layers": layer_order},
+        ).fetchall()
+    }
+    chosen = [s for s in chosen if s[0] in per_series]
+    shown = _thin(chosen, MAX_FACETS)
+    params["series"] = [s[0] for s in shown]
+    # Every `stride`-th checkpoint (and each series' last) when the rows overflow the budget;
+    # rounding up and the last checkpoint add at most two checkpoints to each series.
+    n_rows = sum(per_series[s[0]][0] for s in shown)
+    room = max(1, ROW_BUDGET - 2 * sum(per_series[s[0]][1] for s in shown))
+    stride = max(1, math.ceil(n_rows / room))
+    kinds = _run(
+        con,
+        f"{_CHAIN} SELECT count(*), count(epoch), count(step) FROM pos "
+        "WHERE k > 0 AND list_contains($ids, model_id)",
+        params,
+    ).fetchone()
+    x_field, x_title = (
+        ("epoch", "epoch")
+        if kinds[1] == kinds[0]
+        else ("step", "step")
+        if kinds[2] == kinds[0]
+        else ("checkpoint", "checkpoint (position in its series)")
+    )
+    labels = {s[0]: s[1] for s in shown}
+    rows = _records(
+        con,
+        f"""
+        {_CHAIN}
+        SELECT series, name_a AS "from", name_b AS model, layer_path AS layer,
+               epoch, step, k + 1 AS checkpoint, rel_l2, cosine, sign_flip_frac, max_abs_change
+        FROM ({points})
+        WHERE list_contains($layers, layer_path)
+          AND ((k - 1) % $stride = 0 OR k = last_k)
+        ORDER BY series, k, layer_index
+        """,
+        {**params, "layers": layer_order, "stride": stride},
+    )
+    for row in rows:
+        row["series"] = labels[row["series"]]
+    positive = [r["rel_l2"] for r in rows if r["rel_l2"]]
+    if positive and len(positive) == len(rows):
+        y_scale, y_axis = alt.Scale(type="log", nice=False, padding=8), alt.Axis()
+    else:  # a stale layer (no change at all) must still show, at 0
+        low, high = min(positive or [1e-3]), max(positive or [1e-3])
+        y_scale = alt.Scale(type="symlog", constant=low / 2, domainMin=0)
+        y_axis = alt.Axis(values=[0.0, *_log_ticks(low, high)], format="~g")
+    pick = alt.selection_point(fields=["layer"], bind="legend")
+    scheme = "tableau10" if len(layer_order) <= 10 else "tableau20"
+    series_order = [s[1] for s in shown]
+    line = (
+        alt.Chart(alt.Data(values=rows))
+        .mark_line(point=alt.OverlayMarkDef(size=28), strokeWidth=1.6)
+        .encode(
+            x=alt.X(f"{x_field}:Q", title=x_title, axis=alt.Axis(tickMinStep=1)),
+            y=alt.Y(
+                "rel_l2:Q",
+                title="relative change ||B − A|| / ||A||",
+                scale=y_scale,
+                axis=y_axis,
+            ),
+            color=alt.Color(
+                "layer:N",
+                sort=layer_order,
+                scale=alt.Scale(domain=layer_order, scheme=scheme),
+                legend=alt.Legend(title="layer (click to pick)"),
+            ),
+            opacity=alt.condition(pick, alt.value(0.95), alt.value(0.12)),
+            tooltip=[
+                alt.Tooltip("series:N"),
+                alt.Tooltip("layer:N"),
+                alt.Tooltip("from:N"),
+                alt.Tooltip("model:N", title="to"),
+                alt.Tooltip(f"{x_field}:Q"),
+                alt.Tooltip("rel_l2:Q", format=".4g", title="relative change"),
+                alt.Tooltip("cosine:Q", format=".4f"),
+                alt.Tooltip("sign_flip_frac:Q", format=".2%", title="signs flipped"),
+                alt.Tooltip("max_abs_change:Q", format=".4g", title="max |B − A|"),
+            ],
+        )
+        .add_params(pick)
+        .properties(width=300, height=200)
+    )
+    thinned = "" if stride == 1 else f"every {stride}th checkpoint (and the last) of each series"
+    layers_note = (
+        ""
+        if len(layer_order) == len(found)
+        else f"{len(layer_order)} of {len(found)} layers, evenly spaced (pass --layer to choose)"
+    )
+    series_note = (
+        ""
+        if len(shown) == len(chosen)
+        else f"{len(shown)} of {len(chosen)} series (pass --series to choose)"
+    )
+    return line.facet(
+        facet=alt.Facet("series:N", sort=series_order, title=None),
+        columns=min(3, len(shown)),
+    ).properties(
+        title=_title(
+            "Drift from checkpoint to checkpoint",
+            "relative change of each layer's weights (all its tensors together) from the "
+            "previous checkpoint of its series",
+            series_note,
+            layers_note,
+            thinned,
+        )
+    )
+
+
+def _log_ticks(low: float, high: float) -> list[float]:
+    """1, 2, 5 × powers of ten from about `low` to `high` (ticks for a symlog axis)."""
+    ticks = []
+    for exponent in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1):
+        for m in (1, 2, 5):
+            value = float(f"{m}e{exponent}")
+            if low / 2 <= value <= high * 1.2:
+                ticks.append(value)
+    return ticks
+
+
+# ----------------------------------------------------------------------------- distances
+
+MAX_DISTANCE_MODELS = 12  # distance_heatmap reads every model's file: keep it bounded
+
+
+def distance_heatmap(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    models: Sequence[str] | None = None,
+    layer: str | None = None,
+) -> alt.Chart:
+    """Model × model distance ‖A−B‖ / mean(‖A‖, ‖B‖) of one layer, for same-architecture models.
+
+    Computed by `wpipe.compare.distance_matrix`, which reads the model files again (the
+    database keeps statistics, not every pair's difference), so at most 12 models are drawn:
+    those of the architecture most of the selected models share, evenly spaced beyond 12.
+    `layer` defaults to the layer with the most parameters.
+    """
+    from wpipe import compare
+    from wpipe.readers import ModelReadError
+
+    ids = model_ids(con, models)
+    arch = dict(
+        con.execute(
+            "SELECT model_id, arch_id FROM models WHERE list_contains($ids, model_id)",
+            {"ids": ids},
+        ).fetchall()
+    )
+    groups: dict[str, list[str]] = {}
+    for model_id in ids:
+        groups.setdefault(arch[model_id], []).append(model_id)
+    same = max(groups.values(), key=len, default=[])
+    if len(same) < 2:
+        raise NoData("no two of the selected models share an architecture")
+    selection = _keep(same, set(same), MAX_DISTANCE_MODELS)
+    others = len(ids) - len(same)
+    candidates = con.execute(
+        "SELECT layer_path, n_params FROM layers WHERE model_id = $first AND n_tensors > 0 "
+        "ORDER BY layer_index",
+        {"first": selection.ids[0]},
+    ).fetchall()
+    if layer is None:
+        layer = max(candidates, key=lambda r: r[1], default=(None, 0))[0]
+    elif layer not in {r[0] for r in candidates}:
+        raise NoData(f"no layer {layer!r} with weights in these models")
+    if layer is None:
+        raise NoData("these models have no layer with weights")
+    try:
+        found = compare.distance_matrix(con, selection.ids)
+    except (ModelReadError, OSError) as exc:
+        raise NoData(f"cannot read the model files again: {exc}") from None
+    names = _names(con, selection.ids)
+    name = dict(zip(selection.ids, names, strict=True))
+    cells = {(a, b): d for path, a, b, d in found if path == layer}
+    rows = []
+    for a in selection.ids:
+        for b in selection.ids:
+            d = 0.0 if a == b else cells.get((a, b), cells.get((b, a)))
+            rows.append({"a": name[a], "b": name[b], "distance": _json_value(d)})
+    finite = [r["distance"] for r in rows if r["distance"] is not None]
+    if len(finite) <= len(selection.ids):
+        raise NoData(f"layer {layer!r}: no pair of models shares its tensors")
+    high = max(finite)
+    base = alt.Chart(alt.Data(values=rows)).encode(
+        x=alt.X("b:N", sort=names, title=None, axis=alt.Axis(labelAngle=-40, labelLimit=160)),
+        y=alt.Y("a:N", sort=names, title=None, axis=alt.Axis(labelLimit=200)),
+        tooltip=[
+            alt.Tooltip("a:N", title="model"),
+            alt.Tooltip("b:N", title="other"),
+            alt.Tooltip("distance:Q", format=".4g"),
+        ],
+    )
+    heat = base.mark_rect().encode(
+        color=alt.Color(
+            "distance:Q", title="distance", scale=alt.Scale(scheme="viridis", domainMin=0)
+        )
+    )
+    text = base.mark_text(fontSize=10).encode(
+        text=alt.Text("distance:Q", format=".2f"),
+        color=alt.condition(
+            alt.datum.distance > high * 0.55, alt.value("black"), alt.value("white")
+        ),
+    )
+    step = 40 if len(names) <= 8 else 30
+    notes = [
+        "||A − B|| / mean(||A||, ||B||) over the layer's tensors; 0 = equal weights",
+        f"read from the model files (at most {MAX_DISTANCE_MODELS} models)",
+        selection.note,
+        f"{others} selected models of other architectures left out" if others else "",
+    ]
+    return (heat + text).properties(
+        width=alt.Step(step),
+        height=alt.Step(step),
+        title=_title(f"{layer}: distance between models", *notes),
+    )
+
+
+# ----------------------------------------------------------------------------- metrics
+
+#: Model-level statistics (`model_summary` columns) that `metric_scatter` can draw, the ones
+#: `wpipe correlate` ranks.
+MODEL_STATS = ("n_params", "max_abs", "zero_frac", "near_zero_frac", "nonfinite_count")
+
+# y: one value per model (the mean, should two CSV files give a model the same metric).
+_METRIC = """
+SELECT model_id, avg(value) AS y FROM model_metrics
+WHERE metric = $metric AND list_contains($ids, model_id) GROUP BY model_id
+"""
+
+# Spearman's rho with average ranks for ties, over `j` (feature, model_id, x, y).
+_SPEARMAN = """
+ranked AS (
+    SELECT feature,
+           (rank() OVER (PARTITION BY feature ORDER BY x)
+            + count(*) OVER (PARTITION BY feature) + 1
+            - rank() OVER (PARTITION BY feature ORDER BY x DESC)) / 2.0 AS rx,
+           (rank() OVER (PARTITION BY feature ORDER BY y)
+            + count(*) OVER (PARTITION BY feature) + 1
+            - rank() OVER (PARTITION BY feature ORDER BY y DESC)) / 2.0 AS ry
+    FROM j
+)
+SELECT feature, count(*) AS n_models, corr(rx, ry) AS rho FROM ranked GROUP BY feature
+"""
+
+
+def metrics(con: duckdb.DuckDBPyConnection, models: Sequence[str] | None = None) -> list[str]:
+    """Metric names in `model_metrics` for the models: validation metrics first."""
+    rows = con.execute(
+        "SELECT DISTINCT metric FROM model_metrics WHERE list_contains($ids, model_id)",
+        {"ids": model_ids(con, models)},
+    ).fetchall()
+    preferred = ("val_accuracy", "val_acc", "val_loss")
+    return sorted(
+        (r[0] for r in rows),
+        key=lambda m: (
+            m not in preferred,
+            preferred.index(m) if m in preferred else 0,
+            not m.startswith("val_"),
+            m,
+        ),
+    )
+
+
+def rank_correlations(
+    con: duckdb.DuckDBPyConnection, metric: str, *, models: Sequence[str] | None = None
+) -> list[tuple[str, int, float]]:
+    """What `wpipe correlate` ranks, over the chosen models: (feature, n_models, rho)."""
+    from wpipe.compare import correlate
+
+    return correlate(con, metric, model_ids(con, models))
+
+
+def _feature(
+    con: duckdb.DuckDBPyConnection, stat: str, layer: str | None, weight: str
+) -> tuple[str, str, dict[str, Any]]:
+    """(label, SQL selecting model_id and x for $ids, its parameters) of a feature: a
+    `model_summary` column, `<layer>/<weight>: <stat>` as `wpipe correlate` names it, or a
+    weights column of the tensor (`layer`, `weight`)."""
+    if layer is None and ": " in stat:
+        target, _, stat = stat.rpartition(": ")
+        if target != "model":
+            found = con.execute(
+                "SELECT DISTINCT layer_path, weight_name FROM weights "
+                "WHERE layer_path || '/' || weight_name = $t",
+                {"t": target},
+            ).fetchall()
+            if len(found) != 1:
+                raise LookupError(f"no tensor {target!r} (a layer_path/weight_name)")
+            layer, weight = found[0]
+    if layer is None:
+        if stat not in MODEL_STATS:
+            raise ValueError(
+                f"model statistic must be one of {', '.join(MODEL_STATS)} (or give --layer "
+                f"for a tensor statistic); not {stat!r}"
+            )
+        sql = (
+            f'SELECT model_id, "{stat}"::DOUBLE AS x FROM model_summary '
+            "WHERE list_contains($ids, model_id)"
+        )
+        return f"model: {stat}", sql, {}
+    if stat not in STATS:
+        raise ValueError(f"stat must be one of {', '.join(STATS)}; not {stat!r}")
+    sql = (
+        f'SELECT model_id, "{stat}"::DOUBLE AS x FROM weights WHERE list_contains($ids, model_id) '
+        "AND layer_path = $layer AND weight_name = $weight"
+    )
+    return f"{layer}/{weight}: {stat}", sql, {"layer": layer, "weight": weight}
+
+
+def metric_scatter(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    metric: str | None = None,
+    stat: str | None = None,
+    layer: str | None = None,
+    weight: str = "kernel",
+    models: Sequence[str] | None = None,
+) -> alt.Chart:
+    """A weight statistic vs a validation metric, one point per model, Spearman ρ in the title.
+
+    `stat` is a `model_summary` column (max_abs, near_zero_frac, …), a weights column of the
+    tensor (`layer`, `weight`), or a feature as `wpipe correlate` prints it
+    (`conv2/kernel: std`); by default the one with the largest |ρ|. `metric` defaults to a
+    validation metric. ρ (average ranks for ties) is computed in DuckDB over every model with
+    both values, whether or not the row budget lets each be drawn.
+    """
+    ids = model_ids(con, models)
+    known = metrics(con, ids)
+    if not known:
+        raise NoData("no model_metrics for the selected models (`wpipe metrics add FILE.csv`)")
+    metric = metric or known[0]
+    if metric not in known:
+        raise LookupError(f"no metric {metric!r}; known: {', '.join(known)}")
+    if stat is None and layer is None:
+        ranked = rank_correlations(con, metric, models=ids)
+        if not ranked:
+            raise NoData(f"fewer than 3 models have {metric!r} and a weight statistic")
+        stat = ranked[0][0]
+    label, feature_sql, extra = _feature(con, stat or "std", layer, weight)
+    params = {"ids": ids, "metric": metric, **extra}
+    joined = f"""
+        WITH y AS ({_METRIC}), x AS ({feature_sql}),
+        j AS (
+            SELECT 'f' AS feature, model_id, x.x, y.y FROM x JOIN y USING (model_id)
+            WHERE x.x IS NOT NULL AND isfinite(x.x) AND isfinite(y.y))
+    """
+    _, n, rho = _run(con, f"{joined}, {_SPEARMAN}", params).fetchone() or ("", 0, None)
+    if not n:
+        raise NoData(f"no model has both {metric!r} and {label!r}")
+    kept = {r[0] for r in _run(con, f"{joined} SELECT model_id FROM j", params).fetchall()}
+    selection = _keep(ids, kept, ROW_BUDGET)
+    rows = _records(
+        con,
+        f"""
+        {joined}
+        SELECT m.name AS model, regexp_extract(m.path, '([^/\\\\]+)[/\\\\][^/\\\\]+$', 1) AS folder,
+               j.x, j.y
+        FROM j JOIN models AS m USING (model_id)
+        WHERE list_contains($kept, model_id) ORDER BY m.name
+        """,
+        {**params, "kept": selection.ids},
+    )
+    folders = sorted({r["folder"] for r in rows})
+    pick = alt.selection_point(fields=["folder"], bind="legend")
+    zoom = alt.selection_interval(bind="scales")
+    encoding: dict[str, Any] = {}
+    if 2 <= len(folders) <= 20:
+        encoding["color"] = alt.Color(
+            "folder:N",
+            title="folder (click to pick)",
+            scale=alt.Scale(scheme="tableau10" if len(folders) <= 10 else "tableau20"),
+        )
+        encoding["opacity"] = alt.condition(pick, alt.value(0.9), alt.value(0.12))
+    rho_text = "undefined (a constant)" if rho is None else f"{rho:+.2f}"
+    notes = [
+        f"one point per model; Spearman ρ over all {n} models with both values "
+        "(average ranks for ties)",
+        "fewer than 8 models: rank correlations are mostly noise" if n < 8 else "",
+        selection.note,
+    ]
+    chart = (
+        alt.Chart(alt.Data(values=rows))
+        .mark_circle(size=70)
+        .encode(
+            x=alt.X("x:Q", title=label, scale=alt.Scale(zero=False)),
+            y=alt.Y("y:Q", title=metric, scale=alt.Scale(zero=False)),
+            tooltip=[
+                alt.Tooltip("model:N"),
+                alt.Tooltip("folder:N"),
+                alt.Tooltip("x:Q", title=label, format=".5g"),
+                alt.Tooltip("y:Q", title=metric, format=".5g"),
+            ],
+            **encoding,
+        )
+        .add_params(zoom)
+        .properties(
+            width=420,
+            height=300,
+            title=_title(f"{metric} vs {label} · Spearman ρ = {rho_text} (n = {n})", *notes),
+        )
+    )
+    return chart.add_params(pick) if "color" in encoding else chart
+
+
+# ----------------------------------------------------------------------------- health
+
+#: Health flags as `health_findings` names them, worst first, with the weight_health column
+#: behind each and its severity (as in health_findings).
+HEALTH_FLAGS = (
+    ("nan_or_inf", "nan_or_inf", 4),
+    ("exploding", "exploding", 3),
+    ("dead_units", "has_dead_units", 2),
+    ("saturating_forget_gate", "saturating_forget_gate", 1),
+    ("sparse", "sparse", 1),
+    ("stale", "stale", 1),
+)
+
+
+def health_overview(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    models: Sequence[str] | None = None,
+    layers: Sequence[str] | None = None,
+) -> alt.Chart:
+    """Health findings as a model × flag heatmap: flagged tensors per model and flag.
+
+    From `weight_health` (thresholds in the settings table; README: Weight health). Only models
+    with a finding are drawn, worst first (by the summed severity of `health_findings`); when
+    more than the row budget allows, the worst ones.
+    """
+    ids = model_ids(con, models)
+    params: dict[str, Any] = {"ids": ids, **_layer_params(layers)}
+    where = f"list_contains($ids, model_id) AND {_layer_filter(layers)}"
+    worst = _run(
+        con,
+        f"SELECT model_id, sum(severity) AS severity, count(*) AS n FROM health_findings "
+        f"WHERE {where} GROUP BY model_id ORDER BY severity DESC, any_value(model)",
+        params,
+    ).fetchall()
+    if not worst:
+        raise NoData("no health findings in the selected models")
+    limit = ROW_BUDGET // len(HEALTH_FLAGS)
+    kept = [r[0] for r in worst[:limit]]
+    flags = ", ".join(f"('{flag}', {k})" for k, (flag, _, _) in enumerate(HEALTH_FLAGS))
+    test = " ".join(f"WHEN '{flag}' THEN h.{column}" for flag, column, _ in HEALTH_FLAGS)
+    rows = _records(
+        con,
+        f"""
+        WITH f(flag, position) AS (VALUES {flags}),
+        h AS (SELECT * FROM weight_health WHERE {where} AND list_contains($kept, model_id)),
+        hit AS (
+            SELECT h.model_id, f.flag, count(*) AS tensors,
+                   sum(h.dead_units) AS dead_units, sum(h.n_units) AS n_units,
+                   list(h.layer_path || CASE WHEN h.weight_name = h.role THEN ''
+                        ELSE ' · ' || h.weight_name END ORDER BY h.layer_path)[1:3] AS tensors_at
+            FROM h CROSS JOIN f WHERE CASE f.flag {test} END
+            GROUP BY ALL),
+        m AS (SELECT model_id, name FROM models WHERE list_contains($kept, model_id))
+        SELECT m.name AS model, f.flag, f.position, coalesce(hit.tensors, 0) AS tensors,
+               CASE WHEN f.flag = 'dead_units' AND hit.tensors > 0
+                    THEN hit.dead_units || ' of ' || hit.n_units END AS dead,
+               array_to_string(hit.tensors_at, ', ')
+                   || CASE WHEN hit.tensors > 3 THEN ', …' ELSE '' END AS "where"
+        FROM m CROSS JOIN f LEFT JOIN hit USING (model_id, flag)
+        ORDER BY m.name, f.position
+        """,
+        {**params, "kept": kept},
+    )
+    name = dict(_ids_names(con, kept))
+    order = [name[i] for i in kept]
+    flag_order = [flag for flag, _, _ in HEALTH_FLAGS]
+    high = max(r["tensors"] for r in rows)
+    base = alt.Chart(alt.Data(values=rows)).encode(
+        x=alt.X(
+            "flag:N",
+            sort=flag_order,
+            title=None,
+            axis=alt.Axis(orient="top", labelAngle=-30, labelAlign="left"),
+        ),
+        y=alt.Y(
+            "model:N",
+            sort=order,
+            title=None,
+            axis=alt.Axis(labels=len(order) <= 150, labelLimit=220),
+        ),
+        tooltip=[
+            alt.Tooltip("model:N"),
+            alt.Tooltip("flag:N"),
+            alt.Tooltip("tensors:Q", title="flagged tensors"),
+            alt.Tooltip("dead:N", title="dead units"),
+            alt.Tooltip("where:N"),
+        ],
+    )
+    heat = base.mark_rect(stroke="white", strokeWidth=1).encode(
+        color=alt.condition(
+            alt.datum.tensors == 0,
+            alt.value("#f2f2f2"),
+            alt.Color(
+                "tensors:Q",
+                title="flagged tensors",
+                scale=alt.Scale(scheme="orangered", domainMin=0),
+            ),
+        )
+    )
+    chart = heat
+    if len(order) <= 60:
+        chart = heat + base.transform_filter(alt.datum.tensors > 0).mark_text(fontSize=10).encode(
+            text="tensors:Q",
+            color=alt.condition(
+                alt.datum.tensors > high * 0.6, alt.value("white"), alt.value("black")
+            ),
+        )
+    shown = (
+        ""
+        if len(kept) == len(worst)
+        else f"the {len(kept)} of {len(worst)} models with the most severe findings"
+    )
+    total = len(ids)
+    return chart.properties(
+        width=alt.Step(64),
+        height=alt.Step(_step(len(order), largest=20, room=900)),
+        title=_title(
+            "Health findings per model",
+            f"flagged tensors per flag (README: Weight health); {len(worst)} of {total} "
+            "models have findings, the others are not drawn",
+            shown,
+        ),
+    )
+
+
+def _ids_names(con: duckdb.DuckDBPyConnection, ids: list[str]) -> list[tuple[str, str]]:
+    return list(zip(ids, _names(con, ids), strict=True))
+
+
 # ----------------------------------------------------------------------------- registry
 
 
@@ -893,6 +1576,10 @@ CHARTS: dict[str, Callable[..., alt.TopLevelMixin]] = {
     "params": param_counts,
     "gates": gate_histograms,
     "filter-norms": filter_norms,
+    "drift": checkpoint_drift,
+    "distance": distance_heatmap,
+    "metric": metric_scatter,
+    "health": health_overview,
 }
 
 

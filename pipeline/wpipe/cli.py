@@ -25,6 +25,7 @@ from rich.table import Table
 from wpipe import api, schema, store
 from wpipe.analysis import StatsOptions
 from wpipe.ingest import Outcome, ingest
+from wpipe.spectra import SpectraOptions
 from wpipe.tables import ValuesMode
 
 app = typer.Typer(
@@ -116,11 +117,17 @@ def ingest_command(
         None, help="Regex with groups key and value for tags in names [README: Tags]."
     ),
     drift: bool = typer.Option(True, help="Compute drift between consecutive checkpoints."),
+    spectra: str = typer.Option(
+        "auto",
+        help="Spectral metrics per weight matrix: auto (matrices up to the size limit in the "
+        "README), all, or none.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Read every Keras model file under PATHS into the Parquet lake and the database."""
     try:
         mode = ValuesMode.parse(values)
+        spectra_options = SpectraOptions.parse(spectra)
     except ValueError as exc:
         raise _usage_error(str(exc)) from None
     missing = [str(p) for p in paths if not p.exists()]
@@ -168,6 +175,7 @@ def ingest_command(
                 drift=drift,
                 on_start=started,
                 on_done=done,
+                spectra=spectra_options,
             )
     finally:
         database.close()
@@ -264,6 +272,8 @@ _CHART_OPTION_NAMES = {
     "weight": "--weight",
     "stat": "--stat",
     "bins": "--bins",
+    "series": "--series",
+    "metric": "--metric",
 }
 
 
@@ -285,9 +295,10 @@ def health_command(
         [ids, ids],
     )
     rows = result.fetchall()
-    emit([d[0] for d in result.description], rows, fmt, title="health findings")
     if fmt is Format.table and not rows:
         err.print("no findings: no tensor crosses a threshold in the settings table")
+        return
+    emit([d[0] for d in result.description], rows, fmt, title="health findings")
 
 
 def _models(con: duckdb.DuckDBPyConnection, refs: list[str]) -> list[str]:
@@ -424,7 +435,8 @@ def chart_command(
         None,
         "--layer",
         "-l",
-        help="Layer path or glob pattern; repeat for more (histogram and gates take one).",
+        help="Layer path or glob pattern; repeat for more (histogram, gates, distance and "
+        "metric take one).",
     ),
     role: list[str] | None = typer.Option(
         None,
@@ -433,10 +445,23 @@ def chart_command(
         help=r"Weight role for heatmap and boxes (kernel, bias, …); repeat \[default: kernel].",
     ),
     weight: str | None = typer.Option(
-        None, "--weight", "-w", help="Weight name for histogram (kernel, forward/kernel, …)."
+        None,
+        "--weight",
+        "-w",
+        help="Weight name for histogram and metric (kernel, forward/kernel, …).",
     ),
     stat: str | None = typer.Option(
-        None, "--stat", "-s", help="weights column for heatmap (std, l2, max_abs, …)."
+        None,
+        "--stat",
+        "-s",
+        help="weights column for heatmap (std, l2, max_abs, …); for metric a model_summary "
+        "column, a weights column with --layer, or a `wpipe correlate` statistic.",
+    ),
+    series: list[str] | None = typer.Option(
+        None, "--series", help="Checkpoint series for drift: folder, short name or glob; repeat."
+    ),
+    metric: str | None = typer.Option(
+        None, "--metric", help=r"Metric for the metric chart \[default: a validation metric]."
     ),
     bins: int | None = typer.Option(
         None, min=1, max=1000, help=r"Bins for histogram and gates \[default: 40]."
@@ -466,7 +491,7 @@ def chart_command(
     draw = charts.CHARTS[name]
     accepted = inspect.signature(draw).parameters
     given = {"models": model, "layers": layer, "roles": role, "weight": weight, "stat": stat}
-    given["bins"] = bins
+    given.update(bins=bins, series=series, metric=metric)
     kwargs: dict[str, Any] = {}
     for key, value in given.items():
         if not value:
@@ -516,3 +541,56 @@ def report_command(
     except OSError as exc:
         raise _usage_error(f"cannot write {output}: {exc.strerror or exc}") from None
     err.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
+SPECTRA_SQL = """
+SELECT m.name AS model, s.layer_path, l.class_name, s.weight_name, s.matrix, s.N, s.M, s.rf,
+       s.alpha, s.alpha_weighted, s.log_norm, s.log_spectral_norm, s.stable_rank, s.D,
+       s.num_pl_spikes, s.warning, s.status
+FROM spectra AS s
+JOIN models AS m USING (model_id)
+JOIN weights AS w USING (model_id, layer_path, weight_name)
+LEFT JOIN layers AS l USING (model_id, layer_path)
+WHERE len(w.shape) >= 2 AND w.role <> 'bias'
+  AND (len($ids::VARCHAR[]) = 0 OR list_contains($ids::VARCHAR[], s.model_id))
+ORDER BY m.name, w.weight_index, s.matrix
+"""
+SPECTRA_TABLE_COLUMNS = ["model", "layer_path", "weight_name", "matrix", "N", "M", "rf",
+                         "alpha", "alpha_weighted", "log_norm", "stable_rank", "warning",
+                         "status"]  # fmt: skip
+
+
+@app.command("spectra")
+def spectra_command(
+    models: list[str] = typer.Argument(None, help="Model names, paths or id prefixes [all]."),
+    summary: bool = typer.Option(
+        False, "--summary", "-s", help="One row per model: means over its analysed matrices."
+    ),
+    db: str | None = DbOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """Spectral health of every weight matrix (alpha, norms, stable rank), as WeightWatcher."""
+    con = _connect(db)
+    try:
+        ids = [api.resolve_model(con, m) for m in models or []]
+    except LookupError as exc:
+        raise _usage_error(str(exc)) from None
+    if summary:
+        sql = (
+            "SELECT * EXCLUDE (model_id) FROM model_spectral_summary "
+            "WHERE len($ids::VARCHAR[]) = 0 OR list_contains($ids::VARCHAR[], model_id)"
+        )
+    else:
+        sql = SPECTRA_SQL
+    result = con.execute(sql, {"ids": ids})
+    columns, rows = [d[0] for d in result.description], result.fetchall()
+    if fmt is Format.table and not summary:  # what fits a terminal; csv and json get all
+        keep = [columns.index(c) for c in SPECTRA_TABLE_COLUMNS]
+        columns, rows = SPECTRA_TABLE_COLUMNS, [tuple(r[i] for i in keep) for r in rows]
+    emit(columns, rows, fmt, title="spectra")
+    if fmt is Format.table and not rows:
+        err.print("no spectra: ingest with --spectra auto or all (the default is auto)")
+
+
+if __name__ == "__main__":  # python -m wpipe.cli
+    app()

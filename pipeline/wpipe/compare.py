@@ -278,8 +278,14 @@ def add_metrics(con: duckdb.DuckDBPyConnection, csv_path: Path) -> int:
             rows += _metric_rows(matches[0], record, {id_column}, str(csv_path))
     if problems:
         raise MetricsError("\n".join(problems))
+    # the file replaces what it said before, and any other file's value of the same metric
+    # for the same model (the latest file wins): one value per model and metric
     con.execute("BEGIN TRANSACTION")
     con.execute("DELETE FROM model_metrics WHERE source = ?", [str(csv_path)])
+    con.executemany(
+        "DELETE FROM model_metrics WHERE model_id = ? AND metric = ?",
+        sorted({(model_id, metric) for model_id, metric, _, _ in rows}),
+    )
     con.executemany("INSERT INTO model_metrics VALUES (?, ?, ?, ?)", rows)
     con.execute("COMMIT")
     return len(rows)
@@ -344,20 +350,28 @@ def _metric_rows(model_id: str, record: dict, skip: set[str], source: str) -> li
     return rows
 
 
-def correlate(con: duckdb.DuckDBPyConnection, metric: str) -> list[tuple]:
-    """Weight statistics ranked by |Spearman ρ| with `metric` across the models that have it:
-    (feature, n_models, rho). Ties get average ranks; features need 3+ models."""
+def correlate(
+    con: duckdb.DuckDBPyConnection, metric: str, model_ids: list[str] | None = None
+) -> list[tuple]:
+    """Weight statistics ranked by |Spearman ρ| with `metric` across the models that have it
+    (or those of `model_ids`): (feature, n_models, rho). Ties get average ranks; features
+    need 3+ models. A model's metric is the mean of its values."""
     return con.execute(
         """
-        WITH y AS (SELECT model_id, value FROM model_metrics WHERE metric = ?),
+        WITH chosen AS (SELECT model_id FROM models
+                        WHERE $ids IS NULL OR list_contains($ids, model_id)),
+        y AS (SELECT model_id, avg(value) AS value FROM model_metrics
+              WHERE metric = $metric AND model_id IN (SELECT model_id FROM chosen)
+              GROUP BY model_id),
         model_level AS (
             UNPIVOT (SELECT model_id, n_params::DOUBLE AS n_params, max_abs, zero_frac,
                             near_zero_frac, nonfinite_count::DOUBLE AS nonfinite_count
-                     FROM model_summary)
+                     FROM model_summary WHERE model_id IN (SELECT model_id FROM y))
             ON COLUMNS(* EXCLUDE (model_id)) INTO NAME stat VALUE x),
         tensor_level AS (
             UNPIVOT (SELECT model_id, layer_path || '/' || weight_name AS tensor,
-                            mean, std, l2, max_abs, near_zero_frac, kurtosis FROM weights)
+                            mean, std, l2, max_abs, near_zero_frac, kurtosis FROM weights
+                     WHERE model_id IN (SELECT model_id FROM y))
             ON mean, std, l2, max_abs, near_zero_frac, kurtosis INTO NAME stat VALUE x),
         features AS (
             SELECT model_id, 'model: ' || stat AS feature, x FROM model_level
@@ -378,7 +392,7 @@ def correlate(con: duckdb.DuckDBPyConnection, metric: str) -> list[tuple]:
         SELECT feature, count(*) AS n_models, corr(rx, ry) AS rho
         FROM ranked GROUP BY feature
         HAVING count(*) >= 3 AND rho IS NOT NULL AND isfinite(rho)
-        ORDER BY abs(rho) DESC, feature
+        ORDER BY abs(rho) DESC, n_models DESC, feature
         """,
-        [metric],
+        {"metric": metric, "ids": model_ids},
     ).fetchall()

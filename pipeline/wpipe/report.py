@@ -26,6 +26,10 @@ MAX_TABLE_ROWS = 1000  # rows of the models table (the rest are counted, not lis
 MAX_GROUPS = 3  # architecture groups that get their own figures
 MAX_RECURRENT_LAYERS = 3  # recurrent layers that get a gate figure
 TOP_N = 15  # rows of the "largest / most near-zero" comparison tables
+MAX_FINDINGS = 100  # rows of the health findings table
+MAX_DRIFT_SERIES = 4  # checkpoint series that get their own drift figure
+MAX_METRICS = 3  # metrics that get a correlation table and a scatter
+TOP_CORRELATIONS = 10  # rows of each metric's correlation table
 
 
 def esc(value: Any) -> str:
@@ -122,7 +126,10 @@ def build_report(
     _overview(b)
     if ids:
         _architectures(b)
+        _health(b)
         _figures(b)
+        _drift(b)
+        _metrics(b)
         _comparisons(b)
     _errors(b)
     return _page(b, title)
@@ -242,6 +249,161 @@ def _figures(b: _Builder) -> None:
     if charts.conv_models(b.con, b.ids):
         s = b.section("filters", "Convolution filters")
         b.figure(s, charts.filter_norms, "L2 norm of every filter", models=b.ids)
+
+
+def _health(b: _Builder) -> None:
+    s = b.section("health", "Health findings")
+    s.parts.append(
+        "<p>Tensors whose weights cross a threshold of the <code>settings</code> table "
+        "(README: Weight health), worst first: <code>nan_or_inf</code> (NaN or ±inf), "
+        "<code>exploding</code> (a huge |w|, absolutely or against the tensor's robust spread), "
+        "<code>dead_units</code> (units, filters or BatchNorm channels whose weights are all "
+        "near 0), <code>saturating_forget_gate</code> (an LSTM forget gate pinned open or shut), "
+        "<code>sparse</code> (mostly near-zero weights) and <code>stale</code> (unchanged since "
+        "the previous checkpoint). These are findings about weights, not verdicts: validation "
+        "performance decides.</p>"
+    )
+    _, count = b.query(
+        "SELECT count(*), count(DISTINCT model_id) FROM health_findings "
+        "WHERE list_contains($ids, model_id)"
+    )
+    n_findings, n_models = count[0]
+    if not n_findings:
+        s.parts.append('<p class="note">No tensor crosses a threshold.</p>')
+    else:
+        columns, rows = b.query(
+            "SELECT * EXCLUDE (model_id, severity) FROM health_findings "
+            f"WHERE list_contains($ids, model_id) LIMIT {MAX_FINDINGS}"
+        )
+        shown = f"the first {len(rows)} of " if len(rows) < n_findings else ""
+        caption = f"{shown}{n_findings} findings in {n_models} models, worst first"
+        s.parts.append(html_table(columns, rows, caption))
+        b.figure(s, charts.health_overview, "Flagged tensors per model and flag", models=b.ids)
+    columns, rows = b.query("SELECT name, value, doc FROM settings ORDER BY name")
+    s.parts.append(html_table(columns, rows, "thresholds (the settings table)"))
+
+
+def _series_table(b: _Builder, labels: dict[str, str]) -> tuple[list[str], list[tuple]]:
+    """One row per checkpoint series: its ends, the last step's drift, the largest step."""
+    columns, rows = b.query(
+        """
+        WITH ld AS (
+            SELECT * FROM layer_drift WHERE series IS NOT NULL
+              AND list_contains($ids, model_a) AND list_contains($ids, model_b)),
+        -- one first and one last checkpoint per series (two only when --model leaves a gap)
+        firsts AS (SELECT l.series, arg_min(l.name_a, l.epoch_b) AS name_a FROM ld AS l
+                   ANTI JOIN ld AS r ON r.series = l.series AND r.model_b = l.model_a
+                   GROUP BY l.series),
+        lasts AS (SELECT l.series, arg_max(l.model_b, l.epoch_b) AS model_b,
+                         arg_max(l.name_b, l.epoch_b) AS name_b FROM ld AS l
+                  ANTI JOIN ld AS r ON r.series = l.series AND r.model_a = l.model_b
+                  GROUP BY l.series)
+        SELECT ld.series, count(DISTINCT ld.model_b) + 1 AS checkpoints,
+               any_value(f.name_a) AS first, any_value(t.name_b) AS last,
+               median(ld.rel_l2) FILTER (WHERE ld.model_b = t.model_b) AS last_step_median,
+               max(ld.rel_l2) AS largest,
+               arg_max(ld.layer_path || ' at ' || ld.name_b, ld.rel_l2) AS largest_at,
+               count(*) FILTER (WHERE ld.rel_l2 = 0) AS unchanged_layers
+        FROM ld LEFT JOIN firsts AS f USING (series) LEFT JOIN lasts AS t USING (series)
+        GROUP BY ld.series ORDER BY checkpoints DESC, ld.series
+        """
+    )
+    rows = [(labels.get(r[0], r[0]), *r[1:], r[0]) for r in rows]
+    columns = [
+        "series",
+        "checkpoints",
+        "first",
+        "last",
+        "median rel. change, last step",
+        "largest rel. change",
+        "largest at",
+        "unchanged layer steps",
+        "folder",
+    ]
+    return columns, rows
+
+
+def _drift(b: _Builder) -> None:
+    found = charts.drift_series(b.con, b.ids)
+    if not found:
+        return
+    s = b.section("drift", "Checkpoint drift")
+    s.parts.append(
+        "<p>Models of one architecture in one folder form a checkpoint series, ordered by their "
+        "epoch or step tag (else by name). For each consecutive pair, the relative change "
+        "||B − A|| / ||A|| of each layer's weights (<code>layer_drift</code>); a layer that did "
+        "not change at all is flagged <code>stale</code>.</p>"
+    )
+    columns, rows = _series_table(b, {name: label for name, label, _ in found})
+    s.parts.append(html_table(columns, rows, f"{len(found)} checkpoint series"))
+    for name, label, n in found[:MAX_DRIFT_SERIES]:
+        b.figure(
+            s,
+            charts.checkpoint_drift,
+            f"drift across the {n} checkpoints of {label}",
+            models=b.ids,
+            series=[name],
+        )
+    if len(found) > MAX_DRIFT_SERIES:
+        s.parts.append(
+            f'<p class="note">Figures for the {MAX_DRIFT_SERIES} largest of {len(found)} series; '
+            "draw any other with <code>wpipe chart drift --series NAME</code>.</p>"
+        )
+    lasts = sorted(r[3] for r in rows if r[3] is not None)
+    if len(lasts) >= 2:
+        b.figure(
+            s,
+            charts.distance_heatmap,
+            "distance between the last checkpoints of the series (same architecture; the layer "
+            "with the most parameters; read from the model files)",
+            models=[i for i in charts.model_ids(b.con, lasts) if i in set(b.ids)],
+        )
+
+
+def _metrics(b: _Builder) -> None:
+    names = charts.metrics(b.con, b.ids)
+    if not names:
+        return
+    s = b.section("metrics", "Metrics vs weights")
+    s.parts.append(
+        "<p>Results attached to the models (<code>model_metrics</code>: Keras CSVLogger files "
+        "next to checkpoints, or <code>wpipe metrics add</code>), ranked against weight "
+        "statistics by Spearman's rank correlation ρ, as <code>wpipe correlate</code> does; "
+        "the scatter draws the statistic with the largest |ρ|. Over fewer than about 8 models "
+        "rank correlations are mostly noise, and a correlation is not a cause.</p>"
+    )
+    columns, rows = b.query(
+        "SELECT metric, count(DISTINCT model_id) AS models, min(value) AS min, "
+        "max(value) AS max FROM model_metrics WHERE list_contains($ids, model_id) "
+        "GROUP BY metric ORDER BY metric"
+    )
+    s.parts.append(html_table(columns, rows, "metrics"))
+    for metric in names[:MAX_METRICS]:
+        s.parts.append(f"<h3>{esc(metric)}</h3>")
+        ranked = charts.rank_correlations(b.con, metric, models=b.ids)
+        if not ranked:
+            s.parts.append('<p class="note">Fewer than 3 models have this metric.</p>')
+            continue
+        s.parts.append(
+            html_table(
+                ["statistic", "models", "spearman_rho"],
+                ranked[:TOP_CORRELATIONS],
+                f"the {min(TOP_CORRELATIONS, len(ranked))} statistics with the largest |ρ|",
+            )
+        )
+        b.figure(
+            s,
+            charts.metric_scatter,
+            f"{metric} vs {ranked[0][0]}, one point per model",
+            models=b.ids,
+            metric=metric,
+            stat=ranked[0][0],
+        )
+    if len(names) > MAX_METRICS:
+        s.parts.append(
+            f'<p class="note">Not shown: {esc(", ".join(names[MAX_METRICS:]))}; rank them '
+            "with <code>wpipe correlate METRIC</code>.</p>"
+        )
 
 
 def _comparisons(b: _Builder) -> None:

@@ -245,7 +245,7 @@ SPECTRA = Table(
         _c("N", I64, "larger dimension of the matrix (of each slice when pooled)"),
         _c("M", I64, "smaller dimension: eigenvalues per matrix"),
         _c("rf", I64, "matrices pooled into this ESD (conv kernel positions kh·kw; else 1)"),
-        _c("rescale", F64, "factor applied to the eigenvalues: 0.5 for conv slices (W/√2), else 1"),
+        _c("rescale", F64, "eigenvalue factor: 0.5 pooled conv (W/√2), rf/2 per slice, else 1"),
         _c("num_evals", I64, "eigenvalues in the ESD, M·rf (zeros included)"),
         _c("lambda_max", F64, "largest eigenvalue λmax = σmax² (after rescale)"),
         _c("spectral_norm", F64, "WeightWatcher's spectral_norm: λmax (the squared operator norm)"),

@@ -9,7 +9,8 @@ Definitions follow WeightWatcher's `analyze()` defaults (weightwatcher.py, WW_po
 RMT_Util.py): eigenvalues are squared singular values of W without 1/N scaling; a convolution
 kernel is cut into one in×out matrix per kernel position, pooled into one ESD and scaled by
 1/√2 (eigenvalues × 1/2); the power law is the continuous MLE at every candidate xmin, keeping
-the xmin of least KS distance, over eigenvalues > 1e-5.
+the xmin of least KS distance, over eigenvalues > 1e-5 (below 20 of them, WeightWatcher 0.7.7's
+small-sample rule). bench/compare_weightwatcher.py checks the numbers against WeightWatcher.
 """
 
 from __future__ import annotations
@@ -32,11 +33,14 @@ from wpipe.anatomy import (
 
 METHOD_VERSION = "wpipe-spectra/1"
 EVALS_THRESH = 1e-5  # eigenvalues at or below this are not fitted (WeightWatcher EVALS_THRESH)
-MIN_EVALS = 10  # fewer eigenvalues in an ESD: no power-law fit (WeightWatcher min_evals)
+MIN_EVALS = 8  # fewer eigenvalues in an ESD: no power-law fit (WeightWatcher min_evals)
+SMALL_N = 20  # fewer fitted eigenvalues: WeightWatcher's small-sample fit (WW_powerlaw.py)
+SMALL_N_MIN_TAIL = 8  # the small-sample fit's shortest tail
+ENTROPY_EPSILON = 1e-10  # added to each p and to the rank in the entropy (WeightWatcher EPSILON)
 AUTO_MAX_EVALS = 4096  # --spectra auto: at most this many eigenvalues per matrix, min(N, M)
 AUTO_MAX_WORK = 2**36  # --spectra auto: at most rf·N·M² multiply-adds to form the Gram matrices
 GRAM_FLOOR = 1e-9  # a Gram ESD whose smallest eigenvalue is below this × λmax is redone by SVD
-CONV_RESCALE = 0.5  # eigenvalue factor of convolution slices: W·(1/√2) (WW conv2d_norm)
+CONV_RESCALE = 0.5  # eigenvalue factor of pooled convolution slices: W/√2 (WW conv2d_norm)
 OVER_TRAINED_BELOW = 2.0
 UNDER_TRAINED_ABOVE = 6.0
 MODES = ("auto", "all", "none")
@@ -50,7 +54,7 @@ class SpectraOptions:
 
     mode: str = "auto"  # auto | all | none
     pool: bool = True  # one pooled ESD per convolution kernel (False: one per kernel position)
-    conv_rescale: bool = True  # scale convolution eigenvalues by 1/2, as WeightWatcher does
+    conv_rescale: bool = True  # scale convolution eigenvalues as WeightWatcher (1/2 pooled)
     cache_dir: str | None = None
 
     @classmethod
@@ -105,14 +109,14 @@ def plan(
     matrices = _rules(cls, weight_name, role, layout, array, options)
     if isinstance(matrices, str):
         return [Planned("full", None, skip=matrices)]
-    if not np.isfinite(array).all():
+    if not math.isfinite(float(array.sum(dtype=np.float64))):  # any NaN or ±inf, no mask copy
         return [Planned(label, None, skip="skipped: non-finite values") for label, *_ in matrices]
     return [_limit(p, options) for p in _planned(matrices)]
 
 
 def _rules(cls, weight_name, role, layout, array, options):
     """[(label, (rf, a, b) slices, rescale), ...] or a skip reason."""
-    conv = CONV_RESCALE if options.conv_rescale else 1.0
+    conv = options.conv_rescale
     if cls in GATES and role in ("kernel", "recurrent_kernel"):
         gates = GATES[cls]
         if not gates:  # SimpleRNN
@@ -148,8 +152,9 @@ def _rules(cls, weight_name, role, layout, array, options):
 _KNOWN = set(GATES) | CONV | CONV_TRANSPOSE | DEPTHWISE | SEPARABLE | {"MultiHeadAttention"}
 
 
-def _conv_or_matrix(prefix: str, array: np.ndarray, layout: str, pool: bool, conv: float):
-    """A 2-D matrix as itself; a convolution kernel as its kernel-position slices."""
+def _conv_or_matrix(prefix: str, array: np.ndarray, layout: str, pool: bool, rescale: bool):
+    """A 2-D matrix as itself; a convolution kernel as its kernel-position slices, scaled as
+    WeightWatcher's conv2d_norm: W·√(count/2), count = 1 pooled, rf one slice at a time."""
     if array.ndim == 2:
         return [((prefix or "full"), array[None], 1.0)]
     if layout == "theano":  # (filters, in, *k) -> (k..., in, filters)
@@ -157,12 +162,13 @@ def _conv_or_matrix(prefix: str, array: np.ndarray, layout: str, pool: bool, con
     kernel = array.shape[:-2]
     slices = array.reshape(-1, *array.shape[-2:])
     if pool:
-        return [((prefix or "pooled"), slices, conv)]
+        return [((prefix or "pooled"), slices, CONV_RESCALE if rescale else 1.0)]
+    per_slice = CONV_RESCALE * slices.shape[0] if rescale else 1.0
     out = []
     for k in range(slices.shape[0]):
         where = ",".join(str(int(i)) for i in np.unravel_index(k, kernel))
         label = f"{prefix} slice:{where}" if prefix else f"slice:{where}"
-        out.append((label, slices[k : k + 1], conv))
+        out.append((label, slices[k : k + 1], per_slice))
     return out
 
 
@@ -262,15 +268,16 @@ class PowerLawFit:
 
 
 def fit_power_law(evals: np.ndarray) -> PowerLawFit | None:
-    """WeightWatcher's fit (WW_powerlaw.WWFit): over the eigenvalues x > EVALS_THRESH sorted
-    ascending, every x_i but the largest is a candidate xmin; for each, with the n = len − i
-    eigenvalues x ≥ x_i,
+    """WeightWatcher 0.7.7's fit (WW_powerlaw.WWFit): over the eigenvalues x > EVALS_THRESH
+    sorted ascending, every x_i but the largest is a candidate xmin; for each, with the
+    n = len − i eigenvalues x ≥ x_i,
 
         alpha_i = 1 + n / Σ_j ln(x_j / x_i)           (continuous power-law MLE)
         D_i     = max_j |1 − (x_j / x_i)^(1 − alpha_i) − (j − i)/n|   (KS distance)
         sigma_i = (alpha_i − 1) / √n
 
-    and the candidate of least D is kept (the first on ties). None when fewer than two
+    and the candidate of least D is kept (the first on ties). Below SMALL_N fitted
+    eigenvalues the small-sample rule applies instead (`_fit_small`). None when fewer than two
     eigenvalues exceed EVALS_THRESH or all of them are equal."""
     x = np.sort(np.asarray(evals, dtype=np.float64))
     x = x[x > EVALS_THRESH]
@@ -278,6 +285,8 @@ def fit_power_law(evals: np.ndarray) -> PowerLawFit | None:
     if total < 2:
         return None
     logx = np.log(x)
+    if total < SMALL_N:
+        return _fit_small(x, logx)
     suffix = np.cumsum(logx[::-1])[::-1]
     i = np.arange(total - 1)
     n = (total - i).astype(np.float64)
@@ -305,6 +314,35 @@ def fit_power_law(evals: np.ndarray) -> PowerLawFit | None:
     return PowerLawFit(alpha, float(x[best]), float(ds[best]), (alpha - 1) / math.sqrt(n[best]))
 
 
+def _fit_small(x: np.ndarray, logx: np.ndarray) -> PowerLawFit | None:
+    """WeightWatcher 0.7.7's small-sample fit (WWFit.fit_powerlaw_smallN, lambda_prior 0):
+    candidates with tails of n ≥ SMALL_N_MIN_TAIL eigenvalues, the bias-corrected MLE
+    alpha = 1 + (n − 1) / Σ ln(x_j / x_i), the same KS distance D, and the candidate of least
+    D − 0.868/√n kept; with no such candidate, the whole sample is the tail."""
+    total = x.size
+    best = None
+    for i in range(total - 1):
+        n = total - i
+        spread = float(logx[i:].sum() - n * logx[i])
+        if n < SMALL_N_MIN_TAIL or spread <= 1e-12:
+            continue
+        alpha = 1.0 + (n - 1.0) / spread
+        if alpha <= 1.0:
+            continue
+        d = float(np.abs(np.arange(n) / n - (1.0 - (x[i:] / x[i]) ** (1.0 - alpha))).max())
+        score = d - 0.868 / math.sqrt(n)
+        if best is None or score < best[0]:
+            best = (score, PowerLawFit(alpha, float(x[i]), d, (alpha - 1) / math.sqrt(n)))
+    if best is not None:
+        return best[1]
+    spread = float(logx.sum() - total * logx[0])
+    if spread <= 1e-12:
+        return None
+    alpha = 1.0 + (total - 1.0) / spread
+    d = float(np.abs(np.arange(total) / total - (1.0 - (x / x[0]) ** (1.0 - alpha))).max())
+    return PowerLawFit(alpha, float(x[0]), d, (alpha - 1) / math.sqrt(total))
+
+
 # --- metrics ------------------------------------------------------------------------------------
 
 
@@ -327,13 +365,13 @@ def esd_metrics(evals: np.ndarray, n: int) -> dict:
         return {**out, "norm": 0.0, "status": "skipped: all eigenvalues are zero"}
     norm = float(evals.sum())
     rank = int(np.count_nonzero(evals > lam * (n * np.finfo(np.float64).eps) ** 2))
-    p = evals[evals > 0] / norm
+    p = evals / norm + ENTROPY_EPSILON
     out.update(
         log_spectral_norm=math.log10(lam),
         norm=norm,
         log_norm=math.log10(norm),
         stable_rank=norm / lam,
-        entropy=float(-(p * np.log(p)).sum() / math.log(rank if rank > 1 else 1.000001)),
+        entropy=float(-(p * np.log(p)).sum() / math.log(rank + ENTROPY_EPSILON)),
     )
     if num < MIN_EVALS:
         return {**out, "status": f"skipped: {num} eigenvalues, fewer than {MIN_EVALS} to fit"}
