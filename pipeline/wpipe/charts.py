@@ -27,6 +27,7 @@ import altair as alt
 import duckdb
 
 from wpipe import api
+from wpipe.compare import SPEARMAN_SQL, correlate
 
 ROW_BUDGET = 5000  # most data rows one chart may carry
 MAX_SERIES = 12  # models overlaid or set side by side in one panel (more is unreadable)
@@ -1261,21 +1262,6 @@ SELECT model_id, avg(value) AS y FROM model_metrics
 WHERE metric = $metric AND list_contains($ids, model_id) GROUP BY model_id
 """
 
-# Spearman's rho with average ranks for ties, over `j` (feature, model_id, x, y).
-_SPEARMAN = """
-ranked AS (
-    SELECT feature,
-           (rank() OVER (PARTITION BY feature ORDER BY x)
-            + count(*) OVER (PARTITION BY feature) + 1
-            - rank() OVER (PARTITION BY feature ORDER BY x DESC)) / 2.0 AS rx,
-           (rank() OVER (PARTITION BY feature ORDER BY y)
-            + count(*) OVER (PARTITION BY feature) + 1
-            - rank() OVER (PARTITION BY feature ORDER BY y DESC)) / 2.0 AS ry
-    FROM j
-)
-SELECT feature, count(*) AS n_models, corr(rx, ry) AS rho FROM ranked GROUP BY feature
-"""
-
 
 def metrics(con: duckdb.DuckDBPyConnection, models: Sequence[str] | None = None) -> list[str]:
     """Metric names in `model_metrics` for the models: validation metrics first."""
@@ -1299,8 +1285,6 @@ def rank_correlations(
     con: duckdb.DuckDBPyConnection, metric: str, *, models: Sequence[str] | None = None
 ) -> list[tuple[str, int, float]]:
     """What `wpipe correlate` ranks, over the chosen models: (feature, n_models, rho)."""
-    from wpipe.compare import correlate
-
     return correlate(con, metric, model_ids(con, models))
 
 
@@ -1378,7 +1362,7 @@ def metric_scatter(
             SELECT 'f' AS feature, model_id, x.x, y.y FROM x JOIN y USING (model_id)
             WHERE x.x IS NOT NULL AND isfinite(x.x) AND isfinite(y.y))
     """
-    _, n, rho = _run(con, f"{joined}, {_SPEARMAN}", params).fetchone() or ("", 0, None)
+    _, n, rho = _run(con, f"{joined}, {SPEARMAN_SQL}", params).fetchone() or ("", 0, None)
     if not n:
         raise NoData(f"no model has both {metric!r} and {label!r}")
     kept = {r[0] for r in _run(con, f"{joined} SELECT model_id FROM j", params).fetchall()}

@@ -350,6 +350,23 @@ def _metric_rows(model_id: str, record: dict, skip: set[str], source: str) -> li
     return rows
 
 
+# Spearman's ρ per feature over a relation j(feature, x, y): the Pearson correlation of
+# average ranks (tied values share the mean of their ranks).
+SPEARMAN_SQL = """
+ranked AS (
+    SELECT feature,
+           (rank() OVER (PARTITION BY feature ORDER BY x)
+            + count(*) OVER (PARTITION BY feature) + 1
+            - rank() OVER (PARTITION BY feature ORDER BY x DESC)) / 2.0 AS rx,
+           (rank() OVER (PARTITION BY feature ORDER BY y)
+            + count(*) OVER (PARTITION BY feature) + 1
+            - rank() OVER (PARTITION BY feature ORDER BY y DESC)) / 2.0 AS ry
+    FROM j
+)
+SELECT feature, count(*) AS n_models, corr(rx, ry) AS rho FROM ranked GROUP BY feature
+"""
+
+
 def correlate(
     con: duckdb.DuckDBPyConnection, metric: str, model_ids: list[str] | None = None
 ) -> list[tuple]:
@@ -377,20 +394,12 @@ def correlate(
             SELECT model_id, 'model: ' || stat AS feature, x FROM model_level
             UNION ALL
             SELECT model_id, tensor || ': ' || stat, x FROM tensor_level),
-        joined AS (
+        j AS (
             SELECT f.feature, f.x, y.value AS y FROM features AS f JOIN y USING (model_id)
             WHERE f.x IS NOT NULL AND isfinite(f.x) AND isfinite(y.value)),
-        ranked AS (
-            SELECT feature,
-                (rank() OVER (PARTITION BY feature ORDER BY x)
-                 + count(*) OVER (PARTITION BY feature) + 1
-                 - rank() OVER (PARTITION BY feature ORDER BY x DESC)) / 2.0 AS rx,
-                (rank() OVER (PARTITION BY feature ORDER BY y)
-                 + count(*) OVER (PARTITION BY feature) + 1
-                 - rank() OVER (PARTITION BY feature ORDER BY y DESC)) / 2.0 AS ry
-            FROM joined)
-        SELECT feature, count(*) AS n_models, corr(rx, ry) AS rho
-        FROM ranked GROUP BY feature
+        """
+        + SPEARMAN_SQL
+        + """
         HAVING count(*) >= 3 AND rho IS NOT NULL AND isfinite(rho)
         ORDER BY abs(rho) DESC, n_models DESC, feature
         """,
