@@ -34,7 +34,9 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
 )
-out = Console()
+# Piped output is not cut to 80 columns: scripts and logs get whole tables.
+_WIDE = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
+out = Console(width=_WIDE)
 err = Console(stderr=True)
 
 DbOption = typer.Option(
@@ -102,7 +104,7 @@ def ingest_command(
     paths: list[Path] = typer.Argument(..., help="Model files or folders (searched recursively)."),
     db: str | None = DbOption,
     lake: Path | None = typer.Option(
-        None, help="Parquet lake folder [default: the database path with suffix .lake]"
+        None, help=r"Parquet lake folder \[default: the database path with suffix .lake]"
     ),
     jobs: int = typer.Option(os.cpu_count() or 1, "--jobs", "-j", min=1, help="Worker processes."),
     values: str = typer.Option(
