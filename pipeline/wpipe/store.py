@@ -1,9 +1,10 @@
 """store stage: the Parquet lake (one folder per model, swapped in atomically) and DuckDB.
 
-Lake layout: `<lake>/<model_id>/<table>.parquet` for models, layers, weights, histograms and
-weight_values. A partition is written under `<lake>/.tmp/` and renamed into place, so a reader
-never sees half a model. The DuckDB file holds the same tables plus ingest_errors; each model is
-replaced inside one transaction.
+Lake layout: `<lake>/<model_id>/<table>.parquet`, one file per non-empty table of the model
+(models, layers, weights, histograms, weight_values, units, spectra, eigenvalues). A partition
+is written under `<lake>/.tmp/` and renamed into place, so a reader never sees half a model.
+The DuckDB file holds the same tables plus the derived ones and ingest_errors; models are
+replaced in batches, each batch inside one transaction.
 """
 
 from __future__ import annotations
@@ -64,16 +65,18 @@ class Partition:
         self._values.write_batch(batch)
 
     def finish(self, tables: dict[str, pa.Table]) -> None:
+        """Write the model's tables; an empty table gets no file (readers glob the lake)."""
         if self._values is not None:
             self._values.close()
-        else:
-            empty = schema.WEIGHT_VALUES.arrow_schema.empty_table()
-            pq.write_table(empty, self.tmp / "weight_values.parquet")
         for name, table in tables.items():
-            # a few rows each: column statistics and dictionaries cost more than they save
-            pq.write_table(
-                table, self.tmp / f"{name}.parquet", write_statistics=False, use_dictionary=False
-            )
+            if table.num_rows:
+                # a few rows each: column statistics and dictionaries cost more than they save
+                pq.write_table(
+                    table,
+                    self.tmp / f"{name}.parquet",
+                    write_statistics=False,
+                    use_dictionary=False,
+                )
 
     def abort(self) -> None:
         if self._values is not None:
@@ -159,11 +162,14 @@ class Database:
                     )
                     self.con.unregister("incoming_rows")
                     continue
-                sources = [str(p / f"{table.name}.parquet") for p in partitions.values()]
-                self.con.execute(
-                    f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM read_parquet(?)",
-                    [sources],
-                )
+                files = [p / f"{table.name}.parquet" for p in partitions.values()]
+                sources = [str(f) for f in files if f.exists()]
+                if sources:
+                    self.con.execute(
+                        f"INSERT INTO {table.name} ({columns}) "
+                        f"SELECT {columns} FROM read_parquet(?)",
+                        [sources],
+                    )
             self.con.execute(
                 "DELETE FROM ingest_errors WHERE path IN "
                 "(SELECT path FROM models WHERE list_contains(?, model_id))",
