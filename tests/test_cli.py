@@ -121,3 +121,23 @@ def test_readme_documents_every_table_and_column():
         assert f"`{table.name}`" in readme, table.name
         for column in table.columns:
             assert f"`{column.name}`" in readme, f"{table.name}.{column.name}"
+
+
+def test_a_database_held_by_another_process_is_a_clear_error(db, tmp_path):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({db!r}); "
+         "print('held', flush=True); time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for args in (["models", "--db", db], ["ingest", str(MODELS / "k2_lstm.h5"), "--db", db]):
+            result = runner.invoke(app, args)
+            assert result.exit_code == 2, args
+            assert "lock" in result.output and "Traceback" not in result.output
+    finally:
+        holder.kill()
+        holder.wait()

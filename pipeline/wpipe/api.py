@@ -24,7 +24,7 @@ def connect(db: str | os.PathLike | None = None) -> duckdb.DuckDBPyConnection:
     try:
         con = duckdb.connect(str(path))
     except duckdb.IOException:
-        # another process (an ingest) holds the write lock: read what it has committed
+        # locked for writing elsewhere: a read-only open works where the platform allows it
         return duckdb.connect(str(path), read_only=True)
     store.ensure_schema(con)
     return con

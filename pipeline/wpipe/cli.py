@@ -63,6 +63,8 @@ def _connect(db: str | None) -> duckdb.DuckDBPyConnection:
         return api.connect(db)
     except FileNotFoundError as exc:
         raise _usage_error(str(exc)) from None
+    except duckdb.IOException as exc:  # another process (an ingest) holds the database
+        raise _usage_error(f"cannot open the database: {str(exc).splitlines()[0]}") from None
 
 
 def _jsonable(value: Any) -> Any:
@@ -137,7 +139,12 @@ def ingest_command(
         raise _usage_error(f"no such file or folder: {', '.join(missing)}")
     db_path = db or api.default_db()
     lake_path = lake or store.default_lake(db_path)
-    database = store.Database(db_path)
+    try:
+        database = store.Database(db_path)
+    except duckdb.IOException as exc:
+        raise _usage_error(
+            f"{db_path}: cannot open for writing ({str(exc).splitlines()[0]})"
+        ) from None
     progress = Progress(
         TextColumn("[bold]ingest"),
         BarColumn(),
