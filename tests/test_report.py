@@ -6,7 +6,6 @@ import html
 import json
 import re
 import shutil
-import time
 
 import jsonschema
 import numpy as np
@@ -210,14 +209,12 @@ def test_cli_report_writes_the_file(db_path, tmp_path):
     assert no_db.exit_code == 2
 
 
-def test_report_over_500_models_is_quick_and_bounded(tmp_path):
+def test_report_over_500_models_is_bounded(tmp_path):
+    # speed is measured by `make bench`, not here: this checks that every table and figure
+    # of a 500-model report stays within the row budget
     con = wpipe.connect(many_models(tmp_path))
-    charts.javascript_bundle()  # built once per process; time the report itself
-    started = time.perf_counter()
     text = report.build_report(con)
-    seconds = time.perf_counter() - started
     con.close()
-    assert seconds < 20
     assert "500 models in 4 architecture groups" in text
     assert text.count("<tr>") >= 500
     for _, spec in SPEC_SCRIPT.findall(text):
