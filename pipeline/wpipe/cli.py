@@ -286,6 +286,13 @@ _CHART_OPTION_NAMES = {
 }
 
 
+def _models(con: duckdb.DuckDBPyConnection, refs: list[str]) -> list[str]:
+    try:
+        return [api.resolve_model(con, ref) for ref in refs]
+    except LookupError as exc:
+        raise _usage_error(str(exc)) from None
+
+
 @app.command("health")
 def health_command(
     models: list[str] = typer.Argument(None, help="Model names, paths or id prefixes [all]."),
@@ -294,10 +301,7 @@ def health_command(
 ) -> None:
     """Flagged weight tensors across models, worst first (exit 0: findings are not errors)."""
     con = _connect(db)
-    try:
-        ids = [api.resolve_model(con, m) for m in models or []]
-    except LookupError as exc:
-        raise _usage_error(str(exc)) from None
+    ids = _models(con, models or [])
     result = con.execute(
         "SELECT * EXCLUDE (model_id, severity) FROM health_findings "
         "WHERE len(?::VARCHAR[]) = 0 OR list_contains(?::VARCHAR[], model_id)",
@@ -308,13 +312,6 @@ def health_command(
         err.print("no findings: no tensor crosses a threshold in the settings table")
         return
     emit([d[0] for d in result.description], rows, fmt, title="health findings")
-
-
-def _models(con: duckdb.DuckDBPyConnection, refs: list[str]) -> list[str]:
-    try:
-        return [api.resolve_model(con, ref) for ref in refs]
-    except LookupError as exc:
-        raise _usage_error(str(exc)) from None
 
 
 COMPARE_SQL = """
@@ -580,10 +577,7 @@ def spectra_command(
 ) -> None:
     """Spectral health of every weight matrix (alpha, norms, stable rank), as WeightWatcher."""
     con = _connect(db)
-    try:
-        ids = [api.resolve_model(con, m) for m in models or []]
-    except LookupError as exc:
-        raise _usage_error(str(exc)) from None
+    ids = _models(con, models or [])
     if summary:
         sql = (
             "SELECT * EXCLUDE (model_id) FROM model_spectral_summary "
