@@ -179,3 +179,20 @@ def test_a_killed_ingest_leaves_no_partial_model_and_a_rerun_completes(tmp_path)
     )
     assert dupes == [(0,)]
     assert not list((w.lake / ".tmp").glob("*"))
+
+
+def test_changing_an_option_recomputes_unchanged_files(folder, warehouse):
+    warehouse.ingest(folder, values="none")
+    assert warehouse.query("SELECT count(*) FROM weight_values") == [(0,)]
+    again = warehouse.ingest(folder, values="none")
+    assert (again.ingested, again.unchanged) == (0, 3)
+    changed = warehouse.ingest(folder, values="sample:3")
+    assert (changed.ingested, changed.unchanged) == (3, 0)
+    wrong = warehouse.query(
+        "SELECT w.layer_path FROM weights w LEFT JOIN weight_values v "
+        "USING (model_id, layer_path, weight_name) GROUP BY w.model_id, w.layer_path, "
+        "w.weight_name, w.size HAVING count(v.value) <> least(w.size, 3)"
+    )
+    assert wrong == []
+    options = warehouse.query("SELECT DISTINCT ingest_options FROM models")
+    assert len(options) == 1 and "values=sample:3" in options[0][0]

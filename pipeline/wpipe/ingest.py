@@ -49,6 +49,7 @@ class Job:
     options: StatsOptions
     values: ValuesMode
     spectra: SpectraOptions = field(default_factory=SpectraOptions)
+    settings: str = ""  # ingest_options(...) of this run
 
 
 @dataclass
@@ -79,6 +80,15 @@ class Report:
     seconds: float = 0.0
     drift_pairs: int = 0
     warnings: list[str] = field(default_factory=list)
+
+
+def ingest_options(options: StatsOptions, values: ValuesMode, spectra: SpectraOptions) -> str:
+    """The options that change a model's rows, as stored in models.ingest_options."""
+    sample = f":{values.n}" if values.kind == "sample" else ""
+    return (
+        f"values={values.kind}{sample} near_zero={options.near_zero:g} bins={options.bins} "
+        f"spectra={spectra.mode} pool={spectra.pool} conv_rescale={spectra.conv_rescale}"
+    )
 
 
 def discover(paths: Iterable[str | os.PathLike], skip: Iterable[Path] = ()) -> list[Path]:
@@ -173,7 +183,7 @@ def run_job(job: Job) -> Outcome:
         if sha == job.known_sha:
             outcome.status = "unchanged"
             return outcome
-        info = FileInfo(model_id, job.path, sha, job.size, job.mtime)
+        info = FileInfo(model_id, job.path, sha, job.size, job.mtime, job.settings)
         with open_model(job.path) as model:
             partition = store.Partition(Path(job.lake), model_id)
             tables = build_tables(
@@ -227,9 +237,12 @@ def ingest(
     known, failures = db.known_files(), db.known_failures()
     report = Report(files=len(files))
     work: list[Job] = []
+    settings = ingest_options(options, values, spectra)
     for path in files:
         size, mtime = fingerprint(path)
         key = str(path)
+        if key in known and known[key][3] != settings:
+            known.pop(key)  # rows computed with other options: read the file again
         previous = known.get(key) or failures.get(key)
         if previous and previous[0] == size and previous[1] == mtime:
             if key in known:
@@ -241,7 +254,7 @@ def ingest(
                 )  # fmt: skip
             continue
         known_sha = known[key][2] if key in known else None
-        work.append(Job(key, str(lake), size, mtime, known_sha, options, values, spectra))
+        work.append(Job(key, str(lake), size, mtime, known_sha, options, values, spectra, settings))
 
     if on_start:
         on_start(len(work))

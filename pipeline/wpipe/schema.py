@@ -81,6 +81,7 @@ MODELS = Table(
         _c("model_config", STR, "architecture JSON, verbatim"),
         _c("training_config", STR, "training config JSON, verbatim"),
         _c("ingested_at", TS, "when this file was ingested"),
+        _c("ingest_options", STR, "options the rows were computed with; changing one re-reads"),
     ),
 )
 

@@ -121,10 +121,12 @@ class Database:
     def close(self) -> None:
         self.con.close()
 
-    def known_files(self) -> dict[str, tuple[int, float, str]]:
-        """path -> (file_bytes, mtime, sha256) of every ingested model."""
-        rows = self.con.execute("SELECT path, file_bytes, mtime, sha256 FROM models").fetchall()
-        return {p: (b, m, s) for p, b, m, s in rows}
+    def known_files(self) -> dict[str, tuple[int, float, str, str | None]]:
+        """path -> (file_bytes, mtime, sha256, ingest_options) of every ingested model."""
+        rows = self.con.execute(
+            "SELECT path, file_bytes, mtime, sha256, ingest_options FROM models"
+        ).fetchall()
+        return {p: (b, m, s, o) for p, b, m, s, o in rows}
 
     def known_files_by_id(self) -> dict[str, tuple[str, int, float]]:
         """model_id -> (path, file_bytes, mtime)."""

@@ -30,6 +30,7 @@ class FileInfo:
     sha256: str
     file_bytes: int
     mtime: float
+    ingest_options: str = ""
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ def build_tables(
         "model_config": model.model_config,
         "training_config": model.training_config,
         "ingested_at": datetime.now(timezone.utc),
+        "ingest_options": info.ingest_options,
     }
     return {
         "models": _table(schema.MODELS, [model_row]),
