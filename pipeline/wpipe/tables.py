@@ -19,6 +19,7 @@ from wpipe.readers import Model
 from wpipe.readers.keras_config import layer_fields
 from wpipe.spectra import SpectraOptions
 from wpipe.spectra_tables import SpectraCollector
+from wpipe.tags import strip_model_suffix
 
 DIRECTIONS = ("forward", "backward")
 
@@ -174,10 +175,7 @@ def build_tables(
 def file_stem(path: str) -> str:
     """File name without its model suffix: `e05` for `e05.h5`, `m` for `m.weights.h5`."""
     name = path.replace("\\", "/").rsplit("/", 1)[-1]
-    for suffix in (".weights.h5", ".weights.json", ".h5", ".hdf5", ".keras"):
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return name
+    return strip_model_suffix(name) or name
 
 
 def _table(table: schema.Table, rows: list[dict]) -> pa.Table:

@@ -17,13 +17,17 @@ ALIASES = {"e": "epoch", "ep": "epoch", "epoch": "epoch", "epochs": "epoch", "s"
 MODEL_SUFFIXES = (".weights.json", ".weights.h5", ".h5", ".hdf5", ".keras")
 
 
-def _components(path: str, depth: int) -> list[str]:
-    parts = list(PurePath(path).parts[-depth:])
-    name = parts[-1]
+def strip_model_suffix(name: str) -> str:
+    """A file name without its Keras suffix (`e05.h5` -> `e05`; `.h5` alone -> empty)."""
     for suffix in MODEL_SUFFIXES:
         if name.endswith(suffix):
-            parts[-1] = name[: -len(suffix)]
-            break
+            return name[: -len(suffix)]
+    return name
+
+
+def _components(path: str, depth: int) -> list[str]:
+    parts = list(PurePath(path).parts[-depth:])
+    parts[-1] = strip_model_suffix(parts[-1])
     return parts
 
 
