@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from wpipe.readers.base import ModelReadError
@@ -64,6 +65,14 @@ def parse_json(raw: str | None, what: str, where: str) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         raise ModelReadError("bad-json", f"{where}: {what} is not a JSON object")
     return value
+
+
+def read_json_file(path: Path, what: str, where: str, limit: int = 64 << 20) -> dict[str, Any]:
+    """A JSON object from a file beside the model, refusing one larger than `limit` bytes."""
+    if path.stat().st_size > limit:
+        raise ModelReadError("bad-json", f"{where}: {what} is implausibly large")
+    value = parse_json(path.read_text(encoding="utf-8", errors="replace"), what, where)
+    return value if value is not None else {}
 
 
 def model_tree(model_config: dict[str, Any]) -> tuple[str | None, list[LayerSpec]]:

@@ -11,10 +11,9 @@ import h5py
 
 from wpipe.readers import native, sharded
 from wpipe.readers.base import Model, ModelReadError
-from wpipe.readers.keras_config import parse_json
+from wpipe.readers.keras_config import read_json_file
 
 FORMAT = "keras-dir"
-MAX_JSON_BYTES = 64 << 20
 
 
 def claims(folder: Path) -> bool:
@@ -24,12 +23,7 @@ def claims(folder: Path) -> bool:
 
 
 def _json(path: Path, where: str) -> dict | None:
-    if not path.is_file():
-        return None
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise ModelReadError("bad-json", f"{where}: {path.name} is implausibly large")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    return parse_json(text, path.name, where)
+    return read_json_file(path, path.name, where) if path.is_file() else None
 
 
 @contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -11,9 +10,9 @@ import h5py
 
 from wpipe.readers import h5safe, native
 from wpipe.readers.base import Model, ModelReadError
+from wpipe.readers.keras_config import read_json_file
 
 FORMAT = "weights-sharded"
-MAX_INDEX_BYTES = 64 << 20
 
 
 def is_index(path: Path) -> bool:
@@ -22,15 +21,8 @@ def is_index(path: Path) -> bool:
 
 def shard_names(index_path: Path, where: str) -> list[str]:
     """The shard files an index names, in first-mention order; names must be plain file names."""
-    if index_path.stat().st_size > MAX_INDEX_BYTES:
-        raise ModelReadError("bad-json", f"{where}: shard index is implausibly large")
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelReadError(
-            "bad-json", f"{where}: shard index is not valid JSON ({exc})"
-        ) from None
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    index = read_json_file(index_path, "shard index", where)
+    weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict):
         raise ModelReadError("bad-json", f"{where}: shard index has no weight_map")
     names: list[str] = []
