@@ -16,6 +16,7 @@ import pyarrow as pa
 from wpipe import schema
 from wpipe.drift import symmetric_distance, tensor_drift
 from wpipe.readers import Model, ModelReadError, open_model
+from wpipe.store import insert_arrow
 from wpipe.tags import parse_tags
 
 LOG_NAMES = ("training.log",)  # CSVLogger's usual name besides *.csv
@@ -29,11 +30,14 @@ def natural_key(text: str) -> list:
 def refresh_tags(con: duckdb.DuckDBPyConnection, pattern: str | None = None) -> None:
     """Re-derive model_tags for every model from its path."""
     rows = con.execute("SELECT model_id, path FROM models").fetchall()
-    tags = [(mid, k, v) for mid, path in rows for k, v in parse_tags(path, pattern).items()]
+    tags = [
+        {"model_id": mid, "key": k, "value": v}
+        for mid, path in rows
+        for k, v in parse_tags(path, pattern).items()
+    ]
     con.execute("BEGIN TRANSACTION")
     con.execute("DELETE FROM model_tags")
-    if tags:
-        con.executemany("INSERT INTO model_tags VALUES (?, ?, ?)", tags)
+    insert_arrow(con, schema.MODEL_TAGS, pa.Table.from_pylist(tags, schema.MODEL_TAGS.arrow_schema))
     con.execute("COMMIT")
 
 
@@ -116,13 +120,10 @@ def pair_drift(
 def _replace_pairs(
     con: duckdb.DuckDBPyConnection, pairs: list[tuple[str, str]], rows: list[dict]
 ) -> None:
-    table = pa.Table.from_pylist(rows, schema=schema.DRIFT.arrow_schema)
     con.execute("BEGIN TRANSACTION")
     for a, b in pairs:
         con.execute("DELETE FROM drift WHERE model_a = ? AND model_b = ?", [a, b])
-    con.register("new_drift_rows", table)
-    con.execute("INSERT INTO drift SELECT * FROM new_drift_rows")
-    con.unregister("new_drift_rows")
+    insert_arrow(con, schema.DRIFT, pa.Table.from_pylist(rows, schema=schema.DRIFT.arrow_schema))
     con.execute("COMMIT")
 
 
@@ -282,11 +283,17 @@ def add_metrics(con: duckdb.DuckDBPyConnection, csv_path: Path) -> int:
     # for the same model (the latest file wins): one value per model and metric
     con.execute("BEGIN TRANSACTION")
     con.execute("DELETE FROM model_metrics WHERE source = ?", [str(csv_path)])
-    con.executemany(
-        "DELETE FROM model_metrics WHERE model_id = ? AND metric = ?",
-        sorted({(model_id, metric) for model_id, metric, _, _ in rows}),
+    table = pa.Table.from_pylist(
+        [dict(zip(schema.MODEL_METRICS.column_names, row, strict=True)) for row in rows],
+        schema=schema.MODEL_METRICS.arrow_schema,
     )
-    con.executemany("INSERT INTO model_metrics VALUES (?, ?, ?, ?)", rows)
+    con.register("new_metrics", table)
+    con.execute(
+        "DELETE FROM model_metrics WHERE (model_id, metric) IN "
+        "(SELECT (model_id, metric) FROM new_metrics)"
+    )
+    con.unregister("new_metrics")
+    insert_arrow(con, schema.MODEL_METRICS, table)
     con.execute("COMMIT")
     return len(rows)
 

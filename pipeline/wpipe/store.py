@@ -101,6 +101,16 @@ def remove_partition(lake: Path, model_id: str) -> None:
     shutil.rmtree(lake / model_id, ignore_errors=True)
 
 
+def insert_arrow(con: duckdb.DuckDBPyConnection, table: schema.Table, rows: pa.Table) -> None:
+    """Append Arrow rows to a contract table in one scan (not one statement per row)."""
+    columns = ", ".join(f'"{c}"' for c in table.column_names)
+    con.register("incoming_rows", rows)
+    try:
+        con.execute(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM incoming_rows")
+    finally:
+        con.unregister("incoming_rows")
+
+
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create every contract table that is missing (a database from an older wpipe gains the
     tables added since), then the views."""
@@ -158,11 +168,7 @@ class Database:
                 columns = ", ".join(f'"{c}"' for c in table.column_names)
                 held = [tables.get(i, {}).get(table.name) for i in ids]
                 if all(t is not None for t in held):
-                    self.con.register("incoming_rows", pa.concat_tables(held))
-                    self.con.execute(
-                        f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM incoming_rows"
-                    )
-                    self.con.unregister("incoming_rows")
+                    insert_arrow(self.con, table, pa.concat_tables(held))
                     continue
                 files = [p / f"{table.name}.parquet" for p in partitions.values()]
                 sources = [str(f) for f in files if f.exists()]
