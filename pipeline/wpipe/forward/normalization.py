@@ -24,8 +24,11 @@ def batch_norm(call: Call, xs: Arrays) -> np.ndarray:
     shape = _shape(x.ndim, axes, x.shape)
     mean = call.weight("moving_mean").reshape(shape)
     var = call.weight("moving_variance").reshape(shape)
-    eps = float(call.get("epsilon", 1e-3))
-    y = (x - mean) / np.sqrt(var + eps)
+    return _scale_shift(call, (x - mean) / np.sqrt(var + float(call.get("epsilon", 1e-3))), shape)
+
+
+def _scale_shift(call: Call, y: np.ndarray, shape) -> np.ndarray:
+    """gamma and beta unless the config drops them (`scale` / `center` false)."""
     if call.get("scale", True) is not False:
         y = y * call.weight("gamma").reshape(shape)
     if call.get("center", True) is not False:
@@ -44,12 +47,7 @@ def layer_norm(call: Call, xs: Arrays) -> np.ndarray:
         return (y * call.weight("gamma").reshape(shape)).astype(np.float32)
     mean = x.mean(axis=tuple(axes), keepdims=True)
     var = x.var(axis=tuple(axes), keepdims=True)
-    y = (x - mean) / np.sqrt(var + eps)
-    if call.get("scale", True) is not False:
-        y = y * call.weight("gamma").reshape(shape)
-    if call.get("center", True) is not False:
-        y = y + call.weight("beta").reshape(shape)
-    return y.astype(np.float32)
+    return _scale_shift(call, (x - mean) / np.sqrt(var + eps), shape)
 
 
 @layer("GroupNormalization")
@@ -65,11 +63,7 @@ def group_norm(call: Call, xs: Arrays) -> np.ndarray:
     var = g.var(axis=reduce, keepdims=True)
     eps = float(call.get("epsilon", 1e-3))
     y = ((g - mean) / np.sqrt(var + eps)).reshape(moved.shape)
-    if call.get("scale", True) is not False:
-        y = y * call.weight("gamma")
-    if call.get("center", True) is not False:
-        y = y + call.weight("beta")
-    return np.moveaxis(y, -1, axis).astype(np.float32)
+    return np.moveaxis(_scale_shift(call, y, (c,)), -1, axis)
 
 
 @layer("UnitNormalization")
