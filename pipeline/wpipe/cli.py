@@ -82,7 +82,6 @@ out = Console(width=_WIDE)
 err = Console(stderr=True)
 
 
-
 def _print_version(value: bool) -> None:
     if value:
         from wpipe import __version__
