@@ -198,4 +198,5 @@ def test_values_beyond_the_common_range_are_counted_in_overflow_markers(tmp_path
     assert -1 not in rows or rows[-1]["count"] == np.sum(kernel < lo)
     counts, _ = np.histogram(kernel[(kernel >= lo) & (kernel <= hi)], bins=20, range=(lo, hi))
     assert [r["count"] for r in inside] == counts.tolist()
-    assert "the triangles at its ends count the values beyond it" in json.dumps(spec["title"], ensure_ascii=False)
+    title = json.dumps(spec["title"], ensure_ascii=False)
+    assert "the triangles at its ends count the values beyond it" in title
