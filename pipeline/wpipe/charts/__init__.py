@@ -51,6 +51,7 @@ from wpipe.charts.drift import (
     series_labels,
 )
 from wpipe.charts.health import HEALTH_FLAGS, health_overview
+from wpipe.charts.matrix import weight_matrix
 from wpipe.charts.metrics import MODEL_STATS, metric_scatter, metrics, rank_correlations
 from wpipe.charts.saving import (
     EMBED_OPTIONS,
@@ -73,6 +74,7 @@ CHARTS: dict[str, Callable[..., alt.TopLevelMixin]] = {
     "distance": distance_heatmap,
     "metric": metric_scatter,
     "health": health_overview,
+    "matrix": weight_matrix,
 }
 
 
@@ -126,4 +128,5 @@ __all__ = [
     "summary",
     "vega_lite_version",
     "weight_histograms",
+    "weight_matrix",
 ]
