@@ -50,6 +50,7 @@ from wpipe.charts.drift import (
     drift_series,
     series_labels,
 )
+from wpipe.charts.filters import filter_images
 from wpipe.charts.health import HEALTH_FLAGS, health_overview
 from wpipe.charts.matrix import weight_matrix
 from wpipe.charts.metrics import MODEL_STATS, metric_scatter, metrics, rank_correlations
@@ -75,6 +76,7 @@ CHARTS: dict[str, Callable[..., alt.TopLevelMixin]] = {
     "metric": metric_scatter,
     "health": health_overview,
     "matrix": weight_matrix,
+    "filters": filter_images,
 }
 
 
@@ -111,6 +113,7 @@ __all__ = [
     "distance_heatmap",
     "distribution_boxes",
     "drift_series",
+    "filter_images",
     "filter_norms",
     "gate_histograms",
     "health_overview",
