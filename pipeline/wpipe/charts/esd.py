@@ -99,9 +99,10 @@ def spectral_density_layers(
     layers: Sequence[str] | None = None,
 ) -> alt.FacetChart:
     """ESD small multiples over the layers of one model: each fitted matrix's eigenvalue
-    histogram with its power law, α and D in the panel title (the first model given)."""
+    histogram with its power law, α and D in the panel title (the first model given, else
+    the one with the most fitted matrices)."""
     ids = model_ids(con, models)
-    params: dict[str, Any] = {"ids": ids[:1], **base.layer_params(layers)}
+    params: dict[str, Any] = {"ids": ids[:1] if models else ids, **base.layer_params(layers)}
     found = _dicts(
         base.run(
             con,
@@ -111,7 +112,13 @@ def spectral_density_layers(
         )
     )
     if not found:
-        raise NoData("no matrix with a power-law fit (spectra) in this model")
+        raise NoData("no matrix with a power-law fit (spectra) in the selected model")
+    if not models:  # the model with the most fitted matrices, the first by name on a tie
+        counts: dict[str, int] = {}
+        for f in found:
+            counts[f["model_id"]] = counts.get(f["model_id"], 0) + 1
+        best = max(ids, key=lambda i: counts.get(i, 0))
+        found = [f for f in found if f["model_id"] == best]
     room = max(1, base.ROW_BUDGET // (ESD_BINS + FIT_POINTS + 1))
     chosen = base.thin(found, min(MAX_PANELS, room))
     for f in chosen:
