@@ -106,6 +106,33 @@ LAYERS = Table(
     ),
 )
 
+# Statistics shared by `weights` and `activations` (analysis.tensor_stats: one definition).
+CENTRE = (
+    _c("mean", F64, "arithmetic mean"),
+    _c("std", F64, "population standard deviation (divides by n)"),
+    _c("min", F64, "smallest value"),
+    _c("max", F64, "largest value"),
+)
+TAIL = (
+    _c("nan_count", I64, "NaN elements (excluded from every other statistic)"),
+    _c("inf_count", I64, "+/-inf elements (excluded from every other statistic)"),
+    _c("p01", F64, "1st percentile (linear interpolation, as numpy.percentile)"),
+    _c("p05", F64, "5th percentile"),
+    _c("p25", F64, "25th percentile"),
+    _c("p50", F64, "median"),
+    _c("p75", F64, "75th percentile"),
+    _c("p95", F64, "95th percentile"),
+    _c("p99", F64, "99th percentile"),
+    _c("skew", F64, "Fisher-Pearson skewness m3/m2^1.5 (biased; NULL if constant)"),
+    _c("kurtosis", F64, "excess kurtosis m4/m2^2 - 3 (biased; NULL if constant)"),
+)
+HISTOGRAM_BIN = (
+    _c("bin", I32, "bin number from 0"),
+    _c("lo", F64, "lower edge (inclusive)"),
+    _c("hi", F64, "upper edge (exclusive; inclusive for the last bin)"),
+    _c("count", I64, "finite elements in the bin"),
+)
+
 WEIGHTS = Table(
     "weights",
     "weight tensor; statistics in float64 over finite values (README: Statistics)",
@@ -119,10 +146,7 @@ WEIGHTS = Table(
         _c("size", I64, "number of elements"),
         _c("source_name", STR, "where the tensor lives in the file, verbatim"),
         _c("layout", STR, "keras; theano (Keras 1 'th' conv kernel); cudnn (CuDNNLSTM/GRU)"),
-        _c("mean", F64, "arithmetic mean"),
-        _c("std", F64, "population standard deviation (divides by n)"),
-        _c("min", F64, "smallest value"),
-        _c("max", F64, "largest value"),
+        *CENTRE,
         _c("abs_mean", F64, "mean of |w|"),
         _c("l1", F64, "sum of |w|"),
         _c("l2", F64, "Euclidean (Frobenius) norm, sqrt(sum w^2)"),
@@ -130,17 +154,7 @@ WEIGHTS = Table(
         _c("zero_count", I64, "elements exactly 0"),
         _c("near_zero_frac", F64, "fraction of elements with |w| < near_zero_threshold"),
         _c("near_zero_threshold", F64, "threshold used for near_zero_frac (--near-zero)"),
-        _c("nan_count", I64, "NaN elements (excluded from every other statistic)"),
-        _c("inf_count", I64, "+/-inf elements (excluded from every other statistic)"),
-        _c("p01", F64, "1st percentile (linear interpolation, as numpy.percentile)"),
-        _c("p05", F64, "5th percentile"),
-        _c("p25", F64, "25th percentile"),
-        _c("p50", F64, "median"),
-        _c("p75", F64, "75th percentile"),
-        _c("p95", F64, "95th percentile"),
-        _c("p99", F64, "99th percentile"),
-        _c("skew", F64, "Fisher-Pearson skewness m3/m2^1.5 (biased; NULL if constant)"),
-        _c("kurtosis", F64, "excess kurtosis m4/m2^2 - 3 (biased; NULL if constant)"),
+        *TAIL,
     ),
 )
 
@@ -149,10 +163,7 @@ HISTOGRAMS = Table(
     "histogram bin of a tensor: equal-width bins over [min, max], as numpy.histogram",
     (
         *TENSOR_KEY,
-        _c("bin", I32, "bin number from 0"),
-        _c("lo", F64, "lower edge (inclusive)"),
-        _c("hi", F64, "upper edge (exclusive; inclusive for the last bin)"),
-        _c("count", I64, "finite elements in the bin"),
+        *HISTOGRAM_BIN,
     ),
 )
 
@@ -322,25 +333,12 @@ ACTIVATIONS = Table(
         _c("class_name", STR, "Keras class of the layer"),
         _c("shape", pa.list_(I64), "output shape, samples first"),
         _c("size", I64, "number of elements"),
-        _c("mean", F64, "arithmetic mean"),
-        _c("std", F64, "population standard deviation (divides by n)"),
-        _c("min", F64, "smallest value"),
-        _c("max", F64, "largest value"),
+        *CENTRE,
         _c("abs_mean", F64, "mean of |a|"),
         _c("zero_frac", F64, "fraction of elements exactly 0 (ReLU's silent outputs)"),
         _c("near_zero_frac", F64, "fraction with |a| < near_zero_threshold"),
         _c("near_zero_threshold", F64, "threshold used for near_zero_frac"),
-        _c("nan_count", I64, "NaN elements (excluded from every other statistic)"),
-        _c("inf_count", I64, "+/-inf elements (excluded from every other statistic)"),
-        _c("p01", F64, "1st percentile (linear interpolation, as numpy.percentile)"),
-        _c("p05", F64, "5th percentile"),
-        _c("p25", F64, "25th percentile"),
-        _c("p50", F64, "median"),
-        _c("p75", F64, "75th percentile"),
-        _c("p95", F64, "95th percentile"),
-        _c("p99", F64, "99th percentile"),
-        _c("skew", F64, "Fisher-Pearson skewness (biased; NULL if constant)"),
-        _c("kurtosis", F64, "excess kurtosis (biased; NULL if constant)"),
+        *TAIL,
         _c(
             "n_units", I64, "units/channels of the output (its last axis; axis 1 if channels_first)"
         ),
@@ -353,10 +351,7 @@ ACTIVATION_HISTOGRAMS = Table(
     "histogram bin of a layer output: equal-width bins over [min, max], as numpy.histogram",
     (
         *ACTIVATION_KEY,
-        _c("bin", I32, "bin number from 0"),
-        _c("lo", F64, "lower edge (inclusive)"),
-        _c("hi", F64, "upper edge (exclusive; inclusive for the last bin)"),
-        _c("count", I64, "finite elements in the bin"),
+        *HISTOGRAM_BIN,
     ),
 )
 
