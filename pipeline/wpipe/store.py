@@ -95,6 +95,12 @@ def commit_partition(lake: Path, model_id: str, tmp: Path) -> Path:
     return final
 
 
+def discard_partials(lake: Path, model_id: str) -> None:
+    """Remove a model's half-written partitions (its worker was stopped or died)."""
+    for partial in (lake / ".tmp").glob(f"{model_id}-*"):
+        shutil.rmtree(partial, ignore_errors=True)
+
+
 def remove_partition(lake: Path, model_id: str) -> None:
     shutil.rmtree(lake / model_id, ignore_errors=True)
 
