@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import wpipe
 from scipy import stats as sps
 from typer.testing import CliRunner
-import wpipe
 from wpipe import store
 from wpipe.cli import app
 from wpipe.compare import MetricsError, add_metrics, correlate, pair_drift
@@ -234,8 +234,8 @@ def test_unchanged_folder_keeps_drift_without_rereading(zoo):
 def _every_view(db: str) -> dict[str, list[str]]:
     con = wpipe.connect(db)
     try:
-        names = [v for (v,) in con.execute(
-            "SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY 1").fetchall()]  # fmt: skip
+        listed = con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY 1")
+        names = [v for (v,) in listed.fetchall()]
         return {v: sorted(map(repr, con.execute(f"SELECT * FROM {v}").fetchall())) for v in names}
     finally:
         con.close()
