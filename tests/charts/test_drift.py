@@ -34,6 +34,7 @@ def test_drift_is_the_relative_change_of_each_layer_between_checkpoints(sweep, s
     assert spec["spec"]["encoding"]["x"]["field"] == "epoch"
     # a layer that did not move is drawn at 0, which a log scale cannot show
     assert spec["spec"]["encoding"]["y"]["scale"]["type"] == "symlog"
+    assert "(log scale, linear near 0)" in spec["spec"]["encoding"]["y"]["title"]
 
 
 def test_drift_filters_series_layers_and_models(sweep):
