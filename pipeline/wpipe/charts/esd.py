@@ -248,7 +248,7 @@ def _layers(rows: list[dict[str, Any]], color: Any, stroke: Any) -> alt.LayerCha
     fit = (
         alt.Chart()
         .transform_filter(alt.datum.kind == "fit")
-        .mark_line(strokeWidth=2.2)
+        .mark_line(strokeWidth=2.2, clip=True)  # a steep fit runs below the histogram
         .encode(
             x=alt.X("lam:Q", scale=alt.Scale(type="log")),
             y="density:Q",
