@@ -53,9 +53,10 @@ def model_files(path: Path) -> list[Path]:
 
 
 @contextmanager
-def open_model(path: str | os.PathLike) -> Iterator[Model]:
-    """Open a model save; tensors load lazily while the context is open."""
-    where = str(path)
+def open_model(path: str | os.PathLike, where: str | None = None) -> Iterator[Model]:
+    """Open a model save; tensors load lazily while the context is open. Messages name the
+    save as `where` (default: the path), e.g. its URL when `path` is a local copy."""
+    where = where or str(path)
     with ExitStack() as stack:
         try:
             model = stack.enter_context(_open(Path(path), where))
