@@ -153,3 +153,12 @@ def dask_cluster(s3_endpoint: str) -> Iterator[distributed.LocalCluster]:
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory) -> Path:
     return make_zoo(tmp_path_factory.mktemp("zoo") / PREFIX)
+
+
+def python_line(code: str) -> str:
+    """The one line a fresh interpreter prints running `code` (which must not fail)."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.strip().splitlines()
+    return line

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from wpipe import remote
@@ -12,7 +9,7 @@ from wpipe.ingest import discover
 from wpipe.readers import open_model
 
 from tests.conftest import MODELS
-from tests.scale.conftest import PREFIX, upload
+from tests.scale.conftest import PREFIX, python_line, upload
 
 
 def test_listing_finds_the_same_saves_as_a_local_walk(s3, bucket, zoo):
@@ -73,8 +70,5 @@ def test_without_the_extra_an_s3_path_is_one_line_naming_the_pip_command(module,
             "from wpipe import remote, extras\n"
             "try:\n    remote.filesystem('s3://bucket/models/')\n"
             "except extras.MissingExtra as exc:\n    print(exc)\n")  # fmt: skip
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    [line] = result.stdout.strip().splitlines()
+    line = python_line(code)
     assert line.endswith(f"pip install 'wpipe[{extra}]'") and "s3:// paths" in line
