@@ -16,6 +16,8 @@ def test_small_tensors_keep_one_cell_per_weight():
     for r, c, mean in zip(cells["row_start"], cells["col_start"], cells["mean"], strict=True):
         assert mean == matrix[r, c]
     assert np.array_equal(cells["peak"], cells["mean"])
+    table = tiles.tile_table({"model_id": "m", "layer_path": "l", "weight_name": "w"}, kernel)
+    assert table.column("peak").null_count == matrix.size  # a one-weight cell's peak is its mean
 
 
 def test_large_tensors_are_mean_pooled_into_at_most_64_by_64_blocks():

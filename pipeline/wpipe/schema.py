@@ -311,7 +311,12 @@ WEIGHT_TILES = Table(
         _c("col_start", I32, "first matrix column of the cell"),
         _c("col_end", I32, "one past the last matrix column of the cell"),
         _c("mean", F64, "mean of the cell's finite values (NULL if none)"),
-        _c("peak", F64, "the cell's value of largest magnitude, signed (max-|w| pooling)"),
+        _c(
+            "peak",
+            F64,
+            "the cell's value of largest magnitude, signed (max-|w| pooling); NULL for a cell "
+            "of one weight (its mean)",
+        ),
     ),
 )
 

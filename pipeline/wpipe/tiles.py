@@ -82,5 +82,7 @@ def tile_table(key: dict[str, str], array: np.ndarray) -> pa.Table | None:
         columns[name] = pa.array(cells[name].astype(np.int32))
     mean = cells["mean"]
     columns["mean"] = pa.array(mean, mask=~np.isfinite(mean))
-    columns["peak"] = pa.array(cells["peak"])
+    # a cell of one weight has no peak of its own (it is the mean): NULL keeps the file small
+    single = (cells["row_end"] - cells["row_start"]) * (cells["col_end"] - cells["col_start"]) == 1
+    columns["peak"] = pa.array(cells["peak"], mask=single)
     return pa.table(columns, schema=schema.WEIGHT_TILES.arrow_schema)

@@ -118,7 +118,7 @@ SELECT m.name AS model, t.weight_name, 'cell' AS kind,
        sum(t.mean * (t.row_end - t.row_start) * (t.col_end - t.col_start))
            / sum((t.row_end - t.row_start) * (t.col_end - t.col_start))
                FILTER (WHERE t.mean IS NOT NULL) AS mean,
-       arg_max(t.peak, abs(t.peak)) AS peak,
+       arg_max(coalesce(t.peak, t.mean), abs(coalesce(t.peak, t.mean))) AS peak,
        any_value(t.rows) AS rows, any_value(t.cols) AS cols,
        (max(t.row_end) - min(t.row_start)) * (max(t.col_end) - min(t.col_start)) AS weights
 FROM weight_tiles AS t JOIN models AS m USING (model_id)
