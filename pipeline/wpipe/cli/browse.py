@@ -52,13 +52,19 @@ def layers_command(
 
 def query_command(
     sql: str = typer.Argument(..., help="SQL over the tables and views (see `wpipe schema`)."),
+    write: bool = typer.Option(
+        False,
+        "--write",
+        help="Open the database for writing (UPDATE settings …); no other "
+        "process may have it open meanwhile.",
+    ),
     db: str | None = DbOption,
     fmt: Format = FormatOption,
 ) -> None:
-    """Run SQL against the database (read-only) and print the result."""
+    """Run SQL against the database (read-only unless --write) and print the result."""
     if not sql.strip():
         fail('no SQL given: write a query, e.g. wpipe query "SELECT * FROM model_summary"')
-    con = connect(db)
+    con = connect(db, read_only=not write)
     try:
         result = con.execute(sql)
         if result.description is None:
@@ -67,7 +73,7 @@ def query_command(
     except duckdb.Error as exc:
         message = first_line(exc)
         if "read-only" in message:
-            message += " (wpipe query only reads; change the database with wpipe ingest)"
+            message += " (wpipe query only reads; add --write to change the database)"
         fail(message)
     emit([d[0] for d in result.description], rows, fmt)
 

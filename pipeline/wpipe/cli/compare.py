@@ -168,9 +168,17 @@ def correlate_command(
     if metric not in known:
         fail(f"no metric {metric!r}; known: {', '.join(sorted(known)) or 'none'}")
     rows = compare.correlate(con, metric)
-    n_models = con.execute(
-        "SELECT count(DISTINCT model_id) FROM model_metrics WHERE metric = ?", [metric]
-    ).fetchone()[0]
+    n_models, n_copies = con.execute(
+        "SELECT count(DISTINCT model_id) FILTER (WHERE d.model_id IS NULL), "
+        "count(DISTINCT model_id) FILTER (WHERE d.model_id IS NOT NULL) "
+        "FROM model_metrics LEFT JOIN duplicate_models AS d USING (model_id) WHERE metric = ?",
+        [metric],
+    ).fetchone()
+    if n_copies:
+        say(
+            f"{n_copies} duplicates left out: files with the same content as another model "
+            "(duplicate_models) count once"
+        )
     if n_models < 8:
         say(
             f"warning: only {n_models} models have {metric}; rank correlations over fewer "

@@ -13,6 +13,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from rich.console import Console
@@ -53,8 +54,8 @@ def cell(value: Any) -> str:
         return "–"
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:.{SIGNIFICANT}g}"
+    if isinstance(value, float | Decimal):
+        return f"{float(value):.{SIGNIFICANT}g}"
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, datetime):
@@ -69,12 +70,16 @@ class _Column:
     name: str
     cells: list[str]
     numeric: bool
+    whole: bool = False  # the first column names the row: never shortened if it fits
+    piped: bool = False  # no terminal: text is never shortened
 
     @property
     def need(self) -> int:
         longest = max((len(c) for c in self.cells), default=0)
         full = max(len(self.name), longest)
-        return full if self.numeric else min(full, max(MAX_TEXT, len(self.name)))
+        if self.numeric or self.whole or self.piped:
+            return full
+        return min(full, max(MAX_TEXT, len(self.name)))
 
     @property
     def least(self) -> int:
@@ -104,8 +109,10 @@ def _table(names: list[str], rows: list[tuple], title: str | None, space: int) -
         _Column(
             name,
             [cell(r[i]) for r in rows],
-            all(isinstance(r[i], int | float) or r[i] is None for r in rows)
+            all(isinstance(r[i], int | float | Decimal) or r[i] is None for r in rows)
             and any(r[i] is not None for r in rows),
+            whole=i == 0,
+            piped=space >= PIPED_WIDTH,
         )
         for i, name in enumerate(names)
     ]
