@@ -1,7 +1,7 @@
 """The `wpipe` command line: thin Typer commands over the API and the pipeline stages, one
 module per family (ingest; browse: models, layers, query, schema, health, spectra; compare:
-compare, correlate, metrics; figures: chart, report). A new command is a function in one of
-them (or a new module) and one `app.command` line below.
+compare, correlate, metrics; figures: chart, report; activations). A new command is a
+function in one of them (or a new module) and one `app.command` line below.
 
 Exit codes: 0 success; 1 some model files could not be read (the rest were stored), or a
 chart had nothing to draw; 2 usage error (bad option, unknown model, invalid SQL, a database
@@ -17,7 +17,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from wpipe.cli import browse, compare, figures, ingest
+from wpipe.cli import activations, browse, compare, figures, ingest
 from wpipe.cli.common import EXIT_BUG, close_all, fail
 from wpipe.views import ViewsMissing
 
@@ -90,3 +90,4 @@ app.command("correlate")(compare.correlate_command)
 app.command("chart")(figures.chart_command)
 app.command("report")(figures.report_command)
 app.command("spectra")(browse.spectra_command)
+app.command("activations")(activations.activations_command)
