@@ -89,7 +89,7 @@ def _temporary_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
             con.execute(store._ddl(table).replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
     try:
         views.apply(con, temporary=True)
-    except duckdb.BinderError as exc:
+    except (duckdb.BinderException, duckdb.CatalogException) as exc:
         raise DatabaseError(
             f"{path}: made by another wpipe version ({_first_line(str(exc))}); run "
             "`wpipe ingest` on it once to upgrade it"
