@@ -141,6 +141,12 @@ WEIGHTS = Table(
         _c("p99", F64, "99th percentile"),
         _c("skew", F64, "Fisher-Pearson skewness m3/m2^1.5 (biased; NULL if constant)"),
         _c("kurtosis", F64, "excess kurtosis m4/m2^2 - 3 (biased; NULL if constant)"),
+        _c(
+            "quantization",
+            STR,
+            "Keras quantization mode of the layer (int8, int4; NULL if none); a quantized "
+            "kernel's statistics are of its dequantized values (README: Quantized layers)",
+        ),
     ),
 )
 
