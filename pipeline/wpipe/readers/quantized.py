@@ -68,7 +68,12 @@ def unpack_int4(packed: np.ndarray, length: int) -> np.ndarray:
 
 def _int8(codes: Loader, scale: Loader) -> Loader:
     def load() -> np.ndarray:
-        return codes().astype(np.float32) / scale().astype(np.float32)
+        q, s = codes().astype(np.float32), scale().astype(np.float32)
+        try:
+            np.broadcast_shapes(q.shape, s.shape)
+        except ValueError:  # a scale laid out for an einsum equation: left as codes
+            return q
+        return q / s
 
     return load
 
