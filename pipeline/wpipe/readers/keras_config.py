@@ -216,4 +216,6 @@ def is_trainable(
         return False
     if quantization and role in QUANTIZED_CODES:
         return False
-    return role not in NON_TRAINABLE_BY_CLASS.get(class_name or "", set())
+    if class_name is None:  # no architecture: Normalization's statistics go by their names
+        return role not in NON_TRAINABLE_BY_CLASS["Normalization"]
+    return role not in NON_TRAINABLE_BY_CLASS.get(class_name, set())
