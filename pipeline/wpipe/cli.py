@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperGroup
 
-from wpipe import api, schema, store
+from wpipe import api, schema, store, workers
 from wpipe.analysis import StatsOptions
 from wpipe.ingest import Outcome, ingest
 from wpipe.spectra import SpectraOptions
@@ -187,6 +187,12 @@ def ingest_command(
         help="Spectral metrics per weight matrix: auto (matrices up to the size limit in the "
         "README), all, or none.",
     ),
+    file_timeout: float = typer.Option(
+        workers.DEFAULT_FILE_TIMEOUT,
+        min=0.0,
+        help="Seconds one file may take before it is stopped and recorded as `timeout` "
+        "(0: no limit).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Read every Keras model file under PATHS into the Parquet lake and the database."""
@@ -246,6 +252,7 @@ def ingest_command(
                 on_start=started,
                 on_done=done,
                 spectra=spectra_options,
+                file_timeout=file_timeout or None,
             )
     finally:
         database.close()
