@@ -38,6 +38,7 @@ test: $(DEV)
 
 bench: $(DEV)
 	$(BIN)/python bench/bench_ingest.py
+	$(BIN)/python bench/bench_forward.py
 
 lint: $(DEV)
 	$(BIN)/ruff check pipeline tests bench
