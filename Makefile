@@ -47,6 +47,7 @@ test-large: $(DEV)
 
 bench: $(DEV)
 	$(BIN)/python bench/bench_ingest.py
+	$(BIN)/python bench/bench_forward.py
 
 lint: $(DEV)
 	$(BIN)/ruff check pipeline tests bench
