@@ -1,7 +1,5 @@
-"""`wpipe activations`: layer outputs of ingested models on sample inputs (README: Layer outputs).
-
-Kept apart from cli.py: it registers itself on the same Typer app.
-"""
+"""`wpipe activations`: layer outputs of ingested models on sample inputs (README: Layer
+outputs); a writer, like ingest."""
 
 from __future__ import annotations
 
@@ -11,24 +9,23 @@ import typer
 
 from wpipe import layer_outputs as lo
 from wpipe.analysis import StatsOptions
-from wpipe.cli import (
+from wpipe.cli.common import (
     DbOption,
     Format,
     FormatOption,
-    _connect,
-    _models,
-    _usage_error,
-    app,
-    emit,
-    err,
+    connect,
+    fail,
+    models_option,
+    resolve,
+    say,
 )
+from wpipe.cli.render import emit
 from wpipe.forward import Unsupported, graph_of
 from wpipe.readers import ModelReadError, open_model
 
 
-@app.command("activations")
 def activations_command(
-    models: list[str] = typer.Argument(None, help="Model names, paths or id prefixes [all]."),
+    model: list[str] | None = models_option(),
     input_file: Path | None = typer.Option(
         None,
         "--input",
@@ -50,18 +47,18 @@ def activations_command(
     """Run each model's layers in numpy (no TensorFlow, no code from the file) on sample inputs
     and store per-layer output statistics, histograms and per-unit activity."""
     if (input_file is None) == (random is None):
-        raise _usage_error("give exactly one of --input FILE or --random N")
+        fail("give exactly one of --input FILE or --random N")
     file_inputs = None
     if input_file is not None:
         try:
             file_inputs = lo.load_input_file(input_file, name)
         except lo.InputError as exc:
-            raise _usage_error(str(exc)) from None
+            fail(str(exc))
     elif random is not None and random < 1:
-        raise _usage_error("--random needs N >= 1")
-    con = _connect(db)
+        fail("--random needs N >= 1")
+    con = connect(db, read_only=False)  # a writer: the layer-output tables are stored
     lo.drop_orphans(con)
-    ids = _models(con, models or [])
+    ids = resolve(con, model)
     rows = con.execute(
         "SELECT model_id, name, path, sha256 FROM models "
         "WHERE len(?::VARCHAR[]) = 0 OR list_contains(?::VARCHAR[], model_id) ORDER BY name",
@@ -86,7 +83,7 @@ def activations_command(
         run = outcome.run
         failed += run["status"] == "failed"
         if run["status"] == "failed":
-            err.print(f"{path}: {run['reason']}", markup=False, highlight=False, soft_wrap=True)
+            say(f"{path}: {run['reason']}")
         flagged = _flagged(con, model_id, run["input_set"])
         report.append(
             (model_name, inputs.name, run["status"], run["n_outputs"], flagged, run["reason"])
