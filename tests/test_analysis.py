@@ -171,14 +171,24 @@ def test_compiled_statistics_equal_the_numpy_path(name):
         np.testing.assert_array_equal(fast_hist.edges, ref_hist.edges)
 
 
-def test_compiled_statistics_match_numpy_and_scipy_on_a_large_tensor():
+def test_compiled_statistics_match_numpy_on_a_large_tensor():
     # Past COMPILED_MIN the default path is the compiled one; checked against numpy directly.
     a = np.random.default_rng(5).standard_t(4, size=COMPILED_MIN + 1001).astype(np.float32)
     options = StatsOptions(near_zero=0.05, bins=64)
     stats, hist = tensor_stats(a, options)
-    for key, expected in reference(a, options.near_zero).items():
-        assert stats[key] == pytest.approx(expected, rel=1e-9, abs=1e-12), key
-    counts, _ = np.histogram(a.astype(np.float64), bins=64)
+    f = a.astype(np.float64)
+    d = f - f.mean()
+    m2, m3, m4 = (d**2).mean(), (d**3).mean(), (d**4).mean()
+    expected = {
+        "mean": f.mean(), "std": np.sqrt(m2), "min": f.min(), "max": f.max(),
+        "l1": np.abs(f).sum(), "l2": np.sqrt((f * f).sum()),
+        "near_zero_frac": float((np.abs(f) < options.near_zero).mean()),
+        "skew": m3 / m2**1.5, "kurtosis": m4 / m2**2 - 3.0,
+        **dict(zip(PERCENTILE_COLUMNS, np.percentile(f, PERCENTILES), strict=True)),
+    }  # fmt: skip
+    for key, value in expected.items():
+        assert stats[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    counts, _ = np.histogram(f, bins=64)
     np.testing.assert_array_equal(hist.counts, counts)
 
 

@@ -20,6 +20,7 @@ CHUNK = 1 << 18  # elements per pass: float64 scratch of 2 MiB stays in cache
 # Tensors from this many values use the compiled kernels (auto): their 3 passes beat numpy's
 # ~20 by ~4x, which outweighs numba's one-off start-up (~0.5 s per process) on big models.
 COMPILED_MIN = 1 << 22
+SORT_MAX = 1 << 12  # percentiles of tensors up to this size: one sort of all values
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,9 @@ def tensor_stats(
     flat = np.ascontiguousarray(values).reshape(-1)
     if flat.dtype.kind not in "f":
         flat = flat.astype(np.float64)
-    compiled = _compiled_kernel(flat, kernel)
+    compiled = (
+        None if kernel == "auto" and flat.size < COMPILED_MIN else _compiled_kernel(flat, kernel)
+    )
     if compiled is not None:
         return _stats_compiled(compiled, flat, options)
     size = flat.size
@@ -126,7 +129,9 @@ def tensor_stats(
         m4 = float(np.multiply(x2, x2, out=t).sum())
         moments.merge(n, mean, float(x2.sum()), m3, m4)
 
-    def gather(wanted: np.ndarray, _total: int) -> np.ndarray:
+    def gather(wanted: np.ndarray | None, _total: int) -> np.ndarray:
+        if wanted is None:
+            return flat.astype(np.float64)
         parts = [
             flat[start : start + CHUNK][wanted[fine_index[start : start + CHUNK]]]
             for start in range(0, flat.size, CHUNK)
@@ -146,7 +151,7 @@ def _finite(flat: np.ndarray) -> tuple[int, int, np.ndarray]:
     return nan_count, inf_count, flat[np.isfinite(flat)]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Grid:
     """The fine bins: `fine` equal bins over the histogram's range, each histogram bin a whole
     number of them, so that fine counts add up to numpy.histogram's counts."""
@@ -228,7 +233,9 @@ def _stats_compiled(
     grid = _Grid.of(lo, hi, flat.size, options.bins)
     fine_counts = kernel.fine_counts(flat, grid.edge_lo, grid.scale, grid.fine)
 
-    def gather(wanted: np.ndarray, total: int) -> np.ndarray:
+    def gather(wanted: np.ndarray | None, total: int) -> np.ndarray:
+        if wanted is None:
+            return flat.astype(np.float64)
         return kernel.gather(flat, grid.edge_lo, grid.scale, wanted, total)
 
     stats = _empty_stats(size, nan_count, inf_count, options.near_zero)
@@ -251,8 +258,12 @@ def _fine_index(
 def _percentiles(n: int, fine_counts: np.ndarray, gather) -> list:
     """Exact percentiles (numpy's linear rule) without sorting: the fine histogram says which
     bins hold the wanted order statistics, and only those bins' values are gathered (by
-    `gather(wanted_mask, how_many)`) and sorted."""
+    `gather(wanted_mask, how_many)`) and sorted. A small tensor is sorted whole
+    (`gather(None, n)`): the same order statistics, for less than the bin bookkeeping costs."""
     positions = [(n - 1) * q / 100 for q in PERCENTILES]
+    if n <= SORT_MAX:
+        ordered = np.sort(gather(None, n))
+        return _interpolate(positions, n, lambda rank: float(ordered[rank]))
     ranks = sorted({r for h in positions for r in (math.floor(h), min(math.floor(h) + 1, n - 1))})
     cum = np.cumsum(fine_counts)
     rank_bins = np.searchsorted(cum, ranks, side="right")
@@ -267,10 +278,15 @@ def _percentiles(n: int, fine_counts: np.ndarray, gather) -> list:
     for rank, b in zip(ranks, rank_bins, strict=True):
         j = int(np.searchsorted(wanted_bins, b))
         order[rank] = float(gathered[starts[j] + rank - before[j]])
+    return _interpolate(positions, n, order.__getitem__)
+
+
+def _interpolate(positions: list, n: int, value_at) -> list:
+    """numpy.percentile's linear rule from the order statistics `value_at(rank)`."""
     out = []
     for h in positions:
         k = math.floor(h)
-        a, b = order[k], order[min(k + 1, n - 1)]
+        a, b = value_at(k), value_at(min(k + 1, n - 1))
         out.append(a + (h - k) * (b - a))
     return out
 

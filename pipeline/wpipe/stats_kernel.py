@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
+from numba.extending import overload
 
 BLOCK = 4096  # values per block: 16 KiB of float32, in L1 for the block's second pass
-HALF_CHUNK = 1 << 18  # float16 values widened at a time (1 MiB of float32: in L2)
 # float16 -> float32 by table (exact; numba has no float16 type), indexed by the raw bits
 _HALF_TABLE = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
 # Running state of `moments`: count, mean, M2, M3, M4, l1, zeros, near, min, max.
@@ -37,39 +37,27 @@ def moments(flat: np.ndarray, near: float) -> np.ndarray:
     """The STATE vector of a 1-D float32/float16 array (its sum is NaN or ±inf iff it holds a
     non-finite value: a float32 sum cannot overflow float64)."""
     state = new_state()
-    for part in _float32_parts(flat):
-        _moments(part, near, state)
+    _moments(_raw(flat), near, state, _HALF_TABLE)
     return state
 
 
 def fine_counts(flat: np.ndarray, lo: float, scale: float, fine: int) -> np.ndarray:
     """Counts of the `fine` equal bins from `lo` (analysis._fine_index's rule)."""
     counts = np.zeros(fine, dtype=np.int64)
-    for part in _float32_parts(flat):
-        _fine_counts(part, lo, scale, float(fine - 1), counts)
+    _fine_counts(_raw(flat), lo, scale, float(fine - 1), counts, _HALF_TABLE)
     return counts
 
 
 def gather(flat: np.ndarray, lo: float, scale: float, wanted: np.ndarray, total: int):
     """The values (float64, in array order) whose fine bin is marked in `wanted`."""
     out = np.empty(total)
-    filled = 0
-    for part in _float32_parts(flat):
-        filled = _gather(part, lo, scale, float(wanted.size - 1), wanted, out, filled)
+    filled = _gather(_raw(flat), lo, scale, float(wanted.size - 1), wanted, out, 0, _HALF_TABLE)
     return out[:filled]
 
 
-def _float32_parts(flat: np.ndarray):
-    if flat.dtype == np.float32:
-        yield flat
-        return
-    bits = flat.view(np.uint16)
-    buf = np.empty(min(HALF_CHUNK, flat.size), dtype=np.float32)
-    for start in range(0, flat.size, HALF_CHUNK):
-        chunk = bits[start : start + HALF_CHUNK]
-        part = buf[: chunk.size]
-        _widen(chunk, _HALF_TABLE, part)
-        yield part
+def _raw(flat: np.ndarray) -> np.ndarray:
+    """float32 as it is; float16 as its bits, widened by table a block at a time (_block)."""
+    return flat if flat.dtype == np.float32 else flat.view(np.uint16)
 
 
 # --- kernels ----------------------------------------------------------------------------------
@@ -111,10 +99,11 @@ def _block_central(x, mean):
 
 
 @_jit
-def _moments(x, near, state):
+def _moments(x, near, state, table):
+    buf = np.empty(BLOCK, dtype=np.float32)
     na, mean, big2, big3, big4 = state[0], state[1], state[2], state[3], state[4]
     for start in range(0, x.size, BLOCK):
-        xb = x[start : start + BLOCK]
+        xb = _block(x, start, table, buf)
         nb_ = float(xb.size)
         s, a, zeros, nears, lo, hi = _block_sums(xb, near)
         state[5] += a
@@ -148,10 +137,11 @@ def _block_index(x, lo, scale, top, idx):
 
 
 @_jit
-def _fine_counts(x, lo, scale, top, counts):
+def _fine_counts(x, lo, scale, top, counts, table):
+    buf = np.empty(BLOCK, dtype=np.float32)
     idx = np.empty(BLOCK, dtype=np.uint16)
     for start in range(0, x.size, BLOCK):
-        xb = x[start : start + BLOCK]
+        xb = _block(x, start, table, buf)
         ib = idx[: xb.size]
         _block_index(xb, lo, scale, top, ib)
         for i in range(ib.size):
@@ -159,10 +149,11 @@ def _fine_counts(x, lo, scale, top, counts):
 
 
 @_jit
-def _gather(x, lo, scale, top, wanted, out, filled):
+def _gather(x, lo, scale, top, wanted, out, filled, table):
+    buf = np.empty(BLOCK, dtype=np.float32)
     idx = np.empty(BLOCK, dtype=np.uint16)
     for start in range(0, x.size, BLOCK):
-        xb = x[start : start + BLOCK]
+        xb = _block(x, start, table, buf)
         ib = idx[: xb.size]
         _block_index(xb, lo, scale, top, ib)
         for i in range(ib.size):
@@ -172,7 +163,19 @@ def _gather(x, lo, scale, top, wanted, out, filled):
     return filled
 
 
-@_jit
-def _widen(bits, table, out):
-    for i in range(bits.size):
-        out[i] = table[bits[i]]
+def _block(x, start, table, buf):
+    """Values start..start+BLOCK as float32: a view of float32 data, float16 bits widened."""
+
+
+@overload(_block, jit_options={"cache": True})
+def _block_typed(x, start, table, buf):
+    if x.dtype == nb.types.uint16:
+
+        def widen(x, start, table, buf):
+            bits = x[start : start + BLOCK]
+            for i in range(bits.size):
+                buf[i] = table[bits[i]]
+            return buf[: bits.size]
+
+        return widen
+    return lambda x, start, table, buf: x[start : start + BLOCK]
