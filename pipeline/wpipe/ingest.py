@@ -1,7 +1,9 @@
-"""Ingest: find model files, read and analyse each (in a process pool), store the results.
+"""Ingest: find model files, read and analyse each (in worker processes), store the results.
 
 Reading a file is a pure map (file -> Parquet partition), so workers never touch DuckDB; the
-parent swaps each finished partition into the lake and loads it in one transaction.
+parent swaps each finished partition into the lake and loads it in one transaction. Workers are
+run by `wpipe.workers.map_files`: each file under a time limit (`file_timeout`), a hung or
+dead worker replaced, its file recorded as `timeout` / `worker-died`.
 """
 
 from __future__ import annotations
@@ -11,14 +13,12 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
-from multiprocessing import get_context
 from pathlib import Path
 
 import pyarrow as pa
 
-from wpipe import compare, store
+from wpipe import compare, store, workers
 from wpipe.analysis import StatsOptions
 from wpipe.readers import (
     ModelReadError,
@@ -220,9 +220,13 @@ def ingest(
     on_start: Callable[[int], None] | None = None,
     on_done: Callable[[Outcome], None] | None = None,
     spectra: SpectraOptions | None = None,
+    file_timeout: float | None = workers.DEFAULT_FILE_TIMEOUT,
 ) -> Report:
     """Bring the database up to date with the model files under `paths`, then re-derive tags,
-    attach training logs found next to checkpoints, and compute new series drift."""
+    attach training logs found next to checkpoints, and compute new series drift.
+
+    Each file is read in a worker process and stopped after `file_timeout` seconds (None: no
+    limit, and with jobs=1 the files are read in this process)."""
     started = time.perf_counter()
     options = options or StatsOptions()
     values = values or ValuesMode("all")
@@ -261,7 +265,7 @@ def ingest(
     by_path = {job.path: job for job in work}
     pending: dict[str, Path] = {}  # committed to the lake, not yet loaded into DuckDB
     loaded: dict[str, dict[str, pa.Table]] = {}
-    for outcome in _map(work, jobs):
+    for outcome in _map(work, jobs, file_timeout, lake):
         _store(outcome, by_path[outcome.path], db, lake, report, pending)
         if outcome.tables is not None:
             loaded[outcome.model_id] = outcome.tables
@@ -275,7 +279,7 @@ def ingest(
     db.replace_models(pending, loaded)
     if prune:
         report.pruned = _prune(db, lake, roots)
-    db.refresh_names()
+    db.refresh_names(roots)
     compare.refresh_tags(db.con, tag_pattern)
     report.warnings += compare.attach_training_logs(db.con)
     if drift:
@@ -285,15 +289,17 @@ def ingest(
     return report
 
 
-def _map(work: list[Job], jobs: int) -> Iterable[Outcome]:
-    if jobs <= 1 or len(work) <= 1:
-        yield from map(run_job, work)
-        return
-    # spawn, not fork: the parent holds an open DuckDB connection and its threads.
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(run_job, job) for job in work]
-        for future in as_completed(futures):
-            yield future.result()
+def _map(work: list[Job], jobs: int, file_timeout: float | None, lake: Path) -> Iterable[Outcome]:
+    results = workers.map_files(
+        run_job, work, jobs, file_timeout, name=lambda job: job.path, preload=[__name__]
+    )
+    for job, result in results:
+        if isinstance(result, workers.WorkerFailure):
+            # a killed worker cannot clean up after itself: drop what it had written
+            store.discard_partials(lake, model_id_for(job.path))
+            result = Outcome(job.path, model_id_for(job.path), "failed", error=result.code,
+                             message=result.message, bytes_read=job.size)  # fmt: skip
+        yield result
 
 
 def _store(
