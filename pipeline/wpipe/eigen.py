@@ -19,7 +19,7 @@ eigvalsh where it is not found). Precision per slice:
   then the Gram again, or an SVD of the float64 matrix.
 
 BLAS threads: big products and solvers use the cores no other process is using (the 1-minute
-load average), and one thread inside an ingest pool worker, whose siblings have the others.
+load average), and inside an ingest pool worker at most cores / workers.
 """
 
 from __future__ import annotations
@@ -206,8 +206,9 @@ def _find_two_stage():
 
 
 class blas_threads:
-    """Context: BLAS threads for `work` multiply-adds, as many as there are idle cores (one in
-    a pool worker, or for work below THREADED_WORK, where threads cost more than they save)."""
+    """Context: BLAS threads for `work` multiply-adds, as many as there are idle cores (at most
+    cores / pool workers; one for work below THREADED_WORK, where threads cost more than they
+    save)."""
 
     def __init__(self, work: int) -> None:
         self.work = work
@@ -226,11 +227,26 @@ class blas_threads:
 
 
 def threads_for(work: int) -> int:
-    if work < THREADED_WORK or multiprocessing.parent_process() is not None:
+    if work < THREADED_WORK:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
     busy = os.getloadavg()[0] - 1.0 if hasattr(os, "getloadavg") else 0.0  # less this process
-    return max(1, min(cores or 1, round((cores or 1) - max(busy, 0.0))))
+    idle = max(1, round(cores - max(busy, 0.0)))
+    return max(1, min(idle, cores // _siblings()))
+
+
+def _siblings() -> int:
+    """Processes sharing the cores with this one: the parent's children when this is a pool
+    worker (the load average lags a pool's start by a minute), else 1."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return 1
+    try:
+        with open(f"/proc/{parent.pid}/task/{parent.pid}/children") as fh:
+            return max(1, len(fh.read().split()))
+    except OSError:  # not Linux: assume the pool has every core
+        return os.cpu_count() or 1
 
 
 _CONTROLLER: list = []
