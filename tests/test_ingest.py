@@ -6,9 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
-from wpipe import schema
 from wpipe.ingest import discover
 
 from tests.conftest import MODELS
@@ -73,7 +71,6 @@ def test_prune_drops_deleted_files_from_database_and_lake(folder, warehouse):
     assert warehouse.ingest(folder, prune=True).pruned == 1
     assert warehouse.query("SELECT count(*) FROM models") == [(2,)]
     assert warehouse.query("SELECT count(*) FROM weights WHERE model_id = ?", [gone]) == [(0,)]
-    assert not (warehouse.lake / gone).exists()
 
 
 def test_process_pool_gives_the_same_rows_as_one_process(folder, tmp_path, warehouse):
@@ -85,17 +82,6 @@ def test_process_pool_gives_the_same_rows_as_one_process(folder, tmp_path, wareh
     pooled.ingest(folder, jobs=2)
     sql = "SELECT model_id, layer_path, weight_name, mean, std, p50 FROM weights ORDER BY ALL"
     assert warehouse.query(sql) == pooled.query(sql)
-
-
-def test_lake_partitions_hold_the_same_rows_as_the_database(folder, warehouse):
-    warehouse.ingest(folder)
-    for table in schema.MODEL_TABLES:
-        lake_rows = sum(
-            pq.read_metadata(p).num_rows for p in warehouse.lake.glob(f"*/{table.name}.parquet")
-        )
-        assert warehouse.query(f"SELECT count(*) FROM {table.name}") == [(lake_rows,)]
-        columns = pq.read_schema(next(warehouse.lake.glob(f"*/{table.name}.parquet"))).names
-        assert columns == table.column_names
 
 
 @pytest.mark.parametrize(("mode", "per_tensor"), [("none", 0), ("sample:5", 5)])
@@ -141,44 +127,6 @@ def test_names_are_widened_only_where_stems_clash(tmp_path, warehouse):
     warehouse.ingest(tmp_path)
     names = sorted(n for (n,) in warehouse.query("SELECT name FROM models"))
     assert names == ["run_a/e01", "run_b/e01", "solo"]
-
-
-def test_a_killed_ingest_leaves_no_partial_model_and_a_rerun_completes(tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    zoo = tmp_path / "zoo"
-    for run in ("a", "b", "c", "d"):
-        shutil.copytree(Path(__file__).resolve().parents[1] / "examples" / "models" /
-                        "cnn_lr1e-2", zoo / run)  # fmt: skip
-    db = tmp_path / "k.duckdb"
-    command = [sys.executable, "-m", "wpipe.cli", "ingest", str(zoo), "--db", str(db), "-j", "1",
-               "-q"]  # fmt: skip
-    proc = subprocess.Popen(command)
-    time.sleep(1.5)  # interpreter start-up, then part of the run
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    from tests.conftest import Warehouse
-
-    w = Warehouse(tmp_path)
-    w.db_path = db
-    w.lake = db.with_suffix(".lake")
-    partial = w.query(
-        "SELECT m.model_id FROM models m LEFT JOIN weights w USING (model_id) "
-        "GROUP BY m.model_id, m.n_tensors HAVING count(w.model_id) <> m.n_tensors"
-    )
-    assert partial == []
-    report = w.ingest(zoo)
-    assert not report.failed
-    assert w.query("SELECT count(*), count(DISTINCT path) FROM models") == [(20, 20)]
-    dupes = w.query(
-        "SELECT count(*) FROM (SELECT model_id, layer_path, weight_name FROM weights "
-        "GROUP BY ALL HAVING count(*) > 1)"
-    )
-    assert dupes == [(0,)]
-    assert not list((w.lake / ".tmp").glob("*"))
 
 
 def test_changing_an_option_recomputes_unchanged_files(folder, warehouse):

@@ -26,7 +26,9 @@ from wpipe import api, schema, store
 from wpipe.analysis import StatsOptions
 from wpipe.ingest import Outcome, ingest
 from wpipe.spectra import SpectraOptions
-from wpipe.tables import ValuesMode
+from wpipe.store import sync
+from wpipe.store.sync import LakeMismatch
+from wpipe.tables import DEFAULT_VALUES, ValuesMode
 
 app = typer.Typer(
     help="Compare many trained Keras models by their weights: ingest, query, compare.",
@@ -106,11 +108,13 @@ def ingest_command(
     paths: list[Path] = typer.Argument(..., help="Model files or folders (searched recursively)."),
     db: str | None = DbOption,
     lake: Path | None = typer.Option(
-        None, help=r"Parquet lake folder \[default: the database path with suffix .lake]"
+        None, help=r"Delta lake folder \[default: the database path with suffix .lake]"
     ),
     jobs: int = typer.Option(os.cpu_count() or 1, "--jobs", "-j", min=1, help="Worker processes."),
     values: str = typer.Option(
-        "all", help="Per-value rows in weight_values: all, none, or sample:N per tensor."
+        DEFAULT_VALUES,
+        help="Per-value rows in weight_values: all, none, or sample:N per tensor (every value "
+        "of a tensor of up to N elements, a uniform sample of N from a larger one).",
     ),
     near_zero: float = typer.Option(
         1e-3, min=0.0, help="|w| below this counts as near zero (weights.near_zero_frac)."
@@ -146,7 +150,7 @@ def ingest_command(
             f"{db_path}: cannot open for writing ({str(exc).splitlines()[0]})"
         ) from None
     progress = Progress(
-        TextColumn("[bold]ingest"),
+        TextColumn("[bold]{task.fields[phase]}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -155,10 +159,7 @@ def ingest_command(
         disable=quiet or not err.is_terminal,
         transient=True,
     )
-    task = progress.add_task("", total=0)
-
-    def started(total: int) -> None:
-        progress.update(task, total=total)
+    sink = _IngestProgress(progress)
 
     def done(outcome: Outcome) -> None:
         if outcome.status == "failed":
@@ -168,7 +169,6 @@ def ingest_command(
                 highlight=False,
                 soft_wrap=True,
             )
-        progress.update(task, advance=1, description=Path(outcome.path).name)
 
     try:
         with progress:
@@ -182,10 +182,12 @@ def ingest_command(
                 prune=prune,
                 tag_pattern=tag_pattern,
                 drift=drift,
-                on_start=started,
                 on_done=done,
                 spectra=spectra_options,
+                progress=sink,
             )
+    except LakeMismatch as exc:
+        raise _usage_error(str(exc)) from None
     finally:
         database.close()
     for warning in report.warnings:
@@ -202,7 +204,8 @@ def ingest_command(
         rate = f", {mb / report.seconds:.1f} MB/s" if report.seconds and mb else ""
         err.print(
             f"{report.files} files: {report.ingested} ingested, {report.unchanged} unchanged, "
-            f"{len(report.failed)} failed"
+            + (f"{report.copied} copies of identical files, " if report.copied else "")
+            + f"{len(report.failed)} failed"
             + (f", {report.pruned} pruned" if prune else "")
             + (f", {report.drift_pairs} drift pairs" if report.drift_pairs else "")
             + f" — {report.n_tensors:,} tensors, {report.n_params:,} parameters, "
@@ -211,6 +214,54 @@ def ingest_command(
             soft_wrap=True,
         )
     raise typer.Exit(1 if report.failed else 0)
+
+
+class _IngestProgress:
+    """One bar that follows the ingest's phases (scan, hash, read, load, drift, compact)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task = progress.add_task("", total=None, phase="ingest")
+        self.name = ""
+
+    def phase(self, name: str, total: int) -> None:
+        if name == self.name and not total:
+            return
+        self.name = name
+        self.progress.reset(self.task, total=total or None, phase=name, description="")
+
+    def advance(self, n: int = 1, item: str = "") -> None:
+        self.progress.update(self.task, advance=n, description=item)
+
+
+@app.command("compact")
+def compact_command(
+    db: str | None = DbOption,
+    lake: Path | None = typer.Option(
+        None, help=r"Delta lake folder \[default: the database path with suffix .lake]"
+    ),
+) -> None:
+    """Merge the lake's small data files (ordered by model) and delete unreferenced ones."""
+    db_path = db or api.default_db()
+    try:
+        database = store.Database(db_path)
+    except duckdb.IOException as exc:
+        raise _usage_error(
+            f"{db_path}: cannot open for writing ({str(exc).splitlines()[0]})"
+        ) from None
+    lake_path = lake or store.default_lake(db_path)
+    try:
+        handle = store.Lake.open(str(Path(lake_path).resolve()))
+        before = sum(handle.file_count().values())
+        after = sync.compact(database, handle)
+    finally:
+        database.close()
+    err.print(
+        f"{lake_path}: {before} data files → {sum(after.values())} "
+        f"({', '.join(f'{t} {n}' for t, n in after.items())})",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command("models")

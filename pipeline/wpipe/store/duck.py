@@ -1,17 +1,14 @@
-"""store stage: the Parquet lake (one folder per model, swapped in atomically) and DuckDB.
+"""store stage: the DuckDB database — contract tables, views, and loads from the lake.
 
-Lake layout: `<lake>/<model_id>/<table>.parquet`, one file per non-empty table of the model
-(models, layers, weights, histograms, weight_values, units, spectra, eigenvalues). A partition
-is written under `<lake>/.tmp/` and renamed into place, so a reader never sees half a model.
-The DuckDB file holds the same tables plus the derived ones and ingest_errors; models are
-replaced in batches, each batch inside one transaction.
+Model tables are loaded from the lake's committed data files (a pyarrow dataset DuckDB scans
+natively: no extension, works offline); derived tables (drift, tags, metrics) and
+ingest_errors live here only. `lake_versions` records which lake version each model table
+holds, so a run killed between a lake commit and its load is rolled back on the next run.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -19,9 +16,10 @@ from pathlib import Path, PurePath
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.dataset as pads
 
 from wpipe import schema, views
+from wpipe.store.lake import Lake
 from wpipe.tables import file_stem
 
 _DUCK_TYPES = {
@@ -36,6 +34,14 @@ _DUCK_TYPES = {
 }
 
 
+# Which lake version each model table was loaded at: a run killed between a lake commit and
+# its load leaves the lake ahead, and the next run rolls those commits back.
+LAKE_VERSIONS_DDL = (
+    "CREATE TABLE IF NOT EXISTS lake_versions "
+    "(lake VARCHAR, table_name VARCHAR, version BIGINT, PRIMARY KEY (lake, table_name))"
+)
+
+
 def _ddl(table: schema.Table) -> str:
     columns = ", ".join(f'"{c.name}" {_DUCK_TYPES[c.type]}' for c in table.columns)
     return f"CREATE TABLE IF NOT EXISTS {table.name} ({columns})"
@@ -43,62 +49,6 @@ def _ddl(table: schema.Table) -> str:
 
 def default_lake(db_path: str | os.PathLike) -> Path:
     return Path(db_path).with_suffix(".lake")
-
-
-class Partition:
-    """A model's Parquet files being written; `commit()` swaps them into the lake."""
-
-    def __init__(self, lake: Path, model_id: str) -> None:
-        self.tmp = lake / ".tmp" / f"{model_id}-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir(parents=True)
-        self._values: pq.ParquetWriter | None = None
-
-    def write_values(self, batch: pa.RecordBatch) -> None:
-        if self._values is None:
-            # delta-coded indices and byte-split floats: ~3.9 bytes a value instead of ~8.9
-            self._values = pq.ParquetWriter(
-                self.tmp / "weight_values.parquet",
-                batch.schema,
-                use_dictionary=["model_id", "layer_path", "weight_name"],
-                column_encoding={"flat_index": "DELTA_BINARY_PACKED", "value": "BYTE_STREAM_SPLIT"},
-            )
-        self._values.write_batch(batch)
-
-    def finish(self, tables: dict[str, pa.Table]) -> None:
-        """Write the model's tables; an empty table gets no file (readers glob the lake)."""
-        if self._values is not None:
-            self._values.close()
-        for name, table in tables.items():
-            if table.num_rows:
-                # a few rows each: column statistics and dictionaries cost more than they save
-                pq.write_table(
-                    table,
-                    self.tmp / f"{name}.parquet",
-                    write_statistics=False,
-                    use_dictionary=False,
-                )
-
-    def abort(self) -> None:
-        if self._values is not None:
-            self._values.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def commit_partition(lake: Path, model_id: str, tmp: Path) -> Path:
-    """Swap a finished partition into the lake (renames: atomic on one filesystem)."""
-    final = lake / model_id
-    trash = None
-    if final.exists():
-        trash = lake / ".tmp" / f"trash-{model_id}-{uuid.uuid4().hex[:8]}"
-        final.rename(trash)
-    tmp.rename(final)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
-    return final
-
-
-def remove_partition(lake: Path, model_id: str) -> None:
-    shutil.rmtree(lake / model_id, ignore_errors=True)
 
 
 def insert_arrow(con: duckdb.DuckDBPyConnection, table: schema.Table, rows: pa.Table) -> None:
@@ -111,11 +61,24 @@ def insert_arrow(con: duckdb.DuckDBPyConnection, table: schema.Table, rows: pa.T
         con.unregister("incoming_rows")
 
 
+def _insert_dataset(
+    con: duckdb.DuckDBPyConnection, table: schema.Table, dataset: pads.Dataset
+) -> None:
+    """Append a lake dataset's rows: DuckDB scans the pyarrow dataset (no extension needed)."""
+    columns = ", ".join(f'"{c}"' for c in table.column_names)
+    con.register("lake_rows", dataset)
+    try:
+        con.execute(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM lake_rows")
+    finally:
+        con.unregister("lake_rows")
+
+
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create every contract table that is missing (a database from an older wpipe gains the
     tables added since), then the views."""
     for table in schema.ALL_TABLES:
         con.execute(_ddl(table))
+    con.execute(LAKE_VERSIONS_DDL)
     views.apply(con)
 
 
@@ -148,57 +111,85 @@ class Database:
         rows = self.con.execute("SELECT path, file_bytes, mtime, message FROM ingest_errors")
         return {p: (b, m, msg) for p, b, m, msg in rows.fetchall()}
 
-    def replace_models(
-        self, partitions: dict[str, Path], tables: dict[str, dict[str, pa.Table]] | None = None
+    def load_batch(
+        self,
+        lake: Lake,
+        files: dict[str, list[str]],
+        model_ids: Iterable[str],
+        versions: dict[str, int],
     ) -> None:
-        """Swap each model's rows for those in its lake partition, all in one transaction.
-
-        `tables` (model_id -> table name -> rows) are the partition's small tables already in
-        memory; they are inserted from Arrow instead of being read back from Parquet."""
-        if not partitions:
-            return
-        ids = list(partitions)
-        tables = tables or {}
+        """Swap the rows of `model_ids` for those of the just committed lake `files` (table ->
+        file names), and record the lake versions now loaded, all in one transaction."""
+        ids = list(model_ids)
         self.con.execute("BEGIN TRANSACTION")
         try:
             for table in schema.MODEL_TABLES:
                 self.con.execute(
                     f"DELETE FROM {table.name} WHERE list_contains(?, model_id)", [ids]
                 )
-                columns = ", ".join(f'"{c}"' for c in table.column_names)
-                held = [tables.get(i, {}).get(table.name) for i in ids]
-                if all(t is not None for t in held):
-                    insert_arrow(self.con, table, pa.concat_tables(held))
-                    continue
-                files = [p / f"{table.name}.parquet" for p in partitions.values()]
-                sources = [str(f) for f in files if f.exists()]
-                if sources:
-                    self.con.execute(
-                        f"INSERT INTO {table.name} ({columns}) "
-                        f"SELECT {columns} FROM read_parquet(?)",
-                        [sources],
-                    )
+                if files.get(table.name):
+                    _insert_dataset(self.con, table, lake.dataset(table.name, files[table.name]))
             self.con.execute(
                 "DELETE FROM ingest_errors WHERE path IN "
                 "(SELECT path FROM models WHERE list_contains(?, model_id))",
                 [ids],
             )
+            self._record_versions(lake, versions)
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
 
+    def load_lake(self, lake: Lake) -> None:
+        """Replace every model table's rows by the lake's (a lake without its database)."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for table in schema.MODEL_TABLES:
+                self.con.execute(f"DELETE FROM {table.name}")
+                _insert_dataset(self.con, table, lake.dataset(table.name))
+            self._record_versions(lake, lake.versions())
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+
+    def export_to_lake(self, lake: Lake) -> None:
+        """Write every model table into the lake (a database without its lake, or a lake of
+        an older wpipe being migrated)."""
+        versions = {}
+        for table in schema.MODEL_TABLES:
+            columns = ", ".join(f'"{c}"' for c in table.column_names)
+            reader = self.con.sql(f"SELECT {columns} FROM {table.name}").to_arrow_reader()
+            rows = pa.RecordBatchReader.from_batches(
+                table.arrow_schema, (b.cast(table.arrow_schema) for b in reader)
+            )
+            versions[table.name] = lake.overwrite(table.name, rows)
+        self.con.execute("BEGIN TRANSACTION")
+        self._record_versions(lake, versions)
+        self.con.execute("COMMIT")
+
+    def lake_versions(self, lake: Lake) -> dict[str, int]:
+        """table -> lake version this database holds (empty: never loaded from this lake)."""
+        rows = self.con.execute(
+            "SELECT table_name, version FROM lake_versions WHERE lake = ?", [lake.location.root]
+        ).fetchall()
+        return dict(rows)
+
+    def record_versions(self, lake: Lake, versions: dict[str, int]) -> None:
+        self.con.execute("BEGIN TRANSACTION")
+        self._record_versions(lake, versions)
+        self.con.execute("COMMIT")
+
+    def _record_versions(self, lake: Lake, versions: dict[str, int]) -> None:
+        root = lake.location.root
+        self.con.execute("DELETE FROM lake_versions WHERE lake <> ?", [root])
+        for name, version in versions.items():
+            self.con.execute(
+                "INSERT OR REPLACE INTO lake_versions VALUES (?, ?, ?)", [root, name, version]
+            )
+
     def touch_model(self, path: str, mtime: float) -> None:
         self.con.execute("UPDATE models SET mtime = ? WHERE path = ?", [mtime, path])
-
-    def remove_models(self, model_ids: Iterable[str]) -> None:
-        ids = list(model_ids)
-        if not ids:
-            return
-        self.con.execute("BEGIN TRANSACTION")
-        for table in schema.MODEL_TABLES:
-            self.con.execute(f"DELETE FROM {table.name} WHERE list_contains(?, model_id)", [ids])
-        self.con.execute("COMMIT")
 
     def record_error(self, path: str, code: str, message: str, size: int, mtime: float) -> None:
         self.con.execute("BEGIN TRANSACTION")
@@ -214,13 +205,25 @@ class Database:
         for path in paths:
             self.con.execute("DELETE FROM ingest_errors WHERE path = ?", [path])
 
-    def refresh_names(self) -> None:
-        """Give every model the shortest unique name: its stem, widened by parent folders."""
+    def refresh_names(self) -> int:
+        """Give every model the shortest unique name: its stem, widened by parent folders.
+        Returns how many names changed."""
         rows = self.con.execute("SELECT model_id, path, name FROM models").fetchall()
         names = unique_names({mid: path for mid, path, _ in rows}, file_stem)
-        changed = [(names[mid], mid) for mid, _, old in rows if names[mid] != old]
+        changed = [(mid, names[mid]) for mid, _, old in rows if names[mid] != old]
         if changed:
-            self.con.executemany("UPDATE models SET name = ? WHERE model_id = ?", changed)
+            update = pa.table(
+                {"model_id": [m for m, _ in changed], "name": [n for _, n in changed]}
+            )
+            self.con.register("new_names", update)
+            try:
+                self.con.execute(
+                    "UPDATE models SET name = n.name FROM new_names n "
+                    "WHERE models.model_id = n.model_id"
+                )
+            finally:
+                self.con.unregister("new_names")
+        return len(changed)
 
 
 def unique_names(paths: dict[str, str], stem: Callable[[str], str]) -> dict[str, str]:

@@ -1,0 +1,24 @@
+"""store stage: the Delta lake (`lake`), the DuckDB database (`duck`), and moving rows
+between them (`sync`: killed runs, lakes of older wpipe versions)."""
+
+from wpipe.store.duck import (
+    Database,
+    default_lake,
+    ensure_schema,
+    insert_arrow,
+    unique_names,
+)
+from wpipe.store.lake import DataFile, DataFileWriter, Lake, LakeLocation, write_data_file
+
+__all__ = [
+    "DataFile",
+    "DataFileWriter",
+    "Database",
+    "Lake",
+    "LakeLocation",
+    "default_lake",
+    "ensure_schema",
+    "insert_arrow",
+    "unique_names",
+    "write_data_file",
+]
