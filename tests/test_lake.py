@@ -173,7 +173,7 @@ def test_identical_files_are_read_once(folder, warehouse, monkeypatch):
 
     monkeypatch.setattr(filemap, "open_model", counting)
     report = warehouse.ingest(folder, drift=False)
-    assert (report.ingested, report.copied) == (3, 2)
+    assert (report.ingested, report.copied) == (5, 2)
     assert sorted(opened) == sorted(["k2_dense_bn_frozen.h5", "k2_conv2d.h5", "copy_a.h5"])
     rows = warehouse.query(
         "SELECT count(DISTINCT model_id), count(DISTINCT (layer_path, weight_name, mean, std)) "

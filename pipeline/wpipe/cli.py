@@ -203,9 +203,9 @@ def ingest_command(
         mb = report.bytes_read / 1e6
         rate = f", {mb / report.seconds:.1f} MB/s" if report.seconds and mb else ""
         err.print(
-            f"{report.files} files: {report.ingested} ingested, {report.unchanged} unchanged, "
-            + (f"{report.copied} copies of identical files, " if report.copied else "")
-            + f"{len(report.failed)} failed"
+            f"{report.files} files: {report.ingested} ingested"
+            + (f" ({report.copied} identical to another, read once)" if report.copied else "")
+            + f", {report.unchanged} unchanged, {len(report.failed)} failed"
             + (f", {report.pruned} pruned" if prune else "")
             + (f", {report.drift_pairs} drift pairs" if report.drift_pairs else "")
             + f" — {report.n_tensors:,} tensors, {report.n_params:,} parameters, "

@@ -325,6 +325,7 @@ class _Driver:
         self.by_sha = by_sha  # sha256 -> model_id of content already in (or bound for) the lake
         self.known_ids = {model_id_for(p) for p in db.known_files()}
         self.pending: list[Outcome] = []
+        self.held = 0  # bytes of the pending outcomes' in-memory tables
         self.since = time.monotonic()
         self.copies: list[tuple[FileJob, str]] = []  # (job, model_id whose rows it copies)
         self.drift: list[dict] = []
@@ -371,8 +372,8 @@ class _Driver:
         self.pending.append(outcome)
         if self.on_done:
             self.on_done(outcome)
-        held = sum(o.held_bytes() for o in self.pending)
-        if (len(self.pending) >= BATCH_MODELS or held >= BATCH_BYTES
+        self.held += outcome.held_bytes()
+        if (len(self.pending) >= BATCH_MODELS or self.held >= BATCH_BYTES
                 or time.monotonic() - self.since >= BATCH_SECONDS):  # fmt: skip
             self.flush()
 
@@ -392,6 +393,7 @@ class _Driver:
             self.known_ids.update(ids)
             self.progress.advance(len(self.pending))
             self.pending = []
+            self.held = 0
             self.progress.phase("read", 0)
         self.since = time.monotonic()
 
@@ -407,6 +409,7 @@ class _Driver:
                                      "to a file that failed (see its error)"), job)  # fmt: skip
                 continue
             outcome = copy_rows(self.lake, job, source)
+            self.report.ingested += 1
             self.report.copied += 1
             self.shas[job.path] = job.sha256
             self.pending.append(outcome)
