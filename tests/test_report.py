@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from wpipe import charts, compare, report, store
 from wpipe.cli import app
 
+from tests.charts.conftest import data_rows, make_zoo, many_models, vega_lite_schema
 from tests.conftest import Warehouse, dense_config, expected, write_legacy_h5
-from tests.test_charts import data_rows, make_zoo, many_models, vega_lite_schema
 
 runner = CliRunner()
 

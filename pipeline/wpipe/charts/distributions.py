@@ -1,0 +1,361 @@
+"""Distribution charts: histograms on common bins, a statistic heatmap, percentile boxes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import altair as alt
+import duckdb
+
+from wpipe.charts import base
+from wpipe.charts.base import DEFAULT_BINS, MAX_BINS, MAX_PANELS, MAX_SERIES, NoData, model_ids
+
+#: Numeric columns of `weights` that `stat_heatmap` can draw.
+STATS = (
+    "mean", "std", "min", "max", "abs_mean", "l1", "l2", "max_abs", "zero_count",
+    "near_zero_frac", "nan_count", "inf_count", "p01", "p05", "p25", "p50", "p75", "p95",
+    "p99", "skew", "kurtosis", "size",
+)  # fmt: skip
+_SIGNED_STATS = {"mean", "min", "max", "p01", "p05", "p25", "p50", "p75", "p95", "p99", "skew"}
+
+
+def weight_histograms(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    models: Sequence[str] | None = None,
+    layer: str | None = None,
+    weight: str = "kernel",
+    bins: int = DEFAULT_BINS,
+    source: str = "auto",
+) -> alt.Chart:
+    """Histograms of one tensor (layer, weight) overlaid across models on common bins.
+
+    `layer` defaults to the layer holding `weight` in the most models. `source` is `values`
+    (bin `weight_values` exactly; a sample if ingested with --values sample:N), `histograms`
+    (merge the stored per-tensor histograms onto the common bins, spreading each stored bin's
+    count uniformly over its width) or `auto` (values when every value is stored).
+    """
+    if source not in ("auto", "values", "histograms"):
+        raise ValueError("source must be auto, values or histograms")
+    if not 1 <= bins <= MAX_BINS:
+        raise ValueError(f"bins must be between 1 and {MAX_BINS}")
+    ids = model_ids(con, models)
+    params: dict[str, Any] = {"ids": ids, "weight": weight}
+    if layer is None:
+        found = con.execute(
+            "SELECT layer_path FROM weights WHERE list_contains($ids, model_id) "
+            "AND weight_name = $weight AND size > 0 GROUP BY layer_path "
+            "ORDER BY count(*) DESC, avg(size) DESC, min(weight_index), layer_path LIMIT 1",
+            params,
+        ).fetchone()
+        if found is None:
+            raise NoData(f"no tensor named {weight!r} in the selected models")
+        layer = found[0]
+    params["layer"] = layer
+    having = con.execute(
+        "SELECT model_id FROM weights WHERE list_contains($ids, model_id) "
+        "AND layer_path = $layer AND weight_name = $weight AND size > 0",
+        params,
+    ).fetchall()
+    selection = base.keep(ids, {r[0] for r in having}, min(MAX_SERIES, base.ROW_BUDGET // bins))
+    if not selection.ids:
+        raise NoData(f"no model has a tensor {layer!r} / {weight!r}")
+    params["ids"] = selection.ids
+    params["bins"] = bins
+    stored, expected = con.execute(
+        "SELECT (SELECT count(*) FROM weight_values WHERE list_contains($ids, model_id) "
+        "AND layer_path = $layer AND weight_name = $weight), "
+        "(SELECT sum(size) FROM weights WHERE list_contains($ids, model_id) "
+        "AND layer_path = $layer AND weight_name = $weight)",
+        {k: params[k] for k in ("ids", "layer", "weight")},
+    ).fetchone()
+    if source == "auto":
+        source = "values" if stored and stored == expected else "histograms"
+    if source == "values" and not stored:
+        raise NoData(f"no weight_values stored for {layer!r} / {weight!r}")
+    rows = base.records(con, _HIST_FROM_VALUES if source == "values" else _HIST_MERGED, params)
+    if not rows:
+        raise NoData(f"no finite values in {layer!r} / {weight!r}")
+    names = base.model_names(con, selection.ids)
+    if source == "histograms":
+        how = f"{bins} common bins, merged from the stored per-tensor histograms"
+    elif stored == expected:
+        how = f"{bins} common bins, exact from weight_values"
+    else:
+        how = f"{bins} common bins, from a sample of {stored:,} of {expected:,} values"
+    pick = alt.selection_point(fields=["model"], bind="legend")
+    zoom = alt.selection_interval(bind="scales", encodings=["x"])
+    return (
+        alt.Chart(alt.Data(values=rows))
+        .mark_line(interpolate="step", strokeWidth=1.6)
+        .encode(
+            x=alt.X("x:Q", title=f"{weight} value"),
+            y=alt.Y("fraction:Q", title="fraction of values", axis=alt.Axis(format="%")),
+            color=base.model_color(names, pick),
+            opacity=alt.condition(pick, alt.value(0.95), alt.value(0.12)),
+            tooltip=[
+                alt.Tooltip("model:N"),
+                alt.Tooltip("lo:Q", format=".4g", title="from"),
+                alt.Tooltip("hi:Q", format=".4g", title="to"),
+                alt.Tooltip("count:Q", format=",.4~f"),
+                alt.Tooltip("fraction:Q", format=".2%"),
+            ],
+        )
+        .add_params(pick, zoom)
+        .properties(
+            width=560,
+            height=280,
+            title=base.title(f"{layer} · {weight}: weights across models", how, selection.note),
+        )
+    )
+
+
+# Bins: numpy.histogram's equal-width bins over [min, max] of all selected values, the last
+# bin closed; (x - lo) * (bins / (hi - lo)) is numpy's own arithmetic for the bin number.
+_HIST_FROM_VALUES = """
+WITH v AS (
+    SELECT model_id, value::DOUBLE AS x FROM weight_values
+    WHERE list_contains($ids, model_id) AND layer_path = $layer AND weight_name = $weight
+      AND isfinite(value)
+),
+r0 AS (SELECT min(x) AS lo, max(x) AS hi FROM v),
+r AS (
+    SELECT CASE WHEN hi > lo THEN lo ELSE lo - 0.5 END AS lo,
+           CASE WHEN hi > lo THEN hi ELSE hi + 0.5 END AS hi
+    FROM r0 WHERE lo IS NOT NULL
+),
+c AS (
+    SELECT model_id,
+           least(floor((x - r.lo) * ($bins / (r.hi - r.lo))), $bins - 1)::INTEGER AS bin,
+           count(*) AS count
+    FROM v, r GROUP BY ALL
+),
+t AS (SELECT model_id, count(*) AS total FROM v GROUP BY model_id),
+grid AS (SELECT t.model_id, t.total, b.range::INTEGER AS bin FROM t, range($bins) AS b)
+SELECT m.name AS model, g.bin,
+       r.lo + g.bin * (r.hi - r.lo) / $bins AS lo,
+       r.lo + (g.bin + 1) * (r.hi - r.lo) / $bins AS hi,
+       r.lo + (g.bin + 0.5) * (r.hi - r.lo) / $bins AS x,
+       coalesce(c.count, 0)::DOUBLE AS count,
+       coalesce(c.count, 0) / g.total AS fraction
+FROM grid AS g CROSS JOIN r
+JOIN models AS m USING (model_id)
+LEFT JOIN c USING (model_id, bin)
+ORDER BY m.name, g.bin
+"""
+
+# Merge: each stored bin [lo, hi) gives its count to the common bins in proportion to overlap
+# (values are taken as uniform within a stored bin). The common range is the union of the
+# stored ranges, i.e. [min, max] of the tensors.
+_HIST_MERGED = """
+WITH h AS (
+    SELECT model_id, lo, hi, count FROM histograms
+    WHERE list_contains($ids, model_id) AND layer_path = $layer AND weight_name = $weight
+      AND count > 0
+),
+r AS (SELECT min(lo) AS lo, max(hi) AS hi FROM h HAVING count(*) > 0),
+t AS (SELECT model_id, sum(count) AS total FROM h GROUP BY model_id),
+b AS (
+    SELECT range::INTEGER AS bin,
+           r.lo + range * (r.hi - r.lo) / $bins AS blo,
+           r.lo + (range + 1) * (r.hi - r.lo) / $bins AS bhi
+    FROM range($bins), r
+),
+c AS (
+    SELECT h.model_id, b.bin,
+           sum(h.count * (least(h.hi, b.bhi) - greatest(h.lo, b.blo)) / (h.hi - h.lo)) AS count
+    FROM h JOIN b ON h.lo < b.bhi AND h.hi > b.blo
+    GROUP BY ALL
+)
+SELECT m.name AS model, b.bin, b.blo AS lo, b.bhi AS hi, (b.blo + b.bhi) / 2 AS x,
+       coalesce(c.count, 0)::DOUBLE AS count,
+       coalesce(c.count, 0) / t.total AS fraction
+FROM t CROSS JOIN b
+JOIN models AS m USING (model_id)
+LEFT JOIN c USING (model_id, bin)
+ORDER BY m.name, b.bin
+"""
+
+
+# ----------------------------------------------------------------------------- heatmap
+
+
+def _tensor_label(single_role: bool) -> str:
+    # With one role the weight name adds nothing for plain layers ("conv1"), but tells the
+    # halves of a Bidirectional or the projections of an attention layer apart.
+    if single_role:
+        return (
+            "CASE WHEN w.weight_name = w.role THEN w.layer_path "
+            "ELSE w.layer_path || ' · ' || w.weight_name END"
+        )
+    return "w.layer_path || ' · ' || w.weight_name"
+
+
+def stat_heatmap(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    models: Sequence[str] | None = None,
+    stat: str = "std",
+    roles: Sequence[str] | None = ("kernel",),
+    layers: Sequence[str] | None = None,
+) -> alt.Chart:
+    """Layer × model heatmap of one `weights` statistic (std, l2, near_zero_frac, max_abs, …)."""
+    if stat not in STATS:
+        raise ValueError(f"stat must be one of {', '.join(STATS)}; not {stat!r}")
+    roles = list(roles or ())
+    ids = model_ids(con, models)
+    label = _tensor_label(len(roles) == 1)
+    where = (
+        f"list_contains($ids, w.model_id) AND {base.layer_filter(layers, 'w.layer_path')} "
+        "AND (len($roles) = 0 OR list_contains($roles, w.role))"
+    )
+    params = {"ids": ids, "roles": roles, **base.layer_params(layers)}
+    tensors = con.execute(
+        f"SELECT {label} AS tensor FROM weights AS w WHERE {where} "
+        f"GROUP BY tensor ORDER BY avg(w.weight_index), tensor LIMIT {base.ROW_BUDGET}",
+        params,
+    ).fetchall()
+    order = [t[0] for t in tensors]
+    if not order:
+        raise NoData("no weight tensor matches the filters")
+    having = con.execute(f"SELECT DISTINCT w.model_id FROM weights AS w WHERE {where}", params)
+    selection = base.keep(ids, {r[0] for r in having.fetchall()}, base.ROW_BUDGET // len(order))
+    params["ids"] = selection.ids
+    params["tensors"] = order
+    rows = base.records(
+        con,
+        f"""
+        SELECT m.name AS model, {label} AS tensor, w.layer_path AS layer, w.weight_name AS weight,
+               l.class_name, w.shape::VARCHAR AS shape, w."{stat}"::DOUBLE AS value
+        FROM weights AS w JOIN models AS m USING (model_id)
+        LEFT JOIN layers AS l USING (model_id, layer_path)
+        WHERE {where} AND list_contains($tensors, {label})
+        ORDER BY m.name, w.weight_index
+        """,
+        params,
+    )
+    names = base.model_names(con, selection.ids)
+    scale = (
+        alt.Scale(scheme="redblue", domainMid=0, reverse=True)
+        if stat in _SIGNED_STATS
+        else alt.Scale(scheme="viridis")
+    )
+    truncated = "" if len(order) < base.ROW_BUDGET else f"first {base.ROW_BUDGET} tensors"
+    what = ", ".join(roles) if roles else "all"
+    return (
+        alt.Chart(alt.Data(values=rows))
+        .mark_rect()
+        .encode(
+            x=alt.X(
+                "model:N",
+                sort=names,
+                title="model",
+                axis=alt.Axis(labels=len(names) <= 150, labelAngle=-45, labelLimit=160),
+            ),
+            y=alt.Y("tensor:N", sort=order, title="layer"),
+            color=alt.Color("value:Q", title=stat, scale=scale),
+            tooltip=[
+                alt.Tooltip("model:N"),
+                alt.Tooltip("layer:N"),
+                alt.Tooltip("weight:N"),
+                alt.Tooltip("class_name:N", title="class"),
+                alt.Tooltip("shape:N"),
+                alt.Tooltip("value:Q", title=stat, format=".5g"),
+            ],
+        )
+        .properties(
+            width=alt.Step(base.step(len(names))),
+            height=alt.Step(base.step(len(order), room=700)),
+            title=base.title(
+                f"{stat} per layer and model", f"roles: {what}", selection.note, truncated
+            ),
+        )
+    )
+
+
+# ----------------------------------------------------------------------------- boxes
+
+
+def distribution_boxes(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    models: Sequence[str] | None = None,
+    roles: Sequence[str] | None = ("kernel",),
+    layers: Sequence[str] | None = None,
+) -> alt.FacetChart:
+    """Per-layer weight distributions across models: boxes p25–p75, whiskers p05–p95 and p01–p99.
+
+    One panel per tensor (own y scale), one box per model; the line across a box is the median.
+    """
+    roles = list(roles or ())
+    ids = model_ids(con, models)
+    label = _tensor_label(len(roles) == 1)
+    where = (
+        f"list_contains($ids, w.model_id) AND {base.layer_filter(layers, 'w.layer_path')} "
+        "AND (len($roles) = 0 OR list_contains($roles, w.role)) AND w.p50 IS NOT NULL"
+    )
+    params = {"ids": ids, "roles": roles, **base.layer_params(layers)}
+    tensors = con.execute(
+        f"SELECT {label} AS tensor FROM weights AS w WHERE {where} "
+        "GROUP BY tensor ORDER BY avg(w.weight_index), tensor",
+        params,
+    ).fetchall()
+    order = [t[0] for t in tensors][:MAX_PANELS]
+    if not order:
+        raise NoData("no weight tensor matches the filters")
+    having = con.execute(f"SELECT DISTINCT w.model_id FROM weights AS w WHERE {where}", params)
+    limit = min(MAX_SERIES, base.ROW_BUDGET // len(order))
+    selection = base.keep(ids, {r[0] for r in having.fetchall()}, limit)
+    params["ids"] = selection.ids
+    params["tensors"] = order
+    rows = base.records(
+        con,
+        f"""
+        SELECT m.name AS model, {label} AS tensor, w.shape::VARCHAR AS shape,
+               w.p01, w.p05, w.p25, w.p50, w.p75, w.p95, w.p99
+        FROM weights AS w JOIN models AS m USING (model_id)
+        WHERE {where} AND list_contains($tensors, {label})
+        ORDER BY m.name, w.weight_index
+        """,
+        params,
+    )
+    names = base.model_names(con, selection.ids)
+    pick = alt.selection_point(fields=["model"], bind="legend")
+    tooltip = [alt.Tooltip("model:N"), alt.Tooltip("tensor:N", title="layer")] + [
+        alt.Tooltip(f"{p}:Q", format=".4g") for p in ("p01", "p05", "p25", "p50", "p75", "p95")
+    ]
+    tooltip.append(alt.Tooltip("p99:Q", format=".4g"))
+    color = base.model_color(names, pick)
+    frame = alt.Chart().encode(
+        x=alt.X("model:N", sort=names, axis=None),
+        opacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)),
+        tooltip=tooltip,
+    )
+    width = max(60, min(240, 18 * len(names)))
+    box = max(4, min(14, width // max(len(names), 1) - 2))
+    layered = alt.layer(
+        frame.mark_rule(strokeWidth=1).encode(
+            y=alt.Y("p01:Q", title="weight value", scale=alt.Scale(zero=False)),
+            y2="p99:Q",
+            color=color,
+        ),
+        frame.mark_rule(strokeWidth=3).encode(y="p05:Q", y2="p95:Q", color=color),
+        frame.mark_bar(size=box).encode(y="p25:Q", y2="p75:Q", color=color),
+        frame.mark_tick(color="black", thickness=2, size=box).encode(y="p50:Q"),
+        data=alt.Data(values=rows),
+    ).properties(width=width, height=160)
+    shown = "" if len(order) == len(tensors) else f"first {len(order)} of {len(tensors)} tensors"
+    return (
+        layered.facet(facet=alt.Facet("tensor:N", sort=order, title=None), columns=4)
+        .add_params(pick)
+        .resolve_scale(x="independent", y="independent")
+        .properties(
+            title=base.title(
+                "Weight distributions per layer across models",
+                "box p25–p75, thick whisker p05–p95, thin whisker p01–p99, line at the median",
+                selection.note,
+                shown,
+            )
+        )
+    )
