@@ -34,6 +34,7 @@ test: $(DEV)
 
 bench: $(DEV)
 	$(BIN)/python bench/bench_ingest.py
+	$(BIN)/python bench/bench_scale.py
 
 lint: $(DEV)
 	$(BIN)/ruff check pipeline tests bench

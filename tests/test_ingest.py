@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 from wpipe.ingest import discover
@@ -144,3 +143,33 @@ def test_changing_an_option_recomputes_unchanged_files(folder, warehouse):
     assert wrong == []
     options = warehouse.query("SELECT DISTINCT ingest_options FROM models")
     assert len(options) == 1 and "values=sample:3" in options[0][0]
+
+
+def test_peak_memory_stays_within_three_largest_tensors_plus_300_mb(tmp_path):
+    """One 134 MB kernel: a default ingest (in its own process) peaks below 3x + 300 MB."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from tests.conftest import dense_config, write_legacy_h5
+
+    kernel = np.random.default_rng(0).standard_normal((8192, 4096), dtype=np.float32)
+    path = write_legacy_h5(
+        tmp_path / "big.h5",
+        {"d": {"d/kernel:0": kernel, "d/bias:0": np.zeros(4096, np.float32)}},
+        dense_config("d"),
+    )
+    budget_mb = 3 * kernel.nbytes / 2**20 + 300
+    del kernel
+    # the run's own process (-j 1 reads in it) reports its high-water mark
+    script = (
+        "import sys\nfrom wpipe.cli import app\ntry:\n    app(sys.argv[1:])\n"
+        "except SystemExit as e:\n    assert not e.code\n"
+        "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])"
+    )
+    command = [sys.executable, "-c", script, "ingest", str(path), "--db",
+               str(tmp_path / "m.duckdb"), "-j", "1", "-q"]  # fmt: skip
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    peak_mb = int(out.split()[-1]) / 1024
+    assert peak_mb < budget_mb, f"peak {peak_mb:.0f} MB, budget {budget_mb:.0f} MB"

@@ -44,9 +44,8 @@ def assert_lake_equals_database(w: Warehouse) -> None:
             con.register("lake_rows", lake)
             cols = ", ".join(f'"{c}"' for c in table.column_names)
             for a, b in (("lake_rows", table.name), (table.name, "lake_rows")):
-                extra = con.execute(
-                    f"SELECT count(*) FROM (SELECT {cols} FROM {a} EXCEPT ALL SELECT {cols} FROM {b})"
-                ).fetchall()[0][0]
+                only = f"SELECT {cols} FROM {a} EXCEPT ALL SELECT {cols} FROM {b}"
+                extra = con.execute(f"SELECT count(*) FROM ({only})").fetchall()[0][0]
                 assert extra == 0, f"{table.name}: {extra} rows in {a} only"
             con.unregister("lake_rows")
         dupes = con.execute(
@@ -211,8 +210,8 @@ def test_a_lake_of_the_older_layout_is_migrated(folder, warehouse):
         part = warehouse.lake / model_id
         part.mkdir(parents=True)
         for table in schema.MODEL_TABLES:
-            rows = con.execute(f"SELECT * FROM {table.name} WHERE model_id = ?", [model_id])
-            arrow = rows.to_arrow_table()
+            query = f"SELECT * FROM {table.name} WHERE model_id = '{model_id}'"
+            arrow = con.sql(query).to_arrow_table()
             if arrow.num_rows:
                 pq.write_table(arrow, part / f"{table.name}.parquet")
     con.close()

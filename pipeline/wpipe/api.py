@@ -22,10 +22,10 @@ def connect(db: str | os.PathLike | None = None) -> duckdb.DuckDBPyConnection:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such database; run `wpipe ingest` first")
     try:
-        con = duckdb.connect(str(path))
+        con = store.configure(duckdb.connect(str(path)))
     except duckdb.IOException:
         # locked for writing elsewhere: a read-only open works where the platform allows it
-        return duckdb.connect(str(path), read_only=True)
+        return store.configure(duckdb.connect(str(path), read_only=True))
     store.ensure_schema(con)
     return con
 

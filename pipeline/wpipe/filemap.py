@@ -15,13 +15,14 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pyarrow as pa
 
 from wpipe import schema
 from wpipe.analysis import StatsOptions
 from wpipe.drift import drift_row
-from wpipe.readers import Model, ModelReadError, Tensor, model_files, open_model
+from wpipe.readers import Model, ModelReadError, Tensor, h5safe, model_files, open_model, sniff
 from wpipe.spectra import SpectraOptions
 from wpipe.store.lake import DataFile, DataFileWriter, LakeLocation
 from wpipe.tables import FileInfo, ValuesMode, arch_id, build_tables, model_id_for
@@ -123,9 +124,11 @@ class TableSink:
         if not self.rows:
             return None, None
         target = self.table.arrow_schema
-        parts = [pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
-                 for b in self.batches]  # fmt: skip
-        return pa.concat_tables([p.cast(target) for p in parts]), None
+        batches = [b for b in self.batches if isinstance(b, pa.RecordBatch)]
+        tables = [t for t in self.batches if isinstance(t, pa.Table)]
+        if batches:  # one cast for all (dictionary-coded keys become plain strings)
+            tables.append(pa.Table.from_batches(batches).cast(target))
+        return pa.concat_tables([t.cast(target) if t.schema != target else t for t in tables]), None
 
     def abort(self) -> None:
         if self.writer is not None:
@@ -134,36 +137,56 @@ class TableSink:
 
 class DriftTracker:
     """Drift of each tensor against the same tensor of the previous checkpoint (same layer
-    path, weight name and shape), when the two models share an architecture."""
+    path, weight name and shape). The series pass after the map drops pairs whose models turn
+    out not to share an architecture."""
 
     def __init__(self, job: FileJob, model: Model, stack: ExitStack) -> None:
         self.rows: list[dict] = []
-        self.tensors: dict[tuple[str, str], Tensor] = {}
         self.ids = (model_id_for(job.previous or ""), model_id_for(job.path))
         self.series = job.series
+        self.where = job.previous or ""
+        self.file: h5py.File | None = None  # the previous file, read by dataset path
+        self.tensors: dict[tuple[str, str], Tensor] = {}  # or its tensors, read by a reader
         if job.previous is None:
             return
         try:
-            previous = stack.enter_context(open_model(job.previous))
-            if arch_id(previous) != arch_id(model):
+            if _direct(job.previous, model):
+                self.file = stack.enter_context(h5py.File(job.previous, "r", locking=False))
                 return
+            previous = stack.enter_context(open_model(job.previous))
         except (ModelReadError, OSError):
             return  # the driver's series pass reports what it cannot read
-        self.tensors = {(layer.layer_path, t.weight_name): t for layer in previous.layers
-                        for t in layer.tensors}  # fmt: skip
+        if arch_id(previous) == arch_id(model):
+            self.tensors = {(layer.layer_path, t.weight_name): t for layer in previous.layers
+                            for t in layer.tensors}  # fmt: skip
 
     def visit(self, layer_path: str, tensor: Tensor, array: np.ndarray) -> None:
-        other = self.tensors.get((layer_path, tensor.weight_name))
-        if other is None or other.shape != tensor.shape:
-            return
-        try:
-            before = other.load()
-        except (ModelReadError, OSError):
-            self.tensors = {}
-            self.rows = []
-            return
         key = (layer_path, tensor.weight_name)
-        self.rows.append(drift_row(self.ids, key, before, array, self.series, (None, None)))
+        try:
+            before = self._before(key, tensor)
+        except (ModelReadError, OSError, ValueError):
+            before = None
+        if before is not None:
+            self.rows.append(drift_row(self.ids, key, before, array, self.series, (None, None)))
+
+    def _before(self, key: tuple[str, str], tensor: Tensor) -> np.ndarray | None:
+        if self.file is not None:
+            ds = h5safe.dataset(self.file, tensor.source_name, self.where)
+            same = ds.shape == tensor.shape and h5safe.logical_dtype(ds) == tensor.dtype
+            return h5safe.read_array(ds) if same else None
+        other = self.tensors.get(key)
+        if other is None or other.shape != tensor.shape:
+            return None
+        return other.load()
+
+
+def _direct(previous: str, model: Model) -> bool:
+    """Checkpoints of one HDF5 layout keep each tensor at the same dataset path: the previous
+    file's tensors are read by path, without parsing its architecture again (an open of a
+    small checkpoint costs more than its tensors)."""
+    tensors = [t for layer in model.layers for t in layer.tensors]
+    plain = all(t.layout == "keras" and "," not in t.source_name for t in tensors)
+    return plain and Path(previous).is_file() and sniff(Path(previous)) == "hdf5"
 
 
 def process_file(job: FileJob) -> Outcome:

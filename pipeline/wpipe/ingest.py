@@ -426,6 +426,7 @@ class _Driver:
             pairs = sorted({(r["model_a"], r["model_b"]) for r in rows})
             compare.replace_drift(self.db.con, pairs, pa.Table.from_pylist(
                 rows, schema=schema.DRIFT.arrow_schema))  # fmt: skip
+            self.report.drift_pairs += len(pairs)
 
 
 def commit_batch(
@@ -491,19 +492,23 @@ def _prune(db: store.Database, lake: Lake, roots: list[Path]) -> int:
 
 
 def _finish(db, lake: Lake, driver: _Driver, tag_pattern, drift: bool, progress) -> None:
-    """Derived tables, the lake's copy of names and times, compaction."""
-    changed = driver.report.ingested or driver.report.copied or driver.report.pruned
-    renamed = db.refresh_names()
+    """Derived tables, the lake's copy of names and times, compaction. A run that changed no
+    model skips what only a change of the model set can change (names, tags, logs, series)."""
+    report = driver.report
+    changed = report.ingested or report.pruned
+    renamed = db.refresh_names() if changed else 0
     if changed or tag_pattern is not None:
         compare.refresh_tags(db.con, tag_pattern)
-    driver.report.warnings += compare.attach_training_logs(db.con)
+    if changed:
+        report.warnings += compare.attach_training_logs(db.con)
     no_drift = db.con.execute("SELECT count(*) = 0 FROM drift").fetchall()[0][0]
     if drift and (changed or no_drift):
         progress.phase("drift", 0)
-        driver.report.drift_pairs, problems = compare.series_drift(db.con, progress.advance)
-        driver.report.warnings += problems
+        pairs, problems = compare.series_drift(db.con, progress.advance)
+        report.drift_pairs += pairs
+        report.warnings += problems
     if renamed or driver.touched:
         sync.push_models(db, lake)
-    if any(n > COMPACT_FILES for n in lake.file_count().values()):
+    if changed and any(n > COMPACT_FILES for n in lake.file_count().values()):
         progress.phase("compact", 0)
         sync.compact(db, lake)

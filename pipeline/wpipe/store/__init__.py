@@ -3,6 +3,7 @@ between them (`sync`: killed runs, lakes of older wpipe versions)."""
 
 from wpipe.store.duck import (
     Database,
+    configure,
     default_lake,
     ensure_schema,
     insert_arrow,
@@ -16,6 +17,7 @@ __all__ = [
     "Database",
     "Lake",
     "LakeLocation",
+    "configure",
     "default_lake",
     "ensure_schema",
     "insert_arrow",

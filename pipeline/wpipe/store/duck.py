@@ -73,6 +73,16 @@ def _insert_dataset(
         con.unregister("lake_rows")
 
 
+# DuckDB's own memory, spilled to disk past it: with Python and Arrow around it, keeps a
+# report or chart on any database within 1 GB, an ingest within its budget.
+MEMORY_LIMIT = "512MB"
+
+
+def configure(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    return con
+
+
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create every contract table that is missing (a database from an older wpipe gains the
     tables added since), then the views."""
@@ -87,7 +97,7 @@ class Database:
 
     def __init__(self, path: str | os.PathLike, read_only: bool = False) -> None:
         self.path = str(path)
-        self.con = duckdb.connect(self.path, read_only=read_only)
+        self.con = configure(duckdb.connect(self.path, read_only=read_only))
         if not read_only:
             ensure_schema(self.con)
 

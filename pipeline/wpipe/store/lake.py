@@ -25,6 +25,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import TableNotFoundError
 from deltalake.transaction import AddAction, PostCommitHookProperties, RemoveAction
 
 from wpipe import schema
@@ -162,21 +163,20 @@ class Lake:
     def _fs(self) -> tuple[pafs.FileSystem, str]:
         return self.location.filesystem()
 
-    def exists(self, table: str) -> bool:
-        uri = self.location.table_uri(table)
-        return DeltaTable.is_deltatable(uri, storage_options=self.location.storage_options)
-
     def table(self, name: str) -> DeltaTable:
         """The Delta table `name`, created empty (with the contract's schema) if missing."""
         if name not in self._tables:
-            uri = self.location.table_uri(name)
-            options = self.location.storage_options
-            self._tables[name] = DeltaTable.create(
-                uri, schema=TABLES[name].arrow_schema, mode="ignore", storage_options=options
-            )
+            uri, options = self.location.table_uri(name), self.location.storage_options
+            try:
+                self._tables[name] = DeltaTable(uri, storage_options=options)
+            except TableNotFoundError:
+                self._tables[name] = DeltaTable.create(
+                    uri, schema=TABLES[name].arrow_schema, mode="ignore", storage_options=options
+                )
         return self._tables[name]
 
     def versions(self) -> dict[str, int]:
+        """table -> current version (tables are created where missing)."""
         return {name: self.table(name).version() for name in TABLES}
 
     def dataset(self, name: str, files: Iterable[str] | None = None) -> pads.Dataset:

@@ -33,6 +33,8 @@ def reconcile(db: Database, lake: Lake) -> list[str]:
         notes.append(f"{lake.location.root}: lake migrated to Delta tables (one per table)")
     recorded = db.lake_versions(lake)
     current = lake.versions()
+    if recorded and recorded == current:
+        return notes  # the usual case: one query and a look at each table's log
     db_models = db.con.execute("SELECT count(*) FROM models").fetchall()[0][0]
     if not recorded:
         lake_models = lake.dataset("models").count_rows()
@@ -50,7 +52,7 @@ def reconcile(db: Database, lake: Lake) -> list[str]:
         else:
             db.record_versions(lake, current)
         return notes
-    if any(current[t] < recorded.get(t, 0) for t in current):
+    if any(current[t] < recorded.get(t, -1) for t in current):
         # the lake was deleted or replaced: the database is the surviving copy
         db.export_to_lake(lake)
         notes.append(f"{lake.location.root}: rewritten from {db.path}")
