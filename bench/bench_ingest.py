@@ -49,15 +49,19 @@ def make_zoo(folder: Path) -> None:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i in range(ZOO_SIZE):
-        target = folder / f"ckpt_{i:03d}.h5"
-        shutil.copy2(SEED_MODEL, target)
-        with h5py.File(target, "r+") as f:
+        fresh_copy(SEED_MODEL, folder / f"ckpt_{i:03d}.h5", rng)
 
-            def refill(_name, obj):
-                if isinstance(obj, h5py.Dataset) and obj.dtype.kind == "f":
-                    obj[...] = rng.normal(0, 0.1, obj.shape).astype(obj.dtype)
 
-            f["model_weights"].visititems(refill)
+def fresh_copy(seed: Path, target: Path, rng: np.random.Generator) -> None:
+    """A copy of a real Keras checkpoint with every float weight drawn anew."""
+    shutil.copy2(seed, target)
+    with h5py.File(target, "r+") as f:
+
+        def refill(_name, obj):
+            if isinstance(obj, h5py.Dataset) and obj.dtype.kind == "f":
+                obj[...] = rng.normal(0, 0.1, obj.shape).astype(obj.dtype)
+
+        f["model_weights"].visititems(refill)
 
 
 def make_big(path: Path) -> None:

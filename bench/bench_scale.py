@@ -24,7 +24,6 @@ import time
 from multiprocessing import get_context
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +36,9 @@ KERAS_SAMPLE = 100  # files loaded with Keras for the Keras reference
 
 
 def _make_series(args: tuple[Path, int]) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_ingest import fresh_copy
+
     folder, seed = args
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -45,14 +47,7 @@ def _make_series(args: tuple[Path, int]) -> None:
         if target.exists():
             continue
         tmp = target.with_suffix(".tmp")
-        shutil.copy2(SEED_MODEL, tmp)
-        with h5py.File(tmp, "r+") as f:
-
-            def refill(_name, obj):
-                if isinstance(obj, h5py.Dataset) and obj.dtype.kind == "f":
-                    obj[...] = rng.normal(0, 0.1, obj.shape).astype(obj.dtype)
-
-            f["model_weights"].visititems(refill)
+        fresh_copy(SEED_MODEL, tmp, rng)
         tmp.rename(target)
 
 

@@ -8,6 +8,7 @@ in tests/fixtures/models, written by tests/fixtures/make_fixtures.py.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import h5py
@@ -59,6 +60,16 @@ class Warehouse:
 @pytest.fixture
 def warehouse(tmp_path: Path) -> Warehouse:
     return Warehouse(tmp_path)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Three real Keras files of different architectures in one folder."""
+    target = tmp_path / "zoo"
+    target.mkdir()
+    for name in ("k2_dense_bn_frozen.h5", "k3_lstm.h5", "k2_conv2d.h5"):
+        shutil.copy2(MODELS / name, target / name)
+    return target
 
 
 def write_legacy_h5(path: Path, layers: dict[str, dict[str, np.ndarray]], config=None, **attrs):

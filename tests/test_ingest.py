@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 from wpipe.ingest import discover
@@ -14,15 +15,6 @@ COUNTS = (
     "SELECT (SELECT count(*) FROM models), (SELECT count(*) FROM weights), "
     "(SELECT count(*) FROM histograms), (SELECT count(*) FROM weight_values)"
 )
-
-
-@pytest.fixture
-def folder(tmp_path):
-    target = tmp_path / "zoo"
-    target.mkdir()
-    for name in ("k2_dense_bn_frozen.h5", "k3_lstm.h5", "k2_conv2d.h5"):
-        shutil.copy2(MODELS / name, target / name)
-    return target
 
 
 def test_second_run_reads_nothing_and_changes_nothing(folder, warehouse):
@@ -173,3 +165,32 @@ def test_peak_memory_stays_within_three_largest_tensors_plus_300_mb(tmp_path):
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     peak_mb = int(out.split()[-1]) / 1024
     assert peak_mb < budget_mb, f"peak {peak_mb:.0f} MB, budget {budget_mb:.0f} MB"
+
+
+def test_progress_reports_every_phase_with_counts(tmp_path):
+    from wpipe import store
+    from wpipe.ingest import ingest
+
+    zoo = tmp_path / "zoo"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "examples" / "models" / "cnn_lr1e-2",
+                    zoo / "run")  # fmt: skip
+    shutil.copy2(zoo / "run" / "e01.h5", zoo / "copy.h5")  # same size: hashed first
+    seen: dict[str, list] = {}
+
+    class Recorder:
+        def phase(self, name, total):
+            seen.setdefault(name, [total, 0])
+            self.name = name
+
+        def advance(self, n=1, item=""):
+            seen[self.name][1] += n
+
+    db = store.Database(tmp_path / "p.duckdb")
+    try:
+        ingest([zoo], db, tmp_path / "p.lake", jobs=1, progress=Recorder())
+    finally:
+        db.close()
+    assert seen["hash"] == [6, 6]
+    assert seen["read"][0] == 5 and seen["read"][1] == 5
+    assert seen["load"][1] >= 5 and seen["copy"] == [1, 1]
+    assert {"scan", "drift"} <= set(seen)

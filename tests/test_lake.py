@@ -25,15 +25,6 @@ TABLES = {t.name: t for t in schema.MODEL_TABLES}
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "models"
 
 
-@pytest.fixture
-def folder(tmp_path):
-    target = tmp_path / "zoo"
-    target.mkdir()
-    for name in ("k2_dense_bn_frozen.h5", "k3_lstm.h5", "k2_conv2d.h5"):
-        shutil.copy2(MODELS / name, target / name)
-    return target
-
-
 def assert_lake_equals_database(w: Warehouse) -> None:
     """Every model table: the same multiset of rows in the lake (read by deltalake, not by
     wpipe) and in DuckDB, and no model's rows twice."""

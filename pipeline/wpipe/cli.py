@@ -143,12 +143,7 @@ def ingest_command(
         raise _usage_error(f"no such file or folder: {', '.join(missing)}")
     db_path = db or api.default_db()
     lake_path = lake or store.default_lake(db_path)
-    try:
-        database = store.Database(db_path)
-    except duckdb.IOException as exc:
-        raise _usage_error(
-            f"{db_path}: cannot open for writing ({str(exc).splitlines()[0]})"
-        ) from None
+    database = _open_for_writing(db_path)
     progress = Progress(
         TextColumn("[bold]{task.fields[phase]}"),
         BarColumn(),
@@ -216,6 +211,15 @@ def ingest_command(
     raise typer.Exit(1 if report.failed else 0)
 
 
+def _open_for_writing(db_path: str) -> store.Database:
+    try:
+        return store.Database(db_path)
+    except duckdb.IOException as exc:
+        raise _usage_error(
+            f"{db_path}: cannot open for writing ({str(exc).splitlines()[0]})"
+        ) from None
+
+
 class _IngestProgress:
     """One bar that follows the ingest's phases (scan, hash, read, load, drift, compact)."""
 
@@ -243,12 +247,7 @@ def compact_command(
 ) -> None:
     """Merge the lake's small data files (ordered by model) and delete unreferenced ones."""
     db_path = db or api.default_db()
-    try:
-        database = store.Database(db_path)
-    except duckdb.IOException as exc:
-        raise _usage_error(
-            f"{db_path}: cannot open for writing ({str(exc).splitlines()[0]})"
-        ) from None
+    database = _open_for_writing(db_path)
     lake_path = lake or store.default_lake(db_path)
     try:
         handle = store.Lake.open(str(Path(lake_path).resolve()))

@@ -51,26 +51,17 @@ def default_lake(db_path: str | os.PathLike) -> Path:
     return Path(db_path).with_suffix(".lake")
 
 
-def insert_arrow(con: duckdb.DuckDBPyConnection, table: schema.Table, rows: pa.Table) -> None:
-    """Append Arrow rows to a contract table in one scan (not one statement per row)."""
+def insert_arrow(
+    con: duckdb.DuckDBPyConnection, table: schema.Table, rows: pa.Table | pads.Dataset
+) -> None:
+    """Append Arrow rows (a table, or a lake dataset DuckDB scans natively: no extension) to
+    a contract table in one scan (not one statement per row)."""
     columns = ", ".join(f'"{c}"' for c in table.column_names)
     con.register("incoming_rows", rows)
     try:
         con.execute(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM incoming_rows")
     finally:
         con.unregister("incoming_rows")
-
-
-def _insert_dataset(
-    con: duckdb.DuckDBPyConnection, table: schema.Table, dataset: pads.Dataset
-) -> None:
-    """Append a lake dataset's rows: DuckDB scans the pyarrow dataset (no extension needed)."""
-    columns = ", ".join(f'"{c}"' for c in table.column_names)
-    con.register("lake_rows", dataset)
-    try:
-        con.execute(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM lake_rows")
-    finally:
-        con.unregister("lake_rows")
 
 
 # DuckDB's own memory, spilled to disk past it: with Python and Arrow around it, keeps a
@@ -138,7 +129,7 @@ class Database:
                     f"DELETE FROM {table.name} WHERE list_contains(?, model_id)", [ids]
                 )
                 if files.get(table.name):
-                    _insert_dataset(self.con, table, lake.dataset(table.name, files[table.name]))
+                    insert_arrow(self.con, table, lake.dataset(table.name, files[table.name]))
             self.con.execute(
                 "DELETE FROM ingest_errors WHERE path IN "
                 "(SELECT path FROM models WHERE list_contains(?, model_id))",
@@ -156,7 +147,7 @@ class Database:
         try:
             for table in schema.MODEL_TABLES:
                 self.con.execute(f"DELETE FROM {table.name}")
-                _insert_dataset(self.con, table, lake.dataset(table.name))
+                insert_arrow(self.con, table, lake.dataset(table.name))
             self._record_versions(lake, lake.versions())
             self.con.execute("COMMIT")
         except BaseException:
