@@ -8,7 +8,7 @@ DEV    := $(VENV)/.installed-dev
 
 .PHONY: demo test bench lint format clean
 
-$(CORE): pyproject.toml
+$(CORE): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e .

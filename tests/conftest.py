@@ -32,8 +32,9 @@ class Warehouse:
         self.lake = root / "w.lake"
 
     def ingest(
-        self, *paths, values: str = "all", jobs: int = 1, prune: bool = False, drift: bool = True
-    ) -> Report:
+        self, *paths, values: str = "all", jobs: int = 1, prune: bool = False, drift: bool = True,
+        **options,
+    ) -> Report:  # fmt: skip
         db = store.Database(self.db_path)
         try:
             return ingest(
@@ -45,6 +46,7 @@ class Warehouse:
                 jobs,
                 prune,
                 drift=drift,
+                **options,
             )
         finally:
             db.close()

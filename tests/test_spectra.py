@@ -287,7 +287,9 @@ def test_a_copied_checkpoint_is_read_from_the_cache(tmp_path):
         before = dict(spectra_tables.COUNTS)
         db = Database(tmp_path / "w.duckdb")
         try:
-            assert not ingest([zoo], db, lake, values=ValuesMode.parse(values), jobs=1).failed
+            # counted in this process: read the files here (no worker)
+            values_mode = ValuesMode.parse(values)
+            assert not ingest([zoo], db, lake, values=values_mode, jobs=1, file_timeout=None).failed
         finally:
             db.close()
         return {k: spectra_tables.COUNTS[k] - before[k] for k in before}

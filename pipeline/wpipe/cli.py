@@ -1,7 +1,8 @@
 """The `wpipe` command line: thin Typer commands over the API and the pipeline stages.
 
 Exit codes: 0 success; 1 some model files could not be read (the rest were stored);
-2 usage error (bad option, unknown model, invalid SQL, missing database).
+2 usage error (bad option, unknown model, invalid SQL, missing database); 3 wpipe itself
+failed (a broken install or a bug: one line says so, `--debug` shows the traceback).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from datetime import date, datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import duckdb
 import typer
@@ -21,16 +22,57 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
-from wpipe import api, schema, store
+from wpipe import api, schema, store, workers
 from wpipe.analysis import StatsOptions
 from wpipe.ingest import Outcome, ingest
 from wpipe.spectra import SpectraOptions
 from wpipe.store import sync
 from wpipe.store.sync import LakeMismatch
 from wpipe.tables import DEFAULT_VALUES, ValuesMode
+from wpipe.views import ViewsMissing
+
+EXIT_BUG = 3
+
+
+class GuardedGroup(TyperGroup):
+    """The top-level command group: an unexpected exception in any command becomes one line
+    that names the command and says it is a bug (the traceback only with --debug)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ViewsMissing as exc:
+            _fail(str(exc), EXIT_BUG)
+        except Exception as exc:
+            if ctx.params.get("debug") or not _is_unexpected(exc):
+                raise
+            command = ctx.invoked_subcommand or "wpipe"
+            _fail(
+                f"wpipe {command} failed unexpectedly ({type(exc).__name__}: {exc}); this is a "
+                "bug in wpipe: rerun with --debug for the traceback and report it",
+                EXIT_BUG,
+            )
+
+
+# click's base of usage errors, whether Typer vendors click or depends on it
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _is_unexpected(exc: BaseException) -> bool:
+    # Typer/click control flow (usage errors, --help, typer.Exit) is not an error here
+    return not isinstance(exc, _CLICK_ERROR | typer.Exit | typer.Abort)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
 
 app = typer.Typer(
+    cls=GuardedGroup,
+    pretty_exceptions_enable=False,
     help="Compare many trained Keras models by their weights: ingest, query, compare.",
     no_args_is_help=True,
     add_completion=False,
@@ -40,6 +82,25 @@ app = typer.Typer(
 _WIDE = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
 out = Console(width=_WIDE)
 err = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from wpipe import __version__
+
+        sys.stdout.write(f"wpipe {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of an internal error."),
+) -> None:
+    """Compare many trained Keras models by their weights: ingest, query, compare."""
+
 
 DbOption = typer.Option(
     None, "--db", envvar="WPIPE_DB", help="DuckDB file \\[default: wpipe.duckdb]"
@@ -130,6 +191,12 @@ def ingest_command(
         help="Spectral metrics per weight matrix: auto (matrices up to the size limit in the "
         "README), all, or none.",
     ),
+    file_timeout: float = typer.Option(
+        workers.DEFAULT_FILE_TIMEOUT,
+        min=0.0,
+        help="Seconds one file may take before it is stopped and recorded as `timeout` "
+        "(0: no limit).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Read every Keras model file under PATHS into the Parquet lake and the database."""
@@ -180,6 +247,7 @@ def ingest_command(
                 on_done=done,
                 spectra=spectra_options,
                 progress=sink,
+                file_timeout=file_timeout or None,
             )
     except LakeMismatch as exc:
         raise _usage_error(str(exc)) from None

@@ -1,7 +1,9 @@
 """Ingest: find model files, map each through `filemap.process_file` (in a process pool),
 commit the results to the lake in batches and load each batch into DuckDB.
 
-The driver only plans, commits and loads: an unchanged file costs a stat; files that may be
+Workers are run by `wpipe.workers.map_files` (each file under a time limit, a hung or dead
+worker replaced, its file recorded as `timeout` / `worker-died`). The driver only plans,
+commits and loads: an unchanged file costs a stat; files that may be
 copies of each other (same size) are hashed first so identical content is read once; each
 file's drift against the previous checkpoint of its series is computed by the worker that
 reads it. `commit_batch` is the one step that writes the lake's log; it takes the workers'
@@ -14,17 +16,15 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from itertools import pairwise
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
 
-from wpipe import compare, schema, store
+from wpipe import compare, schema, store, workers
 from wpipe.analysis import StatsOptions
 from wpipe.filemap import FileJob, Outcome, Settings, TableSink, hash_file, process_file
 from wpipe.readers import ModelReadError, keras_dir, model_files, sharded, sniff, unsupported
@@ -242,9 +242,13 @@ def ingest(
     on_done: Callable[[Outcome], None] | None = None,
     spectra: SpectraOptions | None = None,
     progress: ProgressSink | None = None,
+    file_timeout: float | None = workers.DEFAULT_FILE_TIMEOUT,
 ) -> Report:
     """Bring the database and lake up to date with the model files under `paths`, then
-    re-derive tags, attach training logs found next to checkpoints, and complete series drift."""
+    re-derive tags, attach training logs found next to checkpoints, and complete series drift.
+
+    Each file is read in a worker process and stopped after `file_timeout` seconds (None: no
+    limit, and with jobs=1 the files are read in this process)."""
     started = time.perf_counter()
     progress = progress or _Silent()
     options = options or StatsOptions()
@@ -269,15 +273,14 @@ def ingest(
     driver = _Driver(db, lake, report, on_done, progress,
                      {sha: model_id_for(p) for p, sha in current.items()})  # fmt: skip
 
-    with _Pool(jobs) as pool:
-        if plan.to_hash:
-            progress.phase("hash", len(plan.to_hash))
-            plan.work += driver.sort_hashed(plan.to_hash, pool.map(hash_file, [
-                j.path for j in plan.to_hash]), shas)  # fmt: skip
-        progress.phase("read", len(plan.work))
-        for outcome in pool.map(process_file, plan.work):
-            progress.advance(1, Path(outcome.path).name)
-            driver.take(outcome)
+    pool = _Pool(jobs, file_timeout)
+    if plan.to_hash:
+        progress.phase("hash", len(plan.to_hash))
+        plan.work += driver.sort_hashed(plan.to_hash, pool.hashes(plan.to_hash), shas)
+    progress.phase("read", len(plan.work))
+    for outcome in pool.outcomes(plan.work):
+        progress.advance(1, Path(outcome.path).name)
+        driver.take(outcome)
     driver.flush()
     driver.copy_duplicates()
     shas.update(driver.shas)
@@ -291,29 +294,30 @@ def ingest(
 
 
 class _Pool:
-    """map() over a spawn process pool (or in this process for -j 1), results as they come."""
+    """The map's two phases (hash, read) through wpipe.workers: each file in a replaceable
+    worker under the per-file time limit; a stopped or dead worker fails that file only."""
 
-    def __init__(self, jobs: int) -> None:
-        self.jobs = jobs
-        self.executor: ProcessPoolExecutor | None = None
+    def __init__(self, jobs: int, file_timeout: float | None) -> None:
+        self.jobs, self.timeout = jobs, file_timeout
 
-    def __enter__(self) -> _Pool:
-        return self
+    def hashes(self, jobs: list[FileJob]) -> Iterator[tuple[str, str | None, str | None]]:
+        paths = [j.path for j in jobs]
+        for path, result in workers.map_files(hash_file, paths, self.jobs, self.timeout,
+                                              preload=[__name__]):  # fmt: skip
+            if isinstance(result, workers.WorkerFailure):
+                yield path, None, result.message
+            else:
+                yield result
 
-    def __exit__(self, *exc) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(cancel_futures=True)
-
-    def map(self, fn: Callable, items: list) -> Iterator:
-        if self.jobs <= 1 or len(items) <= 1:
-            yield from map(fn, items)
-            return
-        if self.executor is None:
-            # spawn, not fork: the parent holds an open DuckDB connection and its threads.
-            self.executor = ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"))
-        futures = [self.executor.submit(fn, item) for item in items]
-        for future in as_completed(futures):
-            yield future.result()
+    def outcomes(self, jobs: list[FileJob]) -> Iterator[Outcome]:
+        results = workers.map_files(process_file, jobs, self.jobs, self.timeout,
+                                    name=lambda job: job.path, preload=[__name__])  # fmt: skip
+        for job, result in results:
+            if isinstance(result, workers.WorkerFailure):
+                # what a killed worker had written is never committed (vacuumed later)
+                result = Outcome(job.path, model_id_for(job.path), "failed", error=result.code,
+                                 message=result.message, bytes_read=job.size)  # fmt: skip
+            yield result
 
 
 class _Driver:

@@ -1,0 +1,172 @@
+"""The graph runner: executes a parsed config layer call by layer call on numpy arrays.
+
+Inference mode throughout (`training=False`). Each computed layer output is yielded as soon as
+it exists; a layer that cannot be computed (Lambda, custom, unknown class) ends the pass with one
+`Stopped` record, after the outputs computed before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from wpipe.forward.base import REGISTRY, Call, Unsupported
+from wpipe.forward.graph import Graph, GraphLayer, Node, Ref
+from wpipe.forward.weights import WeightBook
+
+NEVER_RUN = {
+    "Lambda": "Lambda: code stored in the file is never run",
+    "TFOpLambda": "TFOpLambda: a TensorFlow op recorded in the file is never run",
+    "SlicingOpLambda": "SlicingOpLambda: a TensorFlow op recorded in the file is never run",
+}
+
+
+@dataclass
+class LayerOutput:
+    layer_path: str
+    class_name: str
+    call_index: int
+    output_index: int
+    array: np.ndarray
+    channels_first: bool = False
+
+
+@dataclass
+class Stopped:
+    layer_path: str
+    class_name: str
+    reason: str
+
+
+class _Stop(Exception):
+    def __init__(self, record: Stopped) -> None:
+        super().__init__(record.reason)
+        self.record = record
+
+
+def run(
+    graph: Graph, inputs: list[np.ndarray], book: WeightBook, keras_major: int
+) -> Iterator[LayerOutput | Stopped]:
+    """Every layer output of `graph` on `inputs` (in graph input order), then maybe a Stopped."""
+    try:
+        yield from _graph(graph, inputs, book, keras_major, "", 0)
+    except _Stop as stop:
+        yield stop.record
+
+
+def _graph(
+    graph: Graph, inputs: list[np.ndarray], book: WeightBook, major: int, prefix: str, outer: int
+):
+    """Yields outputs; returns the graph's output arrays."""
+    by_name = {layer.name: layer for layer in graph.layers}
+    values: dict[Ref, np.ndarray] = {}
+    for ref, array in zip(graph.inputs, inputs, strict=True):
+        values[Ref(ref.layer, 0, 0)] = array
+    pending = [
+        (layer, k)
+        for layer in graph.layers
+        if layer.class_name != "InputLayer"
+        for k in range(len(layer.nodes))
+    ]
+    while pending:
+        ready = [(la, k) for la, k in pending if _resolvable(la.nodes[k], values, by_name, graph)]
+        if not ready:
+            layer = pending[0][0]
+            raise _Stop(Stopped(prefix + layer.name, layer.class_name, "inputs never computed"))
+        for layer, k in ready:
+            pending.remove((layer, k))
+            node = layer.nodes[k]
+            args = _resolve(node.args, values, by_name, graph)
+            kwargs = {key: _resolve(v, values, by_name, graph) for key, v in node.kwargs.items()}
+            call_index = outer * len(layer.nodes) + k
+            outs = yield from _call(layer, args, kwargs, book, major, prefix, call_index)
+            for i, out in enumerate(outs):
+                values[Ref(layer.name, k, i)] = out
+    return [values[_output_key(ref, by_name, graph)] for ref in graph.outputs]
+
+
+def _output_key(ref: Ref, by_name: dict[str, GraphLayer], graph: Graph) -> Ref:
+    """Keras 3 numbers a nested Functional's calls from 1 in `output_layers` (its first node
+    is internal) but from 0 in `inbound_nodes`."""
+    key = _ref_key(ref, by_name, graph)
+    target = by_name.get(ref.layer)
+    nested_functional = target is not None and target.sub is not None
+    if graph.keras3 and nested_functional and target.class_name != "Sequential" and key.node > 0:
+        return Ref(key.layer, key.node - 1, key.tensor)
+    return key
+
+
+def _call(layer: GraphLayer, args, kwargs, book: WeightBook, major: int, prefix: str, call_index):
+    path = prefix + layer.name
+    flat = _flatten(args)
+    if layer.sub is not None:
+        outs = yield from _graph(layer.sub, flat, book, major, path + "/", call_index)
+        for i, out in enumerate(outs):
+            yield LayerOutput(path, layer.class_name, call_index, i, out)
+        return outs
+    reason = _refusal(layer)
+    if reason:
+        raise _Stop(Stopped(path, layer.class_name, reason))
+    call = Call(layer.class_name, layer.config, {}, major, kwargs)
+    try:
+        call.weights = book.arrays(path)
+        result = REGISTRY[layer.class_name](call, flat)
+    except Unsupported as exc:
+        raise _Stop(Stopped(path, layer.class_name, exc.reason)) from None
+    except (ValueError, IndexError, TypeError, KeyError) as exc:
+        reason = f"{layer.class_name}: cannot compute ({type(exc).__name__}: {exc})"
+        raise _Stop(Stopped(path, layer.class_name, reason)) from None
+    outs = result if isinstance(result, list) else [result]
+    first = (layer.config.get("data_format") or layer.config.get("dim_ordering")) in (
+        "channels_first", "th",
+    )  # fmt: skip
+    for i, out in enumerate(outs):
+        yield LayerOutput(path, layer.class_name, call_index, i, out, first)
+    return outs
+
+
+def _refusal(layer: GraphLayer) -> str | None:
+    if layer.class_name in NEVER_RUN:
+        return NEVER_RUN[layer.class_name]
+    if layer.custom:
+        return f"{layer.class_name}: custom layer (code stored in or beside the file is never run)"
+    if layer.class_name not in REGISTRY:
+        return f"{layer.class_name}: not a built-in Keras layer wpipe computes (custom or unknown)"
+    return None
+
+
+def _ref_key(ref: Ref, by_name: dict[str, GraphLayer], graph: Graph) -> Ref:
+    target = by_name.get(ref.layer)
+    node = ref.node
+    nested = target is not None and target.sub is not None and target.sub.has_input_layer
+    if graph.legacy_refs and nested and node > 0:
+        node -= 1  # the nested model's own first node is not in the config
+    if target is not None and target.class_name == "InputLayer":
+        node = 0
+    return Ref(ref.layer, node, ref.tensor)
+
+
+def _lookup(ref: Ref, values, by_name, graph) -> np.ndarray:
+    return values[_ref_key(ref, by_name, graph)]
+
+
+def _resolvable(node: Node, values, by_name, graph) -> bool:
+    refs = [r for r in _flatten([node.args, list(node.kwargs.values())]) if isinstance(r, Ref)]
+    return all(_ref_key(r, by_name, graph) in values for r in refs)
+
+
+def _resolve(value: Any, values, by_name, graph) -> Any:
+    if isinstance(value, Ref):
+        return _lookup(value, values, by_name, graph)
+    if isinstance(value, list):
+        return [_resolve(v, values, by_name, graph) for v in value]
+    return value
+
+
+def _flatten(value: Any) -> list:
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _flatten(v)]
+    return [value] if isinstance(value, (np.ndarray, Ref)) else []

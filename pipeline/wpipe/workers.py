@@ -1,0 +1,152 @@
+"""The per-file executor: map a function over files in worker processes, each file under a
+time limit, and yield every file's outcome as it finishes.
+
+Why a process per worker and not a thread: a damaged HDF5 file can make the HDF5 library spin
+forever inside C code, where no Python-level timeout reaches. Only killing the process stops
+it, so every file runs in a worker that can be killed and replaced. `pebble.ProcessPool` does
+the process management (per-task timeouts, replacing a worker that was killed or died); this
+module adds the policy:
+
+- `map_files(function, items, jobs=..., timeout=...)` calls `function(item)` for every item in
+  a worker and yields `(item, result)` pairs in completion order. `function` must be picklable
+  (a module-level function) and should itself turn ordinary errors into a result value.
+- A file that runs longer than `timeout` seconds is stopped (its worker killed and replaced) and
+  yields `(item, WorkerFailure("timeout", ...))`; a worker that dies (killed by the kernel's OOM
+  killer, a segfault in a C library, `kill -9`) yields `WorkerFailure("worker-died", ...)`; an
+  exception escaping `function` yields `WorkerFailure("internal-error", ...)`. Only that file
+  fails; the other files go on.
+- At most `jobs * WINDOW_PER_WORKER` items are in flight, so a huge list of files does not turn
+  into a huge queue of pending results in the parent.
+
+Workers are started with the `forkserver` method: a fresh server process (no DuckDB connection,
+no threads of the parent) forks each worker, so replacing one costs milliseconds instead of a
+new interpreter importing numpy/h5py/pyarrow. The server preloads the modules in `preload`.
+
+`timeout=None` with `jobs=1` runs in the calling process (no limit, no isolation): for callers
+that want a debugger or a profiler on the read itself.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pebble
+
+# Seconds one file may take (read, analyse, write its partition) before it is stopped; the
+# biggest real checkpoints we measured take well under a minute per GB on one core.
+DEFAULT_FILE_TIMEOUT = 600.0
+WINDOW_PER_WORKER = 4
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True)
+class WorkerFailure:
+    """Why a file produced no result: `code` is an `ingest_errors.error` value."""
+
+    code: str  # "timeout" | "worker-died" | "internal-error"
+    message: str
+
+
+def map_files(
+    function: Callable[[Item], Result],
+    items: Iterable[Item],
+    jobs: int = 1,
+    timeout: float | None = DEFAULT_FILE_TIMEOUT,
+    name: Callable[[Item], str] = str,
+    preload: Sequence[str] = (),
+) -> Iterator[tuple[Item, Result | WorkerFailure]]:
+    """Yield `(item, function(item))` for every item, in completion order; a file that timed
+    out, killed its worker or raised yields a `WorkerFailure` instead (named by `name(item)`)."""
+    items = list(items)
+    if not items:
+        return
+    if timeout is None and jobs <= 1:
+        for item in items:
+            yield item, _call(function, item, name)
+        return
+    with pebble.ProcessPool(max_workers=max(1, jobs), context=_context(preload)) as pool:
+        try:
+            yield from _windowed(pool, function, items, jobs, timeout, name)
+        finally:
+            pool.stop()  # a consumer that stops early must not leave workers running
+            pool.join()
+
+
+def _windowed(
+    pool: pebble.ProcessPool,
+    function: Callable[[Any], Any],
+    items: list[Any],
+    jobs: int,
+    timeout: float | None,
+    name: Callable[[Any], str],
+) -> Iterator[tuple[Any, Any]]:
+    todo = iter(items)
+    running: dict[Future, Any] = {}
+    window = max(1, jobs) * WINDOW_PER_WORKER
+    while True:
+        for item in todo:
+            running[pool.schedule(function, args=(item,), timeout=timeout)] = item
+            if len(running) >= window:
+                break
+        if not running:
+            return
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            item = running.pop(future)
+            yield item, _result(future, name(item), timeout)
+
+
+def _result(future: Future, label: str, timeout: float | None) -> Any:
+    try:
+        return future.result()
+    except FutureTimeout:
+        return WorkerFailure(
+            "timeout", f"{label}: stopped after {timeout:g} s (--file-timeout); the file may be "
+            "damaged in a way that makes the HDF5 library loop"
+        )  # fmt: skip
+    except pebble.ProcessExpired as exc:
+        return WorkerFailure("worker-died", f"{label}: the worker reading it died ({_death(exc)})")
+    except BrokenProcessPool as exc:  # workers that cannot even start (no memory, no fork)
+        return WorkerFailure("worker-died", f"{label}: no worker could read it ({exc})")
+    except Exception as exc:  # escaped the per-file function: a bug, reported for this file only
+        return WorkerFailure(
+            "internal-error", f"{label}: wpipe failed on this file ({type(exc).__name__}: {exc})"
+        )
+
+
+def _call(function: Callable[[Any], Any], item: Any, name: Callable[[Any], str]) -> Any:
+    try:
+        return function(item)
+    except Exception as exc:
+        return WorkerFailure(
+            "internal-error",
+            f"{name(item)}: wpipe failed on this file ({type(exc).__name__}: {exc})",
+        )
+
+
+def _death(exc: pebble.ProcessExpired) -> str:
+    code = exc.exitcode
+    if code is not None and code < 0:
+        signal = -code
+        hint = " — out of memory?" if signal == 9 else ""
+        return f"signal {signal}{hint}"
+    return f"exit code {code}"
+
+
+def _context(preload: Sequence[str]) -> Any:
+    # forkserver: workers fork from a clean server, not from the parent (which holds DuckDB
+    # and its threads); spawn where forkserver does not exist (Windows, macOS without fork).
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    if preload:
+        context.set_forkserver_preload([*preload])
+    return context
