@@ -288,7 +288,7 @@ def ingest(
         driver.store_drift(shas)
     if prune:
         report.pruned = _prune(db, lake, roots)
-    _finish(db, lake, driver, tag_pattern, drift, progress)
+    _finish(db, lake, driver, tag_pattern, drift, progress, roots)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -495,12 +495,12 @@ def _prune(db: store.Database, lake: Lake, roots: list[Path]) -> int:
     return len(stale)
 
 
-def _finish(db, lake: Lake, driver: _Driver, tag_pattern, drift: bool, progress) -> None:
+def _finish(db, lake: Lake, driver: _Driver, tag_pattern, drift: bool, progress, roots) -> None:
     """Derived tables, the lake's copy of names and times, compaction. A run that changed no
     model skips what only a change of the model set can change (names, tags, logs, series)."""
     report = driver.report
     changed = report.ingested or report.pruned
-    renamed = db.refresh_names() if changed else 0
+    renamed = db.refresh_names(roots) if changed else 0  # names kept in model_names
     if changed or tag_pattern is not None:
         compare.refresh_tags(db.con, tag_pattern)
     if changed:
@@ -511,7 +511,7 @@ def _finish(db, lake: Lake, driver: _Driver, tag_pattern, drift: bool, progress)
         pairs, problems = compare.series_drift(db.con, progress.advance)
         report.drift_pairs += pairs
         report.warnings += problems
-    if renamed or driver.touched:
+    if renamed or changed or driver.touched:  # names are given (and mtimes touched) here
         sync.push_models(db, lake)
     if changed and any(n > COMPACT_FILES for n in lake.file_count().values()):
         progress.phase("compact", 0)

@@ -7,7 +7,6 @@ from wpipe.store.duck import (
     default_lake,
     ensure_schema,
     insert_arrow,
-    unique_names,
 )
 from wpipe.store.lake import DataFile, DataFileWriter, Lake, LakeLocation, write_data_file
 
@@ -21,6 +20,5 @@ __all__ = [
     "default_lake",
     "ensure_schema",
     "insert_arrow",
-    "unique_names",
     "write_data_file",
 ]

@@ -9,18 +9,16 @@ holds, so a run killed between a lake commit and its load is rolled back on the 
 from __future__ import annotations
 
 import os
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime, timezone
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from wpipe import schema, views
+from wpipe import naming, schema, views
 from wpipe.store.lake import Lake
-from wpipe.tables import file_stem
 
 _DUCK_TYPES = {
     pa.string(): "VARCHAR",
@@ -77,10 +75,18 @@ def configure(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create every contract table that is missing (a database from an older wpipe gains the
     tables added since), then the views."""
+    had_names = _has_table(con, schema.MODEL_NAMES.name)
     for table in schema.ALL_TABLES:
         con.execute(_ddl(table))
     con.execute(LAKE_VERSIONS_DDL)
+    if not had_names:
+        naming.adopt(con)  # a database from before model_names keeps the names it had
     views.apply(con)
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    query = "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'"
+    return bool(con.execute(query, [name]).fetchone()[0])
 
 
 class Database:
@@ -206,47 +212,7 @@ class Database:
         for path in paths:
             self.con.execute("DELETE FROM ingest_errors WHERE path = ?", [path])
 
-    def refresh_names(self) -> int:
-        """Give every model the shortest unique name: its stem, widened by parent folders.
-        Returns how many names changed."""
-        rows = self.con.execute("SELECT model_id, path, name FROM models").fetchall()
-        names = unique_names({mid: path for mid, path, _ in rows}, file_stem)
-        changed = [(mid, names[mid]) for mid, _, old in rows if names[mid] != old]
-        if changed:
-            update = pa.table(
-                {"model_id": [m for m, _ in changed], "name": [n for _, n in changed]}
-            )
-            self.con.register("new_names", update)
-            try:
-                self.con.execute(
-                    "UPDATE models SET name = n.name FROM new_names n "
-                    "WHERE models.model_id = n.model_id"
-                )
-            finally:
-                self.con.unregister("new_names")
-        return len(changed)
-
-
-def unique_names(paths: dict[str, str], stem: Callable[[str], str]) -> dict[str, str]:
-    """key -> shortest `parent/.../stem` that no other path shares (the file name instead of
-    the stem where one folder holds m.h5 beside m.keras)."""
-    leaf = {k: (str(PurePath(p).parent), stem(p)) for k, p in paths.items()}
-    twins = {v for v, n in Counter(leaf.values()).items() if n > 1}
-    parts = {
-        k: [*PurePath(p).parent.parts, PurePath(p).name if leaf[k] in twins else stem(p)]
-        for k, p in paths.items()
-    }
-    depth = dict.fromkeys(paths, 1)
-    while True:
-        names = {k: "/".join(parts[k][-depth[k] :]) for k in paths}
-        seen: dict[str, list[str]] = {}
-        for k, name in names.items():
-            seen.setdefault(name, []).append(k)
-        grown = False
-        for ks in (ks for ks in seen.values() if len(ks) > 1):
-            for k in ks:
-                if depth[k] < len(parts[k]):
-                    depth[k] += 1
-                    grown = True
-        if not grown:
-            return names
+    def refresh_names(self, roots: Iterable[str | os.PathLike] = ()) -> int:
+        """Name the models ingested from `roots` that have no name yet (README: Model
+        names); the names of the others never change."""
+        return naming.refresh(self.con, roots)
