@@ -32,7 +32,7 @@ SEED_MODEL = ROOT / "examples" / "models" / "cnn_lr1e-3" / "e01.h5"
 TREE_SIZE = int(os.environ.get("WPIPE_BENCH_TREE", "10000"))
 EPOCHS = 10
 TF_PYTHON = Path(os.environ.get("WPIPE_TF_PYTHON", "/work/venvs/tf/bin/python"))
-KERAS_SAMPLE = 100  # files loaded with Keras for the Keras reference
+KERAS_SAMPLE = 50  # files loaded with Keras for the Keras reference
 
 
 def _make_series(args: tuple[Path, int]) -> None:
@@ -198,6 +198,7 @@ def real_case() -> None:
         print("real = skipped: run /work/venvs/tf/bin/python bench/make_real_models.py first")
         return
     print(f"real = {len(paths)} keras.applications models with random weights")
+    empty = _empty_store_mb()
     for path in paths:
         ref = measure("reference", [path])
         db = DATA / "real.duckdb"
@@ -208,7 +209,6 @@ def real_case() -> None:
         ours = run_cli(["ingest", path, "--db", str(db), "-j", "2", "-q"])
         size = Path(path).stat().st_size / 1e6
         stored = disk_mb(db, lake) - disk_mb(lake / ".spectra-cache")
-        empty = _empty_store_mb()
         budget = 3 * ref["largest_tensor"] / 2**20 + 300
         print(
             f"  {Path(path).name:<22} {size:6.1f} MB  ingest {ours['seconds']:6.2f} s "
@@ -217,6 +217,16 @@ def real_case() -> None:
             f"{stored - empty:6.2f} MB = {(stored - empty) / size * 100:.1f} % of the file "
             f"(+{empty:.1f} MB for an empty database)"
         )
+
+
+def _count_models(db: Path) -> int:
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute("SELECT count(*) FROM models").fetchall()[0][0]
+    finally:
+        con.close()
 
 
 def _empty_store_mb() -> float:
