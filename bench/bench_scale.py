@@ -143,7 +143,7 @@ def tree_case() -> None:
     for leftover in (db, lake):
         shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(
             missing_ok=True)  # fmt: skip
-    first = run_cli(["ingest", str(root), "--db", str(db), "-j", "2", "-q"])
+    first = run_cli(["ingest", str(root), "--db", str(db), "-j", "2", "-q", "--file-timeout", "0"])
     again = run_cli(["ingest", str(root), "--db", str(db), "-j", "2", "-q"])
     files_before = lake_files(lake)
     compact = run_cli(["compact", "--db", str(db)])
@@ -206,7 +206,7 @@ def real_case() -> None:
         for leftover in (db, lake):
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(
                 missing_ok=True)  # fmt: skip
-        ours = run_cli(["ingest", path, "--db", str(db), "-j", "2", "-q"])
+        ours = run_cli(["ingest", path, "--db", str(db), "-j", "2", "-q", "--file-timeout", "0"])
         size = Path(path).stat().st_size / 1e6
         stored = disk_mb(db, lake) - disk_mb(lake / ".spectra-cache")
         budget = 3 * ref["largest_tensor"] / 2**20 + 300
