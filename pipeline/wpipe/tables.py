@@ -20,6 +20,7 @@ from wpipe.readers.keras_config import layer_fields
 from wpipe.spectra import SpectraOptions
 from wpipe.spectra_tables import SpectraCollector
 from wpipe.tags import strip_model_suffix
+from wpipe.tiles import tile_table
 
 DIRECTIONS = ("forward", "backward")
 
@@ -87,6 +88,7 @@ def build_tables(
     and `visit(layer_path, tensor, array)` sees each loaded tensor (drift uses it, so a
     tensor is read once)."""
     layer_rows, weight_rows, hist_rows, unit_rows = [], [], [], []
+    tile_tables: list[pa.Table] = []
     spectra_out = SpectraCollector(spectra or SpectraOptions())
     weight_index = 0
     for layer_index, layer in enumerate(model.layers):
@@ -143,6 +145,9 @@ def build_tables(
                          "direction": direction if direction in DIRECTIONS else None, **row}
                     )  # fmt: skip
             spectra_out.add(key, layer.class_name, layer.config, tensor, array)
+            tiles = tile_table(key, array)
+            if tiles is not None:
+                tile_tables.append(tiles)
             if values.kind != "none" and array.size:
                 for batch in _values_batches(key, array, values):
                     emit_values(batch)
@@ -183,6 +188,9 @@ def build_tables(
         "weights": _table(schema.WEIGHTS, weight_rows),
         "histograms": _table(schema.HISTOGRAMS, hist_rows),
         "units": _table(schema.UNITS, unit_rows),
+        "weight_tiles": (
+            pa.concat_tables(tile_tables) if tile_tables else _table(schema.WEIGHT_TILES, [])
+        ),
         **spectra_out.tables(),
     }
 
