@@ -160,6 +160,12 @@ WEIGHTS = Table(
         _c("near_zero_frac", F64, "fraction of elements with |w| < near_zero_threshold"),
         _c("near_zero_threshold", F64, "threshold used for near_zero_frac (--near-zero)"),
         *TAIL,
+        _c(
+            "quantization",
+            STR,
+            "Keras quantization mode of the layer (int8, int4; NULL if none); a quantized "
+            "kernel's statistics are of its dequantized values (README: Quantized layers)",
+        ),
     ),
 )
 

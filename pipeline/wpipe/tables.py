@@ -125,6 +125,7 @@ def build_tables(
                     "shape": list(tensor.shape),
                     "source_name": tensor.source_name,
                     "layout": tensor.layout,
+                    "quantization": tensor.quantization,
                     **stats,
                 }
             )

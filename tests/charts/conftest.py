@@ -41,6 +41,8 @@ ZOO = [
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "models"
 RUNS = ["cnn_lr1e-2", "cnn_lr1e-3", "cnn_lr3e-1"]
 SWEEP_CHARTS = ["drift", "distance", "metric", "health"]
+# Layer-output charts need `wpipe activations` rows: tests/charts/test_activations.py.
+ACTIVATION_CHARTS = ["act-histogram", "dead-units", "unit-activity"]
 
 
 def make_zoo(folder: Path, names: list[str]) -> Path:
