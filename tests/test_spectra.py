@@ -324,15 +324,17 @@ def test_summary_view_means_the_ok_rows(loaded):
 
 def test_spectra_command_and_ingest_option(loaded, tmp_path):
     db = str(loaded.db_path)
-    rows = json.loads(runner.invoke(app, ["spectra", "k2_conv2d", "--db", db, "-f", "json"]).output)
+    rows = json.loads(
+        runner.invoke(app, ["spectra", "-m", "k2_conv2d", "--db", db, "-f", "json"]).output
+    )
     assert [(r["layer_path"], r["matrix"], r["status"]) for r in rows] == [
         ("conv1", "pooled", "ok"), ("conv2", "pooled", "ok"),
         ("out", "full", "skipped: 3 eigenvalues, fewer than 8 to fit")]  # fmt: skip
     summary = runner.invoke(app, ["spectra", "--summary", "--db", db, "-f", "csv"])
     assert summary.exit_code == 0 and summary.output.count("\n") == len(FIXTURES) + 1
-    table = runner.invoke(app, ["spectra", "k2_conv2d", "--db", db], env={"COLUMNS": "200"})
+    table = runner.invoke(app, ["spectra", "-m", "k2_conv2d", "--db", db], env={"COLUMNS": "200"})
     assert table.exit_code == 0 and "pooled" in table.output
-    assert runner.invoke(app, ["spectra", "nope", "--db", db]).exit_code == 2
+    assert runner.invoke(app, ["spectra", "-m", "nope", "--db", db]).exit_code == 2
     none_db = str(tmp_path / "none.duckdb")
     result = runner.invoke(app, ["ingest", str(MODELS / "k2_conv2d.h5"), "--db", none_db,
                                  "--spectra", "none", "-q"])  # fmt: skip

@@ -67,28 +67,21 @@ def _file_of(con: duckdb.DuckDBPyConnection, model_id: str) -> tuple[str, str]:
     return con.execute("SELECT path, sha256 FROM models WHERE model_id = ?", [model_id]).fetchone()
 
 
-def _known(con: duckdb.DuckDBPyConnection, a: str, b: str) -> bool:
-    """Stored rows for the pair were computed from the files as they are now."""
-    return bool(
-        con.execute(
-            "SELECT count(*) FROM drift d, models ma, models mb WHERE d.model_a = ? "
-            "AND d.model_b = ? AND ma.model_id = d.model_a AND mb.model_id = d.model_b "
-            "AND d.sha256_a = ma.sha256 AND d.sha256_b = mb.sha256",
-            [a, b],
-        ).fetchone()[0]
-    )
-
-
 def _drift_rows(
     model_a: Model, model_b: Model, ids: tuple[str, str], shas: tuple[str, str],
-    series_name: str | None, renamed: dict[str, str],
+    series_name: str | None, renamed: dict[str, str] | None,
 ) -> list[dict]:  # fmt: skip
+    """Drift of every tensor of A with a same-named, same-shaped tensor in B's layer of the
+    same path (or the path `renamed` maps A's to; with `renamed` given, only those layers)."""
     tensors_b = {(layer.layer_path, t.weight_name): t for layer in model_b.layers
                  for t in layer.tensors}  # fmt: skip
     rows = []
     for layer in model_a.layers:
+        if renamed is not None and layer.layer_path not in renamed:
+            continue
+        path_b = (renamed or {}).get(layer.layer_path, layer.layer_path)
         for t in layer.tensors:
-            other = tensors_b.get((renamed.get(layer.layer_path, layer.layer_path), t.weight_name))
+            other = tensors_b.get((path_b, t.weight_name))
             if other is None or other.shape != t.shape:
                 continue
             key = (layer.layer_path, t.weight_name)
@@ -96,23 +89,23 @@ def _drift_rows(
     return rows
 
 
-def pair_drift(
-    con: duckdb.DuckDBPyConnection,
-    a: str,
-    b: str,
-    series_name: str | None = None,
-    renamed: dict[str, str] | None = None,
-) -> bool:
-    """Compute drift for every tensor the two models share (same weight name and shape in
-    the same layer, or in the layer `renamed` maps A's path to); rows carry A's layer path.
-    Skipped when stored rows already match both files' hashes. True if computed."""
-    if _known(con, a, b):
-        return False
+def comparable_layers(con: duckdb.DuckDBPyConnection, a: str, b: str) -> dict[str, str]:
+    """A's layer path -> B's, for the layers align_layers finds comparable: matched, of one
+    class, with the same weight roles and shapes."""
+    rows = con.execute(
+        "SELECT path_a, path_b FROM align_layers(?, ?) WHERE comparable", [a, b]
+    ).fetchall()
+    return dict(rows)
+
+
+def pair_drift(con: duckdb.DuckDBPyConnection, a: str, b: str) -> pa.Table:
+    """Drift rows (the drift table's columns) for the comparable layers of A and B, computed
+    from the files now and stored nowhere: an on-demand comparison changes no table."""
     (path_a, sha_a), (path_b, sha_b) = _file_of(con, a), _file_of(con, b)
+    layers = comparable_layers(con, a, b)
     with open_model(path_a) as model_a, open_model(path_b) as model_b:
-        rows = _drift_rows(model_a, model_b, (a, b), (sha_a, sha_b), series_name, renamed or {})
-    _replace_pairs(con, [(a, b)], rows)
-    return True
+        rows = _drift_rows(model_a, model_b, (a, b), (sha_a, sha_b), None, layers)
+    return pa.Table.from_pylist(rows, schema=schema.DRIFT.arrow_schema)
 
 
 def _replace_pairs(
@@ -177,7 +170,7 @@ def series_drift(
                 model_b = stack_b.enter_context(open_model(files[b][0]))
                 shas = (files[a][1], files[b][1])
                 try:
-                    rows += _drift_rows(held[1], model_b, (a, b), shas, name, {})
+                    rows += _drift_rows(held[1], model_b, (a, b), shas, name, None)
                 except BaseException:
                     stack_b.close()
                     raise
@@ -224,46 +217,44 @@ def _label_series(con: duckdb.DuckDBPyConnection, labels: dict[tuple[str, str], 
         con.unregister("series_labels")
 
 
-def aligned_renames(con: duckdb.DuckDBPyConnection, a: str, b: str) -> dict[str, str]:
-    """A's layer path -> B's, for layers align_layers matched under different paths."""
-    rows = con.execute(
-        "SELECT path_a, path_b FROM align_layers(?, ?) WHERE path_a IS NOT NULL "
-        "AND path_b IS NOT NULL AND path_a <> path_b",
-        [a, b],
-    ).fetchall()
-    return dict(rows)
-
-
 def distance_matrix(con: duckdb.DuckDBPyConnection, model_ids: list[str]) -> list[tuple]:
     """(layer_path, model_a, model_b, distance) for every pair: ‖A−B‖ / mean(‖A‖, ‖B‖)
-    over all tensors the layer has in both models."""
+    over the layer's tensors, for the models whose layer is comparable with the first's."""
+    return distance_table(con, model_ids)[0]
+
+
+def distance_table(
+    con: duckdb.DuckDBPyConnection, model_ids: list[str]
+) -> tuple[list[tuple], dict[str, list[str]]]:
+    """distance_matrix's rows, and per layer of the first model the models that have it with
+    the same tensors and shapes (only those are compared; a model is at distance 0 from
+    itself only on a layer it has)."""
     paths = [
         con.execute("SELECT path FROM models WHERE model_id = ?", [m]).fetchone()[0]
         for m in model_ids
     ]
+    out: list[tuple] = []
+    members: dict[str, list[str]] = {}
     with ExitStack() as stack:
         models = [stack.enter_context(open_model(p)) for p in paths]
         tensors = [
             {(layer.layer_path, t.weight_name): t for layer in m.layers for t in layer.tensors}
             for m in models
         ]
-        layer_order = [layer.layer_path for layer in models[0].layers if layer.tensors]
-        out = []
-        for layer_path in layer_order:
+        for layer_path in [layer.layer_path for layer in models[0].layers if layer.tensors]:
             keys = [k for k in tensors[0] if k[0] == layer_path]
-            arrays = [
-                {k: t[k].load() for k in keys if k in t and t[k].shape == tensors[0][k].shape}
-                for t in tensors
-            ]
-            for i, j in combinations(range(len(model_ids)), 2):
-                shared = [k for k in keys if k in arrays[i] and k in arrays[j]]
-                if not shared:
-                    continue
-                parts = [tensor_drift(arrays[i][k], arrays[j][k]) for k in shared]
+            having = [
+                i for i, t in enumerate(tensors)
+                if all(k in t and t[k].shape == tensors[0][k].shape for k in keys)
+            ]  # fmt: skip
+            members[layer_path] = [model_ids[i] for i in having]
+            arrays = {i: [tensors[i][k].load() for k in keys] for i in having}
+            for i, j in combinations(having, 2):
+                parts = [tensor_drift(x, y) for x, y in zip(arrays[i], arrays[j], strict=True)]
                 l2 = [sum((p[f] or 0.0) ** 2 for p in parts) ** 0.5 for f in
                       ("l2_a", "l2_b", "l2_diff")]  # fmt: skip
                 out.append((layer_path, model_ids[i], model_ids[j], symmetric_distance(*l2)))
-    return out
+    return out, members
 
 
 class MetricsError(ValueError):
@@ -416,11 +407,14 @@ def correlate(
 ) -> list[tuple]:
     """Weight statistics ranked by |Spearman ρ| with `metric` across the models that have it
     (or those of `model_ids`): (feature, n_models, rho). Ties get average ranks; features
-    need 3+ models. A model's metric is the mean of its values."""
+    need 3+ models. A model's metric is the mean of its values. Duplicates (a file with the
+    same content as another model's, see duplicate_models) are left out."""
     return con.execute(
         """
         WITH chosen AS (SELECT model_id FROM models
-                        WHERE $ids IS NULL OR list_contains($ids, model_id)),
+                        WHERE ($ids IS NULL OR list_contains($ids, model_id))
+                          -- a copy of another model's file would count one model twice
+                          AND model_id NOT IN (SELECT model_id FROM duplicate_models)),
         y AS (SELECT model_id, avg(value) AS value FROM model_metrics
               WHERE metric = $metric AND model_id IN (SELECT model_id FROM chosen)
               GROUP BY model_id),

@@ -170,6 +170,8 @@ def many_models(root: Path, n_models: int = 500) -> Path:
                     columns.append(f"{new_id} AS model_id")
                 elif column in ("name", "path"):
                     columns.append(f"{column} || '#' || lpad(k.range::VARCHAR, 3, '0')")
+                elif column == "sha256":  # stand-ins for distinct checkpoints, not duplicates
+                    columns.append("sha256 || '#' || k.range::VARCHAR")
                 else:  # qualified: eigenvalues has a column k, the alias below
                     columns.append(f'{table.name}."{column}"')
             db.con.execute(
