@@ -48,6 +48,7 @@ test-large: $(DEV)
 bench: $(DEV)
 	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_kernels.py
+	$(BIN)/python bench/bench_scale.py
 	$(BIN)/python bench/bench_forward.py
 
 lint: $(DEV)

@@ -18,6 +18,7 @@ from wpipe.eigen import gram_noise, spectrum
 from wpipe.ingest import ingest
 from wpipe.spectra import SpectraOptions, eigenvalues, esd_metrics, fit_power_law, plan
 from wpipe.store import Database
+from wpipe.tables import ValuesMode
 
 from tests.conftest import MODELS, Warehouse, expected
 
@@ -299,12 +300,13 @@ def test_a_copied_checkpoint_is_read_from_the_cache(tmp_path):
     lake = tmp_path / "w.lake"
     cache = lake / spectra_tables.CACHE_FOLDER
 
-    def run() -> dict:
+    def run(values: str = "sample:1024") -> dict:
         before = dict(spectra_tables.COUNTS)
         db = Database(tmp_path / "w.duckdb")
         try:
             # counted in this process: read the files here (no worker)
-            assert not ingest([zoo], db, lake, jobs=1, file_timeout=None).failed
+            values_mode = ValuesMode.parse(values)
+            assert not ingest([zoo], db, lake, values=values_mode, jobs=1, file_timeout=None).failed
         finally:
             db.close()
         return {k: spectra_tables.COUNTS[k] - before[k] for k in before}
@@ -312,8 +314,10 @@ def test_a_copied_checkpoint_is_read_from_the_cache(tmp_path):
     assert run() == {"computed": 3, "cached": 0}  # conv1, conv2, out kernels
     files = sorted(cache.rglob("*.npz"))
     assert len(files) == 3
-    shutil.copy2(zoo / "a.h5", zoo / "b.h5")  # a duplicated checkpoint
-    assert run() == {"computed": 0, "cached": 3}
+    shutil.copy2(zoo / "a.h5", zoo / "b.h5")  # a duplicated checkpoint: its rows are copied
+    assert run() == {"computed": 0, "cached": 0}
+    # another --values re-reads a (b is still its copy); spectra come from the cache
+    assert run("none") == {"computed": 0, "cached": 3}
     assert sorted(cache.rglob("*.npz")) == files
     w = Warehouse(tmp_path)
     sql = ("SELECT layer_path, weight_name, matrix, alpha, norm, status FROM spectra "
