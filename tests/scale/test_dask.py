@@ -12,7 +12,8 @@ import dask
 import distributed
 import pytest
 from wpipe import remote, workers
-from wpipe.ingest import discover, sha256_of
+from wpipe.filemap import sha256_of
+from wpipe.ingest import discover
 
 from tests.scale.conftest import PREFIX, python_line, upload
 
