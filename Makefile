@@ -47,6 +47,8 @@ test-large: $(DEV)
 
 bench: $(DEV)
 	$(BIN)/python bench/bench_ingest.py
+	$(BIN)/python bench/bench_kernels.py
+	$(BIN)/python bench/bench_scale.py
 	$(BIN)/python bench/bench_forward.py
 
 lint: $(DEV)

@@ -148,3 +148,17 @@ def test_the_installed_command_prints_no_traceback(place):
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: no SQL given")
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_database_of_another_wpipe_version_is_one_line(place, tmp_path):
+    # a read-only reader cannot upgrade it: it says so and how (an ingest upgrades)
+    old = tmp_path / "old.duckdb"
+    shutil.copy2(place / "w.duckdb", old)
+    con = duckdb.connect(str(old))
+    con.execute("DROP VIEW IF EXISTS weight_health CASCADE")
+    con.execute("ALTER TABLE weights DROP COLUMN abs_mean")
+    con.close()
+    result = runner.invoke(app, ["models", "--db", str(old)])
+    assert result.exit_code == 2, result.output
+    assert "another wpipe version" in result.output and "wpipe ingest" in result.output
+    assert result.output.count("\n") == 1

@@ -55,7 +55,7 @@ def open_duckdb(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     if path.is_dir():
         raise DatabaseError(f"{path}: is a folder, not a database file")
     try:
-        return duckdb.connect(str(path), read_only=read_only)
+        return store.configure(duckdb.connect(str(path), read_only=read_only))
     except duckdb.IOException as exc:
         text = str(exc)
         if "lock" in text.lower():

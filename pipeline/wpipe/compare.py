@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Callable
 from contextlib import ExitStack
 from itertools import combinations, pairwise
 from pathlib import Path
@@ -14,7 +15,7 @@ import duckdb
 import pyarrow as pa
 
 from wpipe import schema
-from wpipe.drift import symmetric_distance, tensor_drift
+from wpipe.drift import drift_row, symmetric_distance, tensor_drift
 from wpipe.readers import Model, ModelReadError, open_model
 from wpipe.store import insert_arrow
 from wpipe.tags import parse_tags
@@ -83,11 +84,8 @@ def _drift_rows(
             other = tensors_b.get((path_b, t.weight_name))
             if other is None or other.shape != t.shape:
                 continue
-            rows.append(
-                {"model_a": ids[0], "model_b": ids[1], "layer_path": layer.layer_path,
-                 "weight_name": t.weight_name, **tensor_drift(t.load(), other.load()),
-                 "series": series_name, "sha256_a": shas[0], "sha256_b": shas[1]}
-            )  # fmt: skip
+            key = (layer.layer_path, t.weight_name)
+            rows.append(drift_row(ids, key, t.load(), other.load(), series_name, shas))
     return rows
 
 
@@ -113,14 +111,32 @@ def pair_drift(con: duckdb.DuckDBPyConnection, a: str, b: str) -> pa.Table:
 def _replace_pairs(
     con: duckdb.DuckDBPyConnection, pairs: list[tuple[str, str]], rows: list[dict]
 ) -> None:
+    replace_drift(con, pairs, pa.Table.from_pylist(rows, schema=schema.DRIFT.arrow_schema))
+
+
+def replace_drift(
+    con: duckdb.DuckDBPyConnection, pairs: list[tuple[str, str]], rows: pa.Table
+) -> None:
+    """Swap the drift rows of `pairs` for `rows`, in one transaction (one scan per step)."""
+    gone = pa.table({"a": [a for a, _ in pairs], "b": [b for _, b in pairs]}, schema=_PAIRS)
     con.execute("BEGIN TRANSACTION")
-    for a, b in pairs:
-        con.execute("DELETE FROM drift WHERE model_a = ? AND model_b = ?", [a, b])
-    insert_arrow(con, schema.DRIFT, pa.Table.from_pylist(rows, schema=schema.DRIFT.arrow_schema))
+    con.register("gone_pairs", gone)
+    try:
+        con.execute(
+            "DELETE FROM drift USING gone_pairs g WHERE drift.model_a = g.a AND drift.model_b = g.b"
+        )
+    finally:
+        con.unregister("gone_pairs")
+    insert_arrow(con, schema.DRIFT, rows)
     con.execute("COMMIT")
 
 
-def series_drift(con: duckdb.DuckDBPyConnection) -> tuple[int, list[str]]:
+_PAIRS = pa.schema([("a", pa.string()), ("b", pa.string())])
+
+
+def series_drift(
+    con: duckdb.DuckDBPyConnection, advance: Callable[..., None] | None = None
+) -> tuple[int, list[str]]:
     """Drift of every consecutive pair of every series; only new or changed pairs are read,
     each file opened once as it slides from pair (a, b) to (b, c). Returns (pairs, problems)."""
     problems: list[str] = []
@@ -137,9 +153,11 @@ def series_drift(con: duckdb.DuckDBPyConnection) -> tuple[int, list[str]]:
             "AND d.sha256_a = ma.sha256 AND d.sha256_b = mb.sha256 AND d.series IS NOT NULL"
         ).fetchall()
     )
+    labels: dict[tuple[str, str], str] = {}
     for name, members in series(con).items():
         todo = [p for p in pairwise(members) if p not in wanted and p not in known]
         wanted.update(pairwise(members))
+        labels.update(dict.fromkeys(pairwise(members), name))
         held: tuple[str, Model, ExitStack] | None = None
         for a, b in todo:
             try:
@@ -157,6 +175,8 @@ def series_drift(con: duckdb.DuckDBPyConnection) -> tuple[int, list[str]]:
                     stack_b.close()
                     raise
                 done.append((a, b))
+                if advance is not None:
+                    advance(1, f"{name}: {Path(files[b][0]).name}")
                 held[2].close()
                 held = (b, model_b, stack_b)
             except (ModelReadError, OSError) as exc:
@@ -176,9 +196,25 @@ def series_drift(con: duckdb.DuckDBPyConnection) -> tuple[int, list[str]]:
         ).fetchall()
         if pair not in wanted
     ]
-    for a, b in stale:
-        con.execute("DELETE FROM drift WHERE model_a = ? AND model_b = ?", [a, b])
+    if stale:
+        replace_drift(con, stale, schema.DRIFT.arrow_schema.empty_table())
+    _label_series(con, labels)
     return len(done), problems
+
+
+def _label_series(con: duckdb.DuckDBPyConnection, labels: dict[tuple[str, str], str]) -> None:
+    """Rows computed at ingest carry their folder as series; a folder holding two
+    architectures has one series per architecture, labelled folder#arch."""
+    table = pa.table({"a": [a for a, _ in labels], "b": [b for _, b in labels],
+                      "series": list(labels.values())})  # fmt: skip
+    con.register("series_labels", table)
+    try:
+        con.execute(
+            "UPDATE drift SET series = l.series FROM series_labels l WHERE drift.model_a = l.a "
+            "AND drift.model_b = l.b AND drift.series IS DISTINCT FROM l.series"
+        )
+    finally:
+        con.unregister("series_labels")
 
 
 def distance_matrix(con: duckdb.DuckDBPyConnection, model_ids: list[str]) -> list[tuple]:

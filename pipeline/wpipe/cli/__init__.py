@@ -77,6 +77,7 @@ def main(
 
 
 app.command("ingest")(ingest.ingest_command)
+app.command("compact")(ingest.compact_command)
 app.command("models")(browse.models_command)
 app.command("layers")(browse.layers_command)
 app.command("query")(browse.query_command)

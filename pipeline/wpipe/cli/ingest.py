@@ -15,7 +15,9 @@ from wpipe.analysis import StatsOptions
 from wpipe.cli.common import EXIT_FAILED_FILES, DbOption, err, fail, first_line, say
 from wpipe.ingest import Outcome, Report, ingest
 from wpipe.spectra import SpectraOptions
-from wpipe.tables import ValuesMode
+from wpipe.store import sync
+from wpipe.store.sync import LakeMismatch
+from wpipe.tables import DEFAULT_VALUES, ValuesMode
 from wpipe.tags import check_pattern
 
 
@@ -23,11 +25,13 @@ def ingest_command(
     paths: list[Path] = typer.Argument(..., help="Model files or folders (searched recursively)."),
     db: str | None = DbOption,
     lake: Path | None = typer.Option(
-        None, help=r"Parquet lake folder \[default: the database path with suffix .lake]"
+        None, help=r"Delta lake folder \[default: the database path with suffix .lake]"
     ),
     jobs: int = typer.Option(os.cpu_count() or 1, "--jobs", "-j", min=1, help="Worker processes."),
     values: str = typer.Option(
-        "all", help="Per-value rows in weight_values: all, none, or sample:N per tensor."
+        DEFAULT_VALUES,
+        help="Per-value rows in weight_values: all, none, or sample:N per tensor (every value "
+        "of a tensor of up to N elements, a uniform sample of N from a larger one).",
     ),
     near_zero: float = typer.Option(
         1e-3, min=0.0, help="|w| below this counts as near zero (weights.near_zero_frac)."
@@ -51,7 +55,7 @@ def ingest_command(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
-    """Read every Keras model file under PATHS into the Parquet lake and the database."""
+    """Read every Keras model file under PATHS into the Delta lake and the database."""
     try:
         mode = ValuesMode.parse(values)
         spectra_options = SpectraOptions.parse(spectra)
@@ -66,7 +70,7 @@ def ingest_command(
     lake_path = lake or store.default_lake(db_path)
     database = open_for_writing(Path(db_path))
     progress = Progress(
-        TextColumn("[bold]ingest"),
+        TextColumn("[bold]{task.fields[phase]}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -75,10 +79,7 @@ def ingest_command(
         disable=quiet or not err.is_terminal,
         transient=True,
     )
-    task = progress.add_task("", total=0)
-
-    def started(total: int) -> None:
-        progress.update(task, total=total)
+    sink = IngestProgress(progress)
 
     def done(outcome: Outcome) -> None:
         if outcome.status == "failed":
@@ -88,7 +89,6 @@ def ingest_command(
                 highlight=False,
                 soft_wrap=True,
             )
-        progress.update(task, advance=1, description=Path(outcome.path).name)
 
     try:
         with progress:
@@ -102,11 +102,13 @@ def ingest_command(
                 prune=prune,
                 tag_pattern=tag_pattern,
                 drift=drift,
-                on_start=started,
                 on_done=done,
+                progress=sink,
                 spectra=spectra_options,
                 file_timeout=file_timeout or None,
             )
+    except LakeMismatch as exc:
+        fail(str(exc))
     except OSError as exc:  # the lake: a read-only or full disk, a file where a folder goes
         fail(f"cannot write the lake {lake_path}: {exc.strerror or first_line(exc)}")
     finally:
@@ -157,10 +159,51 @@ def _summary(report: Report, quiet: bool, prune: bool, db_path: str) -> None:
     mb = report.bytes_read / 1e6
     rate = f", {mb / report.seconds:.1f} MB/s" if report.seconds and mb else ""
     say(
-        f"{report.files} files: {report.ingested} ingested, {report.unchanged} unchanged, "
-        f"{len(report.failed)} failed"
+        f"{report.files} files: {report.ingested} ingested"
+        + (f" ({report.copied} identical to another, read once)" if report.copied else "")
+        + f", {report.unchanged} unchanged, {len(report.failed)} failed"
         + (f", {report.pruned} pruned" if prune else "")
         + (f", {report.drift_pairs} drift pairs" if report.drift_pairs else "")
         + f" — {report.n_tensors:,} tensors, {report.n_params:,} parameters, "
         f"{mb:.1f} MB read in {report.seconds:.1f} s{rate} → {db_path}"
+    )
+
+
+class IngestProgress:
+    """One bar that follows the ingest's phases (scan, hash, read, load, drift, compact)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task = progress.add_task("", total=None, phase="ingest")
+        self.name = ""
+
+    def phase(self, name: str, total: int) -> None:
+        if name == self.name and not total:
+            return
+        self.name = name
+        self.progress.reset(self.task, total=total or None, phase=name, description="")
+
+    def advance(self, n: int = 1, item: str = "") -> None:
+        self.progress.update(self.task, advance=n, description=item)
+
+
+def compact_command(
+    db: str | None = DbOption,
+    lake: Path | None = typer.Option(
+        None, help=r"Delta lake folder \[default: the database path with suffix .lake]"
+    ),
+) -> None:
+    """Merge the lake's small data files (ordered by model) and delete unreferenced ones."""
+    db_path = db or api.default_db()
+    database = open_for_writing(Path(db_path))
+    lake_path = lake or store.default_lake(db_path)
+    try:
+        handle = store.Lake.open(str(Path(lake_path).resolve()))
+        before = sum(handle.file_count().values())
+        after = sync.compact(database, handle)
+    finally:
+        database.close()
+    say(
+        f"{lake_path}: {before} data files → {sum(after.values())} "
+        f"({', '.join(f'{t} {n}' for t, n in after.items())})"
     )
