@@ -229,3 +229,21 @@ def test_compact_leaves_few_files_and_the_same_rows(tmp_path, warehouse):
         on_disk = list((warehouse.lake / table.name).glob("*.parquet"))
         assert len(on_disk) == counts[table.name]  # vacuumed: no unreferenced file left
     assert_lake_equals_database(warehouse)
+
+
+def test_a_database_of_an_older_wpipe_gains_the_new_columns_and_is_read_again(folder, warehouse):
+    warehouse.ingest(folder)
+    con = duckdb.connect(str(warehouse.db_path))
+    # as an older wpipe left it: no weights.quantization, rows computed by older rules
+    con.execute("ALTER TABLE weights DROP COLUMN quantization")
+    con.execute(
+        "UPDATE models SET ingest_options = regexp_replace(ingest_options, 'rows=\\d+ ', '')"
+    )
+    n_models = con.execute("SELECT count(*) FROM models").fetchall()[0][0]
+    con.close()
+    report = warehouse.ingest(folder)
+    assert report.ingested == n_models
+    columns = [r[0] for r in warehouse.query("SELECT column_name FROM duckdb_columns() "
+                                             "WHERE table_name = 'weights'")]  # fmt: skip
+    assert columns == TABLES["weights"].column_names
+    assert_lake_equals_database(warehouse)

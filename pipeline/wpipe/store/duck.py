@@ -78,10 +78,21 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     had_names = _has_table(con, schema.MODEL_NAMES.name)
     for table in schema.ALL_TABLES:
         con.execute(_ddl(table))
+        _add_missing_columns(con, table)
     con.execute(LAKE_VERSIONS_DDL)
     if not had_names:
         naming.adopt(con)  # a database from before model_names keeps the names it had
     views.apply(con)
+
+
+def _add_missing_columns(con: duckdb.DuckDBPyConnection, table: schema.Table) -> None:
+    """Columns added to the contract since an older wpipe made the table (NULL in old rows)."""
+    query = "SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND schema_name = 'main'"
+    present = {name for (name,) in con.execute(query, [table.name]).fetchall()}
+    for column in table.columns:
+        if column.name not in present:
+            kind = _DUCK_TYPES[column.type]
+            con.execute(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
 
 
 def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
