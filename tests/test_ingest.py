@@ -9,7 +9,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from wpipe import schema
-from wpipe.ingest import discover
+from wpipe.dblock import Protected
+from wpipe.walk import discover
 
 from tests.conftest import MODELS
 
@@ -129,8 +130,8 @@ def test_discover_sniffs_content_and_skips_the_lake(tmp_path):
     lake = tmp_path / "x.lake"
     lake.mkdir()
     (lake / "m.h5").write_bytes(b"")
-    found = sorted(p.name for p in discover([tmp_path], skip=[lake]))
-    assert found == ["checkpoint", "old.keras"]
+    found, skipped = discover([tmp_path], Protected([lake]))
+    assert sorted(p.name for p in found) == ["checkpoint", "old.keras"] and not skipped
 
 
 def test_names_are_widened_only_where_stems_clash(tmp_path, warehouse):

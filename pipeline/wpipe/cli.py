@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperGroup
 
-from wpipe import api, schema, store, workers
+from wpipe import api, dblock, schema, store, workers
 from wpipe.analysis import StatsOptions
 from wpipe.ingest import Outcome, ingest
 from wpipe.spectra import SpectraOptions
@@ -208,7 +208,7 @@ def ingest_command(
     lake_path = lake or store.default_lake(db_path)
     try:
         database = store.Database(db_path)
-    except duckdb.IOException as exc:
+    except (duckdb.IOException, dblock.DatabaseBusy) as exc:
         raise _usage_error(
             f"{db_path}: cannot open for writing ({str(exc).splitlines()[0]})"
         ) from None

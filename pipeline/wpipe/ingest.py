@@ -18,25 +18,17 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from wpipe import compare, store, workers
+from wpipe import compare, dblock, store, workers
 from wpipe.analysis import StatsOptions
-from wpipe.readers import (
-    ModelReadError,
-    keras_dir,
-    model_files,
-    open_model,
-    sharded,
-    sniff,
-    unsupported,
-)
+from wpipe.readers import ModelReadError, model_files, open_model
 from wpipe.spectra import SpectraOptions
 from wpipe.spectra_tables import CACHE_FOLDER
 from wpipe.tables import FileInfo, ValuesMode, build_tables, model_id_for
+from wpipe.walk import Skipped, discover
 
 # Models loaded into DuckDB per transaction: one transaction per model costs more than reading
 # a small checkpoint. A crash loses at most the batch, whose files are then re-read next run.
 LOAD_BATCH = 64
-MODEL_SUFFIXES = (".h5", ".hdf5", ".keras", ".weights.json")
 
 
 @dataclass(frozen=True)
@@ -89,68 +81,6 @@ def ingest_options(options: StatsOptions, values: ValuesMode, spectra: SpectraOp
         f"values={values.kind}{sample} near_zero={options.near_zero:g} bins={options.bins} "
         f"spectra={spectra.mode} pool={spectra.pool} conv_rescale={spectra.conv_rescale}"
     )
-
-
-def discover(paths: Iterable[str | os.PathLike], skip: Iterable[Path] = ()) -> list[Path]:
-    """Model saves under `paths`: named files or folders as given, folders walked recursively.
-
-    In a walk a file counts when its content starts like HDF5 or ZIP, its name ends like a
-    Keras file, or it is a recognisable unreadable save (reported, not silently skipped). A
-    folder that is itself a save (unzipped .keras, SavedModel, …) counts as one model; shards
-    listed by a `.weights.json` index belong to that index. Hidden folders and `skip` (the lake)
-    are not entered.
-    """
-    skipped = {p.resolve() for p in skip}
-    found: list[Path] = []
-    for raw in paths:
-        root = Path(raw).resolve()
-        if root.is_file() or _is_save_folder(root):
-            found.append(root)
-            continue
-        for folder, dirs, files in os.walk(root):
-            here = Path(folder)
-            saves = [d for d in dirs if _is_save_folder(here / d)]
-            found.extend(here / d for d in sorted(saves))
-            dirs[:] = sorted(
-                d for d in dirs
-                if not d.startswith(".") and here / d not in skipped and d not in saves
-            )  # fmt: skip
-            shards = {
-                name
-                for index in files
-                if sharded.is_index(here / index)
-                for name in _shards_of(here / index)
-            }
-            for name in sorted(files):
-                candidate = here / name
-                if name in shards:
-                    continue
-                if (
-                    name.lower().endswith(MODEL_SUFFIXES)
-                    or sharded.is_index(candidate)
-                    or unsupported.is_candidate(candidate)
-                    or _looks_like_model(candidate)
-                ):
-                    found.append(candidate)
-    return list(dict.fromkeys(found))
-
-
-def _is_save_folder(path: Path) -> bool:
-    return path.is_dir() and (keras_dir.claims(path) or unsupported.identify(path) is not None)
-
-
-def _shards_of(index: Path) -> list[str]:
-    try:
-        return sharded.shard_names(index, str(index))
-    except ModelReadError:
-        return []
-
-
-def _looks_like_model(path: Path) -> bool:
-    try:
-        return path.is_file() and sniff(path) is not None
-    except OSError:
-        return False
 
 
 def fingerprint(path: Path) -> tuple[int, float]:
@@ -231,19 +161,29 @@ def ingest(
     options = options or StatsOptions()
     values = values or ValuesMode("all")
     spectra = spectra or SpectraOptions()
-    roots = [Path(p).resolve() for p in paths]
-    lake = lake.resolve()
+    roots = [Path(os.path.realpath(p)) for p in paths]
+    lake = Path(os.path.realpath(lake))
     if spectra.cache_dir is None:
         spectra = replace(spectra, cache_dir=str(lake / CACHE_FOLDER))
-    # half-written partitions of a run that was killed (the DuckDB lock keeps runs apart)
+    # `db` holds the writer lock (store.Database), so no other run uses the lake: clean out
+    # the half-written partitions of a run that was killed
     shutil.rmtree(lake / ".tmp", ignore_errors=True)
-    files = discover(roots, skip=[lake])
+    protected = dblock.Protected(dblock.protected_paths(db.path, lake))
+    files, skipped = discover(paths, protected)
     known, failures = db.known_files(), db.known_failures()
-    report = Report(files=len(files))
+    report = Report(files=len(files) + len(skipped))
+    for entry in skipped:
+        _record_skipped(entry, db, report, on_done)
     work: list[Job] = []
     settings = ingest_options(options, values, spectra)
     for path in files:
-        size, mtime = fingerprint(path)
+        try:
+            size, mtime = fingerprint(path)
+        except (OSError, ModelReadError) as exc:  # vanished or changed kind since the walk
+            if not isinstance(exc, ModelReadError):
+                exc = ModelReadError("io-error", f"{path}: {exc}")
+            _record_skipped(Skipped(path, exc.code, exc.message, 0, 0.0), db, report, on_done)
+            continue
         key = str(path)
         if key in known and known[key][3] != settings:
             known.pop(key)  # rows computed with other options: read the file again
@@ -287,6 +227,17 @@ def ingest(
         report.warnings += problems
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _record_skipped(
+    entry: Skipped, db: store.Database, report: Report, on_done: Callable[[Outcome], None] | None
+) -> None:
+    key = str(entry.path)
+    outcome = Outcome(key, model_id_for(key), "failed", error=entry.code, message=entry.message)
+    db.record_error(key, entry.code, entry.message, entry.size, entry.mtime)
+    report.failed.append(outcome)
+    if on_done:
+        on_done(outcome)
 
 
 def _map(work: list[Job], jobs: int, file_timeout: float | None, lake: Path) -> Iterable[Outcome]:

@@ -21,7 +21,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wpipe import schema, views
+from wpipe import dblock, schema, views
 from wpipe.tables import file_stem
 
 _DUCK_TYPES = {
@@ -131,11 +131,20 @@ class Database:
     def __init__(self, path: str | os.PathLike, read_only: bool = False) -> None:
         self.path = str(path)
         self.con = duckdb.connect(self.path, read_only=read_only)
+        self._lock: dblock.WriterLock | None = None
         if not read_only:
+            try:  # before anything is changed: a second writer is refused here
+                self._lock = dblock.WriterLock(self.path)
+            except dblock.DatabaseBusy:
+                self.con.close()
+                raise
             ensure_schema(self.con)
 
     def close(self) -> None:
         self.con.close()
+        if self._lock is not None:  # only now: closing it earlier drops DuckDB's lock too
+            self._lock.release()
+            self._lock = None
 
     def known_files(self) -> dict[str, tuple[int, float, str, str | None]]:
         """path -> (file_bytes, mtime, sha256, ingest_options) of every ingested model."""

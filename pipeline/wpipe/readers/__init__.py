@@ -20,6 +20,7 @@ from wpipe.readers import (
     unsupported,
 )
 from wpipe.readers.base import Layer, Model, ModelReadError, Tensor
+from wpipe.readers.safefile import open_regular, require_regular, stat_problem
 
 __all__ = ["Layer", "Model", "ModelReadError", "Tensor", "model_files", "open_model", "sniff"]
 
@@ -30,7 +31,7 @@ NATIVE_ROOTS = ("layers", "vars", "optimizer", "_layer_checkpoint_dependencies")
 
 def sniff(path: str | os.PathLike) -> str | None:
     """'hdf5', 'zip', or None, from the first bytes (never from the extension)."""
-    with open(path, "rb") as fh:
+    with open_regular(Path(path), str(path)) as fh:
         head = fh.read(8)
     if h5safe.is_hdf5(head):
         return "hdf5"
@@ -40,15 +41,22 @@ def sniff(path: str | os.PathLike) -> str | None:
 
 
 def model_files(path: Path) -> list[Path]:
-    """The files a save consists of: the file, a folder's files, or an index and its shards."""
+    """The regular files a save consists of: the file, a folder's files (symlinked folders not
+    entered), or an index and its shards. A special file or a broken symlink is not one."""
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file())
+        return sorted(
+            Path(folder) / name
+            for folder, _, names in os.walk(path)
+            for name in names
+            if stat_problem(Path(folder) / name, "") is None
+        )
     if sharded.is_index(path):
         try:
             names = sharded.shard_names(path, str(path))
         except ModelReadError:
             return [path]
-        return [path, *(path.parent / n for n in names if (path.parent / n).is_file())]
+        shards = (path.parent / n for n in names)
+        return [path, *(s for s in shards if stat_problem(s, "") is None)]
     return [path]
 
 
@@ -75,7 +83,7 @@ def _open(p: Path, where: str) -> Iterator[Model]:
         with keras_dir.open_folder(p, where) as model:
             yield model
         return
-    if p.stat().st_size == 0:
+    if require_regular(p, where).st_size == 0:
         raise ModelReadError("empty-file", f"{where}: file is empty (0 bytes)")
     if sharded.is_index(p):
         with sharded.open_shards(p, where) as model:

@@ -1,0 +1,137 @@
+"""The folder walk opens only regular files: FIFOs, devices, dangling and looping symlinks
+named like models are reported (never opened, never raised), and the database, its WAL and the
+lake are never candidates, wherever they live."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+from wpipe import store
+from wpipe.dblock import Protected, protected_paths
+from wpipe.walk import discover
+
+from tests.conftest import MODELS
+
+GOOD = MODELS / "k2_uncompiled.h5"
+WPIPE = [sys.executable, "-m", "wpipe.cli"]
+
+
+def hostile_tree(root: Path) -> Path:
+    root.mkdir(exist_ok=True)
+    shutil.copy2(GOOD, root / "good.h5")
+    os.mkfifo(root / "pipe.h5")
+    os.symlink("/dev/zero", root / "zero.h5")
+    os.symlink(root / "gone.h5", root / "dangling.h5")
+    os.symlink(root / "loop.h5", root / "loop.h5")
+    os.symlink("/dev/null", root / "notes.txt")  # not named like a model: passed over
+    return root
+
+
+def test_special_files_and_broken_symlinks_are_reported_not_opened(tmp_path):
+    root = hostile_tree(tmp_path / "runs")
+    found, skipped = discover([root])
+    assert found == [root / "good.h5"]
+    assert {s.path.name: s.code for s in skipped} == {
+        "pipe.h5": "not-a-regular-file",
+        "zero.h5": "not-a-regular-file",
+        "dangling.h5": "dangling-symlink",
+        "loop.h5": "symlink-loop",
+    }
+    messages = {s.path.name: s.message for s in skipped}
+    assert "FIFO" in messages["pipe.h5"] and "character device" in messages["zero.h5"]
+    assert str(root / "gone.h5") in messages["dangling.h5"]
+
+
+def test_a_named_special_file_is_reported_too(tmp_path):
+    root = hostile_tree(tmp_path / "runs")
+    found, skipped = discover([root / "pipe.h5", root / "good.h5"])
+    assert found == [root / "good.h5"] and [s.code for s in skipped] == ["not-a-regular-file"]
+
+
+def test_the_database_wal_and_lake_are_never_candidates(tmp_path):
+    root = tmp_path / "runs"
+    root.mkdir()
+    shutil.copy2(GOOD, root / "good.h5")
+    db = store.Database(root / "wpipe.duckdb")
+    try:
+        (root / "wpipe.duckdb.wal").write_bytes(b"\x89HDF\r\n\x1a\n")  # sniffs like HDF5
+        (root / "wpipe.lake").mkdir()
+        shutil.copy2(GOOD, root / "wpipe.lake" / "m.h5")
+        os.link(root / "wpipe.duckdb", root / "alias.h5")  # another name for the database
+        found, skipped = discover([root], Protected(protected_paths(db.path, root / "wpipe.lake")))
+    finally:
+        db.close()
+    assert found == [root / "good.h5"] and not skipped
+
+
+def test_the_walk_leaves_the_writer_lock_held(tmp_path):
+    """The root cause of a corrupted database: sniffing the database file closed a descriptor
+    of it, which drops DuckDB's POSIX lock, and a second writer got in."""
+    root = tmp_path / "runs"
+    root.mkdir()
+    shutil.copy2(GOOD, root / "good.h5")
+    db = store.Database(root / "wpipe.duckdb")
+    try:
+        discover([root], Protected(protected_paths(db.path, root / "wpipe.lake")))
+        probe = f"import duckdb; duckdb.connect({str(root / 'wpipe.duckdb')!r})"
+        second = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+        assert second.returncode != 0 and "lock" in second.stderr.lower()
+    finally:
+        db.close()
+
+
+def test_a_second_writer_is_refused_before_it_changes_anything(tmp_path):
+    root = tmp_path / "runs"
+    root.mkdir()
+    shutil.copy2(GOOD, root / "good.h5")
+    db_path = root / "wpipe.duckdb"
+    first = store.Database(db_path)  # an ingest in progress
+    partial = root / "wpipe.lake" / ".tmp" / "model-in-progress"
+    partial.mkdir(parents=True)
+    before = db_path.read_bytes()
+    try:
+        run = subprocess.run(
+            [*WPIPE, "ingest", str(root), "--db", str(db_path)],
+            capture_output=True, text=True, cwd=root, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 2
+        assert run.stderr.count("\n") == 1 and "cannot open for writing" in run.stderr
+        assert "Traceback" not in run.stderr
+        assert partial.is_dir()  # the first run's half-written partition was not cleaned
+        assert db_path.read_bytes() == before
+    finally:
+        first.close()
+    with duckdb.connect(str(db_path)) as con:  # and it still reads
+        assert con.execute("SELECT count(*) FROM models").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_an_ingest_of_a_hostile_tree_finishes_and_reports_each_file(tmp_path, jobs):
+    root = hostile_tree(tmp_path / "runs")
+    started = time.monotonic()
+    run = subprocess.run(
+        [*WPIPE, "ingest", str(root), "-j", jobs, "--db", str(root / "wpipe.duckdb")],
+        capture_output=True, text=True, cwd=root, timeout=120,
+    )  # fmt: skip
+    assert time.monotonic() - started < 100
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    failed = [line for line in run.stderr.splitlines() if line.startswith("failed:")]
+    assert len(failed) == 4
+    with duckdb.connect(str(root / "wpipe.duckdb"), read_only=True) as con:
+        errors = dict(con.execute("SELECT path, error FROM ingest_errors").fetchall())
+        models = con.execute("SELECT path FROM models").fetchall()
+    assert models == [(str(root / "good.h5"),)]
+    assert errors == {
+        str(root / "pipe.h5"): "not-a-regular-file",
+        str(root / "zero.h5"): "not-a-regular-file",
+        str(root / "dangling.h5"): "dangling-symlink",
+        str(root / "loop.h5"): "symlink-loop",
+    }
