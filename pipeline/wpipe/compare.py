@@ -88,8 +88,8 @@ def _drift_rows(
     for layer in model_a.layers:
         for t in layer.tensors:
             other = tensors_b.get((renamed.get(layer.layer_path, layer.layer_path), t.weight_name))
-            if other is None or other.shape != t.shape:
-                continue
+            if other is None or other.shape != t.shape or t.status != "ok" or other.status != "ok":
+                continue  # no counterpart, or not analysable (weights.status)
             rows.append(
                 {"model_a": ids[0], "model_b": ids[1], "layer_path": layer.layer_path,
                  "weight_name": t.weight_name, **tensor_drift(t.load(), other.load()),
@@ -207,7 +207,12 @@ def distance_matrix(con: duckdb.DuckDBPyConnection, model_ids: list[str]) -> lis
     with ExitStack() as stack:
         models = [stack.enter_context(open_model(p)) for p in paths]
         tensors = [
-            {(layer.layer_path, t.weight_name): t for layer in m.layers for t in layer.tensors}
+            {
+                (layer.layer_path, t.weight_name): t
+                for layer in m.layers
+                for t in layer.tensors
+                if t.status == "ok"
+            }
             for m in models
         ]
         layer_order = [layer.layer_path for layer in models[0].layers if layer.tensors]

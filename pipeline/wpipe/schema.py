@@ -119,6 +119,12 @@ WEIGHTS = Table(
         _c("size", I64, "number of elements"),
         _c("source_name", STR, "where the tensor lives in the file, verbatim"),
         _c("layout", STR, "keras; theano (Keras 1 'th' conv kernel); cudnn (CuDNNLSTM/GRU)"),
+        _c(
+            "status",
+            STR,
+            "ok, or '<reason>: …' for a tensor kept without statistics "
+            "(complex, string, enum or compound dtype; never written)",
+        ),
         _c("mean", F64, "arithmetic mean"),
         _c("std", F64, "population standard deviation (divides by n)"),
         _c("min", F64, "smallest value"),

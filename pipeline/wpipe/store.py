@@ -118,10 +118,13 @@ def insert_arrow(con: duckdb.DuckDBPyConnection, table: schema.Table, rows: pa.T
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create every contract table that is missing (a database from an older wpipe gains the
-    tables added since), then the views."""
+    """Create every contract table and column that is missing (a database from an older wpipe
+    gains the tables and columns added since), then the views."""
     for table in schema.ALL_TABLES:
         con.execute(_ddl(table))
+        for c in table.columns:  # columns added since the database was made (weights.status)
+            kind = _DUCK_TYPES[c.type]
+            con.execute(f'ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS "{c.name}" {kind}')
     views.apply(con)
 
 

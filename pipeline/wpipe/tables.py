@@ -99,22 +99,25 @@ def build_tables(
                 "layer_path": layer.layer_path,
                 "weight_name": tensor.weight_name,
             }
+            row = {
+                **key,
+                "weight_index": weight_index,
+                "role": tensor.role,
+                "trainable": tensor.trainable,
+                "dtype": tensor.dtype,
+                "shape": list(tensor.shape),
+                "size": tensor.size,
+                "source_name": tensor.source_name,
+                "layout": tensor.layout,
+                "status": tensor.status,
+            }
+            weight_index += 1
+            if tensor.status != "ok":  # kept, not analysed: never a silent cast
+                weight_rows.append(row)
+                continue
             array = tensor.load()
             stats, hist = tensor_stats(array, options)
-            weight_rows.append(
-                {
-                    **key,
-                    "weight_index": weight_index,
-                    "role": tensor.role,
-                    "trainable": tensor.trainable,
-                    "dtype": tensor.dtype,
-                    "shape": list(tensor.shape),
-                    "source_name": tensor.source_name,
-                    "layout": tensor.layout,
-                    **stats,
-                }
-            )
-            weight_index += 1
+            weight_rows.append({**row, **stats})
             if hist is not None:
                 for b, count in enumerate(hist.counts.tolist()):
                     hist_rows.append(

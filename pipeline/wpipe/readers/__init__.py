@@ -69,7 +69,29 @@ def open_model(path: str | os.PathLike) -> Iterator[Model]:
             model = stack.enter_context(_open(Path(path), where))
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
             raise ModelReadError("corrupt", f"{where}: {type(exc).__name__}: {exc}") from None
+        except MemoryError:
+            raise ModelReadError(
+                "out-of-memory", f"{where}: not enough memory to read it"
+            ) from None
+        _check_unique_keys(model, where)
         yield model
+
+
+def _check_unique_keys(model: Model, where: str) -> None:
+    """(layer_path, weight_name) is the tensor key: a file whose layers or weights repeat a
+    name (two layers called `dense`) is refused rather than stored with duplicate keys."""
+    paths: set[str] = set()
+    for layer in model.layers:
+        if layer.layer_path in paths:
+            raise ModelReadError(
+                "duplicate-name", f"{where}: two layers are named {layer.layer_path!r}"
+            )
+        paths.add(layer.layer_path)
+        names = [t.weight_name for t in layer.tensors]
+        if len(set(names)) != len(names):
+            raise ModelReadError(
+                "duplicate-name", f"{where}: layer {layer.layer_path!r} repeats a weight name"
+            )
 
 
 @contextmanager

@@ -63,7 +63,7 @@ def collect_vars(files: Iterable[h5py.File], where: str) -> dict[str, VarsGroup]
     """Every `…/vars` group across one file or several shards, datasets merged by index."""
     groups: dict[str, VarsGroup] = {}
     for f in files:
-        for key, group in _vars_groups(f):
+        for key, group in _vars_groups(f, where):
             path = key[: -len("vars")].rstrip("/")
             entry = groups.setdefault(path, VarsGroup(path, h5safe.attr(group, "name")))
             for index in group:
@@ -73,7 +73,7 @@ def collect_vars(files: Iterable[h5py.File], where: str) -> dict[str, VarsGroup]
     return groups
 
 
-def _vars_groups(f: h5py.File) -> list[tuple[str, h5py.Group]]:
+def _vars_groups(f: h5py.File, where: str) -> list[tuple[str, h5py.Group]]:
     """(path, group) of every group named `vars`; visititems follows hard links only."""
     found: list[tuple[str, h5py.Group]] = []
 
@@ -81,7 +81,7 @@ def _vars_groups(f: h5py.File) -> list[tuple[str, h5py.Group]]:
         if isinstance(obj, h5py.Group) and key.rsplit("/", 1)[-1] == "vars":
             found.append((key, obj))
 
-    f.visititems(visit)
+    h5safe.visit_bounded(f, visit, where)
     return found
 
 
@@ -266,6 +266,7 @@ def _layer(
                     shape=tuple(int(d) for d in ds.shape),
                     dtype=h5safe.logical_dtype(ds),
                     load=h5safe.lazy_array(ds, where),
+                    status=h5safe.tensor_status(ds, where),
                 )
             )
     return Layer(layer_path, name, class_name, config or None, trainable, tensors)
