@@ -53,7 +53,9 @@ CREATE OR REPLACE MACRO unmatched_layers(a, b) AS TABLE
     FROM align_layers(a, b)
     WHERE matched_by = 'unmatched';
 
--- layer_drift: drift per layer and pair (all tensors of the layer taken together).
+-- layer_drift: drift per layer between consecutive checkpoints of a series (all tensors of the
+-- layer taken together). Pairs computed on demand by `wpipe compare` stay out (drift rows with
+-- series NULL): comparing two models never changes this view.
 CREATE OR REPLACE VIEW layer_drift AS
 SELECT d.series, d.model_a, ma.name AS name_a, d.model_b, mb.name AS name_b,
        tb.value AS epoch_b, d.layer_path,
@@ -66,6 +68,7 @@ FROM drift AS d
 JOIN models AS ma ON ma.model_id = d.model_a
 JOIN models AS mb ON mb.model_id = d.model_b
 LEFT JOIN model_tags AS tb ON tb.model_id = d.model_b AND tb.key = 'epoch'
+WHERE d.series IS NOT NULL
 GROUP BY ALL
 ORDER BY d.series, epoch_b, name_b, d.layer_path;
 

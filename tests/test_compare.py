@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import wpipe
 from scipy import stats as sps
 from typer.testing import CliRunner
 from wpipe import store
@@ -228,3 +229,29 @@ def test_unchanged_folder_keeps_drift_without_rereading(zoo):
     report = w.ingest(models)
     assert (report.ingested, report.drift_pairs) == (0, 0)
     assert w.query("SELECT count(*) FROM drift") == before
+
+
+def _every_view(db: str) -> dict[str, list[str]]:
+    con = wpipe.connect(db)
+    try:
+        listed = con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY 1")
+        names = [v for (v,) in listed.fetchall()]
+        return {v: sorted(map(repr, con.execute(f"SELECT * FROM {v}").fetchall())) for v in names}
+    finally:
+        con.close()
+
+
+def test_compare_changes_no_view(zoo):
+    w, _ = zoo
+    db = str(w.db_path)
+    before = _every_view(db)
+    mean_drift = "SELECT round(avg(rel_l2), 3) FROM layer_drift WHERE name_b = 'cnn_lr3e-1/e05'"
+    drift_before = w.query(mean_drift)
+    for pair in (["cnn_lr1e-3/e05", "cnn_lr3e-1/e05"], ["cnn_lr1e-2/e01", "cnn_lr3e-1/e05"]):
+        result = CliRunner().invoke(app, ["compare", *pair, "--db", db, "-f", "csv"])
+        assert result.exit_code == 0, result.output
+        assert "rel_l2" in result.output.splitlines()[0]
+    assert w.query("SELECT count(*) FROM drift WHERE series IS NULL")[0][0] > 0
+    assert w.query(mean_drift) == drift_before
+    assert _every_view(db) == before
+    w.query("DELETE FROM drift WHERE series IS NULL")  # the module's zoo is shared

@@ -1,4 +1,5 @@
-"""The notebooks: saved without outputs, and each runs top to bottom in a fresh kernel."""
+"""The notebooks: saved without outputs, each runs top to bottom in a fresh kernel, and the
+executed notebook draws its figures offline (no script comes from the network)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+
+from tests.charts.test_notebook import REMOTE_SCRIPT
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
@@ -49,3 +52,7 @@ def test_notebook_runs_top_to_bottom(path):
         or any(k.startswith("application/vnd.vegalite") for k in o.get("data", {}))
     ]
     assert len(drawn) >= 3
+    for output in (o for c in code for o in c.outputs):
+        page = str(output.get("data", {}).get("text/html", ""))
+        assert not REMOTE_SCRIPT.search(page), REMOTE_SCRIPT.search(page)
+    assert all("window.vegaEmbed=" in o["data"]["text/html"] for o in drawn)

@@ -153,7 +153,7 @@ def test_model_supplied_text_is_escaped_everywhere(page):
     assert html.escape(EVIL_MODEL) in page  # shown as text in the tables
     assert html.escape(EVIL_LAYER) in page
     assert html.escape(EVIL_METRIC) in page  # the metric's heading and table
-    health = page[page.index('<section id="health">') : page.index('<section id="parameters">')]
+    health = section(page, "health")
     assert html.escape(EVIL_LAYER) in health and html.escape(EVIL_MODEL) in health
     # It reaches the figures too, as data the browser never parses as HTML.
     in_specs = [json.loads(t) for _, t in SPEC_SCRIPT.findall(page)]
@@ -216,6 +216,17 @@ def test_report_over_500_models_is_bounded(tmp_path):
     text = report.build_report(con)
     con.close()
     assert "500 models in 4 architecture groups" in text
-    assert text.count("<tr>") >= 500
+    # the summary comes first, naming the groups by their layers, not by a hash
+    summary = section(text, "overview")
+    assert text.index('<section id="overview">') < text.index("<figure")
+    assert "Sequential: Conv2D, BatchNormalization, Conv2D, Dense" in summary
+    assert re.search(r"Health findings</a>: stale in 48 models", summary)
+    # long tables come after the figures, bounded, with the query that lists every row
+    models = section(text, "models")
+    assert text.index('<section id="models">') > text.rindex("<figure")
+    assert models.count("<tr>") == report.MAX_TABLE_ROWS + 1  # and the header
+    assert f"the first {report.MAX_TABLE_ROWS} of 500 by name" in models
+    assert "wpipe query &#x27;SELECT * FROM model_summary&#x27;" in models
+    assert text.count("<tr>") < 1000
     for _, spec in SPEC_SCRIPT.findall(text):
         assert len(data_rows(json.loads(spec))) <= charts.ROW_BUDGET

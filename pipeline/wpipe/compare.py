@@ -138,9 +138,10 @@ def series_drift(con: duckdb.DuckDBPyConnection) -> tuple[int, list[str]]:
     files = {m: (p, h) for m, p, h in listing}
     known = set(
         con.execute(
+            # an on-demand pair (series NULL) becomes a series pair when its files join one
             "SELECT DISTINCT d.model_a, d.model_b FROM drift d, models ma, models mb "
             "WHERE ma.model_id = d.model_a AND mb.model_id = d.model_b "
-            "AND d.sha256_a = ma.sha256 AND d.sha256_b = mb.sha256"
+            "AND d.sha256_a = ma.sha256 AND d.sha256_b = mb.sha256 AND d.series IS NOT NULL"
         ).fetchall()
     )
     for name, members in series(con).items():

@@ -219,7 +219,7 @@ def ingest(
     db.replace_models(pending, loaded)
     if prune:
         report.pruned = _prune(db, lake, roots)
-    db.refresh_names()
+    db.refresh_names(roots)
     compare.refresh_tags(db.con, tag_pattern)
     report.warnings += compare.attach_training_logs(db.con)
     if drift:

@@ -8,21 +8,20 @@ escaped, so a layer named `<script>…</script>` is shown as text and never run.
 
 from __future__ import annotations
 
-import html
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import altair as alt
 import duckdb
 
-import wpipe
 from wpipe import charts
+from wpipe.report_page import Builder, esc, html_table, page
 
-MAX_TABLE_ROWS = 1000  # rows of the models table (the rest are counted, not listed)
+MAX_TABLE_ROWS = 200  # rows of the models table (the rest are counted, not listed)
+MAX_ARCH_ROWS = 50  # rows of the architecture groups table
+SUMMARY_GROUPS = 8  # architecture groups named in the summary
+MAX_ERROR_ROWS = 100  # rows of the ingest errors table
+MAX_SERIES_ROWS = 50  # rows of the checkpoint series table
 MAX_GROUPS = 3  # architecture groups that get their own figures
 MAX_RECURRENT_LAYERS = 3  # recurrent layers that get a gate figure
 TOP_N = 15  # rows of the "largest / most near-zero" comparison tables
@@ -30,88 +29,6 @@ MAX_FINDINGS = 100  # rows of the health findings table
 MAX_DRIFT_SERIES = 4  # checkpoint series that get their own drift figure
 MAX_METRICS = 3  # metrics that get a correlation table and a scatter
 TOP_CORRELATIONS = 10  # rows of each metric's correlation table
-
-
-def esc(value: Any) -> str:
-    """HTML text for a value: escaped, numbers formatted, NULL as an en dash."""
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return html.escape(str(value), quote=True)
-
-
-def html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "") -> str:
-    """An escaped HTML table; numeric cells are right-aligned."""
-    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
-    body = "\n".join(
-        "<tr>"
-        + "".join(
-            f'<td class="num">{esc(v)}</td>'
-            if isinstance(v, int | float) and not isinstance(v, bool)
-            else f'<td class="long">{esc(v)}</td>'
-            if isinstance(v, str) and len(v) > 60
-            else f"<td>{esc(v)}</td>"
-            for v in row
-        )
-        + "</tr>"
-        for row in rows
-    )
-    cap = f"<caption>{esc(caption)}</caption>" if caption else ""
-    return (
-        f'<div class="table"><table>{cap}<thead><tr>{head}</tr></thead><tbody>\n{body}\n'
-        "</tbody></table></div>"
-    )
-
-
-@dataclass
-class _Section:
-    id: str
-    title: str
-    parts: list[str] = field(default_factory=list)
-
-
-class _Builder:
-    """Collects sections and figures; `html()` assembles the page."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection, ids: list[str]) -> None:
-        self.con = con
-        self.ids = ids
-        self.sections: list[_Section] = []
-        self.specs: list[dict] = []
-
-    def section(self, id_: str, title: str) -> _Section:
-        self.sections.append(_Section(id_, title))
-        return self.sections[-1]
-
-    def query(self, sql: str, **params: Any) -> tuple[list[str], list[tuple]]:
-        if "$ids" in sql:
-            params["ids"] = self.ids
-        cursor = self.con.execute(sql, params)
-        return [d[0] for d in cursor.description], cursor.fetchall()
-
-    def figure(
-        self, section: _Section, draw: Callable[..., alt.TopLevelMixin], caption: str, **kw: Any
-    ) -> bool:
-        """Draw a chart into `section`; a chart with nothing to draw leaves a note instead."""
-        try:
-            chart = draw(self.con, **kw)
-        except charts.NoData as exc:
-            section.parts.append(
-                f'<p class="note">{esc(caption)}: nothing to draw ({esc(exc)}).</p>'
-            )
-            return False
-        n = len(self.specs)
-        self.specs.append(chart.to_dict())
-        section.parts.append(
-            f'<figure id="figure-{n + 1}"><div class="vis" data-spec="spec-{n}"></div>'
-            f"<figcaption>Figure {n + 1}. {esc(caption)}</figcaption></figure>"
-        )
-        return True
 
 
 def build_report(
@@ -122,17 +39,21 @@ def build_report(
 ) -> str:
     """The report as one HTML document (models: names, paths or id prefixes; default all)."""
     ids = charts.model_ids(con, models)
-    b = _Builder(con, ids)
-    _overview(b)
+    b = Builder(con, ids)
+    # A summary first, then the figures; the long tables come last and are bounded (the
+    # full data is one `wpipe query` away), so a report of thousands of models still opens
+    # with what matters.
+    _summary(b)
     if ids:
-        _architectures(b)
-        _health(b)
         _figures(b)
+        _health(b)
         _drift(b)
         _metrics(b)
         _comparisons(b)
+        _models_table(b)
+        _architectures(b)
     _errors(b)
-    return _page(b, title)
+    return page(b, title)
 
 
 def write_report(
@@ -153,8 +74,13 @@ def write_report(
 # ----------------------------------------------------------------------------- sections
 
 
-def _overview(b: _Builder) -> None:
-    s = b.section("overview", "Overview")
+def _full_table(sql: str) -> str:
+    """A note saying how to get every row of a bounded table."""
+    return f'<p class="note">Every row: <code>wpipe query {esc(repr(sql))}</code>.</p>'
+
+
+def _summary(b: Builder) -> None:
+    s = b.section("overview", "Summary")
     _, totals = b.query(
         "SELECT count(*), count(DISTINCT arch_id), coalesce(sum(n_params), 0), "
         "coalesce(sum(n_tensors), 0) FROM models WHERE list_contains($ids, model_id)"
@@ -171,6 +97,93 @@ def _overview(b: _Builder) -> None:
     if not n_models:
         s.parts.append('<p class="note">No models are ingested; run <code>wpipe ingest</code>.</p>')
         return
+    s.parts.append(_findings_summary(b))
+    _, rows = b.query(
+        """
+        SELECT arch_id, count(*) AS models, any_value(n_params), list(name ORDER BY name)[1:3]
+        FROM models WHERE list_contains($ids, model_id)
+        GROUP BY arch_id ORDER BY count(*) DESC, min(name)
+        """
+    )
+    labels = arch_labels(b.con, [r[0] for r in rows[:SUMMARY_GROUPS]])
+    table = [
+        (labels[arch], n, params, ", ".join(names) + (", …" if n > len(names) else ""))
+        for arch, n, params, names in rows[:SUMMARY_GROUPS]
+    ]
+    shown = f"the {len(table)} largest of " if len(rows) > len(table) else ""
+    s.parts.append(
+        html_table(
+            ["architecture (weighted layers)", "models", "parameters each", "models, by name"],
+            table,
+            f"{shown}{len(rows)} architecture groups",
+        )
+    )
+    s.parts.append(
+        '<p class="note">Figures follow; the long tables (<a href="#models">models</a>, '
+        '<a href="#architectures">architecture groups</a>) are at the end.</p>'
+    )
+
+
+def _findings_summary(b: Builder) -> str:
+    """One sentence per kind of finding: health flags, checkpoint series, metrics."""
+    counts = ", ".join(
+        f"count(*) FILTER (WHERE {column}), count(DISTINCT model_id) FILTER (WHERE {column})"
+        for _, column, _ in charts.HEALTH_FLAGS
+    )
+    _, found = b.query(f"SELECT {counts} FROM weight_health WHERE list_contains($ids, model_id)")
+    flags = [
+        (flag, found[0][2 * k], found[0][2 * k + 1])
+        for k, (flag, _, _) in enumerate(charts.HEALTH_FLAGS)
+        if found[0][2 * k]
+    ]
+    if flags:
+        found = "; ".join(f"{esc(f)} in {esc(m)} models ({esc(n)} tensors)" for f, n, m in flags)
+        health = f'<a href="#health">Health findings</a>: {found}.'
+    else:
+        health = "No health findings: no tensor crosses a threshold."
+    series = charts.drift_series(b.con, b.ids)
+    drift = f' <a href="#drift">{len(series)} checkpoint series</a> with drift.' if series else ""
+    metrics = charts.metrics(b.con, b.ids)
+    more = len(metrics) - MAX_METRICS
+    shown = ", ".join(metrics[:MAX_METRICS]) + (f" and {more} more" if more > 0 else "")
+    ranked = f' <a href="#metrics">Metrics</a>: {esc(shown)}.' if metrics else ""
+    return f"<p>{health}{drift}{ranked}</p>"
+
+
+def arch_labels(con: duckdb.DuckDBPyConnection, arch_ids: Sequence[str]) -> dict[str, str]:
+    """A readable name for each architecture group: its model class and weighted layers in
+    order, runs of one class counted (`Sequential: Conv2D ×2, Dense ×2`), not the hash."""
+    rows = con.execute(
+        """
+        WITH first AS (
+            SELECT arch_id, arg_min(model_id, name) AS model_id, any_value(model_class) AS cls
+            FROM models WHERE list_contains($arch, arch_id) GROUP BY arch_id)
+        SELECT f.arch_id, f.cls, list(l.class_name ORDER BY l.layer_index)
+        FROM first AS f LEFT JOIN layers AS l
+          ON l.model_id = f.model_id AND l.n_params > 0 AND l.class_name IS NOT NULL
+        GROUP BY f.arch_id, f.cls
+        """,
+        {"arch": list(arch_ids)},
+    ).fetchall()
+    labels = {}
+    for arch, cls, classes in rows:
+        runs: list[list] = []
+        for name in classes or []:
+            if name is None:
+                continue
+            if runs and runs[-1][0] == name:
+                runs[-1][1] += 1
+            else:
+                runs.append([name, 1])
+        layers = ", ".join(f"{n} ×{k}" if k > 1 else n for n, k in runs[:8])
+        layers += ", …" if len(runs) > 8 else ""
+        label = f"{cls}: {layers}" if cls and layers else cls or layers
+        labels[arch] = label or f"no architecture ({arch[:8]})"
+    return labels
+
+
+def _models_table(b: Builder) -> None:
+    s = b.section("models", "Models")
     columns, rows = b.query(
         f"""
         SELECT model, format, keras_version, model_class, n_layers, n_tensors, n_params,
@@ -180,12 +193,15 @@ def _overview(b: _Builder) -> None:
         LIMIT {MAX_TABLE_ROWS}
         """
     )
+    n_models = len(b.ids)
     more = n_models - len(rows)
-    caption = f"models (first {len(rows)} of {n_models} by name)" if more else "models"
+    caption = f"models (the first {len(rows)} of {n_models} by name)" if more else "models"
     s.parts.append(html_table(columns, rows, caption))
+    if more:
+        s.parts.append(_full_table("SELECT * FROM model_summary"))
 
 
-def _architectures(b: _Builder) -> None:
+def _architectures(b: Builder) -> None:
     s = b.section("architectures", "Architecture groups")
     s.parts.append(
         "<p>Models with the same <code>arch_id</code> have the same weighted layers and "
@@ -199,15 +215,28 @@ def _architectures(b: _Builder) -> None:
         GROUP BY arch_id ORDER BY count(*) DESC, min(name)
         """
     )
-    rows = [
-        (arch, n, params, layers, ", ".join(names) + (", …" if n > len(names) else ""))
-        for arch, n, params, layers, names in rows
+    labels = arch_labels(b.con, [r[0] for r in rows[:MAX_ARCH_ROWS]])
+    table = [
+        (
+            labels[arch],
+            arch,
+            n,
+            params,
+            layers,
+            ", ".join(names) + (", …" if n > len(names) else ""),
+        )
+        for arch, n, params, layers, names in rows[:MAX_ARCH_ROWS]
     ]
-    columns = ["arch_id", "models", "n_params", "n_layers", "models (first 4)"]
-    s.parts.append(html_table(columns, rows))
+    columns = ["architecture", "arch_id", "models", "n_params", "n_layers", "models (first 4)"]
+    shown = f"the {len(table)} largest of " if len(rows) > len(table) else ""
+    s.parts.append(html_table(columns, table, f"{shown}{len(rows)} architecture groups"))
+    if shown:
+        s.parts.append(
+            _full_table("SELECT arch_id, count(*) FROM models GROUP BY arch_id ORDER BY 2 DESC")
+        )
 
 
-def _groups(b: _Builder) -> list[tuple[str, list[str]]]:
+def _groups(b: Builder) -> list[tuple[str, list[str]]]:
     """(title, model_ids) of the layer-by-layer sections: the largest architecture groups
     of two or more models (their tensors align), or all models when no two share one."""
     _, rows = b.query(
@@ -219,13 +248,14 @@ def _groups(b: _Builder) -> list[tuple[str, list[str]]]:
     )
     if not rows:
         return [(f"all {len(b.ids)} models", b.ids)]
+    labels = arch_labels(b.con, [r[0] for r in rows[:MAX_GROUPS]])
     return [
-        (f"architecture {arch} ({len(ids)} models: {first}, …)", list(ids))
+        (f"{labels[arch]} ({len(ids)} models: {first}, …)", list(ids))
         for arch, ids, first in rows[:MAX_GROUPS]
     ]
 
 
-def _figures(b: _Builder) -> None:
+def _figures(b: Builder) -> None:
     s = b.section("parameters", "Parameters")
     b.figure(s, charts.param_counts, "Parameters per model, stacked by layer class", models=b.ids)
 
@@ -251,7 +281,7 @@ def _figures(b: _Builder) -> None:
         b.figure(s, charts.filter_norms, "L2 norm of every filter", models=b.ids)
 
 
-def _health(b: _Builder) -> None:
+def _health(b: Builder) -> None:
     s = b.section("health", "Health findings")
     s.parts.append(
         "<p>Tensors whose weights cross a threshold of the <code>settings</code> table "
@@ -275,15 +305,17 @@ def _health(b: _Builder) -> None:
             "SELECT * EXCLUDE (model_id, severity) FROM health_findings "
             f"WHERE list_contains($ids, model_id) LIMIT {MAX_FINDINGS}"
         )
+        b.figure(s, charts.health_overview, "Flagged tensors per model and flag", models=b.ids)
         shown = f"the first {len(rows)} of " if len(rows) < n_findings else ""
         caption = f"{shown}{n_findings} findings in {n_models} models, worst first"
         s.parts.append(html_table(columns, rows, caption))
-        b.figure(s, charts.health_overview, "Flagged tensors per model and flag", models=b.ids)
+        if shown:
+            s.parts.append(_full_table("SELECT * FROM health_findings"))
     columns, rows = b.query("SELECT name, value, doc FROM settings ORDER BY name")
     s.parts.append(html_table(columns, rows, "thresholds (the settings table)"))
 
 
-def _series_table(b: _Builder, labels: dict[str, str]) -> tuple[list[str], list[tuple]]:
+def _series_table(b: Builder, labels: dict[str, str]) -> tuple[list[str], list[tuple]]:
     """One row per checkpoint series: its ends, the last step's drift, the largest step."""
     columns, rows = b.query(
         """
@@ -323,7 +355,7 @@ def _series_table(b: _Builder, labels: dict[str, str]) -> tuple[list[str], list[
     return columns, rows
 
 
-def _drift(b: _Builder) -> None:
+def _drift(b: Builder) -> None:
     found = charts.drift_series(b.con, b.ids)
     if not found:
         return
@@ -335,7 +367,6 @@ def _drift(b: _Builder) -> None:
         "not change at all is flagged <code>stale</code>.</p>"
     )
     columns, rows = _series_table(b, {name: label for name, label, _ in found})
-    s.parts.append(html_table(columns, rows, f"{len(found)} checkpoint series"))
     for name, label, n in found[:MAX_DRIFT_SERIES]:
         b.figure(
             s,
@@ -358,9 +389,15 @@ def _drift(b: _Builder) -> None:
             "with the most parameters; read from the model files)",
             models=[i for i in charts.model_ids(b.con, lasts) if i in set(b.ids)],
         )
+    shown = f"the {MAX_SERIES_ROWS} largest of " if len(rows) > MAX_SERIES_ROWS else ""
+    s.parts.append(
+        html_table(columns, rows[:MAX_SERIES_ROWS], f"{shown}{len(found)} checkpoint series")
+    )
+    if shown:
+        s.parts.append(_full_table("SELECT * FROM layer_drift"))
 
 
-def _metrics(b: _Builder) -> None:
+def _metrics(b: Builder) -> None:
     names = charts.metrics(b.con, b.ids)
     if not names:
         return
@@ -406,7 +443,7 @@ def _metrics(b: _Builder) -> None:
         )
 
 
-def _comparisons(b: _Builder) -> None:
+def _comparisons(b: Builder) -> None:
     s = b.section("tables", "Comparison tables")
     queries = [
         (
@@ -443,79 +480,15 @@ def _comparisons(b: _Builder) -> None:
         s.parts.append(html_table(columns, rows) if rows else '<p class="note">None.</p>')
 
 
-def _errors(b: _Builder) -> None:
-    columns, rows = b.query('SELECT path, error, message, "at" FROM ingest_errors ORDER BY path')
-    if rows:
-        s = b.section("errors", "Ingest errors")
-        s.parts.append(html_table(columns, rows))
-
-
-# ----------------------------------------------------------------------------- page
-
-_CSS = """
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 2rem 4rem;
-       color: #1d1d1f; max-width: 1500px; }
-h1 { margin: 1.5rem 0 .2rem; } h2 { margin-top: 2.5rem; border-bottom: 1px solid #ddd; }
-.meta, .note { color: #666; }
-nav ol { columns: 2; max-width: 720px; }
-table { border-collapse: collapse; margin: .5rem 0 1.5rem; font-size: 12.5px; }
-caption { text-align: left; color: #666; padding: .2rem 0; }
-div.table { overflow-x: auto; }
-th, td { border-bottom: 1px solid #e5e5e5; padding: .2rem .6rem; text-align: left;
-         vertical-align: top; white-space: nowrap; }
-td.long { white-space: normal; min-width: 30rem; overflow-wrap: anywhere; }
-th { background: #f6f6f6; position: sticky; top: 0; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-figure { margin: 1rem 0 2rem; overflow-x: auto; }
-figcaption { color: #555; margin-top: .3rem; }
-.failed { color: #b00; }
-"""
-
-
-def _page(b: _Builder, title: str) -> str:
-    database = b.con.execute(
-        "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
-    ).fetchone()
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    toc = "".join(f'<li><a href="#{s.id}">{esc(s.title)}</a></li>' for s in b.sections)
-    body = "\n".join(
-        f'<section id="{s.id}">\n<h2>{esc(s.title)}</h2>\n' + "\n".join(s.parts) + "\n</section>"
-        for s in b.sections
+def _errors(b: Builder) -> None:
+    n_errors = b.con.execute("SELECT count(*) FROM ingest_errors").fetchone()[0]
+    if not n_errors:
+        return
+    columns, rows = b.query(
+        f'SELECT path, error, message, "at" FROM ingest_errors ORDER BY path LIMIT {MAX_ERROR_ROWS}'
     )
-    specs = "\n".join(
-        f'<script type="application/json" id="spec-{n}">{charts.script_json(spec)}</script>'
-        for n, spec in enumerate(b.specs)
-    )
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="generator" content="wpipe {esc(wpipe.__version__)}">
-<title>{esc(title)}</title>
-<style>{_CSS}</style>
-<script>{charts.javascript_bundle()}</script>
-</head>
-<body>
-<header>
-<h1>{esc(title)}</h1>
-<p class="meta">Database {esc(database[0] if database else "(in memory)")} ·
-generated {generated} by wpipe {esc(wpipe.__version__)} · {len(b.specs)} figures (hover for
-values; click a legend entry to pick a series; scroll to zoom where an axis allows it)</p>
-<noscript><p class="failed">The figures need JavaScript; the tables below do not.</p></noscript>
-</header>
-<nav id="contents"><h2>Contents</h2><ol>{toc}</ol></nav>
-{body}
-{specs}
-<script>
-document.querySelectorAll("div.vis").forEach(function (el) {{
-  var spec = JSON.parse(document.getElementById(el.dataset.spec).textContent);
-  vegaEmbed(el, spec, {charts.script_json(charts.EMBED_OPTIONS)}).catch(function (e) {{
-    el.textContent = "figure failed: " + e;
-    el.className += " failed";
-  }});
-}});
-</script>
-</body>
-</html>
-"""
+    s = b.section("errors", "Ingest errors")
+    shown = f"the first {len(rows)} of " if len(rows) < n_errors else ""
+    s.parts.append(html_table(columns, rows, f"{shown}{n_errors} files that could not be read"))
+    if shown:
+        s.parts.append(_full_table("SELECT * FROM ingest_errors"))

@@ -57,7 +57,12 @@ MODELS = Table(
     "model file",
     (
         _c("model_id", STR, "16 hex digits identifying the file (from its absolute path)"),
-        _c("name", STR, "file stem, widened with parent folders where two models share it"),
+        _c(
+            "name",
+            STR,
+            "path relative to the ingested folder without suffix; never changes "
+            "(README: Model names)",
+        ),
         _c("path", STR, "absolute path of the file"),
         _c("sha256", STR, "SHA-256 of the file's bytes"),
         _c("file_bytes", I64, "file size in bytes"),
@@ -298,8 +303,20 @@ INGEST_ERRORS = Table(
     ),
 )
 
+MODEL_NAMES = Table(
+    "model_names",
+    "model: the name it was given when first ingested (README: Model names)",
+    (
+        _c("model_id", STR, "models.model_id"),
+        _c("name", STR, "the model's name (models.name is set from it)"),
+        _c("path", STR, "models.path when the name was given"),
+        _c("named_at", TS, "when the name was given"),
+    ),
+)
+
 MODEL_TABLES = (MODELS, LAYERS, WEIGHTS, HISTOGRAMS, WEIGHT_VALUES, UNITS, SPECTRA, EIGENVALUES)
 # Derived tables live in DuckDB only: they are recomputed from the lake, the files' names and
 # the user's CSV files.
 DERIVED_TABLES = (DRIFT, MODEL_TAGS, MODEL_METRICS)
-ALL_TABLES = (*MODEL_TABLES, *DERIVED_TABLES, INGEST_ERRORS)
+# Names are given once and kept (DuckDB only, like ingest_errors): never recomputed.
+ALL_TABLES = (*MODEL_TABLES, *DERIVED_TABLES, INGEST_ERRORS, MODEL_NAMES)

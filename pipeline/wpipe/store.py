@@ -12,17 +12,15 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime, timezone
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wpipe import dblock, schema, views
-from wpipe.tables import file_stem
+from wpipe import dblock, naming, schema, views
 
 _DUCK_TYPES = {
     pa.string(): "VARCHAR",
@@ -120,12 +118,20 @@ def insert_arrow(con: duckdb.DuckDBPyConnection, table: schema.Table, rows: pa.T
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create every contract table and column that is missing (a database from an older wpipe
     gains the tables and columns added since), then the views."""
+    had_names = _has_table(con, schema.MODEL_NAMES.name)
     for table in schema.ALL_TABLES:
         con.execute(_ddl(table))
         for c in table.columns:  # columns added since the database was made (weights.status)
             kind = _DUCK_TYPES[c.type]
             con.execute(f'ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS "{c.name}" {kind}')
+    if not had_names:
+        naming.adopt(con)  # a database from before model_names keeps the names it had
     views.apply(con)
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    query = "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'"
+    return bool(con.execute(query, [name]).fetchone()[0])
 
 
 class Database:
@@ -232,35 +238,7 @@ class Database:
         for path in paths:
             self.con.execute("DELETE FROM ingest_errors WHERE path = ?", [path])
 
-    def refresh_names(self) -> None:
-        """Give every model the shortest unique name: its stem, widened by parent folders."""
-        rows = self.con.execute("SELECT model_id, path, name FROM models").fetchall()
-        names = unique_names({mid: path for mid, path, _ in rows}, file_stem)
-        changed = [(names[mid], mid) for mid, _, old in rows if names[mid] != old]
-        if changed:
-            self.con.executemany("UPDATE models SET name = ? WHERE model_id = ?", changed)
-
-
-def unique_names(paths: dict[str, str], stem: Callable[[str], str]) -> dict[str, str]:
-    """key -> shortest `parent/.../stem` that no other path shares (the file name instead of
-    the stem where one folder holds m.h5 beside m.keras)."""
-    leaf = {k: (str(PurePath(p).parent), stem(p)) for k, p in paths.items()}
-    twins = {v for v, n in Counter(leaf.values()).items() if n > 1}
-    parts = {
-        k: [*PurePath(p).parent.parts, PurePath(p).name if leaf[k] in twins else stem(p)]
-        for k, p in paths.items()
-    }
-    depth = dict.fromkeys(paths, 1)
-    while True:
-        names = {k: "/".join(parts[k][-depth[k] :]) for k in paths}
-        seen: dict[str, list[str]] = {}
-        for k, name in names.items():
-            seen.setdefault(name, []).append(k)
-        grown = False
-        for ks in (ks for ks in seen.values() if len(ks) > 1):
-            for k in ks:
-                if depth[k] < len(parts[k]):
-                    depth[k] += 1
-                    grown = True
-        if not grown:
-            return names
+    def refresh_names(self, roots: Iterable[str | os.PathLike] = ()) -> int:
+        """Name the models ingested from `roots` that have no name yet (README: Model
+        names); the names of the others never change."""
+        return naming.refresh(self.con, roots)

@@ -130,3 +130,12 @@ def test_filters_share_cells_when_the_budget_is_small(con, monkeypatch):
         group = norms[cell["first"] : cell["last"] + 1]
         assert cell["norm"] == pytest.approx(group.mean(), rel=1e-6)
         assert cell["max_norm"] == pytest.approx(group.max(), rel=1e-6)
+
+
+def test_gates_without_a_layer_draw_the_lstm_and_the_gru(con):
+    spec = charts.gate_histograms(con, bins=6).to_dict()
+    lstm, gru = spec["vconcat"]
+    assert {r["gate"] for r in data_rows(lstm)} == {charts.GATE_TITLES[g] for g in "ifco"}
+    assert {r["gate"] for r in data_rows(gru)} == {charts.GATE_TITLES[g] for g in "zrh"}
+    assert lstm["title"]["text"].startswith("lstm:") and gru["title"]["text"].startswith("gru:")
+    assert len(data_rows(spec)) <= charts.ROW_BUDGET

@@ -14,7 +14,7 @@ from tests.charts.conftest import (
     make_zoo,
     tensor,
 )
-from tests.conftest import Warehouse
+from tests.conftest import EXPECTED, Warehouse
 
 # ----------------------------------------------------------------------------- histograms
 
@@ -148,3 +148,55 @@ def test_sampled_values_are_labelled_and_missing_values_fall_back_or_say_so(tmp_
         with pytest.raises(charts.NoData):
             draw(con)
     con.close()
+
+
+# ----------------------------------------------------------------------------- defaults
+
+
+def test_default_histogram_and_boxes_keep_one_architecture(con):
+    arch = dict(con.execute("SELECT name, arch_id FROM models").fetchall())
+    for chart in (charts.weight_histograms(con), charts.distribution_boxes(con)):
+        spec = chart.to_dict()
+        drawn = {r["model"] for r in data_rows(spec)}
+        assert len({arch[m] for m in drawn}) == 1, drawn
+        assert "of other architectures left out" in json.dumps(spec["title"])
+    # models named explicitly are all drawn, whatever their architecture
+    chosen = ["k2_conv2d", "k2_lstm"]
+    spec = charts.distribution_boxes(con, models=chosen).to_dict()
+    assert {r["model"] for r in data_rows(spec)} == set(chosen)
+    axis = spec["spec"]["layer"][0]["encoding"]["x"]["axis"]
+    assert axis["labelAngle"] and "labels" not in axis  # the boxes are named on the x axis
+
+
+def test_common_range_is_numpys_for_alike_models_and_fences_off_an_outlier():
+    rng = np.random.default_rng(7)
+    arrays = [rng.normal(0, s, size=2000) for s in (0.05, 0.06, 0.08)]
+
+    def spread(arrays):
+        return [(a.min(), a.max(), np.percentile(a, 5), np.percentile(a, 95)) for a in arrays]
+
+    lo, hi = charts.distributions.common_range(spread(arrays))
+    assert (lo, hi) == (min(a.min() for a in arrays), max(a.max() for a in arrays))
+    outlier = rng.normal(0, 5.0, size=2000)
+    lo, hi = charts.distributions.common_range(spread([*arrays, outlier]))
+    assert lo <= min(a.min() for a in arrays) and hi >= max(a.max() for a in arrays)
+    assert hi < outlier.max() / 5 and lo > outlier.min() / 5  # not stretched by the outlier
+
+
+def test_values_beyond_the_common_range_are_counted_in_overflow_markers(tmp_path):
+    warehouse = Warehouse(tmp_path)
+    warehouse.ingest(make_zoo(tmp_path / "zoo", ["k2_health_cnn.h5"]))
+    con = wpipe.connect(warehouse.db_path)
+    spec = charts.weight_histograms(con, layer="explode", bins=20).to_dict()
+    con.close()
+    kernel = np.load(EXPECTED / "k2_health_cnn.h5.npz")["explode/0"].astype(np.float64).ravel()
+    rows = {r["bin"]: r for r in data_rows(spec)}
+    inside = [rows[b] for b in range(20)]
+    lo, hi = inside[0]["lo"], inside[-1]["hi"]
+    assert hi < kernel.max() / 100  # the one huge weight does not stretch the bins
+    assert rows[20]["count"] == np.sum(kernel > hi) == 1
+    assert -1 not in rows or rows[-1]["count"] == np.sum(kernel < lo)
+    counts, _ = np.histogram(kernel[(kernel >= lo) & (kernel <= hi)], bins=20, range=(lo, hi))
+    assert [r["count"] for r in inside] == counts.tolist()
+    title = json.dumps(spec["title"], ensure_ascii=False)
+    assert "the triangles at its ends count the values beyond it" in title

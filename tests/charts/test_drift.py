@@ -34,6 +34,7 @@ def test_drift_is_the_relative_change_of_each_layer_between_checkpoints(sweep, s
     assert spec["spec"]["encoding"]["x"]["field"] == "epoch"
     # a layer that did not move is drawn at 0, which a log scale cannot show
     assert spec["spec"]["encoding"]["y"]["scale"]["type"] == "symlog"
+    assert "(log scale, linear near 0)" in spec["spec"]["encoding"]["y"]["title"]
 
 
 def test_drift_filters_series_layers_and_models(sweep):
@@ -70,11 +71,10 @@ def test_drift_thins_checkpoints_to_the_row_budget(sweep, monkeypatch):
 
 
 def test_distance_matrix_matches_numpy_and_is_symmetric(sweep, sweep_zoo):
-    # e06 is the only file of its name, so its model name is not widened with its folder
-    names = ["cnn_lr1e-2/e01", "cnn_lr1e-2/e05", "e06", "cnn_lr3e-1/e05"]
+    names = ["cnn_lr1e-2/e01", "cnn_lr1e-2/e05", "cnn_lr1e-2/e06", "cnn_lr3e-1/e05"]
     spec = charts.distance_heatmap(sweep, models=names, layer="conv2").to_dict()
     got = {(r["a"], r["b"]): r["distance"] for r in data_rows(spec)}
-    files = {n: sweep_zoo / f"{'cnn_lr1e-2/e06' if n == 'e06' else n}.h5" for n in names}
+    files = {n: sweep_zoo / f"{n}.h5" for n in names}
     arrays = {n: np.concatenate([x.ravel() for x in h5_layers(files[n])["conv2"]]) for n in names}
     assert len(got) == 16
     for a in names:
@@ -82,7 +82,7 @@ def test_distance_matrix_matches_numpy_and_is_symmetric(sweep, sweep_zoo):
             x, y = arrays[a], arrays[b]
             want = np.linalg.norm(x - y) / ((np.linalg.norm(x) + np.linalg.norm(y)) / 2)
             assert got[(a, b)] == pytest.approx(want, rel=1e-6, abs=1e-12), (a, b)
-    assert got[("cnn_lr1e-2/e05", "e06")] == 0
+    assert got[("cnn_lr1e-2/e05", "cnn_lr1e-2/e06")] == 0
     assert spec["title"]["text"] == "conv2: distance between models"
 
 

@@ -24,7 +24,7 @@ def test_health_overview_counts_the_flagged_tensors_of_each_model(sweep, sweep_z
         ("k2_health_cnn", "exploding"): 1,
         ("k2_health_cnn", "dead_units"): 3,  # conv filters, BN gammas, Dense units
         ("k2_health_lstm", "saturating_forget_gate"): 1,
-        ("e06", "stale"): trainable,
+        ("cnn_lr1e-2/e06", "stale"): trainable,
     }
     dead = next(r for r in rows if r["model"] == "k2_health_cnn" and r["flag"] == "dead_units")
     n_dead = sum(len(truth[k]["index"]) for k in ("dead_filters", "dead_gammas", "dead_units"))

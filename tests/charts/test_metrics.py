@@ -55,3 +55,11 @@ def test_metric_scatter_defaults_to_the_strongest_statistic_as_wpipe_correlate_r
         charts.metric_scatter(sweep, metric="nope")
     with pytest.raises(ValueError, match="model statistic must be one of"):
         charts.metric_scatter(sweep, stat="bogus")
+
+
+def test_metric_scatter_keeps_edge_points_whole_and_thins_crowded_ticks(sweep):
+    spec = charts.metric_scatter(sweep, stat="model: zero_frac").to_dict()
+    for channel in ("x", "y"):
+        encoding = spec["encoding"][channel]
+        assert encoding["scale"]["padding"] > 0  # a point at the data's edge is not cut
+        assert encoding["axis"]["labelOverlap"] == "greedy"

@@ -11,6 +11,7 @@ prefix. Layer filters are `layer_path` values or glob patterns (`encoder/*`).
 
 One module per family of figures (distributions, anatomy, drift, metrics, health); the model
 selection, row budget and query helpers they share are in `base`, writing files in `saving`.
+Importing the package makes Altair draw in Jupyter without the internet (`notebook`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 
 import altair as alt
 
+from wpipe.charts import notebook
 from wpipe.charts.anatomy import (
     GATE_TITLES,
     GRU_GATES,
@@ -72,6 +74,9 @@ CHARTS: dict[str, Callable[..., alt.TopLevelMixin]] = {
     "metric": metric_scatter,
     "health": health_overview,
 }
+
+
+notebook.enable()
 
 
 def summary(name: str) -> str:

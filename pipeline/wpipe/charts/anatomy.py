@@ -108,27 +108,61 @@ def gate_histograms(
     models: Sequence[str] | None = None,
     layer: str | None = None,
     bins: int = DEFAULT_BINS,
-) -> alt.FacetChart:
+) -> alt.FacetChart | alt.VConcatChart:
     """LSTM/GRU weights split by gate (i,f,c,o / z,r,h) and kernel type, overlaid across models.
 
     A value at flat_index of a (rows, G·u) kernel belongs to gate (flat_index % G·u) // u,
-    computed in SQL from `weight_values`. `layer` defaults to the recurrent layer found in most
-    models; a Bidirectional layer's halves are separate rows (forward/kernel, …).
+    computed in SQL from `weight_values`. Without `layer`, the LSTM layer and the GRU layer
+    found in most models, one above the other (each with the models that have it); a
+    Bidirectional layer's halves are separate rows (forward/kernel, …).
     """
     if not 1 <= bins <= MAX_BINS:
         raise ValueError(f"bins must be between 1 and {MAX_BINS}")
     ids = model_ids(con, models)
-    params: dict[str, Any] = {"ids": ids}
-    if layer is None:
-        found = con.execute(
-            f"SELECT layer_path FROM ({_RECURRENT}) GROUP BY layer_path "
-            "ORDER BY count(DISTINCT model_id) DESC, min(layer_index), layer_path LIMIT 1",
-            params,
-        ).fetchone()
-        if found is None:
-            raise NoData("no LSTM or GRU kernel in the selected models")
-        layer = found[0]
-    params["layer"] = layer
+    if layer is not None:
+        return _gate_panels(con, ids, layer, bins, base.ROW_BUDGET)
+    found = con.execute(
+        f"SELECT n_gates, layer_path FROM ({_RECURRENT}) GROUP BY n_gates, layer_path "
+        "ORDER BY n_gates DESC, count(DISTINCT model_id) DESC, min(layer_index), layer_path",
+        {"ids": ids},
+    ).fetchall()
+    first: dict[int, str] = {}
+    for n_gates, path in found:  # LSTM (4 gates) first, then GRU
+        first.setdefault(n_gates, path)
+    if not first:
+        raise NoData("no LSTM or GRU kernel in the selected models")
+    panels, missing = [], []
+    for k, path in enumerate(first.values()):
+        try:
+            panels.append(_gate_panels(con, ids, path, bins, base.ROW_BUDGET // len(first), k))
+        except NoData as exc:
+            missing.append(str(exc))
+    if not panels:
+        raise NoData(missing[0])
+    if len(panels) == 1:
+        return panels[0]
+    return (
+        alt.vconcat(*panels, spacing=40)
+        .resolve_scale(color="independent")
+        .properties(
+            title=base.title(
+                "LSTM and GRU weights by gate",
+                "the LSTM layer and the GRU layer found in most models (pass --layer to choose)",
+            )
+        )
+    )
+
+
+def _gate_panels(
+    con: duckdb.DuckDBPyConnection,
+    ids: list[str],
+    layer: str,
+    bins: int,
+    budget: int,
+    k: int = 0,
+) -> alt.FacetChart:
+    """One recurrent layer's gate histograms: kernel types × gates, models overlaid."""
+    params: dict[str, Any] = {"ids": ids, "layer": layer}
     tensors = con.execute(
         f"SELECT model_id, weight_name, n_gates FROM ({_RECURRENT}) WHERE layer_path = $layer",
         params,
@@ -147,7 +181,7 @@ def gate_histograms(
     selection = base.keep(ids, qualifying, MAX_SERIES)
     kept = [t for t in tensors if t[0] in selection.ids]
     panels = len({t[1] for t in kept}) * len({t[2] for t in kept}) * max(t[2] for t in kept)
-    bins = max(1, min(bins, base.ROW_BUDGET // (len(selection.ids) * panels)))
+    bins = max(1, min(bins, budget // (len(selection.ids) * panels)))
     params.update(ids=selection.ids, bins=bins)
     rows = base.records(con, _GATES, params)
     if not rows:
@@ -161,7 +195,8 @@ def gate_histograms(
     names = base.model_names(con, selection.ids)
     gate_order = [GATE_TITLES[g] for g in (*LSTM_GATES, *GRU_GATES)]
     sampled = "" if stored == expected else f"from a sample of {stored:,} of {expected:,} values"
-    pick = alt.selection_point(fields=["model"], bind="legend")
+    # one legend pick per panel: panels stacked by gate_histograms have their own models
+    pick = alt.selection_point(fields=["model"], bind="legend", name=f"pick_gates_{k}")
     return (
         alt.Chart(alt.Data(values=rows))
         .mark_line(interpolate="step", strokeWidth=1.4)
@@ -352,7 +387,9 @@ def filter_norms(
             # symlog: exploding filters must not flatten the rest, and a dead (zero) one
             # must still show
             color=alt.Color(
-                "norm:Q", title="L2 norm", scale=alt.Scale(scheme="viridis", type="symlog")
+                "norm:Q",
+                title=["L2 norm", "(log scale,", "linear near 0)"],
+                scale=alt.Scale(scheme="viridis", type="symlog"),
             ),
             tooltip=tooltip,
         )

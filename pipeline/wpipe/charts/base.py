@@ -142,3 +142,23 @@ def title(text: str, *notes: str) -> alt.TitleParams:
 def step(n: int, largest: int = 18, room: int = 900) -> int:
     """Band size so that n bands fit in about `room` pixels."""
     return max(2, min(largest, room // max(n, 1)))
+
+
+def one_architecture(arch_of: dict[str, str], explicit: bool) -> tuple[set[str], str]:
+    """The models to overlay, from {model_id: arch_id} of those holding the tensor, and a note.
+
+    Models the caller named are all kept. Otherwise only the largest architecture group (same
+    `arch_id`; on a tie the smallest arch_id, so the choice is stable): the same layer name in
+    unrelated architectures is not the same tensor.
+    """
+    if explicit or len(set(arch_of.values())) <= 1:
+        return set(arch_of), ""
+    sizes: dict[str, int] = {}
+    for arch in arch_of.values():
+        sizes[arch] = sizes.get(arch, 0) + 1
+    largest = max(sorted(sizes), key=lambda a: sizes[a])
+    left = len(arch_of) - sizes[largest]
+    return {m for m, a in arch_of.items() if a == largest}, (
+        f"{sizes[largest]} models of one architecture (the largest group with this tensor); "
+        f"{left} of other architectures left out"
+    )

@@ -28,13 +28,17 @@ def weight_histograms(
     weight: str = "kernel",
     bins: int = DEFAULT_BINS,
     source: str = "auto",
-) -> alt.Chart:
+) -> alt.LayerChart:
     """Histograms of one tensor (layer, weight) overlaid across models on common bins.
 
-    `layer` defaults to the layer holding `weight` in the most models. `source` is `values`
-    (bin `weight_values` exactly; a sample if ingested with --values sample:N), `histograms`
-    (merge the stored per-tensor histograms onto the common bins, spreading each stored bin's
-    count uniformly over its width) or `auto` (values when every value is stored).
+    Without `models`, the models of one architecture: the largest group (same `arch_id`)
+    holding the tensor. `layer` defaults to the layer holding `weight` in the most models.
+    The bins span a robust common range (`common_range`): one model with far larger weights
+    does not squeeze the others into one bin; its values outside the range are counted in
+    overflow markers at the ends. `source` is `values` (bin `weight_values` exactly; a
+    sample if ingested with --values sample:N), `histograms` (merge the stored per-tensor
+    histograms onto the common bins, spreading each stored bin's count uniformly over its
+    width) or `auto` (values when every value is stored).
     """
     if source not in ("auto", "values", "histograms"):
         raise ValueError("source must be auto, values or histograms")
@@ -54,11 +58,14 @@ def weight_histograms(
         layer = found[0]
     params["layer"] = layer
     having = con.execute(
-        "SELECT model_id FROM weights WHERE list_contains($ids, model_id) "
-        "AND layer_path = $layer AND weight_name = $weight AND size > 0",
+        "SELECT w.model_id, m.arch_id FROM weights AS w JOIN models AS m USING (model_id) "
+        "WHERE list_contains($ids, w.model_id) AND w.layer_path = $layer "
+        "AND w.weight_name = $weight AND w.size > 0",
         params,
     ).fetchall()
-    selection = base.keep(ids, {r[0] for r in having}, min(MAX_SERIES, base.ROW_BUDGET // bins))
+    qualifying, others = base.one_architecture(dict(having), explicit=bool(models))
+    limit = min(MAX_SERIES, base.ROW_BUDGET // (bins + 2))
+    selection = base.keep(ids, qualifying, limit)
     if not selection.ids:
         raise NoData(f"no model has a tensor {layer!r} / {weight!r}")
     params["ids"] = selection.ids
@@ -74,6 +81,14 @@ def weight_histograms(
         source = "values" if stored and stored == expected else "histograms"
     if source == "values" and not stored:
         raise NoData(f"no weight_values stored for {layer!r} / {weight!r}")
+    spread = con.execute(
+        "SELECT min, max, p05, p95 FROM weights WHERE list_contains($ids, model_id) "
+        "AND layer_path = $layer AND weight_name = $weight AND min IS NOT NULL",
+        {k: params[k] for k in ("ids", "layer", "weight")},
+    ).fetchall()
+    if not spread:
+        raise NoData(f"no finite values in {layer!r} / {weight!r}")
+    params["lo"], params["hi"] = common_range(spread)
     rows = base.records(con, _HIST_FROM_VALUES if source == "values" else _HIST_MERGED, params)
     if not rows:
         raise NoData(f"no finite values in {layer!r} / {weight!r}")
@@ -84,96 +99,161 @@ def weight_histograms(
         how = f"{bins} common bins, exact from weight_values"
     else:
         how = f"{bins} common bins, from a sample of {stored:,} of {expected:,} values"
+    clipped = any(r["bin"] in (-1, bins) for r in rows)
+    if clipped:
+        how += (
+            f" over the common range [{params['lo']:.3g}, {params['hi']:.3g}]; "
+            "the triangles at its ends count the values beyond it"
+        )
+    return _histogram_figure(rows, names, bins, layer, weight, how, selection.note, others)
+
+
+def _histogram_figure(
+    rows: list[dict[str, Any]],
+    names: list[str],
+    bins: int,
+    layer: str,
+    weight: str,
+    how: str,
+    *notes: str,
+) -> alt.LayerChart:
     pick = alt.selection_point(fields=["model"], bind="legend")
     zoom = alt.selection_interval(bind="scales", encodings=["x"])
+    inside = alt.FieldRangePredicate(field="bin", range=[0, bins - 1])
+    frame = alt.Chart(alt.Data(values=rows)).encode(
+        x=alt.X("x:Q", title=f"{weight} value", scale=alt.Scale(padding=8)),
+        y=alt.Y("fraction:Q", title="fraction of values", axis=alt.Axis(format="%")),
+        color=base.model_color(names, pick),
+        opacity=alt.condition(pick, alt.value(0.95), alt.value(0.12)),
+        tooltip=[
+            alt.Tooltip("model:N"),
+            alt.Tooltip("lo:Q", format=".4g", title="from"),
+            alt.Tooltip("hi:Q", format=".4g", title="to"),
+            alt.Tooltip("count:Q", format=",.4~f"),
+            alt.Tooltip("fraction:Q", format=".2%"),
+        ],
+    )
+    line = frame.transform_filter(inside).mark_line(interpolate="step", strokeWidth=1.6)
+    below = frame.transform_filter(alt.datum.bin == -1).mark_point(
+        shape="triangle-left", filled=True, size=70
+    )
+    above = frame.transform_filter(alt.datum.bin == bins).mark_point(
+        shape="triangle-right", filled=True, size=70
+    )
     return (
-        alt.Chart(alt.Data(values=rows))
-        .mark_line(interpolate="step", strokeWidth=1.6)
-        .encode(
-            x=alt.X("x:Q", title=f"{weight} value"),
-            y=alt.Y("fraction:Q", title="fraction of values", axis=alt.Axis(format="%")),
-            color=base.model_color(names, pick),
-            opacity=alt.condition(pick, alt.value(0.95), alt.value(0.12)),
-            tooltip=[
-                alt.Tooltip("model:N"),
-                alt.Tooltip("lo:Q", format=".4g", title="from"),
-                alt.Tooltip("hi:Q", format=".4g", title="to"),
-                alt.Tooltip("count:Q", format=",.4~f"),
-                alt.Tooltip("fraction:Q", format=".2%"),
-            ],
-        )
+        alt.layer(line, below, above)
         .add_params(pick, zoom)
         .properties(
             width=560,
             height=280,
-            title=base.title(f"{layer} · {weight}: weights across models", how, selection.note),
+            title=base.title(f"{layer} · {weight}: weights across models", how, *notes),
         )
     )
 
 
-# Bins: numpy.histogram's equal-width bins over [min, max] of all selected values, the last
-# bin closed; (x - lo) * (bins / (hi - lo)) is numpy's own arithmetic for the bin number.
+#: How far beyond the typical models' p05–p95 the common range may reach, in widths of it.
+FENCE = 3.0
+
+
+def common_range(spread: Sequence[tuple[float, float, float | None, float | None]]) -> tuple:
+    """[lo, hi] of the common bins from each model's (min, max, p05, p95).
+
+    The union [min, max] unless a model reaches beyond a fence: the median p05 (p95) of the
+    models minus (plus) FENCE times their median p05–p95 width. For bell-shaped weights the
+    fence lies far outside every value (about 10 σ beyond p95), so the bins are numpy's over
+    [min, max]; an outlier model, or a few huge weights, are cut at the fence instead of
+    stretching the bins, and what lies beyond is counted apart.
+    """
+    lo = min(s[0] for s in spread)
+    hi = max(s[1] for s in spread)
+    pairs = [(s[0] if s[2] is None else s[2], s[1] if s[3] is None else s[3]) for s in spread]
+    low = sorted(a for a, _ in pairs)
+    high = sorted(b for _, b in pairs)
+    width = _median(sorted(b - a for a, b in pairs))
+    if width > 0:
+        lo = max(lo, _median(low) - FENCE * width)
+        hi = min(hi, _median(high) + FENCE * width)
+    if not hi > lo:  # a constant tensor: one bin of width 1 around it
+        return lo - 0.5, hi + 0.5
+    return lo, hi
+
+
+def _median(values: Sequence[float]) -> float:
+    n = len(values)
+    return (values[(n - 1) // 2] + values[n // 2]) / 2
+
+
+# Bins: numpy.histogram's equal-width bins over [$lo, $hi], the last bin closed;
+# (x - lo) * (bins / (hi - lo)) is numpy's own arithmetic for the bin number. Values below
+# $lo are bin -1, above $hi bin $bins (drawn as overflow markers, only when there are some).
 _HIST_FROM_VALUES = """
 WITH v AS (
     SELECT model_id, value::DOUBLE AS x FROM weight_values
     WHERE list_contains($ids, model_id) AND layer_path = $layer AND weight_name = $weight
       AND isfinite(value)
 ),
-r0 AS (SELECT min(x) AS lo, max(x) AS hi FROM v),
-r AS (
-    SELECT CASE WHEN hi > lo THEN lo ELSE lo - 0.5 END AS lo,
-           CASE WHEN hi > lo THEN hi ELSE hi + 0.5 END AS hi
-    FROM r0 WHERE lo IS NOT NULL
-),
 c AS (
     SELECT model_id,
-           least(floor((x - r.lo) * ($bins / (r.hi - r.lo))), $bins - 1)::INTEGER AS bin,
+           CASE WHEN x < $lo THEN -1 WHEN x > $hi THEN $bins
+                ELSE least(floor((x - $lo) * ($bins / ($hi - $lo))), $bins - 1) END::INTEGER
+               AS bin,
            count(*) AS count
-    FROM v, r GROUP BY ALL
+    FROM v GROUP BY ALL
 ),
 t AS (SELECT model_id, count(*) AS total FROM v GROUP BY model_id),
-grid AS (SELECT t.model_id, t.total, b.range::INTEGER AS bin FROM t, range($bins) AS b)
+grid AS (
+    SELECT t.model_id, t.total, b.range::INTEGER AS bin FROM t, range(-1, $bins + 1) AS b
+)
 SELECT m.name AS model, g.bin,
-       r.lo + g.bin * (r.hi - r.lo) / $bins AS lo,
-       r.lo + (g.bin + 1) * (r.hi - r.lo) / $bins AS hi,
-       r.lo + (g.bin + 0.5) * (r.hi - r.lo) / $bins AS x,
+       CASE WHEN g.bin = -1 THEN NULL ELSE $lo + g.bin * ($hi - $lo) / $bins END AS lo,
+       CASE WHEN g.bin = $bins THEN NULL ELSE $lo + (g.bin + 1) * ($hi - $lo) / $bins END AS hi,
+       $lo + (g.bin + 0.5) * ($hi - $lo) / $bins AS x,
        coalesce(c.count, 0)::DOUBLE AS count,
        coalesce(c.count, 0) / g.total AS fraction
-FROM grid AS g CROSS JOIN r
+FROM grid AS g
 JOIN models AS m USING (model_id)
 LEFT JOIN c USING (model_id, bin)
+WHERE g.bin BETWEEN 0 AND $bins - 1 OR c.count > 0
 ORDER BY m.name, g.bin
 """
 
 # Merge: each stored bin [lo, hi) gives its count to the common bins in proportion to overlap
-# (values are taken as uniform within a stored bin). The common range is the union of the
-# stored ranges, i.e. [min, max] of the tensors.
+# (values are taken as uniform within a stored bin); the parts beyond [$lo, $hi] go to the
+# overflow bins -1 and $bins.
 _HIST_MERGED = """
 WITH h AS (
     SELECT model_id, lo, hi, count FROM histograms
     WHERE list_contains($ids, model_id) AND layer_path = $layer AND weight_name = $weight
       AND count > 0
 ),
-r AS (SELECT min(lo) AS lo, max(hi) AS hi FROM h HAVING count(*) > 0),
 t AS (SELECT model_id, sum(count) AS total FROM h GROUP BY model_id),
 b AS (
     SELECT range::INTEGER AS bin,
-           r.lo + range * (r.hi - r.lo) / $bins AS blo,
-           r.lo + (range + 1) * (r.hi - r.lo) / $bins AS bhi
-    FROM range($bins), r
+           CASE WHEN range = -1 THEN -'inf'::DOUBLE
+                ELSE $lo + range * ($hi - $lo) / $bins END AS blo,
+           CASE WHEN range = $bins THEN 'inf'::DOUBLE
+                ELSE $lo + (range + 1) * ($hi - $lo) / $bins END AS bhi
+    FROM range(-1, $bins + 1)
 ),
 c AS (
     SELECT h.model_id, b.bin,
-           sum(h.count * (least(h.hi, b.bhi) - greatest(h.lo, b.blo)) / (h.hi - h.lo)) AS count
-    FROM h JOIN b ON h.lo < b.bhi AND h.hi > b.blo
+           sum(CASE WHEN h.hi > h.lo
+                    THEN h.count * (least(h.hi, b.bhi) - greatest(h.lo, b.blo)) / (h.hi - h.lo)
+                    ELSE h.count END) AS count
+    FROM h JOIN b ON h.lo < b.bhi AND h.hi > b.blo OR (h.lo = h.hi AND h.lo >= b.blo
+         AND h.lo < b.bhi)
     GROUP BY ALL
 )
-SELECT m.name AS model, b.bin, b.blo AS lo, b.bhi AS hi, (b.blo + b.bhi) / 2 AS x,
+SELECT m.name AS model, b.bin,
+       CASE WHEN b.bin = -1 THEN NULL ELSE b.blo END AS lo,
+       CASE WHEN b.bin = $bins THEN NULL ELSE b.bhi END AS hi,
+       $lo + (b.bin + 0.5) * ($hi - $lo) / $bins AS x,
        coalesce(c.count, 0)::DOUBLE AS count,
        coalesce(c.count, 0) / t.total AS fraction
 FROM t CROSS JOIN b
 JOIN models AS m USING (model_id)
 LEFT JOIN c USING (model_id, bin)
+WHERE b.bin BETWEEN 0 AND $bins - 1 OR c.count > 1e-9
 ORDER BY m.name, b.bin
 """
 
@@ -287,6 +367,7 @@ def distribution_boxes(
     """Per-layer weight distributions across models: boxes p25–p75, whiskers p05–p95 and p01–p99.
 
     One panel per tensor (own y scale), one box per model; the line across a box is the median.
+    Without `models`, the models of the largest architecture group (same `arch_id`).
     """
     roles = list(roles or ())
     ids = model_ids(con, models)
@@ -296,6 +377,13 @@ def distribution_boxes(
         "AND (len($roles) = 0 OR list_contains($roles, w.role)) AND w.p50 IS NOT NULL"
     )
     params = {"ids": ids, "roles": roles, **base.layer_params(layers)}
+    having = con.execute(
+        f"SELECT DISTINCT w.model_id, m.arch_id FROM weights AS w JOIN models AS m "
+        f"USING (model_id) WHERE {where}",
+        params,
+    ).fetchall()
+    qualifying, others = base.one_architecture(dict(having), explicit=bool(models))
+    params["ids"] = [i for i in ids if i in qualifying]
     tensors = con.execute(
         f"SELECT {label} AS tensor FROM weights AS w WHERE {where} "
         "GROUP BY tensor ORDER BY avg(w.weight_index), tensor",
@@ -304,9 +392,8 @@ def distribution_boxes(
     order = [t[0] for t in tensors][:MAX_PANELS]
     if not order:
         raise NoData("no weight tensor matches the filters")
-    having = con.execute(f"SELECT DISTINCT w.model_id FROM weights AS w WHERE {where}", params)
     limit = min(MAX_SERIES, base.ROW_BUDGET // len(order))
-    selection = base.keep(ids, {r[0] for r in having.fetchall()}, limit)
+    selection = base.keep(ids, qualifying, limit)
     params["ids"] = selection.ids
     params["tensors"] = order
     rows = base.records(
@@ -328,7 +415,12 @@ def distribution_boxes(
     tooltip.append(alt.Tooltip("p99:Q", format=".4g"))
     color = base.model_color(names, pick)
     frame = alt.Chart().encode(
-        x=alt.X("model:N", sort=names, axis=None),
+        x=alt.X(
+            "model:N",
+            sort=names,
+            title=None,
+            axis=alt.Axis(labelAngle=-50, labelLimit=110, labelFontSize=9),
+        ),
         opacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)),
         tooltip=tooltip,
     )
@@ -355,6 +447,7 @@ def distribution_boxes(
                 "Weight distributions per layer across models",
                 "box p25–p75, thick whisker p05–p95, thin whisker p01–p99, line at the median",
                 selection.note,
+                others,
                 shown,
             )
         )

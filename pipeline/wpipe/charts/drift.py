@@ -191,9 +191,11 @@ def checkpoint_drift(
     positive = [r["rel_l2"] for r in rows if r["rel_l2"]]
     if positive and len(positive) == len(rows):
         y_scale, y_axis = alt.Scale(type="log", nice=False, padding=8), alt.Axis()
+        y_kind = "log scale"
     else:  # a stale layer (no change at all) must still show, at 0
         low, high = min(positive or [1e-3]), max(positive or [1e-3])
         y_scale = alt.Scale(type="symlog", constant=low / 2, domainMin=0)
+        y_kind = "log scale, linear near 0"
         y_axis = alt.Axis(values=[0.0, *_log_ticks(low, high)], format="~g")
     pick = alt.selection_point(fields=["layer"], bind="legend")
     scheme = "tableau10" if len(layer_order) <= 10 else "tableau20"
@@ -205,7 +207,7 @@ def checkpoint_drift(
             x=alt.X(f"{x_field}:Q", title=x_title, axis=alt.Axis(tickMinStep=1)),
             y=alt.Y(
                 "rel_l2:Q",
-                title="relative change ||B − A|| / ||A||",
+                title=f"relative change ||B − A|| / ||A|| ({y_kind})",
                 scale=y_scale,
                 axis=y_axis,
             ),

@@ -161,8 +161,20 @@ def metric_scatter(
         alt.Chart(alt.Data(values=rows))
         .mark_circle(size=70)
         .encode(
-            x=alt.X("x:Q", title=label, scale=alt.Scale(zero=False)),
-            y=alt.Y("y:Q", title=metric, scale=alt.Scale(zero=False)),
+            # padding keeps a point at the edge of the data whole; greedy overlap removal
+            # and a few ticks keep long labels (0.00012, 3.2e+4) apart
+            x=alt.X(
+                "x:Q",
+                title=label,
+                scale=alt.Scale(zero=False, padding=12),
+                axis=alt.Axis(tickCount=5, labelOverlap="greedy", labelFlush=False),
+            ),
+            y=alt.Y(
+                "y:Q",
+                title=metric,
+                scale=alt.Scale(zero=False, padding=12),
+                axis=alt.Axis(tickCount=6, labelOverlap="greedy"),
+            ),
             tooltip=[
                 alt.Tooltip("model:N"),
                 alt.Tooltip("folder:N"),
