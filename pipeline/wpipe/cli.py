@@ -79,7 +79,9 @@ app = typer.Typer(
 # Piped output is not cut to 80 columns: scripts and logs get whole tables.
 _WIDE = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
 out = Console(width=_WIDE)
-err = Console(stderr=True)
+# Messages carry file, folder, layer and output names: printed verbatim, never as markup
+# (a folder called `[bold]` or `[/b]` is a name); markup is opted into where wpipe writes it.
+err = Console(stderr=True, markup=False)
 
 
 def _print_version(value: bool) -> None:
@@ -144,7 +146,7 @@ def emit(columns: list[str], rows: list[tuple], fmt: Format, title: str | None =
         records = [{c: _jsonable(v) for c, v in zip(columns, row, strict=True)} for row in rows]
         sys.stdout.write(json.dumps(records, indent=2, default=str) + "\n")
     else:
-        table = Table(title=title, header_style="bold")
+        table = Table(title=escape(title) if title else None, header_style="bold")
         for column in columns:
             table.add_column(column, overflow="fold")
         for row in rows:
@@ -217,7 +219,7 @@ def ingest_command(
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         console=err,
         disable=quiet or not err.is_terminal,
         transient=True,

@@ -24,6 +24,7 @@ from wpipe.readers import ModelReadError, model_files, open_model
 from wpipe.spectra import SpectraOptions
 from wpipe.spectra_tables import CACHE_FOLDER
 from wpipe.tables import FileInfo, ValuesMode, build_tables, model_id_for
+from wpipe.textsafe import display, to_os
 from wpipe.walk import Skipped, discover
 
 # Models loaded into DuckDB per transaction: one transaction per model costs more than reading
@@ -105,7 +106,7 @@ def sha256_of(path: str) -> str:
 def run_job(job: Job) -> Outcome:
     """Read, analyse and write one model's partition; never raises."""
     model_id = model_id_for(job.path)
-    outcome = Outcome(job.path, model_id, "failed", bytes_read=job.size)
+    outcome = Outcome(display(job.path), model_id, "failed", bytes_read=job.size)
     partition = None
     try:
         sha = sha256_of(job.path)
@@ -113,7 +114,7 @@ def run_job(job: Job) -> Outcome:
         if sha == job.known_sha:
             outcome.status = "unchanged"
             return outcome
-        info = FileInfo(model_id, job.path, sha, job.size, job.mtime, job.settings)
+        info = FileInfo(model_id, display(job.path), sha, job.size, job.mtime, job.settings)
         with open_model(job.path) as model:
             partition = store.Partition(Path(job.lake), model_id)
             tables = build_tables(
@@ -134,6 +135,8 @@ def run_job(job: Job) -> Outcome:
         outcome.message = f"{job.path}: wpipe failed on this file ({type(exc).__name__}: {exc})"
     if outcome.status == "failed" and partition is not None:
         partition.abort()
+    if outcome.message:
+        outcome.message = display(outcome.message)
     return outcome
 
 
@@ -184,7 +187,7 @@ def ingest(
                 exc = ModelReadError("io-error", f"{path}: {exc}")
             _record_skipped(Skipped(path, exc.code, exc.message, 0, 0.0), db, report, on_done)
             continue
-        key = str(path)
+        key = display(str(path))
         if key in known and known[key][3] != settings:
             known.pop(key)  # rows computed with other options: read the file again
         previous = known.get(key) or failures.get(key)
@@ -198,11 +201,12 @@ def ingest(
                 )  # fmt: skip
             continue
         known_sha = known[key][2] if key in known else None
-        work.append(Job(key, str(lake), size, mtime, known_sha, options, values, spectra, settings))
+        raw = str(path)  # the name as the OS gave it: `key` is how it is stored and printed
+        work.append(Job(raw, str(lake), size, mtime, known_sha, options, values, spectra, settings))
 
     if on_start:
         on_start(len(work))
-    by_path = {job.path: job for job in work}
+    by_path = {display(job.path): job for job in work}
     pending: dict[str, Path] = {}  # committed to the lake, not yet loaded into DuckDB
     loaded: dict[str, dict[str, pa.Table]] = {}
     for outcome in _map(work, jobs, file_timeout, lake):
@@ -232,9 +236,10 @@ def ingest(
 def _record_skipped(
     entry: Skipped, db: store.Database, report: Report, on_done: Callable[[Outcome], None] | None
 ) -> None:
-    key = str(entry.path)
-    outcome = Outcome(key, model_id_for(key), "failed", error=entry.code, message=entry.message)
-    db.record_error(key, entry.code, entry.message, entry.size, entry.mtime)
+    key = display(str(entry.path))
+    message = display(entry.message)
+    outcome = Outcome(key, model_id_for(key), "failed", error=entry.code, message=message)
+    db.record_error(key, entry.code, message, entry.size, entry.mtime)
     report.failed.append(outcome)
     if on_done:
         on_done(outcome)
@@ -248,8 +253,9 @@ def _map(work: list[Job], jobs: int, file_timeout: float | None, lake: Path) -> 
         if isinstance(result, workers.WorkerFailure):
             # a killed worker cannot clean up after itself: drop what it had written
             store.discard_partials(lake, model_id_for(job.path))
-            result = Outcome(job.path, model_id_for(job.path), "failed", error=result.code,
-                             message=result.message, bytes_read=job.size)  # fmt: skip
+            result = Outcome(display(job.path), model_id_for(job.path), "failed",
+                             error=result.code, message=display(result.message),
+                             bytes_read=job.size)  # fmt: skip
         yield result
 
 
@@ -282,7 +288,8 @@ def _prune(db: store.Database, lake: Path, roots: list[Path]) -> int:
 
     def gone(path: str) -> bool:
         p = Path(path)
-        return any(p == r or r in p.parents for r in roots) and not p.exists()
+        here = any(p == r or r in p.parents for r in roots)
+        return here and not p.exists() and not Path(to_os(path)).exists()
 
     stale = {model_id for model_id, (path, *_) in db.known_files_by_id().items() if gone(path)}
     db.remove_models(stale)

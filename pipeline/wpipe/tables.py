@@ -20,6 +20,7 @@ from wpipe.readers.keras_config import layer_fields
 from wpipe.spectra import SpectraOptions
 from wpipe.spectra_tables import SpectraCollector
 from wpipe.tags import strip_model_suffix
+from wpipe.textsafe import display
 
 DIRECTIONS = ("forward", "backward")
 
@@ -52,7 +53,8 @@ class ValuesMode:
 
 
 def model_id_for(path: str) -> str:
-    return hashlib.sha1(path.encode("utf-8")).hexdigest()[:16]
+    # of the stored path: undecodable bytes spelled as wpipe stores them (textsafe)
+    return hashlib.sha1(display(path).encode("utf-8")).hexdigest()[:16]
 
 
 def arch_id(model: Model) -> str:

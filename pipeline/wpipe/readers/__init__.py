@@ -21,6 +21,7 @@ from wpipe.readers import (
 )
 from wpipe.readers.base import Layer, Model, ModelReadError, Tensor
 from wpipe.readers.safefile import open_regular, require_regular, stat_problem
+from wpipe.textsafe import display, to_os
 
 __all__ = ["Layer", "Model", "ModelReadError", "Tensor", "model_files", "open_model", "sniff"]
 
@@ -62,11 +63,15 @@ def model_files(path: Path) -> list[Path]:
 
 @contextmanager
 def open_model(path: str | os.PathLike) -> Iterator[Model]:
-    """Open a model save; tensors load lazily while the context is open."""
-    where = str(path)
+    """Open a model save (by its name on disk or as stored, see textsafe); tensors load
+    lazily while the context is open."""
+    where = display(str(path))
+    p = Path(path)
+    if not os.path.lexists(p):
+        p = Path(to_os(str(path)))
     with ExitStack() as stack:
         try:
-            model = stack.enter_context(_open(Path(path), where))
+            model = stack.enter_context(_open(p, where))
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
             raise ModelReadError("corrupt", f"{where}: {type(exc).__name__}: {exc}") from None
         except MemoryError:
