@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 CORE   := $(VENV)/.installed-core
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: demo test bench lint format clean
+.PHONY: demo test bench fuzz lint format clean
 
 $(CORE): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ demo: $(CORE)
 
 test: $(DEV)
 	$(BIN)/pytest -q
+
+# Every damaged/hostile-file case (several minutes; the quick form runs in `make test`).
+fuzz: $(DEV)
+	$(BIN)/python -m tests.fuzz.runner --full
 
 bench: $(DEV)
 	$(BIN)/python bench/bench_ingest.py

@@ -12,6 +12,8 @@ import hashlib
 import os
 import shutil
 import time
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -128,6 +130,10 @@ def run_job(job: Job) -> Outcome:
         outcome.n_tensors, outcome.n_params = row["n_tensors"], row["n_params"]
     except ModelReadError as exc:
         outcome.error, outcome.message = exc.code, exc.message
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # a damaged member, read lazily
+        outcome.error, outcome.message = "bad-zip", f"{job.path}: damaged zip archive ({exc})"
+    except MemoryError:
+        outcome.error, outcome.message = "out-of-memory", f"{job.path}: not enough memory"
     except OSError as exc:
         outcome.error, outcome.message = "io-error", f"{job.path}: {exc.strerror or exc}"
     except Exception as exc:  # a bug must not stop the other files; the message says so

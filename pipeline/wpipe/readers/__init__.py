@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -75,9 +77,9 @@ def open_model(path: str | os.PathLike) -> Iterator[Model]:
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
             raise ModelReadError("corrupt", f"{where}: {type(exc).__name__}: {exc}") from None
         except MemoryError:
-            raise ModelReadError(
-                "out-of-memory", f"{where}: not enough memory to read it"
-            ) from None
+            raise ModelReadError("out-of-memory", f"{where}: not enough memory") from None
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise ModelReadError("bad-zip", f"{where}: damaged zip archive ({exc})") from None
         _check_unique_keys(model, where)
         yield model
 

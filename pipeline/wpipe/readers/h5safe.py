@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from wpipe.readers.base import ModelReadError
+from wpipe.textsafe import display
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 MAX_TENSOR_BYTES = 4 << 30  # one tensor as stored; the largest real Keras weights are < 2 GB
@@ -32,6 +33,8 @@ def text(value: Any) -> Any:
     """Normalise an attribute value: bytes -> str, arrays -> lists of normalised items."""
     if isinstance(value, bytes | np.bytes_):
         return value.decode("utf-8", errors="replace")
+    if isinstance(value, str):  # h5py hands invalid UTF-8 over as lone surrogates
+        return display(value)
     if isinstance(value, np.ndarray):
         return [text(v) for v in value.tolist()] if value.ndim else text(value.item())
     if isinstance(value, list | tuple):
