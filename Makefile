@@ -24,6 +24,10 @@ demo: $(CORE)
 	$(BIN)/wpipe models --db demo.duckdb
 	$(BIN)/wpipe query "SELECT name_b AS checkpoint, round(avg(rel_l2), 3) AS mean_layer_drift \
 		FROM layer_drift GROUP BY ALL ORDER BY checkpoint" --db demo.duckdb
+	$(BIN)/wpipe activations cnn_lr1e-3/e05 cnn_lr1e-2/e05 cnn_lr3e-1/e01 cnn_lr3e-1/e05 \
+		--input examples/inputs/blobs.npy --db demo.duckdb
+	$(BIN)/wpipe activations lstm_classifier gru_classifier --input examples/inputs/tokens.npy \
+		--db demo.duckdb
 	$(BIN)/wpipe health --db demo.duckdb
 	$(BIN)/wpipe correlate val_accuracy --top 5 --db demo.duckdb
 	$(BIN)/wpipe report --db demo.duckdb -o report.html

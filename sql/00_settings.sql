@@ -16,5 +16,7 @@ INSERT INTO settings VALUES
     ('forget_bias_high', 5.0,
      'LSTM forget gate saturates open when its mean bias is above this (sigmoid(5) = 0.993)'),
     ('forget_bias_low', -5.0,
-     'LSTM forget gate saturates shut when its mean bias is below this (sigmoid(-5) = 0.007)')
+     'LSTM forget gate saturates shut when its mean bias is below this (sigmoid(-5) = 0.007)'),
+    ('dead_activation_frac', 0.75,
+     'a ReLU layer''s output has dead_units_by_activation when more than this fraction of its units never exceeds 0 on an input set')
 ON CONFLICT (name) DO NOTHING;

@@ -56,8 +56,10 @@ SELECT
              OR b.forget_bias_mean < t.forget_bias_low, false) AS saturating_forget_gate
 FROM base AS b, t;
 
--- health_findings: the flagged tensors only, worst first (what `wpipe health` prints).
+-- health_findings: the flagged tensors, and the layer outputs flagged by `wpipe activations`
+-- (weight_name NULL, input_name set), worst first (what `wpipe health` prints).
 CREATE OR REPLACE VIEW health_findings AS
+SELECT * FROM (
 SELECT
     model, layer_path, class_name, weight_name,
     concat_ws(', ',
@@ -72,7 +74,13 @@ SELECT
     round(near_zero_frac, 4) AS near_zero_frac, round(forget_bias_mean, 3) AS forget_bias_mean,
     4 * nan_or_inf::INT + 3 * exploding::INT + 2 * has_dead_units::INT
         + saturating_forget_gate::INT + sparse::INT + stale::INT AS severity,
-    model_id
+    model_id, NULL::VARCHAR AS input_name, dead_units AS dead_count
 FROM weight_health
 WHERE nan_or_inf OR exploding OR has_dead_units OR saturating_forget_gate OR sparse OR stale
-ORDER BY severity DESC, dead_units DESC, model, layer_path, weight_name;
+UNION ALL BY NAME
+SELECT model, layer_path, class_name, NULL AS weight_name,
+       'dead_units_by_activation' AS flags, dead_units || '/' || n_units AS dead,
+       2 AS severity, model_id, input_name, dead_units AS dead_count
+FROM activation_health
+WHERE dead_units_by_activation)
+ORDER BY severity DESC, dead_count DESC, model, layer_path, weight_name NULLS LAST;

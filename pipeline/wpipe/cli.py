@@ -667,3 +667,5 @@ def spectra_command(
 
 if __name__ == "__main__":  # python -m wpipe.cli
     app()
+
+from wpipe import activations_cli  # noqa: E402,F401  (registers `wpipe activations`)

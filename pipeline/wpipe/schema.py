@@ -111,6 +111,33 @@ LAYERS = Table(
     ),
 )
 
+# Statistics shared by `weights` and `activations` (analysis.tensor_stats: one definition).
+CENTRE = (
+    _c("mean", F64, "arithmetic mean"),
+    _c("std", F64, "population standard deviation (divides by n)"),
+    _c("min", F64, "smallest value"),
+    _c("max", F64, "largest value"),
+)
+TAIL = (
+    _c("nan_count", I64, "NaN elements (excluded from every other statistic)"),
+    _c("inf_count", I64, "+/-inf elements (excluded from every other statistic)"),
+    _c("p01", F64, "1st percentile (linear interpolation, as numpy.percentile)"),
+    _c("p05", F64, "5th percentile"),
+    _c("p25", F64, "25th percentile"),
+    _c("p50", F64, "median"),
+    _c("p75", F64, "75th percentile"),
+    _c("p95", F64, "95th percentile"),
+    _c("p99", F64, "99th percentile"),
+    _c("skew", F64, "Fisher-Pearson skewness m3/m2^1.5 (biased; NULL if constant)"),
+    _c("kurtosis", F64, "excess kurtosis m4/m2^2 - 3 (biased; NULL if constant)"),
+)
+HISTOGRAM_BIN = (
+    _c("bin", I32, "bin number from 0"),
+    _c("lo", F64, "lower edge (inclusive)"),
+    _c("hi", F64, "upper edge (exclusive; inclusive for the last bin)"),
+    _c("count", I64, "finite elements in the bin"),
+)
+
 WEIGHTS = Table(
     "weights",
     "weight tensor; statistics in float64 over finite values (README: Statistics)",
@@ -130,10 +157,7 @@ WEIGHTS = Table(
             "ok, or '<reason>: …' for a tensor kept without statistics "
             "(complex, string, enum or compound dtype; never written)",
         ),
-        _c("mean", F64, "arithmetic mean"),
-        _c("std", F64, "population standard deviation (divides by n)"),
-        _c("min", F64, "smallest value"),
-        _c("max", F64, "largest value"),
+        *CENTRE,
         _c("abs_mean", F64, "mean of |w|"),
         _c("l1", F64, "sum of |w|"),
         _c("l2", F64, "Euclidean (Frobenius) norm, sqrt(sum w^2)"),
@@ -141,17 +165,7 @@ WEIGHTS = Table(
         _c("zero_count", I64, "elements exactly 0"),
         _c("near_zero_frac", F64, "fraction of elements with |w| < near_zero_threshold"),
         _c("near_zero_threshold", F64, "threshold used for near_zero_frac (--near-zero)"),
-        _c("nan_count", I64, "NaN elements (excluded from every other statistic)"),
-        _c("inf_count", I64, "+/-inf elements (excluded from every other statistic)"),
-        _c("p01", F64, "1st percentile (linear interpolation, as numpy.percentile)"),
-        _c("p05", F64, "5th percentile"),
-        _c("p25", F64, "25th percentile"),
-        _c("p50", F64, "median"),
-        _c("p75", F64, "75th percentile"),
-        _c("p95", F64, "95th percentile"),
-        _c("p99", F64, "99th percentile"),
-        _c("skew", F64, "Fisher-Pearson skewness m3/m2^1.5 (biased; NULL if constant)"),
-        _c("kurtosis", F64, "excess kurtosis m4/m2^2 - 3 (biased; NULL if constant)"),
+        *TAIL,
     ),
 )
 
@@ -160,10 +174,7 @@ HISTOGRAMS = Table(
     "histogram bin of a tensor: equal-width bins over [min, max], as numpy.histogram",
     (
         *TENSOR_KEY,
-        _c("bin", I32, "bin number from 0"),
-        _c("lo", F64, "lower edge (inclusive)"),
-        _c("hi", F64, "upper edge (exclusive; inclusive for the last bin)"),
-        _c("count", I64, "finite elements in the bin"),
+        *HISTOGRAM_BIN,
     ),
 )
 
@@ -290,6 +301,97 @@ EIGENVALUES = Table(
     ),
 )
 
+ACTIVATION_KEY = (
+    _c("model_id", STR, "models.model_id"),
+    _c(
+        "input_set",
+        STR,
+        "16 hex digits: SHA-256 of the input arrays (names, dtypes, shapes, bytes)",
+    ),
+    _c(
+        "layer_path",
+        STR,
+        "layer path (nested models joined with '/'; a nested model's own output too)",
+    ),
+    _c("call_index", I32, "which call of the layer: a shared layer has several, from 0"),
+    _c("output_index", I32, "which output of that call (LSTM return_state: 0 output, 1 h, 2 c)"),
+)
+
+ACTIVATION_RUNS = Table(
+    "activation_runs",
+    "forward pass of a model on an input set (README: Layer outputs)",
+    (
+        _c("model_id", STR, "models.model_id"),
+        _c("input_set", STR, "activations.input_set"),
+        _c("input_name", STR, "the input set's name (--name; default the input file's name)"),
+        _c("source", STR, "file (user data) or random (seeded probe inputs, not data)"),
+        _c("input_path", STR, "the input file (NULL for random inputs)"),
+        _c("n_samples", I64, "samples in the input set"),
+        _c("sha256", STR, "models.sha256 when computed (a changed file is computed again)"),
+        _c("status", STR, "complete, stopped (a layer could not be computed) or failed"),
+        _c("reason", STR, "why the pass stopped or failed (NULL when complete)"),
+        _c("n_outputs", I64, "layer outputs computed (rows in activations)"),
+        _c("computed_at", TS, "when the pass ran"),
+    ),
+)
+
+ACTIVATIONS = Table(
+    "activations",
+    "layer output on an input set: statistics over samples × positions × units, with the "
+    "definitions of `weights`",
+    (
+        *ACTIVATION_KEY,
+        _c("class_name", STR, "Keras class of the layer"),
+        _c("shape", pa.list_(I64), "output shape, samples first"),
+        _c("size", I64, "number of elements"),
+        *CENTRE,
+        _c("abs_mean", F64, "mean of |a|"),
+        _c("zero_frac", F64, "fraction of elements exactly 0 (ReLU's silent outputs)"),
+        _c("near_zero_frac", F64, "fraction with |a| < near_zero_threshold"),
+        _c("near_zero_threshold", F64, "threshold used for near_zero_frac"),
+        *TAIL,
+        _c(
+            "n_units", I64, "units/channels of the output (its last axis; axis 1 if channels_first)"
+        ),
+        _c("dead_units", I64, "units never above 0 on the input set (activation_units.dead)"),
+    ),
+)
+
+ACTIVATION_HISTOGRAMS = Table(
+    "activation_histograms",
+    "histogram bin of a layer output: equal-width bins over [min, max], as numpy.histogram",
+    (
+        *ACTIVATION_KEY,
+        *HISTOGRAM_BIN,
+    ),
+)
+
+ACTIVATION_UNITS = Table(
+    "activation_units",
+    "unit (channel) of a layer output on an input set",
+    (
+        *ACTIVATION_KEY,
+        _c("unit", I64, "index along the unit axis"),
+        _c("mean", F64, "mean over samples × positions"),
+        _c("max", F64, "largest value over samples × positions"),
+        _c("active_frac", F64, "fraction of samples × positions with output > 0"),
+        _c("dead", BOOL, "never active (output ≤ 0 everywhere) on the input set"),
+    ),
+)
+
+ACTIVATION_STATUS = Table(
+    "activation_status",
+    "layer whose output could not be computed (the pass stops there), with the reason",
+    (
+        _c("model_id", STR, "models.model_id"),
+        _c("input_set", STR, "activations.input_set"),
+        _c("layer_path", STR, "the layer (NULL when the whole model could not be run)"),
+        _c("class_name", STR, "its Keras class"),
+        _c("status", STR, "stopped or failed"),
+        _c("reason", STR, "e.g. 'Lambda: code stored in the file is never run'"),
+    ),
+)
+
 INGEST_ERRORS = Table(
     "ingest_errors",
     "file that could not be read",
@@ -318,5 +420,9 @@ MODEL_TABLES = (MODELS, LAYERS, WEIGHTS, HISTOGRAMS, WEIGHT_VALUES, UNITS, SPECT
 # Derived tables live in DuckDB only: they are recomputed from the lake, the files' names and
 # the user's CSV files.
 DERIVED_TABLES = (DRIFT, MODEL_TAGS, MODEL_METRICS)
+# Layer outputs live in DuckDB only, keyed by model and input set (`wpipe activations`).
+ACTIVATION_TABLES = (
+    ACTIVATION_RUNS, ACTIVATIONS, ACTIVATION_HISTOGRAMS, ACTIVATION_UNITS, ACTIVATION_STATUS,
+)  # fmt: skip
 # Names are given once and kept (DuckDB only, like ingest_errors): never recomputed.
-ALL_TABLES = (*MODEL_TABLES, *DERIVED_TABLES, INGEST_ERRORS, MODEL_NAMES)
+ALL_TABLES = (*MODEL_TABLES, *DERIVED_TABLES, *ACTIVATION_TABLES, INGEST_ERRORS, MODEL_NAMES)

@@ -13,6 +13,7 @@ VIEW_FILES = (
     "00_settings.sql",
     "10_layer_weights.sql",
     "20_model_summary.sql",
+    "25_activation_health.sql",
     "30_weight_health.sql",
     "40_model_spectral_summary.sql",
     "50_compare.sql",

@@ -1,0 +1,326 @@
+"""Layer outputs on sample inputs: input sets, the forward pass per model, and its tables.
+
+Glue between the numpy forward pass (wpipe.forward), the statistics of `weights`
+(wpipe.analysis.tensor_stats, the same definitions) and DuckDB. A model's rows are keyed by
+(model_id, input_set); input_set is a content hash of the inputs, so the same arrays under
+another name are the same set, and a pass already stored for the model file's current
+SHA-256 is not computed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from wpipe import schema, store
+from wpipe.analysis import StatsOptions, tensor_stats
+from wpipe.forward import LayerOutput, Stopped, Unsupported, forward, graph_of
+from wpipe.forward.graph import Graph
+from wpipe.readers import ModelReadError, open_model
+
+UNKNOWN_DIM = 8  # length used for a None dimension (sequence length) of random inputs
+STAT_COLUMNS = (
+    "mean", "std", "min", "max", "abs_mean", "near_zero_frac", "near_zero_threshold",
+    "nan_count", "inf_count", "p01", "p05", "p25", "p50", "p75", "p95", "p99", "skew",
+    "kurtosis",
+)  # fmt: skip
+
+
+class InputError(ValueError):
+    """An input file or input set that cannot feed a model (one line, no traceback)."""
+
+
+@dataclass
+class InputSet:
+    name: str
+    source: str  # "file" or "random"
+    path: str | None
+    arrays: list[np.ndarray] | dict[str, np.ndarray]
+
+    @property
+    def n_samples(self) -> int:
+        values = self.arrays.values() if isinstance(self.arrays, dict) else self.arrays
+        return int(next(iter(values)).shape[0])
+
+
+def set_id(arrays: list[np.ndarray]) -> str:
+    """16 hex digits of the SHA-256 over every array's dtype, shape and bytes, in order."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        a = np.ascontiguousarray(array)
+        digest.update(f"{a.dtype.str}{a.shape}".encode())
+        digest.update(a.view(np.uint8).reshape(-1))
+    return digest.hexdigest()[:16]
+
+
+def load_input_file(path: Path, name: str | None = None) -> InputSet:
+    """`.npy` (one array) or `.npz` (one array per model input); never unpickles."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{path}: not a readable .npy/.npz file ({exc})") from None
+    if isinstance(loaded, np.ndarray):
+        arrays: Any = [loaded]
+    else:
+        with loaded:
+            try:
+                arrays = {k: np.asarray(loaded[k]) for k in loaded.files}
+            except (OSError, ValueError) as exc:
+                raise InputError(f"{path}: an array cannot be read ({exc})") from None
+    values = list(arrays.values()) if isinstance(arrays, dict) else arrays
+    if not values:
+        raise InputError(f"{path}: holds no arrays")
+    lengths = {int(v.shape[0]) if v.ndim else -1 for v in values}
+    if len(lengths) != 1 or -1 in lengths or 0 in lengths:
+        raise InputError(f"{path}: every array needs the same number of samples (first axis)")
+    return InputSet(name or path.name, "file", str(path.resolve()), arrays)
+
+
+def arrange(graph: Graph, inputs: InputSet) -> list[np.ndarray]:
+    """The input set's arrays in the graph's input order, cast to the inputs' dtypes."""
+    names = [ref.layer for ref in graph.inputs]
+    if isinstance(inputs.arrays, dict):
+        if set(names) <= set(inputs.arrays):
+            arrays = [inputs.arrays[n] for n in names]
+        elif len(inputs.arrays) == len(names):
+            arrays = list(inputs.arrays.values())  # input order
+        else:
+            raise InputError(
+                f"{inputs.name}: the model has inputs {names}; the file holds "
+                f"{sorted(inputs.arrays)} (name each array after an input, or give one per input)"
+            )
+    else:
+        if len(names) != 1:
+            raise InputError(f"{inputs.name}: the model has {len(names)} inputs; use an .npz")
+        arrays = list(inputs.arrays)
+    out = []
+    for name, array in zip(names, arrays, strict=True):
+        shape = graph.input_shapes.get(name)
+        if shape is not None and (
+            array.ndim != len(shape)
+            or any(
+                d is not None and d != a for d, a in zip(shape[1:], array.shape[1:], strict=True)
+            )
+        ):
+            raise InputError(
+                f"{inputs.name}: input {name!r} has shape {list(array.shape)}; the model expects "
+                f"{['N' if d is None else d for d in shape]}"
+            )
+        dtype = graph.input_dtypes.get(name, "float32")
+        out.append(array.astype(np.int64 if "int" in dtype else np.float32, copy=False))
+    return out
+
+
+def random_inputs(graph: Graph, n: int, seed: int = 0) -> InputSet:
+    """Seeded standard-normal floats, or integers in [0, vocabulary) for integer inputs."""
+    rng = np.random.default_rng(seed)
+    vocab = _smallest_vocabulary(graph) or 2
+    arrays = {}
+    for ref in graph.inputs:
+        shape = graph.input_shapes.get(ref.layer)
+        if shape is None:
+            raise InputError("the architecture records no input shape: give --input")
+        dims = (n, *(UNKNOWN_DIM if d is None else d for d in shape[1:]))
+        if "int" in graph.input_dtypes.get(ref.layer, "float32"):
+            arrays[ref.layer] = rng.integers(0, vocab, size=dims).astype(np.int64)
+        else:
+            arrays[ref.layer] = rng.standard_normal(dims).astype(np.float32)
+    return InputSet(f"random:{n}", "random", None, arrays)
+
+
+def _smallest_vocabulary(graph: Graph) -> int | None:
+    sizes = []
+    for layer in graph.layers:
+        if layer.sub is not None:
+            sub = _smallest_vocabulary(layer.sub)
+            sizes += [sub] if sub else []
+        elif layer.class_name == "Embedding" and isinstance(layer.config.get("input_dim"), int):
+            sizes.append(layer.config["input_dim"])
+    return min(sizes) if sizes else None
+
+
+@dataclass
+class Outcome:
+    """What one model's pass produced: its rows, status and a one-line summary."""
+
+    run: dict
+    tables: dict[str, pa.Table] = field(default_factory=dict)
+
+
+def compute(
+    model_id: str, path: str, sha256: str, inputs: InputSet, batch_size: int,
+    options: StatsOptions, skip: Callable[[str], bool] = lambda set_id: False,
+) -> Outcome | None:  # fmt: skip
+    """The forward pass of one model file on an input set, as table rows (None when `skip`
+    says the input set's rows are already stored)."""
+    run = {
+        "model_id": model_id, "input_set": None, "input_name": inputs.name,
+        "source": inputs.source, "input_path": inputs.path, "n_samples": inputs.n_samples,
+        "sha256": sha256, "status": "complete", "reason": None, "n_outputs": 0,
+        "computed_at": datetime.now(timezone.utc),
+    }  # fmt: skip
+    try:
+        with open_model(path) as model:
+            graph = graph_of(model)
+            arrays = arrange(graph, inputs)
+            run["input_set"] = set_id(arrays)
+            if skip(run["input_set"]):
+                return None
+            outputs, stopped = _batched(model, arrays, batch_size)
+    except (ModelReadError, Unsupported, InputError, OSError) as exc:
+        reason = getattr(exc, "message", None) or getattr(exc, "reason", None) or str(exc)
+        run.update(status="failed", reason=reason)
+        run["input_set"] = run["input_set"] or set_id(_as_list(inputs))
+        status = [_status_row(run, None, None, "failed", reason)]
+        return Outcome(run, {"activation_status": _table(schema.ACTIVATION_STATUS, status)})
+    rows = RowCollector(run["model_id"], run["input_set"], options)
+    for out in outputs:
+        rows.add(out)
+    status = []
+    if stopped is not None:
+        run.update(status="stopped", reason=f"{stopped.layer_path}: {stopped.reason}")
+        status.append(_status_row(run, stopped.layer_path, stopped.class_name, "stopped",
+                                  stopped.reason))  # fmt: skip
+    run["n_outputs"] = len(rows.stats)
+    tables = rows.tables()
+    tables["activation_status"] = _table(schema.ACTIVATION_STATUS, status)
+    return Outcome(run, tables)
+
+
+def _as_list(inputs: InputSet) -> list[np.ndarray]:
+    return list(inputs.arrays.values()) if isinstance(inputs.arrays, dict) else inputs.arrays
+
+
+def _status_row(run: dict, layer_path, class_name, status: str, reason: str) -> dict:
+    return {"model_id": run["model_id"], "input_set": run["input_set"], "layer_path": layer_path,
+            "class_name": class_name, "status": status, "reason": reason}  # fmt: skip
+
+
+def _batched(model, arrays: list[np.ndarray], batch_size: int):
+    """Run the pass batch by batch; each layer output is the concatenation over batches."""
+    n = arrays[0].shape[0]
+    parts: dict[tuple, list[LayerOutput]] = {}
+    stopped: Stopped | None = None
+    for start in range(0, n, max(1, batch_size)):
+        batch = [a[start : start + batch_size] for a in arrays]
+        for rec in forward(model, batch):
+            if isinstance(rec, Stopped):
+                stopped = rec
+                break
+            parts.setdefault((rec.layer_path, rec.call_index, rec.output_index), []).append(rec)
+        if stopped is not None:
+            break
+    return _joined(parts, stopped is None), stopped
+
+
+def _joined(parts: dict[tuple, list[LayerOutput]], complete: bool) -> Iterator[LayerOutput]:
+    for key in list(parts):
+        recs = parts.pop(key)
+        first = recs[0]
+        array = recs[0].array if len(recs) == 1 else np.concatenate([r.array for r in recs])
+        yield LayerOutput(*key[:1], first.class_name, key[1], key[2], array, first.channels_first)
+
+
+class RowCollector:
+    """Rows of activations, activation_histograms and activation_units, output by output."""
+
+    def __init__(self, model_id: str, input_set: str, options: StatsOptions) -> None:
+        self.key = {"model_id": model_id, "input_set": input_set}
+        self.options = options
+        self.stats: list[dict] = []
+        self.hist: list[dict] = []
+        self.units: dict[str, list] = {c: [] for c in schema.ACTIVATION_UNITS.column_names}
+
+    def add(self, out: LayerOutput) -> None:
+        key = {**self.key, "layer_path": out.layer_path, "call_index": out.call_index,
+               "output_index": out.output_index}  # fmt: skip
+        array = np.asarray(out.array)
+        stats, hist = tensor_stats(array, self.options)
+        row = {**key, "class_name": out.class_name, "shape": list(array.shape),
+               "size": int(array.size)}  # fmt: skip
+        row.update({c: stats.get(c) for c in STAT_COLUMNS})
+        row["zero_frac"] = stats["zero_count"] / array.size if array.size else None
+        dead, n_units = self._units(key, array, out.channels_first)
+        row.update(n_units=n_units, dead_units=dead)
+        self.stats.append(row)
+        if hist is not None:
+            for i, count in enumerate(hist.counts):
+                self.hist.append({**key, "bin": i, "lo": float(hist.edges[i]),
+                                  "hi": float(hist.edges[i + 1]), "count": int(count)})  # fmt: skip
+
+    def _units(self, key: dict, array: np.ndarray, channels_first: bool) -> tuple[int, int]:
+        """Per unit: mean, max and active fraction over every other axis."""
+        if array.ndim < 2 or array.dtype.kind not in "fiu":
+            return 0, 0
+        axis = 1 if channels_first and array.ndim > 2 else array.ndim - 1
+        flat = np.moveaxis(array, axis, -1).reshape(-1, array.shape[axis]).astype(np.float64)
+        finite = np.where(np.isfinite(flat), flat, np.nan)
+        active = np.mean(flat > 0, axis=0)
+        n = flat.shape[1]
+        for name, values in (
+            ("unit", np.arange(n)), ("mean", np.nanmean(finite, axis=0)),
+            ("max", np.nanmax(finite, axis=0)), ("active_frac", active), ("dead", active == 0),
+        ):  # fmt: skip
+            self.units[name].extend(values.tolist())
+        for name, value in key.items():
+            self.units[name].extend([value] * n)
+        return int(np.count_nonzero(active == 0)), n
+
+    def tables(self) -> dict[str, pa.Table]:
+        return {
+            "activations": _table(schema.ACTIVATIONS, self.stats),
+            "activation_histograms": _table(schema.ACTIVATION_HISTOGRAMS, self.hist),
+            "activation_units": pa.Table.from_pydict(
+                self.units, schema=schema.ACTIVATION_UNITS.arrow_schema
+            ),
+        }
+
+
+def _table(table: schema.Table, rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=table.arrow_schema)
+
+
+# --------------------------------------------------------------------------------------------
+# Storage: DuckDB only (the rows are recomputable from the model files and the inputs)
+# --------------------------------------------------------------------------------------------
+
+
+def stored_sha(con: duckdb.DuckDBPyConnection, model_id: str, input_set: str) -> str | None:
+    row = con.execute(
+        "SELECT sha256 FROM activation_runs WHERE model_id = ? AND input_set = ?",
+        [model_id, input_set],
+    ).fetchone()
+    return row[0] if row else None
+
+
+def save(con: duckdb.DuckDBPyConnection, outcome: Outcome) -> None:
+    """Replace the model's rows for this input set, in one transaction."""
+    key = [outcome.run["model_id"], outcome.run["input_set"]]
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for table in schema.ACTIVATION_TABLES:
+            con.execute(f"DELETE FROM {table.name} WHERE model_id = ? AND input_set = ?", key)
+        store.insert_arrow(con, schema.ACTIVATION_RUNS, _table(schema.ACTIVATION_RUNS,
+                                                               [outcome.run]))  # fmt: skip
+        for table in schema.ACTIVATION_TABLES[1:]:
+            rows = outcome.tables.get(table.name)
+            if rows is not None and rows.num_rows:
+                store.insert_arrow(con, table, rows)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def drop_orphans(con: duckdb.DuckDBPyConnection) -> None:
+    """Rows of models no longer in `models` (their files were removed from the lake)."""
+    for table in schema.ACTIVATION_TABLES:
+        con.execute(f"DELETE FROM {table.name} WHERE model_id NOT IN (SELECT model_id FROM models)")
