@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
 
 from wpipe import store
+from wpipe.dblock import DatabaseBusy
+
+__all__ = ["DatabaseBusy", "connect", "default_db", "resolve_model"]
 
 DEFAULT_DB = "wpipe.duckdb"
 
@@ -16,11 +21,38 @@ def default_db() -> str:
     return os.environ.get("WPIPE_DB", DEFAULT_DB)
 
 
-def connect(db: str | os.PathLike | None = None) -> duckdb.DuckDBPyConnection:
-    """Open an ingested database with the views of `sql/` (re)applied."""
+def connect(
+    db: str | os.PathLike | None = None,
+    wait: float = 0.0,
+    on_wait: Callable[[], None] | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """Open an ingested database with the views of `sql/` (re)applied.
+
+    While another process writes it (an ingest holds DuckDB's lock for its whole run), retry
+    for up to `wait` seconds, calling `on_wait` once when the waiting starts; then raise
+    DatabaseBusy."""
     path = Path(db or default_db())
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such database; run `wpipe ingest` first")
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return _open(path)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            if time.monotonic() >= deadline:
+                raise DatabaseBusy(
+                    f"{path}: another process (a `wpipe ingest`?) is writing it; waited "
+                    f"{wait:g} s — try again when it has finished (WPIPE_WAIT sets the wait)"
+                ) from None
+        if on_wait is not None:
+            on_wait()
+            on_wait = None
+        time.sleep(0.5)
+
+
+def _open(path: Path) -> duckdb.DuckDBPyConnection:
     try:
         con = duckdb.connect(str(path))
     except duckdb.IOException:

@@ -121,12 +121,25 @@ def _usage_error(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+READ_WAIT = 30.0  # seconds a read command waits for an ingest to release the database
+
+
 def _connect(db: str | None) -> duckdb.DuckDBPyConnection:
     try:
-        return api.connect(db)
+        wait = float(os.environ.get("WPIPE_WAIT", READ_WAIT))
+    except ValueError:
+        raise _usage_error("WPIPE_WAIT must be a number of seconds") from None
+
+    def waiting() -> None:
+        err.print(f"waiting up to {wait:g} s: an ingest is writing the database", highlight=False)
+
+    try:
+        return api.connect(db, wait=wait, on_wait=waiting)
     except FileNotFoundError as exc:
         raise _usage_error(str(exc)) from None
-    except duckdb.IOException as exc:  # another process (an ingest) holds the database
+    except dblock.DatabaseBusy as exc:
+        raise _usage_error(str(exc)) from None
+    except duckdb.IOException as exc:
         raise _usage_error(f"cannot open the database: {str(exc).splitlines()[0]}") from None
 
 
