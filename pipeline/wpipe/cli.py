@@ -7,6 +7,7 @@ failed (a broken install or a bug: one line says so, `--debug` shows the traceba
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -26,7 +27,7 @@ from typer.core import TyperGroup
 
 from wpipe import api, dblock, schema, store, workers
 from wpipe.analysis import StatsOptions
-from wpipe.ingest import Outcome, ingest
+from wpipe.ingest import Outcome, StoreFailed, ingest
 from wpipe.spectra import SpectraOptions
 from wpipe.tables import ValuesMode
 from wpipe.views import ViewsMissing
@@ -269,8 +270,16 @@ def ingest_command(
                 spectra=spectra_options,
                 file_timeout=file_timeout or None,
             )
+    except StoreFailed as exc:
+        err.print(
+            f"error: {exc}; the models loaded before it are kept — free space and run again",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
     finally:
-        database.close()
+        with contextlib.suppress(duckdb.Error):  # a connection a full disk invalidated
+            database.close()
     for warning in report.warnings:
         err.print(f"warning: {warning}", highlight=False, soft_wrap=True, markup=False)
     if not quiet:

@@ -8,6 +8,7 @@ dead worker replaced, its file recorded as `timeout` / `worker-died`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 
 from wpipe import compare, dblock, store, workers
@@ -135,7 +137,9 @@ def run_job(job: Job) -> Outcome:
     except MemoryError:
         outcome.error, outcome.message = "out-of-memory", f"{job.path}: not enough memory"
     except OSError as exc:
-        outcome.error, outcome.message = "io-error", f"{job.path}: {exc.strerror or exc}"
+        full = exc.errno == errno.ENOSPC or "No space left" in str(exc)  # pyarrow sets no errno
+        outcome.error = "disk-full" if full else "io-error"
+        outcome.message = f"{job.path}: {exc.strerror or exc}"
     except Exception as exc:  # a bug must not stop the other files; the message says so
         outcome.error = "internal-error"
         outcome.message = f"{job.path}: wpipe failed on this file ({type(exc).__name__}: {exc})"
@@ -177,6 +181,7 @@ def ingest(
     # `db` holds the writer lock (store.Database), so no other run uses the lake: clean out
     # the half-written partitions of a run that was killed
     shutil.rmtree(lake / ".tmp", ignore_errors=True)
+    store.sweep_orphans(lake, db.known_files_by_id())  # left by a run that hit a full disk
     protected = dblock.Protected(dblock.protected_paths(db.path, lake))
     files, skipped = discover(paths, protected)
     known, failures = db.known_files(), db.known_failures()
@@ -212,21 +217,7 @@ def ingest(
 
     if on_start:
         on_start(len(work))
-    by_path = {display(job.path): job for job in work}
-    pending: dict[str, Path] = {}  # committed to the lake, not yet loaded into DuckDB
-    loaded: dict[str, dict[str, pa.Table]] = {}
-    for outcome in _map(work, jobs, file_timeout, lake):
-        _store(outcome, by_path[outcome.path], db, lake, report, pending)
-        if outcome.tables is not None:
-            loaded[outcome.model_id] = outcome.tables
-            outcome.tables = None
-        if len(pending) >= LOAD_BATCH:
-            db.replace_models(pending, loaded)
-            pending.clear()
-            loaded.clear()
-        if on_done:
-            on_done(outcome)
-    db.replace_models(pending, loaded)
+    _load_all(work, jobs, file_timeout, lake, db, report, on_done)
     if prune:
         report.pruned = _prune(db, lake, roots)
     db.refresh_names(roots)
@@ -237,6 +228,53 @@ def ingest(
         report.warnings += problems
     report.seconds = time.perf_counter() - started
     return report
+
+
+class StoreFailed(Exception):
+    """The lake or the database could not be written (a full disk): the run stopped; the
+    models loaded before are kept, the partitions not yet loaded are removed."""
+
+
+def _load_all(
+    work: list[Job],
+    jobs: int,
+    file_timeout: float | None,
+    lake: Path,
+    db: store.Database,
+    report: Report,
+    on_done: Callable[[Outcome], None] | None,
+) -> None:
+    """Read every job in workers; commit and load the results in batches of LOAD_BATCH."""
+    by_path = {display(job.path): job for job in work}
+    pending: dict[str, Path] = {}  # committed to the lake, not yet loaded into DuckDB
+    loaded: dict[str, dict[str, pa.Table]] = {}
+    try:
+        for outcome in _map(work, jobs, file_timeout, lake):
+            if outcome.error == "disk-full":  # every file after it would fail alike
+                report.failed.append(outcome)
+                raise StoreFailed(outcome.message)
+            _store(outcome, by_path[outcome.path], db, lake, report, pending)
+            if outcome.tables is not None:
+                loaded[outcome.model_id] = outcome.tables
+                outcome.tables = None
+            if len(pending) >= LOAD_BATCH:
+                db.replace_models(pending, loaded)
+                pending.clear()
+                loaded.clear()
+            if on_done:
+                on_done(outcome)
+        db.replace_models(pending, loaded)
+    except (duckdb.Error, OSError) as exc:
+        _discard(pending)
+        raise StoreFailed(f"{db.path}: cannot write ({str(exc).splitlines()[0]})") from None
+    except StoreFailed:
+        _discard(pending)
+        raise
+
+
+def _discard(pending: dict[str, Path]) -> None:
+    for partition in pending.values():
+        shutil.rmtree(partition, ignore_errors=True)
 
 
 def _record_skipped(

@@ -10,6 +10,7 @@ replaced in batches, each batch inside one transaction.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterable
@@ -37,6 +38,9 @@ _DUCK_TYPES = {
 def _ddl(table: schema.Table) -> str:
     columns = ", ".join(f'"{c.name}" {_DUCK_TYPES[c.type]}' for c in table.columns)
     return f"CREATE TABLE IF NOT EXISTS {table.name} ({columns})"
+
+
+_MODEL_ID = re.compile(r"^[0-9a-f]{16}$")
 
 
 def default_lake(db_path: str | os.PathLike) -> Path:
@@ -99,6 +103,17 @@ def discard_partials(lake: Path, model_id: str) -> None:
     """Remove a model's half-written partitions (its worker was stopped or died)."""
     for partial in (lake / ".tmp").glob(f"{model_id}-*"):
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def sweep_orphans(lake: Path, model_ids: Iterable[str]) -> None:
+    """Remove lake partitions of models the database does not hold (a run stopped between
+    committing a partition and loading it, e.g. by a full disk)."""
+    if not lake.is_dir():
+        return
+    keep = set(model_ids)
+    for entry in lake.iterdir():
+        if _MODEL_ID.match(entry.name) and entry.name not in keep and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def remove_partition(lake: Path, model_id: str) -> None:
