@@ -165,6 +165,89 @@ def run(
     return results
 
 
+KILL_SOURCES = ("k2_conv2d.h5", "k3_lstm.h5", "k3_conv2d.keras", "k2_mha.weights.h5",
+                "k2_lstm.keras", "k3_mha.h5", "k2_nested.h5", "k3_bidi_td.keras")  # fmt: skip
+
+
+def _zoo(root: Path, copies: int) -> Path:
+    zoo = root / "zoo"
+    zoo.mkdir(parents=True)
+    for i in range(copies):
+        for name in KILL_SOURCES:
+            shutil.copy2(MODELS / name, zoo / f"c{i}_{name}")
+    return zoo
+
+
+def _ingest_command(zoo: Path, db: Path) -> list[str]:
+    return [sys.executable, "-m", "wpipe.cli", "ingest", str(zoo), "--db", str(db), "-j", "2"]
+
+
+def run_kills(points: int, root: Path) -> BatchResult:
+    """kill -9 an ingest (and its workers) at `points` moments, then ingest again: the
+    database opens, every model is there exactly once, nothing is left in the lake."""
+    result = BatchResult([Case("kill -9", f"kill at point {i}", lambda d: None)
+                          for i in range(points)])  # fmt: skip
+    for i, case in enumerate(result.cases):
+        where = root / f"kill{i}"
+        zoo = _zoo(where, 2)
+        db = where / "w.duckdb"
+        proc = subprocess.Popen(_ingest_command(zoo, db), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        time.sleep(0.5 + 8.0 * i / max(1, points - 1))
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        again = subprocess.run(_ingest_command(zoo, db), capture_output=True, text=True)
+        problems = []
+        if again.returncode != 0 or "Traceback" in again.stderr:
+            problems.append(f"rerun after kill {i}: exit {again.returncode} {again.stderr[-300:]}")
+        else:
+            with duckdb.connect(str(db), read_only=True) as con:
+                n, distinct = con.execute(
+                    "SELECT count(*), count(DISTINCT path) FROM models"
+                ).fetchone()
+                ids = {m for (m,) in con.execute("SELECT model_id FROM models").fetchall()}
+            if n != distinct or n != 2 * len(KILL_SOURCES):
+                problems.append(f"after kill {i}: {n} model rows, {distinct} paths")
+            lake = where / "w.lake"
+            orphans = [p.name for p in lake.iterdir() if HEX_ID.match(p.name) and p.name not in ids]
+            if orphans or list((lake / ".tmp").glob("*")):
+                problems.append(f"after kill {i}: orphaned lake files {orphans[:3]}")
+        result.problems += problems
+        result.outcome[case.name] = "error:unsafe" if problems else "ok"
+        shutil.rmtree(where, ignore_errors=True)
+    return result
+
+
+def run_concurrency(root: Path) -> BatchResult:
+    """A second ingest during an ingest is refused with one line, before it changes anything;
+    a read command during an ingest waits and then reads."""
+    cases = [Case("concurrency", "second writer", lambda d: None),
+             Case("concurrency", "reader during an ingest", lambda d: None)]  # fmt: skip
+    result = BatchResult(cases)
+    zoo = _zoo(root / "conc", 4)
+    db = zoo / "w.duckdb"  # the database inside the folder being ingested
+    first = subprocess.Popen(_ingest_command(zoo, db), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(2.5)
+    second = subprocess.run(_ingest_command(zoo, db), capture_output=True, text=True)
+    env = {**os.environ, "WPIPE_WAIT": "300"}
+    reader = subprocess.run([sys.executable, "-m", "wpipe.cli", "models", "--db", str(db),
+                             "-f", "csv"], capture_output=True, text=True, env=env)  # fmt: skip
+    first.communicate()
+    refused = second.returncode == 2 and "cannot open for writing" in second.stderr
+    result.outcome[cases[0].name] = "error:refused" if refused else "ok"
+    if not refused or second.stderr.count("\n") != 1:
+        result.problems.append(f"second writer: exit {second.returncode} {second.stderr[-300:]}")
+    result.outcome[cases[1].name] = "ok" if reader.returncode == 0 else "error:reader"
+    if reader.returncode != 0 or len(reader.stdout.splitlines()) != 1 + 4 * len(KILL_SOURCES):
+        result.problems.append(f"reader: exit {reader.returncode} {reader.stderr[-300:]}")
+    if first.returncode != 0:
+        result.problems.append(f"first ingest: exit {first.returncode}")
+    with duckdb.connect(str(db), read_only=True) as con:
+        con.execute("SELECT count(*) FROM weights").fetchone()
+    return result
+
+
 def table(results: list[BatchResult]) -> str:
     counts: dict[str, Counter] = {}
     for r in results:
@@ -185,10 +268,15 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="every case (make fuzz)")
     parser.add_argument("--damage", type=int, default=None, help="random-damage cases")
     parser.add_argument("--batch", type=int, default=12, help="cases per ingest run")
+    parser.add_argument("--kills", type=int, default=20, help="kill -9 points (with --full)")
     args = parser.parse_args()
     os.environ.setdefault("COLUMNS", "200")
     started = time.monotonic()
     results = run(args.full, args.damage, args.batch)
+    if args.full:
+        with tempfile.TemporaryDirectory(prefix="wpipe-fuzz-") as tmp:
+            results.append(run_concurrency(Path(tmp)))
+            results.append(run_kills(args.kills, Path(tmp)))
     print(table(results))
     problems = [p for r in results for p in r.problems]
     worst_rss = max(r.peak_rss for r in results) / 2**30
