@@ -12,17 +12,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import Warehouse, dense_config, write_legacy_h5
+from tests.fuzz.cases import with_kernel
 
 KERNEL = np.ones((2, 3), "f4")
 
 
-def with_kernel(path, make_dataset):
-    """A one-Dense-layer legacy file whose kernel dataset `make_dataset(group, name)` makes."""
-    write_legacy_h5(path, {"d": {}}, dense_config("d"))
-    with h5py.File(path, "a") as f:
-        group = f["model_weights/d"]
-        group.attrs["weight_names"] = [b"d/kernel:0"]
-        make_dataset(group.create_group("d"), "kernel:0")
+def kernel_file(path, make_dataset):
+    with_kernel(path.parent, make_dataset, path.name)
 
 
 def complex_kernel(g, name):
@@ -88,9 +84,9 @@ def deep_index(path):
 
 
 FAILING = {
-    "oversized.h5": (lambda p: with_kernel(p, oversized_kernel), "oversized-tensor",
+    "oversized.h5": (lambda p: kernel_file(p, oversized_kernel), "oversized-tensor",
                      "declares 40,000,000,000 bytes"),
-    "gzbomb.h5": (lambda p: with_kernel(p, gzip_bomb_kernel), "compression-bomb", "stored"),
+    "gzbomb.h5": (lambda p: kernel_file(p, gzip_bomb_kernel), "compression-bomb", "stored"),
     "dup.h5": (duplicate_layers, "duplicate-name", "'d' more than once"),
     "names.h5": (many_layer_names, "too-many-objects", "lists 200,000 names"),
     "deep.h5": (deep_config, "bad-json", "nests 100,000 levels"),
@@ -117,7 +113,7 @@ def ingested(tmp_path_factory):
     for name, (make, *_) in FAILING.items():
         make(folder / name)
     for name, (make, _) in KEPT.items():
-        with_kernel(folder / name, make)
+        kernel_file(folder / name, make)
     for name in ("good_a.h5", "good_b.h5"):
         write_legacy_h5(folder / name, {"d": {"d/kernel:0": KERNEL}}, dense_config("d"))
     warehouse = Warehouse(root)
