@@ -123,7 +123,7 @@ def test_readme_documents_every_table_and_column():
             assert f"`{column.name}`" in readme, f"{table.name}.{column.name}"
 
 
-def test_a_database_held_by_another_process_is_a_clear_error(db, tmp_path):
+def test_a_database_held_by_another_process_is_a_clear_error(db, tmp_path, monkeypatch):
     import subprocess
     import sys
 
@@ -134,10 +134,12 @@ def test_a_database_held_by_another_process_is_a_clear_error(db, tmp_path):
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "held"
-        for args in (["models", "--db", db], ["ingest", str(MODELS / "k2_lstm.h5"), "--db", db]):
+        monkeypatch.setenv("WPIPE_WAIT", "0.5")  # a reader waits that long, then says why
+        reads, writes = ["models", "--db", db], ["ingest", str(MODELS / "k2_lstm.h5"), "--db", db]
+        for args, words in ((reads, "is writing it"), (writes, "lock")):
             result = runner.invoke(app, args)
             assert result.exit_code == 2, args
-            assert "lock" in result.output and "Traceback" not in result.output
+            assert words in result.output and "Traceback" not in result.output
     finally:
         holder.kill()
         holder.wait()

@@ -74,15 +74,8 @@ def collect_vars(files: Iterable[h5py.File], where: str) -> dict[str, VarsGroup]
 
 
 def _vars_groups(f: h5py.File, where: str) -> list[tuple[str, h5py.Group]]:
-    """(path, group) of every group named `vars`; visititems follows hard links only."""
-    found: list[tuple[str, h5py.Group]] = []
-
-    def visit(key: str, obj: h5py.HLObject) -> None:
-        if isinstance(obj, h5py.Group) and key.rsplit("/", 1)[-1] == "vars":
-            found.append((key, obj))
-
-    h5safe.visit_bounded(f, visit, where)
-    return found
+    """(path, group) of every group named `vars` (hard links only), in visiting order."""
+    return h5safe.groups_named(f, "vars", where)
 
 
 def to_snake_case(name: str) -> str:
