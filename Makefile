@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 CORE   := $(VENV)/.installed-core
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: demo test bench fuzz lint format clean
+.PHONY: demo test test-large fixtures-large bench fuzz lint format clean
 
 $(CORE): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,15 @@ test: $(DEV)
 # Every damaged/hostile-file case (several minutes; the quick form runs in `make test`).
 fuzz: $(DEV)
 	$(BIN)/python -m tests.fuzz.runner --full
+
+# keras.applications fixtures too large to commit (a few GB, ~15 min; needs the TF venv with
+# tensorflow, tf_keras, keras, keras-hub): written to tests/fixtures/large/, checked by test-large
+TF_PYTHON ?= /work/venvs/tf/bin/python
+fixtures-large:
+	$(TF_PYTHON) tests/fixtures/make_arch_fixtures.py large
+
+test-large: $(DEV)
+	WPIPE_TEST_LARGE=1 $(BIN)/pytest -q tests/readers/test_arch.py
 
 bench: $(DEV)
 	$(BIN)/python bench/bench_ingest.py

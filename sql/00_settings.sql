@@ -13,6 +13,8 @@ INSERT INTO settings VALUES
      'or when max |w| exceeds this many robust standard deviations (IQR / 1.349) of its tensor'),
     ('explode_min_size', 64.0,
      'the ratio test needs at least this many elements: a small tensor has no stable spread'),
+    ('explode_spread_floor', 1e-3,
+     'the ratio test divides by at least this spread: a near-constant tensor (gamma = 1, LayerScale) has none'),
     ('forget_bias_high', 5.0,
      'LSTM forget gate saturates open when its mean bias is above this (sigmoid(5) = 0.993)'),
     ('forget_bias_low', -5.0,

@@ -5,7 +5,7 @@ CREATE OR REPLACE VIEW weight_health AS
 WITH
 t AS (SELECT * FROM (SELECT name, value FROM settings) PIVOT (first(value) FOR name IN (
     'dead_abs', 'sparse_frac', 'explode_abs', 'explode_ratio', 'explode_min_size',
-    'forget_bias_high', 'forget_bias_low'))),
+    'explode_spread_floor', 'forget_bias_high', 'forget_bias_low'))),
 dead AS (
     -- units: outgoing slices of kernels (Dense units, conv filters, embedding rows, depthwise
     -- channels) and BatchNorm-style gammas; recurrent gate units are excluded (see README)
@@ -30,12 +30,19 @@ base AS (
     SELECT w.model_id, m.name AS model, w.layer_path, l.class_name, w.weight_name, w.role,
            w.size, w.near_zero_frac, w.max_abs,
            (w.p75 - w.p25) / 1.349 AS robust_std,
+           -- how far the tensor reaches from its median: gamma near 1 is no outlier
+           greatest(w.max - w.p50, w.p50 - w.min) AS max_deviation,
+           w.min = w.max AS is_constant,
            w.nan_count + w.inf_count AS nonfinite_count,
            d.n_units, coalesce(d.dead_units, 0) AS dead_units,
            f.forget_bias_mean,
            w.trainable AND coalesce(p.unchanged, false) AS stale,
-           w.role IN ('moving_mean', 'moving_variance', 'mean', 'variance', 'count')
-               AS is_statistic
+           -- running statistics and quantization parameters are not learned weights
+           w.role IN ('moving_mean', 'moving_variance', 'mean', 'variance', 'count',
+                      'kernel_scale', 'kernel_zero', 'g_idx')
+               AS is_statistic,
+           w.role IN ('kernel', 'recurrent_kernel', 'depthwise_kernel', 'pointwise_kernel',
+                      'embeddings') AS is_kernel
     FROM weights AS w
     JOIN models AS m USING (model_id)
     LEFT JOIN layers AS l USING (model_id, layer_path)
@@ -44,14 +51,16 @@ base AS (
     LEFT JOIN previous AS p USING (model_id, layer_path, weight_name))
 SELECT
     b.*,
-    b.max_abs / nullif(b.robust_std, 0) AS max_abs_ratio,
+    b.max_deviation / greatest(b.robust_std, t.explode_spread_floor) AS max_abs_ratio,
     b.nonfinite_count > 0 AS nan_or_inf,
-    NOT b.is_statistic AND (
+    NOT b.is_statistic AND NOT coalesce(b.is_constant, false) AND (
         b.max_abs > t.explode_abs
-        OR (b.size >= t.explode_min_size AND b.max_abs > t.explode_ratio * b.robust_std)
+        OR (b.size >= t.explode_min_size
+            AND b.max_deviation > t.explode_ratio * greatest(b.robust_std, t.explode_spread_floor))
     ) AS exploding,
     b.dead_units > 0 AS has_dead_units,
-    NOT b.is_statistic AND b.near_zero_frac > t.sparse_frac AS sparse,
+    b.is_kernel AND NOT coalesce(b.is_constant, false) AND b.near_zero_frac > t.sparse_frac
+        AS sparse,
     coalesce(b.forget_bias_mean > t.forget_bias_high
              OR b.forget_bias_mean < t.forget_bias_low, false) AS saturating_forget_gate
 FROM base AS b, t;

@@ -91,6 +91,9 @@ def test_report_has_every_section_in_its_table_of_contents(page):
         "drift across the 2 checkpoints of zoo#",
         "val_accuracy vs ",
         "thresholds (the settings table)",
+        "a kernel as a matrix",
+        "first convolution filters",
+        "spectral density of the matrix with the most eigenvalues",
     ):
         assert caption in page, caption
 

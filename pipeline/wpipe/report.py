@@ -269,6 +269,20 @@ def _figures(b: Builder) -> None:
             b.figure(s, charts.stat_heatmap, f"{what} of each kernel", models=ids, stat=stat)
         b.figure(s, charts.distribution_boxes, "kernel percentiles", models=ids)
         b.figure(s, charts.weight_histograms, "kernel histograms on common bins", models=ids)
+        b.figure(
+            s,
+            charts.weight_matrix,
+            "a kernel as a matrix (the layer most models have, the largest)",
+            models=ids,
+        )
+        if charts.conv_models(b.con, ids):
+            b.figure(s, charts.filter_images, "first convolution filters", models=ids)
+        b.figure(
+            s,
+            charts.spectral_density,
+            "spectral density of the matrix with the most eigenvalues, with its power law",
+            models=ids,
+        )
 
     recurrent = charts.recurrent_layers(b.con, b.ids)[:MAX_RECURRENT_LAYERS]
     if recurrent:

@@ -166,6 +166,12 @@ WEIGHTS = Table(
         _c("near_zero_frac", F64, "fraction of elements with |w| < near_zero_threshold"),
         _c("near_zero_threshold", F64, "threshold used for near_zero_frac (--near-zero)"),
         *TAIL,
+        _c(
+            "quantization",
+            STR,
+            "Keras quantization mode of the layer (int8, int4; NULL if none); a quantized "
+            "kernel's statistics are of its dequantized values (README: Quantized layers)",
+        ),
     ),
 )
 
@@ -301,6 +307,31 @@ EIGENVALUES = Table(
     ),
 )
 
+WEIGHT_TILES = Table(
+    "weight_tiles",
+    "cell of a tensor viewed as a matrix (leading axes × last axis): one weight, or the "
+    "mean of a block when the tensor has more than 16,384 elements (at most 64 × 64 cells); "
+    "tensors of 2 or more dimensions, whatever --values kept",
+    (
+        *TENSOR_KEY,
+        _c("rows", I64, "rows of the matrix view: the product of all axes but the last"),
+        _c("cols", I64, "columns of the matrix view: the last axis (units, filters, G·u)"),
+        _c("tile_row", I32, "cell row from 0"),
+        _c("tile_col", I32, "cell column from 0"),
+        _c("row_start", I32, "first matrix row of the cell"),
+        _c("row_end", I32, "one past the last matrix row of the cell"),
+        _c("col_start", I32, "first matrix column of the cell"),
+        _c("col_end", I32, "one past the last matrix column of the cell"),
+        _c("mean", F64, "mean of the cell's finite values (NULL if none)"),
+        _c(
+            "peak",
+            F64,
+            "the cell's value of largest magnitude, signed (max-|w| pooling); NULL for a cell "
+            "of one weight (its mean)",
+        ),
+    ),
+)
+
 ACTIVATION_KEY = (
     _c("model_id", STR, "models.model_id"),
     _c(
@@ -416,7 +447,9 @@ MODEL_NAMES = Table(
     ),
 )
 
-MODEL_TABLES = (MODELS, LAYERS, WEIGHTS, HISTOGRAMS, WEIGHT_VALUES, UNITS, SPECTRA, EIGENVALUES)
+MODEL_TABLES = (
+    MODELS, LAYERS, WEIGHTS, HISTOGRAMS, WEIGHT_VALUES, UNITS, SPECTRA, EIGENVALUES, WEIGHT_TILES,
+)  # fmt: skip
 # Derived tables live in DuckDB only: they are recomputed from the lake, the files' names and
 # the user's CSV files.
 DERIVED_TABLES = (DRIFT, MODEL_TAGS, MODEL_METRICS)

@@ -35,6 +35,20 @@ _DUCK_TYPES = {
 }
 
 
+_SMALL_FILE: dict = {"write_statistics": False, "use_dictionary": False}
+_TILE_FILE: dict = {
+    "write_statistics": False,
+    "use_dictionary": ["model_id", "layer_path", "weight_name"],
+    "compression": "zstd",
+    "column_encoding": {
+        **{c: "DELTA_BINARY_PACKED" for c in ("rows", "cols", "tile_row", "tile_col",
+                                               "row_start", "row_end", "col_start", "col_end")},
+        "mean": "BYTE_STREAM_SPLIT",
+        "peak": "BYTE_STREAM_SPLIT",
+    },
+}  # fmt: skip
+
+
 def _ddl(table: schema.Table) -> str:
     columns = ", ".join(f'"{c.name}" {_DUCK_TYPES[c.type]}' for c in table.columns)
     return f"CREATE TABLE IF NOT EXISTS {table.name} ({columns})"
@@ -73,12 +87,9 @@ class Partition:
         for name, table in tables.items():
             if table.num_rows:
                 # a few rows each: column statistics and dictionaries cost more than they save
-                pq.write_table(
-                    table,
-                    self.tmp / f"{name}.parquet",
-                    write_statistics=False,
-                    use_dictionary=False,
-                )
+                # (weight_tiles has thousands: encoded like weight_values, ~3.6x smaller)
+                options = _TILE_FILE if name == "weight_tiles" else _SMALL_FILE
+                pq.write_table(table, self.tmp / f"{name}.parquet", **options)
 
     def abort(self) -> None:
         if self._values is not None:

@@ -21,6 +21,7 @@ from wpipe.spectra import SpectraOptions
 from wpipe.spectra_tables import SpectraCollector
 from wpipe.tags import strip_model_suffix
 from wpipe.textsafe import display
+from wpipe.tiles import tile_table
 
 DIRECTIONS = ("forward", "backward")
 
@@ -77,6 +78,7 @@ def build_tables(
 ) -> dict[str, pa.Table]:
     """Analyse every tensor (one in memory at a time); weight_values go to `emit_values`."""
     layer_rows, weight_rows, hist_rows, unit_rows = [], [], [], []
+    tile_tables: list[pa.Table] = []
     spectra_out = SpectraCollector(spectra or SpectraOptions())
     weight_index = 0
     for layer_index, layer in enumerate(model.layers):
@@ -111,6 +113,7 @@ def build_tables(
                 "size": tensor.size,
                 "source_name": tensor.source_name,
                 "layout": tensor.layout,
+                "quantization": tensor.quantization,
                 "status": tensor.status,
             }
             weight_index += 1
@@ -136,6 +139,9 @@ def build_tables(
                          "direction": direction if direction in DIRECTIONS else None, **row}
                     )  # fmt: skip
             spectra_out.add(key, layer.class_name, layer.config, tensor, array)
+            tiles = tile_table(key, array)
+            if tiles is not None:
+                tile_tables.append(tiles)
             if values.kind != "none" and array.size:
                 emit_values(_values_batch(key, array, values))
             del array
@@ -173,6 +179,9 @@ def build_tables(
         "weights": _table(schema.WEIGHTS, weight_rows),
         "histograms": _table(schema.HISTOGRAMS, hist_rows),
         "units": _table(schema.UNITS, unit_rows),
+        "weight_tiles": (
+            pa.concat_tables(tile_tables) if tile_tables else _table(schema.WEIGHT_TILES, [])
+        ),
         **spectra_out.tables(),
     }
 

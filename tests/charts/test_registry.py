@@ -15,11 +15,13 @@ from wpipe import charts
 from wpipe.cli import app
 
 from tests.charts.conftest import (
+    DEMO,
     SWEEP_CHARTS,
     data_rows,
     png_size,
     vega_lite_schema,
 )
+from tests.conftest import Warehouse
 
 runner = CliRunner()
 
@@ -48,6 +50,10 @@ def test_chart_list_names_every_chart_with_a_summary():
         "params",
         "gates",
         "filter-norms",
+        "matrix",
+        "filters",
+        "esd",
+        "esd-layers",
         *SWEEP_CHARTS,
     }
     for name in charts.CHARTS:
@@ -96,6 +102,8 @@ def test_charts_over_500_models_stay_under_the_row_budget(name, many_db):
         assert len({r["series"] for r in rows}) == 4 and len(drawn) == 4 * 124
     elif name == "health":  # every model with a finding (a stale checkpoint)
         assert len(drawn) == 4 * 12
+    elif name == "esd-layers":  # the layers of one model
+        assert len(drawn) == 1
     else:  # gates stacks an LSTM and a GRU panel, each with its own title
         assert "evenly spaced" in json.dumps([spec["title"], *spec.get("vconcat", [])])
     con.close()
@@ -194,3 +202,31 @@ def test_cli_draws_the_series_metric_and_health_charts(sweep, sweep_zoo, tmp_pat
     }
     metric = runner.invoke(app, ["chart", "metric", "--metric", "nope", "-o", str(out), "--db", db])
     assert metric.exit_code == 2 and "no metric 'nope'" in metric.output
+
+
+@pytest.fixture(scope="module")
+def demo_without_values(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("demo-none")
+    warehouse = Warehouse(root)
+    result = warehouse.ingest(DEMO, values="none")
+    assert result.ingested == 17 and not result.failed
+    return str(warehouse.db_path)
+
+
+@pytest.mark.parametrize("name", ["matrix", "filters", "esd", "esd-layers"])
+def test_cli_draws_the_matrix_filter_and_esd_charts_with_and_without_values(
+    name, sweep_zoo, demo_without_values, tmp_path
+):
+    specs = []
+    for db in (str(sweep_zoo.parent / "w.duckdb"), demo_without_values):
+        out = tmp_path / f"{name}.vl.json"
+        result = runner.invoke(app, ["chart", name, "-o", str(out), "--db", db])
+        assert result.exit_code == 0, result.output
+        specs.append(json.loads(out.read_text()))
+        assert 0 < len(data_rows(specs[-1])) <= charts.ROW_BUDGET
+    lstm = runner.invoke(
+        app,
+        ["chart", "matrix", "-l", "lstm", "-s", "peak", "-o", str(tmp_path / "m.png"),
+         "--db", demo_without_values],
+    )  # fmt: skip
+    assert lstm.exit_code == 0, lstm.output

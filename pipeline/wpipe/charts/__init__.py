@@ -9,7 +9,8 @@ given) and says so in its subtitle; pass `models=` to choose.
 Model filters accept what the CLI accepts: a model's name, its path, or a unique model_id
 prefix. Layer filters are `layer_path` values or glob patterns (`encoder/*`).
 
-One module per family of figures (distributions, anatomy, drift, metrics, health); the model
+One module per family of figures (distributions, anatomy, drift, metrics, health, matrix,
+filters, esd); the model
 selection, row budget and query helpers they share are in `base`, writing files in `saving`.
 Importing the package makes Altair draw in Jupyter without the internet (`notebook`).
 """
@@ -50,7 +51,10 @@ from wpipe.charts.drift import (
     drift_series,
     series_labels,
 )
+from wpipe.charts.esd import spectral_density, spectral_density_layers
+from wpipe.charts.filters import filter_images
 from wpipe.charts.health import HEALTH_FLAGS, health_overview
+from wpipe.charts.matrix import weight_matrix
 from wpipe.charts.metrics import MODEL_STATS, metric_scatter, metrics, rank_correlations
 from wpipe.charts.saving import (
     EMBED_OPTIONS,
@@ -73,6 +77,10 @@ CHARTS: dict[str, Callable[..., alt.TopLevelMixin]] = {
     "distance": distance_heatmap,
     "metric": metric_scatter,
     "health": health_overview,
+    "matrix": weight_matrix,
+    "filters": filter_images,
+    "esd": spectral_density,
+    "esd-layers": spectral_density_layers,
 }
 
 
@@ -109,6 +117,7 @@ __all__ = [
     "distance_heatmap",
     "distribution_boxes",
     "drift_series",
+    "filter_images",
     "filter_norms",
     "gate_histograms",
     "health_overview",
@@ -122,8 +131,11 @@ __all__ = [
     "save_chart",
     "script_json",
     "series_labels",
+    "spectral_density",
+    "spectral_density_layers",
     "stat_heatmap",
     "summary",
     "vega_lite_version",
     "weight_histograms",
+    "weight_matrix",
 ]

@@ -24,8 +24,8 @@ GATE_TITLES = {
     "r": "r · reset",
     "h": "h · candidate",
 }
-_LSTM_CELLS = ("LSTM", "CuDNNLSTM", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")
-_GRU_CELLS = ("GRU", "CuDNNGRU")
+LSTM_CELLS = ("LSTM", "CuDNNLSTM", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")
+GRU_CELLS = ("GRU", "CuDNNGRU")
 # Conv layers whose kernel has the filters on its last axis, or, for transposed convolutions,
 # on the one before (keras_formats.md §6). Depthwise kernels have no filter axis of their own.
 _CONV_CLASSES = r"(Conv[123]D|Convolution[123]D|SeparableConv[12]D|Conv[123]DTranspose)"
@@ -246,7 +246,7 @@ LATERAL (
         ELSE l.class_name END AS cell
 ) AS c,
 LATERAL (
-    SELECT CASE WHEN c.cell IN {_LSTM_CELLS} THEN 4 WHEN c.cell IN {_GRU_CELLS} THEN 3 END
+    SELECT CASE WHEN c.cell IN {LSTM_CELLS} THEN 4 WHEN c.cell IN {GRU_CELLS} THEN 3 END
         AS n_gates
 ) AS g
 WHERE list_contains($ids, w.model_id) AND w.role IN ('kernel', 'recurrent_kernel')

@@ -162,3 +162,8 @@ def one_architecture(arch_of: dict[str, str], explicit: bool) -> tuple[set[str],
         f"{sizes[largest]} models of one architecture (the largest group with this tensor); "
         f"{left} of other architectures left out"
     )
+
+
+def ids_names(con: duckdb.DuckDBPyConnection, ids: list[str]) -> list[tuple[str, str]]:
+    """(model_id, name) pairs, in the order of `ids`."""
+    return list(zip(ids, model_names(con, ids), strict=True))

@@ -73,7 +73,7 @@ def health_overview(
         """,
         {**params, "kept": kept},
     )
-    name = dict(_ids_names(con, kept))
+    name = dict(base.ids_names(con, kept))
     order = [name[i] for i in kept]
     flag_order = [flag for flag, _, _ in HEALTH_FLAGS]
     high = max(r["tensors"] for r in rows)
@@ -133,7 +133,3 @@ def health_overview(
             shown,
         ),
     )
-
-
-def _ids_names(con: duckdb.DuckDBPyConnection, ids: list[str]) -> list[tuple[str, str]]:
-    return list(zip(ids, base.model_names(con, ids), strict=True))

@@ -13,8 +13,19 @@ from wpipe.readers.safefile import open_regular
 
 MODEL_CLASSES = {"Sequential", "Functional", "Model"}
 
-# Variables Keras creates non-trainable, whatever the layer's `trainable` flag says.
-NON_TRAINABLE_ROLES = {"moving_mean", "moving_variance"}
+# Variables Keras creates non-trainable, whatever the layer's `trainable` flag says
+# (quantization parameters included: Keras's quantized layers create them trainable=False).
+NON_TRAINABLE_ROLES = {"moving_mean", "moving_variance", "kernel_scale", "kernel_zero", "g_idx",
+                       "embeddings_scale", "embeddings_zero"}  # fmt: skip
+# Keras's quantized layers store their kernel (int8 codes) non-trainable; bias stays trainable.
+QUANTIZED_CODES = {"kernel", "embeddings"}
+QUANTIZED_POLICIES = {"QuantizedDTypePolicy", "Int4DTypePolicy", "QuantizedFloat8DTypePolicy",
+                      "GPTQDTypePolicy", "AWQDTypePolicy"}  # fmt: skip
+# Variables Keras 3 leaves unnamed (`variable`) get their class's documented role, and a
+# DepthwiseConv kernel is `depthwise_kernel` whichever Keras wrote it (Keras 3 says `kernel`).
+UNNAMED_ROLE = {"LayerScale": "gamma"}
+RENAMED_ROLE = {("DepthwiseConv1D", "kernel"): "depthwise_kernel",
+                ("DepthwiseConv2D", "kernel"): "depthwise_kernel"}  # fmt: skip
 NON_TRAINABLE_BY_CLASS = {"Normalization": {"mean", "variance", "count"}}
 
 # Keras 1 weight suffixes (`dense_1_W`) and BatchNormalization's misnamed variance.
@@ -42,6 +53,7 @@ class LayerSpec:
     config: dict[str, Any]
     trainable: bool
     children: list[LayerSpec] | None  # set for a nested model
+    group: str | None = None  # its group in a native weights file, when known from the file
 
     @property
     def inner(self) -> dict[str, Any]:
@@ -90,7 +102,8 @@ def _without_object_ids(value: Any) -> Any:
 
 
 def _spec(entry: dict[str, Any], fallback_name: str) -> LayerSpec:
-    class_name = str(entry.get("class_name", ""))
+    # A registered custom class is `Package>Name` in some writers, `Name` in others.
+    class_name = str(entry.get("class_name", "")).rsplit(">", 1)[-1]
     config = entry.get("config")
     if isinstance(config, list):  # Keras 1 and 2.0–2.2.2 Sequential: a bare list of layers
         config = {"layers": config}
@@ -165,7 +178,25 @@ def canonical_weight_name(parts: list[str], layer_name: str, class_name: str | N
     gate = _KERAS1_GATE.match(last)
     if gate:
         last = f"{ROLE_ALIASES[gate.group(1)]}_{gate.group(2)}"
-    return "/".join([*out, ROLE_ALIASES.get(last, last)])
+    return "/".join([*out, canonical_role(class_name, ROLE_ALIASES.get(last, last))])
+
+
+def canonical_role(class_name: str | None, role: str) -> str:
+    """One role for the same variable whichever Keras named it (see RENAMED_ROLE)."""
+    if class_name in UNNAMED_ROLE and re.fullmatch(r"variable(_\d+)?", role):
+        return UNNAMED_ROLE[class_name]
+    return RENAMED_ROLE.get((class_name or "", role), role)
+
+
+def quantization_mode(config: dict[str, Any] | None) -> str | None:
+    """`int8`, `int4`, `float8`, ... from a layer config's dtype policy; None if not quantized."""
+    policy = inner_config(config or {}).get("dtype")
+    if not isinstance(policy, dict) or policy.get("class_name") not in QUANTIZED_POLICIES:
+        return None
+    inner = policy.get("config") if isinstance(policy.get("config"), dict) else {}
+    mode = inner.get("mode") or inner.get("name") or ""
+    # "int4/128" (block size), "int8_from_float32" (Keras 3.0-3.5 policy names)
+    return str(mode).split("/")[0].split("_from_")[0] or None
 
 
 def role_of(weight_name: str) -> str:
@@ -177,7 +208,13 @@ def role_of(weight_name: str) -> str:
     return last
 
 
-def is_trainable(role: str, class_name: str | None, layer_trainable: bool) -> bool:
+def is_trainable(
+    role: str, class_name: str | None, layer_trainable: bool, quantization: str | None = None
+) -> bool:
     if not layer_trainable or role in NON_TRAINABLE_ROLES:
         return False
-    return role not in NON_TRAINABLE_BY_CLASS.get(class_name or "", set())
+    if quantization and role in QUANTIZED_CODES:
+        return False
+    if class_name is None:  # no architecture: Normalization's statistics go by their names
+        return role not in NON_TRAINABLE_BY_CLASS["Normalization"]
+    return role not in NON_TRAINABLE_BY_CLASS.get(class_name, set())

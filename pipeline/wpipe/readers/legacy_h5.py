@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import h5py
 import numpy as np
 
-from wpipe.readers import h5safe
+from wpipe.readers import h5safe, quantized
 from wpipe.readers.base import Layer, Model, ModelReadError, Tensor
 from wpipe.readers.keras_config import (
     LayerSpec,
@@ -20,6 +20,7 @@ from wpipe.readers.keras_config import (
     is_trainable,
     model_tree,
     parse_json,
+    quantization_mode,
     role_of,
 )
 
@@ -57,6 +58,9 @@ def read(f: h5py.File, where: str) -> Model:
         spec = by_name.get(name)
         if spec is not None and spec.children is not None:
             layers.extend(_nested(group, weight_names, spec, name, True, where))
+        elif spec is None and _sublayers(weight_names, name):
+            layers.extend(_nested(group, weight_names, _unknown_model(name, weight_names),
+                                  name, True, where))  # fmt: skip
         else:
             layers.append(_leaf(group, weight_names, name, name, spec, True, where))
     if "top_level_model_weights" in weights_root:
@@ -117,6 +121,21 @@ def _nested(
         yield _leaf(group, orphans, prefix, spec.name, None, trainable, where)
 
 
+def _sublayers(weight_names: list[str], name: str) -> list[str]:
+    """The sublayer scopes of a nested model's group in a file without architecture: tf_keras
+    names a nested model's variables by its sublayers (`enc_d1/kernel:0`), never by itself."""
+    own = re.compile(re.escape(name) + r"(_\d+)?")
+    scopes = [w.split("/", 1)[0] for w in weight_names if "/" in w]
+    if not scopes or len(scopes) < len(weight_names) or any(own.fullmatch(s) for s in scopes):
+        return []
+    return list(dict.fromkeys(scopes))
+
+
+def _unknown_model(name: str, weight_names: list[str]) -> LayerSpec:
+    children = [LayerSpec(s, "", {}, True, None) for s in _sublayers(weight_names, name)]
+    return LayerSpec(name, "", {}, True, children)
+
+
 def _leaf(
     group: h5py.Group,
     weight_names: list[str],
@@ -140,7 +159,8 @@ def _layer(
     where: str,
 ) -> Layer:
     """One leaf layer; `pairs` are (stored name, its components relative to the layer)."""
-    class_name = spec.class_name if spec else None
+    class_name = (spec.class_name or None) if spec else None
+    mode = quantization_mode(spec.config) if spec else None
     layer_trainable = enclosing_trainable and (spec.trainable if spec else True)
     if spec and spec.inner is not spec.config and spec.inner.get("trainable") is False:
         layer_trainable = False
@@ -158,7 +178,7 @@ def _layer(
             Tensor(
                 weight_name=unique,
                 role=role,
-                trainable=is_trainable(role, class_name, layer_trainable),
+                trainable=is_trainable(role, class_name, layer_trainable, mode),
                 source_name=f"{group.name}/{full}",
                 shape=tuple(int(d) for d in ds.shape),
                 dtype=h5safe.logical_dtype(ds),
@@ -168,6 +188,8 @@ def _layer(
         )
     layout = _layout(spec)
     tensors = _fuse_keras1_gates(tensors)
+    tensors = quantized.saved_order(tensors, mode)
+    quantized.dequantize(tensors, mode)
     for tensor in tensors:
         if layout == "cudnn" or (layout == "theano" and tensor.role == "kernel"):
             tensor.layout = layout

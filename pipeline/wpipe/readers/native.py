@@ -16,35 +16,19 @@ from dataclasses import dataclass, field
 
 import h5py
 
-from wpipe.readers import h5safe
+from wpipe.readers import h5safe, quantized
 from wpipe.readers.base import Layer, Model, Tensor
 from wpipe.readers.keras_config import LayerSpec, is_trainable, model_tree
+from wpipe.readers.roles import (
+    UNKNOWN,
+    class_of_group,
+    positional_roles,
+    rnn_class,
+    to_snake_case,
+)
 
 CONTAINERS = ("layers/", "_layer_checkpoint_dependencies/")  # the latter: Keras 2.12–2.14
 SKIPPED_ROOTS = ("optimizer", "metrics")
-
-_KERNEL_BIAS = ("kernel", "bias")
-_RNN_CELL = ("kernel", "recurrent_kernel", "bias")
-ROLES: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(
-        ("Dense", "EinsumDense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose",
-         "Conv2DTranspose", "Conv3DTranspose", "DepthwiseConv1D", "DepthwiseConv2D"),
-        _KERNEL_BIAS,
-    ),
-    **dict.fromkeys(
-        ("LSTMCell", "GRUCell", "SimpleRNNCell", "ConvLSTM1DCell", "ConvLSTM2DCell",
-         "ConvLSTM3DCell"),
-        _RNN_CELL,
-    ),
-    "SeparableConv1D": ("depthwise_kernel", "pointwise_kernel", "bias"),
-    "SeparableConv2D": ("depthwise_kernel", "pointwise_kernel", "bias"),
-    "Embedding": ("embeddings",),
-    "BatchNormalization": ("gamma", "beta", "moving_mean", "moving_variance"),
-    "LayerNormalization": ("gamma", "beta"),
-    "GroupNormalization": ("gamma", "beta"),
-    "PReLU": ("alpha",),
-    "Normalization": ("mean", "variance", "count"),
-}  # fmt: skip
 # Sub-objects in the order legacy files list their variables.
 SUB_ORDER = {"forward_layer": 0, "backward_layer": 1, "query_dense": 0, "key_dense": 1,
              "value_dense": 2, "output_dense": 3}  # fmt: skip
@@ -78,13 +62,6 @@ def _vars_groups(f: h5py.File, where: str) -> list[tuple[str, h5py.Group]]:
     return h5safe.groups_named(f, "vars", where)
 
 
-def to_snake_case(name: str) -> str:
-    """Keras's keras/src/utils/naming.py rule: `Conv2DTranspose` -> `conv2d_transpose`."""
-    name = re.sub(r"\W+", "", name)
-    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
-    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
-
-
 def read(
     files: list[h5py.File],
     where: str,
@@ -94,7 +71,9 @@ def read(
 ) -> Model:
     groups = collect_vars(files, where)
     container = _container(groups)
-    model_class, specs = model_tree(config) if config else (None, _guess_specs(groups, container))
+    model_class, specs = model_tree(config) if config else (None, [])
+    if not specs:  # no architecture, or one without a layer list (subclassed, keras-hub)
+        specs = _guess_specs(groups, container) + _attribute_specs(groups)
     layers: list[Layer] = []
     claimed: set[str] = set()
     if specs:
@@ -134,49 +113,53 @@ def read(
     )
 
 
-KNOWN_CLASSES = {
-    to_snake_case(c): c
-    for c in (*ROLES, "LSTM", "GRU", "SimpleRNN", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D",
-              "Bidirectional", "TimeDistributed", "MultiHeadAttention", "InputLayer")
-}  # fmt: skip
-_UNIQUE_SUFFIX = re.compile(r"_\d+$")
-
-
-def _guess_class(snake_name: str | None) -> str | None:
-    if not snake_name:
-        return None
-    return KNOWN_CLASSES.get(snake_name) or KNOWN_CLASSES.get(_UNIQUE_SUFFIX.sub("", snake_name))
-
-
 def _guess_specs(groups: dict[str, VarsGroup], prefix: str) -> list[LayerSpec]:
-    """Layer specs for a weights file without architecture: names from the `name` attributes
-    (Keras ≥3.6), classes from Keras's snake_case group names (`batch_normalization_1`)."""
+    """Layer specs for the groups of a container without architecture: names from the `name`
+    attributes (Keras ≥3.6), classes from Keras's snake_case group names
+    (`batch_normalization_1`), None where the group name is no Keras class."""
     children = sorted(
         {p[len(prefix) :].split("/", 1)[0] for p in groups if p.startswith(prefix)},
         key=lambda c: (_UNIQUE_SUFFIX.sub("", c), int(c.rsplit("_", 1)[1]) if
                        _UNIQUE_SUFFIX.search(c) else -1),
     )  # fmt: skip
-    specs = []
-    for child in children:
-        root = f"{prefix}{child}"
-        entry = groups.get(root)
-        name = entry.name if entry and entry.name else child
-        if any(p.startswith(f"{root}/layers/") for p in groups):
-            nested = _guess_specs(groups, f"{root}/layers/")
-            specs.append(LayerSpec(name, "Functional", {}, True, nested))
-            continue
-        class_name = _guess_class(child)
-        config: dict = {}
-        inner = groups.get(f"{root}/forward_layer") or groups.get(f"{root}/layer")
-        if inner is not None:
-            inner_class = _guess_class((inner.name or "").removeprefix("forward_"))
-            kernel = inner.datasets.get(0)
-            if inner_class is None and kernel is not None and 2 <= kernel.ndim <= 5:
-                # a user-named wrapped layer: its kernel's rank tells Dense from ConvND
-                inner_class = "Dense" if kernel.ndim == 2 else f"Conv{kernel.ndim - 2}D"
-            config = {"layer": {"class_name": inner_class, "config": {}}}
-        specs.append(LayerSpec(name, class_name or child, config, True, None))
-    return specs
+    return [_guess_spec(groups, f"{prefix}{child}", class_of_group(child)) for child in children]
+
+
+def _attribute_specs(groups: dict[str, VarsGroup]) -> list[LayerSpec]:
+    """Sublayers a subclassed model holds in attributes (`bn/vars` at the root, Keras 3): the
+    attribute name is the user's, so it says nothing of the class."""
+    tops = {p.split("/", 1)[0] for p in groups if p}
+    skipped = {c.rstrip("/") for c in CONTAINERS} | set(SKIPPED_ROOTS)
+    return [_guess_spec(groups, top, None) for top in sorted(tops - skipped)]
+
+
+def _guess_spec(groups: dict[str, VarsGroup], root: str, class_name: str | None) -> LayerSpec:
+    entry = groups.get(root)
+    name = entry.name if entry and entry.name else root.rsplit("/", 1)[-1]
+    if any(p.startswith(f"{root}/layers/") for p in groups):  # a nested model
+        nested = _guess_specs(groups, f"{root}/layers/")
+        return LayerSpec(name, class_name or "", {}, True, nested, group=root)
+    config: dict = {}
+    wrapped = next((groups[p] for p in (f"{root}/forward_layer", f"{root}/layer",
+                                        f"{root}/forward_layer/cell", f"{root}/layer/cell")
+                    if p in groups and groups[p].datasets), None)  # fmt: skip
+    if wrapped is not None:
+        shapes = [tuple(ds.shape) for _, ds in sorted(wrapped.datasets.items())]
+        inner = class_of_group((wrapped.name or "").removeprefix("forward_"))
+        if wrapped.path.endswith("/cell"):
+            inner = rnn_class(shapes) or inner
+        elif inner is None and 2 <= len(shapes[0]) <= 5:
+            # a user-named wrapped layer: its kernel's rank tells Dense from ConvND
+            inner = "Dense" if len(shapes[0]) == 2 else f"Conv{len(shapes[0]) - 2}D"
+        config = {"layer": {"class_name": inner, "config": {}}}
+    elif class_name in ("LSTM", "GRU", "SimpleRNN") and f"{root}/cell" in groups:
+        cell = groups[f"{root}/cell"]
+        shapes = [tuple(ds.shape) for _, ds in sorted(cell.datasets.items())]
+        class_name = rnn_class(shapes) or class_name
+    return LayerSpec(name, class_name or "", config, True, None, group=root)
+
+
+_UNIQUE_SUFFIX = re.compile(r"_\d+$")
 
 
 def _container(groups: dict[str, VarsGroup]) -> str:
@@ -205,11 +188,11 @@ def _map_container(
     counters: dict[str, int] = {}
     layers: list[Layer] = []
     for spec in specs:
-        base = to_snake_case(spec.class_name.split(">")[-1])
+        base = to_snake_case(spec.class_name)
         k = counters.get(base, 0)
         counters[base] = k + 1
         group = by_name.get(spec.name) or (base if k == 0 else f"{base}_{k}")
-        root = f"{prefix}{group}"
+        root = spec.group if spec.group is not None else f"{prefix}{group}"
         layer_path = f"{path_prefix}{spec.name}"
         trainable = enclosing_trainable and spec.trainable
         if spec.children is not None:
@@ -222,10 +205,9 @@ def _map_container(
         owned = [g for p, g in groups.items() if p == root or p.startswith(f"{root}/")]
         claimed.update(g.path for g in owned)
         layers.append(
-            _layer(
-                layer_path, spec.name, spec.class_name, spec.config, trainable, owned, root, where
-            )
-        )
+            _layer(layer_path, spec.name, spec.class_name or None, spec.config, trainable,
+                   owned, root, where)
+        )  # fmt: skip
     return layers
 
 
@@ -240,21 +222,28 @@ def _layer(
     where: str,
 ) -> Layer:
     tensors: list[Tensor] = []
+    modes = set()
     owned = sorted(owned, key=lambda g: _sub_key(g.path[len(root) :]))
     for group in owned:
         relative = [p for p in group.path[len(root) :].split("/") if p]
         owner_class, owner_config = _owner(class_name, config, relative)
         scopes = [s for s in (_scope(part, group) for part in relative) if s]
-        roles = _roles(owner_class, owner_config, len(group.datasets))
-        for position, index in enumerate(sorted(group.datasets)):
-            ds = group.datasets[index]
-            role = roles[position] if roles else str(index)
-            weight_name = "/".join([*scopes, role])
+        datasets = [group.datasets[i] for i in sorted(group.datasets)]
+        roles, mode = positional_roles(
+            owner_class,
+            owner_config,
+            [tuple(int(d) for d in ds.shape) for ds in datasets],
+            [h5safe.logical_dtype(ds) for ds in datasets],
+        )
+        modes.add(mode)
+        for position, (index, ds) in enumerate(zip(sorted(group.datasets), datasets, strict=True)):
+            role = roles[position] if roles else UNKNOWN
+            weight_name = "/".join([*scopes, role if role != UNKNOWN else str(index)])
             tensors.append(
                 Tensor(
                     weight_name=weight_name,
-                    role=role if roles else "unknown",
-                    trainable=is_trainable(role, owner_class or class_name, trainable),
+                    role=role,
+                    trainable=is_trainable(role, owner_class or class_name, trainable, mode),
                     source_name=ds.name,
                     shape=tuple(int(d) for d in ds.shape),
                     dtype=h5safe.logical_dtype(ds),
@@ -262,6 +251,7 @@ def _layer(
                     status=h5safe.tensor_status(ds, where),
                 )
             )
+    quantized.dequantize(tensors, next((m for m in modes if m), None))
     return Layer(layer_path, name, class_name, config or None, trainable, tensors)
 
 
@@ -271,25 +261,26 @@ def _sub_key(relative: str) -> tuple:
 
 
 def _owner(class_name: str | None, config: dict, relative: list[str]) -> tuple[str | None, dict]:
-    """Class and config of the object owning a `vars` group below a layer."""
+    """Class and config of the object owning a `vars` group below a layer (None: unknown)."""
     for part in relative:
         part = part.lstrip("_")
-        if class_name is None:
-            return None, {}
-        if part == "cell":
+        if part in MHA_SCOPES:  # MultiHeadAttention's (or a keras-hub block's) projections
+            class_name = "EinsumDense"
+            config = {"use_bias": config["use_bias"]} if "use_bias" in config else {}
+        elif class_name is None:
+            continue
+        elif part == "cell":
             class_name = class_name if class_name.endswith("Cell") else f"{class_name}Cell"
         elif part in ("forward_layer", "backward_layer", "layer"):
             key = (
                 "backward_layer"
                 if part == "backward_layer" and "backward_layer" in config
-                else ("layer")
+                else "layer"
             )
             sub = config.get(key) if isinstance(config.get(key), dict) else {}
             class_name, config = sub.get("class_name"), sub.get("config") or {}
-        elif part in MHA_SCOPES:
-            class_name, config = "EinsumDense", {"use_bias": config.get("use_bias", True)}
         else:
-            return None, {}
+            class_name, config = None, {}
     return class_name, config
 
 
@@ -303,19 +294,3 @@ def _scope(part: str, group: VarsGroup) -> str | None:
     if bare in MHA_SCOPES:
         return MHA_SCOPES[bare]
     return bare
-
-
-def _roles(class_name: str | None, config: dict, count: int) -> tuple[str, ...] | None:
-    """Variable roles by position, dropping those the config switches off."""
-    roles = ROLES.get(class_name or "")
-    if roles is None:
-        return None
-    drop = set()
-    if config.get("use_bias") is False:
-        drop.add("bias")
-    if config.get("scale") is False or config.get("rms_scaling"):
-        drop.add("gamma")
-    if config.get("center") is False or config.get("rms_scaling"):
-        drop.add("beta")
-    kept = tuple(r for r in roles if r not in drop)
-    return kept if len(kept) == count else None

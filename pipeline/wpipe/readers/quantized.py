@@ -1,0 +1,96 @@
+"""Keras 3 quantized kernels (`model.quantize("int8" | "int4")`) read as the float kernel Keras
+computes from them, as keras/src/layers/core/dense.py does:
+
+* int8: kernel = codes / kernel_scale (one scale per unit).
+* int4, per-channel: codes packed two per byte along the last axis (low nibble first, signed
+  by `(x ^ 8) - 8`), kernel = codes / kernel_scale.
+* int4, sub-channel (kernel_zero and g_idx present): kernel = (codes - zero[g]) * scale[g]
+  for the group g = g_idx[row] of each input row.
+
+The tensor keeps its stored dtype and shape (`weights.dtype` int8; Keras counts the stored
+elements) while every statistic, histogram, unit and spectrum is of the dequantized kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from wpipe.readers.base import Tensor
+
+Loader = Callable[[], np.ndarray]
+
+
+def dequantize(tensors: list[Tensor], mode: str | None) -> None:
+    """Point each quantized kernel's loader at its dequantized values, in place."""
+    if mode not in ("int8", "int4"):
+        return
+    by_name = {t.weight_name: t for t in tensors}
+    for tensor in tensors:
+        tensor.quantization = mode
+        if tensor.role != "kernel":
+            continue
+        scope = tensor.weight_name[: -len("kernel")]
+        scale = by_name.get(f"{scope}kernel_scale")
+        if scale is None:
+            continue
+        zero, g_idx = by_name.get(f"{scope}kernel_zero"), by_name.get(f"{scope}g_idx")
+        if mode == "int8":
+            tensor.load = _int8(tensor.load, scale.load)
+        elif zero is not None and g_idx is not None:
+            tensor.load = _int4_grouped(tensor.load, scale.load, zero.load, g_idx.load)
+        else:
+            tensor.load = _int4(tensor.load, scale.load)
+
+
+def saved_order(tensors: list[Tensor], mode: str | None) -> list[Tensor]:
+    """A quantized layer's tensors in Keras's serialization order (the native files' order;
+    legacy `.h5` lists trainable ones first, so the bias came before the kernel)."""
+    order = {
+        "int8": ("kernel", "bias", "kernel_scale"),
+        "int4": ("kernel", "bias", "kernel_scale", "kernel_zero", "g_idx"),
+    }.get(mode or "")
+    if not order:
+        return tensors
+    rank = {role: i for i, role in enumerate(order)}
+    return sorted(tensors, key=lambda t: rank.get(t.role, len(rank)))
+
+
+def unpack_int4(packed: np.ndarray, length: int) -> np.ndarray:
+    """Two signed 4-bit codes per int8 along the last axis -> int8 codes, `length` of them."""
+    raw = packed.astype(np.int8).view(np.uint8)
+    low = (raw & 0x0F).astype(np.int8)
+    high = ((raw >> 4) & 0x0F).astype(np.int8)
+    codes = np.stack([low, high], axis=-1).reshape(*raw.shape[:-1], -1)[..., :length]
+    return (codes ^ 8) - 8
+
+
+def _int8(codes: Loader, scale: Loader) -> Loader:
+    def load() -> np.ndarray:
+        q, s = codes().astype(np.float32), scale().astype(np.float32)
+        try:
+            np.broadcast_shapes(q.shape, s.shape)
+        except ValueError:  # a scale laid out for an einsum equation: left as codes
+            return q
+        return q / s
+
+    return load
+
+
+def _int4(codes: Loader, scale: Loader) -> Loader:
+    def load() -> np.ndarray:
+        s = scale().astype(np.float32)
+        return unpack_int4(codes(), s.shape[-1]).astype(np.float32) / s
+
+    return load
+
+
+def _int4_grouped(codes: Loader, scale: Loader, zero: Loader, g_idx: Loader) -> Loader:
+    def load() -> np.ndarray:
+        s = scale().astype(np.float32)  # (n_groups, units)
+        groups = g_idx().astype(np.int64)  # (input_dim,)
+        q = unpack_int4(codes(), s.shape[-1]).astype(np.float32)
+        return (q - zero().astype(np.float32)[groups]) * s[groups]
+
+    return load

@@ -1,0 +1,88 @@
+"""analyse: a weight tensor as a matrix of cells for the `matrix` and `filters` charts.
+
+A tensor of shape (..., n) is viewed as the (prod(...), n) matrix of its C-order values: a
+Dense kernel as is, a conv kernel (kh, kw, in, out) as (kh·kw·in) × out, a recurrent kernel
+(in, G·u) with its gates side by side along the columns. A tensor of at most TILE_EXACT
+elements keeps one cell per weight; a larger one is mean-pooled to at most TILE_GRID ×
+TILE_GRID cells of near-equal blocks (block k of n rows spans rows [k·n // p, (k+1)·n // p)),
+so the charts work whatever `--values` kept. Each cell also keeps its largest-magnitude value
+(signed) for max-|w| pooling.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from wpipe import schema
+
+TILE_EXACT = 16384  # elements up to which a tensor keeps one cell per weight
+TILE_GRID = 64  # cells per side of a pooled tensor
+
+
+def matrix_view(array: np.ndarray) -> np.ndarray | None:
+    """The tensor as a 2-D matrix (prod of leading axes) × last axis; None below 2-D."""
+    if array.ndim < 2 or array.size == 0:
+        return None
+    return array.reshape(-1, array.shape[-1])
+
+
+def block_edges(n: int, parts: int) -> np.ndarray:
+    """parts + 1 edges splitting range(n) into near-equal consecutive blocks."""
+    return (np.arange(parts + 1, dtype=np.int64) * n) // parts
+
+
+def pool(matrix: np.ndarray) -> dict[str, np.ndarray]:
+    """Cells of the matrix: tile index, row/column span, mean and signed max-|w| of each.
+
+    Non-finite values are left out of a cell's mean (a cell of only NaN/inf has mean NaN)."""
+    rows, cols = matrix.shape
+    exact = matrix.size <= TILE_EXACT
+    row_edges = block_edges(rows, rows if exact else min(rows, TILE_GRID))
+    col_edges = block_edges(cols, cols if exact else min(cols, TILE_GRID))
+    finite = np.isfinite(matrix)
+    values = np.where(finite, matrix, 0).astype(np.float64, copy=False)
+    starts_r, starts_c = row_edges[:-1], col_edges[:-1]
+
+    def reduce(ufunc: np.ufunc, data: np.ndarray) -> np.ndarray:
+        return ufunc.reduceat(ufunc.reduceat(data, starts_r, axis=0), starts_c, axis=1)
+
+    sums = reduce(np.add, values)
+    counts = reduce(np.add, finite.astype(np.int64))
+    high, low = reduce(np.maximum, values), reduce(np.minimum, values)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    peak = np.where(high >= -low, high, low)
+    tile_row, tile_col = np.meshgrid(
+        np.arange(len(starts_r)), np.arange(len(starts_c)), indexing="ij"
+    )
+    return {
+        "tile_row": tile_row.ravel(),
+        "tile_col": tile_col.ravel(),
+        "row_start": row_edges[:-1][tile_row].ravel(),
+        "row_end": row_edges[1:][tile_row].ravel(),
+        "col_start": col_edges[:-1][tile_col].ravel(),
+        "col_end": col_edges[1:][tile_col].ravel(),
+        "mean": mean.ravel(),
+        "peak": peak.ravel(),
+    }
+
+
+def tile_table(key: dict[str, str], array: np.ndarray) -> pa.Table | None:
+    """The weight_tiles rows of one tensor (None for tensors below 2-D)."""
+    matrix = matrix_view(array)
+    if matrix is None:
+        return None
+    cells = pool(matrix)
+    n = len(cells["mean"])
+    columns = {name: pa.array([value] * n, pa.string()) for name, value in key.items()}
+    columns["rows"] = pa.array(np.full(n, matrix.shape[0], dtype=np.int64))
+    columns["cols"] = pa.array(np.full(n, matrix.shape[1], dtype=np.int64))
+    for name in ("tile_row", "tile_col", "row_start", "row_end", "col_start", "col_end"):
+        columns[name] = pa.array(cells[name].astype(np.int32))
+    mean = cells["mean"]
+    columns["mean"] = pa.array(mean, mask=~np.isfinite(mean))
+    # a cell of one weight has no peak of its own (it is the mean): NULL keeps the file small
+    single = (cells["row_end"] - cells["row_start"]) * (cells["col_end"] - cells["col_start"]) == 1
+    columns["peak"] = pa.array(cells["peak"], mask=single)
+    return pa.table(columns, schema=schema.WEIGHT_TILES.arrow_schema)

@@ -1,0 +1,50 @@
+"""weight_tiles pooling: every cell is numpy's mean (and largest-|w| value) of its block, the
+blocks tile the matrix exactly, and small tensors keep one cell per weight."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from wpipe import tiles
+
+
+def test_small_tensors_keep_one_cell_per_weight():
+    kernel = np.random.default_rng(0).normal(size=(3, 3, 4, 6)).astype(np.float32)
+    cells = tiles.pool(tiles.matrix_view(kernel))
+    matrix = kernel.reshape(36, 6)  # (kh·kw·in) × out
+    assert len(cells["mean"]) == matrix.size
+    for r, c, mean in zip(cells["row_start"], cells["col_start"], cells["mean"], strict=True):
+        assert mean == matrix[r, c]
+    assert np.array_equal(cells["peak"], cells["mean"])
+    table = tiles.tile_table({"model_id": "m", "layer_path": "l", "weight_name": "w"}, kernel)
+    assert table.column("peak").null_count == matrix.size  # a one-weight cell's peak is its mean
+
+
+def test_large_tensors_are_mean_pooled_into_at_most_64_by_64_blocks():
+    matrix = np.random.default_rng(1).normal(size=(300, 130))
+    matrix[5, 7] = 40.0
+    cells = tiles.pool(matrix)
+    assert len(cells["mean"]) == 64 * 64
+    covered = np.zeros(matrix.shape, dtype=int)
+    for k in range(len(cells["mean"])):
+        r0, r1 = cells["row_start"][k], cells["row_end"][k]
+        c0, c1 = cells["col_start"][k], cells["col_end"][k]
+        block = matrix[r0:r1, c0:c1]
+        covered[r0:r1, c0:c1] += 1
+        assert cells["mean"][k] == pytest.approx(block.mean(), rel=1e-12)
+        assert cells["peak"][k] == block.flat[np.argmax(np.abs(block))]
+    assert (covered == 1).all()  # the blocks tile the matrix exactly once
+    heights = cells["row_end"] - cells["row_start"]
+    widths = cells["col_end"] - cells["col_start"]
+    assert set(heights) <= {300 // 64, 300 // 64 + 1} and set(widths) <= {2, 3}
+    assert cells["peak"].max() == 40.0
+
+
+def test_non_finite_values_are_left_out_of_a_cells_mean():
+    matrix = np.random.default_rng(2).normal(size=(200, 100))
+    matrix[0, 0] = np.nan
+    cells = tiles.pool(matrix)
+    first = (cells["row_start"] == 0) & (cells["col_start"] == 0)
+    r1, c1 = cells["row_end"][first][0], cells["col_end"][first][0]
+    assert cells["mean"][first][0] == pytest.approx(np.nanmean(matrix[:r1, :c1]))
+    assert tiles.matrix_view(np.zeros(5)) is None  # 1-D tensors have no tiles
