@@ -15,7 +15,7 @@ import shutil
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -248,8 +248,9 @@ def _load_all(
     by_path = {display(job.path): job for job in work}
     pending: dict[str, Path] = {}  # committed to the lake, not yet loaded into DuckDB
     loaded: dict[str, dict[str, pa.Table]] = {}
+    results = _map(work, jobs, file_timeout, lake)
     try:
-        for outcome in _map(work, jobs, file_timeout, lake):
+        for outcome in results:
             if outcome.error == "disk-full":  # every file after it would fail alike
                 report.failed.append(outcome)
                 raise StoreFailed(outcome.message)
@@ -265,14 +266,17 @@ def _load_all(
                 on_done(outcome)
         db.replace_models(pending, loaded)
     except (duckdb.Error, OSError) as exc:
-        _discard(pending)
+        _discard(results, pending, lake)
         raise StoreFailed(f"{db.path}: cannot write ({str(exc).splitlines()[0]})") from None
     except StoreFailed:
-        _discard(pending)
+        _discard(results, pending, lake)
         raise
 
 
-def _discard(pending: dict[str, Path]) -> None:
+def _discard(results: Iterator[Outcome], pending: dict[str, Path], lake: Path) -> None:
+    """After a failed store: stop the workers, then remove what they and this run wrote."""
+    results.close()  # stops the pool: no worker writes into .tmp any more
+    shutil.rmtree(lake / ".tmp", ignore_errors=True)
     for partition in pending.values():
         shutil.rmtree(partition, ignore_errors=True)
 
@@ -289,7 +293,7 @@ def _record_skipped(
         on_done(outcome)
 
 
-def _map(work: list[Job], jobs: int, file_timeout: float | None, lake: Path) -> Iterable[Outcome]:
+def _map(work: list[Job], jobs: int, file_timeout: float | None, lake: Path) -> Iterator[Outcome]:
     results = workers.map_files(
         run_job, work, jobs, file_timeout, name=lambda job: job.path, preload=[__name__]
     )
