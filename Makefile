@@ -24,9 +24,9 @@ demo: $(CORE)
 	$(BIN)/wpipe models --db demo.duckdb
 	$(BIN)/wpipe query "SELECT name_b AS checkpoint, round(avg(rel_l2), 3) AS mean_layer_drift \
 		FROM layer_drift GROUP BY ALL ORDER BY checkpoint" --db demo.duckdb
-	$(BIN)/wpipe activations cnn_lr1e-3/e05 cnn_lr1e-2/e05 cnn_lr3e-1/e01 cnn_lr3e-1/e05 \
+	$(BIN)/wpipe activations -m cnn_lr1e-3/e05 -m cnn_lr1e-2/e05 -m cnn_lr3e-1/e01 -m cnn_lr3e-1/e05 \
 		--input examples/inputs/blobs.npy --db demo.duckdb
-	$(BIN)/wpipe activations lstm_classifier gru_classifier --input examples/inputs/tokens.npy \
+	$(BIN)/wpipe activations -m lstm_classifier -m gru_classifier --input examples/inputs/tokens.npy \
 		--db demo.duckdb
 	$(BIN)/wpipe health --db demo.duckdb
 	$(BIN)/wpipe correlate val_accuracy --top 5 --db demo.duckdb
@@ -51,6 +51,9 @@ test-large: $(DEV)
 
 bench: $(DEV)
 	$(BIN)/python bench/bench_ingest.py
+	$(BIN)/python bench/bench_kernels.py
+	$(BIN)/python bench/bench_scale.py
+	$(BIN)/python bench/bench_forward.py
 
 lint: $(DEV)
 	$(BIN)/ruff check pipeline tests bench

@@ -42,7 +42,8 @@ seconds = time.perf_counter() - started
 rows = json.loads(details.to_json(orient="records", double_precision=15))
 print(json.dumps({"seconds": seconds, "version": ww.__version__, "rows": rows}))
 """
-METRICS = ("alpha", "lambda_max", "stable_rank", "log_norm", "entropy", "D", "num_evals")
+METRICS = ("alpha", "xmin", "lambda_max", "stable_rank", "log_norm", "entropy", "D", "num_evals")
+STABLE_XMIN = 1e-6  # a fit is stable where both tools chose the same xmin (to this, relative)
 
 
 def run_weightwatcher(python: str, path: Path) -> dict:
@@ -85,7 +86,11 @@ def main() -> None:
     parser.add_argument("--ww-python", required=True, help="python of a venv with weightwatcher")
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--show", default="alpha,lambda_max,stable_rank", help="metrics printed")
+    parser.add_argument("--summary", action="store_true", help="one line per model (make bench)")
     args = parser.parse_args()
+    if args.summary:
+        summary(args.ww_python, [p.resolve() for p in args.models])
+        return
     show = args.show.split(",")
     paths = [p.resolve() for p in args.models]
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,6 +128,47 @@ def main() -> None:
     print("largest relative differences:", {k: f"{v:.2e}" for k, v in worst.items()})
     print(f"WeightWatcher {ww['version']} analyze(): {ww_seconds:.1f} s; wpipe ingest with "
           f"--spectra all (reading, statistics and spectra): {wp_seconds:.1f} s")  # fmt: skip
+
+
+def summary(python: str, paths: list[Path]) -> None:
+    """Per model: analyze() time against `wpipe ingest --spectra all`, and the differences."""
+    for path in paths:
+        with tempfile.TemporaryDirectory() as tmp:
+            ours, wp_seconds = run_wpipe([path], Path(tmp))
+        ww = run_weightwatcher(python, path)
+        alpha, unstable, worst = (
+            [],
+            0,
+            dict.fromkeys(("lambda_max", "stable_rank", "log_norm"), 0.0),
+        )
+        matched = 0
+        for row in ww["rows"]:
+            mine = ours.get((str(path), row["name"]))
+            if mine is None or (row["N"], row["M"], row["rf"]) != (
+                mine["N"],
+                mine["M"],
+                mine["rf"],
+            ):
+                continue
+            matched += 1
+            for metric in worst:
+                diff = rel(row.get(metric), mine[metric])
+                worst[metric] = max(worst[metric], diff or 0.0)
+            if row.get("alpha", -1) <= 0 or mine["alpha"] is None:
+                continue
+            if (rel(row.get("xmin"), mine["xmin"]) or 0.0) > STABLE_XMIN:
+                unstable += 1  # another tail chosen: the KS minimum is flat there
+                continue
+            alpha.append(rel(row["alpha"], mine["alpha"]))
+        within = sum(d <= 0.01 for d in alpha)
+        print(
+            f"WeightWatcher {ww['version']} on {path.stem}: {matched} layers | analyze() "
+            f"{ww['seconds']:6.1f} s, wpipe ingest --spectra all (read, statistics, spectra) "
+            f"{wp_seconds:6.1f} s: {ww['seconds'] / wp_seconds:4.1f}x faster | alpha within 1 %: "
+            f"{within}/{len(alpha)} stable fits (largest difference "
+            f"{max(alpha, default=0.0):.1e}); {unstable} fits with another xmin | largest "
+            + ", ".join(f"{k} {v:.1e}" for k, v in worst.items())
+        )
 
 
 if __name__ == "__main__":

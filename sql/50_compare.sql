@@ -13,7 +13,8 @@ CREATE OR REPLACE MACRO layer_signatures(m) AS TABLE
 
 -- align_layers(a, b): layers of model a matched to layers of model b, first by layer path,
 -- then (among the rest) by class and weight shapes in order of position. `matched_by` says
--- which; a layer matched by neither appears with NULL on the other side.
+-- which; a layer matched by neither appears with NULL on the other side. `comparable` is true
+-- where both layers have one class and the same weight roles and shapes.
 CREATE OR REPLACE MACRO align_layers(a, b) AS TABLE
     WITH
     la AS (SELECT * FROM layer_signatures(a)),
@@ -39,7 +40,11 @@ CREATE OR REPLACE MACRO align_layers(a, b) AS TABLE
            coalesce(la.class_name, lb.class_name) AS class_name,
            la.n_params AS n_params_a, lb.n_params AS n_params_b,
            la.signature = lb.signature AS same_shapes,
-           coalesce(m.matched_by, 'unmatched') AS matched_by
+           coalesce(m.matched_by, 'unmatched') AS matched_by,
+           -- comparable: the same class with the same weight roles and shapes, so drift and
+           -- cosine mean something; other pairs are compared by size and statistics only
+           coalesce(m.matched_by IS NOT NULL AND la.signature = lb.signature
+                    AND la.class_name IS NOT DISTINCT FROM lb.class_name, false) AS comparable
     FROM matched AS m
     FULL JOIN la ON la.layer_path = m.path_a
     FULL JOIN lb ON lb.layer_path = m.path_b

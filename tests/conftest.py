@@ -8,6 +8,7 @@ in tests/fixtures/models, written by tests/fixtures/make_fixtures.py.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import h5py
@@ -31,8 +32,9 @@ class Warehouse:
         self.lake = root / "w.lake"
 
     def ingest(
-        self, *paths, values: str = "all", jobs: int = 1, prune: bool = False, drift: bool = True
-    ) -> Report:
+        self, *paths, values: str = "all", jobs: int = 1, prune: bool = False, drift: bool = True,
+        **options,
+    ) -> Report:  # fmt: skip
         db = store.Database(self.db_path)
         try:
             return ingest(
@@ -44,6 +46,7 @@ class Warehouse:
                 jobs,
                 prune,
                 drift=drift,
+                **options,
             )
         finally:
             db.close()
@@ -59,6 +62,16 @@ class Warehouse:
 @pytest.fixture
 def warehouse(tmp_path: Path) -> Warehouse:
     return Warehouse(tmp_path)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Three real Keras files of different architectures in one folder."""
+    target = tmp_path / "zoo"
+    target.mkdir()
+    for name in ("k2_dense_bn_frozen.h5", "k3_lstm.h5", "k2_conv2d.h5"):
+        shutil.copy2(MODELS / name, target / name)
+    return target
 
 
 def write_legacy_h5(path: Path, layers: dict[str, dict[str, np.ndarray]], config=None, **attrs):

@@ -3,7 +3,16 @@
 import numpy as np
 import pytest
 from scipy import stats as sps
-from wpipe.analysis import CHUNK, PERCENTILES, StatsOptions, sample_indices, tensor_stats
+from wpipe.analysis import (
+    CHUNK,
+    COMPILED_MIN,
+    PERCENTILE_COLUMNS,
+    PERCENTILES,
+    StatsOptions,
+    sample_indices,
+    tensor_stats,
+)
+from wpipe.stats_kernel import BLOCK
 
 RNG = np.random.default_rng(7)
 ARRAYS = {
@@ -92,3 +101,97 @@ def test_sample_indices_are_distinct_sorted_and_reproducible():
     assert len(set(first.tolist())) == 50 and np.all(np.diff(first) > 0)
     np.testing.assert_array_equal(first, sample_indices(1000, 50, seed=3))
     np.testing.assert_array_equal(sample_indices(10, 50, seed=3), np.arange(10))
+
+
+# ------------------------------------------------------- compiled kernels against the numpy path
+
+EXACT = ("size", "nan_count", "inf_count", "zero_count", "near_zero_frac", "min", "max",
+         "max_abs", *PERCENTILE_COLUMNS)  # fmt: skip
+
+
+def bfloat16_values(a: np.ndarray) -> np.ndarray:
+    """float32 values that are exactly bfloat16 (what the reader widens a bfloat16 tensor to)."""
+    bits = a.astype(np.float32).view(np.uint32) & np.uint32(0xFFFF0000)
+    return bits.view(np.float32)
+
+
+def kernel_cases() -> dict:
+    rng = np.random.default_rng(11)
+    n = 3 * BLOCK + 17  # several kernel blocks and a ragged last one
+    with_nonfinite = rng.normal(size=n).astype(np.float32)
+    with_nonfinite[rng.integers(0, n, 40)] = np.nan
+    with_nonfinite[rng.integers(0, n, 9)] = np.inf
+    with_nonfinite[rng.integers(0, n, 5)] = -np.inf
+    huge = rng.normal(size=n) * 10.0 ** rng.integers(-38, 38, n)
+    return {
+        "random": rng.standard_t(3, size=n).astype(np.float32),
+        "offset": (1e4 + rng.normal(size=n)).astype(np.float32),
+        "constant": np.full(n, -0.75, dtype=np.float32),
+        "nan-inf": with_nonfinite,
+        "all-nan": np.full(50, np.nan, dtype=np.float32),
+        "tiny": np.array([3.25], dtype=np.float32),
+        "two": np.array([1.0, -2.0], dtype=np.float32),
+        "empty": np.zeros(0, dtype=np.float32),
+        "huge-range": huge.astype(np.float32),
+        "denormals": (rng.normal(size=n) * 1e-42).astype(np.float32),
+        "zeros-and-near": np.where(rng.random(n) < 0.4, 0.0, rng.normal(size=n) * 1e-3).astype(
+            np.float32
+        ),
+        "float16": rng.normal(size=n).astype(np.float16),
+        "float16-nan-subnormal": np.concatenate(
+            [rng.normal(size=n).astype(np.float16), np.array([np.nan, 6e-8, -6e-8, 0], np.float16)]
+        ),
+        "bfloat16": bfloat16_values(rng.normal(size=n)),
+    }
+
+
+KERNEL_CASES = kernel_cases()
+
+
+@pytest.mark.parametrize("name", KERNEL_CASES)
+def test_compiled_statistics_equal_the_numpy_path(name):
+    a = KERNEL_CASES[name]
+    options = StatsOptions(near_zero=0.01, bins=64)
+    ref, ref_hist = tensor_stats(a, options, kernel="numpy")
+    fast, fast_hist = tensor_stats(a, options, kernel="compiled")
+    assert fast.keys() == ref.keys()
+    for key in EXACT:
+        assert fast[key] == ref[key], key
+    # moments: the same float64 definitions, summed in another order (rounding only)
+    for key, rel, abs_ in (("mean", 1e-12, 1e-15 * (ref["max_abs"] or 0)), ("std", 1e-12, 0),
+                           ("abs_mean", 1e-12, 0), ("l1", 1e-12, 0), ("l2", 1e-12, 0),
+                           ("skew", 1e-9, 1e-9), ("kurtosis", 1e-9, 1e-9)):  # fmt: skip
+        assert (fast[key] is None) == (ref[key] is None), key
+        if ref[key] is not None:
+            assert fast[key] == pytest.approx(ref[key], rel=rel, abs=abs_), key
+    if ref_hist is None:
+        assert fast_hist is None
+    else:
+        np.testing.assert_array_equal(fast_hist.counts, ref_hist.counts)
+        np.testing.assert_array_equal(fast_hist.edges, ref_hist.edges)
+
+
+def test_compiled_statistics_match_numpy_on_a_large_tensor():
+    # Past COMPILED_MIN the default path is the compiled one; checked against numpy directly.
+    a = np.random.default_rng(5).standard_t(4, size=COMPILED_MIN + 1001).astype(np.float32)
+    options = StatsOptions(near_zero=0.05, bins=64)
+    stats, hist = tensor_stats(a, options)
+    f = a.astype(np.float64)
+    d = f - f.mean()
+    m2, m3, m4 = (d**2).mean(), (d**3).mean(), (d**4).mean()
+    expected = {
+        "mean": f.mean(), "std": np.sqrt(m2), "min": f.min(), "max": f.max(),
+        "l1": np.abs(f).sum(), "l2": np.sqrt((f * f).sum()),
+        "near_zero_frac": float((np.abs(f) < options.near_zero).mean()),
+        "skew": m3 / m2**1.5, "kurtosis": m4 / m2**2 - 3.0,
+        **dict(zip(PERCENTILE_COLUMNS, np.percentile(f, PERCENTILES), strict=True)),
+    }  # fmt: skip
+    for key, value in expected.items():
+        assert stats[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    counts, _ = np.histogram(f, bins=64)
+    np.testing.assert_array_equal(hist.counts, counts)
+
+
+def test_compiled_statistics_refuse_other_dtypes():
+    with pytest.raises(ValueError, match="float32/float16"):
+        tensor_stats(np.arange(5.0), StatsOptions(), kernel="compiled")

@@ -123,23 +123,42 @@ def test_readme_documents_every_table_and_column():
             assert f"`{column.name}`" in readme, f"{table.name}.{column.name}"
 
 
-def test_a_database_held_by_another_process_is_a_clear_error(db, tmp_path, monkeypatch):
+def _hold(db: str, read_only: bool):
     import subprocess
     import sys
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({db!r}); "
-         "print('held', flush=True); time.sleep(30)"],
+        [sys.executable, "-c", f"import wpipe, time; c = wpipe.connect({db!r}, "
+         f"read_only={read_only}); print('held', flush=True); time.sleep(30)"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_database_held_by_a_writer_is_a_clear_error_naming_the_process(db):
+    holder = _hold(db, read_only=False)
     try:
-        assert holder.stdout.readline().strip() == "held"
-        monkeypatch.setenv("WPIPE_WAIT", "0.5")  # a reader waits that long, then says why
-        reads, writes = ["models", "--db", db], ["ingest", str(MODELS / "k2_lstm.h5"), "--db", db]
-        for args, words in ((reads, "is writing it"), (writes, "lock")):
+        for args in (["models", "--db", db], ["ingest", str(MODELS / "k2_lstm.h5"), "--db", db]):
             result = runner.invoke(app, args)
             assert result.exit_code == 2, args
-            assert words in result.output and "Traceback" not in result.output
+            assert "locked" in result.output and "Traceback" not in result.output
+            assert f"process {holder.pid}" in result.output
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_notebook_connection_does_not_lock_readers_out(db):
+    # wpipe.connect() is read-only by default: every read command still works beside it
+    holder = _hold(db, read_only=True)
+    try:
+        for args in (["models"], ["health"], ["query", "SELECT count(*) FROM model_summary"],
+                     ["compare", "k2_dense_bn_frozen", "k3_nested"]):  # fmt: skip
+            result = runner.invoke(app, [*args, "--db", db])
+            assert result.exit_code == 0, (args, result.output)
+        writer = runner.invoke(app, ["ingest", str(MODELS / "k2_lstm.h5"), "--db", db])
+        assert writer.exit_code == 2 and f"process {holder.pid}" in writer.output
     finally:
         holder.kill()
         holder.wait()

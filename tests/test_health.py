@@ -134,7 +134,7 @@ def test_health_command_lists_findings_worst_first(loaded):
     findings = json.loads(result.output)
     assert findings[0]["flags"] == "nan_or_inf"
     assert {f["model"] for f in findings} == {n.removesuffix(".h5") for n in SICK}
-    one = runner.invoke(app, ["health", "k3_health_lstm", "--db", str(loaded.db_path), "-f",
+    one = runner.invoke(app, ["health", "-m", "k3_health_lstm", "--db", str(loaded.db_path), "-f",
                               "csv"])  # fmt: skip
     assert one.exit_code == 0 and one.output.count("\n") == 2
     assert "saturating_forget_gate" in one.output

@@ -213,4 +213,3 @@ def test_a_file_that_breaks_later_keeps_no_stale_or_partial_rows(tmp_path, wareh
     # the previous good version stays until the file is readable again; nothing is duplicated
     assert warehouse.query("SELECT count(*) FROM models") == [(1,)]
     assert warehouse.query("SELECT count(*) FROM weights") == [(2,)]
-    assert not list((warehouse.lake / ".tmp").glob("*"))

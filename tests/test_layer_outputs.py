@@ -84,8 +84,8 @@ def test_lambda_model_gets_rows_before_it_and_a_status_row(db, tmp_path, monkeyp
     monkeypatch.setenv("WPIPE_LAMBDA_SENTINEL", str(sentinel))
     inputs, _ = expected("k2_lambda")
     np.save(tmp_path / "x.npy", inputs[0])
-    result = runner.invoke(app, ["activations", "k2_lambda", "--input", str(tmp_path / "x.npy"),
-                                 "--db", db, "-f", "json"])  # fmt: skip
+    result = runner.invoke(app, ["activations", "-m", "k2_lambda", "--input",
+                                 str(tmp_path / "x.npy"), "--db", db, "-f", "json"])  # fmt: skip
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.output)
     assert row["status"] == "stopped" and "Lambda" in row["reason"]
@@ -99,7 +99,7 @@ def test_lambda_model_gets_rows_before_it_and_a_status_row(db, tmp_path, monkeyp
 def test_npz_by_input_name_reruns_incrementally_and_random_probes(db, tmp_path) -> None:
     inputs, _ = expected("k3_graph")
     np.savez(tmp_path / "ab.npz", b=inputs[1], a=inputs[0])  # by name, not in order
-    args = ["activations", "k3_graph", "--input", str(tmp_path / "ab.npz"), "--db", db,
+    args = ["activations", "-m", "k3_graph", "--input", str(tmp_path / "ab.npz"), "--db", db,
             "--name", "pair", "-f", "json"]  # fmt: skip
     first = json.loads(runner.invoke(app, args).output)
     assert first[0]["status"] == "complete" and first[0]["outputs"] == 15
@@ -119,7 +119,7 @@ def test_bad_input_is_one_line_and_a_mismatch_fails_the_model_only(db, tmp_path)
     bad = runner.invoke(app, ["activations", "--input", str(tmp_path / "junk.npy"), "--db", db])
     assert bad.exit_code == 2 and "junk.npy" in bad.output and "Traceback" not in bad.output
     np.save(tmp_path / "wrong.npy", np.zeros((2, 3), np.float32))
-    res = runner.invoke(app, ["activations", "k2_rnn", "--input", str(tmp_path / "wrong.npy"),
+    res = runner.invoke(app, ["activations", "-m", "k2_rnn", "--input", str(tmp_path / "wrong.npy"),
                               "--db", db, "-f", "json"])  # fmt: skip
     assert res.exit_code == 1
     assert _query(db, "SELECT status FROM activation_status") == [("failed",)]

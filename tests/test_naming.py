@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -51,7 +52,11 @@ def test_a_changed_file_keeps_its_name(runs, warehouse):
     warehouse.ingest(runs / "cnn_lr1e-2")
     warehouse.ingest(runs / "cnn_lr1e-3")
     target = runs / "cnn_lr1e-3" / "e01.h5"
-    shutil.copy2(runs / "cnn_lr1e-3" / "e05.h5", target)  # other content: read again
+    # Other content, written now (as a training run rewrites a checkpoint): read again. copy2
+    # would keep e05's mtime, and in a fresh clone e01 and e05 have the same size and mtime.
+    shutil.copyfile(runs / "cnn_lr1e-3" / "e05.h5", target)
+    stat = target.stat()
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     report = warehouse.ingest(runs)
     assert report.ingested == 2  # e01 again, and the newcomer lstm_classifier
     names = _names(warehouse)

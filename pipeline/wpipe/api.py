@@ -1,20 +1,26 @@
-"""The Python API for notebooks and scripts; the CLI is a thin layer over it."""
+"""The Python API for notebooks and scripts; the CLI is a thin layer over it.
+
+DuckDB lets one process write a database file, or any number of processes read it (README:
+One writer). `connect()` opens read-only by default, so a notebook holding a connection never
+locks `wpipe models` out; ingest and `wpipe metrics add` are the writers.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import os
-import time
-from collections.abc import Callable
+import re
 from pathlib import Path
 
 import duckdb
 
-from wpipe import store
-from wpipe.dblock import DatabaseBusy
-
-__all__ = ["DatabaseBusy", "connect", "default_db", "resolve_model"]
+from wpipe import schema, store, views
 
 DEFAULT_DB = "wpipe.duckdb"
+
+
+class DatabaseError(Exception):
+    """A database that cannot be opened as a wpipe database (one line says why)."""
 
 
 def default_db() -> str:
@@ -22,44 +28,76 @@ def default_db() -> str:
 
 
 def connect(
-    db: str | os.PathLike | None = None,
-    wait: float = 0.0,
-    on_wait: Callable[[], None] | None = None,
+    db: str | os.PathLike | None = None, read_only: bool = True
 ) -> duckdb.DuckDBPyConnection:
-    """Open an ingested database with the views of `sql/` (re)applied.
-
-    While another process writes it (an ingest holds DuckDB's lock for its whole run), retry
-    for up to `wait` seconds, calling `on_wait` once when the waiting starts; then raise
-    DatabaseBusy."""
+    """Open an ingested database with this wpipe's views. Read-only by default: readers in any
+    number of processes, never blocking one another; `read_only=False` for a writer (it also
+    upgrades a database made by an older wpipe)."""
     path = Path(db or default_db())
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such database; run `wpipe ingest` first")
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            return _open(path)
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower():
-                raise
-            if time.monotonic() >= deadline:
-                raise DatabaseBusy(
-                    f"{path}: another process (a `wpipe ingest`?) is writing it; waited "
-                    f"{wait:g} s — try again when it has finished (WPIPE_WAIT sets the wait)"
-                ) from None
-        if on_wait is not None:
-            on_wait()
-            on_wait = None
-        time.sleep(0.5)
-
-
-def _open(path: Path) -> duckdb.DuckDBPyConnection:
+    con = open_duckdb(path, read_only)
     try:
-        con = duckdb.connect(str(path))
-    except duckdb.IOException:
-        # locked for writing elsewhere: a read-only open works where the platform allows it
-        return duckdb.connect(str(path), read_only=True)
-    store.ensure_schema(con)
+        if not views.stored_table(con, "models"):
+            raise DatabaseError(f"{path}: not a wpipe database (it has no models table)")
+        if read_only:
+            _temporary_schema(con, path)
+        else:
+            store.ensure_schema(con)
+    except BaseException:
+        con.close()
+        raise
     return con
+
+
+def open_duckdb(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """duckdb.connect with errors a user can act on: a folder, another kind of file, a lock."""
+    if path.is_dir():
+        raise DatabaseError(f"{path}: is a folder, not a database file")
+    try:
+        return store.configure(duckdb.connect(str(path), read_only=read_only))
+    except duckdb.IOException as exc:
+        text = str(exc)
+        if "lock" in text.lower():
+            raise DatabaseError(lock_message(path, text, read_only)) from None
+        raise DatabaseError(f"{path}: not a DuckDB database ({_first_line(text)})") from None
+    except duckdb.Error as exc:
+        raise DatabaseError(f"{path}: cannot open ({_first_line(str(exc))})") from None
+
+
+def lock_message(path: Path, duckdb_text: str, read_only: bool) -> str:
+    """Who holds the lock and what to do, from DuckDB's 'held in <program> (PID n)'."""
+    held = re.search(r"held in (.+?) \(PID (\d+)\)", duckdb_text)
+    who = f"process {held.group(2)} ({held.group(1)})" if held else "another process"
+    if read_only:
+        return (
+            f"{path}: locked for writing by {who} (an ingest, or a Python connection opened "
+            "with read_only=False); wait for it to finish or close that connection"
+        )
+    return (
+        f"{path}: locked, open in {who}; DuckDB lets one process write a database only while "
+        "no other has it open: close that connection (a notebook's `con.close()`) or wait for "
+        "it, then run this again"
+    )
+
+
+def _temporary_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Views as TEMP objects; contract tables an older wpipe did not make, as empty TEMP
+    tables (an ingest adds them for good)."""
+    for table in schema.ALL_TABLES:
+        if not views.stored_table(con, table.name):
+            con.execute(store._ddl(table).replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+    try:
+        views.apply(con, temporary=True)
+    except (duckdb.BinderException, duckdb.CatalogException) as exc:
+        raise DatabaseError(
+            f"{path}: made by another wpipe version ({_first_line(str(exc))}); run "
+            "`wpipe ingest` on it once to upgrade it"
+        ) from None
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
 
 
 def resolve_model(con: duckdb.DuckDBPyConnection, ref: str) -> str:
@@ -78,3 +116,28 @@ def resolve_model(con: duckdb.DuckDBPyConnection, ref: str) -> str:
     if not rows:
         raise LookupError(f"no model is named {ref!r} (try `wpipe models`)")
     raise LookupError(f"{ref!r} names {len(rows)} models; use a longer name or the path")
+
+
+def resolve_models(con: duckdb.DuckDBPyConnection, refs: list[str]) -> list[str]:
+    """model_ids of models named by name, path, model_id prefix or a glob over names and
+    paths (`cnn_lr1e-2/*`, `*/e05`); in the order given, each once. A glob matching nothing
+    is an error, like an unknown name."""
+    out: list[str] = []
+    for ref in refs:
+        if any(c in ref for c in "*?["):
+            found = _glob(con, ref)
+            if not found:
+                raise LookupError(f"no model matches {ref!r} (try `wpipe models`)")
+        else:
+            found = [resolve_model(con, ref)]
+        out += [m for m in found if m not in out]
+    return out
+
+
+def _glob(con: duckdb.DuckDBPyConnection, pattern: str) -> list[str]:
+    rows = con.execute("SELECT model_id, name, path FROM models ORDER BY name").fetchall()
+    return [
+        model_id
+        for model_id, name, path in rows
+        if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(path, pattern)
+    ]

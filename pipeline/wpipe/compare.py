@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Callable
 from contextlib import ExitStack
 from itertools import combinations, pairwise
 from pathlib import Path
@@ -14,7 +15,7 @@ import duckdb
 import pyarrow as pa
 
 from wpipe import schema
-from wpipe.drift import symmetric_distance, tensor_drift
+from wpipe.drift import drift_row, symmetric_distance, tensor_drift
 from wpipe.readers import Model, ModelReadError, open_model
 from wpipe.store import insert_arrow
 from wpipe.tags import parse_tags
@@ -66,68 +67,76 @@ def _file_of(con: duckdb.DuckDBPyConnection, model_id: str) -> tuple[str, str]:
     return con.execute("SELECT path, sha256 FROM models WHERE model_id = ?", [model_id]).fetchone()
 
 
-def _known(con: duckdb.DuckDBPyConnection, a: str, b: str) -> bool:
-    """Stored rows for the pair were computed from the files as they are now."""
-    return bool(
-        con.execute(
-            "SELECT count(*) FROM drift d, models ma, models mb WHERE d.model_a = ? "
-            "AND d.model_b = ? AND ma.model_id = d.model_a AND mb.model_id = d.model_b "
-            "AND d.sha256_a = ma.sha256 AND d.sha256_b = mb.sha256",
-            [a, b],
-        ).fetchone()[0]
-    )
-
-
 def _drift_rows(
     model_a: Model, model_b: Model, ids: tuple[str, str], shas: tuple[str, str],
-    series_name: str | None, renamed: dict[str, str],
+    series_name: str | None, renamed: dict[str, str] | None,
 ) -> list[dict]:  # fmt: skip
+    """Drift of every tensor of A with a same-named, same-shaped tensor in B's layer of the
+    same path (or the path `renamed` maps A's to; with `renamed` given, only those layers)."""
     tensors_b = {(layer.layer_path, t.weight_name): t for layer in model_b.layers
                  for t in layer.tensors}  # fmt: skip
     rows = []
     for layer in model_a.layers:
+        if renamed is not None and layer.layer_path not in renamed:
+            continue
+        path_b = (renamed or {}).get(layer.layer_path, layer.layer_path)
         for t in layer.tensors:
-            other = tensors_b.get((renamed.get(layer.layer_path, layer.layer_path), t.weight_name))
-            if other is None or other.shape != t.shape or t.status != "ok" or other.status != "ok":
-                continue  # no counterpart, or not analysable (weights.status)
-            rows.append(
-                {"model_a": ids[0], "model_b": ids[1], "layer_path": layer.layer_path,
-                 "weight_name": t.weight_name, **tensor_drift(t.load(), other.load()),
-                 "series": series_name, "sha256_a": shas[0], "sha256_b": shas[1]}
-            )  # fmt: skip
+            other = tensors_b.get((path_b, t.weight_name))
+            if other is None or other.shape != t.shape or "ok" not in (t.status, other.status):
+                continue
+            key = (layer.layer_path, t.weight_name)
+            rows.append(drift_row(ids, key, t.load(), other.load(), series_name, shas))
     return rows
 
 
-def pair_drift(
-    con: duckdb.DuckDBPyConnection,
-    a: str,
-    b: str,
-    series_name: str | None = None,
-    renamed: dict[str, str] | None = None,
-) -> bool:
-    """Compute drift for every tensor the two models share (same weight name and shape in
-    the same layer, or in the layer `renamed` maps A's path to); rows carry A's layer path.
-    Skipped when stored rows already match both files' hashes. True if computed."""
-    if _known(con, a, b):
-        return False
+def comparable_layers(con: duckdb.DuckDBPyConnection, a: str, b: str) -> dict[str, str]:
+    """A's layer path -> B's, for the layers align_layers finds comparable: matched, of one
+    class, with the same weight roles and shapes."""
+    rows = con.execute(
+        "SELECT path_a, path_b FROM align_layers(?, ?) WHERE comparable", [a, b]
+    ).fetchall()
+    return dict(rows)
+
+
+def pair_drift(con: duckdb.DuckDBPyConnection, a: str, b: str) -> pa.Table:
+    """Drift rows (the drift table's columns) for the comparable layers of A and B, computed
+    from the files now and stored nowhere: an on-demand comparison changes no table."""
     (path_a, sha_a), (path_b, sha_b) = _file_of(con, a), _file_of(con, b)
+    layers = comparable_layers(con, a, b)
     with open_model(path_a) as model_a, open_model(path_b) as model_b:
-        rows = _drift_rows(model_a, model_b, (a, b), (sha_a, sha_b), series_name, renamed or {})
-    _replace_pairs(con, [(a, b)], rows)
-    return True
+        rows = _drift_rows(model_a, model_b, (a, b), (sha_a, sha_b), None, layers)
+    return pa.Table.from_pylist(rows, schema=schema.DRIFT.arrow_schema)
 
 
 def _replace_pairs(
     con: duckdb.DuckDBPyConnection, pairs: list[tuple[str, str]], rows: list[dict]
 ) -> None:
+    replace_drift(con, pairs, pa.Table.from_pylist(rows, schema=schema.DRIFT.arrow_schema))
+
+
+def replace_drift(
+    con: duckdb.DuckDBPyConnection, pairs: list[tuple[str, str]], rows: pa.Table
+) -> None:
+    """Swap the drift rows of `pairs` for `rows`, in one transaction (one scan per step)."""
+    gone = pa.table({"a": [a for a, _ in pairs], "b": [b for _, b in pairs]}, schema=_PAIRS)
     con.execute("BEGIN TRANSACTION")
-    for a, b in pairs:
-        con.execute("DELETE FROM drift WHERE model_a = ? AND model_b = ?", [a, b])
-    insert_arrow(con, schema.DRIFT, pa.Table.from_pylist(rows, schema=schema.DRIFT.arrow_schema))
+    con.register("gone_pairs", gone)
+    try:
+        con.execute(
+            "DELETE FROM drift USING gone_pairs g WHERE drift.model_a = g.a AND drift.model_b = g.b"
+        )
+    finally:
+        con.unregister("gone_pairs")
+    insert_arrow(con, schema.DRIFT, rows)
     con.execute("COMMIT")
 
 
-def series_drift(con: duckdb.DuckDBPyConnection) -> tuple[int, list[str]]:
+_PAIRS = pa.schema([("a", pa.string()), ("b", pa.string())])
+
+
+def series_drift(
+    con: duckdb.DuckDBPyConnection, advance: Callable[..., None] | None = None
+) -> tuple[int, list[str]]:
     """Drift of every consecutive pair of every series; only new or changed pairs are read,
     each file opened once as it slides from pair (a, b) to (b, c). Returns (pairs, problems)."""
     problems: list[str] = []
@@ -144,9 +153,11 @@ def series_drift(con: duckdb.DuckDBPyConnection) -> tuple[int, list[str]]:
             "AND d.sha256_a = ma.sha256 AND d.sha256_b = mb.sha256 AND d.series IS NOT NULL"
         ).fetchall()
     )
+    labels: dict[tuple[str, str], str] = {}
     for name, members in series(con).items():
         todo = [p for p in pairwise(members) if p not in wanted and p not in known]
         wanted.update(pairwise(members))
+        labels.update(dict.fromkeys(pairwise(members), name))
         held: tuple[str, Model, ExitStack] | None = None
         for a, b in todo:
             try:
@@ -159,11 +170,13 @@ def series_drift(con: duckdb.DuckDBPyConnection) -> tuple[int, list[str]]:
                 model_b = stack_b.enter_context(open_model(files[b][0]))
                 shas = (files[a][1], files[b][1])
                 try:
-                    rows += _drift_rows(held[1], model_b, (a, b), shas, name, {})
+                    rows += _drift_rows(held[1], model_b, (a, b), shas, name, None)
                 except BaseException:
                     stack_b.close()
                     raise
                 done.append((a, b))
+                if advance is not None:
+                    advance(1, f"{name}: {Path(files[b][0]).name}")
                 held[2].close()
                 held = (b, model_b, stack_b)
             except (ModelReadError, OSError) as exc:
@@ -183,56 +196,65 @@ def series_drift(con: duckdb.DuckDBPyConnection) -> tuple[int, list[str]]:
         ).fetchall()
         if pair not in wanted
     ]
-    for a, b in stale:
-        con.execute("DELETE FROM drift WHERE model_a = ? AND model_b = ?", [a, b])
+    if stale:
+        replace_drift(con, stale, schema.DRIFT.arrow_schema.empty_table())
+    _label_series(con, labels)
     return len(done), problems
 
 
-def aligned_renames(con: duckdb.DuckDBPyConnection, a: str, b: str) -> dict[str, str]:
-    """A's layer path -> B's, for layers align_layers matched under different paths."""
-    rows = con.execute(
-        "SELECT path_a, path_b FROM align_layers(?, ?) WHERE path_a IS NOT NULL "
-        "AND path_b IS NOT NULL AND path_a <> path_b",
-        [a, b],
-    ).fetchall()
-    return dict(rows)
+def _label_series(con: duckdb.DuckDBPyConnection, labels: dict[tuple[str, str], str]) -> None:
+    """Rows computed at ingest carry their folder as series; a folder holding two
+    architectures has one series per architecture, labelled folder#arch."""
+    table = pa.table({"a": [a for a, _ in labels], "b": [b for _, b in labels],
+                      "series": list(labels.values())})  # fmt: skip
+    con.register("series_labels", table)
+    try:
+        con.execute(
+            "UPDATE drift SET series = l.series FROM series_labels l WHERE drift.model_a = l.a "
+            "AND drift.model_b = l.b AND drift.series IS DISTINCT FROM l.series"
+        )
+    finally:
+        con.unregister("series_labels")
 
 
 def distance_matrix(con: duckdb.DuckDBPyConnection, model_ids: list[str]) -> list[tuple]:
     """(layer_path, model_a, model_b, distance) for every pair: ‖A−B‖ / mean(‖A‖, ‖B‖)
-    over all tensors the layer has in both models."""
+    over the layer's tensors, for the models whose layer is comparable with the first's."""
+    return distance_table(con, model_ids)[0]
+
+
+def distance_table(
+    con: duckdb.DuckDBPyConnection, model_ids: list[str]
+) -> tuple[list[tuple], dict[str, list[str]]]:
+    """distance_matrix's rows, and per layer of the first model the models that have it with
+    the same tensors and shapes (only those are compared; a model is at distance 0 from
+    itself only on a layer it has)."""
     paths = [
         con.execute("SELECT path FROM models WHERE model_id = ?", [m]).fetchone()[0]
         for m in model_ids
     ]
+    out: list[tuple] = []
+    members: dict[str, list[str]] = {}
     with ExitStack() as stack:
         models = [stack.enter_context(open_model(p)) for p in paths]
         tensors = [
-            {
-                (layer.layer_path, t.weight_name): t
-                for layer in m.layers
-                for t in layer.tensors
-                if t.status == "ok"
-            }
+            {(layer.layer_path, t.weight_name): t for layer in m.layers for t in layer.tensors}
             for m in models
         ]
-        layer_order = [layer.layer_path for layer in models[0].layers if layer.tensors]
-        out = []
-        for layer_path in layer_order:
+        for layer_path in [layer.layer_path for layer in models[0].layers if layer.tensors]:
             keys = [k for k in tensors[0] if k[0] == layer_path]
-            arrays = [
-                {k: t[k].load() for k in keys if k in t and t[k].shape == tensors[0][k].shape}
-                for t in tensors
-            ]
-            for i, j in combinations(range(len(model_ids)), 2):
-                shared = [k for k in keys if k in arrays[i] and k in arrays[j]]
-                if not shared:
-                    continue
-                parts = [tensor_drift(arrays[i][k], arrays[j][k]) for k in shared]
+            having = [
+                i for i, t in enumerate(tensors)
+                if all(k in t and t[k].shape == tensors[0][k].shape for k in keys)
+            ]  # fmt: skip
+            members[layer_path] = [model_ids[i] for i in having]
+            arrays = {i: [tensors[i][k].load() for k in keys] for i in having}
+            for i, j in combinations(having, 2):
+                parts = [tensor_drift(x, y) for x, y in zip(arrays[i], arrays[j], strict=True)]
                 l2 = [sum((p[f] or 0.0) ** 2 for p in parts) ** 0.5 for f in
                       ("l2_a", "l2_b", "l2_diff")]  # fmt: skip
                 out.append((layer_path, model_ids[i], model_ids[j], symmetric_distance(*l2)))
-    return out
+    return out, members
 
 
 class MetricsError(ValueError):
@@ -385,11 +407,14 @@ def correlate(
 ) -> list[tuple]:
     """Weight statistics ranked by |Spearman ρ| with `metric` across the models that have it
     (or those of `model_ids`): (feature, n_models, rho). Ties get average ranks; features
-    need 3+ models. A model's metric is the mean of its values."""
+    need 3+ models. A model's metric is the mean of its values. Duplicates (a file with the
+    same content as another model's, see duplicate_models) are left out."""
     return con.execute(
         """
         WITH chosen AS (SELECT model_id FROM models
-                        WHERE $ids IS NULL OR list_contains($ids, model_id)),
+                        WHERE ($ids IS NULL OR list_contains($ids, model_id))
+                          -- a copy of another model's file would count one model twice
+                          AND model_id NOT IN (SELECT model_id FROM duplicate_models)),
         y AS (SELECT model_id, avg(value) AS value FROM model_metrics
               WHERE metric = $metric AND model_id IN (SELECT model_id FROM chosen)
               GROUP BY model_id),

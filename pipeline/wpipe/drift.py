@@ -59,3 +59,18 @@ def symmetric_distance(l2_a: float, l2_b: float, l2_diff: float) -> float | None
     """‖A−B‖ / mean(‖A‖, ‖B‖): 0 for equal weights, 2 for opposite ones, order-free."""
     scale = (l2_a + l2_b) / 2
     return l2_diff / scale if scale > 0 else None
+
+
+def drift_row(
+    ids: tuple[str, str],
+    key: tuple[str, str],
+    a: np.ndarray,
+    b: np.ndarray,
+    series: str | None,
+    shas: tuple[str | None, str | None],
+) -> dict:
+    """One `drift` row: tensor `key` (layer_path, weight_name) of model ids[0] -> ids[1]."""
+    return {
+        "model_a": ids[0], "model_b": ids[1], "layer_path": key[0], "weight_name": key[1],
+        **tensor_drift(a, b), "series": series, "sha256_a": shas[0], "sha256_b": shas[1],
+    }  # fmt: skip

@@ -1,67 +1,63 @@
-"""Ingest: find model files, read and analyse each (in worker processes), store the results.
+"""Ingest: find model files, map each through `filemap.process_file` (in a process pool),
+commit the results to the lake in batches and load each batch into DuckDB.
 
-Reading a file is a pure map (file -> Parquet partition), so workers never touch DuckDB; the
-parent swaps each finished partition into the lake and loads it in one transaction. Workers are
-run by `wpipe.workers.map_files`: each file under a time limit (`file_timeout`), a hung or
-dead worker replaced, its file recorded as `timeout` / `worker-died`.
+Workers are run by `wpipe.workers.map_files` (each file under a time limit, a hung or dead
+worker replaced, its file recorded as `timeout` / `worker-died`). The driver only plans,
+commits and loads: an unchanged file costs a stat; files that may be
+copies of each other (same size) are hashed first so identical content is read once; each
+file's drift against the previous checkpoint of its series is computed by the worker that
+reads it. `commit_batch` is the one step that writes the lake's log; it takes the workers'
+outcomes, wherever they ran.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import os
-import shutil
 import time
-import zipfile
-import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from itertools import pairwise
 from pathlib import Path
+from typing import Protocol
 
-import duckdb
 import pyarrow as pa
 
-from wpipe import compare, dblock, store, workers
+from wpipe import compare, schema, store, workers
 from wpipe.analysis import StatsOptions
-from wpipe.readers import ModelReadError, model_files, open_model
+from wpipe.filemap import FileJob, Outcome, Settings, TableSink, hash_file, process_file
+from wpipe.readers import ModelReadError, keras_dir, model_files, sharded, sniff, unsupported
 from wpipe.spectra import SpectraOptions
 from wpipe.spectra_tables import CACHE_FOLDER
-from wpipe.tables import FileInfo, ValuesMode, build_tables, model_id_for
-from wpipe.textsafe import display, to_os
-from wpipe.walk import Skipped, discover
+from wpipe.store import sync
+from wpipe.store.lake import DataFile, Lake, write_data_file
+from wpipe.tables import ValuesMode, file_stem, model_id_for
+from wpipe.tags import parse_tags
 
-# Models loaded into DuckDB per transaction: one transaction per model costs more than reading
-# a small checkpoint. A crash loses at most the batch, whose files are then re-read next run.
-LOAD_BATCH = 64
+# A batch is committed and loaded when it holds this many models, this many bytes of small
+# tables, or is this old: few commits, bounded driver memory, little lost to a kill.
+BATCH_MODELS = 256
+BATCH_BYTES = 64 << 20
+BATCH_SECONDS = 10.0
+# Tables with more files than this are compacted (small files merged) at the end of a run.
+COMPACT_FILES = 64
+MODEL_SUFFIXES = (".h5", ".hdf5", ".keras", ".weights.json")
 
-
-@dataclass(frozen=True)
-class Job:
-    path: str
-    lake: str
-    size: int
-    mtime: float
-    known_sha: str | None
-    options: StatsOptions
-    values: ValuesMode
-    spectra: SpectraOptions = field(default_factory=SpectraOptions)
-    settings: str = ""  # ingest_options(...) of this run
+__all__ = ["Outcome", "Report", "commit_batch", "discover", "ingest", "ingest_options"]
 
 
-@dataclass
-class Outcome:
-    path: str
-    model_id: str
-    status: str  # "ingested" | "unchanged" | "failed"
-    partition: str | None = None
-    sha256: str | None = None
-    error: str | None = None
-    message: str | None = None
-    n_tensors: int = 0
-    n_params: int = 0
-    bytes_read: int = 0
-    tables: dict[str, pa.Table] | None = None  # the partition's small tables, for loading
+class ProgressSink(Protocol):
+    def phase(self, name: str, total: int) -> None: ...
+    def advance(self, n: int = 1, item: str = "") -> None: ...
+
+
+class _Silent:
+    def phase(self, name: str, total: int) -> None:
+        pass
+
+    def advance(self, n: int = 1, item: str = "") -> None:
+        pass
 
 
 @dataclass
@@ -69,6 +65,7 @@ class Report:
     files: int = 0
     ingested: int = 0
     unchanged: int = 0
+    copied: int = 0
     failed: list[Outcome] = field(default_factory=list)
     pruned: int = 0
     n_tensors: int = 0
@@ -88,118 +85,122 @@ def ingest_options(options: StatsOptions, values: ValuesMode, spectra: SpectraOp
     )
 
 
+def discover(paths: Iterable[str | os.PathLike], skip: Iterable[Path] = ()) -> list[Path]:
+    """Model saves under `paths`: named files or folders as given, folders walked recursively.
+
+    In a walk a file counts when its content starts like HDF5 or ZIP, its name ends like a
+    Keras file, or it is a recognisable unreadable save (reported, not silently skipped). A
+    folder that is itself a save (unzipped .keras, SavedModel, …) counts as one model; shards
+    listed by a `.weights.json` index belong to that index. Hidden folders and `skip` (the lake)
+    are not entered.
+    """
+    skipped = {p.resolve() for p in skip}
+    found: list[Path] = []
+    for raw in paths:
+        root = Path(raw).resolve()
+        if root.is_file() or _is_save_folder(root):
+            found.append(root)
+            continue
+        for folder, dirs, files in os.walk(root):
+            here = Path(folder)
+            saves = [d for d in dirs if _is_save_folder(here / d)]
+            found.extend(here / d for d in sorted(saves))
+            dirs[:] = sorted(
+                d for d in dirs
+                if not d.startswith(".") and here / d not in skipped and d not in saves
+            )  # fmt: skip
+            shards = {
+                name
+                for index in files
+                if sharded.is_index(here / index)
+                for name in _shards_of(here / index)
+            }
+            for name in sorted(files):
+                candidate = here / name
+                if name in shards:
+                    continue
+                if (
+                    name.lower().endswith(MODEL_SUFFIXES)
+                    or sharded.is_index(candidate)
+                    or unsupported.is_candidate(candidate)
+                    or _looks_like_model(candidate)
+                ):
+                    found.append(candidate)
+    return list(dict.fromkeys(found))
+
+
+def _is_save_folder(path: Path) -> bool:
+    return path.is_dir() and (keras_dir.claims(path) or unsupported.identify(path) is not None)
+
+
+def _shards_of(index: Path) -> list[str]:
+    try:
+        return sharded.shard_names(index, str(index))
+    except ModelReadError:
+        return []
+
+
+def _looks_like_model(path: Path) -> bool:
+    try:
+        return path.is_file() and sniff(path) is not None
+    except OSError:
+        return False
+
+
 def fingerprint(path: Path) -> tuple[int, float]:
     """(total bytes, newest mtime) of the files a save consists of."""
+    if path.is_file() and not sharded.is_index(path):
+        st = path.stat()  # the common case: one stat
+        return st.st_size, st.st_mtime
     stats = [p.stat() for p in model_files(path)]
     return sum(s.st_size for s in stats), max((s.st_mtime for s in stats), default=0.0)
 
 
-def sha256_of(path: str) -> str:
-    """SHA-256 of a file's bytes; for a multi-file save, over each file's name and bytes."""
-    files = model_files(Path(path))
-    digest = hashlib.sha256()
-    for file in files:
-        if len(files) > 1:
-            digest.update(f"{file.relative_to(Path(path).parent)}\0".encode())
-        with open(file, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def run_job(job: Job) -> Outcome:
-    """Read, analyse and write one model's partition; never raises."""
-    model_id = model_id_for(job.path)
-    outcome = Outcome(display(job.path), model_id, "failed", bytes_read=job.size)
-    partition = None
-    try:
-        sha = sha256_of(job.path)
-        outcome.sha256 = sha
-        if sha == job.known_sha:
-            outcome.status = "unchanged"
-            return outcome
-        info = FileInfo(model_id, display(job.path), sha, job.size, job.mtime, job.settings)
-        with open_model(job.path) as model:
-            partition = store.Partition(Path(job.lake), model_id)
-            tables = build_tables(
-                model, info, job.options, job.values, partition.write_values, job.spectra
-            )
-            partition.finish(tables)
-        row = tables["models"].to_pylist()[0]
-        outcome.status = "ingested"
-        outcome.partition = str(partition.tmp)
-        outcome.tables = tables
-        outcome.n_tensors, outcome.n_params = row["n_tensors"], row["n_params"]
-    except ModelReadError as exc:
-        outcome.error, outcome.message = exc.code, exc.message
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # a damaged member, read lazily
-        outcome.error, outcome.message = "bad-zip", f"{job.path}: damaged zip archive ({exc})"
-    except MemoryError:
-        outcome.error, outcome.message = "out-of-memory", f"{job.path}: not enough memory"
-    except OSError as exc:
-        full = exc.errno == errno.ENOSPC or "No space left" in str(exc)  # pyarrow sets no errno
-        outcome.error = "disk-full" if full else "io-error"
-        outcome.message = f"{job.path}: {exc.strerror or exc}"
-    except Exception as exc:  # a bug must not stop the other files; the message says so
-        outcome.error = "internal-error"
-        outcome.message = f"{job.path}: wpipe failed on this file ({type(exc).__name__}: {exc})"
-    if outcome.status == "failed" and partition is not None:
-        partition.abort()
-    if outcome.message:
-        outcome.message = display(outcome.message)
-    return outcome
-
-
-def ingest(
-    paths: Iterable[str | os.PathLike],
-    db: store.Database,
-    lake: Path,
-    options: StatsOptions | None = None,
-    values: ValuesMode | None = None,
-    jobs: int = 1,
-    prune: bool = False,
-    tag_pattern: str | None = None,
-    drift: bool = True,
-    on_start: Callable[[int], None] | None = None,
-    on_done: Callable[[Outcome], None] | None = None,
-    spectra: SpectraOptions | None = None,
-    file_timeout: float | None = workers.DEFAULT_FILE_TIMEOUT,
-) -> Report:
-    """Bring the database up to date with the model files under `paths`, then re-derive tags,
-    attach training logs found next to checkpoints, and compute new series drift.
-
-    Each file is read in a worker process and stopped after `file_timeout` seconds (None: no
-    limit, and with jobs=1 the files are read in this process)."""
-    started = time.perf_counter()
-    options = options or StatsOptions()
-    values = values or ValuesMode("all")
-    spectra = spectra or SpectraOptions()
-    roots = [Path(os.path.realpath(p)) for p in paths]
-    lake = Path(os.path.realpath(lake))
-    if spectra.cache_dir is None:
-        spectra = replace(spectra, cache_dir=str(lake / CACHE_FOLDER))
-    # `db` holds the writer lock (store.Database), so no other run uses the lake: clean out
-    # the half-written partitions of a run that was killed
-    shutil.rmtree(lake / ".tmp", ignore_errors=True)
-    store.sweep_orphans(lake, db.known_files_by_id())  # left by a run that hit a full disk
-    protected = dblock.Protected(dblock.protected_paths(db.path, lake))
-    files, skipped = discover(paths, protected)
-    known, failures = db.known_files(), db.known_failures()
-    report = Report(files=len(files) + len(skipped))
-    for entry in skipped:
-        _record_skipped(entry, db, report, on_done)
-    work: list[Job] = []
-    settings = ingest_options(options, values, spectra)
-    for path in files:
-        try:
-            size, mtime = fingerprint(path)
-        except (OSError, ModelReadError) as exc:  # vanished or changed kind since the walk
-            if not isinstance(exc, ModelReadError):
-                exc = ModelReadError("io-error", f"{path}: {exc}")
-            _record_skipped(Skipped(path, exc.code, exc.message, 0, 0.0), db, report, on_done)
+def predecessors(paths: list[str], pattern: str | None) -> dict[str, tuple[str, str]]:
+    """path -> (previous checkpoint's path, series label) within each folder, in the order
+    compare.series uses (epoch/step tags when every file has one, else natural names). The
+    series pass after the map checks architectures and fixes what this guess got wrong."""
+    folders: dict[str, list[str]] = {}
+    for path in paths:
+        folders.setdefault(str(Path(path).parent), []).append(path)
+    out = {}
+    for folder, members in folders.items():
+        if len(members) < 2:
             continue
-        key = display(str(path))
-        if key in known and known[key][3] != settings:
+        order = {p: _order_tag(p, pattern) for p in members}
+        if all(v is not None for v in order.values()):
+            members.sort(key=lambda p: (order[p], compare.natural_key(file_stem(p))))
+        else:
+            members.sort(key=lambda p: compare.natural_key(file_stem(p)))
+        for a, b in pairwise(members):
+            out[b] = (a, folder)
+    return out
+
+
+def _order_tag(path: str, pattern: str | None) -> float | None:
+    tags = parse_tags(path, pattern)
+    return tags.get("epoch", tags.get("step"))
+
+
+@dataclass
+class _Plan:
+    """What the map has to do: files to read, files to hash first, unchanged files."""
+
+    work: list[FileJob] = field(default_factory=list)
+    to_hash: list[FileJob] = field(default_factory=list)
+
+
+def _plan(
+    files: list[Path], db: store.Database, lake: Lake, settings: Settings,
+    pattern: str | None, report: Report, drift: bool,
+) -> _Plan:  # fmt: skip
+    known, failures = db.known_files(), db.known_failures()
+    plan = _Plan()
+    new: list[tuple[str, int, float]] = []
+    for path in files:
+        key = str(path)
+        size, mtime = fingerprint(path)
+        if key in known and known[key][3] != settings.text:
             known.pop(key)  # rows computed with other options: read the file again
         previous = known.get(key) or failures.get(key)
         if previous and previous[0] == size and previous[1] == mtime:
@@ -211,137 +212,307 @@ def ingest(
                             message=previous[2])
                 )  # fmt: skip
             continue
-        known_sha = known[key][2] if key in known else None
-        raw = str(path)  # the name as the OS gave it: `key` is how it is stored and printed
-        work.append(Job(raw, str(lake), size, mtime, known_sha, options, values, spectra, settings))
+        new.append((key, size, mtime))
+    if not new:
+        return plan
+    chain = predecessors([str(p) for p in files], pattern) if drift else {}
+    # Files that may be copies: a size another new file or an ingested model has.
+    sizes = Counter(size for _, size, _ in new)
+    known_sizes = {v[0] for v in known.values()}
+    for key, size, mtime in new:
+        previous, series = chain.get(key, (None, None))
+        job = FileJob(key, lake.location, size, mtime, settings, None, previous, series)
+        if sizes[size] > 1 or size in known_sizes:
+            plan.to_hash.append(job)
+        else:
+            plan.work.append(job)
+    return plan
 
-    if on_start:
-        on_start(len(work))
-    _load_all(work, jobs, file_timeout, lake, db, report, on_done)
+
+def ingest(
+    paths: Iterable[str | os.PathLike],
+    db: store.Database,
+    lake: Path | str | Lake,
+    options: StatsOptions | None = None,
+    values: ValuesMode | None = None,
+    jobs: int = 1,
+    prune: bool = False,
+    tag_pattern: str | None = None,
+    drift: bool = True,
+    on_done: Callable[[Outcome], None] | None = None,
+    spectra: SpectraOptions | None = None,
+    progress: ProgressSink | None = None,
+    file_timeout: float | None = workers.DEFAULT_FILE_TIMEOUT,
+) -> Report:
+    """Bring the database and lake up to date with the model files under `paths`, then
+    re-derive tags, attach training logs found next to checkpoints, and complete series drift.
+
+    Each file is read in a worker process and stopped after `file_timeout` seconds (None: no
+    limit, and with jobs=1 the files are read in this process)."""
+    started = time.perf_counter()
+    progress = progress or _Silent()
+    options = options or StatsOptions()
+    values = values or ValuesMode.default()
+    spectra = spectra or SpectraOptions()
+    roots = [Path(p).resolve() for p in paths]
+    if not isinstance(lake, Lake):
+        lake = Lake.open(str(Path(lake).resolve()))
+    local_lake = Path(lake.location.root) if "://" not in lake.location.root else None
+    if spectra.cache_dir is None and local_lake is not None:
+        spectra = replace(spectra, cache_dir=str(local_lake / CACHE_FOLDER))
+    report = Report()
+    report.warnings += sync.reconcile(db, lake)
+    settings = Settings(options, values, spectra, ingest_options(options, values, spectra))
+
+    progress.phase("scan", 0)
+    files = discover(roots, skip=[local_lake] if local_lake else [])
+    report.files = len(files)
+    plan = _plan(files, db, lake, settings, tag_pattern, report, drift)
+    current = {p: v[2] for p, v in db.known_files().items() if v[3] == settings.text}
+    shas = dict(current)  # path -> sha256 of rows computed with these settings
+    driver = _Driver(db, lake, report, on_done, progress,
+                     {sha: model_id_for(p) for p, sha in current.items()})  # fmt: skip
+
+    pool = _Pool(jobs, file_timeout)
+    if plan.to_hash:
+        progress.phase("hash", len(plan.to_hash))
+        plan.work += driver.sort_hashed(plan.to_hash, pool.hashes(plan.to_hash), shas)
+    progress.phase("read", len(plan.work))
+    for outcome in pool.outcomes(plan.work):
+        progress.advance(1, Path(outcome.path).name)
+        driver.take(outcome)
+    driver.flush()
+    driver.copy_duplicates()
+    shas.update(driver.shas)
+    if drift:
+        driver.store_drift(shas)
     if prune:
         report.pruned = _prune(db, lake, roots)
-    db.refresh_names(roots)
-    compare.refresh_tags(db.con, tag_pattern)
-    report.warnings += compare.attach_training_logs(db.con)
-    if drift:
-        report.drift_pairs, problems = compare.series_drift(db.con)
-        report.warnings += problems
+    _finish(db, lake, driver, tag_pattern, drift, progress, roots)
     report.seconds = time.perf_counter() - started
     return report
 
 
-class StoreFailed(Exception):
-    """The lake or the database could not be written (a full disk): the run stopped; the
-    models loaded before are kept, the partitions not yet loaded are removed."""
+class _Pool:
+    """The map's two phases (hash, read) through wpipe.workers: each file in a replaceable
+    worker under the per-file time limit; a stopped or dead worker fails that file only."""
+
+    def __init__(self, jobs: int, file_timeout: float | None) -> None:
+        self.jobs, self.timeout = jobs, file_timeout
+
+    def hashes(self, jobs: list[FileJob]) -> Iterator[tuple[str, str | None, str | None]]:
+        paths = [j.path for j in jobs]
+        for path, result in workers.map_files(hash_file, paths, self.jobs, self.timeout,
+                                              preload=[__name__]):  # fmt: skip
+            if isinstance(result, workers.WorkerFailure):
+                yield path, None, result.message
+            else:
+                yield result
+
+    def outcomes(self, jobs: list[FileJob]) -> Iterator[Outcome]:
+        results = workers.map_files(process_file, jobs, self.jobs, self.timeout,
+                                    name=lambda job: job.path, preload=[__name__])  # fmt: skip
+        for job, result in results:
+            if isinstance(result, workers.WorkerFailure):
+                # what a killed worker had written is never committed (vacuumed later)
+                result = Outcome(job.path, model_id_for(job.path), "failed", error=result.code,
+                                 message=result.message, bytes_read=job.size)  # fmt: skip
+            yield result
 
 
-def _load_all(
-    work: list[Job],
-    jobs: int,
-    file_timeout: float | None,
-    lake: Path,
-    db: store.Database,
-    report: Report,
-    on_done: Callable[[Outcome], None] | None,
-) -> None:
-    """Read every job in workers; commit and load the results in batches of LOAD_BATCH."""
-    by_path = {display(job.path): job for job in work}
-    pending: dict[str, Path] = {}  # committed to the lake, not yet loaded into DuckDB
-    loaded: dict[str, dict[str, pa.Table]] = {}
-    results = _map(work, jobs, file_timeout, lake)
-    try:
-        for outcome in results:
-            if outcome.error == "disk-full":  # every file after it would fail alike
-                report.failed.append(outcome)
-                raise StoreFailed(outcome.message)
-            _store(outcome, by_path[outcome.path], db, lake, report, pending)
-            if outcome.tables is not None:
-                loaded[outcome.model_id] = outcome.tables
-                outcome.tables = None
-            if len(pending) >= LOAD_BATCH:
-                db.replace_models(pending, loaded)
-                pending.clear()
-                loaded.clear()
-            if on_done:
-                on_done(outcome)
-        db.replace_models(pending, loaded)
-    except (duckdb.Error, OSError) as exc:
-        _discard(results, pending, lake)
-        raise StoreFailed(f"{db.path}: cannot write ({str(exc).splitlines()[0]})") from None
-    except StoreFailed:
-        _discard(results, pending, lake)
-        raise
+class _Driver:
+    """Collects outcomes, commits them in batches, loads each batch, remembers drift."""
+
+    def __init__(self, db, lake, report, on_done, progress, by_sha: dict[str, str]) -> None:
+        self.db, self.lake, self.report = db, lake, report
+        self.on_done, self.progress = on_done, progress
+        self.by_sha = by_sha  # sha256 -> model_id of content already in (or bound for) the lake
+        self.known_ids = {model_id_for(p) for p in db.known_files()}
+        self.pending: list[Outcome] = []
+        self.held = 0  # bytes of the pending outcomes' in-memory tables
+        self.since = time.monotonic()
+        self.copies: list[tuple[FileJob, str]] = []  # (job, model_id whose rows it copies)
+        self.drift: list[dict] = []
+        self.shas: dict[str, str] = {}
+        self.touched: list[tuple[str, float]] = []
+
+    def sort_hashed(self, jobs: list[FileJob], hashed: Iterable, shas: dict) -> list[FileJob]:
+        """After the hash phase: unchanged content is touched, copies of known or earlier
+        content are copied, the rest is read (with its hash, not hashed again)."""
+        by_path = {j.path: j for j in jobs}
+        results = {}
+        for path, sha, error in hashed:
+            self.progress.advance(1, Path(path).name)
+            results[path] = (sha, error)
+        work = []
+        for job in jobs:  # in walk order, so the first of identical files is the one read
+            sha, error = results[job.path]
+            if error is not None:
+                self._failed(Outcome(job.path, model_id_for(job.path), "failed",
+                                     error="io-error", message=error), job)  # fmt: skip
+            elif shas.get(job.path) == sha:
+                self.db.touch_model(job.path, job.mtime)
+                self.touched.append((job.path, job.mtime))
+                self.report.unchanged += 1
+            elif sha in self.by_sha:
+                self.copies.append((replace(by_path[job.path], sha256=sha), self.by_sha[sha]))
+            else:
+                self.by_sha[sha] = model_id_for(job.path)
+                work.append(replace(job, sha256=sha))
+        return work
+
+    def take(self, outcome: Outcome) -> None:
+        if outcome.status == "failed":
+            self._failed(outcome, None)
+            return
+        self.report.ingested += 1
+        self.report.n_tensors += outcome.n_tensors
+        self.report.n_params += outcome.n_params
+        self.report.bytes_read += outcome.bytes_read
+        self.shas[outcome.path] = outcome.sha256
+        self.by_sha.setdefault(outcome.sha256, outcome.model_id)
+        self.drift += outcome.drift
+        outcome.drift = []
+        self.pending.append(outcome)
+        if self.on_done:
+            self.on_done(outcome)
+        self.held += outcome.held_bytes()
+        if (len(self.pending) >= BATCH_MODELS or self.held >= BATCH_BYTES
+                or time.monotonic() - self.since >= BATCH_SECONDS):  # fmt: skip
+            self.flush()
+
+    def _failed(self, outcome: Outcome, job: FileJob | None) -> None:
+        size, mtime = (job.size, job.mtime) if job else fingerprint(Path(outcome.path))
+        self.db.record_error(outcome.path, outcome.error, outcome.message, size, mtime)
+        self.report.failed.append(outcome)
+        if self.on_done:
+            self.on_done(outcome)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.progress.phase("load", len(self.pending))
+            files, versions = commit_batch(self.lake, self.pending, self.known_ids)
+            ids = [o.model_id for o in self.pending]
+            self.db.load_batch(self.lake, files, ids, versions)
+            self.known_ids.update(ids)
+            self.progress.advance(len(self.pending))
+            self.pending = []
+            self.held = 0
+            self.progress.phase("read", 0)
+        self.since = time.monotonic()
+
+    def copy_duplicates(self) -> None:
+        """Files identical to another model: that model's rows under their own id and path."""
+        if not self.copies:
+            return
+        self.progress.phase("copy", len(self.copies))
+        for job, source in self.copies:
+            if source not in self.known_ids:  # the file it is identical to failed
+                self._failed(Outcome(job.path, model_id_for(job.path), "failed",
+                                     error="copy-of-failed", message=f"{job.path}: identical "
+                                     "to a file that failed (see its error)"), job)  # fmt: skip
+                continue
+            outcome = copy_rows(self.lake, job, source)
+            self.report.ingested += 1
+            self.report.copied += 1
+            self.shas[job.path] = job.sha256
+            self.pending.append(outcome)
+            self.progress.advance(1, Path(job.path).name)
+            if len(self.pending) >= BATCH_MODELS:
+                self.flush()
+        self.flush()
+
+    def store_drift(self, shas: dict[str, str]) -> None:
+        """Drift rows the workers computed, once both files' hashes are known."""
+        by_id = {model_id_for(p): s for p, s in shas.items()}
+        rows = [{**r, "sha256_a": by_id[r["model_a"]]} for r in self.drift if r["model_a"] in by_id]
+        if rows:
+            pairs = sorted({(r["model_a"], r["model_b"]) for r in rows})
+            compare.replace_drift(self.db.con, pairs, pa.Table.from_pylist(
+                rows, schema=schema.DRIFT.arrow_schema))  # fmt: skip
+            self.report.drift_pairs += len(pairs)
 
 
-def _discard(results: Iterator[Outcome], pending: dict[str, Path], lake: Path) -> None:
-    """After a failed store: stop the workers, then remove what they and this run wrote."""
-    results.close()  # stops the pool: no worker writes into .tmp any more
-    shutil.rmtree(lake / ".tmp", ignore_errors=True)
-    for partition in pending.values():
-        shutil.rmtree(partition, ignore_errors=True)
+def commit_batch(
+    lake: Lake, outcomes: list[Outcome], in_lake: set[str]
+) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Commit the outcomes' rows to the lake: per table, the workers' data files plus one file
+    of the batch's small tables, replacing the older rows of models in `in_lake` in the same
+    commit; `models` last, so its rows never name a model whose other rows are missing.
+    Returns (table -> new files to load, table -> version committed)."""
+    replaced = {o.model_id for o in outcomes} & in_lake
+    files: dict[str, list[str]] = {}
+    versions: dict[str, int] = {}
+    for table in (*schema.MODEL_TABLES[1:], schema.MODELS):
+        adds: list[DataFile] = [f for o in outcomes for f in o.files if f.table == table.name]
+        held = [o.tables[table.name] for o in outcomes if table.name in o.tables]
+        if held:
+            adds.append(write_data_file(lake.location, table.name, pa.concat_tables(held)))
+        versions[table.name] = lake.replace(table.name, replaced, adds)
+        files[table.name] = [f.name for f in adds]
+    return files, versions
 
 
-def _record_skipped(
-    entry: Skipped, db: store.Database, report: Report, on_done: Callable[[Outcome], None] | None
-) -> None:
-    key = display(str(entry.path))
-    message = display(entry.message)
-    outcome = Outcome(key, model_id_for(key), "failed", error=entry.code, message=message)
-    db.record_error(key, entry.code, message, entry.size, entry.mtime)
-    report.failed.append(outcome)
-    if on_done:
-        on_done(outcome)
+def copy_rows(lake: Lake, job: FileJob, source: str) -> Outcome:
+    """An outcome for `job`'s file holding the committed rows of model `source` (the same
+    content) under the file's own model_id, path and times."""
+    model_id = model_id_for(job.path)
+    outcome = Outcome(job.path, model_id, "copied", sha256=job.sha256)
+    for table in schema.MODEL_TABLES:
+        rows = lake.rows_of(table.name, {source})
+        if not rows.num_rows:
+            continue
+        rows = rows.set_column(0, "model_id", pa.array([model_id] * rows.num_rows))
+        if table is schema.MODELS:
+            now = datetime.now(timezone.utc)
+            for name, value in (("name", file_stem(job.path)), ("path", job.path),
+                                ("mtime", job.mtime), ("ingested_at", now)):  # fmt: skip
+                i = rows.schema.get_field_index(name)
+                rows = rows.set_column(i, name, pa.array([value], rows.schema.field(i).type))
+        sink = TableSink(job.lake, table)
+        sink.write(rows)
+        held, written = sink.finish()
+        if held is not None:
+            outcome.tables[table.name] = held
+        if written is not None:
+            outcome.files.append(written)
+    return outcome
 
 
-def _map(work: list[Job], jobs: int, file_timeout: float | None, lake: Path) -> Iterator[Outcome]:
-    results = workers.map_files(
-        run_job, work, jobs, file_timeout, name=lambda job: job.path, preload=[__name__]
-    )
-    for job, result in results:
-        if isinstance(result, workers.WorkerFailure):
-            # a killed worker cannot clean up after itself: drop what it had written
-            store.discard_partials(lake, model_id_for(job.path))
-            result = Outcome(display(job.path), model_id_for(job.path), "failed",
-                             error=result.code, message=display(result.message),
-                             bytes_read=job.size)  # fmt: skip
-        yield result
-
-
-def _store(
-    outcome: Outcome,
-    job: Job,
-    db: store.Database,
-    lake: Path,
-    report: Report,
-    pending: dict[str, Path],
-) -> None:
-    if outcome.status == "unchanged":
-        db.touch_model(outcome.path, job.mtime)
-        report.unchanged += 1
-    elif outcome.status == "ingested":
-        pending[outcome.model_id] = store.commit_partition(
-            lake, outcome.model_id, Path(outcome.partition)
-        )
-        report.ingested += 1
-        report.n_tensors += outcome.n_tensors
-        report.n_params += outcome.n_params
-        report.bytes_read += outcome.bytes_read
-    else:
-        db.record_error(outcome.path, outcome.error, outcome.message, job.size, job.mtime)
-        report.failed.append(outcome)
-
-
-def _prune(db: store.Database, lake: Path, roots: list[Path]) -> int:
+def _prune(db: store.Database, lake: Lake, roots: list[Path]) -> int:
     """Drop models (and recorded failures) whose files under `roots` no longer exist."""
 
     def gone(path: str) -> bool:
         p = Path(path)
-        here = any(p == r or r in p.parents for r in roots)
-        return here and not p.exists() and not Path(to_os(path)).exists()
+        return any(p == r or r in p.parents for r in roots) and not p.exists()
 
     stale = {model_id for model_id, (path, *_) in db.known_files_by_id().items() if gone(path)}
-    db.remove_models(stale)
-    for model_id in stale:
-        store.remove_partition(lake, model_id)
+    if stale:
+        versions = {t.name: lake.replace(t.name, stale, [])
+                    for t in (*schema.MODEL_TABLES[1:], schema.MODELS)}  # fmt: skip
+        db.load_batch(lake, {}, stale, versions)
     db.clear_errors(p for p in db.known_failures() if gone(p))
     return len(stale)
+
+
+def _finish(db, lake: Lake, driver: _Driver, tag_pattern, drift: bool, progress, roots) -> None:
+    """Derived tables, the lake's copy of names and times, compaction. A run that changed no
+    model skips what only a change of the model set can change (names, tags, logs, series)."""
+    report = driver.report
+    changed = report.ingested or report.pruned
+    renamed = db.refresh_names(roots) if changed else 0  # names kept in model_names
+    if changed or tag_pattern is not None:
+        compare.refresh_tags(db.con, tag_pattern)
+    if changed:
+        report.warnings += compare.attach_training_logs(db.con)
+    no_drift = db.con.execute("SELECT count(*) = 0 FROM drift").fetchall()[0][0]
+    if drift and (changed or no_drift):
+        progress.phase("drift", 0)
+        pairs, problems = compare.series_drift(db.con, progress.advance)
+        report.drift_pairs += pairs
+        report.warnings += problems
+    if renamed or changed or driver.touched:  # names are given (and mtimes touched) here
+        sync.push_models(db, lake)
+    if changed and any(n > COMPACT_FILES for n in lake.file_count().values()):
+        progress.phase("compact", 0)
+        sync.compact(db, lake)

@@ -294,11 +294,11 @@ def _table(table: schema.Table, rows: list[dict]) -> pa.Table:
 
 
 def stored_sha(con: duckdb.DuckDBPyConnection, model_id: str, input_set: str) -> str | None:
-    row = con.execute(
+    rows = con.execute(
         "SELECT sha256 FROM activation_runs WHERE model_id = ? AND input_set = ?",
         [model_id, input_set],
-    ).fetchone()
-    return row[0] if row else None
+    ).fetchall()
+    return rows[0][0] if rows else None
 
 
 def save(con: duckdb.DuckDBPyConnection, outcome: Outcome) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import duckdb
 
 from wpipe import charts
+from wpipe.report_activations import activations_section
 from wpipe.report_page import Builder, esc, html_table, page
 
 MAX_TABLE_ROWS = 200  # rows of the models table (the rest are counted, not listed)
@@ -47,6 +48,7 @@ def build_report(
     if ids:
         _figures(b)
         _health(b)
+        activations_section(b)
         _drift(b)
         _metrics(b)
         _comparisons(b)

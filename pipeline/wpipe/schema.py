@@ -201,8 +201,8 @@ PAIR_KEY = (
 
 DRIFT = Table(
     "drift",
-    "tensor of two same-architecture models (a checkpoint series' consecutive pair, or a "
-    "pair named to `wpipe compare`)",
+    "tensor of two same-architecture models: a checkpoint series' consecutive pair "
+    "(`wpipe compare` computes its pairs on demand and stores them nowhere)",
     (
         *PAIR_KEY,
         _c("layer_path", STR, "layer path (the same in both models)"),
@@ -216,7 +216,9 @@ DRIFT = Table(
         _c("l2_a", F64, "||A||"),
         _c("l2_b", F64, "||B||"),
         _c("l2_diff", F64, "||B-A||"),
-        _c("series", STR, "the series (folder) the pair belongs to; NULL for an ad-hoc pair"),
+        _c(
+            "series", STR, "the series (folder) of the pair (NULL: an older wpipe's on-demand pair)"
+        ),
         _c("sha256_a", STR, "content hash of A's file when computed (stale rows are replaced)"),
         _c("sha256_b", STR, "content hash of B's file when computed"),
     ),

@@ -30,21 +30,26 @@ from wpipe.anatomy import (
     _from_cudnn,
     _wrapped,
 )
+from wpipe.eigen import eigenvalues, spectrum
 
-METHOD_VERSION = "wpipe-spectra/1"
+METHOD_VERSION = "wpipe-spectra/2"  # 2: float32 Gram where N >= 2M (wpipe.eigen)
 EVALS_THRESH = 1e-5  # eigenvalues at or below this are not fitted (WeightWatcher EVALS_THRESH)
 MIN_EVALS = 8  # fewer eigenvalues in an ESD: no power-law fit (WeightWatcher min_evals)
 SMALL_N = 20  # fewer fitted eigenvalues: WeightWatcher's small-sample fit (WW_powerlaw.py)
 SMALL_N_MIN_TAIL = 8  # the small-sample fit's shortest tail
 ENTROPY_EPSILON = 1e-10  # added to each p and to the rank in the entropy (WeightWatcher EPSILON)
-AUTO_MAX_EVALS = 4096  # --spectra auto: at most this many eigenvalues per matrix, min(N, M)
-AUTO_MAX_WORK = 2**36  # --spectra auto: at most rf·N·M² multiply-adds to form the Gram matrices
-GRAM_FLOOR = 1e-9  # a Gram ESD whose smallest eigenvalue is below this × λmax is redone by SVD
+# --spectra auto: a matrix is analysed when its estimated cost (`cost_seconds`) is within
+# AUTO_BUDGET seconds at AUTO_RATE multiply-adds per second (one core of the project's 2-core
+# machine: float32 syrk ~4·10¹⁰/s; the float64 2-stage solver ~M³/(7·10⁻¹¹ s), i.e. 3.2 M³).
+AUTO_BUDGET = 2.0
+AUTO_RATE = 4e10
+SOLVER_WORK = 3.2  # eigenvalues of an M×M Gram matrix cost about SOLVER_WORK·M³ multiply-adds
+AUTO_SKIP = "skipped: above the auto budget; --spectra all analyses it"
+SETTLED_FIT = 1e3  # a fit whose xmin is within this × the eigenvalues' error bound is redone
 CONV_RESCALE = 0.5  # eigenvalue factor of pooled convolution slices: W/√2 (WW conv2d_norm)
 OVER_TRAINED_BELOW = 2.0
 UNDER_TRAINED_ABOVE = 6.0
 MODES = ("auto", "all", "none")
-GRAM_CHUNK = 1 << 22  # elements converted to float64 at a time when forming a large Gram matrix
 KS_BLOCK = 1 << 21  # candidate × eigenvalue cells per step of the KS-distance search
 
 
@@ -182,78 +187,17 @@ def _planned(matrices) -> list[Planned]:
     return out
 
 
+def cost_seconds(rf: int, n: int, m: int) -> float:
+    """Estimated seconds for one core to analyse rf slices of N×M: the Gram products (syrk,
+    N·M²/2 multiply-adds each) and the solver (SOLVER_WORK·M³), at AUTO_RATE."""
+    return rf * (n * m * m / 2 + SOLVER_WORK * m**3) / AUTO_RATE
+
+
 def _limit(p: Planned, options: SpectraOptions) -> Planned:
-    if options.mode != "auto":
-        return p
-    work = p.rf * p.n * p.m * p.m
-    if p.m > AUTO_MAX_EVALS:
-        reason = f"min(N, M) = {p.m} > {AUTO_MAX_EVALS}"
-    elif work > AUTO_MAX_WORK:
-        reason = f"rf·N·M² = {work:.3g} > 2^36"
-    else:
-        return p
-    p.skip = f"skipped: larger than the auto limit ({reason}); use --spectra all"
-    p.slices = None
+    if options.mode == "auto" and cost_seconds(p.rf, p.n, p.m) > AUTO_BUDGET:
+        p.skip = AUTO_SKIP
+        p.slices = None
     return p
-
-
-# --- eigenvalues --------------------------------------------------------------------------------
-
-
-def eigenvalues(slices: np.ndarray) -> np.ndarray:
-    """Eigenvalues of WₖᵀWₖ for every slice of (rf, N, M) (N >= M), pooled, descending.
-
-    The M×M Gram matrices are formed and diagonalised in float64, batched over slices. The
-    Gram path resolves eigenvalues down to about 1e-13 λmax, so a slice whose smallest
-    eigenvalue is below GRAM_FLOOR·λmax (near-singular) is redone exactly: all-zero rows and
-    columns removed (they only add exact zeros), then the Gram path again if it is then well
-    conditioned, else the singular values of the float64 matrix (LAPACK gesdd)."""
-    rf, n, m = slices.shape
-    evals = np.empty((rf, m))
-    group = GRAM_CHUNK // max(n * m, 1)
-    if group:
-        for start in range(0, rf, group):
-            x = slices[start : start + group].astype(np.float64)
-            evals[start : start + group] = np.linalg.eigvalsh(np.matmul(x.transpose(0, 2, 1), x))
-    else:
-        for k in range(rf):
-            evals[k] = np.linalg.eigvalsh(_gram(slices[k]))
-    for k in np.flatnonzero(evals[:, 0] < GRAM_FLOOR * evals[:, -1]):
-        evals[k] = _exact(slices[k])
-    return np.sort(evals.reshape(-1))[::-1]
-
-
-def _gram(w: np.ndarray) -> np.ndarray:
-    """WᵀW in float64, converting at most GRAM_CHUNK elements at a time."""
-    n, m = w.shape
-    step = max(1, GRAM_CHUNK // max(m, 1))
-    if n <= step:
-        x = w.astype(np.float64)
-        return x.T @ x
-    g = np.zeros((m, m))
-    for start in range(0, n, step):
-        x = w[start : start + step].astype(np.float64)
-        g += x.T @ x
-    return g
-
-
-def _exact(w: np.ndarray) -> np.ndarray:
-    """Ascending eigenvalues of WᵀW (N >= M) for a near-singular W."""
-    m = w.shape[1]
-    x = w.astype(np.float64)
-    x = x[:, x.any(axis=0)]
-    x = x[x.any(axis=1)]
-    out = np.zeros(m)
-    k = min(x.shape)
-    if k == 0:
-        return out
-    if x.shape[0] < x.shape[1]:
-        x = x.T
-    evals = np.linalg.eigvalsh(x.T @ x)
-    if evals[0] < GRAM_FLOOR * evals[-1]:
-        evals = np.sort(np.linalg.svd(x, compute_uv=False) ** 2)
-    out[m - k :] = evals
-    return out
 
 
 # --- the power law ------------------------------------------------------------------------------
@@ -352,8 +296,22 @@ def analyse(p: Planned) -> Spectrum:
                "method_version": METHOD_VERSION}  # fmt: skip
     if p.skip is not None:
         return Spectrum(p.label, {**metrics, "status": p.skip}, None)
-    evals = eigenvalues(p.slices) * p.rescale
-    return Spectrum(p.label, {**metrics, **esd_metrics(evals, p.n)}, evals)
+    esd = spectrum(p.slices)
+    evals = esd.evals * p.rescale
+    result = esd_metrics(evals, p.n)
+    if esd.noise and _unsettled(result, evals, esd.noise * p.rescale):
+        evals = eigenvalues(p.slices, exact=True) * p.rescale
+        result = esd_metrics(evals, p.n)
+    return Spectrum(p.label, {**metrics, **result}, evals)
+
+
+def _unsettled(metrics: dict, evals: np.ndarray, noise: float) -> bool:
+    """Whether float32-Gram eigenvalues (absolute error <= noise) might change the fit: its
+    xmin within SETTLED_FIT × noise, or an eigenvalue within noise of EVALS_THRESH."""
+    xmin = metrics.get("xmin")
+    if xmin is not None and xmin < SETTLED_FIT * noise:
+        return True
+    return bool(np.any(np.abs(evals - EVALS_THRESH) <= noise))
 
 
 def esd_metrics(evals: np.ndarray, n: int) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -15,7 +15,7 @@ import pyarrow as pa
 from wpipe import schema
 from wpipe.analysis import StatsOptions, sample_indices, tensor_stats
 from wpipe.anatomy import slice_groups, slice_stats
-from wpipe.readers import Model
+from wpipe.readers import Model, Tensor
 from wpipe.readers.keras_config import layer_fields
 from wpipe.spectra import SpectraOptions
 from wpipe.spectra_tables import SpectraCollector
@@ -36,12 +36,21 @@ class FileInfo:
     ingest_options: str = ""
 
 
+# Default --values: every value of a tensor of up to N elements, a uniform sample of N from a
+# larger one (README: Values), so what a large model stores stays a few % of its file.
+DEFAULT_VALUES = "sample:1024"
+
+
 @dataclass(frozen=True)
 class ValuesMode:
     """How many values per tensor go to weight_values: all, none, or a uniform sample of N."""
 
     kind: str  # "all" | "none" | "sample"
     n: int = 0
+
+    @classmethod
+    def default(cls) -> ValuesMode:
+        return cls.parse(DEFAULT_VALUES)
 
     @classmethod
     def parse(cls, text: str) -> ValuesMode:
@@ -75,8 +84,11 @@ def build_tables(
     values: ValuesMode,
     emit_values: Callable[[pa.RecordBatch], None],
     spectra: SpectraOptions | None = None,
+    visit: Callable[[str, Tensor, np.ndarray], None] | None = None,
 ) -> dict[str, pa.Table]:
-    """Analyse every tensor (one in memory at a time); weight_values go to `emit_values`."""
+    """Analyse every tensor (one in memory at a time); weight_values go to `emit_values`,
+    and `visit(layer_path, tensor, array)` sees each loaded tensor (drift uses it, so a
+    tensor is read once)."""
     layer_rows, weight_rows, hist_rows, unit_rows = [], [], [], []
     tile_tables: list[pa.Table] = []
     spectra_out = SpectraCollector(spectra or SpectraOptions())
@@ -143,7 +155,10 @@ def build_tables(
             if tiles is not None:
                 tile_tables.append(tiles)
             if values.kind != "none" and array.size:
-                emit_values(_values_batch(key, array, values))
+                for batch in _values_batches(key, array, values):
+                    emit_values(batch)
+            if visit is not None:
+                visit(layer.layer_path, tensor, array)
             del array
 
     tensors = [t for layer in model.layers for t in layer.tensors]
@@ -196,21 +211,30 @@ def _table(table: schema.Table, rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=table.arrow_schema)
 
 
-def _values_batch(key: dict, array: np.ndarray, mode: ValuesMode) -> pa.RecordBatch:
+# Values per Arrow batch: bounds the index/value copies of a large tensor with --values all.
+VALUES_BATCH = 1 << 22
+
+
+def _values_batches(key: dict, array: np.ndarray, mode: ValuesMode) -> Iterator[pa.RecordBatch]:
     flat = array.reshape(-1)
+    index = None
     if mode.kind == "sample":
         seed = zlib.crc32("/".join(key.values()).encode())
         index = sample_indices(flat.size, mode.n, seed)
         flat = flat[index]
-    else:
-        index = np.arange(flat.size, dtype=np.int64)
-    n = flat.size
-    zeros = pa.array(np.zeros(n, dtype=np.int32))
-    key_columns = [pa.DictionaryArray.from_arrays(zeros, pa.array([v])) for v in key.values()]
-    columns = [
-        *key_columns,
-        pa.array(index),
-        pa.array(flat.astype(np.float32, copy=False)),
-    ]
     names = schema.WEIGHT_VALUES.column_names
-    return pa.RecordBatch.from_arrays(columns, names=names)
+    for start in range(0, flat.size, VALUES_BATCH):
+        part = flat[start : start + VALUES_BATCH]
+        n = part.size
+        if index is None:
+            flat_index = np.arange(start, start + n, dtype=np.int64)
+        else:
+            flat_index = index[start : start + n]
+        zeros = pa.array(np.zeros(n, dtype=np.int32))
+        key_columns = [pa.DictionaryArray.from_arrays(zeros, pa.array([v])) for v in key.values()]
+        columns = [
+            *key_columns,
+            pa.array(flat_index),
+            pa.array(part.astype(np.float32, copy=False)),
+        ]
+        yield pa.RecordBatch.from_arrays(columns, names=names)

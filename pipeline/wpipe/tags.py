@@ -25,6 +25,22 @@ def strip_model_suffix(name: str) -> str:
     return name
 
 
+def check_pattern(pattern: str) -> re.Pattern:
+    """The compiled --tag-pattern, or ValueError saying what is wrong with it: it must be a
+    valid regex with the named groups `key` and `value`."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"--tag-pattern {pattern!r} is not a valid regex: {exc}") from None
+    missing = [g for g in ("key", "value") if g not in compiled.groupindex]
+    if missing:
+        raise ValueError(
+            f"--tag-pattern {pattern!r} has no group named {' or '.join(missing)}; write e.g. "
+            "'(?P<key>[a-z]+)(?P<value>[0-9.e-]+)'"
+        )
+    return compiled
+
+
 def _components(path: str, depth: int) -> list[str]:
     parts = list(PurePath(path).parts[-depth:])
     parts[-1] = strip_model_suffix(parts[-1])

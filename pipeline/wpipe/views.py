@@ -3,6 +3,7 @@ top-level `sql/` folder, shipped inside the package), applied in name order."""
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from importlib.resources.abc import Traversable
 
@@ -43,7 +44,53 @@ def sql_files() -> list[Traversable]:
     return [found[name] for name in sorted(found)]
 
 
-def apply(con: duckdb.DuckDBPyConnection) -> None:
-    """(Re)create every view; each file is plain SQL a user can read and run by hand."""
+def apply(con: duckdb.DuckDBPyConnection, temporary: bool = False) -> None:
+    """(Re)create every view; each file is plain SQL a user can read and run by hand.
+
+    `temporary` is for a read-only connection: views and macros are made TEMP (they shadow
+    the stored ones, so a reader always gets this package's definitions) and a table the file
+    would create is made TEMP only where the database lacks it (a stored `settings` keeps the
+    user's thresholds)."""
     for path in sql_files():
-        con.execute(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        if not temporary:
+            con.execute(text)
+            continue
+        made: set[str] = set()
+        for statement in con.extract_statements(text):
+            query = _temporary(con, statement.query, made)
+            if query:
+                con.execute(query)
+
+
+_CREATE = re.compile(r"^\s*CREATE\s+(OR\s+REPLACE\s+)?(VIEW|MACRO)\b", re.IGNORECASE)
+_TABLE = re.compile(r"^\s*CREATE\s+TABLE\s+IF\s+NOT\s+EXISTS\s+(\w+)", re.IGNORECASE)
+_INSERT = re.compile(r"^\s*INSERT\s+INTO\s+(\w+)", re.IGNORECASE)
+
+
+def _temporary(con: duckdb.DuckDBPyConnection, query: str, made: set[str]) -> str | None:
+    """The statement as a read-only connection can run it, or None to skip it."""
+    body = _strip_comments(query)
+    if _CREATE.match(body):
+        return _CREATE.sub(lambda m: f"CREATE OR REPLACE TEMP {m.group(2)}", body, count=1)
+    if table := _TABLE.match(body):
+        if stored_table(con, table.group(1)):
+            return None
+        made.add(table.group(1).lower())
+        return _TABLE.sub(f"CREATE TEMP TABLE IF NOT EXISTS {table.group(1)}", body, count=1)
+    if (insert := _INSERT.match(body)) and insert.group(1).lower() not in made:
+        return None
+    return body
+
+
+def _strip_comments(query: str) -> str:
+    lines = [line for line in query.splitlines() if not line.lstrip().startswith("--")]
+    return "\n".join(lines)
+
+
+def stored_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """The database file (not the temp catalog) has a table `name`."""
+    query = (
+        "SELECT count(*) FROM duckdb_tables() WHERE lower(table_name) = lower(?) AND NOT temporary"
+    )
+    return bool(con.execute(query, [name]).fetchone()[0])

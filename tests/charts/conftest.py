@@ -41,6 +41,8 @@ ZOO = [
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "models"
 RUNS = ["cnn_lr1e-2", "cnn_lr1e-3", "cnn_lr3e-1"]
 SWEEP_CHARTS = ["drift", "distance", "metric", "health"]
+# Layer-output charts need `wpipe activations` rows: tests/charts/test_activations.py.
+ACTIVATION_CHARTS = ["act-histogram", "dead-units", "unit-activity"]
 
 
 def make_zoo(folder: Path, names: list[str]) -> Path:
@@ -168,6 +170,8 @@ def many_models(root: Path, n_models: int = 500) -> Path:
                     columns.append(f"{new_id} AS model_id")
                 elif column in ("name", "path"):
                     columns.append(f"{column} || '#' || lpad(k.range::VARCHAR, 3, '0')")
+                elif column == "sha256":  # stand-ins for distinct checkpoints, not duplicates
+                    columns.append("sha256 || '#' || k.range::VARCHAR")
                 else:  # qualified: eigenvalues has a column k, the alias below
                     columns.append(f'{table.name}."{column}"')
             db.con.execute(

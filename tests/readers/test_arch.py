@@ -15,6 +15,7 @@ when present and skipped otherwise.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -25,7 +26,9 @@ from tests.conftest import EXPECTED, FIXTURES, Warehouse
 
 ARCH = FIXTURES / "models" / "arch"
 LARGE = FIXTURES / "large"
-SPECS = {p.name[: -len(".json")]: p for p in sorted((EXPECTED / "arch").glob("*.json"))}
+# large models' expected values are gzipped (make_arch_fixtures.write_expected)
+SPECS = {p.name.removesuffix(".gz").removesuffix(".json"): p
+         for p in sorted((EXPECTED / "arch").glob("*.json*"))}  # fmt: skip
 SMALL = [n for n in SPECS if (ARCH / n).exists()]
 ABSENT = [n for n in SPECS if not (ARCH / n).exists()]
 FULL_FORMATS = {"h5-model", "keras-zip"}
@@ -40,7 +43,9 @@ COLUMNS = "layer_path, weight_name, role, shape, dtype, trainable, quantization,
 
 
 def spec_of(name: str) -> dict:
-    return json.loads(SPECS[name].read_text())
+    path = SPECS[name]
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return json.loads(raw)
 
 
 def path_of(name: str) -> Path:
@@ -217,3 +222,25 @@ def test_large_architectures_match_keras_and_look_healthy(tmp_path):
     for name in present:
         check(w, name)
     assert w.query("SELECT model, layer_path, weight_name, flags FROM health_findings") == []
+
+
+@pytest.mark.parametrize("name", [n for n in SMALL if "_quant_" in n])
+def test_quantized_kernels_are_analysed_dequantized(small, name):
+    # Σλ of a kernel's ESD is its squared Frobenius norm: that of the kernel Keras
+    # dequantizes, not of the int8 codes (which are ~100x larger)
+    kernels = {e["layer_path"]: e for e in spec_of(name)["weights"] if e["role"] == "kernel"}
+    rows = small.query(
+        "SELECT layer_path, norm, lambda_max FROM spectra JOIN models USING (model_id) "
+        "WHERE models.path LIKE ? AND weight_name = 'kernel' AND matrix = 'full'",
+        [f"%/{name}"],
+    )
+    assert {r[0] for r in rows} == set(kernels)
+    for layer_path, norm, lambda_max in rows:
+        want = kernels[layer_path]["stats"]["l2"] ** 2
+        assert norm == pytest.approx(want, rel=1e-5) and 0 < lambda_max <= norm * (1 + 1e-9)
+    units = small.query(
+        "SELECT sum(size) FROM units JOIN models USING (model_id) WHERE models.path LIKE ? "
+        "AND weight_name = 'kernel' AND axis = 'unit'",
+        [f"%/{name}"],
+    )
+    assert units == [(sum(e["stats"]["size"] for e in kernels.values()),)]

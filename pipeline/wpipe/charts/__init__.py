@@ -10,7 +10,7 @@ Model filters accept what the CLI accepts: a model's name, its path, or a unique
 prefix. Layer filters are `layer_path` values or glob patterns (`encoder/*`).
 
 One module per family of figures (distributions, anatomy, drift, metrics, health, matrix,
-filters, esd); the model
+filters, esd, activations); the model
 selection, row budget and query helpers they share are in `base`, writing files in `saving`.
 Importing the package makes Altair draw in Jupyter without the internet (`notebook`).
 """
@@ -22,6 +22,7 @@ from collections.abc import Callable
 import altair as alt
 
 from wpipe.charts import notebook
+from wpipe.charts.activations import activation_histograms, dead_unit_heatmap, unit_activity
 from wpipe.charts.anatomy import (
     GATE_TITLES,
     GRU_GATES,
@@ -77,6 +78,9 @@ CHARTS: dict[str, Callable[..., alt.TopLevelMixin]] = {
     "distance": distance_heatmap,
     "metric": metric_scatter,
     "health": health_overview,
+    "act-histogram": activation_histograms,
+    "dead-units": dead_unit_heatmap,
+    "unit-activity": unit_activity,
     "matrix": weight_matrix,
     "filters": filter_images,
     "esd": spectral_density,
@@ -111,9 +115,11 @@ __all__ = [
     "SAVE_FORMATS",
     "STATS",
     "NoData",
+    "activation_histograms",
     "chart_html",
     "checkpoint_drift",
     "conv_models",
+    "dead_unit_heatmap",
     "distance_heatmap",
     "distribution_boxes",
     "drift_series",
@@ -135,6 +141,7 @@ __all__ = [
     "spectral_density_layers",
     "stat_heatmap",
     "summary",
+    "unit_activity",
     "vega_lite_version",
     "weight_histograms",
     "weight_matrix",

@@ -105,10 +105,10 @@ def weight_histograms(
             f" over the common range [{params['lo']:.3g}, {params['hi']:.3g}]; "
             "the triangles at its ends count the values beyond it"
         )
-    return _histogram_figure(rows, names, bins, layer, weight, how, selection.note, others)
+    return histogram_figure(rows, names, bins, layer, weight, how, selection.note, others)
 
 
-def _histogram_figure(
+def histogram_figure(
     rows: list[dict[str, Any]],
     names: list[str],
     bins: int,
@@ -116,7 +116,9 @@ def _histogram_figure(
     weight: str,
     how: str,
     *notes: str,
+    what: str = "weights",
 ) -> alt.LayerChart:
+    """Step lines of per-model fractions on common bins, overflow triangles at the ends."""
     pick = alt.selection_point(fields=["model"], bind="legend")
     zoom = alt.selection_interval(bind="scales", encodings=["x"])
     inside = alt.FieldRangePredicate(field="bin", range=[0, bins - 1])
@@ -146,7 +148,7 @@ def _histogram_figure(
         .properties(
             width=560,
             height=280,
-            title=base.title(f"{layer} · {weight}: weights across models", how, *notes),
+            title=base.title(f"{layer} · {weight}: {what} across models", how, *notes),
         )
     )
 
@@ -220,12 +222,8 @@ ORDER BY m.name, g.bin
 # Merge: each stored bin [lo, hi) gives its count to the common bins in proportion to overlap
 # (values are taken as uniform within a stored bin); the parts beyond [$lo, $hi] go to the
 # overflow bins -1 and $bins.
-_HIST_MERGED = """
-WITH h AS (
-    SELECT model_id, lo, hi, count FROM histograms
-    WHERE list_contains($ids, model_id) AND layer_path = $layer AND weight_name = $weight
-      AND count > 0
-),
+_MERGE_TEMPLATE = """
+WITH h AS ({source}),
 t AS (SELECT model_id, sum(count) AS total FROM h GROUP BY model_id),
 b AS (
     SELECT range::INTEGER AS bin,
@@ -256,6 +254,18 @@ LEFT JOIN c USING (model_id, bin)
 WHERE b.bin BETWEEN 0 AND $bins - 1 OR c.count > 1e-9
 ORDER BY m.name, b.bin
 """
+
+
+def merged_histogram_sql(source: str) -> str:
+    """The merge above over `source`: a query of (model_id, lo, hi, count) rows, count > 0."""
+    return _MERGE_TEMPLATE.replace("{source}", source)
+
+
+_HIST_MERGED = merged_histogram_sql(
+    "SELECT model_id, lo, hi, count FROM histograms "
+    "WHERE list_contains($ids, model_id) AND layer_path = $layer AND weight_name = $weight "
+    "AND count > 0"
+)
 
 
 # ----------------------------------------------------------------------------- heatmap

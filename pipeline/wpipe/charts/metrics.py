@@ -17,10 +17,13 @@ from wpipe.compare import SPEARMAN_SQL, correlate
 #: `wpipe correlate` ranks.
 MODEL_STATS = ("n_params", "max_abs", "zero_frac", "near_zero_frac", "nonfinite_count")
 
-# y: one value per model (the mean, should two CSV files give a model the same metric).
+# y: one value per model (the mean, should two CSV files give a model the same metric);
+# duplicates (duplicate_models) are left out, as `wpipe correlate` leaves them out.
 _METRIC = """
 SELECT model_id, avg(value) AS y FROM model_metrics
-WHERE metric = $metric AND list_contains($ids, model_id) GROUP BY model_id
+WHERE metric = $metric AND list_contains($ids, model_id)
+  AND model_id NOT IN (SELECT model_id FROM duplicate_models)  -- a copy is not a second model
+GROUP BY model_id
 """
 
 

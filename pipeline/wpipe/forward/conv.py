@@ -115,7 +115,9 @@ def convolve(x: np.ndarray, k: np.ndarray, strides, dilation, padding: str, grou
     n = k.ndim - 2
     ksize = k.shape[:n]
     x = x.astype(np.float32, copy=False)
-    if all(kk == 1 for kk in ksize) and all(s == 1 for s in strides) and groups == 1:
+    if all(kk == 1 for kk in ksize) and groups == 1:
+        if any(s > 1 for s in strides):  # a strided 1×1 convolution samples, then multiplies
+            x = x[(slice(None), *(slice(None, None, s) for s in strides))]
         return (x.reshape(-1, x.shape[-1]) @ k.reshape(k.shape[-2], -1)).reshape(
             *x.shape[:-1], k.shape[-1]
         )

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from wpipe.forward import keras1
+
 MODEL_CLASSES = {"Sequential", "Functional", "Model"}
 
 
@@ -126,6 +128,7 @@ def _layer(entry: dict[str, Any], index: int) -> GraphLayer:
     config = entry.get("config") if isinstance(entry.get("config"), dict) else {}
     name = str(entry.get("name") or config.get("name") or f"layer_{index}")
     nodes = [_node(n) for n in entry.get("inbound_nodes") or []]
+    class_name, config = keras1.translate(class_name, config)
     sub = None
     if class_name in MODEL_CLASSES or isinstance(config.get("layers"), list):
         sub = _model(entry, name)

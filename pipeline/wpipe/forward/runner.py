@@ -71,6 +71,16 @@ def _graph(
         if layer.class_name != "InputLayer"
         for k in range(len(layer.nodes))
     ]
+    # How many calls (and graph outputs) still read each value: freed after its last reader,
+    # so memory holds the live tensors of the graph, not every output of the pass.
+    readers: dict[Ref, int] = {}
+    for layer, k in pending:
+        for ref in _refs(layer.nodes[k]):
+            key = _ref_key(ref, by_name, graph)
+            readers[key] = readers.get(key, 0) + 1
+    for ref in graph.outputs:
+        key = _output_key(ref, by_name, graph)
+        readers[key] = readers.get(key, 0) + 1
     while pending:
         ready = [(la, k) for la, k in pending if _resolvable(la.nodes[k], values, by_name, graph)]
         if not ready:
@@ -84,7 +94,13 @@ def _graph(
             call_index = outer * len(layer.nodes) + k
             outs = yield from _call(layer, args, kwargs, book, major, prefix, call_index)
             for i, out in enumerate(outs):
-                values[Ref(layer.name, k, i)] = out
+                if readers.get(Ref(layer.name, k, i)):
+                    values[Ref(layer.name, k, i)] = out
+            for ref in _refs(node):
+                key = _ref_key(ref, by_name, graph)
+                readers[key] -= 1
+                if readers[key] == 0:
+                    values.pop(key, None)
     return [values[_output_key(ref, by_name, graph)] for ref in graph.outputs]
 
 
@@ -153,9 +169,12 @@ def _lookup(ref: Ref, values, by_name, graph) -> np.ndarray:
     return values[_ref_key(ref, by_name, graph)]
 
 
+def _refs(node: Node) -> list[Ref]:
+    return [r for r in _flatten([node.args, list(node.kwargs.values())]) if isinstance(r, Ref)]
+
+
 def _resolvable(node: Node, values, by_name, graph) -> bool:
-    refs = [r for r in _flatten([node.args, list(node.kwargs.values())]) if isinstance(r, Ref)]
-    return all(_ref_key(r, by_name, graph) in values for r in refs)
+    return all(_ref_key(r, by_name, graph) in values for r in _refs(node))
 
 
 def _resolve(value: Any, values, by_name, graph) -> Any:

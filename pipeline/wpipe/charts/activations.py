@@ -1,0 +1,260 @@
+"""Layer-output charts (`wpipe activations`): one layer's output histograms overlaid across
+models, a layer × model heatmap of the dead-unit fraction, per-unit activity of one layer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import altair as alt
+import duckdb
+
+from wpipe.charts import base
+from wpipe.charts.base import DEFAULT_BINS, MAX_BINS, MAX_SERIES, NoData, model_ids
+from wpipe.charts.distributions import common_range, histogram_figure, merged_histogram_sql
+
+
+def input_set_of(con: duckdb.DuckDBPyConnection, ids: list[str], input_set: str | None) -> str:
+    """The input_set id named by `input_set` (its name or an id prefix), else the one most of
+    the models were run on (latest on a tie)."""
+    if input_set is not None:
+        row = con.execute(
+            "SELECT input_set FROM activation_runs WHERE (input_name = $ref "
+            "OR starts_with(input_set, $ref)) AND list_contains($ids, model_id) "
+            "GROUP BY input_set ORDER BY count(*) DESC LIMIT 1",
+            {"ref": input_set, "ids": ids},
+        ).fetchall()
+        if not row:
+            raise NoData(f"no activations of the selected models on input set {input_set!r}")
+        return row[0][0]
+    row = con.execute(
+        "SELECT input_set FROM activation_runs WHERE list_contains($ids, model_id) "
+        "AND status <> 'failed' GROUP BY input_set ORDER BY count(*) DESC, max(computed_at) DESC "
+        "LIMIT 1",
+        {"ids": ids},
+    ).fetchall()
+    if not row:
+        raise NoData("no layer outputs stored: run `wpipe activations` first")
+    return row[0][0]
+
+
+def _input_name(con: duckdb.DuckDBPyConnection, input_set: str) -> str:
+    row = con.execute(
+        "SELECT any_value(input_name) FROM activation_runs WHERE input_set = ?", [input_set]
+    ).fetchall()
+    return row[0][0] if row and row[0][0] else input_set
+
+
+def activation_histograms(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    models: Sequence[str] | None = None,
+    layer: str | None = None,
+    input_set: str | None = None,
+    bins: int = DEFAULT_BINS,
+) -> alt.LayerChart:
+    """Output histograms of one layer overlaid across models, on common bins.
+
+    `layer` defaults to the layer output present in the most models (the deepest on a tie:
+    the largest call and position in the model come last). The stored 64-bin histograms are
+    merged onto common bins spanning a robust common range (as for weights).
+    """
+    if not 1 <= bins <= MAX_BINS:
+        raise ValueError(f"bins must be between 1 and {MAX_BINS}")
+    ids = model_ids(con, models)
+    params: dict[str, Any] = {"ids": ids, "set": input_set_of(con, ids, input_set)}
+    if layer is None:
+        found = con.execute(
+            "SELECT layer_path FROM activations WHERE list_contains($ids, model_id) "
+            "AND input_set = $set AND size > 0 GROUP BY layer_path "
+            "ORDER BY count(*) DESC, avg(n_units) DESC, layer_path LIMIT 1",
+            params,
+        ).fetchall()
+        if not found:
+            raise NoData("no layer outputs for the selected models")
+        layer = found[0][0]
+    params["layer"] = layer
+    having = con.execute(
+        "SELECT a.model_id, m.arch_id FROM activations AS a JOIN models AS m USING (model_id) "
+        "WHERE list_contains($ids, a.model_id) AND a.input_set = $set AND a.layer_path = $layer "
+        "AND a.call_index = 0 AND a.output_index = 0 AND a.min IS NOT NULL",
+        params,
+    ).fetchall()
+    qualifying, others = base.one_architecture(dict(having), explicit=bool(models))
+    selection = base.keep(ids, qualifying, min(MAX_SERIES, base.ROW_BUDGET // (bins + 2)))
+    if not selection.ids:
+        raise NoData(f"no model has an output of {layer!r} on this input set")
+    params.update(ids=selection.ids, bins=bins)
+    spread = con.execute(
+        "SELECT min, max, p05, p95 FROM activations WHERE list_contains($ids, model_id) "
+        "AND input_set = $set AND layer_path = $layer AND call_index = 0 AND output_index = 0",
+        {k: params[k] for k in ("ids", "set", "layer")},
+    ).fetchall()
+    params["lo"], params["hi"] = common_range(spread)
+    source = (
+        "SELECT model_id, lo, hi, count FROM activation_histograms "
+        "WHERE list_contains($ids, model_id) AND input_set = $set AND layer_path = $layer "
+        "AND call_index = 0 AND output_index = 0 AND count > 0"
+    )
+    rows = base.records(con, merged_histogram_sql(source), params)
+    names = base.model_names(con, selection.ids)
+    how = (
+        f"on {_input_name(con, params['set'])}: {bins} common bins merged from the stored "
+        "histograms"
+    )
+    return histogram_figure(rows, names, bins, layer, "output", how, selection.note, others,
+                            what="outputs")  # fmt: skip
+
+
+def dead_unit_heatmap(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    models: Sequence[str] | None = None,
+    input_set: str | None = None,
+    rectifiers_only: bool = True,
+) -> alt.Chart:
+    """Layer × model heatmap of the fraction of units that never fire on an input set.
+
+    Rows are layer outputs in model order, columns models; cells the dead-unit fraction of
+    `activation_health` (ReLU layers only by default; other outputs have no natural zero).
+    Outlined cells carry the `dead_units_by_activation` flag.
+    """
+    ids = model_ids(con, models)
+    params: dict[str, Any] = {"ids": ids, "set": input_set_of(con, ids, input_set)}
+    present = _present(con, "activation_health", params)
+    layers = con.execute(
+        "SELECT count(DISTINCT layer_path) FROM activation_health WHERE input_set = $set "
+        "AND list_contains($ids, model_id)",
+        params,
+    ).fetchall()[0][0]
+    selection = base.keep(ids, present, max(1, base.ROW_BUDGET // max(layers, 1)))
+    if not selection.ids:
+        raise NoData("no layer outputs for the selected models on this input set")
+    params["ids"] = selection.ids
+    rows = base.records(
+        con,
+        "SELECT model, layer_path, dead_units, n_units, dead_frac, dead_units_by_activation "
+        "AS flagged, activation FROM activation_health WHERE input_set = $set "
+        "AND list_contains($ids, model_id) AND call_index = 0 AND output_index = 0 "
+        "AND n_units > 0" + (" AND rectifier" if rectifiers_only else "")
+        + " ORDER BY model, layer_path",
+        params,
+    )  # fmt: skip
+    if not rows:
+        raise NoData("no ReLU layer outputs: pass rectifiers_only=False for every layer")
+    names = base.model_names(con, selection.ids)
+    order = [r[0] for r in base.run(con, "SELECT layer_path FROM activations WHERE input_set = "
+             "$set AND list_contains($ids, model_id) GROUP BY layer_path ORDER BY "
+             "min(rowid)", params).fetchall()]  # fmt: skip
+    cells = alt.Chart(alt.Data(values=rows)).encode(
+        x=alt.X("model:N", sort=names, title=None, axis=alt.Axis(labelAngle=-40)),
+        y=alt.Y("layer_path:N", sort=order, title="layer"),
+        tooltip=[
+            "model:N", "layer_path:N", "activation:N", "dead_units:Q", "n_units:Q",
+            alt.Tooltip("dead_frac:Q", format=".0%"), "flagged:N",
+        ],
+    )  # fmt: skip
+    heat = cells.mark_rect().encode(
+        color=alt.Color(
+            "dead_frac:Q",
+            title="dead units",
+            scale=alt.Scale(domain=[0, 1], scheme="reds"),
+            legend=alt.Legend(format="%"),
+        )
+    )
+    flagged = cells.transform_filter(alt.datum.flagged).mark_rect(
+        fill=None, stroke="black", strokeWidth=2
+    )
+    label = cells.mark_text(fontSize=10).encode(text=alt.Text("dead_frac:Q", format=".0%"))
+    n = len(names)
+    return alt.layer(heat, flagged, label).properties(
+        width=max(120, min(900, 48 * n)),
+        height=max(60, 22 * len(order)),
+        title=base.title(
+            f"units that never fire on {_input_name(con, params['set'])}",
+            "fraction of each layer's units with output ≤ 0 on every sample and position; "
+            "outlined: dead_units_by_activation",
+            selection.note,
+        ),
+    )
+
+
+def unit_activity(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    layer: str | None = None,
+    models: Sequence[str] | None = None,
+    input_set: str | None = None,
+) -> alt.Chart:
+    """Per-unit activity of one layer: the fraction of samples × positions where each unit's
+    output is above 0, per model (a unit at 0 is dead on the input set).
+
+    `layer` defaults to the ReLU layer with the most dead units across the models."""
+    ids = model_ids(con, models)
+    params: dict[str, Any] = {"ids": ids, "set": input_set_of(con, ids, input_set)}
+    if layer is None:
+        found = base.run(
+            con,
+            "SELECT layer_path FROM activation_health WHERE input_set = $set "
+            "AND list_contains($ids, model_id) AND n_units > 0 GROUP BY layer_path "
+            "ORDER BY bool_or(rectifier) DESC, sum(dead_units) DESC, layer_path LIMIT 1",
+            params,
+        ).fetchall()
+        if not found:
+            raise NoData("no layer outputs for the selected models")
+        layer = found[0][0]
+    params["layer"] = layer
+    present = _present(con, "activation_units", params, "AND layer_path = $layer")
+    n_units = con.execute(
+        "SELECT max(unit) + 1 FROM activation_units WHERE input_set = $set AND layer_path = $layer",
+        {k: params[k] for k in ("set", "layer")},
+    ).fetchall()[0][0]
+    if not present or not n_units:
+        raise NoData(f"no per-unit activity of {layer!r} on this input set")
+    selection = base.keep(ids, present, min(MAX_SERIES, max(1, base.ROW_BUDGET // n_units)))
+    params["ids"] = selection.ids
+    rows = base.records(
+        con,
+        "SELECT m.name AS model, u.unit, u.active_frac, u.mean, u.max, u.dead "
+        "FROM activation_units AS u JOIN models AS m USING (model_id) "
+        "WHERE u.input_set = $set AND u.layer_path = $layer AND list_contains($ids, u.model_id) "
+        "AND u.call_index = 0 AND u.output_index = 0 ORDER BY m.name, u.unit",
+        params,
+    )
+    names = base.model_names(con, selection.ids)
+    bars = (
+        alt.Chart(alt.Data(values=rows))
+        .mark_bar()
+        .encode(
+            x=alt.X("unit:O", title="unit"),
+            y=alt.Y(
+                "active_frac:Q",
+                title="active (output > 0)",
+                axis=alt.Axis(format="%"),
+                scale=alt.Scale(domain=[0, 1]),
+            ),
+            color=alt.condition(alt.datum.dead, alt.value("#b22222"), alt.value("#4c78a8")),
+            tooltip=[
+                "model:N",
+                "unit:O",
+                alt.Tooltip("active_frac:Q", format=".1%"),
+                alt.Tooltip("mean:Q", format=".4g"),
+                alt.Tooltip("max:Q", format=".4g"),
+                "dead:N",
+            ],
+        )
+        .properties(width=max(120, min(700, 14 * n_units)), height=90)
+    )
+    return bars.facet(row=alt.Row("model:N", sort=names, title=None)).properties(
+        title=base.title(
+            f"{layer}: per-unit activity on {_input_name(con, params['set'])}",
+            "red: dead (never above 0 on the input set)",
+            selection.note,
+        )
+    )
+
+
+def _present(con: duckdb.DuckDBPyConnection, table: str, params: dict, extra: str = "") -> set:
+    """model_ids with rows in `table` for the input set (and `extra` conditions)."""
+    sql = f"SELECT DISTINCT model_id FROM {table} WHERE input_set = $set {extra}"
+    return {r[0] for r in base.run(con, sql, params).fetchall()}

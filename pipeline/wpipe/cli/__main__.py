@@ -1,0 +1,5 @@
+"""python -m wpipe.cli"""
+
+from wpipe.cli import app
+
+app()

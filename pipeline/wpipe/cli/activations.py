@@ -1,0 +1,115 @@
+"""`wpipe activations`: layer outputs of ingested models on sample inputs (README: Layer
+outputs); a writer, like ingest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from wpipe import layer_outputs as lo
+from wpipe.analysis import StatsOptions
+from wpipe.cli.common import (
+    DbOption,
+    Format,
+    FormatOption,
+    connect,
+    fail,
+    models_option,
+    resolve,
+    say,
+)
+from wpipe.cli.render import emit
+from wpipe.forward import Unsupported, graph_of
+from wpipe.readers import ModelReadError, open_model
+
+
+def activations_command(
+    model: list[str] | None = models_option(),
+    input_file: Path | None = typer.Option(
+        None,
+        "--input",
+        help=".npy (one-input models) or .npz (one array per input, by name or order).",
+    ),
+    random: int | None = typer.Option(
+        None,
+        "--random",
+        help="N seeded random samples of each model's input shape (a probe, not data).",
+    ),
+    name: str | None = typer.Option(
+        None, "--name", help="Name of the input set [the file's name]."
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Samples per forward batch."),
+    seed: int = typer.Option(0, "--seed", help="Seed of --random inputs."),
+    db: str | None = DbOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """Run each model's layers in numpy (no TensorFlow, no code from the file) on sample inputs
+    and store per-layer output statistics, histograms and per-unit activity."""
+    if (input_file is None) == (random is None):
+        fail("give exactly one of --input FILE or --random N")
+    file_inputs = None
+    if input_file is not None:
+        try:
+            file_inputs = lo.load_input_file(input_file, name)
+        except lo.InputError as exc:
+            fail(str(exc))
+    elif random is not None and random < 1:
+        fail("--random needs N >= 1")
+    con = connect(db, read_only=False)  # a writer: the layer-output tables are stored
+    lo.drop_orphans(con)
+    ids = resolve(con, model)
+    rows = con.execute(
+        "SELECT model_id, name, path, sha256 FROM models "
+        "WHERE len(?::VARCHAR[]) = 0 OR list_contains(?::VARCHAR[], model_id) ORDER BY name",
+        [ids, ids],
+    ).fetchall()
+    options = StatsOptions()
+    report, failed = [], 0
+    for model_id, model_name, path, sha in rows:
+        inputs = file_inputs or _random_for(path, random or 0, seed, name)
+        if isinstance(inputs, str):
+            report.append((model_name, name or f"random:{random}", "failed", 0, None, inputs))
+            failed += 1
+            continue
+        outcome = lo.compute(
+            model_id, path, sha, inputs, batch_size, options,
+            skip=lambda s, mid=model_id, sha=sha: lo.stored_sha(con, mid, s) == sha,
+        )  # fmt: skip
+        if outcome is None:
+            report.append((model_name, inputs.name, "unchanged", None, None, None))
+            continue
+        lo.save(con, outcome)
+        run = outcome.run
+        failed += run["status"] == "failed"
+        if run["status"] == "failed":
+            say(f"{path}: {run['reason']}")
+        flagged = _flagged(con, model_id, run["input_set"])
+        report.append(
+            (model_name, inputs.name, run["status"], run["n_outputs"], flagged, run["reason"])
+        )
+    columns = ["model", "input_set", "status", "outputs", "dead_units_by_activation", "reason"]
+    emit(columns, report, fmt, title="layer outputs")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _random_for(path: str, n: int, seed: int, name: str | None) -> lo.InputSet | str:
+    """Random inputs shaped for this model, or the reason they cannot be made."""
+    try:
+        with open_model(path) as model:
+            inputs = lo.random_inputs(graph_of(model), n, seed)
+    except (ModelReadError, Unsupported, lo.InputError, OSError) as exc:
+        return getattr(exc, "message", None) or getattr(exc, "reason", None) or str(exc)
+    inputs.name = name or inputs.name
+    return inputs
+
+
+def _flagged(con, model_id: str, input_set: str) -> str | None:
+    """Flagged layer outputs, e.g. `conv2 15/16, fc 15/16` (activation_health)."""
+    rows = con.execute(
+        "SELECT layer_path, dead_units, n_units FROM activation_health WHERE model_id = ? "
+        "AND input_set = ? AND dead_units_by_activation ORDER BY layer_path",
+        [model_id, input_set],
+    ).fetchall()
+    return ", ".join(f"{p} {d}/{n}" for p, d, n in rows) or None

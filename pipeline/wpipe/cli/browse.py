@@ -1,0 +1,153 @@
+"""Reading the database: `wpipe models`, `layers`, `query`, `schema`, `health`, `spectra`."""
+
+from __future__ import annotations
+
+import duckdb
+import typer
+
+from wpipe import api, schema
+from wpipe.cli.common import (
+    DbOption,
+    Format,
+    FormatOption,
+    connect,
+    fail,
+    first_line,
+    models_option,
+    resolve,
+    say,
+)
+from wpipe.cli.render import emit
+
+
+def models_command(db: str | None = DbOption, fmt: Format = FormatOption) -> None:
+    """List the ingested models: size, format, versions, architecture group."""
+    con = connect(db)
+    result = con.execute(
+        "SELECT name, format, keras_version, model_class, n_layers, n_params, n_trainable, "
+        "n_non_trainable, arch_id, model_id FROM models ORDER BY name"
+    )
+    emit([d[0] for d in result.description], result.fetchall(), fmt, title="models")
+
+
+def layers_command(
+    model: str = typer.Argument(..., help="Model name, path, or model_id prefix."),
+    db: str | None = DbOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """List one model's layers with their classes and parameter counts."""
+    con = connect(db)
+    try:
+        model_id = api.resolve_model(con, model)
+    except LookupError as exc:
+        fail(str(exc))
+    result = con.execute(
+        "SELECT layer_index, layer_path, class_name, trainable, n_params, n_trainable, "
+        "n_tensors, activation, units, filters, kernel_size FROM layers "
+        "WHERE model_id = ? ORDER BY layer_index",
+        [model_id],
+    )
+    emit([d[0] for d in result.description], result.fetchall(), fmt, title=model)
+
+
+def query_command(
+    sql: str = typer.Argument(..., help="SQL over the tables and views (see `wpipe schema`)."),
+    write: bool = typer.Option(
+        False,
+        "--write",
+        help="Open the database for writing (UPDATE settings …); no other "
+        "process may have it open meanwhile.",
+    ),
+    db: str | None = DbOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """Run SQL against the database (read-only unless --write) and print the result."""
+    if not sql.strip():
+        fail('no SQL given: write a query, e.g. wpipe query "SELECT * FROM model_summary"')
+    con = connect(db, read_only=not write)
+    try:
+        result = con.execute(sql)
+        if result.description is None:
+            return
+        rows = result.fetchall()
+    except duckdb.Error as exc:
+        message = first_line(exc)
+        if "read-only" in message:
+            message += " (wpipe query only reads; add --write to change the database)"
+        fail(message)
+    emit([d[0] for d in result.description], rows, fmt)
+
+
+def schema_command(fmt: Format = FormatOption) -> None:
+    """Describe every table and column of the database contract."""
+    rows = [
+        (table.name, column.name, str(column.type), column.doc)
+        for table in schema.ALL_TABLES
+        for column in table.columns
+    ]
+    emit(["table", "column", "type", "meaning"], rows, fmt, title="wpipe tables")
+
+
+def health_command(
+    model: list[str] | None = models_option(),
+    db: str | None = DbOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """Flagged weight tensors across models, worst first (exit 0: findings are not errors)."""
+    con = connect(db)
+    ids = resolve(con, model)
+    result = con.execute(
+        "SELECT * EXCLUDE (model_id, severity) FROM health_findings "
+        "WHERE len(?::VARCHAR[]) = 0 OR list_contains(?::VARCHAR[], model_id)",
+        [ids, ids],
+    )
+    rows = result.fetchall()
+    if fmt is Format.table and not rows:
+        say("no findings: no tensor crosses a threshold in the settings table")
+        return
+    emit([d[0] for d in result.description], rows, fmt, title="health findings")
+
+
+SPECTRA_SQL = """
+SELECT m.name AS model, s.layer_path, l.class_name, s.weight_name, s.matrix, s.N, s.M, s.rf,
+       s.alpha, s.alpha_weighted, s.log_norm, s.log_spectral_norm, s.stable_rank, s.D,
+       s.num_pl_spikes, s.warning, s.status
+FROM spectra AS s
+JOIN models AS m USING (model_id)
+JOIN weights AS w USING (model_id, layer_path, weight_name)
+LEFT JOIN layers AS l USING (model_id, layer_path)
+WHERE len(w.shape) >= 2 AND w.role <> 'bias'
+  AND (len($ids::VARCHAR[]) = 0 OR list_contains($ids::VARCHAR[], s.model_id))
+ORDER BY m.name, w.weight_index, s.matrix
+"""
+SPECTRA_TABLE_COLUMNS = ["model", "layer_path", "weight_name", "matrix", "N", "M", "rf",
+                         "alpha", "alpha_weighted", "log_norm", "stable_rank", "warning",
+                         "status"]  # fmt: skip
+
+
+def spectra_command(
+    model: list[str] | None = models_option(),
+    summary: bool = typer.Option(
+        False, "--summary", help="One row per model: means over its analysed matrices."
+    ),
+    db: str | None = DbOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """Spectral health of every weight matrix (alpha, norms, stable rank), as WeightWatcher."""
+    con = connect(db)
+    ids = resolve(con, model)
+    if summary:
+        sql = (
+            "SELECT * EXCLUDE (model_id) FROM model_spectral_summary "
+            "WHERE len($ids::VARCHAR[]) = 0 OR list_contains($ids::VARCHAR[], model_id)"
+        )
+    else:
+        sql = SPECTRA_SQL
+    result = con.execute(sql, {"ids": ids})
+    columns, rows = [d[0] for d in result.description], result.fetchall()
+    if fmt is Format.table and not summary:  # what fits a terminal; csv and json get all
+        keep = [columns.index(c) for c in SPECTRA_TABLE_COLUMNS]
+        columns, rows = SPECTRA_TABLE_COLUMNS, [tuple(r[i] for i in keep) for r in rows]
+    emit(columns, rows, fmt, title="spectra")
+    if fmt is Format.table and not rows:
+        say("no spectra: ingest with --spectra auto or all (the default is auto)")

@@ -1,0 +1,209 @@
+"""`wpipe ingest`: read model files into the lake and the database (the one writer)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from wpipe import api, store, workers
+from wpipe.analysis import StatsOptions
+from wpipe.cli.common import EXIT_FAILED_FILES, DbOption, err, fail, first_line, say
+from wpipe.ingest import Outcome, Report, ingest
+from wpipe.spectra import SpectraOptions
+from wpipe.store import sync
+from wpipe.store.sync import LakeMismatch
+from wpipe.tables import DEFAULT_VALUES, ValuesMode
+from wpipe.tags import check_pattern
+
+
+def ingest_command(
+    paths: list[Path] = typer.Argument(..., help="Model files or folders (searched recursively)."),
+    db: str | None = DbOption,
+    lake: Path | None = typer.Option(
+        None, help=r"Delta lake folder \[default: the database path with suffix .lake]"
+    ),
+    jobs: int = typer.Option(os.cpu_count() or 1, "--jobs", "-j", min=1, help="Worker processes."),
+    values: str = typer.Option(
+        DEFAULT_VALUES,
+        help="Per-value rows in weight_values: all, none, or sample:N per tensor (every value "
+        "of a tensor of up to N elements, a uniform sample of N from a larger one).",
+    ),
+    near_zero: float = typer.Option(
+        1e-3, min=0.0, help="|w| below this counts as near zero (weights.near_zero_frac)."
+    ),
+    bins: int = typer.Option(64, min=1, max=65536, help="Histogram bins per tensor."),
+    prune: bool = typer.Option(False, help="Drop models whose files were deleted."),
+    tag_pattern: str | None = typer.Option(
+        None, help="Regex with groups key and value for tags in names [README: Tags]."
+    ),
+    drift: bool = typer.Option(True, help="Compute drift between consecutive checkpoints."),
+    spectra: str = typer.Option(
+        "auto",
+        help="Spectral metrics per weight matrix: auto (matrices up to the size limit in the "
+        "README), all, or none.",
+    ),
+    file_timeout: float = typer.Option(
+        workers.DEFAULT_FILE_TIMEOUT,
+        min=0.0,
+        help="Seconds one file may take before it is stopped and recorded as `timeout` "
+        "(0: no limit).",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+) -> None:
+    """Read every Keras model file under PATHS into the Delta lake and the database."""
+    try:
+        mode = ValuesMode.parse(values)
+        spectra_options = SpectraOptions.parse(spectra)
+        if tag_pattern is not None:
+            check_pattern(tag_pattern)
+    except ValueError as exc:
+        fail(str(exc))
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        fail(f"no such file or folder: {', '.join(missing)}")
+    db_path = db or api.default_db()
+    lake_path = lake or store.default_lake(db_path)
+    database = open_for_writing(Path(db_path))
+    progress = Progress(
+        TextColumn("[bold]{task.fields[phase]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=err,
+        disable=quiet or not err.is_terminal,
+        transient=True,
+    )
+    sink = IngestProgress(progress)
+
+    def done(outcome: Outcome) -> None:
+        if outcome.status == "failed":
+            progress.console.print(
+                f"[red]failed:[/red] {escape(outcome.message)}",
+                markup=True,
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    try:
+        with progress:
+            report = ingest(
+                paths,
+                database,
+                lake_path,
+                options=StatsOptions(near_zero=near_zero, bins=bins),
+                values=mode,
+                jobs=jobs,
+                prune=prune,
+                tag_pattern=tag_pattern,
+                drift=drift,
+                on_done=done,
+                progress=sink,
+                spectra=spectra_options,
+                file_timeout=file_timeout or None,
+            )
+    except LakeMismatch as exc:
+        fail(str(exc))
+    except OSError as exc:  # the lake: a read-only or full disk, a file where a folder goes
+        fail(f"cannot write the lake {lake_path}: {exc.strerror or first_line(exc)}")
+    finally:
+        database.close()
+    _summary(report, quiet, prune, db_path)
+    raise typer.Exit(EXIT_FAILED_FILES if report.failed else 0)
+
+
+def open_for_writing(path: Path) -> store.Database:
+    """The database for ingest; a folder, another program's file or a lock is one line."""
+    if path.is_dir():
+        fail(f"{path}: is a folder, not a database file")
+    if path.exists():
+        try:
+            con = api.open_duckdb(path, read_only=False)
+        except api.DatabaseError as exc:
+            fail(str(exc))
+        try:
+            tables = con.execute(
+                "SELECT list(table_name ORDER BY table_name) FROM duckdb_tables() "
+                "WHERE schema_name = 'main'"
+            ).fetchone()[0]
+        finally:
+            con.close()
+        if tables and "models" not in tables:
+            fail(
+                f"{path}: a DuckDB database of another program (tables "
+                f"{', '.join(tables[:5])}); give wpipe its own --db file"
+            )
+    elif not path.parent.is_dir():
+        fail(f"{path}: its folder {path.parent} does not exist")
+    try:
+        return store.Database(path)
+    except duckdb.Error as exc:
+        fail(f"{path}: cannot open for writing ({first_line(exc)})")
+    except OSError as exc:
+        fail(f"{path}: cannot open for writing ({exc.strerror or first_line(exc)})")
+
+
+def _summary(report: Report, quiet: bool, prune: bool, db_path: str) -> None:
+    for warning in report.warnings:
+        say(f"warning: {warning}")
+    if quiet:
+        return
+    for outcome in report.failed:
+        if outcome.error == "unchanged-failure":
+            say(f"failed earlier, unchanged: {outcome.message}")
+    mb = report.bytes_read / 1e6
+    rate = f", {mb / report.seconds:.1f} MB/s" if report.seconds and mb else ""
+    say(
+        f"{report.files} files: {report.ingested} ingested"
+        + (f" ({report.copied} identical to another, read once)" if report.copied else "")
+        + f", {report.unchanged} unchanged, {len(report.failed)} failed"
+        + (f", {report.pruned} pruned" if prune else "")
+        + (f", {report.drift_pairs} drift pairs" if report.drift_pairs else "")
+        + f" — {report.n_tensors:,} tensors, {report.n_params:,} parameters, "
+        f"{mb:.1f} MB read in {report.seconds:.1f} s{rate} → {db_path}"
+    )
+
+
+class IngestProgress:
+    """One bar that follows the ingest's phases (scan, hash, read, load, drift, compact)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task = progress.add_task("", total=None, phase="ingest")
+        self.name = ""
+
+    def phase(self, name: str, total: int) -> None:
+        if name == self.name and not total:
+            return
+        self.name = name
+        self.progress.reset(self.task, total=total or None, phase=name, description="")
+
+    def advance(self, n: int = 1, item: str = "") -> None:
+        self.progress.update(self.task, advance=n, description=item)
+
+
+def compact_command(
+    db: str | None = DbOption,
+    lake: Path | None = typer.Option(
+        None, help=r"Delta lake folder \[default: the database path with suffix .lake]"
+    ),
+) -> None:
+    """Merge the lake's small data files (ordered by model) and delete unreferenced ones."""
+    db_path = db or api.default_db()
+    database = open_for_writing(Path(db_path))
+    lake_path = lake or store.default_lake(db_path)
+    try:
+        handle = store.Lake.open(str(Path(lake_path).resolve()))
+        before = sum(handle.file_count().values())
+        after = sync.compact(database, handle)
+    finally:
+        database.close()
+    say(
+        f"{lake_path}: {before} data files → {sum(after.values())} "
+        f"({', '.join(f'{t} {n}' for t, n in after.items())})"
+    )

@@ -1,0 +1,231 @@
+"""The per-file map of an ingest: one model file -> its rows and its drift.
+
+`process_file(job)` reads a file, analyses every tensor, computes drift against the previous
+checkpoint of its series (each tensor compared as it is loaded, so the file is read once) and
+returns the rows: small tables as Arrow, large ones as data files it wrote into the lake
+(uncommitted, so invisible until the driver commits them). It touches no database and never
+raises, so it runs unchanged in a local process pool or on a cluster; run twice, it only
+leaves an extra uncommitted file that compaction deletes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow as pa
+
+from wpipe import schema
+from wpipe.analysis import StatsOptions
+from wpipe.drift import drift_row
+from wpipe.readers import Model, ModelReadError, Tensor, h5safe, model_files, open_model, sniff
+from wpipe.spectra import SpectraOptions
+from wpipe.store.lake import DataFile, DataFileWriter, LakeLocation
+from wpipe.tables import FileInfo, ValuesMode, arch_id, build_tables, model_id_for
+
+# Rows of one table of one model kept in memory (and sent back to the driver) before the
+# worker streams them into a data file of its own: small models batch into few files,
+# large ones never hold their value rows in memory.
+SPILL_ROWS = 200_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything besides the file that a model's rows depend on."""
+
+    options: StatsOptions
+    values: ValuesMode
+    spectra: SpectraOptions
+    text: str  # as stored in models.ingest_options
+
+
+@dataclass(frozen=True)
+class FileJob:
+    path: str
+    lake: LakeLocation
+    size: int
+    mtime: float
+    settings: Settings
+    sha256: str | None = None  # known when the driver hashed the file to find duplicates
+    previous: str | None = None  # the series' previous checkpoint, for drift
+    series: str | None = None
+
+
+@dataclass
+class Outcome:
+    path: str
+    model_id: str
+    status: str  # "ingested" | "unchanged" | "failed" | "copied"
+    sha256: str | None = None
+    error: str | None = None
+    message: str | None = None
+    n_tensors: int = 0
+    n_params: int = 0
+    bytes_read: int = 0
+    tables: dict[str, pa.Table] = field(default_factory=dict)  # small tables, in memory
+    files: list[DataFile] = field(default_factory=list)  # large tables, written by the worker
+    drift: list[dict] = field(default_factory=list)  # vs `previous` (its sha filled later)
+    previous: str | None = None
+
+    def held_bytes(self) -> int:
+        # get_total_buffer_size: nbytes walks dictionary arrays and costs milliseconds
+        return sum(t.get_total_buffer_size() for t in self.tables.values())
+
+
+def sha256_of(path: str) -> str:
+    """SHA-256 of a file's bytes; for a multi-file save, over each file's name and bytes."""
+    files = model_files(Path(path))
+    digest = hashlib.sha256()
+    for file in files:
+        if len(files) > 1:
+            digest.update(f"{file.relative_to(Path(path).parent)}\0".encode())
+        with open(file, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_file(path: str) -> tuple[str, str | None, str | None]:
+    """(path, sha256, error message) — the map's first phase for files that may be copies."""
+    try:
+        return path, sha256_of(path), None
+    except OSError as exc:
+        return path, None, f"{path}: {exc.strerror or exc}"
+
+
+class TableSink:
+    """One table's rows of one model: Arrow in memory until SPILL_ROWS, then a data file."""
+
+    def __init__(self, lake: LakeLocation, table: schema.Table) -> None:
+        self.lake, self.table = lake, table
+        self.batches: list[pa.RecordBatch | pa.Table] = []
+        self.rows = 0
+        self.writer: DataFileWriter | None = None
+
+    def write(self, data: pa.RecordBatch | pa.Table) -> None:
+        if self.writer is not None:
+            self.writer.write(data)
+            return
+        self.batches.append(data)
+        self.rows += data.num_rows
+        if self.rows > SPILL_ROWS:
+            self.writer = DataFileWriter(self.lake, self.table.name)
+            for held in self.batches:
+                self.writer.write(held)
+            self.batches = []
+
+    def finish(self) -> tuple[pa.Table | None, DataFile | None]:
+        if self.writer is not None:
+            return None, self.writer.close()
+        if not self.rows:
+            return None, None
+        target = self.table.arrow_schema
+        batches = [b for b in self.batches if isinstance(b, pa.RecordBatch)]
+        tables = [t for t in self.batches if isinstance(t, pa.Table)]
+        if batches:  # one cast for all (dictionary-coded keys become plain strings)
+            tables.append(pa.Table.from_batches(batches).cast(target))
+        return pa.concat_tables([t.cast(target) if t.schema != target else t for t in tables]), None
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+
+
+class DriftTracker:
+    """Drift of each tensor against the same tensor of the previous checkpoint (same layer
+    path, weight name and shape). The series pass after the map drops pairs whose models turn
+    out not to share an architecture."""
+
+    def __init__(self, job: FileJob, model: Model, stack: ExitStack) -> None:
+        self.rows: list[dict] = []
+        self.ids = (model_id_for(job.previous or ""), model_id_for(job.path))
+        self.series = job.series
+        self.where = job.previous or ""
+        self.file: h5py.File | None = None  # the previous file, read by dataset path
+        self.tensors: dict[tuple[str, str], Tensor] = {}  # or its tensors, read by a reader
+        if job.previous is None:
+            return
+        try:
+            if _direct(job.previous, model):
+                self.file = stack.enter_context(h5py.File(job.previous, "r", locking=False))
+                return
+            previous = stack.enter_context(open_model(job.previous))
+        except (ModelReadError, OSError):
+            return  # the driver's series pass reports what it cannot read
+        if arch_id(previous) == arch_id(model):
+            self.tensors = {(layer.layer_path, t.weight_name): t for layer in previous.layers
+                            for t in layer.tensors}  # fmt: skip
+
+    def visit(self, layer_path: str, tensor: Tensor, array: np.ndarray) -> None:
+        key = (layer_path, tensor.weight_name)
+        try:
+            before = self._before(key, tensor)
+        except (ModelReadError, OSError, ValueError):
+            before = None
+        if before is not None:
+            self.rows.append(drift_row(self.ids, key, before, array, self.series, (None, None)))
+
+    def _before(self, key: tuple[str, str], tensor: Tensor) -> np.ndarray | None:
+        if self.file is not None:
+            ds = h5safe.dataset(self.file, tensor.source_name, self.where)
+            same = ds.shape == tensor.shape and h5safe.logical_dtype(ds) == tensor.dtype
+            return h5safe.read_array(ds) if same else None
+        other = self.tensors.get(key)
+        if other is None or other.shape != tensor.shape:
+            return None
+        return other.load()
+
+
+def _direct(previous: str, model: Model) -> bool:
+    """Checkpoints of one HDF5 layout keep each tensor at the same dataset path: the previous
+    file's tensors are read by path, without parsing its architecture again (an open of a
+    small checkpoint costs more than its tensors)."""
+    tensors = [t for layer in model.layers for t in layer.tensors]
+    plain = all(t.layout == "keras" and "," not in t.source_name for t in tensors)
+    return plain and Path(previous).is_file() and sniff(Path(previous)) == "hdf5"
+
+
+def process_file(job: FileJob) -> Outcome:
+    """Read, analyse and diff one model file; never raises."""
+    model_id = model_id_for(job.path)
+    outcome = Outcome(job.path, model_id, "failed", bytes_read=job.size, previous=job.previous)
+    sinks: dict[str, TableSink] = {}
+    try:
+        sha = job.sha256 or sha256_of(job.path)
+        outcome.sha256 = sha
+        info = FileInfo(model_id, job.path, sha, job.size, job.mtime, job.settings.text)
+        sinks = {t.name: TableSink(job.lake, t) for t in schema.MODEL_TABLES}
+        with ExitStack() as stack:
+            model = stack.enter_context(open_model(job.path))
+            drift = DriftTracker(job, model, stack)
+            s = job.settings
+            tables = build_tables(model, info, s.options, s.values, sinks["weight_values"].write,
+                                  s.spectra, drift.visit)  # fmt: skip
+        for name, rows in tables.items():
+            sinks[name].write(rows)
+        for name, sink in sinks.items():
+            held, written = sink.finish()
+            if held is not None:
+                outcome.tables[name] = held
+            if written is not None:
+                outcome.files.append(written)
+        row = tables["models"].to_pylist()[0]
+        outcome.status = "ingested"
+        outcome.drift = [{**r, "sha256_b": sha} for r in drift.rows]
+        outcome.n_tensors, outcome.n_params = row["n_tensors"], row["n_params"]
+    except ModelReadError as exc:
+        outcome.error, outcome.message = exc.code, exc.message
+    except OSError as exc:
+        outcome.error, outcome.message = "io-error", f"{job.path}: {exc.strerror or exc}"
+    except Exception as exc:  # a bug must not stop the other files; the message says so
+        outcome.error = "internal-error"
+        outcome.message = f"{job.path}: wpipe failed on this file ({type(exc).__name__}: {exc})"
+    if outcome.status == "failed":
+        for sink in sinks.values():
+            sink.abort()
+        outcome.tables, outcome.files = {}, []
+    return outcome

@@ -1,0 +1,45 @@
+"""The report's "Layer outputs" section, present when `wpipe activations` has stored rows."""
+
+from __future__ import annotations
+
+from wpipe import charts
+from wpipe.report_page import Builder, html_table
+
+MAX_RUN_ROWS = 100  # rows of the runs table
+MAX_STATUS_ROWS = 50  # rows of the layers-that-could-not-run table
+
+
+def activations_section(b: Builder) -> None:
+    _, count = b.query("SELECT count(*) FROM activation_runs WHERE list_contains($ids, model_id)")
+    if not count[0][0]:
+        return
+    s = b.section("activations", "Layer outputs")
+    s.parts.append(
+        "<p>Each model's layers run in numpy on sample inputs (<code>wpipe activations</code>; "
+        "no TensorFlow, no code from the file). A unit is <em>dead</em> on an input set when its "
+        "output is never above 0; <code>dead_units_by_activation</code> flags ReLU layers where "
+        "most units are dead (threshold <code>dead_activation_frac</code> in "
+        "<code>settings</code>). Units die through their activations, which weights alone "
+        "cannot show. Random probe inputs (source <code>random</code>) are not data.</p>"
+    )
+    columns, rows = b.query(
+        "SELECT m.name AS model, r.input_name, r.source, r.n_samples, r.status, r.n_outputs, "
+        "(SELECT string_agg(h.layer_path || ' ' || h.dead_units || '/' || h.n_units, ', ' "
+        "ORDER BY h.layer_path) FROM activation_health AS h WHERE h.model_id = r.model_id "
+        "AND h.input_set = r.input_set AND h.dead_units_by_activation) AS flagged, r.reason "
+        "FROM activation_runs AS r JOIN models AS m USING (model_id) "
+        f"WHERE list_contains($ids, r.model_id) ORDER BY m.name, r.input_name LIMIT {MAX_RUN_ROWS}"
+    )
+    s.parts.append(html_table(columns, rows, "forward passes: model × input set"))
+    b.figure(s, charts.dead_unit_heatmap, "Dead-unit fraction per ReLU layer and model",
+             models=b.ids)  # fmt: skip
+    b.figure(s, charts.unit_activity, "Per-unit activity of the layer with the most dead units",
+             models=b.ids[: charts.MAX_SERIES])  # fmt: skip
+    b.figure(s, charts.activation_histograms, "Output histograms of one layer across models")
+    columns, rows = b.query(
+        "SELECT m.name AS model, s.layer_path, s.class_name, s.status, s.reason "
+        "FROM activation_status AS s JOIN models AS m USING (model_id) "
+        f"WHERE list_contains($ids, s.model_id) ORDER BY m.name LIMIT {MAX_STATUS_ROWS}"
+    )
+    if rows:
+        s.parts.append(html_table(columns, rows, "layers that could not be computed"))

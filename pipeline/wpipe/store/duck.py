@@ -1,0 +1,218 @@
+"""store stage: the DuckDB database — contract tables, views, and loads from the lake.
+
+Model tables are loaded from the lake's committed data files (a pyarrow dataset DuckDB scans
+natively: no extension, works offline); derived tables (drift, tags, metrics) and
+ingest_errors live here only. `lake_versions` records which lake version each model table
+holds, so a run killed between a lake commit and its load is rolled back on the next run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from wpipe import naming, schema, views
+from wpipe.store.lake import Lake
+
+_DUCK_TYPES = {
+    pa.string(): "VARCHAR",
+    pa.int64(): "BIGINT",
+    pa.int32(): "INTEGER",
+    pa.float64(): "DOUBLE",
+    pa.float32(): "FLOAT",
+    pa.bool_(): "BOOLEAN",
+    pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
+    pa.list_(pa.int64()): "BIGINT[]",
+}
+
+
+# Which lake version each model table was loaded at: a run killed between a lake commit and
+# its load leaves the lake ahead, and the next run rolls those commits back.
+LAKE_VERSIONS_DDL = (
+    "CREATE TABLE IF NOT EXISTS lake_versions "
+    "(lake VARCHAR, table_name VARCHAR, version BIGINT, PRIMARY KEY (lake, table_name))"
+)
+
+
+def _ddl(table: schema.Table) -> str:
+    columns = ", ".join(f'"{c.name}" {_DUCK_TYPES[c.type]}' for c in table.columns)
+    return f"CREATE TABLE IF NOT EXISTS {table.name} ({columns})"
+
+
+def default_lake(db_path: str | os.PathLike) -> Path:
+    return Path(db_path).with_suffix(".lake")
+
+
+def insert_arrow(
+    con: duckdb.DuckDBPyConnection, table: schema.Table, rows: pa.Table | pads.Dataset
+) -> None:
+    """Append Arrow rows (a table, or a lake dataset DuckDB scans natively: no extension) to
+    a contract table in one scan (not one statement per row)."""
+    columns = ", ".join(f'"{c}"' for c in table.column_names)
+    con.register("incoming_rows", rows)
+    try:
+        con.execute(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM incoming_rows")
+    finally:
+        con.unregister("incoming_rows")
+
+
+# DuckDB's own memory, spilled to disk past it: with Python and Arrow around it, keeps a
+# report or chart on any database within 1 GB, an ingest within its budget.
+MEMORY_LIMIT = "512MB"
+
+
+def configure(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    return con
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create every contract table that is missing (a database from an older wpipe gains the
+    tables added since), then the views."""
+    had_names = _has_table(con, schema.MODEL_NAMES.name)
+    for table in schema.ALL_TABLES:
+        con.execute(_ddl(table))
+    con.execute(LAKE_VERSIONS_DDL)
+    if not had_names:
+        naming.adopt(con)  # a database from before model_names keeps the names it had
+    views.apply(con)
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    query = "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'"
+    return bool(con.execute(query, [name]).fetchone()[0])
+
+
+class Database:
+    """The DuckDB file: contract tables, views, and per-model replace/remove."""
+
+    def __init__(self, path: str | os.PathLike, read_only: bool = False) -> None:
+        self.path = str(path)
+        self.con = configure(duckdb.connect(self.path, read_only=read_only))
+        if not read_only:
+            ensure_schema(self.con)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def known_files(self) -> dict[str, tuple[int, float, str, str | None]]:
+        """path -> (file_bytes, mtime, sha256, ingest_options) of every ingested model."""
+        rows = self.con.execute(
+            "SELECT path, file_bytes, mtime, sha256, ingest_options FROM models"
+        ).fetchall()
+        return {p: (b, m, s, o) for p, b, m, s, o in rows}
+
+    def known_files_by_id(self) -> dict[str, tuple[str, int, float]]:
+        """model_id -> (path, file_bytes, mtime)."""
+        rows = self.con.execute("SELECT model_id, path, file_bytes, mtime FROM models")
+        return {mid: (p, b, m) for mid, p, b, m in rows.fetchall()}
+
+    def known_failures(self) -> dict[str, tuple[int, float, str]]:
+        """path -> (file_bytes, mtime, message) of every recorded failure."""
+        rows = self.con.execute("SELECT path, file_bytes, mtime, message FROM ingest_errors")
+        return {p: (b, m, msg) for p, b, m, msg in rows.fetchall()}
+
+    def load_batch(
+        self,
+        lake: Lake,
+        files: dict[str, list[str]],
+        model_ids: Iterable[str],
+        versions: dict[str, int],
+    ) -> None:
+        """Swap the rows of `model_ids` for those of the just committed lake `files` (table ->
+        file names), and record the lake versions now loaded, all in one transaction."""
+        ids = list(model_ids)
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for table in schema.MODEL_TABLES:
+                self.con.execute(
+                    f"DELETE FROM {table.name} WHERE list_contains(?, model_id)", [ids]
+                )
+                if files.get(table.name):
+                    insert_arrow(self.con, table, lake.dataset(table.name, files[table.name]))
+            self.con.execute(
+                "DELETE FROM ingest_errors WHERE path IN "
+                "(SELECT path FROM models WHERE list_contains(?, model_id))",
+                [ids],
+            )
+            self._record_versions(lake, versions)
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+
+    def load_lake(self, lake: Lake) -> None:
+        """Replace every model table's rows by the lake's (a lake without its database)."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for table in schema.MODEL_TABLES:
+                self.con.execute(f"DELETE FROM {table.name}")
+                insert_arrow(self.con, table, lake.dataset(table.name))
+            self._record_versions(lake, lake.versions())
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+
+    def export_to_lake(self, lake: Lake) -> None:
+        """Write every model table into the lake (a database without its lake, or a lake of
+        an older wpipe being migrated)."""
+        versions = {}
+        for table in schema.MODEL_TABLES:
+            columns = ", ".join(f'"{c}"' for c in table.column_names)
+            reader = self.con.sql(f"SELECT {columns} FROM {table.name}").to_arrow_reader()
+            rows = pa.RecordBatchReader.from_batches(
+                table.arrow_schema, (b.cast(table.arrow_schema) for b in reader)
+            )
+            versions[table.name] = lake.overwrite(table.name, rows)
+        self.con.execute("BEGIN TRANSACTION")
+        self._record_versions(lake, versions)
+        self.con.execute("COMMIT")
+
+    def lake_versions(self, lake: Lake) -> dict[str, int]:
+        """table -> lake version this database holds (empty: never loaded from this lake)."""
+        rows = self.con.execute(
+            "SELECT table_name, version FROM lake_versions WHERE lake = ?", [lake.location.root]
+        ).fetchall()
+        return dict(rows)
+
+    def record_versions(self, lake: Lake, versions: dict[str, int]) -> None:
+        self.con.execute("BEGIN TRANSACTION")
+        self._record_versions(lake, versions)
+        self.con.execute("COMMIT")
+
+    def _record_versions(self, lake: Lake, versions: dict[str, int]) -> None:
+        root = lake.location.root
+        self.con.execute("DELETE FROM lake_versions WHERE lake <> ?", [root])
+        for name, version in versions.items():
+            self.con.execute(
+                "INSERT OR REPLACE INTO lake_versions VALUES (?, ?, ?)", [root, name, version]
+            )
+
+    def touch_model(self, path: str, mtime: float) -> None:
+        self.con.execute("UPDATE models SET mtime = ? WHERE path = ?", [mtime, path])
+
+    def record_error(self, path: str, code: str, message: str, size: int, mtime: float) -> None:
+        self.con.execute("BEGIN TRANSACTION")
+        self.con.execute("DELETE FROM ingest_errors WHERE path = ?", [path])
+        self.con.execute(
+            'INSERT INTO ingest_errors (path, error, message, "at", file_bytes, mtime) '
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [path, code, message, datetime.now(timezone.utc), size, mtime],
+        )
+        self.con.execute("COMMIT")
+
+    def clear_errors(self, paths: Iterable[str]) -> None:
+        for path in paths:
+            self.con.execute("DELETE FROM ingest_errors WHERE path = ?", [path])
+
+    def refresh_names(self, roots: Iterable[str | os.PathLike] = ()) -> int:
+        """Name the models ingested from `roots` that have no name yet (README: Model
+        names); the names of the others never change."""
+        return naming.refresh(self.con, roots)

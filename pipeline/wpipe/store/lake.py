@@ -1,0 +1,322 @@
+"""store stage: the Delta lake — one Delta Lake table per contract table, `<lake>/<table>/`.
+
+Data files are Parquet files in a table's folder, invisible to every reader until a commit
+names them. Workers write the files of their large tables; the ingest driver writes each
+batch's small tables as one file per table and alone commits (one committer: no write
+conflicts). A commit that replaces models removes their old files in the same transaction
+(rewriting a shared file without them), so a reader sees either the old rows or the new ones.
+Nothing is renamed, so the lake can live on object storage: the location is a path or URI plus
+deltalake `storage_options`, and data files go through a pyarrow filesystem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+from deltalake.transaction import AddAction, PostCommitHookProperties, RemoveAction
+
+from wpipe import schema
+
+TABLES = {t.name: t for t in schema.MODEL_TABLES}
+# A compacted file's size: large enough that 10,000 small models make a handful of files.
+TARGET_FILE_BYTES = 128 << 20
+# Bounded memory for compaction's sort (delta-rs spills the rest to disk).
+COMPACT_SPILL_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class LakeLocation:
+    """Where a lake lives: a local folder or a URI, with deltalake storage options. Picklable,
+    so workers (local processes or a cluster) get it with their job."""
+
+    root: str
+    storage_options: dict[str, str] | None = None
+
+    def table_uri(self, table: str) -> str:
+        return f"{self.root.rstrip('/')}/{table}"
+
+    def filesystem(self) -> tuple[pafs.FileSystem, str]:
+        """(pyarrow filesystem, root path on it) for writing and reading data files."""
+        if "://" not in self.root:
+            return pafs.LocalFileSystem(), self.root
+        fs, path = pafs.FileSystem.from_uri(self.root)
+        return fs, path
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A Parquet data file written into a table's folder, not yet committed."""
+
+    table: str
+    name: str  # relative to the table's folder
+    size: int
+    num_rows: int
+    min_id: str
+    max_id: str
+
+    def add_action(self) -> AddAction:
+        stats = {
+            "numRecords": self.num_rows,
+            "minValues": {"model_id": self.min_id},
+            "maxValues": {"model_id": self.max_id},
+            "nullCount": {"model_id": 0},
+        }
+        return AddAction(self.name, self.size, {}, int(time.time() * 1000), True, json.dumps(stats))
+
+
+_TILE_OPTIONS = {
+    "use_dictionary": ["model_id", "layer_path", "weight_name"],
+    "compression": "zstd",
+    "column_encoding": {
+        **{c: "DELTA_BINARY_PACKED" for c in ("rows", "cols", "tile_row", "tile_col",
+                                               "row_start", "row_end", "col_start", "col_end")},
+        "mean": "BYTE_STREAM_SPLIT",
+        "peak": "BYTE_STREAM_SPLIT",
+    },
+}  # fmt: skip
+
+
+def _parquet_options(table: str) -> dict:
+    if table == "weight_tiles":  # thousands of rows a model: ~3.6x smaller encoded so
+        return _TILE_OPTIONS
+    if table == "weight_values":
+        # delta-coded indices and byte-split floats: ~3.9 bytes a value instead of ~8.9
+        return {
+            "use_dictionary": ["model_id", "layer_path", "weight_name"],
+            "column_encoding": {"flat_index": "DELTA_BINARY_PACKED", "value": "BYTE_STREAM_SPLIT"},
+        }
+    return {}
+
+
+class DataFileWriter:
+    """Streams Arrow batches of one table into a new data file of the lake."""
+
+    def __init__(self, location: LakeLocation, table: str) -> None:
+        self.table = table
+        self.name = f"part-{uuid.uuid4().hex}.parquet"
+        fs, root = location.filesystem()
+        self._fs = fs
+        self._path = f"{root.rstrip('/')}/{table}/{self.name}"
+        self._sink = fs.open_output_stream(self._path)
+        # no ARROW:schema: dictionary-typed key columns read back as plain strings, as the
+        # Delta schema says
+        self._writer = pq.ParquetWriter(
+            self._sink, TABLES[table].arrow_schema, store_schema=False, **_parquet_options(table)
+        )
+        self.num_rows = 0
+        self._ids: set[str] = set()
+
+    def write(self, data: pa.RecordBatch | pa.Table) -> None:
+        if not data.num_rows:
+            return
+        ids = data.column("model_id")
+        if isinstance(ids, pa.ChunkedArray):
+            ids = ids.combine_chunks()
+        if pa.types.is_dictionary(ids.type):
+            ids = ids.dictionary
+        self._ids.update(pc.unique(ids).to_pylist())
+        if isinstance(data, pa.RecordBatch):
+            self._writer.write_batch(data)
+        else:
+            self._writer.write_table(data)
+        self.num_rows += data.num_rows
+
+    def close(self) -> DataFile:
+        self._writer.close()
+        self._sink.close()
+        size = self._fs.get_file_info(self._path).size
+        ids = sorted(self._ids)
+        return DataFile(self.table, self.name, size, self.num_rows, ids[0], ids[-1])
+
+    def abort(self) -> None:
+        """Best effort: an uncommitted file left behind is invisible and vacuumed later."""
+        for step in (
+            self._writer.close,
+            self._sink.close,
+            lambda: self._fs.delete_file(self._path),
+        ):
+            with contextlib.suppress(OSError, ValueError):
+                step()
+
+
+def write_data_file(location: LakeLocation, table: str, rows: pa.Table) -> DataFile:
+    writer = DataFileWriter(location, table)
+    try:
+        writer.write(rows)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()
+
+
+@dataclass
+class Lake:
+    """The driver's handle on a lake: tables, commits, reads, compaction."""
+
+    location: LakeLocation
+    _tables: dict[str, DeltaTable] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(cls, root: str, storage_options: dict[str, str] | None = None) -> Lake:
+        return cls(LakeLocation(str(root), storage_options))
+
+    @cached_property
+    def _fs(self) -> tuple[pafs.FileSystem, str]:
+        return self.location.filesystem()
+
+    def table(self, name: str) -> DeltaTable:
+        """The Delta table `name`, created empty (with the contract's schema) if missing."""
+        if name not in self._tables:
+            uri, options = self.location.table_uri(name), self.location.storage_options
+            try:
+                self._tables[name] = DeltaTable(uri, storage_options=options)
+            except TableNotFoundError:
+                self._tables[name] = DeltaTable.create(
+                    uri, schema=TABLES[name].arrow_schema, mode="ignore", storage_options=options
+                )
+        return self._tables[name]
+
+    def versions(self) -> dict[str, int]:
+        """table -> current version (tables are created where missing)."""
+        return {name: self.table(name).version() for name in TABLES}
+
+    def dataset(self, name: str, files: Iterable[str] | None = None) -> pads.Dataset:
+        """The table's committed rows, or only those of `files` (names in its folder)."""
+        arrow_schema = TABLES[name].arrow_schema
+        fs, root = self._fs
+        if files is None:
+            # the log names files relative to the table's folder
+            subtree = pafs.SubTreeFileSystem(f"{root.rstrip('/')}/{name}", fs)
+            return self.table(name).to_pyarrow_dataset(filesystem=subtree, schema=arrow_schema)
+        paths = [f"{root.rstrip('/')}/{name}/{f}" for f in files]
+        return pads.dataset(paths, schema=arrow_schema, format="parquet", filesystem=fs)
+
+    def commit(
+        self, name: str, adds: list[DataFile], removes: Iterable[str] = (), operation: str = ""
+    ) -> int:
+        """One Delta commit on table `name`: add `adds`, remove the files named `removes`."""
+        removes = list(removes)
+        if not adds and not removes:
+            return self.table(name).version()
+        now = int(time.time() * 1000)
+        actions = [f.add_action() for f in adds] + [RemoveAction(p, True, now) for p in removes]
+        dt = self.table(name)
+        dt.create_write_transaction(
+            actions, mode="append", schema=TABLES[name].arrow_schema,
+            post_commithook_properties=PostCommitHookProperties(create_checkpoint=True),
+        )  # fmt: skip
+        dt.update_incremental()
+        return dt.version()
+
+    def files_holding(self, name: str, model_ids: set[str]) -> dict[str, int]:
+        """Committed files of table `name` with rows of `model_ids`: file -> rows it holds
+        of other models (0: drop the whole file). File statistics (min/max model_id) narrow
+        the candidates, each candidate's model_id column decides."""
+        if not model_ids:
+            return {}
+        adds = self.table(name).get_add_actions(flatten=True)
+        if not adds.num_rows:
+            return {}
+        lo, hi = min(model_ids), max(model_ids)
+        paths = adds.column("path").to_pylist()
+        mins = (
+            adds.column("min.model_id").to_pylist() if "min.model_id" in adds.column_names else None
+        )
+        maxs = (
+            adds.column("max.model_id").to_pylist() if "max.model_id" in adds.column_names else None
+        )
+        wanted = pa.array(sorted(model_ids))
+        out = {}
+        for i, path in enumerate(paths):
+            if mins and maxs and mins[i] is not None and maxs[i] is not None:
+                if maxs[i] < lo or mins[i] > hi:
+                    continue
+                if mins[i] == maxs[i] and mins[i] not in model_ids:
+                    continue
+            ids = self.dataset(name, [path]).to_table(columns=["model_id"]).column("model_id")
+            hit = pc.is_in(ids, value_set=wanted)
+            hits = pc.sum(hit).as_py() or 0
+            if hits:
+                out[path] = len(ids) - hits
+        return out
+
+    def replace(self, name: str, model_ids: set[str], adds: list[DataFile]) -> int:
+        """Commit `adds` and drop every older row of `model_ids`, in one commit. A file that
+        also holds other models is rewritten without the dropped ones."""
+        removes, kept = [], []
+        for path, others in self.files_holding(name, model_ids).items():
+            removes.append(path)
+            if others:
+                kept.append(self._rewrite_without(name, path, model_ids))
+        return self.commit(name, [*adds, *kept], removes)
+
+    def _rewrite_without(self, name: str, path: str, model_ids: set[str]) -> DataFile:
+        source = self.dataset(name, [path])
+        keep = ~pc.field("model_id").isin(sorted(model_ids))
+        writer = DataFileWriter(self.location, name)
+        try:
+            for batch in source.to_batches(filter=keep, batch_size=1 << 20):
+                writer.write(batch)
+        except BaseException:
+            writer.abort()
+            raise
+        return writer.close()
+
+    def rows_of(self, name: str, model_ids: set[str]) -> pa.Table:
+        """Committed rows of `model_ids` in table `name` (their files only)."""
+        files = list(self.files_holding(name, model_ids))
+        if not files:
+            return TABLES[name].arrow_schema.empty_table()
+        return self.dataset(name, files).to_table(
+            filter=pc.field("model_id").isin(sorted(model_ids))
+        )
+
+    def restore(self, name: str, version: int) -> int:
+        """Roll table `name` back to `version` (a new commit; used after a killed run)."""
+        dt = self.table(name)
+        dt.restore(version)
+        dt.update_incremental()
+        return dt.version()
+
+    def overwrite(self, name: str, data: pa.Table | pa.RecordBatchReader) -> int:
+        """Replace the whole table by `data` (the contract's schema) in one commit."""
+        dt = self.table(name)
+        write_deltalake(dt, data, mode="overwrite", storage_options=self.location.storage_options)
+        dt.update_incremental()
+        return dt.version()
+
+    def file_count(self) -> dict[str, int]:
+        return {name: len(self.table(name).file_uris()) for name in TABLES}
+
+    def compact(self) -> None:
+        """Merge small files, ordered by model_id (narrow per-file ranges keep later
+        replacements cheap). Files merged away stay on disk until `vacuum`."""
+        for name in TABLES:
+            dt = self.table(name)
+            if len(dt.file_uris()) > 1:
+                dt.optimize.z_order(
+                    ["model_id"], target_size=TARGET_FILE_BYTES, max_spill_size=COMPACT_SPILL_BYTES
+                )
+                dt.update_incremental()
+
+    def vacuum(self) -> None:
+        """Delete files that no current commit references: ones older commits dropped and
+        ones a killed run wrote but never committed. Old versions stop being readable."""
+        for name in TABLES:
+            dt = self.table(name)
+            dt.vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False,
+                      full=True)  # fmt: skip
+            dt.update_incremental()

@@ -1,0 +1,91 @@
+"""Layer-output charts on the demo CNN runs after `wpipe activations`: valid Vega-Lite that
+renders, and data equal to what numpy says about the stored rows."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import wpipe
+from typer.testing import CliRunner
+from wpipe import charts
+from wpipe.cli import app
+
+from tests.charts.conftest import ACTIVATION_CHARTS, data_rows, png_size, vega_lite_schema
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+RUNS = ("cnn_lr1e-3", "cnn_lr1e-2", "cnn_lr3e-1")
+
+
+@pytest.fixture(scope="module")
+def act(tmp_path_factory):
+    root = tmp_path_factory.mktemp("act")
+    for run in RUNS:
+        (root / "zoo" / run).mkdir(parents=True)
+        shutil.copy2(ROOT / "examples" / "models" / run / "e05.h5", root / "zoo" / run)
+    db = str(root / "a.duckdb")
+    assert runner.invoke(app, ["ingest", str(root / "zoo"), "--db", db, "-j", "1"]).exit_code == 0
+    blobs = str(ROOT / "examples" / "inputs" / "blobs.npy")
+    assert runner.invoke(app, ["activations", "--input", blobs, "--db", db]).exit_code == 0
+    con = wpipe.connect(db)
+    yield con
+    con.close()
+
+
+@pytest.mark.parametrize("name", ACTIVATION_CHARTS)
+def test_activation_charts_are_valid_and_render(name, act, tmp_path):
+    chart = charts.CHARTS[name](act)
+    spec = chart.to_dict()
+    jsonschema.Draft7Validator(vega_lite_schema()).validate(spec)
+    assert 0 < len(data_rows(spec)) <= charts.ROW_BUDGET
+    width, height = png_size(charts.save_chart(chart, tmp_path / f"{name}.png").read_bytes())
+    assert width > 300 and height > 100
+
+
+def test_dead_unit_heatmap_cells_are_the_stored_fractions(act):
+    rows = data_rows(charts.dead_unit_heatmap(act).to_dict())
+    assert {(r["model"], r["layer_path"]) for r in rows} == {
+        (f"{run}/e05", layer) for run in RUNS for layer in ("conv1", "conv2", "fc")
+    }  # the ReLU layers only
+    units = act.execute(
+        "SELECT m.name, u.layer_path, avg(u.dead::INT) FROM activation_units AS u "
+        "JOIN models AS m USING (model_id) GROUP BY ALL"
+    ).fetchall()
+    want = {(n, lp): frac for n, lp, frac in units}
+    for r in rows:
+        assert r["dead_frac"] == pytest.approx(want[(r["model"], r["layer_path"])])
+    assert {r["model"] for r in rows if r["flagged"]} == {"cnn_lr3e-1/e05"}
+
+
+def test_unit_activity_defaults_to_the_deadest_relu_layer(act):
+    rows = data_rows(charts.unit_activity(act).to_dict())
+    assert {r["unit"] for r in rows} == set(range(16))
+    dead = act.execute(
+        "SELECT layer_path FROM activation_health WHERE rectifier GROUP BY layer_path "
+        "ORDER BY sum(dead_units) DESC, layer_path LIMIT 1"
+    ).fetchone()[0]
+    stored = act.execute(
+        "SELECT m.name, u.unit, u.active_frac FROM activation_units AS u JOIN models AS m "
+        "USING (model_id) WHERE u.layer_path = ?",
+        [dead],
+    ).fetchall()
+    assert sorted((r["model"], r["unit"], r["active_frac"]) for r in rows) == sorted(stored)
+
+
+def test_activation_histograms_are_fractions_of_each_model(act):
+    rows = data_rows(charts.activation_histograms(act, layer="fc").to_dict())
+    for run in RUNS:
+        total = sum(r["fraction"] for r in rows if r["model"] == f"{run}/e05")
+        assert total == pytest.approx(1.0)
+    assert np.all([r["fraction"] >= 0 for r in rows])
+
+
+def test_report_has_a_layer_outputs_section(act):
+    from wpipe.report import build_report
+
+    html = build_report(act)
+    assert "Layer outputs" in html and "dead_units_by_activation" in html

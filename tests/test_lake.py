@@ -1,0 +1,231 @@
+"""The Delta lake holds exactly the database's rows through every kind of ingest, and other
+engines (DuckDB without extensions, Polars, pyarrow) read it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable
+from wpipe import filemap, schema, store
+from wpipe.store import sync
+
+from tests.conftest import MODELS, Warehouse
+
+TABLES = {t.name: t for t in schema.MODEL_TABLES}
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "models"
+
+
+def assert_lake_equals_database(w: Warehouse) -> None:
+    """Every model table: the same multiset of rows in the lake (read by deltalake, not by
+    wpipe) and in DuckDB, and no model's rows twice."""
+    con = duckdb.connect(str(w.db_path), read_only=True)
+    try:
+        for table in schema.MODEL_TABLES:
+            lake = DeltaTable(str(w.lake / table.name)).to_pyarrow_dataset()
+            con.register("lake_rows", lake)
+            cols = ", ".join(f'"{c}"' for c in table.column_names)
+            for a, b in (("lake_rows", table.name), (table.name, "lake_rows")):
+                only = f"SELECT {cols} FROM {a} EXCEPT ALL SELECT {cols} FROM {b}"
+                extra = con.execute(f"SELECT count(*) FROM ({only})").fetchall()[0][0]
+                assert extra == 0, f"{table.name}: {extra} rows in {a} only"
+            con.unregister("lake_rows")
+        dupes = con.execute(
+            "SELECT count(*) FROM (SELECT model_id, layer_path, weight_name FROM weights "
+            "GROUP BY ALL HAVING count(*) > 1)"
+        ).fetchall()[0][0]
+        assert dupes == 0
+    finally:
+        con.close()
+
+
+def test_lake_holds_the_database_rows_after_ingest_change_and_prune(folder, warehouse):
+    warehouse.ingest(folder)
+    assert_lake_equals_database(warehouse)
+    assert warehouse.query("SELECT count(*) FROM models") == [(3,)]
+    shutil.copy2(MODELS / "k2_uncompiled.h5", folder / "k2_conv2d.h5")  # new content
+    os.utime(folder / "k2_conv2d.h5", (2e9, 2e9))
+    assert warehouse.ingest(folder).ingested == 1
+    assert_lake_equals_database(warehouse)
+    (folder / "k3_lstm.h5").unlink()
+    assert warehouse.ingest(folder, prune=True).pruned == 1
+    assert_lake_equals_database(warehouse)
+    assert warehouse.query("SELECT count(*) FROM models") == [(2,)]
+
+
+def test_each_table_is_a_delta_table_with_the_contract_columns(folder, warehouse):
+    warehouse.ingest(folder)
+    for table in schema.MODEL_TABLES:
+        dt = DeltaTable(str(warehouse.lake / table.name))
+        assert [f.name for f in dt.schema().fields] == table.column_names
+        for uri in dt.file_uris():
+            assert pq.read_schema(uri).names == table.column_names
+
+
+def test_duckdb_reads_the_lake_offline_without_extensions(folder, warehouse):
+    warehouse.ingest(folder)
+    con = duckdb.connect()
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.register("weights", DeltaTable(str(warehouse.lake / "weights")).to_pyarrow_dataset())
+    got = con.execute("SELECT count(*), count(DISTINCT model_id) FROM weights").fetchall()[0]
+    assert got == warehouse.query("SELECT count(*), count(DISTINCT model_id) FROM weights")[0]
+    loaded = con.execute(
+        "SELECT extension_name FROM duckdb_extensions() WHERE loaded AND NOT installed"
+    ).fetchall()
+    assert loaded == []
+
+
+def test_polars_and_pyarrow_read_the_lake(folder, warehouse):
+    warehouse.ingest(folder)
+    for table in ("models", "weights", "weight_values"):
+        want = warehouse.query(f"SELECT count(*) FROM {table}")[0][0]
+        frame = pl.read_delta(str(warehouse.lake / table))
+        assert frame.height == want
+        assert frame.columns == TABLES[table].column_names
+        assert DeltaTable(str(warehouse.lake / table)).to_pyarrow_table().num_rows == want
+    means = pl.read_delta(str(warehouse.lake / "weights")).select(pl.col("mean").sum()).item()
+    assert means == pytest.approx(warehouse.query("SELECT sum(mean) FROM weights")[0][0])
+
+
+def test_a_killed_ingest_is_rolled_back_and_a_rerun_completes(tmp_path):
+    zoo = tmp_path / "zoo"
+    for run in ("a", "b", "c", "d"):
+        shutil.copytree(EXAMPLES / "cnn_lr1e-2", zoo / run)
+    db = tmp_path / "k.duckdb"
+    command = [sys.executable, "-m", "wpipe.cli", "ingest", str(zoo), "--db", str(db), "-j", "1",
+               "-q"]  # fmt: skip
+    proc = subprocess.Popen(command)
+    # kill right after the first batch reached one table: between two of the batch's commits
+    first_commit = db.with_suffix(".lake") / "weights" / "_delta_log" / f"{1:020d}.json"
+    deadline = time.monotonic() + 120
+    while not first_commit.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    w = Warehouse(tmp_path)
+    w.db_path, w.lake = db, db.with_suffix(".lake")
+    w.ingest(zoo)
+    assert w.query("SELECT count(*), count(DISTINCT path) FROM models") == [(20, 20)]
+    assert_lake_equals_database(w)
+
+
+def test_commits_beyond_the_loaded_version_are_rolled_back(folder, warehouse, tmp_path):
+    """A run killed after a lake commit but before its load: the next run restores."""
+    warehouse.ingest(folder)
+    db = store.Database(warehouse.db_path)
+    lake = store.Lake.open(str(warehouse.lake))
+    try:
+        job = filemap.FileJob(str(MODELS / "k2_uncompiled.h5"), lake.location, 1, 1.0,
+                              filemap.Settings(*_settings()))  # fmt: skip
+        outcome = filemap.process_file(job)
+        from wpipe.ingest import commit_batch
+
+        commit_batch(lake, [outcome], set())  # committed, never loaded
+        assert lake.dataset("models").count_rows() == 4
+        sync.reconcile(db, lake)
+        assert lake.dataset("models").count_rows() == 3
+    finally:
+        db.close()
+    assert_lake_equals_database(warehouse)
+
+
+def _settings():
+    from wpipe.analysis import StatsOptions
+    from wpipe.ingest import ingest_options
+    from wpipe.spectra import SpectraOptions
+    from wpipe.tables import ValuesMode
+
+    options, values, spectra = StatsOptions(), ValuesMode.default(), SpectraOptions()
+    return options, values, spectra, ingest_options(options, values, spectra)
+
+
+def test_identical_files_are_read_once(folder, warehouse, monkeypatch):
+    shutil.copy2(folder / "k3_lstm.h5", folder / "copy_a.h5")
+    (folder / "sub").mkdir()
+    shutil.copy2(folder / "k3_lstm.h5", folder / "sub" / "copy_b.h5")
+    opened = []
+    real = filemap.open_model
+
+    def counting(path):
+        opened.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(filemap, "open_model", counting)
+    report = warehouse.ingest(folder, drift=False, file_timeout=None)  # read in this process
+    assert (report.ingested, report.copied) == (5, 2)
+    assert sorted(opened) == sorted(["k2_dense_bn_frozen.h5", "k2_conv2d.h5", "copy_a.h5"])
+    rows = warehouse.query(
+        "SELECT count(DISTINCT model_id), count(DISTINCT (layer_path, weight_name, mean, std)) "
+        "FROM weights JOIN models USING (model_id) WHERE sha256 = (SELECT sha256 FROM models "
+        "WHERE path LIKE '%k3_lstm.h5')"
+    )
+    assert rows[0][0] == 3 and rows[0][1] == warehouse.query(
+        "SELECT n_tensors FROM models WHERE path LIKE '%k3_lstm.h5'")[0][0]  # fmt: skip
+    assert_lake_equals_database(warehouse)
+
+
+def test_a_lake_without_its_database_loads_it_without_reading_files(folder, warehouse):
+    warehouse.ingest(folder)
+    before = warehouse.query("SELECT model_id, name, n_params FROM models ORDER BY 1")
+    warehouse.db_path.unlink()
+    report = warehouse.ingest(folder)
+    assert (report.ingested, report.unchanged) == (0, 3)
+    assert warehouse.query("SELECT model_id, name, n_params FROM models ORDER BY 1") == before
+    assert_lake_equals_database(warehouse)
+
+
+def test_a_database_without_its_lake_writes_it(folder, warehouse):
+    warehouse.ingest(folder)
+    shutil.rmtree(warehouse.lake)
+    assert warehouse.ingest(folder).ingested == 0
+    assert_lake_equals_database(warehouse)
+
+
+def test_a_lake_of_the_older_layout_is_migrated(folder, warehouse):
+    warehouse.ingest(folder)
+    # rebuild the lake as wpipe 0.1 wrote it: <lake>/<model_id>/<table>.parquet
+    con = duckdb.connect(str(warehouse.db_path), read_only=True)
+    shutil.rmtree(warehouse.lake)
+    for (model_id,) in con.execute("SELECT model_id FROM models").fetchall():
+        part = warehouse.lake / model_id
+        part.mkdir(parents=True)
+        for table in schema.MODEL_TABLES:
+            query = f"SELECT * FROM {table.name} WHERE model_id = '{model_id}'"
+            arrow = con.sql(query).to_arrow_table()
+            if arrow.num_rows:
+                pq.write_table(arrow, part / f"{table.name}.parquet")
+    con.close()
+    con = duckdb.connect(str(warehouse.db_path))
+    con.execute("DELETE FROM lake_versions")
+    con.close()
+    report = warehouse.ingest(folder)
+    assert report.ingested == 0 and any("migrated" in w for w in report.warnings)
+    assert not [p for p in warehouse.lake.iterdir() if len(p.name) == 16]
+    assert_lake_equals_database(warehouse)
+
+
+def test_compact_leaves_few_files_and_the_same_rows(tmp_path, warehouse):
+    for run in ("a", "b", "c"):
+        shutil.copytree(EXAMPLES / "cnn_lr1e-2", tmp_path / "zoo" / run)
+        warehouse.ingest(tmp_path / "zoo")  # one batch per run: several files per table
+    db = store.Database(warehouse.db_path)
+    try:
+        counts = sync.compact(db, store.Lake.open(str(warehouse.lake)))
+    finally:
+        db.close()
+    assert all(n <= 1 for n in counts.values()), counts
+    for table in schema.MODEL_TABLES:
+        on_disk = list((warehouse.lake / table.name).glob("*.parquet"))
+        assert len(on_disk) == counts[table.name]  # vacuumed: no unreferenced file left
+    assert_lake_equals_database(warehouse)
