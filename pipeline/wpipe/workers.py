@@ -24,15 +24,23 @@ new interpreter importing numpy/h5py/pyarrow. The server preloads the modules in
 
 `timeout=None` with `jobs=1` runs in the calling process (no limit, no isolation): for callers
 that want a debugger or a profiler on the read itself.
+
+`map_files_on_dask(...)` is the same map on Dask distributed (`--dask local` or a scheduler
+address): Dask does the scheduling, retries and worker replacement; each item is submitted
+under a key derived from its content (`task_key`), so a retried or duplicated task is the same
+task and its result arrives once. There is no per-file time limit there: Dask cannot stop a
+running task, and its worker processes are daemonic (they cannot start a killable child).
 """
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -150,3 +158,80 @@ def _context(preload: Sequence[str]) -> Any:
     if preload:
         context.set_forkserver_preload([*preload])
     return context
+
+
+# Extra attempts of a Dask task that raised (wpipe's per-file function only raises when its
+# worker broke down mid-call, e.g. a full temporary disk); lost workers are Dask's business
+# (distributed.scheduler.allowed-failures).
+DASK_RETRIES = 2
+
+
+def task_key(parts: tuple) -> str:
+    """A Dask key for one file's task: same file, content and settings -> same key."""
+    digest = hashlib.sha256(repr(parts).encode("utf-8", "backslashreplace")).hexdigest()
+    return f"wpipe-file-{digest[:32]}"
+
+
+def map_files_on_dask(
+    function: Callable[[Item], Result],
+    items: Sequence[Item],
+    address: str,
+    jobs: int,
+    keys: Sequence[str],
+    name: Callable[[Item], str] = str,
+) -> Iterator[tuple[Item, Result | WorkerFailure]]:
+    """`map_files` on a Dask cluster: `address` is `local` (a LocalCluster of `jobs`
+    single-threaded worker processes) or a scheduler's address; `keys` name the tasks."""
+    from wpipe import extras
+
+    extras.require("distributed", "dask", "--dask")
+    if not items:
+        return
+    with _dask_client(address, jobs) as client:
+        import distributed
+
+        futures = client.map(function, items, key=list(keys), retries=DASK_RETRIES, pure=True)
+        item_of = {future.key: item for future, item in zip(futures, items, strict=True)}
+        for future in distributed.as_completed(futures):
+            item = item_of[future.key]
+            if future.status == "finished":
+                yield item, future.result()
+            else:
+                yield item, _dask_failure(future.exception(), name(item))
+            future.release()
+
+
+def _dask_failure(error: BaseException | None, label: str) -> WorkerFailure:
+    from distributed import KilledWorker
+
+    if isinstance(error, KilledWorker):  # its workers kept dying (allowed-failures)
+        return WorkerFailure("worker-died", f"{label}: the Dask cluster gave up on this file "
+                             f"after its workers died ({error})")  # fmt: skip
+    return WorkerFailure(
+        "internal-error", f"{label}: wpipe failed on this file ({type(error).__name__}: {error})"
+    )
+
+
+@contextmanager
+def _dask_client(address: str, jobs: int) -> Iterator[Any]:
+    import distributed
+
+    if address == "local":
+        with (
+            distributed.LocalCluster(
+                n_workers=max(1, jobs),
+                threads_per_worker=1,  # the per-file work holds the GIL (h5py, numpy)
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=40,
+            ) as cluster,
+            distributed.Client(cluster) as client,
+        ):
+            yield client
+        return
+    try:  # how long to try: Dask's own setting, distributed.comm.timeouts.connect
+        client = distributed.Client(address)
+    except OSError as exc:
+        raise ConnectionError(f"--dask {address}: cannot reach the scheduler ({exc})") from None
+    with client:
+        yield client

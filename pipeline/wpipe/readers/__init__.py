@@ -64,10 +64,11 @@ def model_files(path: Path) -> list[Path]:
 
 
 @contextmanager
-def open_model(path: str | os.PathLike) -> Iterator[Model]:
+def open_model(path: str | os.PathLike, where: str | None = None) -> Iterator[Model]:
     """Open a model save (by its name on disk or as stored, see textsafe); tensors load
-    lazily while the context is open."""
-    where = display(str(path))
+    lazily while the context is open. Messages name the save as `where` (default: the path),
+    e.g. its URL when `path` is a local copy."""
+    where = where or display(str(path))
     p = Path(path)
     if not os.path.lexists(p):
         p = Path(to_os(str(path)))
