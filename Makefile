@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 CORE   := $(VENV)/.installed-core
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: demo test test-large fixtures-large bench lint format clean
+.PHONY: demo test test-large fixtures-large bench fuzz lint format clean
 
 $(CORE): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ demo: $(CORE)
 
 test: $(DEV)
 	$(BIN)/pytest -q
+
+# Every damaged/hostile-file case (several minutes; the quick form runs in `make test`).
+fuzz: $(DEV)
+	$(BIN)/python -m tests.fuzz.runner --full
 
 # keras.applications fixtures too large to commit (a few GB, ~15 min; needs the TF venv with
 # tensorflow, tf_keras, keras, keras-hub): written to tests/fixtures/large/, checked by test-large

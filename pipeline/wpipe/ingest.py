@@ -97,8 +97,8 @@ def discover(paths: Iterable[str | os.PathLike], skip: Iterable[Path] = ()) -> l
     In a walk a file counts when its content starts like HDF5 or ZIP, its name ends like a
     Keras file, or it is a recognisable unreadable save (reported, not silently skipped). A
     folder that is itself a save (unzipped .keras, SavedModel, …) counts as one model; shards
-    listed by a `.weights.json` index belong to that index. Hidden folders and `skip` (the lake)
-    are not entered.
+    listed by a `.weights.json` index belong to that index. Hidden folders and `skip` (the lake,
+    the database and its WAL) are neither entered nor opened.
     """
     skipped = {p.resolve() for p in skip}
     found: list[Path] = []
@@ -123,7 +123,7 @@ def discover(paths: Iterable[str | os.PathLike], skip: Iterable[Path] = ()) -> l
             }
             for name in sorted(files):
                 candidate = here / name
-                if name in shards:
+                if name in shards or candidate in skipped or candidate.resolve() in skipped:
                     continue
                 if (
                     name.lower().endswith(MODEL_SUFFIXES)
@@ -271,7 +271,10 @@ def ingest(
     settings = Settings(options, values, spectra, ingest_options(options, values, spectra))
 
     progress.phase("scan", 0)
-    files = discover(roots, skip=[local_lake] if local_lake else [])
+    # never the database or its WAL as input: reading them closes a descriptor of the
+    # database, which drops DuckDB's POSIX lock and lets a second writer in
+    own = [Path(db.path), Path(f"{db.path}.wal")]
+    files = discover(roots, skip=[*own, *([local_lake] if local_lake else [])])
     report.files = len(files)
     plan = _plan(files, db, lake, settings, tag_pattern, report, drift)
     current = {p: v[2] for p, v in db.known_files().items() if v[3] == settings.text}

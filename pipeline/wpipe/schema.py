@@ -151,6 +151,12 @@ WEIGHTS = Table(
         _c("size", I64, "number of elements"),
         _c("source_name", STR, "where the tensor lives in the file, verbatim"),
         _c("layout", STR, "keras; theano (Keras 1 'th' conv kernel); cudnn (CuDNNLSTM/GRU)"),
+        _c(
+            "status",
+            STR,
+            "ok, or '<reason>: …' for a tensor kept without statistics "
+            "(complex, string, enum or compound dtype; never written)",
+        ),
         *CENTRE,
         _c("abs_mean", F64, "mean of |w|"),
         _c("l1", F64, "sum of |w|"),

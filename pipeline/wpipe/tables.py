@@ -20,6 +20,7 @@ from wpipe.readers.keras_config import layer_fields
 from wpipe.spectra import SpectraOptions
 from wpipe.spectra_tables import SpectraCollector
 from wpipe.tags import strip_model_suffix
+from wpipe.textsafe import display
 from wpipe.tiles import tile_table
 
 DIRECTIONS = ("forward", "backward")
@@ -62,7 +63,8 @@ class ValuesMode:
 
 
 def model_id_for(path: str) -> str:
-    return hashlib.sha1(path.encode("utf-8")).hexdigest()[:16]
+    # of the stored path: undecodable bytes spelled as wpipe stores them (textsafe)
+    return hashlib.sha1(display(path).encode("utf-8")).hexdigest()[:16]
 
 
 def arch_id(model: Model) -> str:
@@ -113,23 +115,26 @@ def build_tables(
                 "layer_path": layer.layer_path,
                 "weight_name": tensor.weight_name,
             }
+            row = {
+                **key,
+                "weight_index": weight_index,
+                "role": tensor.role,
+                "trainable": tensor.trainable,
+                "dtype": tensor.dtype,
+                "shape": list(tensor.shape),
+                "size": tensor.size,
+                "source_name": tensor.source_name,
+                "layout": tensor.layout,
+                "quantization": tensor.quantization,
+                "status": tensor.status,
+            }
+            weight_index += 1
+            if tensor.status != "ok":  # kept, not analysed: never a silent cast
+                weight_rows.append(row)
+                continue
             array = tensor.load()
             stats, hist = tensor_stats(array, options)
-            weight_rows.append(
-                {
-                    **key,
-                    "weight_index": weight_index,
-                    "role": tensor.role,
-                    "trainable": tensor.trainable,
-                    "dtype": tensor.dtype,
-                    "shape": list(tensor.shape),
-                    "source_name": tensor.source_name,
-                    "layout": tensor.layout,
-                    "quantization": tensor.quantization,
-                    **stats,
-                }
-            )
-            weight_index += 1
+            weight_rows.append({**row, **stats})
             if hist is not None:
                 for b, count in enumerate(hist.counts.tolist()):
                     hist_rows.append(

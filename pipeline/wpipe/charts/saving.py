@@ -63,6 +63,25 @@ vegaEmbed("#vis", JSON.parse(document.getElementById("spec").textContent),
 
 
 SAVE_FORMATS = (".vl.json", ".json", ".html", ".png", ".svg")
+# C0 controls and DEL: vl-convert's text layout aborts the process on some of them (a layer
+# named "d\x07"), so the PNG/SVG renderer gets their visible Unicode pictures (␇) instead.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _picture(match: re.Match) -> str:
+    code = ord(match.group())
+    return "\u2421" if code == 0x7F else chr(0x2400 + code)
+
+
+def renderable(value: Any) -> Any:
+    """`value` (a chart spec) with control characters in every string shown as pictures."""
+    if isinstance(value, str):
+        return _CONTROL.sub(_picture, value)
+    if isinstance(value, dict):
+        return {renderable(k): renderable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [renderable(v) for v in value]
+    return value
 
 
 def save_chart(chart: alt.TopLevelMixin, path: str | Path, scale: float = 2.0) -> Path:
@@ -79,12 +98,14 @@ def save_chart(chart: alt.TopLevelMixin, path: str | Path, scale: float = 2.0) -
         import vl_convert
 
         path.write_bytes(
-            vl_convert.vegalite_to_png(spec, vl_version=vega_lite_version(), scale=scale)
+            vl_convert.vegalite_to_png(
+                renderable(spec), vl_version=vega_lite_version(), scale=scale
+            )
         )
     elif name.endswith(".svg"):
         import vl_convert
 
-        svg = vl_convert.vegalite_to_svg(spec, vl_version=vega_lite_version())
+        svg = vl_convert.vegalite_to_svg(renderable(spec), vl_version=vega_lite_version())
         path.write_text(svg, encoding="utf-8")
     else:
         raise ValueError(f"{path}: unknown chart format; use one of {', '.join(SAVE_FORMATS)}")

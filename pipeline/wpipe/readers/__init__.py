@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -20,6 +22,8 @@ from wpipe.readers import (
     unsupported,
 )
 from wpipe.readers.base import Layer, Model, ModelReadError, Tensor
+from wpipe.readers.safefile import open_regular, require_regular, stat_problem
+from wpipe.textsafe import display, to_os
 
 __all__ = ["Layer", "Model", "ModelReadError", "Tensor", "model_files", "open_model", "sniff"]
 
@@ -30,7 +34,7 @@ NATIVE_ROOTS = ("layers", "vars", "optimizer", "_layer_checkpoint_dependencies")
 
 def sniff(path: str | os.PathLike) -> str | None:
     """'hdf5', 'zip', or None, from the first bytes (never from the extension)."""
-    with open(path, "rb") as fh:
+    with open_regular(Path(path), str(path)) as fh:
         head = fh.read(8)
     if h5safe.is_hdf5(head):
         return "hdf5"
@@ -40,29 +44,62 @@ def sniff(path: str | os.PathLike) -> str | None:
 
 
 def model_files(path: Path) -> list[Path]:
-    """The files a save consists of: the file, a folder's files, or an index and its shards."""
+    """The regular files a save consists of: the file, a folder's files (symlinked folders not
+    entered), or an index and its shards. A special file or a broken symlink is not one."""
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file())
+        return sorted(
+            Path(folder) / name
+            for folder, _, names in os.walk(path)
+            for name in names
+            if stat_problem(Path(folder) / name, "") is None
+        )
     if sharded.is_index(path):
         try:
             names = sharded.shard_names(path, str(path))
         except ModelReadError:
             return [path]
-        return [path, *(path.parent / n for n in names if (path.parent / n).is_file())]
+        shards = (path.parent / n for n in names)
+        return [path, *(s for s in shards if stat_problem(s, "") is None)]
     return [path]
 
 
 @contextmanager
 def open_model(path: str | os.PathLike, where: str | None = None) -> Iterator[Model]:
-    """Open a model save; tensors load lazily while the context is open. Messages name the
-    save as `where` (default: the path), e.g. its URL when `path` is a local copy."""
-    where = where or str(path)
+    """Open a model save (by its name on disk or as stored, see textsafe); tensors load
+    lazily while the context is open. Messages name the save as `where` (default: the path),
+    e.g. its URL when `path` is a local copy."""
+    where = where or display(str(path))
+    p = Path(path)
+    if not os.path.lexists(p):
+        p = Path(to_os(str(path)))
     with ExitStack() as stack:
         try:
-            model = stack.enter_context(_open(Path(path), where))
+            model = stack.enter_context(_open(p, where))
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
             raise ModelReadError("corrupt", f"{where}: {type(exc).__name__}: {exc}") from None
+        except MemoryError:
+            raise ModelReadError("out-of-memory", f"{where}: not enough memory") from None
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise ModelReadError("bad-zip", f"{where}: damaged zip archive ({exc})") from None
+        _check_unique_keys(model, where)
         yield model
+
+
+def _check_unique_keys(model: Model, where: str) -> None:
+    """(layer_path, weight_name) is the tensor key: a file whose layers or weights repeat a
+    name (two layers called `dense`) is refused rather than stored with duplicate keys."""
+    paths: set[str] = set()
+    for layer in model.layers:
+        if layer.layer_path in paths:
+            raise ModelReadError(
+                "duplicate-name", f"{where}: two layers are named {layer.layer_path!r}"
+            )
+        paths.add(layer.layer_path)
+        names = [t.weight_name for t in layer.tensors]
+        if len(set(names)) != len(names):
+            raise ModelReadError(
+                "duplicate-name", f"{where}: layer {layer.layer_path!r} repeats a weight name"
+            )
 
 
 @contextmanager
@@ -76,7 +113,7 @@ def _open(p: Path, where: str) -> Iterator[Model]:
         with keras_dir.open_folder(p, where) as model:
             yield model
         return
-    if p.stat().st_size == 0:
+    if require_regular(p, where).st_size == 0:
         raise ModelReadError("empty-file", f"{where}: file is empty (0 bytes)")
     if sharded.is_index(p):
         with sharded.open_shards(p, where) as model:

@@ -33,6 +33,9 @@ class Tensor:
     # "cudnn" recurrent weights (per-gate cuDNN blocks, bias of 8u/6u).
     layout: str = "keras"
     quantization: str | None = None  # int8 / int4: the layer's Keras quantization mode
+    # "ok", or "<code>: <reason>" for a tensor that is kept but not analysed (complex, string,
+    # enum, compound dtypes; a dataset never written): weights gets a row without statistics.
+    status: str = "ok"
 
     @property
     def size(self) -> int:

@@ -1,4 +1,12 @@
-"""Safe, encoding-tolerant HDF5 access: no external links, no virtual or external data."""
+"""Safe, bounded, encoding-tolerant HDF5 access: no external links, no virtual or external
+data, and nothing read whose declared size is implausible.
+
+Every bound is checked on headers before any data is read: a dataset's declared size against
+MAX_TENSOR_BYTES and against what its allocated storage can hold (MAX_COMPRESSION), a name
+list's length against MAX_NAMES, an attribute's size against MAX_ATTR_BYTES, the objects a
+walk visits against MAX_OBJECTS. Big tensors are read in slabs of SLAB_BYTES, so decoding
+(bfloat16 → float32) never holds two full copies.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +17,24 @@ import h5py
 import numpy as np
 
 from wpipe.readers.base import ModelReadError
+from wpipe.textsafe import display
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+MAX_TENSOR_BYTES = 4 << 30  # one tensor as stored; the largest real Keras weights are < 2 GB
+MAX_COMPRESSION = 1000  # declared bytes per allocated byte (gzip of zeros reaches ~1000x)
+COMPRESSION_CHECK_BYTES = 64 << 20  # smaller tensors may compress as well as they like
+MAX_NAMES = 100_000  # entries of one layer_names / weight_names list
+MAX_ATTR_BYTES = 32 << 20  # one attribute (model_config is the largest: a few MB)
+MAX_OBJECTS = 200_000  # groups and datasets one file's walk may visit
+SLAB_BYTES = 64 << 20
 
 
 def text(value: Any) -> Any:
     """Normalise an attribute value: bytes -> str, arrays -> lists of normalised items."""
     if isinstance(value, bytes | np.bytes_):
         return value.decode("utf-8", errors="replace")
+    if isinstance(value, str):  # h5py hands invalid UTF-8 over as lone surrogates
+        return display(value)
     if isinstance(value, np.ndarray):
         return [text(v) for v in value.tolist()] if value.ndim else text(value.item())
     if isinstance(value, list | tuple):
@@ -24,22 +42,92 @@ def text(value: Any) -> Any:
     return value
 
 
-def attr(obj: h5py.HLObject, name: str) -> Any:
-    return text(obj.attrs[name]) if name in obj.attrs else None
+def attr(obj: h5py.HLObject, name: str, where: str = "") -> Any:
+    if name not in obj.attrs:
+        return None
+    _check_attr(obj, name, where or obj.file.filename)
+    return text(obj.attrs[name])
 
 
-def name_list(obj: h5py.HLObject, name: str) -> list[str] | None:
-    """A list attribute, reassembled from `name0`, `name1`, … when Keras chunked it (>64 KB)."""
+def _check_attr(obj: h5py.HLObject, name: str, where: str) -> int:
+    """The attribute's element count, refusing one too large to read (from its header)."""
+    aid = obj.attrs.get_id(name)
+    count = aid.get_space().get_simple_extent_npoints()
+    try:  # fixed-size data; a variable-length string is bounded later, by jsonsafe
+        size = aid.get_storage_size()
+    except RuntimeError:  # HDF5 reports an empty attribute's 0 bytes as an error
+        size = 0
+    if size > MAX_ATTR_BYTES:
+        raise ModelReadError(
+            "too-many-objects",
+            f"{where}: attribute {name!r} of {obj.name} is {size:,} bytes "
+            f"(limit {MAX_ATTR_BYTES:,})",
+        )
+    return count
+
+
+def name_list(obj: h5py.HLObject, name: str, where: str = "") -> list[str] | None:
+    """A list attribute, reassembled from `name0`, `name1`, … when Keras chunked it (>64 KB);
+    at most MAX_NAMES entries."""
+    where = where or obj.file.filename
     if name in obj.attrs:
+        _check_names(obj, name, _check_attr(obj, name, where), where)
         value = text(obj.attrs[name])
         # A layer without weights has `weight_names = []`, which h5py stores as empty float64.
-        return [v for v in value if isinstance(v, str)] if isinstance(value, list) else [value]
+        names = [v for v in value if isinstance(v, str)] if isinstance(value, list) else [value]
+        return _unique(obj, name, names, where)
     chunks: list[str] = []
     index = 0
     while f"{name}{index}" in obj.attrs:
+        count = len(chunks) + _check_attr(obj, f"{name}{index}", where)
+        _check_names(obj, name, count, where)
         chunks.extend(text(obj.attrs[f"{name}{index}"]))
         index += 1
-    return chunks if index else None
+    return _unique(obj, name, chunks, where) if index else None
+
+
+def _unique(obj: h5py.HLObject, name: str, names: list, where: str) -> list:
+    """Keras names layers and weights uniquely; a repeated name would be a duplicate key."""
+    if len(set(names)) != len(names):
+        seen: set = set()
+        twice = next(n for n in names if n in seen or seen.add(n))
+        raise ModelReadError(
+            "duplicate-name", f"{where}: {name} of {obj.name} lists {twice!r} more than once"
+        )
+    return names
+
+
+def _check_names(obj: h5py.HLObject, name: str, count: int, where: str) -> None:
+    if count > MAX_NAMES:
+        raise ModelReadError(
+            "too-many-objects",
+            f"{where}: {name} of {obj.name} lists {count:,} names (limit {MAX_NAMES:,})",
+        )
+
+
+def groups_named(group: h5py.Group, leaf: str, where: str) -> list[tuple[str, h5py.Group]]:
+    """(path, group) of every group below `group` whose last path part is `leaf`, following
+    hard links only; stopped with a ModelReadError past MAX_OBJECTS objects. Low-level
+    H5Ovisit: visititems builds a Python object per member, ~4x the cost on huge files."""
+    names: list[bytes] = []
+    seen = 0
+    wanted = leaf.encode()
+
+    def visit(name: bytes, info: h5py.h5o.ObjInfo) -> None:
+        nonlocal seen
+        seen += 1
+        if seen > MAX_OBJECTS:
+            raise ModelReadError(
+                "too-many-objects", f"{where}: more than {MAX_OBJECTS:,} groups and datasets"
+            )
+        if info.type == h5py.h5o.TYPE_GROUP and name.rsplit(b"/", 1)[-1] == wanted:
+            names.append(name)
+
+    h5py.h5o.visit(group.id, visit, info=True)
+    return [
+        (name.decode("utf-8", "replace"), h5py.Group(h5py.h5o.open(group.id, name)))
+        for name in names
+    ]
 
 
 def child(group: h5py.Group, path: str, where: str) -> h5py.HLObject:
@@ -94,12 +182,56 @@ def logical_dtype(ds: h5py.Dataset) -> str:
     return ds.dtype.name
 
 
+def tensor_status(ds: h5py.Dataset, where: str) -> str:
+    """'ok' for a tensor that can be analysed, else '<code>: <reason>' (statistics are then
+    not computed); a hostile declared size raises instead, before anything is read."""
+    kind = ds.dtype.kind
+    if h5py.check_enum_dtype(ds.dtype) is not None:
+        return f"not-real: enum of {ds.dtype.name} (labels, not values)"
+    if kind == "c":
+        return f"not-real: {ds.dtype.name} (complex; no real view is taken)"
+    if kind == "V" and logical_dtype(ds) != "bfloat16":
+        what = "compound" if ds.dtype.names else f"opaque {ds.dtype.itemsize}-byte"
+        return f"not-real: {what} dtype"
+    if kind in "SUOa":
+        return "not-numeric: string dtype"
+    if kind not in "biuf" and logical_dtype(ds) != "bfloat16":
+        return f"not-real: {ds.dtype}"
+    declared = ds.size * ds.dtype.itemsize
+    if declared > MAX_TENSOR_BYTES:
+        raise ModelReadError(
+            "oversized-tensor",
+            f"{where}: {ds.name} declares {declared:,} bytes (limit {MAX_TENSOR_BYTES:,})",
+        )
+    stored = ds.id.get_storage_size()
+    if declared and stored == 0:
+        return "unallocated: never written, only its fill value"
+    if declared > COMPRESSION_CHECK_BYTES and declared > stored * MAX_COMPRESSION:
+        raise ModelReadError(
+            "compression-bomb",
+            f"{where}: {ds.name} declares {declared:,} bytes in {stored:,} stored "
+            f"(over {MAX_COMPRESSION}x)",
+        )
+    return "ok"
+
+
 def read_array(ds: h5py.Dataset) -> np.ndarray:
-    """The dataset's values; bfloat16 is widened to float32 exactly."""
-    if logical_dtype(ds) == "bfloat16":
-        raw = np.ascontiguousarray(ds[()]).view(np.uint16)
-        return (raw.astype(np.uint32) << 16).view(np.float32)
-    return ds[()]
+    """The dataset's values (bfloat16 widened to float32 exactly), read in slabs along the
+    first axis so no decoding step holds a second full copy."""
+    bf16 = logical_dtype(ds) == "bfloat16"
+    if ds.ndim == 0 or ds.size * ds.dtype.itemsize <= SLAB_BYTES:
+        return _widen(np.ascontiguousarray(ds[()])) if bf16 else ds[()]
+    out = np.empty(ds.shape, dtype=np.float32 if bf16 else ds.dtype)
+    row_bytes = max(1, (ds.size // ds.shape[0]) * ds.dtype.itemsize)
+    step = max(1, SLAB_BYTES // row_bytes)
+    for start in range(0, ds.shape[0], step):
+        part = ds[start : start + step]
+        out[start : start + step] = _widen(np.ascontiguousarray(part)) if bf16 else part
+    return out
+
+
+def _widen(raw: np.ndarray) -> np.ndarray:
+    return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
 def lazy_array(ds: h5py.Dataset, where: str) -> Callable[[], np.ndarray]:
@@ -110,6 +242,10 @@ def lazy_array(ds: h5py.Dataset, where: str) -> Callable[[], np.ndarray]:
             return read_array(ds)
         except (OSError, ValueError) as exc:
             raise ModelReadError("corrupt", f"{where}: cannot read {ds.name} ({exc})") from None
+        except MemoryError:
+            raise ModelReadError(
+                "out-of-memory", f"{where}: not enough memory to read {ds.name}"
+            ) from None
 
     return load
 

@@ -23,7 +23,7 @@ def claims(f: h5py.File) -> bool:
 
 def read(f: h5py.File, where: str) -> Model:
     if "nb_layers" in f.attrs:
-        groups = [(f"layer_{k}", f"layer_{k}") for k in range(int(f.attrs["nb_layers"]))]
+        groups = [(f"layer_{k}", f"layer_{k}") for k in range(_count(f, "nb_layers", where))]
         model_class = "Sequential"
     else:
         groups, model_class = [("graph", "graph")], "Graph"
@@ -33,7 +33,7 @@ def read(f: h5py.File, where: str) -> Model:
         if "nb_params" not in group.attrs:
             raise ModelReadError("not-keras", f"{where}: Keras 0.x group {key} has no nb_params")
         tensors = []
-        for p in range(int(group.attrs["nb_params"])):
+        for p in range(_count(group, "nb_params", where)):
             ds = h5safe.dataset(group, f"param_{p}", where)
             tensors.append(
                 Tensor(
@@ -44,7 +44,21 @@ def read(f: h5py.File, where: str) -> Model:
                     shape=tuple(int(d) for d in ds.shape),
                     dtype=h5safe.logical_dtype(ds),
                     load=h5safe.lazy_array(ds, where),
+                    status=h5safe.tensor_status(ds, where),
                 )
             )
         layers.append(Layer(path, path, None, None, True, tensors))
     return Model(where, FORMAT, None, None, model_class, None, None, layers)
+
+
+def _count(obj: h5py.HLObject, name: str, where: str) -> int:
+    """A count attribute, refusing one past what the file's own groups could hold."""
+    try:
+        count = int(obj.attrs[name])
+    except (TypeError, ValueError):
+        raise ModelReadError("corrupt", f"{where}: {name} is not a number") from None
+    if not 0 <= count <= h5safe.MAX_NAMES:
+        raise ModelReadError(
+            "too-many-objects", f"{where}: {name} = {count:,} (limit {h5safe.MAX_NAMES:,})"
+        )
+    return count

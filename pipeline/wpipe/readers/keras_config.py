@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wpipe.readers import jsonsafe
 from wpipe.readers.base import ModelReadError
+from wpipe.readers.safefile import open_regular
 
 MODEL_CLASSES = {"Sequential", "Functional", "Model"}
 
@@ -67,23 +68,21 @@ def inner_config(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def parse_json(raw: str | None, what: str, where: str) -> dict[str, Any] | None:
+def parse_json(raw: str | bytes | None, what: str, where: str) -> dict[str, Any] | None:
+    """A JSON object, parsed within jsonsafe's size and nesting bounds."""
     if raw is None:
         return None
-    try:
-        value = json.loads(raw)
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise ModelReadError("bad-json", f"{where}: {what} is not valid JSON ({exc})") from None
+    value = jsonsafe.loads(raw, what, where)
     if not isinstance(value, dict):
         raise ModelReadError("bad-json", f"{where}: {what} is not a JSON object")
     return value
 
 
-def read_json_file(path: Path, what: str, where: str, limit: int = 64 << 20) -> dict[str, Any]:
-    """A JSON object from a file beside the model, refusing one larger than `limit` bytes."""
-    if path.stat().st_size > limit:
-        raise ModelReadError("bad-json", f"{where}: {what} is implausibly large")
-    value = parse_json(path.read_text(encoding="utf-8", errors="replace"), what, where)
+def read_json_file(path: Path, what: str, where: str) -> dict[str, Any]:
+    """A JSON object from a regular file beside the model, within jsonsafe's bounds."""
+    with open_regular(path, where) as fh:
+        raw = fh.read(jsonsafe.MAX_JSON_BYTES + 1)
+    value = parse_json(raw, what, where)
     return value if value is not None else {}
 
 

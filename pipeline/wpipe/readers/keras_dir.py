@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,18 +13,19 @@ import h5py
 from wpipe.readers import native, sharded
 from wpipe.readers.base import Model, ModelReadError
 from wpipe.readers.keras_config import read_json_file
+from wpipe.readers.safefile import require_regular
 
 FORMAT = "keras-dir"
 
 
 def claims(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (
-        (folder / "model.weights.h5").is_file() or any(folder.glob("*.weights.json"))
+        os.path.lexists(folder / "model.weights.h5") or any(folder.glob("*.weights.json"))
     )
 
 
 def _json(path: Path, where: str) -> dict | None:
-    return read_json_file(path, path.name, where) if path.is_file() else None
+    return read_json_file(path, path.name, where) if os.path.lexists(path) else None
 
 
 @contextmanager
@@ -31,7 +33,8 @@ def open_folder(folder: Path, where: str) -> Iterator[Model]:
     config = _json(folder / "config.json", where)
     metadata = _json(folder / "metadata.json", where)
     weights = folder / "model.weights.h5"
-    if weights.is_file():
+    if os.path.lexists(weights):
+        require_regular(weights, where)
         try:
             f = h5py.File(weights, "r", locking=False)
         except OSError as exc:

@@ -1,29 +1,33 @@
 """`.keras` zip archives (Keras 3, Keras 2.12–2.15; Keras 2.11's `variables.h5`), §1.3, §4.1.
 
 The weights member is opened in place when stored (Keras writes ZIP_STORED), so memory holds
-one tensor at a time; a deflated (re-zipped) member is inflated into memory with its declared
-size checked as it inflates. Nothing is ever extracted to disk.
+one tensor at a time; a deflated (re-zipped) member is inflated with its declared size checked
+as it inflates — into memory up to 256 MB, else into an anonymous temporary file. Nothing is
+ever extracted to a named file.
 """
 
 from __future__ import annotations
 
 import io
+import shutil
+import tempfile
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import PurePosixPath
+from typing import IO
 
 import h5py
 
-from wpipe.readers import native
+from wpipe.readers import jsonsafe, native
 from wpipe.readers.base import Model, ModelReadError
 from wpipe.readers.keras_config import parse_json
 
 FORMAT = "keras-zip"
 WEIGHT_MEMBERS = ("model.weights.h5", "variables.h5")
 MAX_RATIO = 100  # weights barely compress; a member inflating 100x its stored size is a bomb
-MAX_JSON_BYTES = 64 << 20
 MAX_INFLATED_BYTES = 16 << 30
+MAX_IN_MEMORY_BYTES = 256 << 20  # a bigger deflated member is inflated to a temporary file
 
 
 def _check_members(zf: zipfile.ZipFile, where: str) -> None:
@@ -55,12 +59,38 @@ def _read_bounded(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, where:
     return data
 
 
+def _inflate_to_temp(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> IO[bytes]:
+    """A big deflated member inflated into an anonymous temporary file (gone when closed), so
+    memory holds one tensor at a time, as for a stored member."""
+    if info.file_size > MAX_INFLATED_BYTES:
+        raise ModelReadError("zip-bomb", f"{where}: member {info.filename} is too large")
+    folder = tempfile.gettempdir()
+    if shutil.disk_usage(folder).free < info.file_size + (1 << 30):
+        raise ModelReadError(
+            "io-error", f"{where}: not enough space in {folder} to inflate {info.filename} "
+            f"({info.file_size:,} bytes; re-save the model uncompressed)"
+        )  # fmt: skip
+    out = tempfile.TemporaryFile(prefix="wpipe-")  # noqa: SIM115 (the caller closes it)
+    written = 0
+    with zf.open(info) as fh:
+        while chunk := fh.read(16 << 20):
+            written += len(chunk)
+            if written > info.file_size:
+                out.close()
+                raise ModelReadError(
+                    "zip-bomb", f"{where}: member {info.filename} inflates past its size"
+                )
+            out.write(chunk)
+    out.seek(0)
+    return out
+
+
 def read_json_member(zf: zipfile.ZipFile, name: str, where: str) -> dict | None:
     try:
         info = zf.getinfo(name)
     except KeyError:
         return None
-    raw = _read_bounded(zf, info, MAX_JSON_BYTES, where)
+    raw = _read_bounded(zf, info, jsonsafe.MAX_JSON_BYTES, where)
     return parse_json(raw.decode("utf-8", errors="replace"), name, where)
 
 
@@ -90,8 +120,10 @@ def open_archive(path: str, where: str) -> Iterator[Model]:
         info = zf.getinfo(member)
         if info.compress_type == zipfile.ZIP_STORED:
             handle = zf.open(info)  # seekable view of the stored bytes: read lazily
+        elif info.file_size <= MAX_IN_MEMORY_BYTES:
+            handle = io.BytesIO(_read_bounded(zf, info, MAX_IN_MEMORY_BYTES, where))
         else:
-            handle = io.BytesIO(_read_bounded(zf, info, MAX_INFLATED_BYTES, where))
+            handle = _inflate_to_temp(zf, info, where)
         with handle:
             try:
                 f = h5py.File(handle, "r")

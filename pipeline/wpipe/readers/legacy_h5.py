@@ -183,6 +183,7 @@ def _layer(
                 shape=tuple(int(d) for d in ds.shape),
                 dtype=h5safe.logical_dtype(ds),
                 load=h5safe.lazy_array(ds, where),
+                status=h5safe.tensor_status(ds, where),
             )
         )
     layout = _layout(spec)
@@ -247,6 +248,7 @@ def _fuse_keras1_gates(tensors: list[Tensor]) -> list[Tensor]:
             shape=shape,
             dtype=pieces[0].dtype,
             load=_concatenated([p.load for p in pieces]),
+            status=next((p.status for p in pieces if p.status != "ok"), "ok"),
         )
         absorbed.update(id(p) for p in pieces)
     out = []

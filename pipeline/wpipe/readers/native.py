@@ -47,7 +47,7 @@ def collect_vars(files: Iterable[h5py.File], where: str) -> dict[str, VarsGroup]
     """Every `…/vars` group across one file or several shards, datasets merged by index."""
     groups: dict[str, VarsGroup] = {}
     for f in files:
-        for key, group in _vars_groups(f):
+        for key, group in _vars_groups(f, where):
             path = key[: -len("vars")].rstrip("/")
             entry = groups.setdefault(path, VarsGroup(path, h5safe.attr(group, "name")))
             for index in group:
@@ -57,16 +57,9 @@ def collect_vars(files: Iterable[h5py.File], where: str) -> dict[str, VarsGroup]
     return groups
 
 
-def _vars_groups(f: h5py.File) -> list[tuple[str, h5py.Group]]:
-    """(path, group) of every group named `vars`; visititems follows hard links only."""
-    found: list[tuple[str, h5py.Group]] = []
-
-    def visit(key: str, obj: h5py.HLObject) -> None:
-        if isinstance(obj, h5py.Group) and key.rsplit("/", 1)[-1] == "vars":
-            found.append((key, obj))
-
-    f.visititems(visit)
-    return found
+def _vars_groups(f: h5py.File, where: str) -> list[tuple[str, h5py.Group]]:
+    """(path, group) of every group named `vars` (hard links only), in visiting order."""
+    return h5safe.groups_named(f, "vars", where)
 
 
 def read(
@@ -255,6 +248,7 @@ def _layer(
                     shape=tuple(int(d) for d in ds.shape),
                     dtype=h5safe.logical_dtype(ds),
                     load=h5safe.lazy_array(ds, where),
+                    status=h5safe.tensor_status(ds, where),
                 )
             )
     quantized.dequantize(tensors, next((m for m in modes if m), None))
