@@ -27,7 +27,17 @@ def test_esd_histogram_holds_the_eigenvalues_and_the_line_is_the_stored_fit(con)
         FIT, {"m": "k2_lstm", "l": "embedding", "w": "embeddings"}
     ).fetchone()
     w = tensor("k2_lstm.h5", "embedding", "embeddings")
-    eigen = np.linalg.svd(w, compute_uv=False) ** 2  # the ESD of WᵀW
+    numpy_eigen = np.sort(np.linalg.svd(w, compute_uv=False) ** 2)  # the ESD of WᵀW
+    stored = con.execute(
+        "SELECT value FROM eigenvalues JOIN models USING (model_id) WHERE name = $m "
+        "AND layer_path = $l AND weight_name = $w AND matrix = 'full' ORDER BY value",
+        {"m": "k2_lstm", "l": "embedding", "w": "embeddings"},
+    ).fetchnumpy()["value"]
+    # the stored spectrum is numpy's within the spectra's stated tolerance (a float32 Gram)...
+    np.testing.assert_allclose(stored, numpy_eigen, rtol=1e-6)
+    # ...and the histogram bins exactly what is stored (an eigenvalue within 1e-6 of an
+    # interior bin edge could fall on either side of it in numpy's float64 spectrum)
+    eigen = stored
     rows = data_rows(spec)
     hist = sorted((r for r in rows if r["kind"] == "hist"), key=lambda r: r["bin"])
     assert sum(r["count"] for r in hist) == np.sum(eigen > 0) == n
