@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from wpipe.ingest import discover
+from wpipe import store
+from wpipe.analysis import StatsOptions
+from wpipe.ingest import discover, ingest
+from wpipe.tables import ValuesMode
 
 from tests.conftest import MODELS
 
@@ -194,3 +199,26 @@ def test_progress_reports_every_phase_with_counts(tmp_path):
     assert seen["read"][0] == 5 and seen["read"][1] == 5
     assert seen["load"][1] >= 5 and seen["copy"] == [1, 1]
     assert {"scan", "drift"} <= set(seen)
+
+
+def test_a_database_inside_the_ingested_folder_keeps_its_writer_lock(tmp_path):
+    """`cd runs && wpipe ingest .` puts the database in the walk. Sniffing it would close a
+    descriptor of the file, which drops DuckDB's POSIX lock (locks belong to the process) and
+    let a second writer in: two writers corrupted the database. The walk never opens it."""
+    for name in ("k2_conv2d.h5", "k3_lstm.h5"):
+        shutil.copy(MODELS / name, tmp_path / name)
+    db_path = tmp_path / "w.duckdb"
+    db = store.Database(db_path)
+    try:
+        report = ingest(
+            [tmp_path], db, tmp_path / "w.lake", StatsOptions(), ValuesMode.parse("none"), 1, False
+        )
+        assert report.files == 2 and not report.failed
+        second_writer = subprocess.run(
+            [sys.executable, "-c", "import duckdb, sys; duckdb.connect(sys.argv[1])", str(db_path)],
+            capture_output=True,
+            text=True,
+        )
+        assert second_writer.returncode != 0 and "lock" in second_writer.stderr.lower()
+    finally:
+        db.close()
