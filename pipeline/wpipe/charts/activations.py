@@ -64,15 +64,13 @@ def activation_histograms(
     ids = model_ids(con, models)
     params: dict[str, Any] = {"ids": ids, "set": input_set_of(con, ids, input_set)}
     if layer is None:
-        found = con.execute(
+        layer = _default_layer(
+            con,
             "SELECT layer_path FROM activations WHERE list_contains($ids, model_id) "
             "AND input_set = $set AND size > 0 GROUP BY layer_path "
             "ORDER BY count(*) DESC, avg(n_units) DESC, layer_path LIMIT 1",
             params,
-        ).fetchall()
-        if not found:
-            raise NoData("no layer outputs for the selected models")
-        layer = found[0][0]
+        )
     params["layer"] = layer
     having = con.execute(
         "SELECT a.model_id, m.arch_id FROM activations AS a JOIN models AS m USING (model_id) "
@@ -193,16 +191,13 @@ def unit_activity(
     ids = model_ids(con, models)
     params: dict[str, Any] = {"ids": ids, "set": input_set_of(con, ids, input_set)}
     if layer is None:
-        found = base.run(
+        layer = _default_layer(
             con,
             "SELECT layer_path FROM activation_health WHERE input_set = $set "
             "AND list_contains($ids, model_id) AND n_units > 0 GROUP BY layer_path "
             "ORDER BY bool_or(rectifier) DESC, sum(dead_units) DESC, layer_path LIMIT 1",
             params,
-        ).fetchall()
-        if not found:
-            raise NoData("no layer outputs for the selected models")
-        layer = found[0][0]
+        )
     params["layer"] = layer
     present = _present(con, "activation_units", params, "AND layer_path = $layer")
     n_units = con.execute(
@@ -252,6 +247,14 @@ def unit_activity(
             selection.note,
         )
     )
+
+
+def _default_layer(con: duckdb.DuckDBPyConnection, sql: str, params: dict) -> str:
+    """The layer a chart draws when none is named: the first row of `sql`."""
+    found = base.run(con, sql, params).fetchall()
+    if not found:
+        raise NoData("no layer outputs for the selected models")
+    return found[0][0]
 
 
 def _present(con: duckdb.DuckDBPyConnection, table: str, params: dict, extra: str = "") -> set:
