@@ -2,9 +2,9 @@
 
 Glue between the pure analysis (wpipe.spectra) and the per-model tables (wpipe.tables): the
 result of each tensor worth caching (CACHE_MIN_WORK) is cached in `<lake>/.spectra-cache/`
-under the SHA-256 of its bytes and of everything else the result depends on (method version, layer class, weight name, role,
-layout, dtype, shape, the planned matrices), so a re-ingested file or a duplicated checkpoint
-costs one hash per tensor. Workers share the folder; an entry is written under a temporary
+under the SHA-256 of its bytes and of everything else the result depends on (method version,
+layer class, weight name, role, layout, dtype, shape, the planned matrices), so a re-ingested
+file costs one hash per such tensor. Workers share the folder; an entry is written under a temporary
 name and renamed, so a reader never sees half of one. Deleting the folder only costs time.
 """
 

@@ -204,6 +204,12 @@ class Lake:
         paths = [f"{root.rstrip('/')}/{name}/{f}" for f in files]
         return pads.dataset(paths, schema=arrow_schema, format="parquet", filesystem=fs)
 
+    def local_paths(self, name: str, files: Iterable[str]) -> list[str] | None:
+        """Paths of table `name`'s data files `files` on the local disk (None: not local)."""
+        if "://" in self.location.root:
+            return None
+        return [f"{self.location.root.rstrip('/')}/{name}/{f}" for f in files]
+
     def commit(
         self, name: str, adds: list[DataFile], removes: Iterable[str] = (), operation: str = ""
     ) -> int:
