@@ -3,8 +3,11 @@ place, and the lake's commits on S3 (conditional puts)."""
 
 from __future__ import annotations
 
+import boto3
+import botocore.exceptions
 import duckdb
 import pyarrow as pa
+import pytest
 from deltalake import DeltaTable
 from typer.testing import CliRunner
 from wpipe import api, schema
@@ -92,6 +95,10 @@ def test_two_committers_on_an_s3_table_lose_nothing(s3, bucket):
         handle.commit("models", [write_data_file(handle.location, "models", rows)])
     dt = DeltaTable(f"{lake}/models", storage_options=first.location.storage_options)
     assert dt.version() == start + 2
+    # what made it safe: the endpoint refuses a second create of the same log entry
+    log = f"race/models/_delta_log/{start + 1:020d}.json"
+    with pytest.raises(botocore.exceptions.ClientError, match="PreconditionFailed"):
+        boto3.client("s3").put_object(Bucket=bucket, Key=log, Body=b"{}", IfNoneMatch="*")
     ids = sorted(dt.to_pyarrow_table().column("model_id").to_pylist())
     assert ids == ["0000000000000000", "0000000000000001"]
 
