@@ -6,6 +6,8 @@ computes from them, as keras/src/layers/core/dense.py does:
   by `(x ^ 8) - 8`), kernel = codes / kernel_scale.
 * int4, sub-channel (kernel_zero and g_idx present): kernel = (codes - zero[g]) * scale[g]
   for the group g = g_idx[row] of each input row.
+* Embedding (keras/src/layers/core/embedding.py): the same with one scale per row (token);
+  int4 packs, and sub-channel groups, along the output axis.
 
 The tensor keeps its stored dtype and shape (`weights.dtype` int8; Keras counts the stored
 elements) while every statistic, histogram, unit and spectrum is of the dequantized kernel.
@@ -22,13 +24,16 @@ from wpipe.readers.base import Tensor
 Loader = Callable[[], np.ndarray]
 
 
-def dequantize(tensors: list[Tensor], mode: str | None) -> None:
-    """Point each quantized kernel's loader at its dequantized values, in place."""
+def dequantize(tensors: list[Tensor], mode: str | None, output_dim: int | None = None) -> None:
+    """Point each quantized kernel's (or embedding table's) loader at its dequantized values,
+    in place; `output_dim` (the config's) unpacks a per-channel int4 embedding table."""
     if mode not in ("int8", "int4"):
         return
     by_name = {t.weight_name: t for t in tensors}
     for tensor in tensors:
         tensor.quantization = mode
+        if tensor.role == "embeddings":
+            _embeddings(tensor, by_name, mode, output_dim)
         if tensor.role != "kernel":
             continue
         scope = tensor.weight_name[: -len("kernel")]
@@ -42,6 +47,43 @@ def dequantize(tensors: list[Tensor], mode: str | None) -> None:
             tensor.load = _int4_grouped(tensor.load, scale.load, zero.load, g_idx.load)
         else:
             tensor.load = _int4(tensor.load, scale.load)
+
+
+def _embeddings(
+    table: Tensor, by_name: dict[str, Tensor], mode: str, output_dim: int | None
+) -> None:
+    scope = table.weight_name[: -len("embeddings")]
+    scale = by_name.get(f"{scope}embeddings_scale")
+    zero, g_idx = by_name.get(f"{scope}embeddings_zero"), by_name.get(f"{scope}g_idx")
+    if scale is None:
+        return
+    if mode == "int8":
+        table.load = _rows(table.load, scale.load)
+    elif zero is not None and g_idx is not None:
+        table.load = _int4_grouped_rows(table.load, scale.load, zero.load, g_idx.load)
+    elif output_dim:
+        table.load = _rows(_unpacked(table.load, output_dim), scale.load)
+
+
+def _rows(codes: Loader, scale: Loader) -> Loader:
+    def load() -> np.ndarray:
+        return codes().astype(np.float32) / scale().astype(np.float32)[:, None]
+
+    return load
+
+
+def _unpacked(codes: Loader, length: int) -> Loader:
+    return lambda: unpack_int4(codes(), length)
+
+
+def _int4_grouped_rows(codes: Loader, scale: Loader, zero: Loader, g_idx: Loader) -> Loader:
+    def load() -> np.ndarray:
+        s = scale().astype(np.float32)  # (input_dim, n_groups)
+        groups = g_idx().astype(np.int64)  # (output_dim,)
+        q = unpack_int4(codes(), len(groups)).astype(np.float32)
+        return (q - zero().astype(np.float32)[:, groups]) * s[:, groups]
+
+    return load
 
 
 def saved_order(tensors: list[Tensor], mode: str | None) -> list[Tensor]:
