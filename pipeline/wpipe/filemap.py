@@ -26,6 +26,7 @@ from wpipe.readers import Model, ModelReadError, Tensor, h5safe, model_files, op
 from wpipe.spectra import SpectraOptions
 from wpipe.store.lake import DataFile, DataFileWriter, LakeLocation
 from wpipe.tables import FileInfo, ValuesMode, arch_id, build_tables, model_id_for
+from wpipe.textsafe import display, to_os
 
 # Rows of one table of one model kept in memory (and sent back to the driver) before the
 # worker streams them into a data file of its own: small models batch into few files,
@@ -78,11 +79,12 @@ class Outcome:
 
 def sha256_of(path: str) -> str:
     """SHA-256 of a file's bytes; for a multi-file save, over each file's name and bytes."""
-    files = model_files(Path(path))
+    base = Path(to_os(path))  # `path` as stored (textsafe)
+    files = model_files(base)
     digest = hashlib.sha256()
     for file in files:
         if len(files) > 1:
-            digest.update(f"{file.relative_to(Path(path).parent)}\0".encode())
+            digest.update(display(f"{file.relative_to(base.parent)}\0").encode())
         with open(file, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 digest.update(chunk)
@@ -94,7 +96,7 @@ def hash_file(path: str) -> tuple[str, str | None, str | None]:
     try:
         return path, sha256_of(path), None
     except OSError as exc:
-        return path, None, f"{path}: {exc.strerror or exc}"
+        return path, None, display(f"{path}: {exc.strerror or exc}")
 
 
 class TableSink:
@@ -220,10 +222,13 @@ def process_file(job: FileJob) -> Outcome:
     except ModelReadError as exc:
         outcome.error, outcome.message = exc.code, exc.message
     except OSError as exc:
-        outcome.error, outcome.message = "io-error", f"{job.path}: {exc.strerror or exc}"
+        outcome.error = "io-error"
+        outcome.message = display(f"{job.path}: {exc.strerror or exc}")
     except Exception as exc:  # a bug must not stop the other files; the message says so
         outcome.error = "internal-error"
-        outcome.message = f"{job.path}: wpipe failed on this file ({type(exc).__name__}: {exc})"
+        outcome.message = display(
+            f"{job.path}: wpipe failed on this file ({type(exc).__name__}: {exc})"
+        )
     if outcome.status == "failed":
         for sink in sinks.values():
             sink.abort()

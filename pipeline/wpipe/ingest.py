@@ -24,16 +24,19 @@ from typing import Protocol
 
 import pyarrow as pa
 
-from wpipe import compare, schema, store, workers
+from wpipe import compare, dblock, schema, store, workers
 from wpipe.analysis import StatsOptions
 from wpipe.filemap import FileJob, Outcome, Settings, TableSink, hash_file, process_file
-from wpipe.readers import ModelReadError, keras_dir, model_files, sharded, sniff, unsupported
+from wpipe.readers import ModelReadError, model_files, sharded
+from wpipe.readers.safefile import stat_problem
 from wpipe.spectra import SpectraOptions
 from wpipe.spectra_tables import CACHE_FOLDER
 from wpipe.store import sync
 from wpipe.store.lake import DataFile, Lake, write_data_file
 from wpipe.tables import ValuesMode, file_stem, model_id_for
 from wpipe.tags import parse_tags
+from wpipe.textsafe import display, to_os
+from wpipe.walk import Skipped, walk
 
 # A batch is committed and loaded when it holds this many models, this many bytes of small
 # tables, or is this old: few commits, bounded driver memory, little lost to a kill.
@@ -42,7 +45,7 @@ BATCH_BYTES = 64 << 20
 BATCH_SECONDS = 10.0
 # Tables with more files than this are compacted (small files merged) at the end of a run.
 COMPACT_FILES = 64
-MODEL_SUFFIXES = (".h5", ".hdf5", ".keras", ".weights.json")
+MODEL_SUFFIXES = (".h5", ".hdf5", ".keras", ".weights.json")  # what remote's listing fetches
 
 __all__ = ["Outcome", "Report", "commit_batch", "discover", "ingest", "ingest_options"]
 
@@ -92,65 +95,8 @@ def ingest_options(options: StatsOptions, values: ValuesMode, spectra: SpectraOp
 
 
 def discover(paths: Iterable[str | os.PathLike], skip: Iterable[Path] = ()) -> list[Path]:
-    """Model saves under `paths`: named files or folders as given, folders walked recursively.
-
-    In a walk a file counts when its content starts like HDF5 or ZIP, its name ends like a
-    Keras file, or it is a recognisable unreadable save (reported, not silently skipped). A
-    folder that is itself a save (unzipped .keras, SavedModel, …) counts as one model; shards
-    listed by a `.weights.json` index belong to that index. Hidden folders and `skip` (the lake,
-    the database and its WAL) are neither entered nor opened.
-    """
-    skipped = {p.resolve() for p in skip}
-    found: list[Path] = []
-    for raw in paths:
-        root = Path(raw).resolve()
-        if root.is_file() or _is_save_folder(root):
-            found.append(root)
-            continue
-        for folder, dirs, files in os.walk(root):
-            here = Path(folder)
-            saves = [d for d in dirs if _is_save_folder(here / d)]
-            found.extend(here / d for d in sorted(saves))
-            dirs[:] = sorted(
-                d for d in dirs
-                if not d.startswith(".") and here / d not in skipped and d not in saves
-            )  # fmt: skip
-            shards = {
-                name
-                for index in files
-                if sharded.is_index(here / index)
-                for name in _shards_of(here / index)
-            }
-            for name in sorted(files):
-                candidate = here / name
-                if name in shards or candidate in skipped or candidate.resolve() in skipped:
-                    continue
-                if (
-                    name.lower().endswith(MODEL_SUFFIXES)
-                    or sharded.is_index(candidate)
-                    or unsupported.is_candidate(candidate)
-                    or _looks_like_model(candidate)
-                ):
-                    found.append(candidate)
-    return list(dict.fromkeys(found))
-
-
-def _is_save_folder(path: Path) -> bool:
-    return path.is_dir() and (keras_dir.claims(path) or unsupported.identify(path) is not None)
-
-
-def _shards_of(index: Path) -> list[str]:
-    try:
-        return sharded.shard_names(index, str(index))
-    except ModelReadError:
-        return []
-
-
-def _looks_like_model(path: Path) -> bool:
-    try:
-        return path.is_file() and sniff(path) is not None
-    except OSError:
-        return False
+    """Model saves under `paths` (`walk.walk`'s rules), never any of `skip` (by inode)."""
+    return walk([Path(p) for p in paths], dblock.Protected(list(skip)))[0]
 
 
 def fingerprint(path: Path) -> tuple[int, float]:
@@ -160,6 +106,13 @@ def fingerprint(path: Path) -> tuple[int, float]:
         return st.st_size, st.st_mtime
     stats = [p.stat() for p in model_files(path)]
     return sum(s.st_size for s in stats), max((s.st_mtime for s in stats), default=0.0)
+
+
+def _fingerprint_or_none(stored: str) -> tuple[int, float]:
+    try:
+        return fingerprint(Path(to_os(stored)))
+    except OSError:  # gone since it was read
+        return 0, 0.0
 
 
 def predecessors(paths: list[str], pattern: str | None) -> dict[str, tuple[str, str]]:
@@ -198,14 +151,20 @@ class _Plan:
 
 def _plan(
     files: list[Path], db: store.Database, lake: Lake, settings: Settings,
-    pattern: str | None, report: Report, drift: bool,
+    pattern: str | None, report: Report, drift: bool, on_done=None,
 ) -> _Plan:  # fmt: skip
     known, failures = db.known_files(), db.known_failures()
     plan = _Plan()
     new: list[tuple[str, int, float]] = []
     for path in files:
-        key = str(path)
-        size, mtime = fingerprint(path)
+        key = display(str(path))  # as stored: undecodable bytes spelled \xHH (textsafe)
+        try:
+            size, mtime = fingerprint(path)
+        except OSError as exc:  # vanished or changed kind since the walk
+            problem = stat_problem(path, key) or ModelReadError("io-error", f"{key}: {exc}")
+            _record_skipped(Skipped(path, problem.code, problem.message, 0, 0.0), db, report,
+                            on_done)  # fmt: skip
+            continue
         if key in known and known[key][3] != settings.text:
             known.pop(key)  # rows computed with other options: read the file again
         previous = known.get(key) or failures.get(key)
@@ -221,7 +180,7 @@ def _plan(
         new.append((key, size, mtime))
     if not new:
         return plan
-    chain = predecessors([str(p) for p in files], pattern) if drift else {}
+    chain = predecessors([display(str(p)) for p in files], pattern) if drift else {}
     # Files that may be copies: a size another new file or an ingested model has.
     sizes = Counter(size for _, size, _ in new)
     known_sizes = {v[0] for v in known.values()}
@@ -271,12 +230,13 @@ def ingest(
     settings = Settings(options, values, spectra, ingest_options(options, values, spectra))
 
     progress.phase("scan", 0)
-    # never the database or its WAL as input: reading them closes a descriptor of the
-    # database, which drops DuckDB's POSIX lock and lets a second writer in
-    own = [Path(db.path), Path(f"{db.path}.wal")]
-    files = discover(roots, skip=[*own, *([local_lake] if local_lake else [])])
-    report.files = len(files)
-    plan = _plan(files, db, lake, settings, tag_pattern, report, drift)
+    # never the database, its WAL or the lake as input: reading the database closes a
+    # descriptor of it, which drops DuckDB's POSIX lock and lets another writer in
+    files, skipped = walk(roots, dblock.Protected(dblock.protected_paths(db.path, local_lake)))
+    report.files = len(files) + len(skipped)
+    for entry in skipped:
+        _record_skipped(entry, db, report, on_done)
+    plan = _plan(files, db, lake, settings, tag_pattern, report, drift, on_done)
     current = {p: v[2] for p, v in db.known_files().items() if v[3] == settings.text}
     shas = dict(current)  # path -> sha256 of rows computed with these settings
     driver = _Driver(db, lake, report, on_done, progress,
@@ -300,6 +260,18 @@ def ingest(
     _finish(db, lake, driver, tag_pattern, drift, progress, roots)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _record_skipped(
+    entry: Skipped, db: store.Database, report: Report, on_done: Callable[[Outcome], None] | None
+) -> None:
+    """A path the walk found but could not read (a FIFO, a dangling symlink): its row."""
+    key, message = display(str(entry.path)), display(entry.message)
+    outcome = Outcome(key, model_id_for(key), "failed", error=entry.code, message=message)
+    db.record_error(key, entry.code, message, entry.size, entry.mtime)
+    report.failed.append(outcome)
+    if on_done:
+        on_done(outcome)
 
 
 class _Pool:
@@ -391,7 +363,7 @@ class _Driver:
             self.flush()
 
     def _failed(self, outcome: Outcome, job: FileJob | None) -> None:
-        size, mtime = (job.size, job.mtime) if job else fingerprint(Path(outcome.path))
+        size, mtime = (job.size, job.mtime) if job else _fingerprint_or_none(outcome.path)
         self.db.record_error(outcome.path, outcome.error, outcome.message, size, mtime)
         self.report.failed.append(outcome)
         if self.on_done:
@@ -493,7 +465,7 @@ def _prune(db: store.Database, lake: Lake, roots: list[Path]) -> int:
 
     def gone(path: str) -> bool:
         p = Path(path)
-        return any(p == r or r in p.parents for r in roots) and not p.exists()
+        return any(p == r or r in p.parents for r in roots) and not os.path.lexists(to_os(path))
 
     stale = {model_id for model_id, (path, *_) in db.known_files_by_id().items() if gone(path)}
     if stale:

@@ -10,9 +10,9 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from wpipe import api, store, workers
+from wpipe import api, dblock, store, workers
 from wpipe.analysis import StatsOptions
-from wpipe.cli.common import EXIT_FAILED_FILES, DbOption, err, fail, first_line, say
+from wpipe.cli.common import EXIT_FAILED_FILES, DbOption, err, fail, first_line, say, waiting
 from wpipe.ingest import Outcome, Report, ingest
 from wpipe.spectra import SpectraOptions
 from wpipe.store import sync
@@ -68,7 +68,7 @@ def ingest_command(
         fail(f"no such file or folder: {', '.join(missing)}")
     db_path = db or api.default_db()
     lake_path = lake or store.default_lake(db_path)
-    database = open_for_writing(Path(db_path))
+    database = open_for_writing(Path(db_path), "wpipe ingest")
     progress = Progress(
         TextColumn("[bold]{task.fields[phase]}"),
         BarColumn(),
@@ -117,35 +117,54 @@ def ingest_command(
     raise typer.Exit(EXIT_FAILED_FILES if report.failed else 0)
 
 
-def open_for_writing(path: Path) -> store.Database:
-    """The database for ingest; a folder, another program's file or a lock is one line."""
+def open_for_writing(path: Path, what: str) -> store.Database:
+    """The database for ingest; a folder, another program's file, another wpipe writer (the
+    writer lock, refused at once) or a lock held by another process (waited for up to
+    WPIPE_WAIT seconds) is one line. The writer lock comes first: nothing touches the
+    database, its WAL or the lake before it is held."""
     if path.is_dir():
         fail(f"{path}: is a folder, not a database file")
-    if path.exists():
-        try:
-            con = api.open_duckdb(path, read_only=False)
-        except api.DatabaseError as exc:
-            fail(str(exc))
-        try:
-            tables = con.execute(
-                "SELECT list(table_name ORDER BY table_name) FROM duckdb_tables() "
-                "WHERE schema_name = 'main'"
-            ).fetchone()[0]
-        finally:
-            con.close()
-        if tables and "models" not in tables:
-            fail(
-                f"{path}: a DuckDB database of another program (tables "
-                f"{', '.join(tables[:5])}); give wpipe its own --db file"
-            )
-    elif not path.parent.is_dir():
+    if not path.exists() and not path.parent.is_dir():
         fail(f"{path}: its folder {path.parent} does not exist")
     try:
-        return store.Database(path)
-    except duckdb.Error as exc:
+        lock = dblock.WriterLock(path, what)
+    except dblock.DatabaseBusy as exc:
         fail(f"{path}: cannot open for writing ({first_line(exc)})")
     except OSError as exc:
         fail(f"{path}: cannot open for writing ({exc.strerror or first_line(exc)})")
+    try:
+        if path.exists():
+            _check_ours(path)
+        return store.Database(path, lock=lock)
+    except duckdb.Error as exc:
+        lock.release()
+        fail(f"{path}: cannot open for writing ({first_line(exc)})")
+    except OSError as exc:
+        lock.release()
+        fail(f"{path}: cannot open for writing ({exc.strerror or first_line(exc)})")
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _check_ours(path: Path) -> None:
+    """Refuse another program's DuckDB file; wait (WPIPE_WAIT) while another process has it."""
+    try:
+        con = api.open_waiting(path, False, api.default_wait(), waiting)
+    except api.DatabaseError as exc:
+        fail(str(exc))
+    try:
+        tables = con.execute(
+            "SELECT list(table_name ORDER BY table_name) FROM duckdb_tables() "
+            "WHERE schema_name = 'main'"
+        ).fetchone()[0]
+    finally:
+        con.close()
+    if tables and "models" not in tables:
+        fail(
+            f"{path}: a DuckDB database of another program (tables "
+            f"{', '.join(tables[:5])}); give wpipe its own --db file"
+        )
 
 
 def _summary(report: Report, quiet: bool, prune: bool, db_path: str) -> None:
@@ -195,7 +214,7 @@ def compact_command(
 ) -> None:
     """Merge the lake's small data files (ordered by model) and delete unreferenced ones."""
     db_path = db or api.default_db()
-    database = open_for_writing(Path(db_path))
+    database = open_for_writing(Path(db_path), "wpipe compact")
     lake_path = lake or store.default_lake(db_path)
     try:
         handle = store.Lake.open(str(Path(lake_path).resolve()))
