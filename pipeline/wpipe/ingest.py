@@ -12,6 +12,7 @@ outcomes, wherever they ran.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections import Counter
@@ -31,8 +32,9 @@ from wpipe.readers import ModelReadError, model_files, sharded
 from wpipe.readers.safefile import stat_problem
 from wpipe.spectra import SpectraOptions
 from wpipe.spectra_tables import CACHE_FOLDER
-from wpipe.store import sync
+from wpipe.store import space, sync
 from wpipe.store.lake import DataFile, Lake, write_data_file
+from wpipe.store.space import StoreFailed
 from wpipe.tables import ValuesMode, file_stem, model_id_for
 from wpipe.tags import parse_tags
 from wpipe.textsafe import display, to_os
@@ -47,7 +49,9 @@ BATCH_SECONDS = 10.0
 COMPACT_FILES = 64
 MODEL_SUFFIXES = (".h5", ".hdf5", ".keras", ".weights.json")  # what remote's listing fetches
 
-__all__ = ["Outcome", "Report", "commit_batch", "discover", "ingest", "ingest_options"]
+__all__ = [
+    "Outcome", "Report", "StoreFailed", "commit_batch", "discover", "ingest", "ingest_options",
+]  # fmt: skip
 
 
 class ProgressSink(Protocol):
@@ -194,6 +198,24 @@ def _plan(
     return plan
 
 
+def _stops_on_full_disk(function: Callable[..., Report]) -> Callable[..., Report]:
+    """A full disk anywhere in the run (lake, database, a worker's files) is StoreFailed."""
+
+    @functools.wraps(function)
+    def run(*args, **kwargs) -> Report:
+        try:
+            return function(*args, **kwargs)
+        except StoreFailed:
+            raise
+        except Exception as exc:
+            if not space.is_full(exc):
+                raise
+            raise StoreFailed(space.first_line(exc)) from None
+
+    return run
+
+
+@_stops_on_full_disk
 def ingest(
     paths: Iterable[str | os.PathLike],
     db: store.Database,
@@ -227,6 +249,7 @@ def ingest(
         spectra = replace(spectra, cache_dir=str(local_lake / CACHE_FOLDER))
     report = Report()
     report.warnings += sync.reconcile(db, lake)
+    lake.sweep()  # data files a killed or failed run wrote and never committed
     settings = Settings(options, values, spectra, ingest_options(options, values, spectra))
 
     progress.phase("scan", 0)
@@ -343,6 +366,9 @@ class _Driver:
         return work
 
     def take(self, outcome: Outcome) -> None:
+        if outcome.error == "disk-full":  # every file after it would fail alike: stop here
+            self.discard_pending()
+            raise StoreFailed(outcome.message)
         if outcome.status == "failed":
             self._failed(outcome, None)
             return
@@ -369,12 +395,24 @@ class _Driver:
         if self.on_done:
             self.on_done(outcome)
 
+    def discard_pending(self) -> None:
+        """The data files of outcomes not committed yet (the run is stopping)."""
+        self.lake.delete_uncommitted(f for o in self.pending for f in o.files)
+        self.pending = []
+
     def flush(self) -> None:
         if self.pending:
             self.progress.phase("load", len(self.pending))
-            files, versions = commit_batch(self.lake, self.pending, self.known_ids)
-            ids = [o.model_id for o in self.pending]
-            self.db.load_batch(self.lake, files, ids, versions)
+            try:
+                files, versions = commit_batch(self.lake, self.pending, self.known_ids)
+                ids = [o.model_id for o in self.pending]
+                self.db.load_batch(self.lake, files, ids, versions)
+            except Exception as exc:
+                if not space.is_full(exc):
+                    raise
+                # commits the database did not load are rolled back by the next run
+                self.discard_pending()
+                raise StoreFailed(space.first_line(exc)) from None
             self.known_ids.update(ids)
             self.progress.advance(len(self.pending))
             self.pending = []

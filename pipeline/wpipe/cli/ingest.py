@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from wpipe import api, dblock, store, workers
 from wpipe.analysis import StatsOptions
 from wpipe.cli.common import EXIT_FAILED_FILES, DbOption, err, fail, first_line, say, waiting
-from wpipe.ingest import Outcome, Report, ingest
+from wpipe.ingest import Outcome, Report, StoreFailed, ingest
 from wpipe.spectra import SpectraOptions
 from wpipe.store import sync
 from wpipe.store.sync import LakeMismatch
@@ -109,10 +110,18 @@ def ingest_command(
             )
     except LakeMismatch as exc:
         fail(str(exc))
-    except OSError as exc:  # the lake: a read-only or full disk, a file where a folder goes
+    except StoreFailed as exc:
+        fail(
+            f"{db_path}: the run stopped, the disk is full ({exc}); the models loaded before "
+            "are kept, and what this run wrote is removed (at the latest by the next run) — free "
+            "space and run again",
+            EXIT_FAILED_FILES,
+        )
+    except OSError as exc:  # the lake: a read-only disk, a file where a folder goes
         fail(f"cannot write the lake {lake_path}: {exc.strerror or first_line(exc)}")
     finally:
-        database.close()
+        with contextlib.suppress(duckdb.Error):  # a connection a full disk invalidated
+            database.close()
     _summary(report, quiet, prune, db_path)
     raise typer.Exit(EXIT_FAILED_FILES if report.failed else 0)
 
