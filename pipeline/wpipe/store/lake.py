@@ -152,6 +152,11 @@ class DataFileWriter:
                 step()
 
 
+def _age(info: pafs.FileInfo) -> float:
+    mtime = info.mtime
+    return time.time() - mtime.timestamp() if mtime is not None else float("inf")
+
+
 def write_data_file(location: LakeLocation, table: str, rows: pa.Table) -> DataFile:
     writer = DataFileWriter(location, table)
     try:
@@ -312,10 +317,11 @@ class Lake:
                 )
                 dt.update_incremental()
 
-    def unreferenced(self, name: str) -> list[str]:
+    def unreferenced(self, name: str, min_age: float = 0.0) -> list[str]:
         """Data files in table `name`'s folder that its current version does not reference:
         files a killed or failed run wrote but never committed, and files older commits
-        dropped (the lake keeps no history). Names relative to the table's folder."""
+        dropped (the lake keeps no history); only those last modified `min_age` seconds ago
+        or earlier. Names relative to the table's folder."""
         fs, root = self._fs
         folder = f"{root.rstrip('/')}/{name}"
         try:
@@ -329,16 +335,19 @@ class Lake:
             if info.type == pafs.FileType.File
             and info.base_name.endswith(".parquet")
             and info.base_name not in current
+            and (not min_age or _age(info) >= min_age)
         )
 
-    def sweep(self) -> int:
+    def sweep(self, min_age: float = 0.0) -> int:
         """Delete every table's unreferenced data files (`unreferenced`) without a commit, so
         the versions the database recorded stay current; returns how many. Only for a writer
-        holding the lock, after `sync.reconcile` rolled back what a killed run committed."""
+        holding the lock, after `sync.reconcile` rolled back what a killed run committed; a
+        lake other machines may be writing keeps files younger than `min_age` (theirs may
+        be on their way to a commit)."""
         fs, root = self._fs
         swept = 0
         for name in TABLES:
-            for file in self.unreferenced(name):
+            for file in self.unreferenced(name, min_age):
                 with contextlib.suppress(FileNotFoundError):
                     fs.delete_file(f"{root.rstrip('/')}/{name}/{file}")
                     swept += 1
