@@ -302,6 +302,9 @@ def ingest(
     if prune:
         report.pruned = _prune(db, lake, roots, urls, {_key(f) for f in files})
     _finish(db, lake, driver, tag_pattern, drift, progress, [*roots, *urls])
+    # what workers stopped by --file-timeout or killed had written, and files this run's
+    # commits replaced: every worker is stopped and the lock is held
+    lake.sweep(0.0 if local_lake else SWEEP_REMOTE_AGE)
     if (
         report.ingested
         or report.pruned

@@ -18,7 +18,7 @@ from wpipe.cli.common import EXIT_FAILED_FILES, DbOption, err, fail, first_line,
 from wpipe.extras import MissingExtra
 from wpipe.ingest import Outcome, Report, StoreFailed, ingest
 from wpipe.spectra import SpectraOptions
-from wpipe.store import sync
+from wpipe.store import space, sync
 from wpipe.store.sync import LakeMismatch
 from wpipe.tables import DEFAULT_VALUES, ValuesMode
 from wpipe.tags import check_pattern
@@ -157,6 +157,9 @@ def open_for_writing(path: Path, what: str) -> store.Database:
         return store.Database(path, lock=lock)
     except duckdb.Error as exc:
         lock.release()
+        if space.is_full(exc):  # opening writes (the schema, the WAL): as a full run says
+            fail(f"{path}: cannot open for writing, the disk is full ({first_line(exc)}); "
+                 "nothing was changed — free space and run again", EXIT_FAILED_FILES)  # fmt: skip
         fail(f"{path}: cannot open for writing ({first_line(exc)})")
     except OSError as exc:
         lock.release()
