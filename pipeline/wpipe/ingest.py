@@ -12,6 +12,7 @@ outcomes, wherever they ran.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections import Counter
@@ -41,8 +42,9 @@ from wpipe.readers import ModelReadError, model_files, sharded
 from wpipe.readers.safefile import stat_problem
 from wpipe.spectra import SpectraOptions
 from wpipe.spectra_tables import CACHE_FOLDER
-from wpipe.store import sync
+from wpipe.store import space, sync
 from wpipe.store.lake import DataFile, Lake, write_data_file
+from wpipe.store.space import StoreFailed
 from wpipe.tables import ValuesMode, file_stem, model_id_for
 from wpipe.tags import parse_tags
 from wpipe.textsafe import display, to_os
@@ -55,6 +57,7 @@ BATCH_BYTES = 64 << 20
 BATCH_SECONDS = 10.0
 # Tables with more files than this are compacted (small files merged) at the end of a run.
 COMPACT_FILES = 64
+SWEEP_REMOTE_AGE = 86400.0  # seconds: uncommitted files of a lake on object storage kept so long
 MODEL_SUFFIXES = (".h5", ".hdf5", ".keras", ".weights.json")  # what remote's listing fetches
 # Small files are read a chunk per task (few tasks, one data file per table per chunk, the
 # previous checkpoint's tensors still in memory): at most CHUNK_FILES files and CHUNK_BYTES;
@@ -65,7 +68,9 @@ CHUNK_BYTES = 64 << 20
 CHUNK_FILE_BYTES = 16 << 20
 CHUNKS_PER_WORKER = 8
 
-__all__ = ["Outcome", "Report", "commit_batch", "discover", "ingest", "ingest_options"]
+__all__ = [
+    "Outcome", "Report", "StoreFailed", "commit_batch", "discover", "ingest", "ingest_options",
+]  # fmt: skip
 
 
 class ProgressSink(Protocol):
@@ -222,6 +227,24 @@ def _plan(
     return plan
 
 
+def _stops_on_full_disk(function: Callable[..., Report]) -> Callable[..., Report]:
+    """A full disk anywhere in the run (lake, database, a worker's files) is StoreFailed."""
+
+    @functools.wraps(function)
+    def run(*args, **kwargs) -> Report:
+        try:
+            return function(*args, **kwargs)
+        except StoreFailed:
+            raise
+        except Exception as exc:
+            if not space.is_full(exc):
+                raise
+            raise StoreFailed(space.first_line(exc)) from None
+
+    return run
+
+
+@_stops_on_full_disk
 def ingest(
     paths: Iterable[str | os.PathLike],
     db: store.Database,
@@ -260,6 +283,9 @@ def ingest(
         spectra = replace(spectra, cache_dir=str(local_lake / CACHE_FOLDER))
     report = Report()
     report.warnings += sync.reconcile(db, lake)
+    # data files a killed or failed run wrote and never committed (on object storage another
+    # machine's may be in flight: only day-old ones)
+    lake.sweep(0.0 if local_lake else SWEEP_REMOTE_AGE)
     settings = Settings(options, values, spectra, ingest_options(options, values, spectra))
 
     progress.phase("scan", 0)
@@ -295,6 +321,9 @@ def ingest(
     if prune:
         report.pruned = _prune(db, lake, roots, urls, {_key(f) for f in files})
     _finish(db, lake, driver, tag_pattern, drift, progress, [*roots, *urls])
+    # what workers stopped by --file-timeout or killed had written, and files this run's
+    # commits replaced: every worker is stopped and the lock is held
+    lake.sweep(0.0 if local_lake else SWEEP_REMOTE_AGE)
     if (
         report.ingested
         or report.pruned
@@ -471,12 +500,15 @@ class _Driver:
 
     def take_chunk(self, chunk: ChunkOutcome) -> None:
         """A chunk's outcomes, committed in one batch (they share its data files)."""
+        self.shared += chunk.files
         for outcome in chunk.outcomes:
             self.take(outcome, flush=False)
-        self.shared += chunk.files
         self._maybe_flush()
 
     def take(self, outcome: Outcome, flush: bool = True) -> None:
+        if outcome.error == "disk-full":  # every file after it would fail alike: stop here
+            self.discard_pending()
+            raise StoreFailed(outcome.message)
         if outcome.status == "failed":
             self._failed(outcome, self.jobs.get(outcome.path))
             return
@@ -507,12 +539,26 @@ class _Driver:
         if self.on_done:
             self.on_done(outcome)
 
+    def discard_pending(self) -> None:
+        """The data files of outcomes not committed yet (the run is stopping)."""
+        self.lake.delete_uncommitted([*(f for o in self.pending for f in o.files), *self.shared])
+        self.pending, self.shared = [], []
+
     def flush(self) -> None:
         if self.pending:
             self.progress.phase("load", max(self.to_load, len(self.pending)))
-            files, versions = commit_batch(self.lake, self.pending, self.known_ids, self.shared)
             ids = [o.model_id for o in self.pending]
-            self.db.load_batch(self.lake, files, ids, versions, self.known_ids.intersection(ids))
+            try:
+                files, versions = commit_batch(self.lake, self.pending, self.known_ids,
+                                               self.shared)  # fmt: skip
+                self.db.load_batch(self.lake, files, ids, versions,
+                                   self.known_ids.intersection(ids))  # fmt: skip
+            except Exception as exc:
+                if not space.is_full(exc):
+                    raise
+                # commits the database did not load are rolled back by the next run
+                self.discard_pending()
+                raise StoreFailed(space.first_line(exc)) from None
             self.known_ids.update(ids)
             self.progress.advance(len(self.pending))
             self.pending, self.shared = [], []
