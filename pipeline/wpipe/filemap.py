@@ -349,8 +349,8 @@ class ChunkOutcome:
 def process_chunk(jobs: list[FileJob]) -> ChunkOutcome:
     """process_file over `jobs` (local files) in order, their small tables written as one
     data file per table; a file's tensors stay in memory for the next file when it is its
-    successor. An error writing the chunk's files raises (the driver then reads the files
-    one by one)."""
+    successor. When the chunk's files cannot be written, each of its files fails with the
+    reason (`disk-full` stops the run); what was written stays uncommitted (swept later)."""
     outcomes = []
     held: Held | None = None
     for i, job in enumerate(jobs):
@@ -358,8 +358,16 @@ def process_chunk(jobs: list[FileJob]) -> ChunkOutcome:
         outcome, held = _process(job, job.path, None, held, keep=following)
         outcomes.append(outcome)
     files = []
-    for table in schema.MODEL_TABLES:
-        parts = [o.tables.pop(table.name) for o in outcomes if table.name in o.tables]
-        if parts:
-            files.append(write_data_file(jobs[0].lake, table.name, pa.concat_tables(parts)))
+    try:
+        for table in schema.MODEL_TABLES:
+            parts = [o.tables.pop(table.name) for o in outcomes if table.name in o.tables]
+            if parts:
+                files.append(write_data_file(jobs[0].lake, table.name, pa.concat_tables(parts)))
+    except OSError as exc:
+        code = "disk-full" if space.is_full(exc) else "io-error"
+        for o in outcomes:
+            if o.status == "ingested":
+                o.status, o.error, o.tables, o.files = "failed", code, {}, []
+                o.message = display(f"{o.path}: cannot write its rows ({exc.strerror or exc})")
+        files = []
     return ChunkOutcome(outcomes, files)

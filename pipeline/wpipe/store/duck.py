@@ -171,10 +171,6 @@ class Database:
         self.con.register("batch_ids", pa.table({"model_id": pa.array(ids, pa.string())}))
         self.con.register("replaced_ids", gone)
         try:
-            self.con.execute(
-                "DELETE FROM ingest_errors WHERE path IN (SELECT path FROM models "
-                "WHERE model_id IN (SELECT model_id FROM batch_ids))"
-            )
             for table in schema.MODEL_TABLES:
                 if gone.num_rows:
                     self.con.execute(
@@ -183,6 +179,10 @@ class Database:
                     )
                 if files.get(table.name):
                     self._insert_files(lake, table, files[table.name])
+            self.con.execute(  # the batch's models are loaded: their paths' old errors go
+                "DELETE FROM ingest_errors WHERE path IN (SELECT path FROM models "
+                "WHERE model_id IN (SELECT model_id FROM batch_ids))"
+            )
             self._record_versions(lake, versions)
             self.con.execute("COMMIT")
         except BaseException:
