@@ -2,22 +2,30 @@
 
 A tensor of shape (..., n) is viewed as the (prod(...), n) matrix of its C-order values: a
 Dense kernel as is, a conv kernel (kh, kw, in, out) as (kh·kw·in) × out, a recurrent kernel
-(in, G·u) with its gates side by side along the columns. A tensor of at most TILE_EXACT
-elements keeps one cell per weight; a larger one is mean-pooled to at most TILE_GRID ×
-TILE_GRID cells of near-equal blocks (block k of n rows spans rows [k·n // p, (k+1)·n // p)),
-so the charts work whatever `--values` kept. Each cell also keeps its largest-magnitude value
-(signed) for max-|w| pooling.
+(in, G·u) with its gates side by side along the columns. Each tensor gets a number of cells
+from its model's budget (TileBudget): a tensor of at most that many elements keeps one cell
+per weight; a larger one is mean-pooled to at most side × side cells of near-equal blocks
+(block k of n rows spans rows [k·n // p, (k+1)·n // p)), so the charts work whatever
+`--values` kept. Each cell also keeps its largest-magnitude value (signed) for max-|w| pooling.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pyarrow as pa
 
 from wpipe import schema
 
-TILE_EXACT = 16384  # elements up to which a tensor keeps one cell per weight
-TILE_GRID = 64  # cells per side of a pooled tensor
+TILE_EXACT = 16384  # a model's first 4-D kernel keeps one cell per weight up to this (`filters`)
+TILE_GRID = 32  # at most this many cells per side of any other tensor
+TILE_MIN = 64  # cells a matrix gets however tight its model's budget
+# Cells per model: 4,096, or one per 1,024 parameters in a larger model, shared evenly by its
+# matrices. At ~35 bytes a cell (database + lake) that is ~0.9 % of a float32 file's size for
+# models above ~4M parameters, and at most ~150 KB below.
+TILE_BUDGET_MIN = 4096
+TILE_PARAMS_PER_CELL = 1024
 
 
 def matrix_view(array: np.ndarray) -> np.ndarray | None:
@@ -32,14 +40,36 @@ def block_edges(n: int, parts: int) -> np.ndarray:
     return (np.arange(parts + 1, dtype=np.int64) * n) // parts
 
 
-def pool(matrix: np.ndarray) -> dict[str, np.ndarray]:
+class TileBudget:
+    """How many cells each matrix of one model gets (README: weight_tiles)."""
+
+    def __init__(self, shapes: list[tuple[int, ...]]) -> None:
+        matrices = [s for s in shapes if len(s) >= 2 and math.prod(s)]
+        params = sum(math.prod(s) for s in shapes)
+        budget = max(TILE_BUDGET_MIN, params // TILE_PARAMS_PER_CELL)
+        self.per_matrix = min(TILE_GRID * TILE_GRID, max(TILE_MIN, budget // max(len(matrices), 1)))
+        self._first_kernel = True
+
+    def cells(self, array: np.ndarray) -> int:
+        """The cell limit of the next tensor (in layer order): the first 4-D kernel (a first
+        convolution, drawn by `filters`) keeps every weight up to TILE_EXACT."""
+        if array.ndim == 4 and self._first_kernel:
+            self._first_kernel = False
+            return max(TILE_EXACT, self.per_matrix)
+        return self.per_matrix
+
+
+def pool(matrix: np.ndarray, cells: int = TILE_GRID * TILE_GRID) -> dict[str, np.ndarray]:
     """Cells of the matrix: tile index, row/column span, mean and signed max-|w| of each.
+    One cell per weight when the matrix has at most `cells` elements, else at most
+    side × side blocks, side = min(TILE_GRID, isqrt(cells)).
 
     Non-finite values are left out of a cell's mean (a cell of only NaN/inf has mean NaN)."""
     rows, cols = matrix.shape
-    exact = matrix.size <= TILE_EXACT
-    row_edges = block_edges(rows, rows if exact else min(rows, TILE_GRID))
-    col_edges = block_edges(cols, cols if exact else min(cols, TILE_GRID))
+    exact = matrix.size <= cells
+    side = min(TILE_GRID, math.isqrt(cells))
+    row_edges = block_edges(rows, rows if exact else min(rows, side))
+    col_edges = block_edges(cols, cols if exact else min(cols, side))
     finite = np.isfinite(matrix)
     values = np.where(finite, matrix, 0).astype(np.float64, copy=False)
     starts_r, starts_c = row_edges[:-1], col_edges[:-1]
@@ -68,12 +98,14 @@ def pool(matrix: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def tile_table(key: dict[str, str], array: np.ndarray) -> pa.Table | None:
-    """The weight_tiles rows of one tensor (None for tensors below 2-D)."""
+def tile_table(
+    key: dict[str, str], array: np.ndarray, limit: int = TILE_GRID * TILE_GRID
+) -> pa.Table | None:
+    """The weight_tiles rows of one tensor, at most `limit` cells (None below 2-D)."""
     matrix = matrix_view(array)
     if matrix is None:
         return None
-    cells = pool(matrix)
+    cells = pool(matrix, limit)
     n = len(cells["mean"])
     columns = {name: pa.array([value] * n, pa.string()) for name, value in key.items()}
     columns["rows"] = pa.array(np.full(n, matrix.shape[0], dtype=np.int64))
