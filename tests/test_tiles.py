@@ -71,3 +71,18 @@ def test_a_models_cells_are_bounded_by_its_budget_and_its_first_kernel_kept_whol
     assert total <= 7 * 7 * 3 * 64 + max(4096, params // 1024)
     small = tiles.TileBudget([(3, 3, 1, 8), (8, 4)])  # a small model keeps every weight
     assert [small.cells(np.zeros(s)) for s in ((3, 3, 1, 8), (8, 4))] == [16384, 1024]
+
+
+def test_a_tensor_pooled_a_chunk_of_rows_at_a_time_gets_numpys_block_statistics(monkeypatch):
+    monkeypatch.setattr(tiles, "POOL_CHUNK", 1000)  # 7 rows a chunk: chunks straddle no block
+    matrix = np.random.default_rng(4).normal(size=(301, 140)).astype(np.float32)
+    matrix[17, 3] = np.inf
+    cells = tiles.pool(matrix)
+    assert len(cells["mean"]) == 32 * 32
+    for k in range(len(cells["mean"])):
+        block = matrix[cells["row_start"][k] : cells["row_end"][k],
+                       cells["col_start"][k] : cells["col_end"][k]].astype(np.float64)  # fmt: skip
+        finite = block[np.isfinite(block)]
+        assert cells["mean"][k] == pytest.approx(finite.mean(), rel=1e-9)
+        zeroed = np.where(np.isfinite(block), block, 0)
+        assert cells["peak"][k] == zeroed.flat[np.argmax(np.abs(zeroed))]

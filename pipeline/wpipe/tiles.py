@@ -70,16 +70,8 @@ def pool(matrix: np.ndarray, cells: int = TILE_GRID * TILE_GRID) -> dict[str, np
     side = min(TILE_GRID, math.isqrt(cells))
     row_edges = block_edges(rows, rows if exact else min(rows, side))
     col_edges = block_edges(cols, cols if exact else min(cols, side))
-    finite = np.isfinite(matrix)
-    values = np.where(finite, matrix, 0).astype(np.float64, copy=False)
     starts_r, starts_c = row_edges[:-1], col_edges[:-1]
-
-    def reduce(ufunc: np.ufunc, data: np.ndarray) -> np.ndarray:
-        return ufunc.reduceat(ufunc.reduceat(data, starts_r, axis=0), starts_c, axis=1)
-
-    sums = reduce(np.add, values)
-    counts = reduce(np.add, finite.astype(np.int64))
-    high, low = reduce(np.maximum, values), reduce(np.minimum, values)
+    sums, counts, high, low = _block_reduce(matrix, row_edges, starts_c)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
     peak = np.where(high >= -low, high, low)
@@ -96,6 +88,40 @@ def pool(matrix: np.ndarray, cells: int = TILE_GRID * TILE_GRID) -> dict[str, np
         "mean": mean.ravel(),
         "peak": peak.ravel(),
     }
+
+
+# Elements converted to float64 at a time: pooling a large tensor costs a few MB, not 4x it.
+POOL_CHUNK = 1 << 20
+
+
+def _block_reduce(
+    matrix: np.ndarray, row_edges: np.ndarray, starts_c: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """Per cell: sum and count of the finite values, max and min (non-finite counted as 0),
+    a chunk of rows at a time."""
+    n_blocks = len(row_edges) - 1
+    shape = (n_blocks, len(starts_c))
+    sums, counts = np.zeros(shape), np.zeros(shape, dtype=np.int64)
+    high, low = np.full(shape, -np.inf), np.full(shape, np.inf)
+    step = max(1, POOL_CHUNK // max(matrix.shape[1], 1))
+    chunks = [(k, a, min(a + step, row_edges[k + 1])) for k in range(n_blocks)
+              for a in range(row_edges[k], row_edges[k + 1], step)]  # fmt: skip
+    if matrix.size <= POOL_CHUNK:  # small: every row block at once
+        chunks = [(slice(None), 0, matrix.shape[0])]
+    for k, a, b in chunks:
+        part = matrix[a:b]
+        finite = np.isfinite(part)
+        values = np.where(finite, part, 0).astype(np.float64, copy=False)
+        starts = row_edges[:-1] if isinstance(k, slice) else np.array([0])
+
+        def reduce(ufunc: np.ufunc, data: np.ndarray, starts=starts) -> np.ndarray:
+            return ufunc.reduceat(ufunc.reduceat(data, starts, axis=0), starts_c, axis=1)
+
+        sums[k] += reduce(np.add, values).reshape(sums[k].shape)
+        counts[k] += reduce(np.add, finite.astype(np.int64)).reshape(counts[k].shape)
+        high[k] = np.maximum(high[k], reduce(np.maximum, values).reshape(high[k].shape))
+        low[k] = np.minimum(low[k], reduce(np.minimum, values).reshape(low[k].shape))
+    return sums, counts, high, low
 
 
 def tile_table(
