@@ -56,15 +56,20 @@ def stats_kernel() -> None:
     tensor_stats(w32[:1000], options, kernel="compiled")  # import numba, load/compile kernels
     print(f"numba start-up in this process (import, kernels from cache): "
           f"{time.perf_counter() - started:.2f} s")  # fmt: skip
-    for label, w in (("float32", w32), ("float16", w32.astype(np.float16))):
+    # bfloat16 reaches the statistics as the reader widens it (exact float32, low halves 0);
+    # its GB/s count the 2 stored bytes per value, as float16's do.
+    bf16 = (w32.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)
+    cases = (("float32", w32, 4), ("float16", w32.astype(np.float16), 2), ("bfloat16", bf16, 2))
+    for label, w, stored in cases:
         ref_cpu, _ = cpu_timed(lambda w=w: tensor_stats(w, options, kernel="numpy"), 2)
         cpu, wall = cpu_timed(lambda w=w: tensor_stats(w, options, kernel="compiled"))
         melem = w.size / 1e6
+        gbs = w.size * stored / 1e9
         print(
-            f"stats 25088x4096 {label}: compiled {w.nbytes / 1e9 / cpu:5.2f} GB/s per core "
+            f"stats 25088x4096 {label}: compiled {gbs / cpu:5.2f} GB/s per core "
             f"({melem / cpu:4.0f} M values/s; {cpu:.3f} s CPU, {wall:.3f} s wall) | numpy "
-            f"reference {w.nbytes / 1e9 / ref_cpu:5.2f} GB/s per core ({ref_cpu:.3f} s CPU) | "
-            f"{ref_cpu / cpu:4.1f}x faster | target >= 1 GB/s per core (250 M values/s)"
+            f"reference {gbs / ref_cpu:5.2f} GB/s per core ({ref_cpu:.3f} s CPU) | "
+            f"{ref_cpu / cpu:4.1f}x faster | target >= 250 M values/s (1 GB/s of float32)"
         )
 
 

@@ -39,7 +39,8 @@ base AS (
            w.trainable AND coalesce(p.unchanged, false) AS stale,
            -- running statistics and quantization parameters are not learned weights
            w.role IN ('moving_mean', 'moving_variance', 'mean', 'variance', 'count',
-                      'kernel_scale', 'kernel_zero', 'g_idx')
+                      'kernel_scale', 'kernel_zero', 'g_idx',
+                      'embeddings_scale', 'embeddings_zero')
                AS is_statistic,
            w.role IN ('kernel', 'recurrent_kernel', 'depthwise_kernel', 'pointwise_kernel',
                       'embeddings') AS is_kernel

@@ -6,9 +6,11 @@ from scipy import stats as sps
 from wpipe.analysis import (
     CHUNK,
     COMPILED_MIN,
+    COUNTS_MIN,
     PERCENTILE_COLUMNS,
     PERCENTILES,
     StatsOptions,
+    _value_counts,
     sample_indices,
     tensor_stats,
 )
@@ -142,6 +144,13 @@ def kernel_cases() -> dict:
             [rng.normal(size=n).astype(np.float16), np.array([np.nan, 6e-8, -6e-8, 0], np.float16)]
         ),
         "bfloat16": bfloat16_values(rng.normal(size=n)),
+        # 16-bit-valued float32 but for the last value: counted, then passed to the 3 passes
+        "bfloat16-but-one": np.append(bfloat16_values(rng.normal(size=n)), np.float32(0.1)),
+        "bfloat16-nan-inf": bfloat16_values(with_nonfinite),
+        "constant-not-16-bit": np.full(n, 0.1, dtype=np.float32),
+        "float16-inf-huge": np.concatenate(
+            [(rng.normal(size=n) * 1e4).astype(np.float16), np.array([np.inf, -65504], np.float16)]
+        ),
     }
 
 
@@ -150,10 +159,52 @@ KERNEL_CASES = kernel_cases()
 
 @pytest.mark.parametrize("name", KERNEL_CASES)
 def test_compiled_statistics_equal_the_numpy_path(name):
-    a = KERNEL_CASES[name]
+    assert_same_statistics(KERNEL_CASES[name], "compiled")
+
+
+def counted_cases() -> dict:
+    rng = np.random.default_rng(12)
+    n = CHUNK + 5000  # two chunks of the numpy count
+    late = bfloat16_values(rng.normal(size=n))
+    late[-3] = np.float32(0.1)  # not 16-bit, found in the second chunk
+    half = (rng.normal(size=n) * 300).astype(np.float16)
+    half[rng.integers(0, n, 30)] = np.nan
+    half[rng.integers(0, n, 7)] = -np.inf
+    return {
+        "float16-nan-inf": half,
+        "bfloat16": bfloat16_values(rng.standard_t(3, size=n)),
+        "bfloat16-but-one-late": late,
+        "zeros": np.zeros(n, dtype=np.float32),
+        "float32": rng.normal(size=n).astype(np.float32),
+    }
+
+
+COUNTED_CASES = counted_cases()
+
+
+@pytest.mark.parametrize("name", COUNTED_CASES)
+def test_counted_16_bit_statistics_equal_the_numpy_path(name):
+    # COUNTS_MIN <= size < COMPILED_MIN: `auto` counts 16-bit values with numpy
+    a = COUNTED_CASES[name]
+    assert COUNTS_MIN <= a.size < COMPILED_MIN
+    assert_same_statistics(a, "auto")
+
+
+def test_numpy_value_counts_equal_the_compiled_ones():
+    from wpipe.stats_kernel import value_counts
+
+    for name, a in COUNTED_CASES.items():
+        expected = value_counts(a)
+        got = _value_counts(a)
+        assert (got is None) == (expected is None), name
+        if got is not None:
+            np.testing.assert_array_equal(got, expected)
+
+
+def assert_same_statistics(a: np.ndarray, kernel: str) -> None:
     options = StatsOptions(near_zero=0.01, bins=64)
     ref, ref_hist = tensor_stats(a, options, kernel="numpy")
-    fast, fast_hist = tensor_stats(a, options, kernel="compiled")
+    fast, fast_hist = tensor_stats(a, options, kernel=kernel)
     assert fast.keys() == ref.keys()
     for key in EXACT:
         assert fast[key] == ref[key], key
@@ -171,9 +222,49 @@ def test_compiled_statistics_equal_the_numpy_path(name):
         np.testing.assert_array_equal(fast_hist.edges, ref_hist.edges)
 
 
-def test_compiled_statistics_match_numpy_on_a_large_tensor():
-    # Past COMPILED_MIN the default path is the compiled one; checked against numpy directly.
-    a = np.random.default_rng(5).standard_t(4, size=COMPILED_MIN + 1001).astype(np.float32)
+def test_value_counts_take_16_bit_values_only():
+    from wpipe.stats_kernel import value_counts
+
+    cases = KERNEL_CASES
+    for name in ("float16", "bfloat16", "bfloat16-nan-inf"):
+        a = cases[name]
+        counts = value_counts(a)
+        bits = a.view(np.uint16) if a.dtype == np.float16 else a.view(np.uint32) >> 16
+        np.testing.assert_array_equal(counts, np.bincount(bits, minlength=1 << 16))
+    for name in ("random", "bfloat16-but-one", "constant-not-16-bit"):
+        assert value_counts(cases[name]) is None, name
+
+
+POLICY = """
+import sys
+import numpy as np
+from wpipe import analysis
+analysis.RENT_VALUES = 2 * analysis.COMPILED_MIN
+a = np.random.default_rng(0).normal(size=analysis.COMPILED_MIN).astype(np.float32)
+seen = []
+for size in (analysis.COMPILED_MIN - 1, analysis.COMPILED_MIN, analysis.COMPILED_MIN,
+             analysis.COMPILED_MIN, 1000):
+    analysis.tensor_stats(a[:size], analysis.StatsOptions())
+    seen.append("numba" in sys.modules)
+print(seen)
+"""
+
+
+def test_a_process_uses_numba_only_after_renting_enough_big_tensors():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", POLICY], capture_output=True, text=True,
+                          check=True)  # fmt: skip
+    # small: numpy; two big ones on numpy (the rent); from the third big one, compiled
+    assert done.stdout.strip() == "[False, False, False, True, True]"
+
+
+@pytest.mark.parametrize("dtype", [np.float32])
+def test_compiled_statistics_match_numpy_on_a_large_tensor(dtype):
+    # Past COMPILED_MIN the default path is the compiled one once this process has imported
+    # the kernels (this module did); checked against numpy directly.
+    a = np.random.default_rng(5).standard_t(4, size=COMPILED_MIN + 1001).astype(dtype)
     options = StatsOptions(near_zero=0.05, bins=64)
     stats, hist = tensor_stats(a, options)
     f = a.astype(np.float64)

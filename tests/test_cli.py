@@ -140,7 +140,7 @@ def test_a_database_held_by_a_writer_is_a_clear_error_naming_the_process(db):
     holder = _hold(db, read_only=False)
     try:
         for args in (["models", "--db", db], ["ingest", str(MODELS / "k2_lstm.h5"), "--db", db]):
-            result = runner.invoke(app, args)
+            result = runner.invoke(app, args, env={"WPIPE_WAIT": "0"})  # no wait: refused
             assert result.exit_code == 2, args
             assert "locked" in result.output and "Traceback" not in result.output
             assert f"process {holder.pid}" in result.output
@@ -157,7 +157,9 @@ def test_a_notebook_connection_does_not_lock_readers_out(db):
                      ["compare", "k2_dense_bn_frozen", "k3_nested"]):  # fmt: skip
             result = runner.invoke(app, [*args, "--db", db])
             assert result.exit_code == 0, (args, result.output)
-        writer = runner.invoke(app, ["ingest", str(MODELS / "k2_lstm.h5"), "--db", db])
+        writer = runner.invoke(
+            app, ["ingest", str(MODELS / "k2_lstm.h5"), "--db", db], env={"WPIPE_WAIT": "0"}
+        )
         assert writer.exit_code == 2 and f"process {holder.pid}" in writer.output
     finally:
         holder.kill()

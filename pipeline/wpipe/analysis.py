@@ -9,6 +9,7 @@ between order statistics (numpy.percentile's default), histogram bins are numpy.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,9 +18,20 @@ PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 PERCENTILE_COLUMNS = tuple(f"p{q:02d}" for q in PERCENTILES)
 FINE_BINS = 65536  # fits uint16 indices; each histogram bin is a whole number of fine bins
 CHUNK = 1 << 18  # elements per pass: float64 scratch of 2 MiB stays in cache
-# Tensors from this many values use the compiled kernels (auto): their 3 passes beat numpy's
-# ~20 by ~4x, which outweighs numba's one-off start-up (~0.5 s per process) on big models.
+# Tensors from this many values may use the compiled kernels (auto): 4x (float32) to 15x
+# (16-bit values) faster than numpy's ~20 passes; below it numpy is about as fast.
 COMPILED_MIN = 1 << 22
+# numba's start-up (import, kernels loaded from its cache) costs ~1 s per process, what the
+# kernels save on ~1.3e8 values (~8 ns each). So a process "rents" first: its big tensors run
+# on numpy until they add up to RENT_VALUES, and only then does it "buy" numba (ski rental:
+# never more than twice the cost of the better choice made in hindsight). A one-model ingest
+# then never pays the start-up; a worker ingesting many big models pays it once.
+RENT_VALUES = 1 << 27
+_RENTED = [0]  # values of big tensors this process has analysed on numpy so far
+# From this size, 16-bit values (float16; float32 with zero low halves, e.g. bfloat16 as
+# read) are counted by bit pattern (`_value_counts`) instead of binned and gathered.
+COUNTS_MIN = 1 << 16
+PROBE = 1024  # leading values whose low halves say whether a float32 tensor may be 16-bit
 SORT_MAX = 1 << 12  # percentiles of tensors up to this size: one sort of all values
 
 
@@ -78,16 +90,18 @@ def tensor_stats(
     """Distribution statistics of a tensor and its histogram (None when nothing is finite).
 
     `kernel`: "numpy" (the reference), "compiled" (wpipe.stats_kernel, numba) or "auto": the
-    compiled passes for float32/float16 tensors of COMPILED_MIN values or more when numba is
-    installed (below that, numpy is as fast and no process pays numba's start-up)."""
+    compiled kernels for float32/float16 tensors of COMPILED_MIN values or more when numba is
+    installed, once this process has done RENT_VALUES such values on numpy (below that, no
+    process pays numba's start-up)."""
     flat = np.ascontiguousarray(values).reshape(-1)
     if flat.dtype.kind not in "f":
         flat = flat.astype(np.float64)
-    compiled = (
-        None if kernel == "auto" and flat.size < COMPILED_MIN else _compiled_kernel(flat, kernel)
-    )
+    compiled = _compiled_kernel(flat, kernel)
     if compiled is not None:
         return _stats_compiled(compiled, flat, options)
+    counts = _value_counts(flat) if kernel == "auto" and flat.size >= COUNTS_MIN else None
+    if counts is not None:
+        return _stats_of_counts(_pattern_values(flat.dtype), counts, flat.size, options)
     size = flat.size
     nan_count = inf_count = 0
     if size:
@@ -207,7 +221,7 @@ def _compiled_kernel(flat: np.ndarray, kernel: str):
         if kernel == "compiled" and flat.dtype not in (np.float32, np.float16):
             raise ValueError(f"the compiled statistics take float32/float16, not {flat.dtype}")
         return None
-    if kernel == "auto" and flat.size < COMPILED_MIN:
+    if kernel == "auto" and not _bought(flat.size):
         return None
     try:
         from wpipe import stats_kernel
@@ -218,9 +232,22 @@ def _compiled_kernel(flat: np.ndarray, kernel: str):
     return stats_kernel
 
 
+def _bought(size: int) -> bool:
+    """Whether a tensor of `size` values runs on the compiled kernels (auto): see RENT_VALUES."""
+    if size < COMPILED_MIN:
+        return False
+    if "wpipe.stats_kernel" in sys.modules or _RENTED[0] >= RENT_VALUES:
+        return True
+    _RENTED[0] += size
+    return False
+
+
 def _stats_compiled(
     kernel, flat: np.ndarray, options: StatsOptions
 ) -> tuple[dict, Histogram | None]:
+    counts = kernel.value_counts(flat)
+    if counts is not None:
+        return _stats_of_counts(_pattern_values(flat.dtype), counts, flat.size, options)
     size = flat.size
     nan_count = inf_count = 0
     state = kernel.moments(flat, options.near_zero) if size else None
@@ -242,6 +269,82 @@ def _stats_compiled(
     moments = _Moments(int(n), mean, m2, m3, m4)
     stats.update(_moment_columns(moments, l1, int(zeros), int(near), grid))
     stats.update(zip(PERCENTILE_COLUMNS, _percentiles(flat.size, fine_counts, gather), strict=True))
+    return stats, grid.histogram(fine_counts, options.bins)
+
+
+_PATTERNS: dict = {}
+
+
+def _pattern_values(dtype: np.dtype) -> np.ndarray:
+    """float64 value of each 16-bit pattern: float16 bits, or a float32's high half."""
+    key = np.dtype(dtype).name
+    if key not in _PATTERNS:
+        bits = np.arange(1 << 16, dtype=np.uint32)
+        if key == "float16":
+            values = bits.astype(np.uint16).view(np.float16)
+        else:
+            values = (bits << 16).view(np.float32)
+        with np.errstate(invalid="ignore"):  # signalling NaN patterns
+            _PATTERNS[key] = values.astype(np.float64)
+    return _PATTERNS[key]
+
+
+def _value_counts(flat: np.ndarray) -> np.ndarray | None:
+    """numpy's stats_kernel.value_counts (for processes without the compiled kernels): the
+    bit patterns of 16-bit values counted a chunk at a time (~5x the reference's speed). A
+    float32 tensor is taken when its first values have zero low halves, and given up (None)
+    at the first chunk that has another."""
+    if flat.dtype == np.float16:
+        words, shift = flat.view(np.uint16), 0
+    elif flat.dtype == np.float32 and not (flat[:PROBE].view(np.uint32) & 0xFFFF).any():
+        words, shift = flat.view(np.uint32), 16
+    else:
+        return None
+    counts = np.zeros(1 << 16, dtype=np.int64)
+    for start in range(0, words.size, CHUNK):
+        chunk = words[start : start + CHUNK]
+        if shift:
+            if (chunk & 0xFFFF).any():
+                return None
+            chunk = chunk >> shift
+        counts += np.bincount(chunk, minlength=1 << 16)
+    return counts
+
+
+def _stats_of_counts(
+    values: np.ndarray, counts: np.ndarray, size: int, options: StatsOptions
+) -> tuple[dict, Histogram | None]:
+    """The statistics of a tensor given as how often each of its distinct `values` occurs
+    (stats_kernel.value_counts): the same definitions over at most 65536 weighted values.
+    Order statistics, counts, min/max and histogram are exact as in the numpy path; the float64
+    moments are two-pass sums over the distinct values (rounding differs, not the definition)."""
+    nan_count = int(counts[np.isnan(values)].sum())
+    inf_count = int(counts[np.isinf(values)].sum())
+    keep = (counts > 0) & np.isfinite(values)
+    if not keep.any():
+        return _empty_stats(size, nan_count, inf_count, options.near_zero), None
+    v, c = values[keep], counts[keep]
+    order = np.argsort(v, kind="stable")
+    v, c = v[order], c[order]
+    w = c.astype(np.float64)
+    n = int(c.sum())
+    mean = float((w * v).sum()) / n
+    d = v - mean
+    d2 = d * d
+    moments = _Moments(n, mean, float((w * d2).sum()), float((w * d2 * d).sum()),
+                       float((w * d2 * d2).sum()))  # fmt: skip
+    a = np.abs(v)
+    grid = _Grid.of(float(v[0]), float(v[-1]), n, options.bins)
+    idx = np.empty(v.size, dtype=np.uint16)
+    _fine_index(v, grid.edge_lo, grid.scale, grid.fine, np.empty_like(v), idx)
+    fine_counts = np.bincount(idx, weights=w, minlength=grid.fine).astype(np.int64)
+    cum = np.cumsum(c)
+    stats = _empty_stats(size, nan_count, inf_count, options.near_zero)
+    stats.update(_moment_columns(moments, float((w * a).sum()), int(c[a == 0.0].sum()),
+                                 int(c[a < options.near_zero].sum()), grid))  # fmt: skip
+    positions = [(n - 1) * q / 100 for q in PERCENTILES]
+    value_at = lambda rank: float(v[np.searchsorted(cum, rank, side="right")])  # noqa: E731
+    stats.update(zip(PERCENTILE_COLUMNS, _interpolate(positions, n, value_at), strict=True))
     return stats, grid.histogram(fine_counts, options.bins)
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
 
-from wpipe import schema, store, views
+from wpipe import dblock, schema, store, views
 
 DEFAULT_DB = "wpipe.duckdb"
 
@@ -23,20 +25,50 @@ class DatabaseError(Exception):
     """A database that cannot be opened as a wpipe database (one line says why)."""
 
 
+class DatabaseLocked(DatabaseError):
+    """Another process writes the database (an ingest holds it for its whole run)."""
+
+
+# Seconds a command waits for a database another process is writing (WPIPE_WAIT overrides).
+DEFAULT_WAIT = 30.0
+WAIT_ENV = "WPIPE_WAIT"
+
+
+def default_wait() -> float:
+    """WPIPE_WAIT seconds (`inf` waits for as long as it takes), else DEFAULT_WAIT."""
+    text = os.environ.get(WAIT_ENV, "").strip()
+    if not text:
+        return DEFAULT_WAIT
+    try:
+        wait = float(text)
+    except ValueError:
+        raise DatabaseError(f"{WAIT_ENV}={text!r}: not a number of seconds") from None
+    if wait != wait or wait < 0:
+        raise DatabaseError(f"{WAIT_ENV}={text!r}: not a number of seconds")
+    return wait
+
+
 def default_db() -> str:
     return os.environ.get("WPIPE_DB", DEFAULT_DB)
 
 
 def connect(
-    db: str | os.PathLike | None = None, read_only: bool = True
+    db: str | os.PathLike | None = None,
+    read_only: bool = True,
+    wait: float = 0.0,
+    on_wait: Callable[[str], None] | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """Open an ingested database with this wpipe's views. Read-only by default: readers in any
     number of processes, never blocking one another; `read_only=False` for a writer (it also
-    upgrades a database made by an older wpipe)."""
+    upgrades a database made by an older wpipe).
+
+    While another process writes the file (an ingest holds it for its whole run), retry for
+    up to `wait` seconds, calling `on_wait(why)` once when the waiting starts; then raise
+    DatabaseLocked."""
     path = Path(db or default_db())
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such database; run `wpipe ingest` first")
-    con = open_duckdb(path, read_only)
+    con = open_waiting(path, read_only, wait, on_wait)
     try:
         if not views.stored_table(con, "models"):
             raise DatabaseError(f"{path}: not a wpipe database (it has no models table)")
@@ -50,6 +82,27 @@ def connect(
     return con
 
 
+def open_waiting(
+    path: Path, read_only: bool, wait: float, on_wait: Callable[[str], None] | None = None
+) -> duckdb.DuckDBPyConnection:
+    """`open_duckdb`, retried while the file is locked, for up to `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return open_duckdb(path, read_only)
+        except DatabaseLocked as exc:
+            if time.monotonic() >= deadline:
+                if wait:
+                    raise DatabaseLocked(
+                        f"{exc} (waited {wait:g} s; {WAIT_ENV} sets the wait)"
+                    ) from None
+                raise
+            if on_wait is not None:
+                on_wait(str(exc).split(";")[0])
+                on_wait = None
+        time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+
+
 def open_duckdb(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     """duckdb.connect with errors a user can act on: a folder, another kind of file, a lock."""
     if path.is_dir():
@@ -59,7 +112,7 @@ def open_duckdb(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     except duckdb.IOException as exc:
         text = str(exc)
         if "lock" in text.lower():
-            raise DatabaseError(lock_message(path, text, read_only)) from None
+            raise DatabaseLocked(lock_message(path, text, read_only)) from None
         raise DatabaseError(f"{path}: not a DuckDB database ({_first_line(text)})") from None
     except duckdb.Error as exc:
         raise DatabaseError(f"{path}: cannot open ({_first_line(str(exc))})") from None
@@ -69,6 +122,9 @@ def lock_message(path: Path, duckdb_text: str, read_only: bool) -> str:
     """Who holds the lock and what to do, from DuckDB's 'held in <program> (PID n)'."""
     held = re.search(r"held in (.+?) \(PID (\d+)\)", duckdb_text)
     who = f"process {held.group(2)} ({held.group(1)})" if held else "another process"
+    holder = dblock.holder(path)  # a wpipe writer says what it is in <db>.lock
+    if held and holder and f"(PID {held.group(2)}," in holder:
+        who = f"process {held.group(2)} ({holder.split(' (PID')[0]})"
     if read_only:
         return (
             f"{path}: locked for writing by {who} (an ingest, or a Python connection opened "
@@ -141,3 +197,13 @@ def _glob(con: duckdb.DuckDBPyConnection, pattern: str) -> list[str]:
         for model_id, name, path in rows
         if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(path, pattern)
     ]
+
+
+def connect_lake(lake: str | os.PathLike) -> duckdb.DuckDBPyConnection:
+    """Query a lake in place — a folder or an `s3://` URL (standard AWS settings) — with
+    DuckDB: an in-memory connection whose contract tables scan the lake's Delta tables
+    through their Arrow datasets (no copy, no DuckDB extension to download)."""
+    from wpipe.remote import open_lake
+    from wpipe.store.sync import lake_connection
+
+    return lake_connection(open_lake(lake))

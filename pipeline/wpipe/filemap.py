@@ -10,6 +10,7 @@ leaves an extra uncommitted file that compaction deletes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -19,13 +20,14 @@ import h5py
 import numpy as np
 import pyarrow as pa
 
-from wpipe import schema
+from wpipe import remote, schema
 from wpipe.analysis import StatsOptions
 from wpipe.drift import drift_row
 from wpipe.readers import Model, ModelReadError, Tensor, h5safe, model_files, open_model, sniff
 from wpipe.spectra import SpectraOptions
 from wpipe.store.lake import DataFile, DataFileWriter, LakeLocation
 from wpipe.tables import FileInfo, ValuesMode, arch_id, build_tables, model_id_for
+from wpipe.textsafe import display, to_os
 
 # Rows of one table of one model kept in memory (and sent back to the driver) before the
 # worker streams them into a data file of its own: small models batch into few files,
@@ -53,6 +55,8 @@ class FileJob:
     sha256: str | None = None  # known when the driver hashed the file to find duplicates
     previous: str | None = None  # the series' previous checkpoint, for drift
     series: str | None = None
+    remote: remote.RemoteSave | None = None  # set when `path` is on object storage
+    previous_remote: remote.RemoteSave | None = None  # and when `previous` is
 
 
 @dataclass
@@ -78,11 +82,12 @@ class Outcome:
 
 def sha256_of(path: str) -> str:
     """SHA-256 of a file's bytes; for a multi-file save, over each file's name and bytes."""
-    files = model_files(Path(path))
+    base = Path(to_os(path))  # `path` as stored (textsafe)
+    files = model_files(base)
     digest = hashlib.sha256()
     for file in files:
         if len(files) > 1:
-            digest.update(f"{file.relative_to(Path(path).parent)}\0".encode())
+            digest.update(display(f"{file.relative_to(base.parent)}\0").encode())
         with open(file, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 digest.update(chunk)
@@ -94,7 +99,7 @@ def hash_file(path: str) -> tuple[str, str | None, str | None]:
     try:
         return path, sha256_of(path), None
     except OSError as exc:
-        return path, None, f"{path}: {exc.strerror or exc}"
+        return path, None, display(f"{path}: {exc.strerror or exc}")
 
 
 class TableSink:
@@ -140,20 +145,23 @@ class DriftTracker:
     path, weight name and shape). The series pass after the map drops pairs whose models turn
     out not to share an architecture."""
 
-    def __init__(self, job: FileJob, model: Model, stack: ExitStack) -> None:
+    def __init__(
+        self, job: FileJob, model: Model, stack: ExitStack, local: str | None = None
+    ) -> None:
         self.rows: list[dict] = []
         self.ids = (model_id_for(job.previous or ""), model_id_for(job.path))
         self.series = job.series
         self.where = job.previous or ""
         self.file: h5py.File | None = None  # the previous file, read by dataset path
         self.tensors: dict[tuple[str, str], Tensor] = {}  # or its tensors, read by a reader
-        if job.previous is None:
+        local = local or job.previous  # where the previous file is read (a local copy)
+        if job.previous is None or local is None:
             return
         try:
-            if _direct(job.previous, model):
-                self.file = stack.enter_context(h5py.File(job.previous, "r", locking=False))
+            if _direct(local, model):
+                self.file = stack.enter_context(h5py.File(local, "r", locking=False))
                 return
-            previous = stack.enter_context(open_model(job.previous))
+            previous = stack.enter_context(open_model(local, where=job.previous))
         except (ModelReadError, OSError):
             return  # the driver's series pass reports what it cannot read
         if arch_id(previous) == arch_id(model):
@@ -190,18 +198,37 @@ def _direct(previous: str, model: Model) -> bool:
 
 
 def process_file(job: FileJob) -> Outcome:
-    """Read, analyse and diff one model file; never raises."""
+    """Read, analyse and diff one model file; never raises. A file on object storage (and
+    its series predecessor) is read from a temporary local copy, removed afterwards."""
+    if job.remote is None:
+        return _process(job, job.path, None)
+    try:
+        with ExitStack() as stack:
+            local = stack.enter_context(remote.fetched(job.remote))
+            previous = None
+            if job.previous_remote is not None:
+                with contextlib.suppress(OSError):  # no drift then; the series pass reports it
+                    previous = str(stack.enter_context(remote.fetched(job.previous_remote)))
+            return _process(job, str(local), previous)
+    except Exception as exc:  # the object store failed us, not the file: say so, go on
+        reason = getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
+        return Outcome(job.path, model_id_for(job.path), "failed", error="fetch-error",
+                       message=f"{job.path}: cannot fetch ({reason})")  # fmt: skip
+
+
+def _process(job: FileJob, local: str, previous: str | None) -> Outcome:
+    """process_file on `local`, a local copy of `job.path` (or the path itself)."""
     model_id = model_id_for(job.path)
     outcome = Outcome(job.path, model_id, "failed", bytes_read=job.size, previous=job.previous)
     sinks: dict[str, TableSink] = {}
     try:
-        sha = job.sha256 or sha256_of(job.path)
+        sha = job.sha256 or sha256_of(local)
         outcome.sha256 = sha
         info = FileInfo(model_id, job.path, sha, job.size, job.mtime, job.settings.text)
         sinks = {t.name: TableSink(job.lake, t) for t in schema.MODEL_TABLES}
         with ExitStack() as stack:
-            model = stack.enter_context(open_model(job.path))
-            drift = DriftTracker(job, model, stack)
+            model = stack.enter_context(open_model(local, where=job.path))
+            drift = DriftTracker(job, model, stack, previous)
             s = job.settings
             tables = build_tables(model, info, s.options, s.values, sinks["weight_values"].write,
                                   s.spectra, drift.visit)  # fmt: skip
@@ -220,10 +247,13 @@ def process_file(job: FileJob) -> Outcome:
     except ModelReadError as exc:
         outcome.error, outcome.message = exc.code, exc.message
     except OSError as exc:
-        outcome.error, outcome.message = "io-error", f"{job.path}: {exc.strerror or exc}"
+        outcome.error = "io-error"
+        outcome.message = display(f"{job.path}: {exc.strerror or exc}")
     except Exception as exc:  # a bug must not stop the other files; the message says so
         outcome.error = "internal-error"
-        outcome.message = f"{job.path}: wpipe failed on this file ({type(exc).__name__}: {exc})"
+        outcome.message = display(
+            f"{job.path}: wpipe failed on this file ({type(exc).__name__}: {exc})"
+        )
     if outcome.status == "failed":
         for sink in sinks.values():
             sink.abort()

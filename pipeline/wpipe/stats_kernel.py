@@ -1,28 +1,36 @@
 """Compiled passes of analysis.tensor_stats for large float32/float16 tensors (numba).
 
 Why compiled: in numpy the statistics need about twenty passes of float64 temporaries and a
-65536-bin bincount per chunk, ~0.4 GB/s per core. These kernels read the tensor three times
-(moments with min/max and counts; the fine histogram; the percentile gather), each value
-converted to float64 in registers, at well over 1 GB/s per core. numba installs from wheels
-wherever wpipe does; when it cannot be imported, analysis.py's numpy path (the reference
-the tests compare these kernels with) is used instead.
+65536-bin bincount per chunk, ~0.4 GB/s per core. numba installs from wheels wherever wpipe
+does; when it cannot be imported, analysis.py's numpy path (the reference the tests compare
+these kernels with) is used instead.
 
-Same numbers as the numpy path: moments are float64 central moments of blocks of BLOCK values
-(two passes over a block while it sits in L1) merged with Pébay's formulas, as
-analysis._Moments merges chunks; the fine-bin index is the same float64 expression as
-analysis._fine_index, so histogram counts and percentiles are identical, and the moments
-differ only by summation order (rounding).
+Two methods:
+
+- 16-bit values (float16, and float32 tensors whose low 16 bits are all zero: a bfloat16
+  tensor as the reader widens it, or values such as 0 and 0.5) have at most 65536 distinct
+  values: one pass counts each bit pattern (`value_counts`), and analysis computes every
+  statistic from those counts. A float32 tensor with a non-zero low half is told apart on its
+  first values (the pass stops there).
+- other float32 tensors: three passes (moments with min/max and counts; the fine histogram;
+  the percentile gather), each value converted to float64 in registers. Same numbers as the
+  numpy path: moments are float64 central moments of blocks of BLOCK values (two passes over
+  a block while it sits in L1) merged with Pébay's formulas, as analysis._Moments merges
+  chunks; the fine-bin index is the same float64 expression as analysis._fine_index, so
+  histogram counts and percentiles are identical, and the moments differ only by summation
+  order (rounding).
+
+Start-up: numba's import and the loading of these kernels from its on-disk cache (`cache=True`:
+next to this file, or the user's cache directory when that is not writable) cost ~1 s per
+process, which is why analysis decides when a process starts using them.
 """
 
 from __future__ import annotations
 
 import numba as nb
 import numpy as np
-from numba.extending import overload
 
 BLOCK = 4096  # values per block: 16 KiB of float32, in L1 for the block's second pass
-# float16 -> float32 by table (exact; numba has no float16 type), indexed by the raw bits
-_HALF_TABLE = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
 # Running state of `moments`: count, mean, M2, M3, M4, l1, zeros, near, min, max.
 STATE = 10
 
@@ -33,31 +41,35 @@ def new_state() -> np.ndarray:
     return state
 
 
+def value_counts(flat: np.ndarray) -> np.ndarray | None:
+    """How often each 16-bit pattern occurs (65536 counts): a float16 array's bits, or the high
+    halves of a float32 array whose low halves are all zero; None for another float32 array."""
+    if flat.dtype == np.float16:
+        return _half_counts(flat.view(np.uint16))
+    counts = _high_counts(flat.view(np.uint32))
+    return counts if counts.size else None
+
+
 def moments(flat: np.ndarray, near: float) -> np.ndarray:
-    """The STATE vector of a 1-D float32/float16 array (its sum is NaN or ±inf iff it holds a
+    """The STATE vector of a 1-D float32 array (its sum is NaN or ±inf iff it holds a
     non-finite value: a float32 sum cannot overflow float64)."""
     state = new_state()
-    _moments(_raw(flat), near, state, _HALF_TABLE)
+    _moments(flat, near, state)
     return state
 
 
 def fine_counts(flat: np.ndarray, lo: float, scale: float, fine: int) -> np.ndarray:
     """Counts of the `fine` equal bins from `lo` (analysis._fine_index's rule)."""
     counts = np.zeros(fine, dtype=np.int64)
-    _fine_counts(_raw(flat), lo, scale, float(fine - 1), counts, _HALF_TABLE)
+    _fine_counts(flat, lo, scale, float(fine - 1), counts)
     return counts
 
 
 def gather(flat: np.ndarray, lo: float, scale: float, wanted: np.ndarray, total: int):
     """The values (float64, in array order) whose fine bin is marked in `wanted`."""
     out = np.empty(total)
-    filled = _gather(_raw(flat), lo, scale, float(wanted.size - 1), wanted, out, 0, _HALF_TABLE)
+    filled = _gather(flat, lo, scale, float(wanted.size - 1), wanted, out, 0)
     return out[:filled]
-
-
-def _raw(flat: np.ndarray) -> np.ndarray:
-    """float32 as it is; float16 as its bits, widened by table a block at a time (_block)."""
-    return flat if flat.dtype == np.float32 else flat.view(np.uint16)
 
 
 # --- kernels ----------------------------------------------------------------------------------
@@ -99,11 +111,10 @@ def _block_central(x, mean):
 
 
 @_jit
-def _moments(x, near, state, table):
-    buf = np.empty(BLOCK, dtype=np.float32)
+def _moments(x, near, state):
     na, mean, big2, big3, big4 = state[0], state[1], state[2], state[3], state[4]
     for start in range(0, x.size, BLOCK):
-        xb = _block(x, start, table, buf)
+        xb = x[start : start + BLOCK]
         nb_ = float(xb.size)
         s, a, zeros, nears, lo, hi = _block_sums(xb, near)
         state[5] += a
@@ -137,11 +148,10 @@ def _block_index(x, lo, scale, top, idx):
 
 
 @_jit
-def _fine_counts(x, lo, scale, top, counts, table):
-    buf = np.empty(BLOCK, dtype=np.float32)
+def _fine_counts(x, lo, scale, top, counts):
     idx = np.empty(BLOCK, dtype=np.uint16)
     for start in range(0, x.size, BLOCK):
-        xb = _block(x, start, table, buf)
+        xb = x[start : start + BLOCK]
         ib = idx[: xb.size]
         _block_index(xb, lo, scale, top, ib)
         for i in range(ib.size):
@@ -149,11 +159,10 @@ def _fine_counts(x, lo, scale, top, counts, table):
 
 
 @_jit
-def _gather(x, lo, scale, top, wanted, out, filled, table):
-    buf = np.empty(BLOCK, dtype=np.float32)
+def _gather(x, lo, scale, top, wanted, out, filled):
     idx = np.empty(BLOCK, dtype=np.uint16)
     for start in range(0, x.size, BLOCK):
-        xb = _block(x, start, table, buf)
+        xb = x[start : start + BLOCK]
         ib = idx[: xb.size]
         _block_index(xb, lo, scale, top, ib)
         for i in range(ib.size):
@@ -163,19 +172,36 @@ def _gather(x, lo, scale, top, wanted, out, filled, table):
     return filled
 
 
-def _block(x, start, table, buf):
-    """Values start..start+BLOCK as float32: a view of float32 data, float16 bits widened."""
+@_jit
+def _half_counts(bits):
+    # four interleaved tables: runs of equal values do not wait on one counter
+    counts = np.zeros((4, 1 << 16), dtype=np.int64)
+    end = bits.size - bits.size % 4
+    for i in range(0, end, 4):
+        counts[0, bits[i]] += 1
+        counts[1, bits[i + 1]] += 1
+        counts[2, bits[i + 2]] += 1
+        counts[3, bits[i + 3]] += 1
+    for i in range(end, bits.size):
+        counts[0, bits[i]] += 1
+    return counts.sum(axis=0)
 
 
-@overload(_block, jit_options={"cache": True})
-def _block_typed(x, start, table, buf):
-    if x.dtype == nb.types.uint16:
-
-        def widen(x, start, table, buf):
-            bits = x[start : start + BLOCK]
-            for i in range(bits.size):
-                buf[i] = table[bits[i]]
-            return buf[: bits.size]
-
-        return widen
-    return lambda x, start, table, buf: x[start : start + BLOCK]
+@_jit
+def _high_counts(words):
+    """_half_counts of the high halves; an empty array at the first non-zero low half."""
+    counts = np.zeros((4, 1 << 16), dtype=np.int64)
+    end = words.size - words.size % 4
+    for i in range(0, end, 4):
+        a, b, c, d = words[i], words[i + 1], words[i + 2], words[i + 3]
+        if (a | b | c | d) & 0xFFFF:
+            return counts[0, :0].copy()
+        counts[0, a >> 16] += 1
+        counts[1, b >> 16] += 1
+        counts[2, c >> 16] += 1
+        counts[3, d >> 16] += 1
+    for i in range(end, words.size):
+        if words[i] & 0xFFFF:
+            return counts[0, :0].copy()
+        counts[0, words[i] >> 16] += 1
+    return counts.sum(axis=0)

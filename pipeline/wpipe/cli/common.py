@@ -60,10 +60,17 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 _OPEN: list[duckdb.DuckDBPyConnection] = []
 
 
+def waiting(why: str) -> None:
+    """The one line a command prints when it starts waiting for a writer to finish."""
+    wait = api.default_wait()
+    say(f"waiting up to {wait:g} s ({api.WAIT_ENV}): {why}")
+
+
 def connect(db: str | None, read_only: bool = True) -> duckdb.DuckDBPyConnection:
-    """The command's connection; closed when the command ends (close_all)."""
+    """The command's connection; closed when the command ends (close_all). While an ingest
+    writes the database, waits up to WPIPE_WAIT seconds (saying so), then reads."""
     try:
-        con = api.connect(db, read_only=read_only)
+        con = api.connect(db, read_only=read_only, wait=api.default_wait(), on_wait=waiting)
     except (FileNotFoundError, api.DatabaseError) as exc:
         fail(str(exc))
     _OPEN.append(con)

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import duckdb
 import typer
+from deltalake.exceptions import DeltaError
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from wpipe import api, store, workers
+from wpipe import api, dblock, remote, store, workers
 from wpipe.analysis import StatsOptions
-from wpipe.cli.common import EXIT_FAILED_FILES, DbOption, err, fail, first_line, say
+from wpipe.cli.common import EXIT_FAILED_FILES, DbOption, err, fail, first_line, say, waiting
+from wpipe.extras import MissingExtra
 from wpipe.ingest import Outcome, Report, ingest
 from wpipe.spectra import SpectraOptions
 from wpipe.store import sync
@@ -20,13 +22,17 @@ from wpipe.store.sync import LakeMismatch
 from wpipe.tables import DEFAULT_VALUES, ValuesMode
 from wpipe.tags import check_pattern
 
+LakeOption = typer.Option(
+    None, help=r"Delta lake folder or s3:// URL \[default: the database path with suffix .lake]"
+)
+
 
 def ingest_command(
-    paths: list[Path] = typer.Argument(..., help="Model files or folders (searched recursively)."),
-    db: str | None = DbOption,
-    lake: Path | None = typer.Option(
-        None, help=r"Delta lake folder \[default: the database path with suffix .lake]"
+    paths: list[str] = typer.Argument(
+        ..., help="Model files or folders (searched recursively), or s3:// prefixes."
     ),
+    db: str | None = DbOption,
+    lake: str | None = LakeOption,
     jobs: int = typer.Option(os.cpu_count() or 1, "--jobs", "-j", min=1, help="Worker processes."),
     values: str = typer.Option(
         DEFAULT_VALUES,
@@ -54,6 +60,9 @@ def ingest_command(
         "(0: no limit).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    dask: str | None = typer.Option(
+        None, help="Run the per-file map on Dask: local, or a scheduler address (tcp://…)."
+    ),
 ) -> None:
     """Read every Keras model file under PATHS into the Delta lake and the database."""
     try:
@@ -63,12 +72,12 @@ def ingest_command(
             check_pattern(tag_pattern)
     except ValueError as exc:
         fail(str(exc))
-    missing = [str(p) for p in paths if not p.exists()]
+    missing = [p for p in paths if not remote.is_url(p) and not Path(p).exists()]
     if missing:
         fail(f"no such file or folder: {', '.join(missing)}")
     db_path = db or api.default_db()
     lake_path = lake or store.default_lake(db_path)
-    database = open_for_writing(Path(db_path))
+    database = open_for_writing(Path(db_path), "wpipe ingest")
     progress = Progress(
         TextColumn("[bold]{task.fields[phase]}"),
         BarColumn(),
@@ -106,8 +115,9 @@ def ingest_command(
                 progress=sink,
                 spectra=spectra_options,
                 file_timeout=file_timeout or None,
+                dask=dask,
             )
-    except LakeMismatch as exc:
+    except (LakeMismatch, MissingExtra, remote.StorageError, ConnectionError) as exc:
         fail(str(exc))
     except OSError as exc:  # the lake: a read-only or full disk, a file where a folder goes
         fail(f"cannot write the lake {lake_path}: {exc.strerror or first_line(exc)}")
@@ -117,35 +127,54 @@ def ingest_command(
     raise typer.Exit(EXIT_FAILED_FILES if report.failed else 0)
 
 
-def open_for_writing(path: Path) -> store.Database:
-    """The database for ingest; a folder, another program's file or a lock is one line."""
+def open_for_writing(path: Path, what: str) -> store.Database:
+    """The database for ingest; a folder, another program's file, another wpipe writer (the
+    writer lock, refused at once) or a lock held by another process (waited for up to
+    WPIPE_WAIT seconds) is one line. The writer lock comes first: nothing touches the
+    database, its WAL or the lake before it is held."""
     if path.is_dir():
         fail(f"{path}: is a folder, not a database file")
-    if path.exists():
-        try:
-            con = api.open_duckdb(path, read_only=False)
-        except api.DatabaseError as exc:
-            fail(str(exc))
-        try:
-            tables = con.execute(
-                "SELECT list(table_name ORDER BY table_name) FROM duckdb_tables() "
-                "WHERE schema_name = 'main'"
-            ).fetchone()[0]
-        finally:
-            con.close()
-        if tables and "models" not in tables:
-            fail(
-                f"{path}: a DuckDB database of another program (tables "
-                f"{', '.join(tables[:5])}); give wpipe its own --db file"
-            )
-    elif not path.parent.is_dir():
+    if not path.exists() and not path.parent.is_dir():
         fail(f"{path}: its folder {path.parent} does not exist")
     try:
-        return store.Database(path)
-    except duckdb.Error as exc:
+        lock = dblock.WriterLock(path, what)
+    except dblock.DatabaseBusy as exc:
         fail(f"{path}: cannot open for writing ({first_line(exc)})")
     except OSError as exc:
         fail(f"{path}: cannot open for writing ({exc.strerror or first_line(exc)})")
+    try:
+        if path.exists():
+            _check_ours(path)
+        return store.Database(path, lock=lock)
+    except duckdb.Error as exc:
+        lock.release()
+        fail(f"{path}: cannot open for writing ({first_line(exc)})")
+    except OSError as exc:
+        lock.release()
+        fail(f"{path}: cannot open for writing ({exc.strerror or first_line(exc)})")
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _check_ours(path: Path) -> None:
+    """Refuse another program's DuckDB file; wait (WPIPE_WAIT) while another process has it."""
+    try:
+        con = api.open_waiting(path, False, api.default_wait(), waiting)
+    except api.DatabaseError as exc:
+        fail(str(exc))
+    try:
+        tables = con.execute(
+            "SELECT list(table_name ORDER BY table_name) FROM duckdb_tables() "
+            "WHERE schema_name = 'main'"
+        ).fetchone()[0]
+    finally:
+        con.close()
+    if tables and "models" not in tables:
+        fail(
+            f"{path}: a DuckDB database of another program (tables "
+            f"{', '.join(tables[:5])}); give wpipe its own --db file"
+        )
 
 
 def _summary(report: Report, quiet: bool, prune: bool, db_path: str) -> None:
@@ -187,18 +216,13 @@ class IngestProgress:
         self.progress.update(self.task, advance=n, description=item)
 
 
-def compact_command(
-    db: str | None = DbOption,
-    lake: Path | None = typer.Option(
-        None, help=r"Delta lake folder \[default: the database path with suffix .lake]"
-    ),
-) -> None:
+def compact_command(db: str | None = DbOption, lake: str | None = LakeOption) -> None:
     """Merge the lake's small data files (ordered by model) and delete unreferenced ones."""
     db_path = db or api.default_db()
-    database = open_for_writing(Path(db_path))
+    database = open_for_writing(Path(db_path), "wpipe compact")
     lake_path = lake or store.default_lake(db_path)
     try:
-        handle = store.Lake.open(str(Path(lake_path).resolve()))
+        handle = remote.open_lake(lake_path)
         before = sum(handle.file_count().values())
         after = sync.compact(database, handle)
     finally:
@@ -206,4 +230,26 @@ def compact_command(
     say(
         f"{lake_path}: {before} data files → {sum(after.values())} "
         f"({', '.join(f'{t} {n}' for t, n in after.items())})"
+    )
+
+
+def sync_command(
+    lake: str = typer.Option(..., help="The lake to follow: a folder or an s3:// URL."),
+    db: str | None = DbOption,
+) -> None:
+    """Bring the database up to date from a lake other runs wrote: only what changed."""
+    db_path = db or api.default_db()
+    database = open_for_writing(Path(db_path), "wpipe sync")
+    try:
+        pulled = sync.pull(database, remote.open_lake(lake))
+    except (LookupError, MissingExtra, OSError, DeltaError) as exc:
+        fail(f"{lake}: {first_line(exc)}")
+    finally:
+        database.close()
+    if pulled.up_to_date:
+        say(f"{db_path} is up to date with {lake}")
+        return
+    say(
+        f"{lake} → {db_path}: {pulled.models} models loaded, {pulled.removed} removed, "
+        f"{pulled.shared} shared tables refreshed (drift, ingest_errors, model_names)"
     )

@@ -6,17 +6,69 @@ import numpy as np
 
 from wpipe.forward import activations
 from wpipe.forward.base import Arrays, Call, Unsupported, layer
+from wpipe.readers.keras_config import quantization_mode
+
+# keras.quantizers.AbsMaxQuantizer's defaults: what a Keras 3 int8 Dense without a
+# `quantization_config` (files from before Keras 3.11 wrote none) applies to its inputs.
+ABS_MAX_DEFAULT = {"value_range": [-127, 127], "epsilon": 1e-7}
 
 
 def kernel(call: Call, name: str = "kernel") -> np.ndarray:
-    """A kernel, dequantized when Keras 3 stored it as int8 with a per-output scale."""
+    """A kernel; the reader has already dequantized Keras 3's int8/int4 codes by their scales."""
     k = call.weight(name)
-    scale = call.optional(f"{name}_scale")
     if k.dtype.kind in "iu":
-        if scale is None:
-            raise Unsupported(f"{call.class_name}: integer kernel without a scale")
-        return (k.astype(np.float32) / scale).astype(np.float32)
+        raise Unsupported(f"{call.class_name}: integer kernel without a scale")
     return k
+
+
+def input_quantizer(call: Call) -> dict | None:
+    """The AbsMaxQuantizer config a quantized layer applies to its inputs, None for weight-only.
+
+    Keras 3 int8 Dense/EinsumDense (keras/src/layers/core/dense.py, einsum_dense.py) round
+    their inputs to int8 codes by their absolute maximum before the integer product, so their
+    outputs differ from a float product by ~0.5 %."""
+    mode = quantization_mode(call.config)
+    if mode not in ("int8", "int4"):
+        return None
+    if mode == "int4" and call.class_name == "EinsumDense":
+        raise Unsupported("EinsumDense: int4-quantized kernels are not computed")
+    if "quantization_config" not in call.config:
+        if mode == "int4":
+            raise Unsupported(
+                f"{call.class_name}: int4 kernels of Keras before 3.11 are not computed"
+            )
+        return ABS_MAX_DEFAULT
+    spec = ((call.config.get("quantization_config") or {}).get("config") or {}).get(
+        "activation_quantizer"
+    )
+    if spec is None:
+        return None
+    if spec.get("class_name") != "AbsMaxQuantizer":
+        raise Unsupported(f"{call.class_name}: input quantizer {spec.get('class_name')!r}")
+    return spec.get("config") or ABS_MAX_DEFAULT
+
+
+def quantized_inputs(call: Call, x: np.ndarray, axes: tuple[int, ...] = (-1,)) -> np.ndarray:
+    """`x` as the layer's int8 product sees it: keras.quantizers.abs_max_quantize over the
+    reduced `axes`, then divided back by its scale (the same product up to rounding)."""
+    config = input_quantizer(call)
+    if config is None:
+        return x
+    low, high = (float(v) for v in config.get("value_range", (-127, 127)))
+    eps = np.float32(config.get("epsilon", 1e-7))
+    scale = np.float32(high) / (np.max(np.abs(x), axis=axes, keepdims=True) + eps)
+    codes = np.clip(np.round(x * scale), low, high)
+    return (codes / scale).astype(np.float32)
+
+
+def reduced_input_axes(equation: str) -> tuple[int, ...]:
+    """The input axes an EinsumDense equation sums over (negative after a leading `...`)."""
+    lhs, output = equation.split("->")
+    spec = lhs.split(",")[0]
+    labels = spec.replace("...", "")
+    axes = [i for i, label in enumerate(labels) if label not in output]
+    offset = len(labels) if spec.startswith("...") else 0
+    return tuple(i - offset for i in axes)
 
 
 def activate(call: Call, x: np.ndarray) -> np.ndarray:
@@ -33,13 +85,15 @@ def bias_add(call: Call, x: np.ndarray) -> np.ndarray:
 
 @layer("Dense")
 def dense(call: Call, xs: Arrays) -> np.ndarray:
-    y = np.matmul(xs[0].astype(np.float32, copy=False), kernel(call))
-    return activate(call, bias_add(call, y))
+    x = quantized_inputs(call, xs[0].astype(np.float32, copy=False))
+    return activate(call, bias_add(call, np.matmul(x, kernel(call))))
 
 
 @layer("EinsumDense")
 def einsum_dense(call: Call, xs: Arrays) -> np.ndarray:
-    y = np.einsum(call.config["equation"], xs[0], kernel(call), optimize=True)
+    equation = call.config["equation"]
+    x = quantized_inputs(call, xs[0].astype(np.float32, copy=False), reduced_input_axes(equation))
+    y = np.einsum(equation, x, kernel(call), optimize=True)
     b = call.optional("bias")
     if b is not None:
         y = y + b  # stored with the broadcast shape Keras built (1s for non-bias axes)
@@ -48,10 +102,9 @@ def einsum_dense(call: Call, xs: Arrays) -> np.ndarray:
 
 @layer("Embedding")
 def embedding(call: Call, xs: Arrays) -> np.ndarray:
-    table = call.weight("embeddings")
-    scale = call.optional("embeddings_scale")
-    if table.dtype.kind in "iu" and scale is not None:
-        table = table.astype(np.float32) / scale[:, None]
+    table = call.weight("embeddings")  # dequantized by the reader when Keras 3 quantized it
+    if table.dtype.kind in "iu":
+        raise Unsupported("Embedding: integer table without a scale")
     ids = np.asarray(xs[0]).astype(np.int64)
     if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
         raise Unsupported(f"Embedding: input ids outside [0, {table.shape[0]})")

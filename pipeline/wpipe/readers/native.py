@@ -251,7 +251,8 @@ def _layer(
                     status=h5safe.tensor_status(ds, where),
                 )
             )
-    quantized.dequantize(tensors, next((m for m in modes if m), None))
+    mode = next((m for m in modes if m), None)
+    quantized.dequantize(tensors, mode, config)
     return Layer(layer_path, name, class_name, config or None, trainable, tensors)
 
 

@@ -6,6 +6,8 @@ computes from them, as keras/src/layers/core/dense.py does:
   by `(x ^ 8) - 8`), kernel = codes / kernel_scale.
 * int4, sub-channel (kernel_zero and g_idx present): kernel = (codes - zero[g]) * scale[g]
   for the group g = g_idx[row] of each input row.
+* Embedding (keras/src/layers/core/embedding.py): the same with one scale per row (token);
+  int4 packs, and sub-channel groups, along the output axis.
 
 The tensor keeps its stored dtype and shape (`weights.dtype` int8; Keras counts the stored
 elements) while every statistic, histogram, unit and spectrum is of the dequantized kernel.
@@ -22,13 +24,17 @@ from wpipe.readers.base import Tensor
 Loader = Callable[[], np.ndarray]
 
 
-def dequantize(tensors: list[Tensor], mode: str | None) -> None:
-    """Point each quantized kernel's loader at its dequantized values, in place."""
+def dequantize(tensors: list[Tensor], mode: str | None, config: dict | None = None) -> None:
+    """Point each quantized kernel's (or embedding table's) loader at its dequantized values,
+    in place; the layer's config gives an EinsumDense's equation and an Embedding's width."""
     if mode not in ("int8", "int4"):
         return
+    config = config or {}
     by_name = {t.weight_name: t for t in tensors}
     for tensor in tensors:
         tensor.quantization = mode
+        if tensor.role == "embeddings":
+            _embeddings(tensor, by_name, mode, config.get("output_dim"))
         if tensor.role != "kernel":
             continue
         scope = tensor.weight_name[: -len("kernel")]
@@ -36,12 +42,52 @@ def dequantize(tensors: list[Tensor], mode: str | None) -> None:
         if scale is None:
             continue
         zero, g_idx = by_name.get(f"{scope}kernel_zero"), by_name.get(f"{scope}g_idx")
-        if mode == "int8":
+        equation = config.get("equation")
+        if mode == "int8" and isinstance(equation, str):
+            tensor.load = _int8(tensor.load, _einsum_scale(scale.load, tensor.shape, equation))
+        elif mode == "int8":
             tensor.load = _int8(tensor.load, scale.load)
         elif zero is not None and g_idx is not None:
             tensor.load = _int4_grouped(tensor.load, scale.load, zero.load, g_idx.load)
         else:
             tensor.load = _int4(tensor.load, scale.load)
+
+
+def _embeddings(
+    table: Tensor, by_name: dict[str, Tensor], mode: str, output_dim: int | None
+) -> None:
+    scope = table.weight_name[: -len("embeddings")]
+    scale = by_name.get(f"{scope}embeddings_scale")
+    zero, g_idx = by_name.get(f"{scope}embeddings_zero"), by_name.get(f"{scope}g_idx")
+    if scale is None:
+        return
+    if mode == "int8":
+        table.load = _rows(table.load, scale.load)
+    elif zero is not None and g_idx is not None:
+        table.load = _int4_grouped_rows(table.load, scale.load, zero.load, g_idx.load)
+    elif output_dim:
+        table.load = _rows(_unpacked(table.load, output_dim), scale.load)
+
+
+def _rows(codes: Loader, scale: Loader) -> Loader:
+    def load() -> np.ndarray:
+        return codes().astype(np.float32) / scale().astype(np.float32)[:, None]
+
+    return load
+
+
+def _unpacked(codes: Loader, length: int) -> Loader:
+    return lambda: unpack_int4(codes(), length)
+
+
+def _int4_grouped_rows(codes: Loader, scale: Loader, zero: Loader, g_idx: Loader) -> Loader:
+    def load() -> np.ndarray:
+        s = scale().astype(np.float32)  # (input_dim, n_groups)
+        groups = g_idx().astype(np.int64)  # (output_dim,)
+        q = unpack_int4(codes(), len(groups)).astype(np.float32)
+        return (q - zero().astype(np.float32)[:, groups]) * s[:, groups]
+
+    return load
 
 
 def saved_order(tensors: list[Tensor], mode: str | None) -> list[Tensor]:
@@ -68,12 +114,29 @@ def unpack_int4(packed: np.ndarray, length: int) -> np.ndarray:
 
 def _int8(codes: Loader, scale: Loader) -> Loader:
     def load() -> np.ndarray:
-        q, s = codes().astype(np.float32), scale().astype(np.float32)
-        try:
-            np.broadcast_shapes(q.shape, s.shape)
-        except ValueError:  # a scale laid out for an einsum equation: left as codes
-            return q
-        return q / s
+        return codes().astype(np.float32) / scale().astype(np.float32)
+
+    return load
+
+
+def einsum_kernel_axes(equation: str) -> tuple[str, str]:
+    """(kernel labels, output labels) of an EinsumDense equation (`...` dropped)."""
+    inputs, output = equation.replace("...", "").split("->")
+    return inputs.split(",")[1], output
+
+
+def _einsum_scale(scale: Loader, kernel_shape: tuple[int, ...], equation: str) -> Loader:
+    """An EinsumDense kernel_scale laid out against its kernel. Keras keeps one scale per
+    kernel axis that survives into the output and stores them in the output's axis order
+    (keras/src/layers/core/einsum_dense.py, `_adjust_scale_for_quant`)."""
+
+    def load() -> np.ndarray:
+        kernel, output = einsum_kernel_axes(equation)
+        kept = [axis for axis, label in enumerate(kernel) if label in output]
+        stored = sorted(kept, key=lambda axis: output.index(kernel[axis]))
+        s = scale().reshape([kernel_shape[axis] for axis in stored])
+        s = np.transpose(s, [stored.index(axis) for axis in kept])
+        return s.reshape([n if axis in kept else 1 for axis, n in enumerate(kernel_shape)])
 
     return load
 

@@ -45,6 +45,11 @@ QUANTIZED_ROLES = {
     "int8": ("kernel", "bias", "kernel_scale"),
     "int4": ("kernel", "bias", "kernel_scale", "kernel_zero", "g_idx"),
 }
+# keras/src/layers/core/embedding.py: int4's sub-channel zero and g_idx are skipped when absent.
+QUANTIZED_EMBEDDING_ROLES = {
+    "int8": ("embeddings", "embeddings_scale"),
+    "int4": ("embeddings", "embeddings_scale", "embeddings_zero", "g_idx"),
+}
 QUANTIZABLE = {"Dense", "EinsumDense"}
 # Layer classes whose snake_case name Keras gives their group in a native weights file.
 OTHER_CLASSES = (
@@ -106,6 +111,9 @@ def positional_roles(
     if mode in QUANTIZED_ROLES and class_name in QUANTIZABLE:
         roles = _quantized_roles(mode, config, shapes)
         return (roles if roles and len(roles) == count else None), mode
+    if mode in QUANTIZED_EMBEDDING_ROLES and class_name == "Embedding":
+        roles = QUANTIZED_EMBEDDING_ROLES[mode][: max(count, 2)]
+        return (roles if len(roles) == count else None), mode
     if class_name is None:
         return _roles_by_shape(shapes), None
     roles = ROLES.get(class_name)
@@ -168,7 +176,7 @@ def _quantized_roles(
     mode: str, config: dict, shapes: Sequence[tuple[int, ...]]
 ) -> tuple[str, ...] | None:
     roles = QUANTIZED_ROLES[mode]
-    if config.get("use_bias") is False:
+    if config.get("use_bias") is False or (config.get("equation") and not config.get("bias_axes")):
         roles = tuple(r for r in roles if r != "bias")
     elif not config and len(shapes) in (2, 4):
         roles = tuple(r for r in roles if r != "bias")  # odd count without config: no bias

@@ -17,7 +17,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from wpipe import naming, schema, views
+from wpipe import dblock, naming, schema, views
 from wpipe.store.lake import Lake
 
 _DUCK_TYPES = {
@@ -103,14 +103,34 @@ def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
 class Database:
     """The DuckDB file: contract tables, views, and per-model replace/remove."""
 
-    def __init__(self, path: str | os.PathLike, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        read_only: bool = False,
+        lock: dblock.WriterLock | None = None,
+    ) -> None:
+        """A writer first takes the writer lock (`lock`, or a new one: DatabaseBusy when
+        another wpipe writer has it), before DuckDB touches the file."""
         self.path = str(path)
-        self.con = configure(duckdb.connect(self.path, read_only=read_only))
-        if not read_only:
-            ensure_schema(self.con)
+        self._lock = None if read_only else (lock or dblock.WriterLock(self.path))
+        try:
+            self.con = configure(duckdb.connect(self.path, read_only=read_only))
+            if not read_only:
+                ensure_schema(self.con)
+        except BaseException:
+            if getattr(self, "con", None) is not None:
+                self.con.close()
+            self._release()
+            raise
 
     def close(self) -> None:
         self.con.close()
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def known_files(self) -> dict[str, tuple[int, float, str, str | None]]:
         """path -> (file_bytes, mtime, sha256, ingest_options) of every ingested model."""

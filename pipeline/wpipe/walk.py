@@ -1,0 +1,128 @@
+"""The folder walk: which paths under the user's arguments are model saves.
+
+Only regular files are candidates (checked with `stat`, after following symlinks); a FIFO, a
+device or a socket is never opened. Symlinked folders are not entered (no loops). A dangling
+or looping symlink, or a special file, whose name looks like a model is reported (`Skipped`,
+then an `ingest_errors` row) rather than raised; other such entries are passed over silently.
+The database, its WAL, its lock file and the lake are never candidates, wherever they live
+(`dblock.Protected`, by device and inode): opening and closing the database would drop
+DuckDB's lock.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from wpipe.dblock import Protected
+from wpipe.readers import ModelReadError, keras_dir, sharded, sniff, unsupported
+from wpipe.readers.safefile import stat_problem
+from wpipe.tags import MODEL_SUFFIXES
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A path that looks like a model but cannot be one; recorded in ingest_errors."""
+
+    path: Path
+    code: str
+    message: str
+    size: int
+    mtime: float
+
+
+def walk(
+    paths: Iterable[str | os.PathLike], protected: Protected | None = None
+) -> tuple[list[Path], list[Skipped]]:
+    """Model saves under `paths`, and the paths that look like models but cannot be read.
+
+    Named files or folders count as given; folders are walked recursively. In a walk a regular
+    file counts when its content starts like HDF5 or ZIP, its name ends like a Keras file, or it
+    is a recognisable unreadable save (reported, not silently skipped). A folder that is itself
+    a save (unzipped .keras, SavedModel, …) counts as one model; shards listed by a
+    `.weights.json` index belong to that index. Hidden folders are not entered.
+    """
+    protected = protected or Protected([])
+    found: list[Path] = []
+    skipped: list[Skipped] = []
+    for raw in paths:
+        given = Path(os.path.abspath(raw))
+        problem = None if os.path.isdir(given) else stat_problem(given, str(given))
+        root = Path(os.path.realpath(given))
+        if problem:
+            skipped.append(_skipped(given, problem))
+        elif root in protected:
+            continue
+        elif root.is_dir() and not _is_save_folder(root):
+            _walk(root, protected, found, skipped)
+        else:
+            found.append(root)
+    return list(dict.fromkeys(found)), skipped
+
+
+def _walk(root: Path, protected: Protected, found: list[Path], skipped: list[Skipped]) -> None:
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        if here in protected:
+            dirs[:] = []
+            continue
+        saves = [d for d in dirs if _is_save_folder(here / d) and here / d not in protected]
+        found.extend(here / d for d in sorted(saves))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in saves)
+        regular = [name for name in sorted(files) if _regular(here / name, protected, skipped)]
+        shards = {n for index in regular if sharded.is_index(here / index)
+                  for n in _shards_of(here / index)}  # fmt: skip
+        for name in regular:
+            candidate = here / name
+            if name in shards:
+                continue
+            if (
+                _named_like_model(name)
+                or unsupported.is_candidate(candidate)
+                or _looks_like_model(candidate)
+            ):
+                found.append(candidate)
+
+
+def _regular(path: Path, protected: Protected, skipped: list[Skipped]) -> bool:
+    """True for a regular file that may be read; reports a model-like name that is not one."""
+    problem = stat_problem(path, str(path))
+    if problem is None:
+        return path not in protected
+    if _named_like_model(path.name):
+        skipped.append(_skipped(path, problem))
+    return False
+
+
+def _skipped(path: Path, problem: ModelReadError) -> Skipped:
+    try:
+        st = os.lstat(path)
+        size, mtime = (st.st_size if stat.S_ISREG(st.st_mode) else 0), st.st_mtime
+    except OSError:
+        size, mtime = 0, 0.0
+    return Skipped(path, problem.code, problem.message, size, mtime)
+
+
+def _named_like_model(name: str) -> bool:
+    return name.lower().endswith(MODEL_SUFFIXES)
+
+
+def _is_save_folder(path: Path) -> bool:
+    return path.is_dir() and (keras_dir.claims(path) or unsupported.identify(path) is not None)
+
+
+def _shards_of(index: Path) -> list[str]:
+    try:
+        return sharded.shard_names(index, str(index))
+    except ModelReadError:
+        return []
+
+
+def _looks_like_model(path: Path) -> bool:
+    try:
+        return sniff(path) is not None
+    except (OSError, ModelReadError):
+        return False
