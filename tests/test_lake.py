@@ -119,6 +119,23 @@ def test_a_killed_ingest_is_rolled_back_and_a_rerun_completes(tmp_path):
     w.ingest(zoo)
     assert w.query("SELECT count(*), count(DISTINCT path) FROM models") == [(20, 20)]
     assert_lake_equals_database(w)
+    lake = store.Lake.open(str(w.lake))  # what the killed run wrote and never loaded: gone
+    assert {t: lake.unreferenced(t) for t in TABLES} == {t: [] for t in TABLES}
+
+
+def test_data_files_no_commit_references_are_swept_by_the_next_ingest(folder, warehouse):
+    """A worker stopped by --file-timeout (or killed) leaves a data file that no commit names;
+    the next ingest (holding the writer lock) deletes it, and nothing committed."""
+    warehouse.ingest(folder)
+    stray = warehouse.lake / "weights" / "part-stopped-worker.parquet"
+    shutil.copy2(next((warehouse.lake / "weights").glob("part-*.parquet")), stray)
+    lake = store.Lake.open(str(warehouse.lake))
+    assert lake.unreferenced("weights") == [stray.name]
+    committed = {t: sorted(DeltaTable(str(warehouse.lake / t)).file_uris()) for t in TABLES}
+    warehouse.ingest(folder)  # unchanged files: nothing is read, the stray file is swept
+    assert not stray.exists()
+    assert {t: sorted(DeltaTable(str(warehouse.lake / t)).file_uris()) for t in TABLES} == committed
+    assert_lake_equals_database(warehouse)
 
 
 def test_commits_beyond_the_loaded_version_are_rolled_back(folder, warehouse, tmp_path):

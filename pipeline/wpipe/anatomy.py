@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wpipe.readers.base import from_cudnn
+
 GATES = {
     **dict.fromkeys(("LSTM", "CuDNNLSTM", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"), "ifco"),
     **dict.fromkeys(("GRU", "CuDNNGRU"), "zrh"),
@@ -118,7 +120,7 @@ def _recurrent(gates: str, role: str, layout: str, array: np.ndarray) -> list[Sl
     groups = []
     for part, values in halves:
         if layout == "cudnn" and role in ("kernel", "recurrent_kernel"):
-            values = _from_cudnn(values, role, g)
+            values = from_cudnn(values, role, g)
         width = values.shape[-1]
         u = width // g
         if u * g != width:
@@ -138,16 +140,6 @@ def _recurrent(gates: str, role: str, layout: str, array: np.ndarray) -> list[Sl
             blocks = columns.reshape(columns.shape[0], g, u).transpose(0, 2, 1).reshape(-1, g)
             groups.append(SliceGroup("gate", blocks, np.arange(g), labels, part))
     return groups
-
-
-def _from_cudnn(values: np.ndarray, role: str, n_gates: int) -> np.ndarray:
-    """cuDNN gate blocks to Keras order (keras 2.1.6 topology.py _convert_rnn_weights)."""
-    blocks = np.split(values, n_gates, axis=1)
-    if role == "kernel":
-        blocks = [b.T.reshape(b.shape, order="F") for b in blocks]
-    else:
-        blocks = [b.T for b in blocks]
-    return np.hstack(blocks)
 
 
 def slice_stats(group: SliceGroup, near_zero: float) -> Iterator[dict]:

@@ -25,6 +25,7 @@ from wpipe.analysis import StatsOptions
 from wpipe.drift import drift_row
 from wpipe.readers import Model, ModelReadError, Tensor, h5safe, model_files, open_model, sniff
 from wpipe.spectra import SpectraOptions
+from wpipe.store import space
 from wpipe.store.lake import DataFile, DataFileWriter, LakeLocation
 from wpipe.tables import FileInfo, ValuesMode, arch_id, build_tables, model_id_for
 from wpipe.textsafe import display, to_os
@@ -246,8 +247,8 @@ def _process(job: FileJob, local: str, previous: str | None) -> Outcome:
         outcome.n_tensors, outcome.n_params = row["n_tensors"], row["n_params"]
     except ModelReadError as exc:
         outcome.error, outcome.message = exc.code, exc.message
-    except OSError as exc:
-        outcome.error = "io-error"
+    except OSError as exc:  # a full disk while writing its rows stops the run (store.space)
+        outcome.error = "disk-full" if space.is_full(exc) else "io-error"
         outcome.message = display(f"{job.path}: {exc.strerror or exc}")
     except Exception as exc:  # a bug must not stop the other files; the message says so
         outcome.error = "internal-error"

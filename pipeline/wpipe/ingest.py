@@ -12,6 +12,7 @@ outcomes, wherever they ran.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections import Counter
@@ -31,8 +32,9 @@ from wpipe.readers import ModelReadError, model_files, sharded
 from wpipe.readers.safefile import stat_problem
 from wpipe.spectra import SpectraOptions
 from wpipe.spectra_tables import CACHE_FOLDER
-from wpipe.store import sync
+from wpipe.store import space, sync
 from wpipe.store.lake import DataFile, Lake, write_data_file
+from wpipe.store.space import StoreFailed
 from wpipe.tables import ValuesMode, file_stem, model_id_for
 from wpipe.tags import parse_tags
 from wpipe.textsafe import display, to_os
@@ -45,9 +47,12 @@ BATCH_BYTES = 64 << 20
 BATCH_SECONDS = 10.0
 # Tables with more files than this are compacted (small files merged) at the end of a run.
 COMPACT_FILES = 64
+SWEEP_REMOTE_AGE = 86400.0  # seconds: uncommitted files of a lake on object storage kept so long
 MODEL_SUFFIXES = (".h5", ".hdf5", ".keras", ".weights.json")  # what remote's listing fetches
 
-__all__ = ["Outcome", "Report", "commit_batch", "discover", "ingest", "ingest_options"]
+__all__ = [
+    "Outcome", "Report", "StoreFailed", "commit_batch", "discover", "ingest", "ingest_options",
+]  # fmt: skip
 
 
 class ProgressSink(Protocol):
@@ -204,6 +209,24 @@ def _plan(
     return plan
 
 
+def _stops_on_full_disk(function: Callable[..., Report]) -> Callable[..., Report]:
+    """A full disk anywhere in the run (lake, database, a worker's files) is StoreFailed."""
+
+    @functools.wraps(function)
+    def run(*args, **kwargs) -> Report:
+        try:
+            return function(*args, **kwargs)
+        except StoreFailed:
+            raise
+        except Exception as exc:
+            if not space.is_full(exc):
+                raise
+            raise StoreFailed(space.first_line(exc)) from None
+
+    return run
+
+
+@_stops_on_full_disk
 def ingest(
     paths: Iterable[str | os.PathLike],
     db: store.Database,
@@ -242,6 +265,9 @@ def ingest(
         spectra = replace(spectra, cache_dir=str(local_lake / CACHE_FOLDER))
     report = Report()
     report.warnings += sync.reconcile(db, lake)
+    # data files a killed or failed run wrote and never committed (on object storage another
+    # machine's may be in flight: only day-old ones)
+    lake.sweep(0.0 if local_lake else SWEEP_REMOTE_AGE)
     settings = Settings(options, values, spectra, ingest_options(options, values, spectra))
 
     progress.phase("scan", 0)
@@ -276,6 +302,9 @@ def ingest(
     if prune:
         report.pruned = _prune(db, lake, roots, urls, {_key(f) for f in files})
     _finish(db, lake, driver, tag_pattern, drift, progress, [*roots, *urls])
+    # what workers stopped by --file-timeout or killed had written, and files this run's
+    # commits replaced: every worker is stopped and the lock is held
+    lake.sweep(0.0 if local_lake else SWEEP_REMOTE_AGE)
     if (
         report.ingested
         or report.pruned
@@ -382,6 +411,9 @@ class _Driver:
         return work
 
     def take(self, outcome: Outcome) -> None:
+        if outcome.error == "disk-full":  # every file after it would fail alike: stop here
+            self.discard_pending()
+            raise StoreFailed(outcome.message)
         if outcome.status == "failed":
             self._failed(outcome, self.jobs.get(outcome.path))
             return
@@ -408,12 +440,24 @@ class _Driver:
         if self.on_done:
             self.on_done(outcome)
 
+    def discard_pending(self) -> None:
+        """The data files of outcomes not committed yet (the run is stopping)."""
+        self.lake.delete_uncommitted(f for o in self.pending for f in o.files)
+        self.pending = []
+
     def flush(self) -> None:
         if self.pending:
             self.progress.phase("load", len(self.pending))
-            files, versions = commit_batch(self.lake, self.pending, self.known_ids)
-            ids = [o.model_id for o in self.pending]
-            self.db.load_batch(self.lake, files, ids, versions)
+            try:
+                files, versions = commit_batch(self.lake, self.pending, self.known_ids)
+                ids = [o.model_id for o in self.pending]
+                self.db.load_batch(self.lake, files, ids, versions)
+            except Exception as exc:
+                if not space.is_full(exc):
+                    raise
+                # commits the database did not load are rolled back by the next run
+                self.discard_pending()
+                raise StoreFailed(space.first_line(exc)) from None
             self.known_ids.update(ids)
             self.progress.advance(len(self.pending))
             self.pending = []

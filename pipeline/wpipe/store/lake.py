@@ -167,6 +167,11 @@ class DataFileWriter:
                 step()
 
 
+def _age(info: pafs.FileInfo) -> float:
+    mtime = info.mtime
+    return time.time() - mtime.timestamp() if mtime is not None else float("inf")
+
+
 def write_data_file(location: LakeLocation, table: str, rows: pa.Table) -> DataFile:
     writer = DataFileWriter(location, table)
     try:
@@ -326,6 +331,57 @@ class Lake:
                     ["model_id"], target_size=TARGET_FILE_BYTES, max_spill_size=COMPACT_SPILL_BYTES
                 )
                 dt.update_incremental()
+
+    def unreferenced(self, name: str, min_age: float = 0.0) -> list[str]:
+        """Data files in table `name`'s folder that its current version does not reference:
+        files a killed or failed run wrote but never committed, and files older commits
+        dropped (the lake keeps no history); only those last modified `min_age` seconds ago
+        or earlier. Names relative to the table's folder."""
+        fs, root = self._fs
+        folder = f"{root.rstrip('/')}/{name}"
+        try:
+            listed = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        current = set(self.table(name).get_add_actions(flatten=True).column("path").to_pylist())
+        return sorted(
+            info.base_name
+            for info in listed
+            if info.type == pafs.FileType.File
+            and info.base_name.endswith(".parquet")
+            and info.base_name not in current
+            and (not min_age or _age(info) >= min_age)
+        )
+
+    def sweep(self, min_age: float = 0.0) -> int:
+        """Delete every table's unreferenced data files (`unreferenced`) without a commit, so
+        the versions the database recorded stay current; returns how many. Only for a writer
+        holding the lock, after `sync.reconcile` rolled back what a killed run committed; a
+        lake other machines may be writing keeps files younger than `min_age` (theirs may
+        be on their way to a commit)."""
+        fs, root = self._fs
+        swept = 0
+        for name in TABLES:
+            for file in self.unreferenced(name, min_age):
+                with contextlib.suppress(FileNotFoundError):
+                    fs.delete_file(f"{root.rstrip('/')}/{name}/{file}")
+                    swept += 1
+        return swept
+
+    def delete_uncommitted(self, files: Iterable[DataFile]) -> None:
+        """Best effort: remove data files that a failed run wrote and never committed."""
+        fs, root = self._fs
+        by_table: dict[str, list[DataFile]] = {}
+        for f in files:
+            by_table.setdefault(f.table, []).append(f)
+        for name, group in by_table.items():
+            with contextlib.suppress(Exception):  # a full disk or a dead store: next run's sweep
+                current = set(self.table(name).get_add_actions(flatten=True).column("path")
+                              .to_pylist())  # fmt: skip
+                for f in group:
+                    if f.name not in current:
+                        with contextlib.suppress(OSError):
+                            fs.delete_file(f"{root.rstrip('/')}/{name}/{f.name}")
 
     def vacuum(self) -> None:
         """Delete files that no current commit references: ones older commits dropped and
