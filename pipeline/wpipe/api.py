@@ -197,3 +197,13 @@ def _glob(con: duckdb.DuckDBPyConnection, pattern: str) -> list[str]:
         for model_id, name, path in rows
         if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(path, pattern)
     ]
+
+
+def connect_lake(lake: str | os.PathLike) -> duckdb.DuckDBPyConnection:
+    """Query a lake in place — a folder or an `s3://` URL (standard AWS settings) — with
+    DuckDB: an in-memory connection whose contract tables scan the lake's Delta tables
+    through their Arrow datasets (no copy, no DuckDB extension to download)."""
+    from wpipe.remote import open_lake
+    from wpipe.store.sync import lake_connection
+
+    return lake_connection(open_lake(lake))

@@ -16,7 +16,8 @@ import pyarrow as pa
 
 from wpipe import schema
 from wpipe.drift import drift_row, symmetric_distance, tensor_drift
-from wpipe.readers import Model, ModelReadError, open_model
+from wpipe.readers import Model, ModelReadError
+from wpipe.remote import is_url, open_save
 from wpipe.store import insert_arrow
 from wpipe.tags import parse_tags
 
@@ -42,6 +43,11 @@ def refresh_tags(con: duckdb.DuckDBPyConnection, pattern: str | None = None) -> 
     con.execute("COMMIT")
 
 
+def folder_of(path: str) -> str:
+    """A model's folder: a local parent directory, or a URL up to its last `/`."""
+    return path.rsplit("/", 1)[0] if is_url(path) else str(Path(path).parent)
+
+
 def series(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
     """Checkpoint series: models of one arch_id in one folder (two or more), in order of their
     epoch/step tag when every member has one, else of their names (naturally)."""
@@ -51,7 +57,7 @@ def series(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
     ).fetchall()
     groups: dict[tuple[str, str], list[tuple]] = {}
     for model_id, path, arch, name, order in rows:
-        groups.setdefault((str(Path(path).parent), arch), []).append((model_id, name, order))
+        groups.setdefault((folder_of(path), arch), []).append((model_id, name, order))
     out = {}
     for (folder, arch), members in sorted(groups.items()):
         if len(members) < 2:
@@ -82,7 +88,8 @@ def _drift_rows(
         path_b = (renamed or {}).get(layer.layer_path, layer.layer_path)
         for t in layer.tensors:
             other = tensors_b.get((path_b, t.weight_name))
-            if other is None or other.shape != t.shape or "ok" not in (t.status, other.status):
+            # both analysable: a complex or string tensor on either side is never cast
+            if other is None or other.shape != t.shape or (t.status, other.status) != ("ok", "ok"):
                 continue
             key = (layer.layer_path, t.weight_name)
             rows.append(drift_row(ids, key, t.load(), other.load(), series_name, shas))
@@ -103,7 +110,7 @@ def pair_drift(con: duckdb.DuckDBPyConnection, a: str, b: str) -> pa.Table:
     from the files now and stored nowhere: an on-demand comparison changes no table."""
     (path_a, sha_a), (path_b, sha_b) = _file_of(con, a), _file_of(con, b)
     layers = comparable_layers(con, a, b)
-    with open_model(path_a) as model_a, open_model(path_b) as model_b:
+    with open_save(path_a) as model_a, open_save(path_b) as model_b:
         rows = _drift_rows(model_a, model_b, (a, b), (sha_a, sha_b), None, layers)
     return pa.Table.from_pylist(rows, schema=schema.DRIFT.arrow_schema)
 
@@ -165,9 +172,9 @@ def series_drift(
                     if held is not None:
                         held[2].close()
                     stack = ExitStack()
-                    held = (a, stack.enter_context(open_model(files[a][0])), stack)
+                    held = (a, stack.enter_context(open_save(files[a][0])), stack)
                 stack_b = ExitStack()
-                model_b = stack_b.enter_context(open_model(files[b][0]))
+                model_b = stack_b.enter_context(open_save(files[b][0]))
                 shas = (files[a][1], files[b][1])
                 try:
                     rows += _drift_rows(held[1], model_b, (a, b), shas, name, None)
@@ -236,7 +243,7 @@ def distance_table(
     out: list[tuple] = []
     members: dict[str, list[str]] = {}
     with ExitStack() as stack:
-        models = [stack.enter_context(open_model(p)) for p in paths]
+        models = [stack.enter_context(open_save(p)) for p in paths]
         tensors = [
             {(layer.layer_path, t.weight_name): t for layer in m.layers for t in layer.tensors}
             for m in models

@@ -10,6 +10,7 @@ leaves an extra uncommitted file that compaction deletes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -19,11 +20,12 @@ import h5py
 import numpy as np
 import pyarrow as pa
 
-from wpipe import schema
+from wpipe import remote, schema
 from wpipe.analysis import StatsOptions
 from wpipe.drift import drift_row
 from wpipe.readers import Model, ModelReadError, Tensor, h5safe, model_files, open_model, sniff
 from wpipe.spectra import SpectraOptions
+from wpipe.store import space
 from wpipe.store.lake import DataFile, DataFileWriter, LakeLocation
 from wpipe.tables import FileInfo, ValuesMode, arch_id, build_tables, model_id_for
 from wpipe.textsafe import display, to_os
@@ -54,6 +56,8 @@ class FileJob:
     sha256: str | None = None  # known when the driver hashed the file to find duplicates
     previous: str | None = None  # the series' previous checkpoint, for drift
     series: str | None = None
+    remote: remote.RemoteSave | None = None  # set when `path` is on object storage
+    previous_remote: remote.RemoteSave | None = None  # and when `previous` is
 
 
 @dataclass
@@ -142,20 +146,23 @@ class DriftTracker:
     path, weight name and shape). The series pass after the map drops pairs whose models turn
     out not to share an architecture."""
 
-    def __init__(self, job: FileJob, model: Model, stack: ExitStack) -> None:
+    def __init__(
+        self, job: FileJob, model: Model, stack: ExitStack, local: str | None = None
+    ) -> None:
         self.rows: list[dict] = []
         self.ids = (model_id_for(job.previous or ""), model_id_for(job.path))
         self.series = job.series
         self.where = job.previous or ""
         self.file: h5py.File | None = None  # the previous file, read by dataset path
         self.tensors: dict[tuple[str, str], Tensor] = {}  # or its tensors, read by a reader
-        if job.previous is None:
+        local = local or job.previous  # where the previous file is read (a local copy)
+        if job.previous is None or local is None:
             return
         try:
-            if _direct(job.previous, model):
-                self.file = stack.enter_context(h5py.File(job.previous, "r", locking=False))
+            if _direct(local, model):
+                self.file = stack.enter_context(h5py.File(local, "r", locking=False))
                 return
-            previous = stack.enter_context(open_model(job.previous))
+            previous = stack.enter_context(open_model(local, where=job.previous))
         except (ModelReadError, OSError):
             return  # the driver's series pass reports what it cannot read
         if arch_id(previous) == arch_id(model):
@@ -192,18 +199,37 @@ def _direct(previous: str, model: Model) -> bool:
 
 
 def process_file(job: FileJob) -> Outcome:
-    """Read, analyse and diff one model file; never raises."""
+    """Read, analyse and diff one model file; never raises. A file on object storage (and
+    its series predecessor) is read from a temporary local copy, removed afterwards."""
+    if job.remote is None:
+        return _process(job, job.path, None)
+    try:
+        with ExitStack() as stack:
+            local = stack.enter_context(remote.fetched(job.remote))
+            previous = None
+            if job.previous_remote is not None:
+                with contextlib.suppress(OSError):  # no drift then; the series pass reports it
+                    previous = str(stack.enter_context(remote.fetched(job.previous_remote)))
+            return _process(job, str(local), previous)
+    except Exception as exc:  # the object store failed us, not the file: say so, go on
+        reason = getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
+        return Outcome(job.path, model_id_for(job.path), "failed", error="fetch-error",
+                       message=f"{job.path}: cannot fetch ({reason})")  # fmt: skip
+
+
+def _process(job: FileJob, local: str, previous: str | None) -> Outcome:
+    """process_file on `local`, a local copy of `job.path` (or the path itself)."""
     model_id = model_id_for(job.path)
     outcome = Outcome(job.path, model_id, "failed", bytes_read=job.size, previous=job.previous)
     sinks: dict[str, TableSink] = {}
     try:
-        sha = job.sha256 or sha256_of(job.path)
+        sha = job.sha256 or sha256_of(local)
         outcome.sha256 = sha
         info = FileInfo(model_id, job.path, sha, job.size, job.mtime, job.settings.text)
         sinks = {t.name: TableSink(job.lake, t) for t in schema.MODEL_TABLES}
         with ExitStack() as stack:
-            model = stack.enter_context(open_model(job.path))
-            drift = DriftTracker(job, model, stack)
+            model = stack.enter_context(open_model(local, where=job.path))
+            drift = DriftTracker(job, model, stack, previous)
             s = job.settings
             tables = build_tables(model, info, s.options, s.values, sinks["weight_values"].write,
                                   s.spectra, drift.visit)  # fmt: skip
@@ -221,8 +247,8 @@ def process_file(job: FileJob) -> Outcome:
         outcome.n_tensors, outcome.n_params = row["n_tensors"], row["n_params"]
     except ModelReadError as exc:
         outcome.error, outcome.message = exc.code, exc.message
-    except OSError as exc:
-        outcome.error = "io-error"
+    except OSError as exc:  # a full disk while writing its rows stops the run (store.space)
+        outcome.error = "disk-full" if space.is_full(exc) else "io-error"
         outcome.message = display(f"{job.path}: {exc.strerror or exc}")
     except Exception as exc:  # a bug must not stop the other files; the message says so
         outcome.error = "internal-error"

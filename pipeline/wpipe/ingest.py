@@ -12,6 +12,7 @@ outcomes, wherever they ran.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections import Counter
@@ -24,15 +25,16 @@ from typing import Protocol
 
 import pyarrow as pa
 
-from wpipe import compare, dblock, schema, store, workers
+from wpipe import compare, dblock, remote, schema, store, workers
 from wpipe.analysis import StatsOptions
 from wpipe.filemap import FileJob, Outcome, Settings, TableSink, hash_file, process_file
 from wpipe.readers import ModelReadError, model_files, sharded
 from wpipe.readers.safefile import stat_problem
 from wpipe.spectra import SpectraOptions
 from wpipe.spectra_tables import CACHE_FOLDER
-from wpipe.store import sync
+from wpipe.store import space, sync
 from wpipe.store.lake import DataFile, Lake, write_data_file
+from wpipe.store.space import StoreFailed
 from wpipe.tables import ValuesMode, file_stem, model_id_for
 from wpipe.tags import parse_tags
 from wpipe.textsafe import display, to_os
@@ -45,9 +47,12 @@ BATCH_BYTES = 64 << 20
 BATCH_SECONDS = 10.0
 # Tables with more files than this are compacted (small files merged) at the end of a run.
 COMPACT_FILES = 64
+SWEEP_REMOTE_AGE = 86400.0  # seconds: uncommitted files of a lake on object storage kept so long
 MODEL_SUFFIXES = (".h5", ".hdf5", ".keras", ".weights.json")  # what remote's listing fetches
 
-__all__ = ["Outcome", "Report", "commit_batch", "discover", "ingest", "ingest_options"]
+__all__ = [
+    "Outcome", "Report", "StoreFailed", "commit_batch", "discover", "ingest", "ingest_options",
+]  # fmt: skip
 
 
 class ProgressSink(Protocol):
@@ -121,7 +126,7 @@ def predecessors(paths: list[str], pattern: str | None) -> dict[str, tuple[str, 
     series pass after the map checks architectures and fixes what this guess got wrong."""
     folders: dict[str, list[str]] = {}
     for path in paths:
-        folders.setdefault(str(Path(path).parent), []).append(path)
+        folders.setdefault(compare.folder_of(path), []).append(path)
     out = {}
     for folder, members in folders.items():
         if len(members) < 2:
@@ -149,22 +154,30 @@ class _Plan:
     to_hash: list[FileJob] = field(default_factory=list)
 
 
+def _key(found: Path | remote.RemoteSave) -> str:
+    return found.url if isinstance(found, remote.RemoteSave) else display(str(found))
+
+
 def _plan(
-    files: list[Path], db: store.Database, lake: Lake, settings: Settings,
+    files: list[Path | remote.RemoteSave], db: store.Database, lake: Lake, settings: Settings,
     pattern: str | None, report: Report, drift: bool, on_done=None,
 ) -> _Plan:  # fmt: skip
     known, failures = db.known_files(), db.known_failures()
     plan = _Plan()
     new: list[tuple[str, int, float]] = []
+    saves = {f.url: f for f in files if isinstance(f, remote.RemoteSave)}
     for path in files:
-        key = display(str(path))  # as stored: undecodable bytes spelled \xHH (textsafe)
-        try:
-            size, mtime = fingerprint(path)
-        except OSError as exc:  # vanished or changed kind since the walk
-            problem = stat_problem(path, key) or ModelReadError("io-error", f"{key}: {exc}")
-            _record_skipped(Skipped(path, problem.code, problem.message, 0, 0.0), db, report,
-                            on_done)  # fmt: skip
-            continue
+        if isinstance(path, remote.RemoteSave):  # listed with its size and LastModified
+            key, size, mtime = path.url, path.size, path.mtime
+        else:
+            key = display(str(path))  # as stored: undecodable bytes spelled \xHH (textsafe)
+            try:
+                size, mtime = fingerprint(path)
+            except OSError as exc:  # vanished or changed kind since the walk
+                problem = stat_problem(path, key) or ModelReadError("io-error", f"{key}: {exc}")
+                _record_skipped(Skipped(path, problem.code, problem.message, 0, 0.0), db,
+                                report, on_done)  # fmt: skip
+                continue
         if key in known and known[key][3] != settings.text:
             known.pop(key)  # rows computed with other options: read the file again
         previous = known.get(key) or failures.get(key)
@@ -180,20 +193,40 @@ def _plan(
         new.append((key, size, mtime))
     if not new:
         return plan
-    chain = predecessors([display(str(p)) for p in files], pattern) if drift else {}
+    chain = predecessors([_key(p) for p in files], pattern) if drift else {}
     # Files that may be copies: a size another new file or an ingested model has.
     sizes = Counter(size for _, size, _ in new)
     known_sizes = {v[0] for v in known.values()}
     for key, size, mtime in new:
         previous, series = chain.get(key, (None, None))
-        job = FileJob(key, lake.location, size, mtime, settings, None, previous, series)
-        if sizes[size] > 1 or size in known_sizes:
+        job = FileJob(key, lake.location, size, mtime, settings, None, previous, series,
+                      saves.get(key), saves.get(previous or ""))  # fmt: skip
+        # an object would be fetched twice (to hash, to read): the worker hashes what it reads
+        if job.remote is None and (sizes[size] > 1 or size in known_sizes):
             plan.to_hash.append(job)
         else:
             plan.work.append(job)
     return plan
 
 
+def _stops_on_full_disk(function: Callable[..., Report]) -> Callable[..., Report]:
+    """A full disk anywhere in the run (lake, database, a worker's files) is StoreFailed."""
+
+    @functools.wraps(function)
+    def run(*args, **kwargs) -> Report:
+        try:
+            return function(*args, **kwargs)
+        except StoreFailed:
+            raise
+        except Exception as exc:
+            if not space.is_full(exc):
+                raise
+            raise StoreFailed(space.first_line(exc)) from None
+
+    return run
+
+
+@_stops_on_full_disk
 def ingest(
     paths: Iterable[str | os.PathLike],
     db: store.Database,
@@ -208,31 +241,41 @@ def ingest(
     spectra: SpectraOptions | None = None,
     progress: ProgressSink | None = None,
     file_timeout: float | None = workers.DEFAULT_FILE_TIMEOUT,
+    dask: str | None = None,
 ) -> Report:
-    """Bring the database and lake up to date with the model files under `paths`, then
-    re-derive tags, attach training logs found next to checkpoints, and complete series drift.
+    """Bring the database and lake up to date with the model files under `paths` (local paths
+    or object-storage URLs), then re-derive tags, attach training logs found next to
+    checkpoints, and complete series drift. `lake` is a folder or a URL (`s3://…`).
 
     Each file is read in a worker process and stopped after `file_timeout` seconds (None: no
-    limit, and with jobs=1 the files are read in this process)."""
+    limit, and with jobs=1 the files are read in this process); `dask` (`local` or a
+    scheduler address) runs the per-file map on Dask distributed instead."""
     started = time.perf_counter()
     progress = progress or _Silent()
     options = options or StatsOptions()
     values = values or ValuesMode.default()
     spectra = spectra or SpectraOptions()
-    roots = [Path(p).resolve() for p in paths]
+    paths = [str(p) for p in paths]
+    urls = [p for p in paths if remote.is_url(p)]
+    roots = [Path(p).resolve() for p in paths if not remote.is_url(p)]
     if not isinstance(lake, Lake):
-        lake = Lake.open(str(Path(lake).resolve()))
+        lake = remote.open_lake(lake)
     local_lake = Path(lake.location.root) if "://" not in lake.location.root else None
     if spectra.cache_dir is None and local_lake is not None:
         spectra = replace(spectra, cache_dir=str(local_lake / CACHE_FOLDER))
     report = Report()
     report.warnings += sync.reconcile(db, lake)
+    # data files a killed or failed run wrote and never committed (on object storage another
+    # machine's may be in flight: only day-old ones)
+    lake.sweep(0.0 if local_lake else SWEEP_REMOTE_AGE)
     settings = Settings(options, values, spectra, ingest_options(options, values, spectra))
 
     progress.phase("scan", 0)
     # never the database, its WAL or the lake as input: reading the database closes a
     # descriptor of it, which drops DuckDB's POSIX lock and lets another writer in
     files, skipped = walk(roots, dblock.Protected(dblock.protected_paths(db.path, local_lake)))
+    if urls:  # the same rules, on a shadow of the listing (remote.discover)
+        files += remote.discover(urls, discover).saves
     report.files = len(files) + len(skipped)
     for entry in skipped:
         _record_skipped(entry, db, report, on_done)
@@ -242,11 +285,12 @@ def ingest(
     driver = _Driver(db, lake, report, on_done, progress,
                      {sha: model_id_for(p) for p, sha in current.items()})  # fmt: skip
 
-    pool = _Pool(jobs, file_timeout)
+    pool = _Pool(jobs, file_timeout, dask)
     if plan.to_hash:
         progress.phase("hash", len(plan.to_hash))
         plan.work += driver.sort_hashed(plan.to_hash, pool.hashes(plan.to_hash), shas)
     progress.phase("read", len(plan.work))
+    driver.jobs = {job.path: job for job in plan.work}
     for outcome in pool.outcomes(plan.work):
         progress.advance(1, Path(outcome.path).name)
         driver.take(outcome)
@@ -256,8 +300,17 @@ def ingest(
     if drift:
         driver.store_drift(shas)
     if prune:
-        report.pruned = _prune(db, lake, roots)
-    _finish(db, lake, driver, tag_pattern, drift, progress, roots)
+        report.pruned = _prune(db, lake, roots, urls, {_key(f) for f in files})
+    _finish(db, lake, driver, tag_pattern, drift, progress, [*roots, *urls])
+    # what workers stopped by --file-timeout or killed had written, and files this run's
+    # commits replaced: every worker is stopped and the lock is held
+    lake.sweep(0.0 if local_lake else SWEEP_REMOTE_AGE)
+    if (
+        report.ingested
+        or report.pruned
+        or any(o.error != "unchanged-failure" for o in report.failed)
+    ):
+        sync.push_shared(db, lake)  # drift, errors, names: for `wpipe sync` elsewhere
     report.seconds = time.perf_counter() - started
     return report
 
@@ -276,29 +329,43 @@ def _record_skipped(
 
 class _Pool:
     """The map's two phases (hash, read) through wpipe.workers: each file in a replaceable
-    worker under the per-file time limit; a stopped or dead worker fails that file only."""
+    worker under the per-file time limit, or on Dask (`dask`: `local` or an address); a
+    stopped or dead worker fails that file only."""
 
-    def __init__(self, jobs: int, file_timeout: float | None) -> None:
-        self.jobs, self.timeout = jobs, file_timeout
+    def __init__(self, jobs: int, file_timeout: float | None, dask: str | None = None) -> None:
+        self.jobs, self.timeout, self.dask = jobs, file_timeout, dask
+
+    def _map(self, function: Callable, items: list, name: Callable) -> Iterator:
+        if self.dask is None:
+            return workers.map_files(function, items, self.jobs, self.timeout, name=name,
+                                     preload=[__name__])  # fmt: skip
+        keys = [workers.task_key((function.__name__, _identity(item))) for item in items]
+        return workers.map_files_on_dask(function, items, self.dask, self.jobs, keys, name)
 
     def hashes(self, jobs: list[FileJob]) -> Iterator[tuple[str, str | None, str | None]]:
         paths = [j.path for j in jobs]
-        for path, result in workers.map_files(hash_file, paths, self.jobs, self.timeout,
-                                              preload=[__name__]):  # fmt: skip
+        for path, result in self._map(hash_file, paths, str):
             if isinstance(result, workers.WorkerFailure):
                 yield path, None, result.message
             else:
                 yield result
 
     def outcomes(self, jobs: list[FileJob]) -> Iterator[Outcome]:
-        results = workers.map_files(process_file, jobs, self.jobs, self.timeout,
-                                    name=lambda job: job.path, preload=[__name__])  # fmt: skip
-        for job, result in results:
+        for job, result in self._map(process_file, jobs, lambda job: job.path):
             if isinstance(result, workers.WorkerFailure):
                 # what a killed worker had written is never committed (vacuumed later)
                 result = Outcome(job.path, model_id_for(job.path), "failed", error=result.code,
                                  message=result.message, bytes_read=job.size)  # fmt: skip
             yield result
+
+
+def _identity(item: FileJob | str) -> tuple:
+    """What a task's result depends on: the file, its content tag and the settings."""
+    if isinstance(item, str):
+        return (item,)
+    tag = item.remote.tag if item.remote else ""
+    return (item.path, item.size, item.mtime, tag, item.sha256, item.previous,
+            item.settings.text, item.lake.root)  # fmt: skip
 
 
 class _Driver:
@@ -316,6 +383,7 @@ class _Driver:
         self.drift: list[dict] = []
         self.shas: dict[str, str] = {}
         self.touched: list[tuple[str, float]] = []
+        self.jobs: dict[str, FileJob] = {}  # path -> job of the files being read
 
     def sort_hashed(self, jobs: list[FileJob], hashed: Iterable, shas: dict) -> list[FileJob]:
         """After the hash phase: unchanged content is touched, copies of known or earlier
@@ -343,8 +411,11 @@ class _Driver:
         return work
 
     def take(self, outcome: Outcome) -> None:
+        if outcome.error == "disk-full":  # every file after it would fail alike: stop here
+            self.discard_pending()
+            raise StoreFailed(outcome.message)
         if outcome.status == "failed":
-            self._failed(outcome, None)
+            self._failed(outcome, self.jobs.get(outcome.path))
             return
         self.report.ingested += 1
         self.report.n_tensors += outcome.n_tensors
@@ -369,12 +440,24 @@ class _Driver:
         if self.on_done:
             self.on_done(outcome)
 
+    def discard_pending(self) -> None:
+        """The data files of outcomes not committed yet (the run is stopping)."""
+        self.lake.delete_uncommitted(f for o in self.pending for f in o.files)
+        self.pending = []
+
     def flush(self) -> None:
         if self.pending:
             self.progress.phase("load", len(self.pending))
-            files, versions = commit_batch(self.lake, self.pending, self.known_ids)
-            ids = [o.model_id for o in self.pending]
-            self.db.load_batch(self.lake, files, ids, versions)
+            try:
+                files, versions = commit_batch(self.lake, self.pending, self.known_ids)
+                ids = [o.model_id for o in self.pending]
+                self.db.load_batch(self.lake, files, ids, versions)
+            except Exception as exc:
+                if not space.is_full(exc):
+                    raise
+                # commits the database did not load are rolled back by the next run
+                self.discard_pending()
+                raise StoreFailed(space.first_line(exc)) from None
             self.known_ids.update(ids)
             self.progress.advance(len(self.pending))
             self.pending = []
@@ -460,10 +543,17 @@ def copy_rows(lake: Lake, job: FileJob, source: str) -> Outcome:
     return outcome
 
 
-def _prune(db: store.Database, lake: Lake, roots: list[Path]) -> int:
-    """Drop models (and recorded failures) whose files under `roots` no longer exist."""
+def _prune(
+    db: store.Database, lake: Lake, roots: list[Path], urls: list[str], present: set[str]
+) -> int:
+    """Drop models (and recorded failures) whose files under `roots` no longer exist, or that
+    were not listed under `urls` this time."""
+    prefixes = [u.rstrip("/") for u in urls]
 
     def gone(path: str) -> bool:
+        if remote.is_url(path):
+            under = any(path == u or path.startswith(f"{u}/") for u in prefixes)
+            return under and path not in present
         p = Path(path)
         return any(p == r or r in p.parents for r in roots) and not os.path.lexists(to_os(path))
 

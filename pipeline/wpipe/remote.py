@@ -25,6 +25,7 @@ from typing import Any
 
 from wpipe import extras
 from wpipe.readers import sharded
+from wpipe.store.lake import Lake
 
 # Saves fetched by one worker task land here (a fresh folder per task, removed afterwards).
 TMP_ENV = "WPIPE_TMPDIR"
@@ -165,7 +166,7 @@ def storage_options(url: str) -> dict[str, str]:
     """deltalake storage options for a lake at `url`. Credentials, region and endpoint are
     left to the library, which reads the same standard AWS settings as s3fs; only what the
     endpoint itself implies is added (plain-http endpoints, as MinIO or moto on a laptop,
-    must be allowed explicitly)."""
+    must be allowed explicitly), and how commits are made safe."""
     if not url.startswith(("s3://", "s3a://")):
         return {}
     extras.require("s3fs", "s3", f"{url.split('://')[0]}:// lakes")
@@ -174,12 +175,22 @@ def storage_options(url: str) -> dict[str, str]:
         import botocore.session
 
         endpoint = botocore.session.Session().get_config_variable("endpoint_url")
-    options = {}
+    # Commits are conditional puts (If-None-Match: a second writer of a version fails and
+    # retries on the next one): no rename, no lock service, and never the unsafe fallback
+    # an AWS_S3_ALLOW_UNSAFE_RENAME in the environment would select.
+    options = {"conditional_put": "etag", "AWS_S3_ALLOW_UNSAFE_RENAME": "false"}
     if endpoint:
         options["AWS_ENDPOINT_URL"] = endpoint
         if endpoint.startswith("http://"):
             options["AWS_ALLOW_HTTP"] = "true"
     return options
+
+
+def open_lake(where: str | os.PathLike) -> Lake:
+    """The lake at a folder or a URL; a lake on object storage gets `storage_options`."""
+    if is_url(where):
+        return Lake.open(str(where), storage_options(str(where)))
+    return Lake.open(str(Path(where).resolve()))
 
 
 def temp_root() -> str | None:

@@ -16,11 +16,13 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from wpipe import schema
 
-from tests.conftest import MODELS
+from tests.conftest import MODELS, Warehouse
 
 s3fs = pytest.importorskip("s3fs")
 distributed = pytest.importorskip("distributed")
@@ -49,6 +51,9 @@ def make_zoo(target: Path) -> Path:
 # Tags come from a path's last folders, so both copies sit under the same folder names.
 PREFIX = "team/sweep/runs"
 
+
+# ingest in the test's process: the worker pool is not what these tests are about
+IN_PROCESS: dict = {"file_timeout": None}
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -162,3 +167,82 @@ def python_line(code: str) -> str:
     assert result.returncode == 0, result.stderr
     [line] = result.stdout.strip().splitlines()
     return line
+
+
+# Tables compared between a local and an S3 ingest: every table an ingest fills except
+# model_metrics (training logs next to checkpoints are attached for local folders only, and
+# the zoo has none) and ingest_errors (the S3 run has a bad file on purpose).
+COMPARED = (*(t.name for t in schema.MODEL_TABLES), "drift", "model_tags", "model_names")
+WHERE_COLUMNS = {"path", "ingested_at", "mtime", "named_at"}  # where and when, not what
+
+
+def tables_paths_aside(db_path: Path, root: str) -> dict[str, list[tuple]]:
+    """Every compared table's rows with model ids replaced by the file's path below `root`
+    and the where/when columns dropped, sorted: equal for equal files wherever they live."""
+    import duckdb
+
+    con = duckdb.connect(str(db_path), read_only=True)
+    try:
+        relative = {
+            model_id: path[len(root) :].lstrip("/")
+            for model_id, path in con.execute("SELECT model_id, path FROM models").fetchall()
+        }
+        out = {}
+        for table in COMPARED:
+            cursor = con.execute(f"SELECT * FROM {table}")
+            names = [d[0] for d in cursor.description]
+            rows = []
+            for row in cursor.fetchall():
+                rows.append(
+                    tuple(
+                        _aside(n, v, relative, root)
+                        for n, v in zip(names, row, strict=True)
+                        if n not in WHERE_COLUMNS
+                    )
+                )
+            out[table] = sorted(rows, key=repr)
+        return out
+    finally:
+        con.close()
+
+
+def _aside(column: str, value, relative: dict[str, str], root: str):
+    if column in ("model_id", "model_a", "model_b"):
+        return relative.get(value, value)
+    if column == "series" and isinstance(value, str):
+        return value.removeprefix(root)
+    return value
+
+
+@pytest.fixture(scope="session")
+def local_tables(zoo, tmp_path_factory) -> dict[str, list[tuple]]:
+    """The zoo ingested from local disk into a local lake: what every other way must give."""
+    root = tmp_path_factory.mktemp("local")
+    report = Warehouse(root).ingest(zoo, **IN_PROCESS)
+    assert not report.failed
+    return tables_paths_aside(root / "w.duckdb", str(zoo))
+
+
+@dataclass
+class S3Run:
+    warehouse: Warehouse  # its lake is on S3
+    models: str  # the s3:// prefix ingested
+    broken: str  # the URL of a bad object in it
+    report: object
+
+
+@pytest.fixture(scope="session")
+def s3_run(s3, zoo, dask_cluster, tmp_path_factory) -> S3Run:
+    """The zoo plus a broken object in a bucket, ingested on the Dask cluster into a lake in
+    the same bucket: the run the scale-out tests look at."""
+    bucket = f"wpipe-run-{uuid.uuid4().hex[:8]}"
+    s3.mkdir(bucket)
+    models = f"s3://{bucket}/{PREFIX}"
+    upload(s3, zoo, models)
+    broken = f"{models}/broken.keras"
+    s3.pipe_file(broken, b"PK\x03\x04 not really a zip")
+    s3.invalidate_cache()
+    w = Warehouse(tmp_path_factory.mktemp("s3run"))
+    w.lake = f"s3://{bucket}/lake"
+    report = w.ingest(models, dask=dask_cluster.scheduler_address)
+    return S3Run(w, models, broken, report)

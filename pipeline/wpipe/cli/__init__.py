@@ -1,7 +1,7 @@
 """The `wpipe` command line: thin Typer commands over the API and the pipeline stages, one
-module per family (ingest; browse: models, layers, query, schema, health, spectra; compare:
-compare, correlate, metrics; figures: chart, report; activations). A new command is a
-function in one of them (or a new module) and one `app.command` line below.
+module per family (ingest: ingest, compact, sync; browse: models, layers, query, schema,
+health, spectra; compare: compare, correlate, metrics; figures: chart, report; activations).
+A new command is a function in one of them (or a new module) and one `app.command` line below.
 
 Exit codes: 0 success; 1 some model files could not be read (the rest were stored), or a
 chart had nothing to draw; 2 usage error (bad option, unknown model, invalid SQL, a database
@@ -78,6 +78,7 @@ def main(
 
 app.command("ingest")(ingest.ingest_command)
 app.command("compact")(ingest.compact_command)
+app.command("sync")(ingest.sync_command)
 app.command("models")(browse.models_command)
 app.command("layers")(browse.layers_command)
 app.command("query")(browse.query_command)

@@ -2,31 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import duckdb
 import typer
+from deltalake.exceptions import DeltaError
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from wpipe import api, dblock, store, workers
+from wpipe import api, dblock, remote, store, workers
 from wpipe.analysis import StatsOptions
 from wpipe.cli.common import EXIT_FAILED_FILES, DbOption, err, fail, first_line, say, waiting
-from wpipe.ingest import Outcome, Report, ingest
+from wpipe.extras import MissingExtra
+from wpipe.ingest import Outcome, Report, StoreFailed, ingest
 from wpipe.spectra import SpectraOptions
-from wpipe.store import sync
+from wpipe.store import space, sync
 from wpipe.store.sync import LakeMismatch
 from wpipe.tables import DEFAULT_VALUES, ValuesMode
 from wpipe.tags import check_pattern
 
+LakeOption = typer.Option(
+    None, help=r"Delta lake folder or s3:// URL \[default: the database path with suffix .lake]"
+)
+
 
 def ingest_command(
-    paths: list[Path] = typer.Argument(..., help="Model files or folders (searched recursively)."),
-    db: str | None = DbOption,
-    lake: Path | None = typer.Option(
-        None, help=r"Delta lake folder \[default: the database path with suffix .lake]"
+    paths: list[str] = typer.Argument(
+        ..., help="Model files or folders (searched recursively), or s3:// prefixes."
     ),
+    db: str | None = DbOption,
+    lake: str | None = LakeOption,
     jobs: int = typer.Option(os.cpu_count() or 1, "--jobs", "-j", min=1, help="Worker processes."),
     values: str = typer.Option(
         DEFAULT_VALUES,
@@ -54,6 +61,9 @@ def ingest_command(
         "(0: no limit).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    dask: str | None = typer.Option(
+        None, help="Run the per-file map on Dask: local, or a scheduler address (tcp://…)."
+    ),
 ) -> None:
     """Read every Keras model file under PATHS into the Delta lake and the database."""
     try:
@@ -63,7 +73,7 @@ def ingest_command(
             check_pattern(tag_pattern)
     except ValueError as exc:
         fail(str(exc))
-    missing = [str(p) for p in paths if not p.exists()]
+    missing = [p for p in paths if not remote.is_url(p) and not Path(p).exists()]
     if missing:
         fail(f"no such file or folder: {', '.join(missing)}")
     db_path = db or api.default_db()
@@ -106,13 +116,22 @@ def ingest_command(
                 progress=sink,
                 spectra=spectra_options,
                 file_timeout=file_timeout or None,
+                dask=dask,
             )
-    except LakeMismatch as exc:
+    except (LakeMismatch, MissingExtra, remote.StorageError, ConnectionError) as exc:
         fail(str(exc))
-    except OSError as exc:  # the lake: a read-only or full disk, a file where a folder goes
+    except StoreFailed as exc:
+        fail(
+            f"{db_path}: the run stopped, the disk is full ({exc}); the models loaded before "
+            "are kept, and what this run wrote is removed (at the latest by the next run) — free "
+            "space and run again",
+            EXIT_FAILED_FILES,
+        )
+    except OSError as exc:  # the lake: a read-only disk, a file where a folder goes
         fail(f"cannot write the lake {lake_path}: {exc.strerror or first_line(exc)}")
     finally:
-        database.close()
+        with contextlib.suppress(duckdb.Error):  # a connection a full disk invalidated
+            database.close()
     _summary(report, quiet, prune, db_path)
     raise typer.Exit(EXIT_FAILED_FILES if report.failed else 0)
 
@@ -138,6 +157,9 @@ def open_for_writing(path: Path, what: str) -> store.Database:
         return store.Database(path, lock=lock)
     except duckdb.Error as exc:
         lock.release()
+        if space.is_full(exc):  # opening writes (the schema, the WAL): as a full run says
+            fail(f"{path}: cannot open for writing, the disk is full ({first_line(exc)}); "
+                 "nothing was changed — free space and run again", EXIT_FAILED_FILES)  # fmt: skip
         fail(f"{path}: cannot open for writing ({first_line(exc)})")
     except OSError as exc:
         lock.release()
@@ -206,18 +228,13 @@ class IngestProgress:
         self.progress.update(self.task, advance=n, description=item)
 
 
-def compact_command(
-    db: str | None = DbOption,
-    lake: Path | None = typer.Option(
-        None, help=r"Delta lake folder \[default: the database path with suffix .lake]"
-    ),
-) -> None:
+def compact_command(db: str | None = DbOption, lake: str | None = LakeOption) -> None:
     """Merge the lake's small data files (ordered by model) and delete unreferenced ones."""
     db_path = db or api.default_db()
     database = open_for_writing(Path(db_path), "wpipe compact")
     lake_path = lake or store.default_lake(db_path)
     try:
-        handle = store.Lake.open(str(Path(lake_path).resolve()))
+        handle = remote.open_lake(lake_path)
         before = sum(handle.file_count().values())
         after = sync.compact(database, handle)
     finally:
@@ -225,4 +242,26 @@ def compact_command(
     say(
         f"{lake_path}: {before} data files → {sum(after.values())} "
         f"({', '.join(f'{t} {n}' for t, n in after.items())})"
+    )
+
+
+def sync_command(
+    lake: str = typer.Option(..., help="The lake to follow: a folder or an s3:// URL."),
+    db: str | None = DbOption,
+) -> None:
+    """Bring the database up to date from a lake other runs wrote: only what changed."""
+    db_path = db or api.default_db()
+    database = open_for_writing(Path(db_path), "wpipe sync")
+    try:
+        pulled = sync.pull(database, remote.open_lake(lake))
+    except (LookupError, MissingExtra, OSError, DeltaError) as exc:
+        fail(f"{lake}: {first_line(exc)}")
+    finally:
+        database.close()
+    if pulled.up_to_date:
+        say(f"{db_path} is up to date with {lake}")
+        return
+    say(
+        f"{lake} → {db_path}: {pulled.models} models loaded, {pulled.removed} removed, "
+        f"{pulled.shared} shared tables refreshed (drift, ingest_errors, model_names)"
     )

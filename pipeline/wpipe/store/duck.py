@@ -8,6 +8,7 @@ holds, so a run killed between a lake commit and its load is rolled back on the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -124,8 +125,10 @@ class Database:
             raise
 
     def close(self) -> None:
-        self.con.close()
-        self._release()
+        try:
+            self.con.close()
+        finally:  # the lock goes last, whatever closing the connection met
+            self._release()
 
     def _release(self) -> None:
         if self._lock is not None:
@@ -175,8 +178,14 @@ class Database:
             self._record_versions(lake, versions)
             self.con.execute("COMMIT")
         except BaseException:
-            self.con.execute("ROLLBACK")
+            self._rollback()
             raise
+
+    def _rollback(self) -> None:
+        """ROLLBACK after a failed statement; a connection a full disk invalidated has no
+        transaction left to roll back, and the first error is the one to report."""
+        with contextlib.suppress(duckdb.Error):
+            self.con.execute("ROLLBACK")
 
     def load_lake(self, lake: Lake) -> None:
         """Replace every model table's rows by the lake's (a lake without its database)."""
@@ -188,7 +197,7 @@ class Database:
             self._record_versions(lake, lake.versions())
             self.con.execute("COMMIT")
         except BaseException:
-            self.con.execute("ROLLBACK")
+            self._rollback()
             raise
 
     def export_to_lake(self, lake: Lake) -> None:

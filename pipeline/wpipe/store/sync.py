@@ -1,17 +1,33 @@
 """Keeping the lake and the database in step: before an ingest (a killed run, a lost database
-or lake, a lake of an older wpipe), after it (names and times), and around compaction."""
+or lake, a lake of an older wpipe), after it (names and times, the shared tables), around
+compaction, and for a database that follows a lake other runs write (`pull`, `wpipe sync`).
+
+`pull` is incremental. The database records the lake version of each table it loaded
+(`lake_versions`); a lake still at those versions costs one look at each table's log. Else
+the lake's `models` table (one small row per model) says which models are new, changed
+(another sha256, options or ingest time) or gone, and only their rows are read — from the
+data files whose model_id statistics can hold them. A database that never saw the lake loads
+it whole. Drift, ingest_errors and model_names, which an ingest derives in its database, are
+shared as three more Delta tables (`<lake>/drift`, …) that the ingest overwrites when they
+change; tags are re-derived from the paths; training-log metrics stay with the database that
+read the logs.
+"""
 
 from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.dataset as pads
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import TableNotFoundError
 
-from wpipe import schema
-from wpipe.store.duck import Database
+from wpipe import compare, schema
+from wpipe.store.duck import Database, insert_arrow
 from wpipe.store.lake import TABLES, Lake
 
 _OLD_PARTITION = re.compile(r"^[0-9a-f]{16}$")
@@ -100,3 +116,139 @@ def compact(db: Database, lake: Lake) -> dict[str, int]:
     db.record_versions(lake, lake.versions())
     lake.vacuum()
     return lake.file_count()
+
+
+# Derived tables an ingest shares through the lake, for `wpipe sync` elsewhere.
+SHARED = (schema.DRIFT, schema.INGEST_ERRORS, schema.MODEL_NAMES)
+# the versions of the shared tables a database holds (lake_versions keeps the model tables')
+SHARED_DDL = (
+    "CREATE TABLE IF NOT EXISTS lake_shared_versions "
+    "(lake VARCHAR, table_name VARCHAR, version BIGINT, PRIMARY KEY (lake, table_name))"
+)
+IDENTITY = ("model_id", "sha256", "ingest_options", "ingested_at")  # a model's rows changed
+
+
+@dataclass
+class Pulled:
+    models: int = 0  # models whose rows were (re)loaded
+    removed: int = 0
+    shared: int = 0  # shared tables reloaded
+    up_to_date: bool = False
+
+
+def push_shared(db: Database, lake: Lake) -> None:
+    """Give the lake the database's shared tables (whole: they are small)."""
+    for table in SHARED:
+        columns = ", ".join(f'"{c}"' for c in table.column_names)
+        rows = db.con.sql(f"SELECT {columns} FROM {table.name}").to_arrow_table()
+        uri, options = lake.location.table_uri(table.name), lake.location.storage_options
+        write_deltalake(uri, rows.cast(table.arrow_schema), mode="overwrite",
+                        storage_options=options)  # fmt: skip
+        # one file per shared table: the overwritten ones are deleted at once (as compaction
+        # does for the model tables)
+        DeltaTable(uri, storage_options=options).vacuum(
+            retention_hours=0, dry_run=False, enforce_retention_duration=False
+        )
+
+
+def _shared_table(lake: Lake, table: schema.Table) -> DeltaTable | None:
+    try:
+        uri = lake.location.table_uri(table.name)
+        return DeltaTable(uri, storage_options=lake.location.storage_options)
+    except TableNotFoundError:
+        return None
+
+
+def pull(db: Database, lake: Lake) -> Pulled:
+    """Load what the lake has and the database does not (see the module's doc)."""
+    if _shared_table(lake, schema.MODELS) is None:
+        raise LookupError(f"{lake.location.root}: no wpipe lake here (no models table)")
+    db.con.execute(SHARED_DDL)
+    recorded, current = db.lake_versions(lake), lake.versions()
+    out = Pulled()
+    if recorded != current:
+        if recorded:
+            out.models, out.removed = _pull_models(db, lake, current)
+        else:
+            db.load_lake(lake)
+            out.models = db.con.execute("SELECT count(*) FROM models").fetchone()[0]
+        compare.refresh_tags(db.con, None)
+    out.shared = _pull_shared(db, lake)
+    out.up_to_date = not (out.models or out.removed or out.shared) and recorded == current
+    return out
+
+
+def _pull_models(db: Database, lake: Lake, versions: dict[str, int]) -> tuple[int, int]:
+    """Reload the rows of models that are new or changed in the lake; drop the gone ones."""
+    theirs = lake.dataset("models").to_table().cast(schema.MODELS.arrow_schema)
+    columns = ", ".join(IDENTITY)
+    db.con.register("lake_models", theirs)
+    try:
+        changed = _ids(db.con, f"SELECT {columns} FROM lake_models EXCEPT SELECT {columns} "
+                               "FROM models")  # fmt: skip
+        gone = _ids(db.con, "SELECT model_id FROM models EXCEPT SELECT model_id FROM lake_models")
+    finally:
+        db.con.unregister("lake_models")
+    drop = sorted(changed | gone)
+    db.con.execute("BEGIN TRANSACTION")
+    try:
+        for table in schema.MODEL_TABLES:
+            if table is schema.MODELS:
+                db.con.execute("DELETE FROM models")  # names and mtimes change without rows
+                insert_arrow(db.con, table, theirs)
+                continue
+            db.con.execute(f"DELETE FROM {table.name} WHERE list_contains(?, model_id)", [drop])
+            if changed:
+                insert_arrow(db.con, table, lake.rows_of(table.name, changed))
+        db._record_versions(lake, versions)
+        db.con.execute("COMMIT")
+    except BaseException:
+        db.con.execute("ROLLBACK")
+        raise
+    return len(changed), len(gone)
+
+
+def _ids(con: duckdb.DuckDBPyConnection, sql: str) -> set[str]:
+    return {row[0] for row in con.execute(sql).fetchall()}
+
+
+def _pull_shared(db: Database, lake: Lake) -> int:
+    """Replace the database's shared tables by the lake's where they changed."""
+    root = lake.location.root
+    held = dict(
+        db.con.execute(
+            "SELECT table_name, version FROM lake_shared_versions WHERE lake = ?", [root]
+        ).fetchall()
+    )
+    pulled = 0
+    for table in SHARED:
+        dt = _shared_table(lake, table)
+        if dt is None or held.get(table.name) == dt.version():
+            continue
+        rows = dt.to_pyarrow_table().cast(table.arrow_schema)
+        db.con.execute("BEGIN TRANSACTION")
+        try:
+            db.con.execute(f"DELETE FROM {table.name}")
+            insert_arrow(db.con, table, rows)
+            db.con.execute(
+                "INSERT OR REPLACE INTO lake_shared_versions VALUES (?, ?, ?)",
+                [root, table.name, dt.version()],
+            )
+            db.con.execute("COMMIT")
+        except BaseException:
+            db.con.execute("ROLLBACK")
+            raise
+        pulled += 1
+    return pulled
+
+
+def lake_connection(lake: Lake) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection whose contract tables are the lake's Delta tables,
+    scanned in place through their Arrow datasets: no copy, no DuckDB extension."""
+    con = duckdb.connect()
+    for table in schema.MODEL_TABLES:
+        con.register(table.name, lake.dataset(table.name))
+    for table in SHARED:
+        if (dt := _shared_table(lake, table)) is not None:
+            con.register(table.name, dt.to_pyarrow_dataset())
+    return con
