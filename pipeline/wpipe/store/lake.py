@@ -224,6 +224,13 @@ class Lake:
         paths = [f"{root.rstrip('/')}/{name}/{f}" for f in files]
         return pads.dataset(paths, schema=arrow_schema, format="parquet", filesystem=fs)
 
+    def local_paths(self, name: str, files: Iterable[str]) -> list[str] | None:
+        """Paths of table `name`'s data files `files` on the local disk (None: not local, or
+        a path DuckDB would take for a glob pattern)."""
+        if "://" in self.location.root or any(c in self.location.root for c in "*?[{"):
+            return None
+        return [f"{self.location.root.rstrip('/')}/{name}/{f}" for f in files]
+
     def commit(
         self, name: str, adds: list[DataFile], removes: Iterable[str] = (), operation: str = ""
     ) -> int:
