@@ -53,6 +53,7 @@ bench: $(DEV)
 	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_kernels.py
 	$(BIN)/python bench/bench_scale.py
+	$(BIN)/python bench/bench_cluster.py
 	$(BIN)/python bench/bench_forward.py
 
 lint: $(DEV)
