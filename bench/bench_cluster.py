@@ -183,12 +183,18 @@ def per_file_costs(sweep: Path, bucket_url: str, served, n: int = 200) -> dict[s
             started = time.perf_counter()
             outcomes = [process_file(job) for job in jobs]
             costs[f"worker_{where}_lake_s"] = (time.perf_counter() - started) / len(jobs)
-            started, before = time.perf_counter(), served()
+            before, commit_s, load_s = served(), 0.0, 0.0
             for i in range(0, len(outcomes), BATCH_MODELS):
                 batch = outcomes[i : i + BATCH_MODELS]
+                started = time.perf_counter()
                 files_in, versions = commit_batch(lake, batch, set())
+                commit_s += time.perf_counter() - started
+                started = time.perf_counter()
                 db.load_batch(lake, files_in, [o.model_id for o in batch], versions)
-            costs[f"driver_{where}_lake_s"] = (time.perf_counter() - started) / len(jobs)
+                load_s += time.perf_counter() - started
+            costs[f"driver_{where}_lake_commit_s"] = commit_s / len(jobs)
+            costs[f"driver_{where}_lake_load_s"] = load_s / len(jobs)
+            costs[f"driver_{where}_lake_s"] = (commit_s + load_s) / len(jobs)
             for method, count in (served() - before).items():
                 costs[f"driver_{where}_lake_{method}_per_file"] = count / len(jobs)
             db.close()
@@ -199,6 +205,7 @@ def main() -> int:
     if sys.argv[1:] == ["--estimate"]:  # again, from the last run's figures
         estimate(json.loads(RESULTS.read_text()))
         return 0
+    costs_only = sys.argv[1:] == ["--costs"]  # the per-file costs alone, without the ingests
     try:
         import distributed  # noqa: F401
         import moto  # noqa: F401
@@ -227,6 +234,9 @@ def main() -> int:
             timing = copy_or_ranged(fs, f"bench/{key}.h5", repeats, moto_server.requests)
             results.update({f"{key}_{k}": v for k, v in timing.items()})
         results.update(per_file_costs(sweep, "s3://bench/sweep", moto_server.by_method))
+        if costs_only:
+            print(json.dumps(results, indent=2))
+            return 0
         RESULTS.write_text(json.dumps(results, indent=2))  # after every step: a slow run
         cases = {  # that is stopped still leaves its figures
             "local_pool": (str(sweep), []),
