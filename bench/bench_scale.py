@@ -7,8 +7,9 @@ tree - WPIPE_BENCH_TREE (default 10,000) small checkpoints, copies of a real Ker
        when the TensorFlow venv is there); a re-ingest with nothing changed; compaction; the
        model_summary and layer_compare views; the report; what is stored per model.
 real - keras.applications models with random weights made by bench/make_real_models.py in
-       the TensorFlow venv (skipped when absent): ingest time and peak RSS against 3 x the
-       largest tensor + 300 MB, and what the default stores against the files' size.
+       the TensorFlow venv (skipped when absent): ingest time and peak RSS (-j 1, every stage
+       in one process) against 3 x the largest tensor + 300 MB, what the default stores
+       against the files' size, and what each table takes of it.
 Every run is a fresh child process (its own peak RSS); ratios are against references
 measured in the same run.
 """
@@ -206,7 +207,9 @@ def real_case() -> None:
         for leftover in (db, lake):
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(
                 missing_ok=True)  # fmt: skip
-        ours = run_cli(["ingest", path, "--db", str(db), "-j", "2", "-q", "--file-timeout", "0"])
+        # -j 1 without a time limit: every stage in one process, so its peak is the whole
+        # ingest's (a pool's workers are not children the driver's rusage can see)
+        ours = run_cli(["ingest", path, "--db", str(db), "-j", "1", "-q", "--file-timeout", "0"])
         size = Path(path).stat().st_size / 1e6
         stored = disk_mb(db, lake) - disk_mb(lake / ".spectra-cache")
         budget = 3 * ref["largest_tensor"] / 2**20 + 300
@@ -217,6 +220,48 @@ def real_case() -> None:
             f"{stored - empty:6.2f} MB = {(stored - empty) / size * 100:.1f} % of the file "
             f"(+{empty:.1f} MB for an empty database)"
         )
+        costs = child_json([__file__, "--table-bytes", str(db)])
+        top = list(costs.items())[:7]
+        print("      per table, database + lake KB (rows): "
+              + ", ".join(f"{t} {(d + lk) / 1e3:.0f} ({n})" for t, (d, lk, n) in top))  # fmt: skip
+
+
+def table_bytes_child(db: str) -> None:
+    """Bytes each table takes: in DuckDB (the table alone copied into a new database of
+    16 KB blocks, less an empty one's size) and in the lake (its Parquet data files)."""
+    import duckdb
+
+    lake = Path(db).with_suffix(".lake")
+    scratch = Path(db).with_name("table_bytes.duckdb")
+    out = {}
+    for table in [*_tables(db), None]:
+        for leftover in (scratch, scratch.with_suffix(".duckdb.wal")):
+            leftover.unlink(missing_ok=True)
+        con = duckdb.connect()
+        con.execute(f"ATTACH '{scratch}' AS d (BLOCK_SIZE 16384)")
+        con.execute(f"ATTACH '{db}' AS s (READ_ONLY)")
+        rows = 0
+        if table is not None:
+            con.execute(f'CREATE TABLE d."{table}" AS SELECT * FROM s."{table}"')
+            rows = con.execute(f'SELECT count(*) FROM d."{table}"').fetchone()[0]
+        con.execute("CHECKPOINT d")
+        con.close()
+        files = (lake / table).glob("*.parquet") if table else []
+        out[table] = (scratch.stat().st_size, sum(f.stat().st_size for f in files), rows)
+    scratch.unlink(missing_ok=True)
+    base = out.pop(None)[0]
+    costs = {t: (max(0, d - base), lk, n) for t, (d, lk, n) in out.items()}
+    print(json.dumps(dict(sorted(costs.items(), key=lambda kv: -(kv[1][0] + kv[1][1])))))
+
+
+def _tables(db: str) -> list[str]:
+    import duckdb
+
+    con = duckdb.connect(db, read_only=True)
+    try:
+        return [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
+    finally:
+        con.close()
 
 
 def _count_models(db: Path) -> int:
@@ -251,6 +296,8 @@ if __name__ == "__main__":
     sys.path.insert(0, str(ROOT / "bench"))
     if len(sys.argv) > 1 and sys.argv[1] == "--cli":
         cli_child(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--table-bytes":
+        table_bytes_child(sys.argv[2])
     elif len(sys.argv) > 1 and sys.argv[1] == "--views":
         views_child(sys.argv[2])
     elif len(sys.argv) > 1 and sys.argv[1] == "--make-tree":

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from wpipe.readers.base import from_cudnn
 
 GATES = {
     **dict.fromkeys(("LSTM", "CuDNNLSTM", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"), "ifco"),
@@ -24,6 +27,12 @@ SEPARABLE = {"SeparableConv1D", "SeparableConv2D"}
 NORMALIZATION = {"BatchNormalization", "LayerNormalization", "GroupNormalization"}
 DENSE = {"Dense", "EinsumDense"}
 MAX_EMBEDDING_ROWS = 4096  # larger vocabularies: this many evenly spaced rows
+# Per-slice rows of any other tensor: at most this many evenly spaced slices (README: units)
+MAX_SLICES = 4096
+# Normalisation vectors whose channels get rows: the scale (a dead channel has gamma ≈ 0).
+# A shift, a running statistic or a conv/dense bias is one value per channel: its "slice"
+# would repeat the value, which `weights`/`weight_values` already hold.
+NORMALIZATION_ROLES = {"gamma"}
 ROW_CHUNK = 1 << 16  # elements per accumulation step of per-slice statistics
 
 
@@ -48,7 +57,16 @@ def _wrapped(class_name: str | None, config: dict) -> tuple[str | None, dict]:
 def _along(array: np.ndarray, axis: int, name: str) -> SliceGroup:
     moved = np.moveaxis(array, axis, -1)
     n = moved.shape[-1]
-    return SliceGroup(name, moved.reshape(-1, n), np.arange(n))
+    index = evenly_spaced(n, MAX_SLICES)
+    matrix = moved.reshape(-1, n)
+    return SliceGroup(name, matrix if index.size == n else matrix[:, index], index)
+
+
+def evenly_spaced(n: int, limit: int) -> np.ndarray:
+    """range(n), or `limit` evenly spaced indices of it (first and last included)."""
+    if n <= limit:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, limit).astype(np.int64))
 
 
 def slice_groups(
@@ -72,11 +90,11 @@ def slice_groups(
         head_axis = 0 if scope == "attention_output" or role == "bias" else 1
         return [_along(array, head_axis, "head")] if array.ndim > head_axis else []
     if cls in NORMALIZATION:
-        return [_along(array.reshape(-1), 0, "channel")]
+        return [_along(array.reshape(-1), 0, "channel")] if role in NORMALIZATION_ROLES else []
+    if role == "bias" and array.ndim == 1:
+        return []  # one value per unit/filter/channel (recurrent and attention biases above)
     if cls == "Embedding" and role == "embeddings" and array.ndim == 2:
-        rows = np.arange(array.shape[0])
-        if rows.size > MAX_EMBEDDING_ROWS:
-            rows = np.unique(np.linspace(0, rows.size - 1, MAX_EMBEDDING_ROWS).astype(np.int64))
+        rows = evenly_spaced(array.shape[0], MAX_EMBEDDING_ROWS)
         return [SliceGroup("unit", array[rows].T, rows)]
     if cls in DEPTHWISE or (cls in SEPARABLE and role == "depthwise_kernel"):
         axis = -2 if role != "bias" else -1
@@ -103,7 +121,7 @@ def _recurrent(gates: str, role: str, layout: str, array: np.ndarray) -> list[Sl
     groups = []
     for part, values in halves:
         if layout == "cudnn" and role in ("kernel", "recurrent_kernel"):
-            values = _from_cudnn(values, role, g)
+            values = from_cudnn(values, role, g)
         width = values.shape[-1]
         u = width // g
         if u * g != width:
@@ -125,19 +143,10 @@ def _recurrent(gates: str, role: str, layout: str, array: np.ndarray) -> list[Sl
     return groups
 
 
-def _from_cudnn(values: np.ndarray, role: str, n_gates: int) -> np.ndarray:
-    """cuDNN gate blocks to Keras order (keras 2.1.6 topology.py _convert_rnn_weights)."""
-    blocks = np.split(values, n_gates, axis=1)
-    if role == "kernel":
-        blocks = [b.T.reshape(b.shape, order="F") for b in blocks]
-    else:
-        blocks = [b.T for b in blocks]
-    return np.hstack(blocks)
-
-
-def slice_stats(group: SliceGroup, near_zero: float) -> Iterator[dict]:
-    """Per-slice size, mean, population std, l2, max_abs, zero and near-zero fractions,
-    accumulated in float64 a block of rows at a time (no float64 copy of a large tensor)."""
+def slice_columns(group: SliceGroup, near_zero: float) -> dict[str, Any]:
+    """Per-slice size, mean, population std, l2, max_abs, zero and near-zero fractions, as
+    columns (one entry per slice), accumulated in float64 a block of rows at a time (no
+    float64 copy of a large tensor)."""
     matrix = group.matrix
     rows, n = matrix.shape
     s1 = np.zeros(n)
@@ -157,17 +166,25 @@ def slice_stats(group: SliceGroup, near_zero: float) -> Iterator[dict]:
         near += (magnitude < near_zero).sum(axis=0)
     mean = s1 / rows
     variance = np.maximum(s2 / rows - mean**2, 0.0)
-    for j in range(n):
-        yield {
-            "axis": group.axis,
-            "index": int(group.index[j]),
-            "gate": None if group.gate is None else str(group.gate[j]),
-            "part": group.part,
-            "size": rows,
-            "mean": float(mean[j]),
-            "std": float(np.sqrt(variance[j])),
-            "l2": float(np.sqrt(s2[j])),
-            "max_abs": float(peak[j]),
-            "zero_frac": float(zeros[j] / rows),
-            "near_zero_frac": float(near[j] / rows),
-        }
+    return {
+        "axis": [group.axis] * n,
+        "index": np.asarray(group.index, dtype=np.int64),
+        "gate": [None] * n if group.gate is None else [str(g) for g in group.gate],
+        "part": [group.part] * n,
+        "size": np.full(n, rows, dtype=np.int64),
+        "mean": mean,
+        "std": np.sqrt(variance),
+        "l2": np.sqrt(s2),
+        "max_abs": peak,
+        "zero_frac": zeros / rows,
+        "near_zero_frac": near / rows,
+    }
+
+
+def slice_stats(group: SliceGroup, near_zero: float) -> Iterator[dict]:
+    """slice_columns, one dict per slice."""
+    columns = slice_columns(group, near_zero)
+    names = list(columns)
+    values = [c.tolist() if isinstance(c, np.ndarray) else c for c in columns.values()]
+    for row in zip(*values, strict=True):
+        yield dict(zip(names, row, strict=True))

@@ -88,7 +88,8 @@ def _drift_rows(
         path_b = (renamed or {}).get(layer.layer_path, layer.layer_path)
         for t in layer.tensors:
             other = tensors_b.get((path_b, t.weight_name))
-            if other is None or other.shape != t.shape or "ok" not in (t.status, other.status):
+            # both analysable: a complex or string tensor on either side is never cast
+            if other is None or other.shape != t.shape or (t.status, other.status) != ("ok", "ok"):
                 continue
             key = (layer.layer_path, t.weight_name)
             rows.append(drift_row(ids, key, t.load(), other.load(), series_name, shas))

@@ -27,10 +27,10 @@ from wpipe.anatomy import (
     DEPTHWISE,
     GATES,
     SEPARABLE,
-    _from_cudnn,
     _wrapped,
 )
 from wpipe.eigen import eigenvalues, spectrum
+from wpipe.readers.base import from_cudnn
 
 METHOD_VERSION = "wpipe-spectra/2"  # 2: float32 Gram where N >= 2M (wpipe.eigen)
 EVALS_THRESH = 1e-5  # eigenvalues at or below this are not fitted (WeightWatcher EVALS_THRESH)
@@ -127,7 +127,7 @@ def _rules(cls, weight_name, role, layout, array, options):
         if not gates:  # SimpleRNN
             return _conv_or_matrix("", array, "keras", options.pool, conv)
         if layout == "cudnn":
-            array = _from_cudnn(array.reshape(-1, array.shape[-1]), role, len(gates))
+            array = from_cudnn(array.reshape(-1, array.shape[-1]), role, len(gates))
         u, rest = divmod(array.shape[-1], len(gates))
         if rest:
             return f"skipped: {array.shape[-1]} columns do not split into {len(gates)} gates"

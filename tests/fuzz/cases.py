@@ -425,6 +425,7 @@ def make_socket(folder: Path) -> None:
 def copy_as(name: bytes | str) -> Callable[[Path], None]:
     def make(folder: Path) -> None:
         target = os.fsencode(folder) + b"/" + (name if isinstance(name, bytes) else name.encode())
+        os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copy2(MODELS / "k2_uncompiled.h5", target)
 
     return make
@@ -453,6 +454,9 @@ def name_cases() -> Iterator[Case]:
     yield Case(fam, "markup and HTML in a layer name", layer_named("[/b]<script>x</script>"),
                "ok")  # fmt: skip
     yield Case(fam, "255-byte file name", copy_as("n" * 252 + ".h5"), "ok")
+    yield Case(fam, "markup in a folder name", copy_as(b"[/b]/[bold]/m.h5"), "ok")
+    yield Case(fam, "non-UTF-8 folder name", copy_as(b"r\xe9sultats\xff/m.h5"), "ok")
+    yield Case(fam, "control characters in a folder name", copy_as(b"e\x07\x1b[2J/m.h5"), "ok")
 
 
 # ------------------------------------------------------------------ all families

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,9 @@ from pathlib import Path
 
 import duckdb
 import psutil
+from wpipe.store import Lake
+from wpipe.store.lake import TABLES
+from wpipe.textsafe import display
 
 from tests.conftest import MODELS
 from tests.fuzz.cases import Case, all_cases
@@ -35,7 +37,6 @@ GOOD = ("k2_uncompiled.h5", "k3_conv2d.keras")
 FILE_TIMEOUT = 120  # seconds per file in the fuzz runs: a hang shows as a `timeout` row
 MAX_WALL = 900.0  # one batch
 MAX_RSS = 3 << 30  # the whole process tree of one ingest
-HEX_ID = re.compile(r"^[0-9a-f]{16}$")
 
 
 @dataclass
@@ -125,11 +126,9 @@ def _check_run(result, stdout, stderr, code, db, lake, models, folders) -> None:
     for name in GOOD:
         if str(models / f"good_{name}") not in paths:
             problems.append(f"good file {name} not ingested")
-    if lake.exists():
-        leftovers = list((lake / ".tmp").glob("*")) if (lake / ".tmp").exists() else []
-        orphans = [p.name for p in lake.iterdir() if HEX_ID.match(p.name) and p.name not in ids]
-        if leftovers or orphans:
-            problems.append(f"orphaned lake files: {leftovers[:3]} {orphans[:3]}")
+    orphans = orphaned(lake, ids)
+    if orphans:
+        problems.append(f"orphaned lake files: {orphans[:3]}")
     by_folder = _outcomes(folders, errors, paths)
     for case in result.cases:
         outcome = by_folder[case.name]
@@ -140,13 +139,30 @@ def _check_run(result, stdout, stderr, code, db, lake, models, folders) -> None:
             problems.append(f"{case.family}/{case.name}: expected {case.code}, got {outcome}")
         if case.expect == "ok" and outcome != "ok":
             problems.append(f"{case.family}/{case.name}: expected ok, got {outcome}")
+        prefix = display(f"{folders[case.name]}/")
+        if case.expect == "ok" and not any(p.startswith(prefix) for p in paths):
+            problems.append(f"{case.family}/{case.name}: expected ok, but nothing was ingested")
+
+
+def orphaned(lake: Path, ids: set[str]) -> list[str]:
+    """Data files of the lake that its current version does not reference, and rows of
+    models the database does not hold (a partition without its models row)."""
+    if not (lake / "models" / "_delta_log").is_dir():
+        return []
+    handle = Lake.open(str(lake))
+    out = [f"{t}/{f}" for t in TABLES for f in handle.unreferenced(t)]
+    for table in TABLES:
+        rows = handle.dataset(table).to_table(columns=["model_id"]).column("model_id")
+        strays = set(rows.unique().to_pylist()) - ids
+        out += [f"{table}: rows of {m}, which the database does not hold" for m in sorted(strays)]
+    return out
 
 
 def _outcomes(folders: dict[str, Path], errors, paths) -> dict[str, str]:
     """Per case: the first error among its files, else ok (none of its files is a model: ok)."""
     out = {}
     for name, folder in folders.items():
-        prefix = f"{folder}/"
+        prefix = display(f"{folder}/")  # paths as stored (textsafe)
         codes = sorted(e for p, e, _ in errors if p.startswith(prefix))
         out[name] = f"error:{codes[0]}" if codes else "ok"
     return out
@@ -161,17 +177,24 @@ def run(
     family: str | None = None,
 ) -> list[BatchResult]:
     cases = [c for c in all_cases(full, damage, per_family) if family in (None, c.family)]
+    # batches of one family each (a hang or a blowup of a batch is its family's)
+    chunks = []
+    for name in dict.fromkeys(c.family for c in cases):
+        mine = [c for c in cases if c.family == name]
+        chunks += [mine[i : i + batch] for i in range(0, len(mine), batch)]
+    if not full:  # the quick form: one ingest for every family's cases
+        chunks = [cases]
     results = []
     with tempfile.TemporaryDirectory(prefix="wpipe-fuzz-") as tmp:
-        for start in range(0, len(cases), batch):
-            chunk = cases[start : start + batch]
-            results.append(run_batch(chunk, Path(tmp) / f"batch{start:04d}", jobs))
-            shutil.rmtree(Path(tmp) / f"batch{start:04d}", ignore_errors=True)
+        for i, chunk in enumerate(chunks):
+            results.append(run_batch(chunk, Path(tmp) / f"batch{i:04d}", jobs))
+            shutil.rmtree(Path(tmp) / f"batch{i:04d}", ignore_errors=True)
     return results
 
 
 KILL_SOURCES = ("k2_conv2d.h5", "k3_lstm.h5", "k3_conv2d.keras", "k2_mha.weights.h5",
                 "k2_lstm.keras", "k3_mha.h5", "k2_nested.h5", "k3_bidi_td.keras")  # fmt: skip
+WPIPE = [sys.executable, "-m", "wpipe.cli"]
 
 
 def _zoo(root: Path, copies: int) -> Path:
@@ -184,7 +207,14 @@ def _zoo(root: Path, copies: int) -> Path:
 
 
 def _ingest_command(zoo: Path, db: Path) -> list[str]:
-    return [sys.executable, "-m", "wpipe.cli", "ingest", str(zoo), "--db", str(db), "-j", "2"]
+    return [*WPIPE, "ingest", str(zoo), "--db", str(db), "-j", "2"]
+
+
+def _models_and_orphans(db: Path, lake: Path) -> tuple[int, int, list[str]]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        n, distinct = con.execute("SELECT count(*), count(DISTINCT path) FROM models").fetchone()
+        ids = {m for (m,) in con.execute("SELECT model_id FROM models").fetchall()}
+    return n, distinct, orphaned(lake, ids)
 
 
 def run_kills(points: int, root: Path) -> BatchResult:
@@ -206,16 +236,10 @@ def run_kills(points: int, root: Path) -> BatchResult:
         if again.returncode != 0 or "Traceback" in again.stderr:
             problems.append(f"rerun after kill {i}: exit {again.returncode} {again.stderr[-300:]}")
         else:
-            with duckdb.connect(str(db), read_only=True) as con:
-                n, distinct = con.execute(
-                    "SELECT count(*), count(DISTINCT path) FROM models"
-                ).fetchone()
-                ids = {m for (m,) in con.execute("SELECT model_id FROM models").fetchall()}
+            n, distinct, orphans = _models_and_orphans(db, where / "w.lake")
             if n != distinct or n != 2 * len(KILL_SOURCES):
                 problems.append(f"after kill {i}: {n} model rows, {distinct} paths")
-            lake = where / "w.lake"
-            orphans = [p.name for p in lake.iterdir() if HEX_ID.match(p.name) and p.name not in ids]
-            if orphans or list((lake / ".tmp").glob("*")):
+            if orphans:
                 problems.append(f"after kill {i}: orphaned lake files {orphans[:3]}")
         result.problems += problems
         result.outcome[case.name] = "error:unsafe" if problems else "ok"
@@ -223,34 +247,148 @@ def run_kills(points: int, root: Path) -> BatchResult:
     return result
 
 
+READERS = {  # read commands run from other processes during an ingest
+    "models": ["models", "-f", "csv"],
+    "query": ["query", "SELECT count(*) AS n FROM models", "-f", "csv"],
+    "health": ["health", "-f", "csv"],
+}
+
+
 def run_concurrency(root: Path) -> BatchResult:
-    """A second ingest during an ingest is refused with one line, before it changes anything;
-    a read command during an ingest waits and then reads."""
-    cases = [Case("concurrency", "second writer", lambda d: None),
-             Case("concurrency", "reader during an ingest", lambda d: None)]  # fmt: skip
+    """During an ingest (its database inside the folder it ingests): a second ingest is
+    refused with one line naming the first, before it changes anything; read commands wait
+    (WPIPE_WAIT) with a message and then read the finished ingest's models."""
+    cases = [Case("concurrency", "second writer", lambda d: None)]
+    cases += [Case("concurrency", f"{name} during an ingest", lambda d: None) for name in READERS]
     result = BatchResult(cases)
-    zoo = _zoo(root / "conc", 4)
-    db = zoo / "w.duckdb"  # the database inside the folder being ingested
+    zoo = _zoo(root / "conc", 6)
+    db = zoo / "w.duckdb"
     first = subprocess.Popen(_ingest_command(zoo, db), stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)  # fmt: skip
-    time.sleep(2.5)
+    lock = Path(f"{db}.lock")
+    while first.poll() is None and not (lock.exists() and lock.read_text()):
+        time.sleep(0.05)  # the first holds its writer lock
+    time.sleep(1.0)  # and is reading files now
+    running = first.poll() is None
     second = subprocess.run(_ingest_command(zoo, db), capture_output=True, text=True)
-    env = {**os.environ, "WPIPE_WAIT": "300"}
-    reader = subprocess.run([sys.executable, "-m", "wpipe.cli", "models", "--db", str(db),
-                             "-f", "csv"], capture_output=True, text=True, env=env)  # fmt: skip
+    env = {**os.environ, "WPIPE_WAIT": "600"}
+    readers = {name: subprocess.Popen([*WPIPE, *args, "--db", str(db)], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for name, args in READERS.items()}  # fmt: skip
+    outputs = {name: p.communicate(timeout=900) for name, p in readers.items()}
     first.communicate()
-    refused = second.returncode == 2 and "cannot open for writing" in second.stderr
+    if not running:
+        result.problems.append("concurrency: the first ingest ended before the second started")
+    lines = second.stderr.splitlines()
+    refused = (second.returncode == 2 and len(lines) == 1 and "in use by wpipe ingest (PID"
+               in lines[0] and f"PID {first.pid}," in lines[0])  # fmt: skip
     result.outcome[cases[0].name] = "error:refused" if refused else "ok"
-    if not refused or second.stderr.count("\n") != 1:
+    if not refused:
         result.problems.append(f"second writer: exit {second.returncode} {second.stderr[-300:]}")
-    result.outcome[cases[1].name] = "ok" if reader.returncode == 0 else "error:reader"
-    if reader.returncode != 0 or len(reader.stdout.splitlines()) != 1 + 4 * len(KILL_SOURCES):
-        result.problems.append(f"reader: exit {reader.returncode} {reader.stderr[-300:]}")
+    expected = 6 * len(KILL_SOURCES)
+    for case, (name, (out, err)) in zip(cases[1:], outputs.items(), strict=True):
+        ok = readers[name].returncode == 0 and "Traceback" not in err
+        waited = err.startswith("waiting up to 600 s (WPIPE_WAIT)")
+        if name == "models":
+            ok = ok and len(out.splitlines()) == 1 + expected
+        if name == "query":
+            ok = ok and out.splitlines()[1:] == [str(expected)]
+        result.outcome[case.name] = "ok" if ok and waited else "error:reader"
+        if not (ok and waited):
+            result.problems.append(f"{name} during an ingest: exit {readers[name].returncode} "
+                                   f"{err[-300:]} {out[-200:]}")  # fmt: skip
     if first.returncode != 0:
-        result.problems.append(f"first ingest: exit {first.returncode}")
-    with duckdb.connect(str(db), read_only=True) as con:
-        con.execute("SELECT count(*) FROM weights").fetchone()
+        result.problems.append(f"first ingest: exit {first.returncode} {first.stderr[-300:]}")
+    n, distinct, orphans = _models_and_orphans(db, zoo / "w.lake")
+    if (n, distinct) != (expected, expected) or orphans:
+        result.problems.append(f"after the concurrent runs: {n} models, orphans {orphans[:3]}")
     return result
+
+
+DISK_FULL = r"""
+set -u
+mount -t tmpfs -o size=256m tmpfs "$DISK" || exit 99
+ingest() { "$PYTHON" -m wpipe.cli ingest --db "$DISK/w.duckdb" -j 2 --no-drift "$@"; }
+ingest "$FIRST" > "$OUT/first.log" 2>&1; echo $? > "$OUT/first.rc"
+used=$(du -sk "$DISK" | cut -f1)
+mount -o remount,size=$((used + SPARE_KB))k "$DISK"
+ingest "$BIG" > "$OUT/full.log" 2>&1; echo $? > "$OUT/full.rc"
+cp -a "$DISK" "$OUT/after_full"
+mount -o remount,size=256m "$DISK"
+ingest "$FIRST" "$BIG" > "$OUT/next.log" 2>&1; echo $? > "$OUT/next.rc"
+cp -a "$DISK" "$OUT/after_next"
+"""
+
+
+def run_disk_full(root: Path, spares: tuple[int, ...] = (64, 256, 1024, 4096)) -> BatchResult:
+    """A real full disk (a tmpfs in a private mount namespace, `unshare`): the run ends with
+    one line, the database opens with the models loaded before, and once space is freed the
+    next run ingests everything and leaves no orphaned lake file."""
+    cases = [Case("disk full", f"{kb} KB left", lambda d: None) for kb in spares]
+    result = BatchResult(cases)
+    probe = ["unshare", "--user", "--map-root-user", "--mount", "true"]
+    if shutil.which("unshare") is None or subprocess.run(probe, capture_output=True).returncode:
+        result.problems.append("disk full: cannot make a small disk here (unshare --mount)")
+        return result
+    for case, kb in zip(cases, spares, strict=True):
+        where = root / f"full{kb}"
+        first, big, out, disk = (where / n for n in ("first", "big", "out", "disk"))
+        for d in (first, big, out, disk):
+            d.mkdir(parents=True)
+        shutil.copy2(MODELS / GOOD[0], first / "early.h5")
+        for name in KILL_SOURCES:
+            shutil.copy2(MODELS / name, big / name)
+        env = {"DISK": disk, "FIRST": first, "BIG": big, "OUT": out, "SPARE_KB": kb,
+               "PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}  # fmt: skip
+        run = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                              DISK_FULL], env={k: str(v) for k, v in env.items()},
+                             capture_output=True, text=True, timeout=1200)  # fmt: skip
+        problems = _disk_full_problems(run, out, len(KILL_SOURCES))
+        result.outcome[case.name] = (
+            "unsafe" if problems else
+            "error:disk-full" if (out / "full.rc").read_text().strip() == "1" else "ok"
+        )  # fmt: skip
+        result.problems += [f"disk full, {kb} KB left: {p}" for p in problems]
+        shutil.rmtree(where, ignore_errors=True)
+    return result
+
+
+def _disk_full_problems(run, out: Path, n_big: int) -> list[str]:
+    if run.returncode != 0:
+        return [f"scenario failed: {run.stderr[-300:]}"]
+    rc = {n: int((out / f"{n}.rc").read_text()) for n in ("first", "full", "next")}
+    full = (out / "full.log").read_text()
+    problems = []
+    if "Traceback" in full + (out / "next.log").read_text():
+        problems.append("traceback printed")
+    if rc["first"] != 0 or rc["next"] != 0 or rc["full"] not in (0, 1):
+        problems.append(f"exit codes {rc}: {full[-300:]}")
+    errors = [line for line in full.splitlines() if line.startswith("error:")]
+    if rc["full"] == 1 and (len(errors) != 1 or "the disk is full" not in errors[0]):
+        problems.append(f"not one line saying the disk is full: {full[-300:]}")
+    for state in ("after_full", "after_next"):
+        try:
+            n, _, orphans = _models_and_orphans(out / state / "w.duckdb", out / state / "w.lake")
+        except duckdb.Error as exc:
+            problems.append(f"{state}: database unreadable: {exc}")
+            continue
+        if n < 1:
+            problems.append(f"{state}: the model loaded before is gone")
+        if state == "after_next" and (n != 1 + n_big or orphans):
+            problems.append(f"next run: {n} models, orphaned lake files {orphans[:3]}")
+    return problems
+
+
+def classify(problem: str) -> str:
+    for kind, marks in (("hangs", ("hang:", "timeout")), ("blowups", ("blowup:",)),
+                        ("tracebacks", ("traceback", "Traceback")),
+                        ("orphans", ("orphaned",)), ("internal", ("internal-error",))):  # fmt: skip
+        if any(m in problem for m in marks):
+            return kind
+    return "unclear"
+
+
+KINDS = ("hangs", "blowups", "tracebacks", "orphans", "internal", "unclear")
 
 
 def table(results: list[BatchResult]) -> str:
@@ -260,11 +398,14 @@ def table(results: list[BatchResult]) -> str:
             c = counts.setdefault(case.family, Counter())
             c["cases"] += 1
             c["ok" if r.outcome.get(case.name) == "ok" else "clean errors"] += 1
-    lines = ["| family | cases | clean errors | ok |", "|---|---|---|---|"]
-    for family, c in counts.items():
-        lines.append(f"| {family} | {c['cases']} | {c['clean errors']} | {c['ok']} |")
-    total = sum((c for c in counts.values()), Counter())
-    lines.append(f"| **all** | {total['cases']} | {total['clean errors']} | {total['ok']} |")
+        family = r.cases[0].family if r.cases else "?"
+        for problem in r.problems:
+            counts.setdefault(family, Counter())[classify(problem)] += 1
+    head = ["family", "cases", "clean errors", "ok", *KINDS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    total = sum(counts.values(), Counter())
+    for family, c in [*counts.items(), ("**all**", total)]:
+        lines.append(f"| {family} | " + " | ".join(str(c[k]) for k in head[1:]) + " |")
     return "\n".join(lines)
 
 
@@ -273,16 +414,22 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="every case (make fuzz)")
     parser.add_argument("--damage", type=int, default=None, help="random-damage cases")
     parser.add_argument("--batch", type=int, default=12, help="cases per ingest run")
-    parser.add_argument("--family", default=None, help="only this family's cases")
+    parser.add_argument("--family", default=None, help="only this family's cases (also: "
+                        "concurrency, 'kill -9', 'disk full')")  # fmt: skip
     parser.add_argument("--kills", type=int, default=20, help="kill -9 points (with --full)")
     args = parser.parse_args()
     os.environ.setdefault("COLUMNS", "200")
     started = time.monotonic()
-    results = run(args.full, args.damage, args.batch, family=args.family)
-    if args.full and args.family is None:
+    special = {"concurrency": run_concurrency, "kill -9": lambda r: run_kills(args.kills, r),
+               "disk full": run_disk_full}  # fmt: skip
+    results = []
+    if args.family not in special:
+        results = run(args.full, args.damage, args.batch, family=args.family)
+    if args.full or args.family in special:
         with tempfile.TemporaryDirectory(prefix="wpipe-fuzz-") as tmp:
-            results.append(run_concurrency(Path(tmp)))
-            results.append(run_kills(args.kills, Path(tmp)))
+            for name, runner in special.items():
+                if args.family in (None, name):
+                    results.append(runner(Path(tmp)))
     print(table(results))
     problems = [p for r in results for p in r.problems]
     worst_rss = max(r.peak_rss for r in results) / 2**30

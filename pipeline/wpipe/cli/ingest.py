@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -15,9 +16,9 @@ from wpipe import api, dblock, remote, store, workers
 from wpipe.analysis import StatsOptions
 from wpipe.cli.common import EXIT_FAILED_FILES, DbOption, err, fail, first_line, say, waiting
 from wpipe.extras import MissingExtra
-from wpipe.ingest import Outcome, Report, ingest
+from wpipe.ingest import Outcome, Report, StoreFailed, ingest
 from wpipe.spectra import SpectraOptions
-from wpipe.store import sync
+from wpipe.store import space, sync
 from wpipe.store.sync import LakeMismatch
 from wpipe.tables import DEFAULT_VALUES, ValuesMode
 from wpipe.tags import check_pattern
@@ -119,10 +120,18 @@ def ingest_command(
             )
     except (LakeMismatch, MissingExtra, remote.StorageError, ConnectionError) as exc:
         fail(str(exc))
-    except OSError as exc:  # the lake: a read-only or full disk, a file where a folder goes
+    except StoreFailed as exc:
+        fail(
+            f"{db_path}: the run stopped, the disk is full ({exc}); the models loaded before "
+            "are kept, and what this run wrote is removed (at the latest by the next run) — free "
+            "space and run again",
+            EXIT_FAILED_FILES,
+        )
+    except OSError as exc:  # the lake: a read-only disk, a file where a folder goes
         fail(f"cannot write the lake {lake_path}: {exc.strerror or first_line(exc)}")
     finally:
-        database.close()
+        with contextlib.suppress(duckdb.Error):  # a connection a full disk invalidated
+            database.close()
     _summary(report, quiet, prune, db_path)
     raise typer.Exit(EXIT_FAILED_FILES if report.failed else 0)
 
@@ -148,6 +157,9 @@ def open_for_writing(path: Path, what: str) -> store.Database:
         return store.Database(path, lock=lock)
     except duckdb.Error as exc:
         lock.release()
+        if space.is_full(exc):  # opening writes (the schema, the WAL): as a full run says
+            fail(f"{path}: cannot open for writing, the disk is full ({first_line(exc)}); "
+                 "nothing was changed — free space and run again", EXIT_FAILED_FILES)  # fmt: skip
         fail(f"{path}: cannot open for writing ({first_line(exc)})")
     except OSError as exc:
         lock.release()
@@ -205,14 +217,20 @@ class IngestProgress:
         self.progress = progress
         self.task = progress.add_task("", total=None, phase="ingest")
         self.name = ""
+        self.counts: dict[str, list] = {}  # phase -> [total, done]: a phase returned to
 
     def phase(self, name: str, total: int) -> None:
+        """Enter phase `name`; one entered before (read between loads) keeps its count."""
         if name == self.name and not total:
             return
         self.name = name
-        self.progress.reset(self.task, total=total or None, phase=name, description="")
+        count = self.counts.setdefault(name, [None, 0])
+        count[0] = total or count[0]
+        self.progress.reset(self.task, total=count[0], completed=count[1], phase=name,
+                            description="")  # fmt: skip
 
     def advance(self, n: int = 1, item: str = "") -> None:
+        self.counts.setdefault(self.name, [None, 0])[1] += n
         self.progress.update(self.task, advance=n, description=item)
 
 

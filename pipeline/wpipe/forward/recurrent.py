@@ -13,6 +13,7 @@ import numpy as np
 from wpipe.forward import activations
 from wpipe.forward.base import REGISTRY, Arrays, Call, Unsupported, channels_first, layer
 from wpipe.forward.conv import convolve, spatial_params
+from wpipe.readers.base import from_cudnn
 
 
 def _acts(call: Call, default_recurrent: str) -> tuple:
@@ -29,16 +30,17 @@ def _bias(call: Call, width: int) -> np.ndarray:
 
 
 def _cudnn(call: Call, kernel: np.ndarray, recurrent: np.ndarray, bias: np.ndarray, gates: int):
-    """CuDNN layers store input and recurrent biases separately (sum them for LSTM); standalone
-    Keras ≤ 2.3 also stored per-gate kernels in cuDNN's element order (keras_formats.md §6)."""
+    """CuDNN layers store input and recurrent biases separately (sum them for LSTM) and
+    per-gate kernels in cuDNN's element order."""
     if bias.shape[-1] == 2 * kernel.shape[-1] and bias.ndim == 1 and gates == 4:
         bias = bias[: bias.size // 2] + bias[bias.size // 2 :]
     elif bias.ndim == 1 and bias.shape[0] == 2 * kernel.shape[-1]:
         bias = bias.reshape(2, -1)
-    if call.config.get("_cudnn_order"):
-        kernel = np.hstack([k.T.reshape(k.shape, order="F") for k in np.hsplit(kernel, gates)])
-        recurrent = np.hstack([k.T for k in np.hsplit(recurrent, gates)])
-    return kernel, recurrent, bias
+    return (
+        from_cudnn(kernel, "kernel", gates),
+        from_cudnn(recurrent, "recurrent_kernel", gates),
+        bias,
+    )
 
 
 def _sequence(call: Call, x: np.ndarray) -> np.ndarray:

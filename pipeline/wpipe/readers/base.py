@@ -66,3 +66,15 @@ class Model:
     n_optimizer_params: int = 0
     model_config: str | None = None  # raw JSON text, kept verbatim
     training_config: str | None = None
+
+
+def from_cudnn(values: np.ndarray, role: str, n_gates: int) -> np.ndarray:
+    """A CuDNNLSTM/CuDNNGRU kernel or recurrent kernel in Keras's LSTM/GRU layout: cuDNN reads
+    each gate block's bytes as its (units, inputs) matrix (`_convert_rnn_weights` in Keras
+    2.1.6 topology.py and tf_keras hdf5_format.py)."""
+    blocks = np.split(values, n_gates, axis=1)
+    if role == "kernel":
+        blocks = [b.T.reshape(b.shape, order="F") for b in blocks]
+    else:
+        blocks = [b.T for b in blocks]
+    return np.hstack(blocks)

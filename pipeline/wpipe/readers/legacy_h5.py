@@ -189,7 +189,7 @@ def _layer(
     layout = _layout(spec)
     tensors = _fuse_keras1_gates(tensors)
     tensors = quantized.saved_order(tensors, mode)
-    quantized.dequantize(tensors, mode, (spec.config or {}).get("output_dim") if spec else None)
+    quantized.dequantize(tensors, mode, spec.config if spec else None)
     for tensor in tensors:
         if layout == "cudnn" or (layout == "theano" and tensor.role == "kernel"):
             tensor.layout = layout

@@ -252,7 +252,7 @@ def _layer(
                 )
             )
     mode = next((m for m in modes if m), None)
-    quantized.dequantize(tensors, mode, (config or {}).get("output_dim"))
+    quantized.dequantize(tensors, mode, config)
     return Layer(layer_path, name, class_name, config or None, trainable, tensors)
 
 

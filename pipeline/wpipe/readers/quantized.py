@@ -24,16 +24,17 @@ from wpipe.readers.base import Tensor
 Loader = Callable[[], np.ndarray]
 
 
-def dequantize(tensors: list[Tensor], mode: str | None, output_dim: int | None = None) -> None:
+def dequantize(tensors: list[Tensor], mode: str | None, config: dict | None = None) -> None:
     """Point each quantized kernel's (or embedding table's) loader at its dequantized values,
-    in place; `output_dim` (the config's) unpacks a per-channel int4 embedding table."""
+    in place; the layer's config gives an EinsumDense's equation and an Embedding's width."""
     if mode not in ("int8", "int4"):
         return
+    config = config or {}
     by_name = {t.weight_name: t for t in tensors}
     for tensor in tensors:
         tensor.quantization = mode
         if tensor.role == "embeddings":
-            _embeddings(tensor, by_name, mode, output_dim)
+            _embeddings(tensor, by_name, mode, config.get("output_dim"))
         if tensor.role != "kernel":
             continue
         scope = tensor.weight_name[: -len("kernel")]
@@ -41,7 +42,10 @@ def dequantize(tensors: list[Tensor], mode: str | None, output_dim: int | None =
         if scale is None:
             continue
         zero, g_idx = by_name.get(f"{scope}kernel_zero"), by_name.get(f"{scope}g_idx")
-        if mode == "int8":
+        equation = config.get("equation")
+        if mode == "int8" and isinstance(equation, str):
+            tensor.load = _int8(tensor.load, _einsum_scale(scale.load, tensor.shape, equation))
+        elif mode == "int8":
             tensor.load = _int8(tensor.load, scale.load)
         elif zero is not None and g_idx is not None:
             tensor.load = _int4_grouped(tensor.load, scale.load, zero.load, g_idx.load)
@@ -110,12 +114,29 @@ def unpack_int4(packed: np.ndarray, length: int) -> np.ndarray:
 
 def _int8(codes: Loader, scale: Loader) -> Loader:
     def load() -> np.ndarray:
-        q, s = codes().astype(np.float32), scale().astype(np.float32)
-        try:
-            np.broadcast_shapes(q.shape, s.shape)
-        except ValueError:  # a scale laid out for an einsum equation: left as codes
-            return q
-        return q / s
+        return codes().astype(np.float32) / scale().astype(np.float32)
+
+    return load
+
+
+def einsum_kernel_axes(equation: str) -> tuple[str, str]:
+    """(kernel labels, output labels) of an EinsumDense equation (`...` dropped)."""
+    inputs, output = equation.replace("...", "").split("->")
+    return inputs.split(",")[1], output
+
+
+def _einsum_scale(scale: Loader, kernel_shape: tuple[int, ...], equation: str) -> Loader:
+    """An EinsumDense kernel_scale laid out against its kernel. Keras keeps one scale per
+    kernel axis that survives into the output and stores them in the output's axis order
+    (keras/src/layers/core/einsum_dense.py, `_adjust_scale_for_quant`)."""
+
+    def load() -> np.ndarray:
+        kernel, output = einsum_kernel_axes(equation)
+        kept = [axis for axis, label in enumerate(kernel) if label in output]
+        stored = sorted(kept, key=lambda axis: output.index(kernel[axis]))
+        s = scale().reshape([kernel_shape[axis] for axis in stored])
+        s = np.transpose(s, [stored.index(axis) for axis in kept])
+        return s.reshape([n if axis in kept else 1 for axis, n in enumerate(kernel_shape)])
 
     return load
 

@@ -176,7 +176,7 @@ def _quantized_roles(
     mode: str, config: dict, shapes: Sequence[tuple[int, ...]]
 ) -> tuple[str, ...] | None:
     roles = QUANTIZED_ROLES[mode]
-    if config.get("use_bias") is False:
+    if config.get("use_bias") is False or (config.get("equation") and not config.get("bias_axes")):
         roles = tuple(r for r in roles if r != "bias")
     elif not config and len(shapes) in (2, 4):
         roles = tuple(r for r in roles if r != "bias")  # odd count without config: no bias

@@ -101,6 +101,18 @@ def _parquet_options(table: str) -> dict:
     return {}
 
 
+def _file_schema(table: str) -> pa.Schema:
+    """The Arrow schema a data file is written with: weight_values' key columns
+    dictionary-coded, as tables.py emits them (a cast of millions of rows to plain strings
+    would cost more memory than the values), the contract's schema otherwise."""
+    arrow_schema = TABLES[table].arrow_schema
+    if table != "weight_values":
+        return arrow_schema
+    coded = pa.dictionary(pa.int32(), pa.string())
+    keys = ("model_id", "layer_path", "weight_name")
+    return pa.schema([f.with_type(coded) if f.name in keys else f for f in arrow_schema])
+
+
 class DataFileWriter:
     """Streams Arrow batches of one table into a new data file of the lake."""
 
@@ -113,8 +125,9 @@ class DataFileWriter:
         self._sink = fs.open_output_stream(self._path)
         # no ARROW:schema: dictionary-typed key columns read back as plain strings, as the
         # Delta schema says
+        self._schema = _file_schema(table)
         self._writer = pq.ParquetWriter(
-            self._sink, TABLES[table].arrow_schema, store_schema=False, **_parquet_options(table)
+            self._sink, self._schema, store_schema=False, **_parquet_options(table)
         )
         self.num_rows = 0
         self._ids: set[str] = set()
@@ -128,6 +141,8 @@ class DataFileWriter:
         if pa.types.is_dictionary(ids.type):
             ids = ids.dictionary
         self._ids.update(pc.unique(ids).to_pylist())
+        if data.schema != self._schema:  # held string-keyed rows into a dictionary-keyed file
+            data = data.cast(self._schema)
         if isinstance(data, pa.RecordBatch):
             self._writer.write_batch(data)
         else:
@@ -150,6 +165,11 @@ class DataFileWriter:
         ):
             with contextlib.suppress(OSError, ValueError):
                 step()
+
+
+def _age(info: pafs.FileInfo) -> float:
+    mtime = info.mtime
+    return time.time() - mtime.timestamp() if mtime is not None else float("inf")
 
 
 def write_data_file(location: LakeLocation, table: str, rows: pa.Table) -> DataFile:
@@ -203,6 +223,13 @@ class Lake:
             return self.table(name).to_pyarrow_dataset(filesystem=subtree, schema=arrow_schema)
         paths = [f"{root.rstrip('/')}/{name}/{f}" for f in files]
         return pads.dataset(paths, schema=arrow_schema, format="parquet", filesystem=fs)
+
+    def local_paths(self, name: str, files: Iterable[str]) -> list[str] | None:
+        """Paths of table `name`'s data files `files` on the local disk (None: not local, or
+        a path DuckDB would take for a glob pattern)."""
+        if "://" in self.location.root or any(c in self.location.root for c in "*?[{"):
+            return None
+        return [f"{self.location.root.rstrip('/')}/{name}/{f}" for f in files]
 
     def commit(
         self, name: str, adds: list[DataFile], removes: Iterable[str] = (), operation: str = ""
@@ -311,6 +338,57 @@ class Lake:
                     ["model_id"], target_size=TARGET_FILE_BYTES, max_spill_size=COMPACT_SPILL_BYTES
                 )
                 dt.update_incremental()
+
+    def unreferenced(self, name: str, min_age: float = 0.0) -> list[str]:
+        """Data files in table `name`'s folder that its current version does not reference:
+        files a killed or failed run wrote but never committed, and files older commits
+        dropped (the lake keeps no history); only those last modified `min_age` seconds ago
+        or earlier. Names relative to the table's folder."""
+        fs, root = self._fs
+        folder = f"{root.rstrip('/')}/{name}"
+        try:
+            listed = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        current = set(self.table(name).get_add_actions(flatten=True).column("path").to_pylist())
+        return sorted(
+            info.base_name
+            for info in listed
+            if info.type == pafs.FileType.File
+            and info.base_name.endswith(".parquet")
+            and info.base_name not in current
+            and (not min_age or _age(info) >= min_age)
+        )
+
+    def sweep(self, min_age: float = 0.0) -> int:
+        """Delete every table's unreferenced data files (`unreferenced`) without a commit, so
+        the versions the database recorded stay current; returns how many. Only for a writer
+        holding the lock, after `sync.reconcile` rolled back what a killed run committed; a
+        lake other machines may be writing keeps files younger than `min_age` (theirs may
+        be on their way to a commit)."""
+        fs, root = self._fs
+        swept = 0
+        for name in TABLES:
+            for file in self.unreferenced(name, min_age):
+                with contextlib.suppress(FileNotFoundError):
+                    fs.delete_file(f"{root.rstrip('/')}/{name}/{file}")
+                    swept += 1
+        return swept
+
+    def delete_uncommitted(self, files: Iterable[DataFile]) -> None:
+        """Best effort: remove data files that a failed run wrote and never committed."""
+        fs, root = self._fs
+        by_table: dict[str, list[DataFile]] = {}
+        for f in files:
+            by_table.setdefault(f.table, []).append(f)
+        for name, group in by_table.items():
+            with contextlib.suppress(Exception):  # a full disk or a dead store: next run's sweep
+                current = set(self.table(name).get_add_actions(flatten=True).column("path")
+                              .to_pylist())  # fmt: skip
+                for f in group:
+                    if f.name not in current:
+                        with contextlib.suppress(OSError):
+                            fs.delete_file(f"{root.rstrip('/')}/{name}/{f.name}")
 
     def vacuum(self) -> None:
         """Delete files that no current commit references: ones older commits dropped and
