@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 CORE   := $(VENV)/.installed-core
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: demo test test-large fixtures-large bench fuzz lint format clean
+.PHONY: demo test test-scale test-large fixtures-large bench fuzz lint format clean
 
 $(CORE): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ demo: $(CORE)
 test: $(DEV)
 	$(BIN)/pytest -q
 
+# The scale-out tests with their slower end-to-end cases (a Dask worker killed mid-ingest,
+# `--dask local` from the CLI); `make test` runs the rest of tests/scale.
+test-scale: $(DEV)
+	WPIPE_TEST_SCALE_SLOW=1 $(BIN)/pytest -q tests/scale
+
 # Every damaged/hostile-file case (several minutes; the quick form runs in `make test`).
 fuzz: $(DEV)
 	$(BIN)/python -m tests.fuzz.runner --full
@@ -53,6 +58,7 @@ bench: $(DEV)
 	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_kernels.py
 	$(BIN)/python bench/bench_scale.py
+	$(BIN)/python bench/bench_cluster.py
 	$(BIN)/python bench/bench_forward.py
 
 lint: $(DEV)
