@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import h5py
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
@@ -263,4 +264,24 @@ def test_a_database_of_an_older_wpipe_gains_the_new_columns_and_is_read_again(fo
     columns = [r[0] for r in warehouse.query("SELECT column_name FROM duckdb_columns() "
                                              "WHERE table_name = 'weights'")]  # fmt: skip
     assert columns == TABLES["weights"].column_names
+    assert_lake_equals_database(warehouse)
+
+
+def test_sampled_values_spilled_to_a_data_file_keep_their_rows(folder, warehouse, monkeypatch):
+    # a model whose sampled values pass SPILL_ROWS streams them into a data file: the held
+    # plain-string rows and the dictionary-coded batches that follow go to one file
+    monkeypatch.setattr(filemap, "SPILL_ROWS", 10)
+    report = warehouse.ingest(folder, values="sample:7", drift=False, file_timeout=None)
+    assert (report.ingested, report.failed) == (3, [])
+    expected = 0  # min(size, 7) per weight tensor, counted with h5py
+    for path in folder.glob("*.h5"):
+        with h5py.File(path, "r") as f:
+            sizes: list[int] = []
+            f["model_weights"].visititems(
+                lambda _, obj, sizes=sizes: sizes.append(obj.size)
+                if isinstance(obj, h5py.Dataset) else None
+            )  # fmt: skip
+            expected += sum(min(size, 7) for size in sizes)
+    assert warehouse.query("SELECT count(*) FROM weight_values") == [(expected,)]
+    assert expected > 10
     assert_lake_equals_database(warehouse)

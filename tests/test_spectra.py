@@ -293,7 +293,7 @@ def test_matrix_rules_for_other_layers():
 # ------------------------------------------------------------------ cache, view, command
 
 
-def test_a_copied_checkpoint_is_read_from_the_cache(tmp_path):
+def test_a_copied_checkpoint_is_read_from_the_cache(tmp_path, monkeypatch):
     zoo = tmp_path / "zoo"
     zoo.mkdir()
     shutil.copy2(MODELS / "k2_conv2d.h5", zoo / "a.h5")
@@ -311,6 +311,11 @@ def test_a_copied_checkpoint_is_read_from_the_cache(tmp_path):
             db.close()
         return {k: spectra_tables.COUNTS[k] - before[k] for k in before}
 
+    # by default these small matrices are recomputed, never cached (cheaper than a file)
+    assert run() == {"computed": 0, "cached": 0} and not cache.exists()
+    shutil.rmtree(lake)
+    (tmp_path / "w.duckdb").unlink()
+    monkeypatch.setattr(spectra_tables, "CACHE_MIN_WORK", 0)  # cache every matrix
     assert run() == {"computed": 3, "cached": 0}  # conv1, conv2, out kernels
     files = sorted(cache.rglob("*.npz"))
     assert len(files) == 3

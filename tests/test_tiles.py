@@ -20,11 +20,11 @@ def test_small_tensors_keep_one_cell_per_weight():
     assert table.column("peak").null_count == matrix.size  # a one-weight cell's peak is its mean
 
 
-def test_large_tensors_are_mean_pooled_into_at_most_64_by_64_blocks():
+def test_large_tensors_are_mean_pooled_into_at_most_32_by_32_blocks():
     matrix = np.random.default_rng(1).normal(size=(300, 130))
     matrix[5, 7] = 40.0
     cells = tiles.pool(matrix)
-    assert len(cells["mean"]) == 64 * 64
+    assert len(cells["mean"]) == 32 * 32
     covered = np.zeros(matrix.shape, dtype=int)
     for k in range(len(cells["mean"])):
         r0, r1 = cells["row_start"][k], cells["row_end"][k]
@@ -36,7 +36,7 @@ def test_large_tensors_are_mean_pooled_into_at_most_64_by_64_blocks():
     assert (covered == 1).all()  # the blocks tile the matrix exactly once
     heights = cells["row_end"] - cells["row_start"]
     widths = cells["col_end"] - cells["col_start"]
-    assert set(heights) <= {300 // 64, 300 // 64 + 1} and set(widths) <= {2, 3}
+    assert set(heights) <= {300 // 32, 300 // 32 + 1} and set(widths) <= {4, 5}
     assert cells["peak"].max() == 40.0
 
 
@@ -48,3 +48,41 @@ def test_non_finite_values_are_left_out_of_a_cells_mean():
     r1, c1 = cells["row_end"][first][0], cells["col_end"][first][0]
     assert cells["mean"][first][0] == pytest.approx(np.nanmean(matrix[:r1, :c1]))
     assert tiles.matrix_view(np.zeros(5)) is None  # 1-D tensors have no tiles
+
+
+def test_a_models_cells_are_bounded_by_its_budget_and_its_first_kernel_kept_whole():
+    # a ResNet-like model: a 7x7x3x64 stem, 50 conv kernels, a 2048x1000 classifier, biases
+    shapes = [(7, 7, 3, 64), *[(3, 3, 256, 256)] * 50, (2048, 1000), *[(256,)] * 100]
+    params = sum(int(np.prod(s)) for s in shapes)
+    budget = tiles.TileBudget(shapes)
+    rng = np.random.default_rng(3)
+    total = 0
+    for k, shape in enumerate(shapes):
+        if len(shape) < 2:
+            continue
+        array = rng.normal(size=shape).astype(np.float32)
+        table = tiles.tile_table({"model_id": "m", "layer_path": str(k), "weight_name": "w"},
+                                 array, budget.cells(array))  # fmt: skip
+        if k == 0:  # the stem, drawn by `filters`: every weight
+            assert table.num_rows == array.size
+        else:
+            assert table.num_rows <= max(64, (params // 1024) // 52)
+        total += table.num_rows
+    assert total <= 7 * 7 * 3 * 64 + max(4096, params // 1024)
+    small = tiles.TileBudget([(3, 3, 1, 8), (8, 4)])  # a small model keeps every weight
+    assert [small.cells(np.zeros(s)) for s in ((3, 3, 1, 8), (8, 4))] == [16384, 1024]
+
+
+def test_a_tensor_pooled_a_chunk_of_rows_at_a_time_gets_numpys_block_statistics(monkeypatch):
+    monkeypatch.setattr(tiles, "POOL_CHUNK", 1000)  # 7 rows a chunk: chunks straddle no block
+    matrix = np.random.default_rng(4).normal(size=(301, 140)).astype(np.float32)
+    matrix[17, 3] = np.inf
+    cells = tiles.pool(matrix)
+    assert len(cells["mean"]) == 32 * 32
+    for k in range(len(cells["mean"])):
+        block = matrix[cells["row_start"][k] : cells["row_end"][k],
+                       cells["col_start"][k] : cells["col_end"][k]].astype(np.float64)  # fmt: skip
+        finite = block[np.isfinite(block)]
+        assert cells["mean"][k] == pytest.approx(finite.mean(), rel=1e-9)
+        zeroed = np.where(np.isfinite(block), block, 0)
+        assert cells["peak"][k] == zeroed.flat[np.argmax(np.abs(zeroed))]

@@ -26,6 +26,12 @@ SEPARABLE = {"SeparableConv1D", "SeparableConv2D"}
 NORMALIZATION = {"BatchNormalization", "LayerNormalization", "GroupNormalization"}
 DENSE = {"Dense", "EinsumDense"}
 MAX_EMBEDDING_ROWS = 4096  # larger vocabularies: this many evenly spaced rows
+# Per-slice rows of any other tensor: at most this many evenly spaced slices (README: units)
+MAX_SLICES = 4096
+# Normalisation vectors whose channels get rows: the scale (a dead channel has gamma ≈ 0).
+# A shift, a running statistic or a conv/dense bias is one value per channel: its "slice"
+# would repeat the value, which `weights`/`weight_values` already hold.
+NORMALIZATION_ROLES = {"gamma"}
 ROW_CHUNK = 1 << 16  # elements per accumulation step of per-slice statistics
 
 
@@ -50,7 +56,16 @@ def _wrapped(class_name: str | None, config: dict) -> tuple[str | None, dict]:
 def _along(array: np.ndarray, axis: int, name: str) -> SliceGroup:
     moved = np.moveaxis(array, axis, -1)
     n = moved.shape[-1]
-    return SliceGroup(name, moved.reshape(-1, n), np.arange(n))
+    index = evenly_spaced(n, MAX_SLICES)
+    matrix = moved.reshape(-1, n)
+    return SliceGroup(name, matrix if index.size == n else matrix[:, index], index)
+
+
+def evenly_spaced(n: int, limit: int) -> np.ndarray:
+    """range(n), or `limit` evenly spaced indices of it (first and last included)."""
+    if n <= limit:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, limit).astype(np.int64))
 
 
 def slice_groups(
@@ -74,11 +89,11 @@ def slice_groups(
         head_axis = 0 if scope == "attention_output" or role == "bias" else 1
         return [_along(array, head_axis, "head")] if array.ndim > head_axis else []
     if cls in NORMALIZATION:
-        return [_along(array.reshape(-1), 0, "channel")]
+        return [_along(array.reshape(-1), 0, "channel")] if role in NORMALIZATION_ROLES else []
+    if role == "bias" and array.ndim == 1:
+        return []  # one value per unit/filter/channel (recurrent and attention biases above)
     if cls == "Embedding" and role == "embeddings" and array.ndim == 2:
-        rows = np.arange(array.shape[0])
-        if rows.size > MAX_EMBEDDING_ROWS:
-            rows = np.unique(np.linspace(0, rows.size - 1, MAX_EMBEDDING_ROWS).astype(np.int64))
+        rows = evenly_spaced(array.shape[0], MAX_EMBEDDING_ROWS)
         return [SliceGroup("unit", array[rows].T, rows)]
     if cls in DEPTHWISE or (cls in SEPARABLE and role == "depthwise_kernel"):
         axis = -2 if role != "bias" else -1

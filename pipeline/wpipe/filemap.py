@@ -6,6 +6,11 @@ returns the rows: small tables as Arrow, large ones as data files it wrote into 
 (uncommitted, so invisible until the driver commits them). It touches no database and never
 raises, so it runs unchanged in a local process pool or on a cluster; run twice, it only
 leaves an extra uncommitted file that compaction deletes.
+
+`process_chunk(jobs)` is the same map over a run of small files in one task: the files'
+small tables go into one data file per table for the whole chunk (not one per model, and
+nothing large travels back to the driver), and a file whose previous checkpoint was the
+chunk's file before it diffs against that file's tensors still in memory (no second open).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from wpipe.readers import (
 from wpipe.readers.safefile import stat_problem
 from wpipe.spectra import SpectraOptions
 from wpipe.store import space
-from wpipe.store.lake import DataFile, DataFileWriter, LakeLocation
+from wpipe.store.lake import DataFile, DataFileWriter, LakeLocation, write_data_file
 from wpipe.tables import FileInfo, ValuesMode, arch_id, build_tables, model_id_for
 from wpipe.textsafe import display, to_os
 
@@ -45,6 +50,8 @@ from wpipe.textsafe import display, to_os
 # worker streams them into a data file of its own: small models batch into few files,
 # large ones never hold their value rows in memory.
 SPILL_ROWS = 200_000
+# A file's tensors kept in memory for the next checkpoint's drift in the same chunk, at most.
+HOLD_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,11 @@ def hash_file(path: str) -> tuple[str, str | None, str | None]:
         return path, None, display(f"{path}: {exc.strerror or exc}")
 
 
+def hash_files(paths: list[str]) -> list[tuple[str, str | None, str | None]]:
+    """hash_file over a chunk of paths (one task)."""
+    return [hash_file(p) for p in paths]
+
+
 class TableSink:
     """One table's rows of one model: Arrow in memory until SPILL_ROWS, then a data file."""
 
@@ -168,22 +180,49 @@ class TableSink:
             self.writer.abort()
 
 
+@dataclass
+class Held:
+    """A processed file's tensors, kept for the drift of the next checkpoint of its series:
+    by dataset path (with shape and dtype, as the direct read compares them) and by
+    (layer path, weight name) (as the reader path does, for the same architecture)."""
+
+    path: str
+    arch: str
+    hdf5: bool  # an HDF5 file: a next file of plain Keras layout compares by dataset path
+    by_source: dict[str, tuple[tuple, str, np.ndarray]] = field(default_factory=dict)
+    by_key: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    nbytes: int = 0
+
+
 class DriftTracker:
     """Drift of each tensor against the same tensor of the previous checkpoint (same layer
     path, weight name and shape). The series pass after the map drops pairs whose models turn
-    out not to share an architecture."""
+    out not to share an architecture. `local`: where the previous file is read; `held`: its
+    tensors, already in memory; `keep`: where this file is read, to hold its tensors for the
+    next one (`self.kept`)."""
 
     def __init__(
-        self, job: FileJob, model: Model, stack: ExitStack, local: str | None = None
-    ) -> None:
+        self, job: FileJob, model: Model, stack: ExitStack, local: str | None = None,
+        held: Held | None = None, keep: str | None = None,
+    ) -> None:  # fmt: skip
         self.rows: list[dict] = []
         self.ids = (model_id_for(job.previous or ""), model_id_for(job.path))
         self.series = job.series
         self.where = job.previous or ""
         self.file: h5py.File | None = None  # the previous file, read by dataset path
         self.tensors: dict[tuple[str, str], Tensor] = {}  # or its tensors, read by a reader
+        self.held: Held | None = None  # or its tensors, in memory
+        self.by_source = False  # held tensors looked up by dataset path
+        # this file's tensors, for the next one (`keep`: where this file is read)
+        self.kept = Held(job.path, arch_id(model), _is_hdf5(keep)) if keep else None
         local = local or job.previous  # where the previous file is read (a local copy)
         if job.previous is None or local is None:
+            return
+        if held is not None and held.path == job.previous:
+            if _plain(model) and held.hdf5:  # as _direct: by dataset path
+                self.held, self.by_source = held, True
+            elif held.arch == arch_id(model):
+                self.held, self.by_source = held, False
             return
         try:
             if _direct(local, model):
@@ -198,6 +237,7 @@ class DriftTracker:
 
     def visit(self, layer_path: str, tensor: Tensor, array: np.ndarray) -> None:
         key = (layer_path, tensor.weight_name)
+        self._keep(key, tensor, array)
         try:
             before = self._before(key, tensor)
         except (ModelReadError, OSError, ValueError):
@@ -205,7 +245,20 @@ class DriftTracker:
         if before is not None:
             self.rows.append(drift_row(self.ids, key, before, array, self.series, (None, None)))
 
+    def _keep(self, key: tuple[str, str], tensor: Tensor, array: np.ndarray) -> None:
+        kept = self.kept
+        if kept is None:
+            return
+        kept.nbytes += array.nbytes
+        if kept.nbytes > HOLD_BYTES:  # too large to hold: the next file reads it again
+            self.kept = None
+            return
+        kept.by_source[tensor.source_name] = (tuple(tensor.shape), tensor.dtype, array)
+        kept.by_key[key] = array
+
     def _before(self, key: tuple[str, str], tensor: Tensor) -> np.ndarray | None:
+        if self.held is not None:
+            return self._held_before(key, tensor)
         if self.file is not None:
             ds = h5safe.dataset(self.file, tensor.source_name, self.where)
             same = ds.shape == tensor.shape and h5safe.logical_dtype(ds) == tensor.dtype
@@ -215,21 +268,37 @@ class DriftTracker:
             return None
         return other.load()
 
+    def _held_before(self, key: tuple[str, str], tensor: Tensor) -> np.ndarray | None:
+        held = self.held
+        if self.by_source:  # as the direct read: same dataset path, shape and dtype
+            shape, dtype, array = held.by_source.get(tensor.source_name, ((), "", None))
+            same = shape == tuple(tensor.shape) and dtype == tensor.dtype
+            return array if same else None
+        array = held.by_key.get(key)
+        return array if array is not None and array.shape == tuple(tensor.shape) else None
+
 
 def _direct(previous: str, model: Model) -> bool:
     """Checkpoints of one HDF5 layout keep each tensor at the same dataset path: the previous
     file's tensors are read by path, without parsing its architecture again (an open of a
     small checkpoint costs more than its tensors)."""
+    return _plain(model) and _is_hdf5(previous)
+
+
+def _plain(model: Model) -> bool:
     tensors = [t for layer in model.layers for t in layer.tensors]
-    plain = all(t.layout == "keras" and "," not in t.source_name for t in tensors)
-    return plain and Path(previous).is_file() and sniff(Path(previous)) == "hdf5"
+    return all(t.layout == "keras" and "," not in t.source_name for t in tensors)
+
+
+def _is_hdf5(path: str) -> bool:
+    return Path(path).is_file() and sniff(Path(path)) == "hdf5"
 
 
 def process_file(job: FileJob) -> Outcome:
     """Read, analyse and diff one model file; never raises. A file on object storage (and
     its series predecessor) is read from a temporary local copy, removed afterwards."""
     if job.remote is None:
-        return _process(job, job.path, None)
+        return _process(job, job.path, None)[0]
     try:
         with ExitStack() as stack:
             local = stack.enter_context(remote.fetched(job.remote))
@@ -237,18 +306,23 @@ def process_file(job: FileJob) -> Outcome:
             if job.previous_remote is not None:
                 with contextlib.suppress(OSError):  # no drift then; the series pass reports it
                     previous = str(stack.enter_context(remote.fetched(job.previous_remote)))
-            return _process(job, str(local), previous)
+            return _process(job, str(local), previous)[0]
     except Exception as exc:  # the object store failed us, not the file: say so, go on
         reason = getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
         return Outcome(job.path, model_id_for(job.path), "failed", error="fetch-error",
                        message=f"{job.path}: cannot fetch ({reason})")  # fmt: skip
 
 
-def _process(job: FileJob, local: str, previous: str | None) -> Outcome:
-    """process_file on `local`, a local copy of `job.path` (or the path itself)."""
+def _process(
+    job: FileJob, local: str, previous: str | None, held: Held | None = None, keep: bool = False
+) -> tuple[Outcome, Held | None]:
+    """process_file on `local`, a local copy of `job.path` (or the path itself), diffing
+    against `held` (the previous file's tensors) when it is that file, and returning this
+    file's tensors too when `keep`."""
     model_id = model_id_for(job.path)
     outcome = Outcome(job.path, model_id, "failed", bytes_read=job.size, previous=job.previous)
     sinks: dict[str, TableSink] = {}
+    kept = None
     try:
         sha = job.sha256 or sha256_of(local)
         outcome.sha256 = sha
@@ -256,22 +330,23 @@ def _process(job: FileJob, local: str, previous: str | None) -> Outcome:
         sinks = {t.name: TableSink(job.lake, t) for t in schema.MODEL_TABLES}
         with ExitStack() as stack:
             model = stack.enter_context(open_model(local, where=job.path))
-            drift = DriftTracker(job, model, stack, previous)
+            drift = DriftTracker(job, model, stack, previous, held, local if keep else None)
             s = job.settings
             tables = build_tables(model, info, s.options, s.values, sinks["weight_values"].write,
                                   s.spectra, drift.visit)  # fmt: skip
         for name, rows in tables.items():
             sinks[name].write(rows)
         for name, sink in sinks.items():
-            held, written = sink.finish()
-            if held is not None:
-                outcome.tables[name] = held
+            held_rows, written = sink.finish()
+            if held_rows is not None:
+                outcome.tables[name] = held_rows
             if written is not None:
                 outcome.files.append(written)
         row = tables["models"].to_pylist()[0]
         outcome.status = "ingested"
         outcome.drift = [{**r, "sha256_b": sha} for r in drift.rows]
         outcome.n_tensors, outcome.n_params = row["n_tensors"], row["n_params"]
+        kept = drift.kept
     except ModelReadError as exc:
         outcome.error, outcome.message = exc.code, exc.message
     except OSError as exc:  # a full disk while writing its rows stops the run (store.space)
@@ -286,4 +361,40 @@ def _process(job: FileJob, local: str, previous: str | None) -> Outcome:
         for sink in sinks.values():
             sink.abort()
         outcome.tables, outcome.files = {}, []
-    return outcome
+    return outcome, kept
+
+
+@dataclass
+class ChunkOutcome:
+    """The outcomes of a chunk's files (their small tables moved into `files`) and the data
+    files holding those tables: committed together, never a part of them."""
+
+    outcomes: list[Outcome]
+    files: list[DataFile]
+
+
+def process_chunk(jobs: list[FileJob]) -> ChunkOutcome:
+    """process_file over `jobs` (local files) in order, their small tables written as one
+    data file per table; a file's tensors stay in memory for the next file when it is its
+    successor. When the chunk's files cannot be written, each of its files fails with the
+    reason (`disk-full` stops the run); what was written stays uncommitted (swept later)."""
+    outcomes = []
+    held: Held | None = None
+    for i, job in enumerate(jobs):
+        following = jobs[i + 1].previous == job.path if i + 1 < len(jobs) else False
+        outcome, held = _process(job, job.path, None, held, keep=following)
+        outcomes.append(outcome)
+    files = []
+    try:
+        for table in schema.MODEL_TABLES:
+            parts = [o.tables.pop(table.name) for o in outcomes if table.name in o.tables]
+            if parts:
+                files.append(write_data_file(jobs[0].lake, table.name, pa.concat_tables(parts)))
+    except OSError as exc:
+        code = "disk-full" if space.is_full(exc) else "io-error"
+        for o in outcomes:
+            if o.status == "ingested":
+                o.status, o.error, o.tables, o.files = "failed", code, {}, []
+                o.message = display(f"{o.path}: cannot write its rows ({exc.strerror or exc})")
+        files = []
+    return ChunkOutcome(outcomes, files)

@@ -27,7 +27,17 @@ import pyarrow as pa
 
 from wpipe import compare, dblock, remote, schema, store, workers
 from wpipe.analysis import StatsOptions
-from wpipe.filemap import FileJob, Outcome, Settings, TableSink, hash_file, process_file
+from wpipe.filemap import (
+    ChunkOutcome,
+    FileJob,
+    Outcome,
+    Settings,
+    TableSink,
+    hash_file,
+    hash_files,
+    process_chunk,
+    process_file,
+)
 from wpipe.readers import ModelReadError, model_files, sharded
 from wpipe.readers.safefile import stat_problem
 from wpipe.spectra import SpectraOptions
@@ -49,6 +59,14 @@ BATCH_SECONDS = 10.0
 COMPACT_FILES = 64
 SWEEP_REMOTE_AGE = 86400.0  # seconds: uncommitted files of a lake on object storage kept so long
 MODEL_SUFFIXES = (".h5", ".hdf5", ".keras", ".weights.json")  # what remote's listing fetches
+# Small files are read a chunk per task (few tasks, one data file per table per chunk, the
+# previous checkpoint's tensors still in memory): at most CHUNK_FILES files and CHUNK_BYTES;
+# a file above CHUNK_FILE_BYTES is a task of its own. Chunks shrink so that every worker
+# gets several (progress and balance on a small run).
+CHUNK_FILES = 64
+CHUNK_BYTES = 64 << 20
+CHUNK_FILE_BYTES = 16 << 20
+CHUNKS_PER_WORKER = 8
 
 __all__ = [
     "Outcome", "Report", "StoreFailed", "commit_batch", "discover", "ingest", "ingest_options",
@@ -291,9 +309,10 @@ def ingest(
         plan.work += driver.sort_hashed(plan.to_hash, pool.hashes(plan.to_hash), shas)
     progress.phase("read", len(plan.work))
     driver.jobs = {job.path: job for job in plan.work}
-    for outcome in pool.outcomes(plan.work):
-        progress.advance(1, Path(outcome.path).name)
-        driver.take(outcome)
+    driver.to_load = len(plan.work) + len(driver.copies)
+    for chunk in pool.chunk_outcomes(plan.work):
+        progress.advance(len(chunk.outcomes), Path(chunk.outcomes[-1].path).name)
+        driver.take_chunk(chunk)
     driver.flush()
     driver.copy_duplicates()
     shas.update(driver.shas)
@@ -327,10 +346,45 @@ def _record_skipped(
         on_done(outcome)
 
 
+def series_order(jobs: list[FileJob]) -> list[FileJob]:
+    """The jobs with each file right after its previous checkpoint where both are read (a
+    series' run of files in order), series in the order their first file comes."""
+    by_path = {j.path: j for j in jobs}
+    following = {j.previous: j for j in jobs if j.previous in by_path}
+    out = []
+    for job in jobs:
+        if job.previous in by_path:
+            continue  # placed after its previous checkpoint
+        while job is not None:
+            out.append(job)
+            job = following.get(job.path)
+    placed = {j.path for j in out}
+    return out + [j for j in jobs if j.path not in placed]  # a cycle: never, but never lost
+
+
+def chunked(items: list, sizes: list[int], workers: int) -> list[list]:
+    """`items` cut into runs of small ones (CHUNK_FILES, CHUNK_BYTES), a large one alone."""
+    per_chunk = max(1, min(CHUNK_FILES, -(-len(items) // (max(1, workers) * CHUNKS_PER_WORKER))))
+    chunks: list[list] = []
+    run: list = []
+    held = 0
+    for item, size in zip(items, sizes, strict=True):
+        if size > CHUNK_FILE_BYTES:
+            chunks.append([item])
+            continue
+        if run and (len(run) >= per_chunk or held + size > CHUNK_BYTES):
+            chunks.append(run)
+            run, held = [], 0
+        run.append(item)
+        held += size
+    return chunks + ([run] if run else [])
+
+
 class _Pool:
-    """The map's two phases (hash, read) through wpipe.workers: each file in a replaceable
-    worker under the per-file time limit, or on Dask (`dask`: `local` or an address); a
-    stopped or dead worker fails that file only."""
+    """The map's two phases (hash, read) through wpipe.workers, small files a chunk per task:
+    each task in a replaceable worker under the per-file time limit, or on Dask (`dask`:
+    `local` or an address, one file per task). A chunk that is stopped or whose worker dies
+    is read again one file per task, so only the culprit fails."""
 
     def __init__(self, jobs: int, file_timeout: float | None, dask: str | None = None) -> None:
         self.jobs, self.timeout, self.dask = jobs, file_timeout, dask
@@ -343,20 +397,52 @@ class _Pool:
         return workers.map_files_on_dask(function, items, self.dask, self.jobs, keys, name)
 
     def hashes(self, jobs: list[FileJob]) -> Iterator[tuple[str, str | None, str | None]]:
-        paths = [j.path for j in jobs]
-        for path, result in self._map(hash_file, paths, str):
+        if self.dask is not None:
+            for path, result in self._map(hash_file, [j.path for j in jobs], str):
+                yield (path, None, result.message) if isinstance(result, workers.WorkerFailure) \
+                    else result  # fmt: skip
+            return
+        chunks = chunked([j.path for j in jobs], [j.size for j in jobs], self.jobs)
+        results = workers.map_files(hash_files, chunks, self.jobs, self.timeout,
+                                    name=lambda c: c[0], preload=[__name__])  # fmt: skip
+        for chunk, result in results:
             if isinstance(result, workers.WorkerFailure):
-                yield path, None, result.message
+                for path in chunk:
+                    yield path, None, result.message
             else:
+                yield from result
+
+    def chunk_outcomes(self, jobs: list[FileJob]) -> Iterator[ChunkOutcome]:
+        if self.dask is not None or any(j.remote is not None for j in jobs):
+            for outcome in self.outcomes(jobs):  # one file per task, as Dask keys them
+                yield ChunkOutcome([outcome], [])
+            return
+        jobs = series_order(jobs)
+        chunks = chunked(jobs, [j.size for j in jobs], self.jobs)
+        again: list[FileJob] = []
+        results = workers.map_files(process_chunk, chunks, self.jobs, self.timeout,
+                                    name=lambda c: c[0].path, preload=[__name__])  # fmt: skip
+        for chunk, result in results:
+            if not isinstance(result, workers.WorkerFailure):
                 yield result
+            elif len(chunk) > 1:
+                again += chunk  # what the stopped task had written is never committed
+            else:
+                yield ChunkOutcome([_failure(chunk[0], result)], [])
+        for outcome in self.outcomes(again):
+            yield ChunkOutcome([outcome], [])
 
     def outcomes(self, jobs: list[FileJob]) -> Iterator[Outcome]:
         for job, result in self._map(process_file, jobs, lambda job: job.path):
             if isinstance(result, workers.WorkerFailure):
-                # what a killed worker had written is never committed (vacuumed later)
-                result = Outcome(job.path, model_id_for(job.path), "failed", error=result.code,
-                                 message=result.message, bytes_read=job.size)  # fmt: skip
+                result = _failure(job, result)
             yield result
+
+
+def _failure(job: FileJob, failure: workers.WorkerFailure) -> Outcome:
+    # what a killed worker had written is never committed (vacuumed later)
+    return Outcome(job.path, model_id_for(job.path), "failed", error=failure.code,
+                   message=failure.message, bytes_read=job.size)  # fmt: skip
 
 
 def _identity(item: FileJob | str) -> tuple:
@@ -377,6 +463,8 @@ class _Driver:
         self.by_sha = by_sha  # sha256 -> model_id of content already in (or bound for) the lake
         self.known_ids = {model_id_for(p) for p in db.known_files()}
         self.pending: list[Outcome] = []
+        self.shared: list[DataFile] = []  # data files of the pending chunks' small tables
+        self.to_load = 0  # models the run may load (the load phase's total)
         self.held = 0  # bytes of the pending outcomes' in-memory tables
         self.since = time.monotonic()
         self.copies: list[tuple[FileJob, str]] = []  # (job, model_id whose rows it copies)
@@ -410,7 +498,14 @@ class _Driver:
                 work.append(replace(job, sha256=sha))
         return work
 
-    def take(self, outcome: Outcome) -> None:
+    def take_chunk(self, chunk: ChunkOutcome) -> None:
+        """A chunk's outcomes, committed in one batch (they share its data files)."""
+        self.shared += chunk.files
+        for outcome in chunk.outcomes:
+            self.take(outcome, flush=False)
+        self._maybe_flush()
+
+    def take(self, outcome: Outcome, flush: bool = True) -> None:
         if outcome.error == "disk-full":  # every file after it would fail alike: stop here
             self.discard_pending()
             raise StoreFailed(outcome.message)
@@ -429,6 +524,10 @@ class _Driver:
         if self.on_done:
             self.on_done(outcome)
         self.held += outcome.held_bytes()
+        if flush:
+            self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
         if (len(self.pending) >= BATCH_MODELS or self.held >= BATCH_BYTES
                 or time.monotonic() - self.since >= BATCH_SECONDS):  # fmt: skip
             self.flush()
@@ -442,16 +541,18 @@ class _Driver:
 
     def discard_pending(self) -> None:
         """The data files of outcomes not committed yet (the run is stopping)."""
-        self.lake.delete_uncommitted(f for o in self.pending for f in o.files)
-        self.pending = []
+        self.lake.delete_uncommitted([*(f for o in self.pending for f in o.files), *self.shared])
+        self.pending, self.shared = [], []
 
     def flush(self) -> None:
         if self.pending:
-            self.progress.phase("load", len(self.pending))
+            self.progress.phase("load", max(self.to_load, len(self.pending)))
+            ids = [o.model_id for o in self.pending]
             try:
-                files, versions = commit_batch(self.lake, self.pending, self.known_ids)
-                ids = [o.model_id for o in self.pending]
-                self.db.load_batch(self.lake, files, ids, versions)
+                files, versions = commit_batch(self.lake, self.pending, self.known_ids,
+                                               self.shared)  # fmt: skip
+                self.db.load_batch(self.lake, files, ids, versions,
+                                   self.known_ids.intersection(ids))  # fmt: skip
             except Exception as exc:
                 if not space.is_full(exc):
                     raise
@@ -460,9 +561,9 @@ class _Driver:
                 raise StoreFailed(space.first_line(exc)) from None
             self.known_ids.update(ids)
             self.progress.advance(len(self.pending))
-            self.pending = []
+            self.pending, self.shared = [], []
             self.held = 0
-            self.progress.phase("read", 0)
+            self.progress.phase("read", 0)  # back to the read phase, its count kept
         self.since = time.monotonic()
 
     def copy_duplicates(self) -> None:
@@ -498,17 +599,20 @@ class _Driver:
 
 
 def commit_batch(
-    lake: Lake, outcomes: list[Outcome], in_lake: set[str]
+    lake: Lake, outcomes: list[Outcome], in_lake: set[str], shared: Iterable[DataFile] = ()
 ) -> tuple[dict[str, list[str]], dict[str, int]]:
-    """Commit the outcomes' rows to the lake: per table, the workers' data files plus one file
-    of the batch's small tables, replacing the older rows of models in `in_lake` in the same
-    commit; `models` last, so its rows never name a model whose other rows are missing.
+    """Commit the outcomes' rows to the lake: per table, the workers' data files (`shared`:
+    files holding rows of several of these outcomes) plus one file of the small tables still
+    in memory, replacing the older rows of models in `in_lake` in the same commit; `models`
+    last, so its rows never name a model whose other rows are missing.
     Returns (table -> new files to load, table -> version committed)."""
     replaced = {o.model_id for o in outcomes} & in_lake
     files: dict[str, list[str]] = {}
     versions: dict[str, int] = {}
+    shared = list(shared)
     for table in (*schema.MODEL_TABLES[1:], schema.MODELS):
         adds: list[DataFile] = [f for o in outcomes for f in o.files if f.table == table.name]
+        adds += [f for f in shared if f.table == table.name]
         held = [o.tables[table.name] for o in outcomes if table.name in o.tables]
         if held:
             adds.append(write_data_file(lake.location, table.name, pa.concat_tables(held)))

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePath
 
 import duckdb
+import pyarrow as pa
 
 from wpipe.tags import strip_model_suffix
 
@@ -99,11 +100,17 @@ def refresh(con: duckdb.DuckDBPyConnection, roots: Iterable[str | Path] = ()) ->
     )
     names = assign_names(taken, new, roots)
     now = datetime.now(timezone.utc)
-    if names:
-        con.executemany(
-            "INSERT INTO model_names (model_id, name, path, named_at) VALUES (?, ?, ?, ?)",
-            [(k, name, new[k], now) for k, name in names.items()],
-        )
+    if names:  # one Arrow insert: executemany costs milliseconds a row
+        rows = pa.table({
+            "model_id": list(names), "name": list(names.values()),
+            "path": [new[k] for k in names], "named_at": [now] * len(names),
+        })  # fmt: skip
+        con.register("new_names", rows)
+        try:
+            con.execute("INSERT INTO model_names (model_id, name, path, named_at) "
+                        "SELECT model_id, name, path, named_at FROM new_names")  # fmt: skip
+        finally:
+            con.unregister("new_names")
     con.execute(
         "UPDATE models SET name = n.name FROM model_names AS n "
         "WHERE models.model_id = n.model_id AND models.name IS DISTINCT FROM n.name"

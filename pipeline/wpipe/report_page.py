@@ -11,6 +11,7 @@ from typing import Any
 
 import altair as alt
 import duckdb
+from altair.utils.schemapi import debug_mode
 
 import wpipe
 from wpipe import charts
@@ -83,14 +84,17 @@ class Builder:
     ) -> bool:
         """Draw a chart into `section`; a chart with nothing to draw leaves a note instead."""
         try:
-            chart = draw(self.con, **kw)
+            # Altair validates every object it builds (thousands of data rows each) unless
+            # told not to; the charts' tests validate their specs, so the report does not
+            with debug_mode(False):
+                chart = draw(self.con, **kw)
         except charts.NoData as exc:
             section.parts.append(
                 f'<p class="note">{esc(caption)}: nothing to draw ({esc(exc)}).</p>'
             )
             return False
         n = len(self.specs)
-        self.specs.append(chart.to_dict())
+        self.specs.append(chart.to_dict(validate=False))
         section.parts.append(
             f'<figure id="figure-{n + 1}"><div class="vis" data-spec="spec-{n}"></div>'
             f"<figcaption>Figure {n + 1}. {esc(caption)}</figcaption></figure>"

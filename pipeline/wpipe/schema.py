@@ -312,8 +312,9 @@ EIGENVALUES = Table(
 WEIGHT_TILES = Table(
     "weight_tiles",
     "cell of a tensor viewed as a matrix (leading axes × last axis): one weight, or the "
-    "mean of a block when the tensor has more than 16,384 elements (at most 64 × 64 cells); "
-    "tensors of 2 or more dimensions, whatever --values kept",
+    "mean of a block when the tensor has more elements than its share of the model's cell "
+    "budget (README: Values; at most 32 × 32 cells, a model's first 4-D kernel whole up to "
+    "16,384 weights); tensors of 2 or more dimensions, whatever --values kept",
     (
         *TENSOR_KEY,
         _c("rows", I64, "rows of the matrix view: the product of all axes but the last"),

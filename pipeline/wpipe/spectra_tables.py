@@ -1,10 +1,10 @@
 """The `spectra` and `eigenvalues` tables of one model, with a content-addressed cache.
 
-Glue between the pure analysis (wpipe.spectra) and the per-model tables (wpipe.tables): each
-tensor's result is cached in `<lake>/.spectra-cache/` under the SHA-256 of its bytes and of
-everything else the result depends on (method version, layer class, weight name, role,
-layout, dtype, shape, the planned matrices), so a re-ingested file or a duplicated checkpoint
-costs one hash per tensor. Workers share the folder; an entry is written under a temporary
+Glue between the pure analysis (wpipe.spectra) and the per-model tables (wpipe.tables): the
+result of each tensor worth caching (CACHE_MIN_WORK) is cached in `<lake>/.spectra-cache/`
+under the SHA-256 of its bytes and of everything else the result depends on (method version,
+layer class, weight name, role, layout, dtype, shape, the planned matrices), so a re-ingested
+file costs one hash per such tensor. Workers share the folder; an entry is written under a temporary
 name and renamed, so a reader never sees half of one. Deleting the folder only costs time.
 """
 
@@ -24,6 +24,11 @@ from wpipe.anatomy import _wrapped
 from wpipe.spectra import METHOD_VERSION, SpectraOptions, Spectrum, analyse, plan
 
 CACHE_FOLDER = ".spectra-cache"
+# Matrices whose eigen-decomposition costs less than this many multiply-adds (N·M·min(N, M),
+# summed over a tensor's matrices) are computed again rather than cached: below it, a cache
+# entry (a hash, a small file written and read back) costs more than the computation, and
+# 10,000 small checkpoints would leave tens of thousands of tiny files.
+CACHE_MIN_WORK = 10**8
 # Work done in this process (tests count cache hits with it): tensors computed / read back.
 COUNTS = {"computed": 0, "cached": 0}
 
@@ -42,7 +47,8 @@ class SpectraCollector:
             return
         planned = plan(class_name, config, tensor.weight_name, tensor.role, tensor.layout,
                        array, self.options)  # fmt: skip
-        if all(p.skip for p in planned) or self.options.cache_dir is None:
+        if (all(p.skip for p in planned) or self.options.cache_dir is None
+                or _work(planned) < CACHE_MIN_WORK):  # fmt: skip
             results = [analyse(p) for p in planned]
         else:
             results = _cached(Path(self.options.cache_dir), class_name, config, tensor, array,
@@ -66,6 +72,11 @@ class SpectraCollector:
             columns[name] = np.concatenate(columns[name]) if columns[name] else []
         eigen = pa.Table.from_pydict(columns, schema=schema.EIGENVALUES.arrow_schema)
         return {"spectra": spectra, "eigenvalues": eigen}
+
+
+def _work(planned) -> int:
+    return sum((p.rf or 1) * p.n * p.m * min(p.n, p.m) for p in planned
+               if not p.skip and p.n and p.m)  # fmt: skip
 
 
 def cache_key(class_name, config, tensor, array: np.ndarray, planned) -> str:

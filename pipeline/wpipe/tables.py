@@ -21,7 +21,7 @@ from wpipe.spectra import SpectraOptions
 from wpipe.spectra_tables import SpectraCollector
 from wpipe.tags import strip_model_suffix
 from wpipe.textsafe import display
-from wpipe.tiles import tile_table
+from wpipe.tiles import TileBudget, tile_table
 
 DIRECTIONS = ("forward", "backward")
 
@@ -93,6 +93,7 @@ def build_tables(
     tile_tables: list[pa.Table] = []
     spectra_out = SpectraCollector(spectra or SpectraOptions())
     weight_index = 0
+    tile_budget = TileBudget([t.shape for layer in model.layers for t in layer.tensors])
     for layer_index, layer in enumerate(model.layers):
         layer_rows.append(
             {
@@ -151,7 +152,7 @@ def build_tables(
                          "direction": direction if direction in DIRECTIONS else None, **row}
                     )  # fmt: skip
             spectra_out.add(key, layer.class_name, layer.config, tensor, array)
-            tiles = tile_table(key, array)
+            tiles = tile_table(key, array, tile_budget.cells(array))
             if tiles is not None:
                 tile_tables.append(tiles)
             if values.kind != "none" and array.size:

@@ -2,22 +2,30 @@
 
 A tensor of shape (..., n) is viewed as the (prod(...), n) matrix of its C-order values: a
 Dense kernel as is, a conv kernel (kh, kw, in, out) as (kh·kw·in) × out, a recurrent kernel
-(in, G·u) with its gates side by side along the columns. A tensor of at most TILE_EXACT
-elements keeps one cell per weight; a larger one is mean-pooled to at most TILE_GRID ×
-TILE_GRID cells of near-equal blocks (block k of n rows spans rows [k·n // p, (k+1)·n // p)),
-so the charts work whatever `--values` kept. Each cell also keeps its largest-magnitude value
-(signed) for max-|w| pooling.
+(in, G·u) with its gates side by side along the columns. Each tensor gets a number of cells
+from its model's budget (TileBudget): a tensor of at most that many elements keeps one cell
+per weight; a larger one is mean-pooled to at most side × side cells of near-equal blocks
+(block k of n rows spans rows [k·n // p, (k+1)·n // p)), so the charts work whatever
+`--values` kept. Each cell also keeps its largest-magnitude value (signed) for max-|w| pooling.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pyarrow as pa
 
 from wpipe import schema
 
-TILE_EXACT = 16384  # elements up to which a tensor keeps one cell per weight
-TILE_GRID = 64  # cells per side of a pooled tensor
+TILE_EXACT = 16384  # a model's first 4-D kernel keeps one cell per weight up to this (`filters`)
+TILE_GRID = 32  # at most this many cells per side of any other tensor
+TILE_MIN = 64  # cells a matrix gets however tight its model's budget
+# Cells per model: 4,096, or one per 1,024 parameters in a larger model, shared evenly by its
+# matrices. At ~35 bytes a cell (database + lake) that is ~0.9 % of a float32 file's size for
+# models above ~4M parameters, and at most ~150 KB below.
+TILE_BUDGET_MIN = 4096
+TILE_PARAMS_PER_CELL = 1024
 
 
 def matrix_view(array: np.ndarray) -> np.ndarray | None:
@@ -32,24 +40,38 @@ def block_edges(n: int, parts: int) -> np.ndarray:
     return (np.arange(parts + 1, dtype=np.int64) * n) // parts
 
 
-def pool(matrix: np.ndarray) -> dict[str, np.ndarray]:
+class TileBudget:
+    """How many cells each matrix of one model gets (README: weight_tiles)."""
+
+    def __init__(self, shapes: list[tuple[int, ...]]) -> None:
+        matrices = [s for s in shapes if len(s) >= 2 and math.prod(s)]
+        params = sum(math.prod(s) for s in shapes)
+        budget = max(TILE_BUDGET_MIN, params // TILE_PARAMS_PER_CELL)
+        self.per_matrix = min(TILE_GRID * TILE_GRID, max(TILE_MIN, budget // max(len(matrices), 1)))
+        self._first_kernel = True
+
+    def cells(self, array: np.ndarray) -> int:
+        """The cell limit of the next tensor (in layer order): the first 4-D kernel (a first
+        convolution, drawn by `filters`) keeps every weight up to TILE_EXACT."""
+        if array.ndim == 4 and self._first_kernel:
+            self._first_kernel = False
+            return max(TILE_EXACT, self.per_matrix)
+        return self.per_matrix
+
+
+def pool(matrix: np.ndarray, cells: int = TILE_GRID * TILE_GRID) -> dict[str, np.ndarray]:
     """Cells of the matrix: tile index, row/column span, mean and signed max-|w| of each.
+    One cell per weight when the matrix has at most `cells` elements, else at most
+    side × side blocks, side = min(TILE_GRID, isqrt(cells)).
 
     Non-finite values are left out of a cell's mean (a cell of only NaN/inf has mean NaN)."""
     rows, cols = matrix.shape
-    exact = matrix.size <= TILE_EXACT
-    row_edges = block_edges(rows, rows if exact else min(rows, TILE_GRID))
-    col_edges = block_edges(cols, cols if exact else min(cols, TILE_GRID))
-    finite = np.isfinite(matrix)
-    values = np.where(finite, matrix, 0).astype(np.float64, copy=False)
+    exact = matrix.size <= cells
+    side = min(TILE_GRID, math.isqrt(cells))
+    row_edges = block_edges(rows, rows if exact else min(rows, side))
+    col_edges = block_edges(cols, cols if exact else min(cols, side))
     starts_r, starts_c = row_edges[:-1], col_edges[:-1]
-
-    def reduce(ufunc: np.ufunc, data: np.ndarray) -> np.ndarray:
-        return ufunc.reduceat(ufunc.reduceat(data, starts_r, axis=0), starts_c, axis=1)
-
-    sums = reduce(np.add, values)
-    counts = reduce(np.add, finite.astype(np.int64))
-    high, low = reduce(np.maximum, values), reduce(np.minimum, values)
+    sums, counts, high, low = _block_reduce(matrix, row_edges, starts_c)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
     peak = np.where(high >= -low, high, low)
@@ -68,12 +90,48 @@ def pool(matrix: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def tile_table(key: dict[str, str], array: np.ndarray) -> pa.Table | None:
-    """The weight_tiles rows of one tensor (None for tensors below 2-D)."""
+# Elements converted to float64 at a time: pooling a large tensor costs a few MB, not 4x it.
+POOL_CHUNK = 1 << 20
+
+
+def _block_reduce(
+    matrix: np.ndarray, row_edges: np.ndarray, starts_c: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """Per cell: sum and count of the finite values, max and min (non-finite counted as 0),
+    a chunk of rows at a time."""
+    n_blocks = len(row_edges) - 1
+    shape = (n_blocks, len(starts_c))
+    sums, counts = np.zeros(shape), np.zeros(shape, dtype=np.int64)
+    high, low = np.full(shape, -np.inf), np.full(shape, np.inf)
+    step = max(1, POOL_CHUNK // max(matrix.shape[1], 1))
+    chunks = [(k, a, min(a + step, row_edges[k + 1])) for k in range(n_blocks)
+              for a in range(row_edges[k], row_edges[k + 1], step)]  # fmt: skip
+    if matrix.size <= POOL_CHUNK:  # small: every row block at once
+        chunks = [(slice(None), 0, matrix.shape[0])]
+    for k, a, b in chunks:
+        part = matrix[a:b]
+        finite = np.isfinite(part)
+        values = np.where(finite, part, 0).astype(np.float64, copy=False)
+        starts = row_edges[:-1] if isinstance(k, slice) else np.array([0])
+
+        def reduce(ufunc: np.ufunc, data: np.ndarray, starts=starts) -> np.ndarray:
+            return ufunc.reduceat(ufunc.reduceat(data, starts, axis=0), starts_c, axis=1)
+
+        sums[k] += reduce(np.add, values).reshape(sums[k].shape)
+        counts[k] += reduce(np.add, finite.astype(np.int64)).reshape(counts[k].shape)
+        high[k] = np.maximum(high[k], reduce(np.maximum, values).reshape(high[k].shape))
+        low[k] = np.minimum(low[k], reduce(np.minimum, values).reshape(low[k].shape))
+    return sums, counts, high, low
+
+
+def tile_table(
+    key: dict[str, str], array: np.ndarray, limit: int = TILE_GRID * TILE_GRID
+) -> pa.Table | None:
+    """The weight_tiles rows of one tensor, at most `limit` cells (None below 2-D)."""
     matrix = matrix_view(array)
     if matrix is None:
         return None
-    cells = pool(matrix)
+    cells = pool(matrix, limit)
     n = len(cells["mean"])
     columns = {name: pa.array([value] * n, pa.string()) for name, value in key.items()}
     columns["rows"] = pa.array(np.full(n, matrix.shape[0], dtype=np.int64))

@@ -132,7 +132,14 @@ def test_sampled_values_are_labelled_and_missing_values_fall_back_or_say_so(tmp_
     hist = charts.weight_histograms(con, models=["k2_conv2d"], layer="conv2", source="values")
     assert "from a sample of 20 of 216 values" in json.dumps(hist.to_dict()["title"])
     assert sum(r["count"] for r in data_rows(hist.to_dict())) == 20
-    assert "estimated" in json.dumps(charts.filter_norms(con).to_dict()["title"])
+    # filter norms come from `units`, exact whatever --values kept
+    norms = charts.filter_norms(con, models=["k2_conv2d"])
+    assert "exact" in json.dumps(norms.to_dict()["title"])
+    kernel = tensor("k2_conv2d.h5", "conv2", "kernel")
+    got = sorted((r for r in data_rows(norms.to_dict()) if r["layer"] == "conv2"),
+                 key=lambda r: r["first"])  # fmt: skip
+    want = np.linalg.norm(kernel.reshape(-1, kernel.shape[-1]).astype(np.float64), axis=0)
+    assert [r["norm"] for r in got] == pytest.approx(want.tolist(), rel=1e-6)
     assert "sample" in json.dumps(charts.gate_histograms(con).to_dict()["title"])
     con.close()
 
@@ -144,9 +151,9 @@ def test_sampled_values_are_labelled_and_missing_values_fall_back_or_say_so(tmp_
     counts, _ = np.histogram(tensor("k2_conv2d.h5", "conv2", "kernel"), bins=64)
     got = [r["count"] for r in sorted(data_rows(hist.to_dict()), key=lambda r: r["bin"])]
     assert got == pytest.approx(counts.tolist(), abs=1e-6)
-    for draw in (charts.gate_histograms, charts.filter_norms):
-        with pytest.raises(charts.NoData):
-            draw(con)
+    with pytest.raises(charts.NoData):
+        charts.gate_histograms(con)
+    assert len(data_rows(charts.filter_norms(con, models=["k2_conv2d"]).to_dict())) > 0
     con.close()
 
 

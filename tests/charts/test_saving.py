@@ -29,3 +29,22 @@ def test_html_escapes_model_supplied_names_inside_the_spec(tmp_path):
     spec = {"data": {"values": [{"name": evil}]}, "mark": "point"}
     text = charts.script_json(spec)
     assert "<" not in text and ">" not in text and json.loads(text) == spec
+
+
+def test_the_javascript_bundle_is_built_once_into_the_cache_folder(tmp_path, monkeypatch):
+    import vl_convert
+    from wpipe.charts import saving
+
+    monkeypatch.setenv("WPIPE_CACHE_DIR", str(tmp_path))
+    saving.javascript_bundle.cache_clear()
+    try:
+        built = saving.javascript_bundle()
+        (cached,) = tmp_path.glob("vl-bundle-*.js")
+        assert vl_convert.__version__ in cached.name
+        assert cached.read_text(encoding="utf-8") == built and "vegaEmbed" in built
+        assert "</script" not in built.lower()
+        cached.write_text("/* kept */", encoding="utf-8")  # read back, not rebuilt
+        saving.javascript_bundle.cache_clear()
+        assert saving.javascript_bundle() == "/* kept */"
+    finally:
+        saving.javascript_bundle.cache_clear()

@@ -308,24 +308,23 @@ def filter_norms(
 ) -> alt.FacetChart:
     """L2 norm of every conv filter (filters × layers), one panel per model.
 
-    For a kernel of shape (…, filters) the filter of flat_index is flat_index % filters (a
-    transposed convolution's filters are on the axis before last). The norm is
-    sqrt(Σw² · n / m) over the m stored values of a filter of n elements: exact when every
-    value is stored, an estimate from a --values sample otherwise. When there are more filters
-    than the row budget allows, neighbouring filters share a cell (mean norm; min/max in the
-    tooltip).
+    From the `units` table (the exact norm of each filter's finite weights, computed at ingest
+    from every value, so whatever --values kept; a tensor of more than 4,096 filters has rows
+    for 4,096 evenly spaced ones). When there are more filters than the row budget allows,
+    neighbouring filters share a cell (mean norm; min/max in the tooltip).
     """
     ids = model_ids(con, models)
     params: dict[str, Any] = {"ids": ids, **base.layer_params(layers)}
     conv = f"SELECT * FROM ({_CONV}) WHERE {base.layer_filter(layers)}"
     having = con.execute(
-        f"SELECT DISTINCT model_id FROM ({conv}) WHERE model_id IN "
-        "(SELECT DISTINCT model_id FROM weight_values WHERE list_contains($ids, model_id))",
+        f"SELECT DISTINCT model_id FROM ({conv}) AS t WHERE EXISTS (SELECT 1 FROM units AS u "
+        "WHERE u.model_id = t.model_id AND u.layer_path = t.layer_path "
+        "AND u.weight_name = t.weight_name AND u.axis = 'filter')",
         params,
     ).fetchall()
     selection = base.keep(ids, {r[0] for r in having}, MAX_FACETS)
     if not selection.ids:
-        raise NoData("no convolution kernel with weight_values in the selected models")
+        raise NoData("no convolution kernel with filter rows in `units` in the selected models")
     params["ids"] = selection.ids
     n_filters, n_tensors = con.execute(
         f"SELECT sum(filters), count(*) FROM ({conv})", params
@@ -339,21 +338,16 @@ def filter_norms(
         WITH t AS ({conv}),
         f AS (
             SELECT t.model_id, t.layer_path, t.weight_name, t.layer_index,
-                   ((v.flat_index // t.stride) % t.filters)::INTEGER AS filter,
-                   t.size // t.filters AS filter_size,
-                   sqrt(sum(v.value::DOUBLE * v.value::DOUBLE) * filter_size / count(*)) AS norm,
-                   count(*) AS n_values
-            FROM weight_values AS v JOIN t USING (model_id, layer_path, weight_name)
-            WHERE isfinite(v.value)
-            GROUP BY t.model_id, t.layer_path, t.weight_name, t.layer_index, filter, filter_size
+                   u.index::INTEGER AS filter, u.l2 AS norm
+            FROM units AS u JOIN t USING (model_id, layer_path, weight_name)
+            WHERE u.axis = 'filter'
         )
         SELECT m.name AS model,
                CASE WHEN f.weight_name = 'kernel' THEN f.layer_path
                     ELSE f.layer_path || ' · ' || f.weight_name END AS layer,
                min(f.layer_index) AS layer_index,
                min(f.filter) AS first, max(f.filter) AS last, max(f.filter) + 1 AS "end",
-               avg(f.norm) AS norm, min(f.norm) AS min_norm, max(f.norm) AS max_norm,
-               sum(f.n_values) AS n_values, sum(f.filter_size) AS n_elements
+               avg(f.norm) AS norm, min(f.norm) AS min_norm, max(f.norm) AS max_norm
         FROM f JOIN models AS m USING (model_id)
         GROUP BY m.name, f.layer_path, f.weight_name, f.filter // $group
         ORDER BY m.name, layer_index, first
@@ -364,7 +358,6 @@ def filter_norms(
     order = sorted({(r["layer_index"], r["layer"]) for r in rows})
     layer_order = list(dict.fromkeys(name for _, name in order))
     grouped = f"{group} neighbouring filters per cell (mean norm)" if group > 1 else ""
-    sampled = any(r["n_values"] < r["n_elements"] for r in rows)
     tooltip = [
         alt.Tooltip("model:N"),
         alt.Tooltip("layer:N"),
@@ -406,7 +399,7 @@ def filter_norms(
             title=base.title(
                 "Filter L2 norms per convolution layer",
                 grouped,
-                "estimated from sampled weight_values" if sampled else "",
+                "exact, from the units table",
                 selection.note,
             )
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -22,12 +23,37 @@ def vega_lite_version() -> str | None:
 
 @lru_cache(maxsize=1)
 def javascript_bundle() -> str:
-    """Vega, Vega-Lite and vega-embed as one script (from vl-convert; no network)."""
+    """Vega, Vega-Lite and vega-embed as one script (from vl-convert; no network).
+
+    vl-convert builds the bundle in seconds, the same for one vl-convert and Vega-Lite
+    version, so it is kept in wpipe's cache folder (README: Report) and built once."""
     import vl_convert
 
-    bundle = vl_convert.javascript_bundle(vl_version=vega_lite_version())
+    version = vega_lite_version()
+    cached = _cache_dir() / f"vl-bundle-{vl_convert.__version__}-{version or 'default'}.js"
+    try:
+        return cached.read_text(encoding="utf-8")
+    except OSError:
+        pass
+    bundle = vl_convert.javascript_bundle(vl_version=version)
     # The bundle goes inside <script>; "</script" anywhere in it would end the element early.
-    return re.sub(r"</(script)", r"<\\/\1", bundle, flags=re.IGNORECASE)
+    bundle = re.sub(r"</(script)", r"<\\/\1", bundle, flags=re.IGNORECASE)
+    try:  # a read-only home only costs the rebuild next time
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+        tmp.write_text(bundle, encoding="utf-8")
+        tmp.replace(cached)
+    except OSError:
+        pass
+    return bundle
+
+
+def _cache_dir() -> Path:
+    """WPIPE_CACHE_DIR, else $XDG_CACHE_HOME/wpipe, else ~/.cache/wpipe."""
+    if os.environ.get("WPIPE_CACHE_DIR"):
+        return Path(os.environ["WPIPE_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "wpipe"
 
 
 def script_json(value: Any) -> str:

@@ -217,14 +217,20 @@ class IngestProgress:
         self.progress = progress
         self.task = progress.add_task("", total=None, phase="ingest")
         self.name = ""
+        self.counts: dict[str, list] = {}  # phase -> [total, done]: a phase returned to
 
     def phase(self, name: str, total: int) -> None:
+        """Enter phase `name`; one entered before (read between loads) keeps its count."""
         if name == self.name and not total:
             return
         self.name = name
-        self.progress.reset(self.task, total=total or None, phase=name, description="")
+        count = self.counts.setdefault(name, [None, 0])
+        count[0] = total or count[0]
+        self.progress.reset(self.task, total=count[0], completed=count[1], phase=name,
+                            description="")  # fmt: skip
 
     def advance(self, n: int = 1, item: str = "") -> None:
+        self.counts.setdefault(self.name, [None, 0])[1] += n
         self.progress.update(self.task, advance=n, description=item)
 
 

@@ -101,6 +101,18 @@ def _parquet_options(table: str) -> dict:
     return {}
 
 
+def _file_schema(table: str) -> pa.Schema:
+    """The Arrow schema a data file is written with: weight_values' key columns
+    dictionary-coded, as tables.py emits them (a cast of millions of rows to plain strings
+    would cost more memory than the values), the contract's schema otherwise."""
+    arrow_schema = TABLES[table].arrow_schema
+    if table != "weight_values":
+        return arrow_schema
+    coded = pa.dictionary(pa.int32(), pa.string())
+    keys = ("model_id", "layer_path", "weight_name")
+    return pa.schema([f.with_type(coded) if f.name in keys else f for f in arrow_schema])
+
+
 class DataFileWriter:
     """Streams Arrow batches of one table into a new data file of the lake."""
 
@@ -113,8 +125,9 @@ class DataFileWriter:
         self._sink = fs.open_output_stream(self._path)
         # no ARROW:schema: dictionary-typed key columns read back as plain strings, as the
         # Delta schema says
+        self._schema = _file_schema(table)
         self._writer = pq.ParquetWriter(
-            self._sink, TABLES[table].arrow_schema, store_schema=False, **_parquet_options(table)
+            self._sink, self._schema, store_schema=False, **_parquet_options(table)
         )
         self.num_rows = 0
         self._ids: set[str] = set()
@@ -128,6 +141,8 @@ class DataFileWriter:
         if pa.types.is_dictionary(ids.type):
             ids = ids.dictionary
         self._ids.update(pc.unique(ids).to_pylist())
+        if data.schema != self._schema:  # held string-keyed rows into a dictionary-keyed file
+            data = data.cast(self._schema)
         if isinstance(data, pa.RecordBatch):
             self._writer.write_batch(data)
         else:
@@ -208,6 +223,13 @@ class Lake:
             return self.table(name).to_pyarrow_dataset(filesystem=subtree, schema=arrow_schema)
         paths = [f"{root.rstrip('/')}/{name}/{f}" for f in files]
         return pads.dataset(paths, schema=arrow_schema, format="parquet", filesystem=fs)
+
+    def local_paths(self, name: str, files: Iterable[str]) -> list[str] | None:
+        """Paths of table `name`'s data files `files` on the local disk (None: not local, or
+        a path DuckDB would take for a glob pattern)."""
+        if "://" in self.location.root or any(c in self.location.root for c in "*?[{"):
+            return None
+        return [f"{self.location.root.rstrip('/')}/{name}/{f}" for f in files]
 
     def commit(
         self, name: str, adds: list[DataFile], removes: Iterable[str] = (), operation: str = ""

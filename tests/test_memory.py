@@ -1,0 +1,56 @@
+"""The memory bound of an ingest (README: Memory): peak RSS ≤ 3 × the largest tensor + 300 MB.
+
+Measured on a synthetic file holding one large tensor, ingested in a fresh process with
+every stage in that process (-j 1 without a time limit: reader, statistics, units, tiles,
+spectra, drift, lake commit and DuckDB load together, the worst case). The margin is generous
+(25 %): the test is there to catch a stage that copies the tensor several times over."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import duckdb
+import numpy as np
+
+from tests.conftest import dense_config, write_legacy_h5
+
+ROWS, COLS = 200_000, 100  # 20M float32 weights: an 80 MB tensor, cheap spectra (100 x 100)
+MARGIN = 1.25
+
+_CHILD = """
+import json, sys
+from pathlib import Path
+from wpipe.cli import app
+try:
+    app(sys.argv[1:], standalone_mode=False)
+except SystemExit:
+    pass
+status = Path("/proc/self/status").read_text().splitlines()
+print(json.dumps({"hwm_kb": next(int(l.split()[1]) for l in status if l.startswith("VmHWM:"))}))
+"""
+
+
+def test_ingest_peak_rss_stays_within_three_tensors_and_300_mb(tmp_path):
+    kernel = np.random.default_rng(0).standard_normal((ROWS, COLS), dtype=np.float32)
+    model = write_legacy_h5(
+        tmp_path / "big.h5",
+        {"dense": {"dense/kernel:0": kernel, "dense/bias:0": np.zeros(COLS, np.float32)}},
+        dense_config("dense"),
+    )
+    tensor_mb = kernel.nbytes / 2**20
+    del kernel
+    db = tmp_path / "big.duckdb"
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, "ingest", str(model), "--db", str(db), "-q", "-j", "1",
+         "--file-timeout", "0"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    peak_mb = json.loads(out.strip().splitlines()[-1])["hwm_kb"] / 1024
+    budget_mb = 3 * tensor_mb + 300
+    assert peak_mb <= MARGIN * budget_mb, f"peak RSS {peak_mb:.0f} MB, budget {budget_mb:.0f} MB"
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT size FROM weights WHERE weight_name LIKE '%kernel%'").fetchall() \
+        == [(ROWS * COLS,)]  # fmt: skip
+    con.close()
