@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 CORE   := $(VENV)/.installed-core
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: demo test test-large fixtures-large bench fuzz lint format clean
+.PHONY: demo test test-scale test-large fixtures-large bench fuzz lint format clean
 
 $(CORE): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ demo: $(CORE)
 test: $(DEV)
 	$(BIN)/pytest -q
 
+# The scale-out tests with their slower end-to-end cases (a Dask worker killed mid-ingest,
+# `--dask local` from the CLI); `make test` runs the rest of tests/scale.
+test-scale: $(DEV)
+	WPIPE_TEST_SCALE_SLOW=1 $(BIN)/pytest -q tests/scale
+
 # Every damaged/hostile-file case (several minutes; the quick form runs in `make test`).
 fuzz: $(DEV)
 	$(BIN)/python -m tests.fuzz.runner --full
@@ -49,11 +54,16 @@ fixtures-large:
 test-large: $(DEV)
 	WPIPE_TEST_LARGE=1 $(BIN)/pytest -q tests/readers/test_arch.py
 
+# Every bench script by default; `make bench BENCH=scale` runs one (ingest, kernels, scale,
+# cluster, forward), and `make bench BENCH=scale CASES=tree` one case of bench_scale.py
+# (tree, real).
+BENCH ?= ingest kernels scale cluster forward
+CASES ?=
 bench: $(DEV)
-	$(BIN)/python bench/bench_ingest.py
-	$(BIN)/python bench/bench_kernels.py
-	$(BIN)/python bench/bench_scale.py
-	$(BIN)/python bench/bench_forward.py
+	@for b in $(BENCH); do \
+		if [ $$b = scale ]; then $(BIN)/python bench/bench_scale.py $(CASES) || exit 1; \
+		else $(BIN)/python bench/bench_$$b.py || exit 1; fi; \
+	done
 
 lint: $(DEV)
 	$(BIN)/ruff check pipeline tests bench

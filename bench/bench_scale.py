@@ -7,8 +7,9 @@ tree - WPIPE_BENCH_TREE (default 10,000) small checkpoints, copies of a real Ker
        when the TensorFlow venv is there); a re-ingest with nothing changed; compaction; the
        model_summary and layer_compare views; the report; what is stored per model.
 real - keras.applications models with random weights made by bench/make_real_models.py in
-       the TensorFlow venv (skipped when absent): ingest time and peak RSS against 3 x the
-       largest tensor + 300 MB, and what the default stores against the files' size.
+       the TensorFlow venv (skipped when absent): ingest time and peak RSS (-j 1, every stage
+       in one process) against 3 x the largest tensor + 300 MB, what the default stores
+       against the files' size, and what each table takes of it.
 Every run is a fresh child process (its own peak RSS); ratios are against references
 measured in the same run.
 """
@@ -88,18 +89,24 @@ def cli_child(args: list[str]) -> None:
 
 
 def views_child(db: str) -> None:
+    """Best of 3 per view: the query with its result as Arrow (what a DataFrame user gets)
+    and as Python rows (fetchall)."""
     import duckdb
 
     con = duckdb.connect(db, read_only=True)
     out = {}
     for view in ("model_summary", "layer_compare"):
-        best = None
-        for _ in range(3):
-            started = time.perf_counter()
-            rows = con.execute(f"SELECT * FROM {view}").fetchall()
-            elapsed = time.perf_counter() - started
-            best = elapsed if best is None else min(best, elapsed)
-        out[view] = {"seconds": best, "rows": len(rows)}
+        times: dict[str, float] = {}
+        for how in ("arrow", "rows"):
+            for _ in range(3):
+                started = time.perf_counter()
+                if how == "arrow":
+                    rows = con.sql(f"SELECT * FROM {view}").to_arrow_table().num_rows
+                else:
+                    rows = len(con.execute(f"SELECT * FROM {view}").fetchall())
+                elapsed = time.perf_counter() - started
+                times[how] = min(times.get(how, elapsed), elapsed)
+        out[view] = {"seconds": times["arrow"], "python_seconds": times["rows"], "rows": rows}
     print(json.dumps(out))
 
 
@@ -137,6 +144,7 @@ def tree_case() -> None:
     paths = make_tree(root, TREE_SIZE)
     print(f"  {len(paths)} files, {disk_mb(root):.0f} MB (made/checked in "
           f"{time.perf_counter() - started:.0f} s)")  # fmt: skip
+    print(f"  load average at start {os.getloadavg()[0]:.1f} (2 cores shared: ratios, not seconds)")
     ref = measure("reference", [str(root)])
     db = DATA / "tree.duckdb"
     lake = db.with_suffix(".lake")
@@ -152,7 +160,10 @@ def tree_case() -> None:
     report = run_cli(["report", "--db", str(db), "-o", str(DATA / "tree_report.html")])
     stored = disk_mb(db, lake)
     n = len(paths)
-    print(f"  reference (h5py, every dataset)  {ref['seconds']:8.2f} s")
+    ref_after = measure("reference", [str(root)])
+    print(f"  reference (h5py, every dataset)  {ref['seconds']:8.2f} s before the ingest, "
+          f"{ref_after['seconds']:.2f} s after; the ratio uses their mean")  # fmt: skip
+    ref = {**ref, "seconds": (ref["seconds"] + ref_after["seconds"]) / 2}
     print(
         f"  ingest, defaults, -j 2           {first['seconds']:8.2f} s  "
         f"ratio {first['seconds'] / ref['seconds']:.1f}x  peak RSS {first['peak_rss_mb']:.0f} MB"
@@ -178,7 +189,9 @@ def tree_case() -> None:
         f"{compact['seconds']:.1f} s"
     )
     for view, v in views.items():
-        print(f"  view {view:<16} {v['seconds'] * 1e3:8.1f} ms ({v['rows']} rows; target < 200)")
+        print(f"  view {view:<16} {v['seconds'] * 1e3:8.1f} ms as Arrow, "
+              f"{v['python_seconds'] * 1e3:.1f} ms as Python rows ({v['rows']} rows; "
+              "target < 200)")  # fmt: skip
     print(
         f"  report                           {report['seconds']:8.2f} s  peak RSS "
         f"{report['peak_rss_mb']:.0f} MB (targets <= 10 s, <= 1,000 MB)"
@@ -187,6 +200,7 @@ def tree_case() -> None:
         f"  stored (database + lake)         {stored:8.0f} MB for {disk_mb(root):.0f} MB "
         f"of files ({stored / disk_mb(root) * 100:.0f} %)"
     )
+    print(f"  load average at end {os.getloadavg()[0]:.1f}")
 
 
 def real_case() -> None:
@@ -206,7 +220,9 @@ def real_case() -> None:
         for leftover in (db, lake):
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(
                 missing_ok=True)  # fmt: skip
-        ours = run_cli(["ingest", path, "--db", str(db), "-j", "2", "-q", "--file-timeout", "0"])
+        # -j 1 without a time limit: every stage in one process, so its peak is the whole
+        # ingest's (a pool's workers are not children the driver's rusage can see)
+        ours = run_cli(["ingest", path, "--db", str(db), "-j", "1", "-q", "--file-timeout", "0"])
         size = Path(path).stat().st_size / 1e6
         stored = disk_mb(db, lake) - disk_mb(lake / ".spectra-cache")
         budget = 3 * ref["largest_tensor"] / 2**20 + 300
@@ -217,6 +233,48 @@ def real_case() -> None:
             f"{stored - empty:6.2f} MB = {(stored - empty) / size * 100:.1f} % of the file "
             f"(+{empty:.1f} MB for an empty database)"
         )
+        costs = child_json([__file__, "--table-bytes", str(db)])
+        top = list(costs.items())[:7]
+        print("      per table, database + lake KB (rows): "
+              + ", ".join(f"{t} {(d + lk) / 1e3:.0f} ({n})" for t, (d, lk, n) in top))  # fmt: skip
+
+
+def table_bytes_child(db: str) -> None:
+    """Bytes each table takes: in DuckDB (the table alone copied into a new database of
+    16 KB blocks, less an empty one's size) and in the lake (its Parquet data files)."""
+    import duckdb
+
+    lake = Path(db).with_suffix(".lake")
+    scratch = Path(db).with_name("table_bytes.duckdb")
+    out = {}
+    for table in [*_tables(db), None]:
+        for leftover in (scratch, scratch.with_suffix(".duckdb.wal")):
+            leftover.unlink(missing_ok=True)
+        con = duckdb.connect()
+        con.execute(f"ATTACH '{scratch}' AS d (BLOCK_SIZE 16384)")
+        con.execute(f"ATTACH '{db}' AS s (READ_ONLY)")
+        rows = 0
+        if table is not None:
+            con.execute(f'CREATE TABLE d."{table}" AS SELECT * FROM s."{table}"')
+            rows = con.execute(f'SELECT count(*) FROM d."{table}"').fetchone()[0]
+        con.execute("CHECKPOINT d")
+        con.close()
+        files = (lake / table).glob("*.parquet") if table else []
+        out[table] = (scratch.stat().st_size, sum(f.stat().st_size for f in files), rows)
+    scratch.unlink(missing_ok=True)
+    base = out.pop(None)[0]
+    costs = {t: (max(0, d - base), lk, n) for t, (d, lk, n) in out.items()}
+    print(json.dumps(dict(sorted(costs.items(), key=lambda kv: -(kv[1][0] + kv[1][1])))))
+
+
+def _tables(db: str) -> list[str]:
+    import duckdb
+
+    con = duckdb.connect(db, read_only=True)
+    try:
+        return [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
+    finally:
+        con.close()
 
 
 def _count_models(db: Path) -> int:
@@ -241,19 +299,28 @@ def _empty_store_mb() -> float:
     return disk_mb(db, db.with_suffix(".lake"))
 
 
-def main() -> None:
+CASES = {"tree": tree_case, "real": real_case}
+
+
+def main(cases: list[str]) -> None:
+    """The named cases (all when none is named): `python bench/bench_scale.py tree`."""
     sys.path.insert(0, str(ROOT / "bench"))
-    tree_case()
-    real_case()
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        raise SystemExit(f"unknown case {', '.join(unknown)}; cases: {', '.join(CASES)}")
+    for name in cases or CASES:
+        CASES[name]()
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT / "bench"))
     if len(sys.argv) > 1 and sys.argv[1] == "--cli":
         cli_child(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--table-bytes":
+        table_bytes_child(sys.argv[2])
     elif len(sys.argv) > 1 and sys.argv[1] == "--views":
         views_child(sys.argv[2])
     elif len(sys.argv) > 1 and sys.argv[1] == "--make-tree":
         make_tree(DATA / f"tree{TREE_SIZE}", TREE_SIZE)
     else:
-        main()
+        main(sys.argv[1:])

@@ -260,7 +260,7 @@ def test_a_process_uses_numba_only_after_renting_enough_big_tensors():
     assert done.stdout.strip() == "[False, False, False, True, True]"
 
 
-@pytest.mark.parametrize("dtype", [np.float32])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_compiled_statistics_match_numpy_on_a_large_tensor(dtype):
     # Past COMPILED_MIN the default path is the compiled one once this process has imported
     # the kernels (this module did); checked against numpy directly.
@@ -286,3 +286,22 @@ def test_compiled_statistics_match_numpy_on_a_large_tensor(dtype):
 def test_compiled_statistics_refuse_other_dtypes():
     with pytest.raises(ValueError, match="float32/float16"):
         tensor_stats(np.arange(5.0), StatsOptions(), kernel="compiled")
+
+
+@pytest.mark.parametrize("spread_size", [COUNTS_MIN, 500])  # binned; sorted whole
+@pytest.mark.parametrize("kernel", ["numpy", "compiled", "auto"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_values_on_histogram_edges_fall_in_numpys_bins(kernel, dtype, spread_size):
+    # values exactly on numpy's edges: with this range, (x - lo) * fine / (hi - lo) is
+    # 16383.999999999998 at edge 16 (-12.7109375), which numpy.histogram puts in bin 16
+    rng = np.random.default_rng(13)
+    lo, hi = -63.90625, 140.875
+    edges = np.linspace(lo, hi, 65)
+    on_edges = edges[edges.astype(np.float16) == edges]
+    assert -12.7109375 in on_edges
+    spread = rng.uniform(lo, hi, spread_size)
+    a = np.concatenate([np.repeat(on_edges, 50), spread]).astype(dtype)
+    _, hist = tensor_stats(a, StatsOptions(bins=64), kernel=kernel)
+    counts, edges = np.histogram(a.astype(np.float64), bins=64)
+    np.testing.assert_array_equal(hist.edges, edges)
+    np.testing.assert_array_equal(hist.counts, counts)

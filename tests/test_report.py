@@ -233,3 +233,20 @@ def test_report_over_500_models_is_bounded(tmp_path):
     assert text.count("<tr>") < 1000
     for _, spec in SPEC_SCRIPT.findall(text):
         assert len(data_rows(json.loads(spec))) <= charts.ROW_BUDGET
+
+
+def test_a_figure_set_aside_from_its_data_gives_altairs_own_spec(db_path):
+    # the report serialises charts with their inline rows set aside (for speed): the spec
+    # must be the one Altair writes for the same chart, rows included
+    from wpipe.report_page import spec_of
+
+    con = wpipe.connect(db_path)
+    try:
+        for draw in (charts.param_counts, charts.stat_heatmap, charts.weight_histograms,
+                     charts.checkpoint_drift, charts.filter_norms):  # fmt: skip
+            want = draw(con).to_dict()
+            got = spec_of(draw(con))
+            assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
+            assert data_rows(got)
+    finally:
+        con.close()

@@ -148,7 +148,7 @@ def wwfit_small(data):
     return alphas[i], data[i], ds[i], sigmas[i]
 
 
-@pytest.mark.parametrize(("seed", "size"), [(5, 380), (6, 1500), (7, 19), (8, 12)])
+@pytest.mark.parametrize(("seed", "size"), [(5, 380), (6, 1500), (7, 19), (8, 12), (9, 4000)])
 def test_fit_equals_weightwatchers_wwfit(seed, size):
     # 20 or more fitted eigenvalues: the MLE/KS fit; fewer: the small-sample variant
     rng = np.random.default_rng(seed)
@@ -159,6 +159,14 @@ def test_fit_equals_weightwatchers_wwfit(seed, size):
     fitted = evals[evals > spectra.EVALS_THRESH]
     want = wwfit(fitted) if fitted.size >= 20 else wwfit_small(fitted)
     assert [fit.alpha, fit.xmin, fit.D, fit.sigma] == pytest.approx(list(want), rel=1e-9)
+
+
+def test_fit_equals_wwfit_on_a_spectrum_without_a_power_law():
+    # Marchenko-Pastur: a flat KS minimum, where bounding the distances prunes least
+    w = np.random.default_rng(10).normal(size=(1500, 600))
+    evals = np.linalg.eigvalsh(w.T @ w) / 1500
+    fit = fit_power_law(evals)
+    assert [fit.alpha, fit.xmin, fit.D, fit.sigma] == pytest.approx(list(wwfit(evals)), rel=1e-9)
 
 
 # ------------------------------------------------------------------ real Keras fixtures

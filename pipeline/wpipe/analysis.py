@@ -117,9 +117,12 @@ def tensor_stats(
     moments = _Moments()
     l1 = 0.0
     zeros = near = 0
+    # A small tensor is sorted whole (percentiles and histogram from the order: fewer calls
+    # than the fine bins cost); a big one's fine index is kept for the percentile gather
+    # (2 bytes per element instead of a second binning pass).
+    small = flat.size <= SORT_MAX
     fine_counts = np.zeros(grid.fine, dtype=np.int64)
-    # Kept for the percentile gather: 2 bytes per element instead of a second binning pass.
-    fine_index = np.empty(flat.size, dtype=np.uint16)
+    fine_index = np.empty(0 if small else flat.size, dtype=np.uint16)
     buf = np.empty(min(CHUNK, flat.size), dtype=np.float64)
     sq = np.empty_like(buf)
     tmp = np.empty_like(buf)
@@ -128,9 +131,10 @@ def tensor_stats(
         n = chunk.size
         x, x2, t = buf[:n], sq[:n], tmp[:n]
         np.copyto(x, chunk, casting="unsafe")
-        idx = fine_index[start : start + n]
-        _fine_index(x, grid.edge_lo, grid.scale, grid.fine, x2, idx)
-        fine_counts += np.bincount(idx, minlength=grid.fine)
+        if not small:
+            idx = fine_index[start : start + n]
+            _fine_index(x, grid, x2, idx)
+            fine_counts += np.bincount(idx, minlength=grid.fine)
         np.abs(x, out=x2)
         l1 += float(x2.sum())
         near += int(np.count_nonzero(x2 < options.near_zero))
@@ -154,6 +158,13 @@ def tensor_stats(
 
     stats = _empty_stats(size, nan_count, inf_count, options.near_zero)
     stats.update(_moment_columns(moments, l1, zeros, near, grid))
+    if small:
+        ordered = np.sort(flat.astype(np.float64))
+        positions = [(ordered.size - 1) * q / 100 for q in PERCENTILES]
+        order_stat = lambda rank: float(ordered[rank])  # noqa: E731
+        stats.update(zip(PERCENTILE_COLUMNS, _interpolate(positions, ordered.size, order_stat),
+                         strict=True))  # fmt: skip
+        return stats, grid.histogram_of_sorted(ordered)
     stats.update(zip(PERCENTILE_COLUMNS, _percentiles(flat.size, fine_counts, gather), strict=True))
     return stats, grid.histogram(fine_counts, options.bins)
 
@@ -167,8 +178,8 @@ def _finite(flat: np.ndarray) -> tuple[int, int, np.ndarray]:
 
 @dataclass(slots=True)
 class _Grid:
-    """The fine bins: `fine` equal bins over the histogram's range, each histogram bin a whole
-    number of them, so that fine counts add up to numpy.histogram's counts."""
+    """The fine bins: `fine` equal bins over the histogram's range, each histogram bin
+    `per_bin` of them (a power of two), so that fine counts add up to numpy.histogram's."""
 
     lo: float
     hi: float
@@ -176,6 +187,8 @@ class _Grid:
     edge_hi: float
     fine: int
     scale: float
+    per_bin: int
+    edges: np.ndarray  # numpy.histogram's bin edges
 
     @classmethod
     def of(cls, lo: float, hi: float, n: int, bins: int) -> _Grid:
@@ -185,13 +198,34 @@ class _Grid:
             edge_lo, edge_hi = lo, hi
         # Fine bins per histogram bin: enough that the percentile gather touches few values,
         # few enough that a tiny tensor does not pay for 65536 empty bins.
-        per_bin = min(FINE_BINS // bins, 1 << max(0, math.ceil(math.log2(n / bins))))
-        fine = bins * max(per_bin, 1)
-        return cls(lo, hi, edge_lo, edge_hi, fine, fine / (edge_hi - edge_lo))
+        most = 1 << max(0, (FINE_BINS // bins).bit_length() - 1)
+        per_bin = max(1, min(most, 1 << max(0, math.ceil(math.log2(n / bins)))))
+        fine = bins * per_bin
+        edges = np.linspace(edge_lo, edge_hi, bins + 1)
+        return cls(lo, hi, edge_lo, edge_hi, fine, fine / (edge_hi - edge_lo), per_bin, edges)
+
+    def settle(self, x: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """`index` of values `x` moved to the first/last fine bin of the histogram bin that
+        numpy.histogram gives them (edges[b] <= x < edges[b + 1], the last bin closed)."""
+        bins = self.edges.size - 1
+        b = (index // self.per_bin).astype(np.int64)
+        below = (b > 0) & (x < self.edges[b])
+        above = (b < bins - 1) & (x >= self.edges[np.minimum(b + 1, bins)])
+        out = index.astype(np.int64)
+        out[below] = b[below] * self.per_bin - 1
+        out[above] = (b[above] + 1) * self.per_bin
+        return out.astype(index.dtype)
+
+    def histogram_of_sorted(self, ordered: np.ndarray) -> Histogram:
+        """numpy.histogram of the ascending values `ordered` (edges[b] <= x < edges[b + 1],
+        the last bin closed)."""
+        starts = np.searchsorted(ordered, self.edges, side="left")
+        starts[-1] = ordered.size
+        return Histogram(self.edges, np.diff(starts))
 
     def histogram(self, fine_counts: np.ndarray, bins: int) -> Histogram:
         counts = fine_counts.reshape(bins, -1).sum(axis=1)
-        return Histogram(np.linspace(self.edge_lo, self.edge_hi, bins + 1), counts)
+        return Histogram(self.edges, counts)
 
 
 def _moment_columns(moments: _Moments, l1: float, zeros: int, near: int, grid: _Grid) -> dict:
@@ -258,12 +292,12 @@ def _stats_compiled(
         return _empty_stats(size, nan_count, inf_count, options.near_zero), None
     n, mean, m2, m3, m4, l1, zeros, near, lo, hi = state.tolist()
     grid = _Grid.of(lo, hi, flat.size, options.bins)
-    fine_counts = kernel.fine_counts(flat, grid.edge_lo, grid.scale, grid.fine)
+    fine_counts = kernel.fine_counts(flat, grid)
 
     def gather(wanted: np.ndarray | None, total: int) -> np.ndarray:
         if wanted is None:
             return flat.astype(np.float64)
-        return kernel.gather(flat, grid.edge_lo, grid.scale, wanted, total)
+        return kernel.gather(flat, grid, wanted, total)
 
     stats = _empty_stats(size, nan_count, inf_count, options.near_zero)
     moments = _Moments(int(n), mean, m2, m3, m4)
@@ -336,7 +370,7 @@ def _stats_of_counts(
     a = np.abs(v)
     grid = _Grid.of(float(v[0]), float(v[-1]), n, options.bins)
     idx = np.empty(v.size, dtype=np.uint16)
-    _fine_index(v, grid.edge_lo, grid.scale, grid.fine, np.empty_like(v), idx)
+    _fine_index(v, grid, np.empty_like(v), idx)
     fine_counts = np.bincount(idx, weights=w, minlength=grid.fine).astype(np.int64)
     cum = np.cumsum(c)
     stats = _empty_stats(size, nan_count, inf_count, options.near_zero)
@@ -348,14 +382,21 @@ def _stats_of_counts(
     return stats, grid.histogram(fine_counts, options.bins)
 
 
-def _fine_index(
-    x: np.ndarray, lo: float, scale: float, fine: int, scratch: np.ndarray, out: np.ndarray
-) -> None:
-    """Monotone bin index of each value among `fine` equal bins (the last bin is closed)."""
-    np.subtract(x, lo, out=scratch)
-    scratch *= scale
-    np.minimum(scratch, fine - 1, out=scratch)
+def _fine_index(x: np.ndarray, grid: _Grid, scratch: np.ndarray, out: np.ndarray) -> None:
+    """Monotone bin index of each value among the grid's fine bins (the last bin is closed),
+    each value on the side of a histogram edge where numpy.histogram puts it."""
+    np.subtract(x, grid.edge_lo, out=scratch)
+    scratch *= grid.scale
+    np.minimum(scratch, grid.fine - 1, out=scratch)
     np.copyto(out, scratch, casting="unsafe")
+    # Rounding can put a value within a fine bin of a histogram edge on the other side of it
+    # (numpy compares with the edges themselves): only the first and last fine bin of a
+    # histogram bin can hold such a value.
+    mask = grid.per_bin - 1
+    inner = out & mask
+    suspect = np.flatnonzero((inner == 0) | (inner == mask))
+    if suspect.size:
+        out[suspect] = grid.settle(x[suspect], out[suspect])
 
 
 def _percentiles(n: int, fine_counts: np.ndarray, gather) -> list:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -142,9 +143,10 @@ def _recurrent(gates: str, role: str, layout: str, array: np.ndarray) -> list[Sl
     return groups
 
 
-def slice_stats(group: SliceGroup, near_zero: float) -> Iterator[dict]:
-    """Per-slice size, mean, population std, l2, max_abs, zero and near-zero fractions,
-    accumulated in float64 a block of rows at a time (no float64 copy of a large tensor)."""
+def slice_columns(group: SliceGroup, near_zero: float) -> dict[str, Any]:
+    """Per-slice size, mean, population std, l2, max_abs, zero and near-zero fractions, as
+    columns (one entry per slice), accumulated in float64 a block of rows at a time (no
+    float64 copy of a large tensor)."""
     matrix = group.matrix
     rows, n = matrix.shape
     s1 = np.zeros(n)
@@ -164,17 +166,25 @@ def slice_stats(group: SliceGroup, near_zero: float) -> Iterator[dict]:
         near += (magnitude < near_zero).sum(axis=0)
     mean = s1 / rows
     variance = np.maximum(s2 / rows - mean**2, 0.0)
-    for j in range(n):
-        yield {
-            "axis": group.axis,
-            "index": int(group.index[j]),
-            "gate": None if group.gate is None else str(group.gate[j]),
-            "part": group.part,
-            "size": rows,
-            "mean": float(mean[j]),
-            "std": float(np.sqrt(variance[j])),
-            "l2": float(np.sqrt(s2[j])),
-            "max_abs": float(peak[j]),
-            "zero_frac": float(zeros[j] / rows),
-            "near_zero_frac": float(near[j] / rows),
-        }
+    return {
+        "axis": [group.axis] * n,
+        "index": np.asarray(group.index, dtype=np.int64),
+        "gate": [None] * n if group.gate is None else [str(g) for g in group.gate],
+        "part": [group.part] * n,
+        "size": np.full(n, rows, dtype=np.int64),
+        "mean": mean,
+        "std": np.sqrt(variance),
+        "l2": np.sqrt(s2),
+        "max_abs": peak,
+        "zero_frac": zeros / rows,
+        "near_zero_frac": near / rows,
+    }
+
+
+def slice_stats(group: SliceGroup, near_zero: float) -> Iterator[dict]:
+    """slice_columns, one dict per slice."""
+    columns = slice_columns(group, near_zero)
+    names = list(columns)
+    values = [c.tolist() if isinstance(c, np.ndarray) else c for c in columns.values()]
+    for row in zip(*values, strict=True):
+        yield dict(zip(names, row, strict=True))

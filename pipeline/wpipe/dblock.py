@@ -120,18 +120,30 @@ class Protected:
     and, for those not created yet (the WAL appears mid-run), by resolved path."""
 
     def __init__(self, paths: list[Path]) -> None:
-        self.paths = {Path(os.path.realpath(p)) for p in paths}
         self.ids: set[tuple[int, int]] = set()
-        for p in paths:
+        self.missing = list(paths)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Inodes of the protected paths that exist by now (the WAL appears mid-run)."""
+        still = []
+        for p in self.missing:
             try:
                 st = os.stat(p)
             except OSError:
+                still.append(p)
                 continue
             self.ids.add((st.st_dev, st.st_ino))
+        self.missing = still
 
     def __contains__(self, path: Path) -> bool:
+        # by inode alone: a path that resolves to a protected file exists, so that file does,
+        # and its inode is known once it exists (a stat of the few missing ones, not a
+        # realpath of every walked file, which costs a lstat per path component)
         try:
             st = os.stat(path)
         except OSError:
             return False
-        return (st.st_dev, st.st_ino) in self.ids or Path(os.path.realpath(path)) in self.paths
+        if self.missing:
+            self._refresh()
+        return (st.st_dev, st.st_ino) in self.ids

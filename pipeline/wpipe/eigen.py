@@ -2,9 +2,10 @@
 within the tolerances of README: Spectral health.
 
 The M×M Gram matrix is formed by a symmetric rank-k product (numpy's matmul calls BLAS syrk for
-AᵀA: half the multiply-adds of a general product), and diagonalised in float64 by LAPACK's
-two-stage symmetric solver (dsyevd_2stage, from the OpenBLAS that numpy ships; numpy's own
-eigvalsh where it is not found). Precision per slice:
+AᵀA: half the multiply-adds of a general product), and diagonalised in float64 by numpy's
+eigvalsh (LAPACK dsyevd, batched over slices) or, from TWO_STAGE_MIN, by LAPACK's two-stage
+solver (dsyevd_2stage, from the OpenBLAS that numpy ships; eigvalsh where it is not found).
+Precision per slice:
 
 - float32 Gram where N ≥ F32_ASPECT·M, i.e. where the product costs more than the solver: its
   eigenvalues are within gram_noise(N)·λmax of a float64 SVD's (measured at most 3.2e-8·λmax,
@@ -38,7 +39,9 @@ GRAM_FLOOR = 1e-9  # a float64 Gram slice with λmin below this × λmax is redo
 SVD_MAX = 1024  # ... by SVD up to this M; above, only below RANK_FLOOR (an SVD of 4096² is 30 s)
 RANK_FLOOR = 1e-12  # the float64 Gram resolves λ to ~1e-13·λmax: above this, the rank is sure
 GRAM_CHUNK = 1 << 22  # elements per batch of slices (and per float64 conversion block)
-TWO_STAGE_MIN = 192  # from this order one LAPACK 2-stage call beats numpy's batched eigvalsh
+# From this order LAPACK's 2-stage solver beats numpy's eigvalsh (dsyevd) on one core: 1.5x
+# at 2048, but 0.75-0.8x from 192 to 1536 (CPU seconds, on a loaded machine).
+TWO_STAGE_MIN = 1792
 THREADED_WORK = 1 << 28  # multiply-adds from which a product or solver gets BLAS threads
 UNLIMITED_BELOW = 1 << 20  # work too small for OpenBLAS to thread: not worth limiting
 

@@ -178,9 +178,11 @@ def _key(found: Path | remote.RemoteSave) -> str:
 
 def _plan(
     files: list[Path | remote.RemoteSave], db: store.Database, lake: Lake, settings: Settings,
-    pattern: str | None, report: Report, drift: bool, on_done=None,
+    pattern: str | None, report: Report, drift: bool, on_done=None, known: dict | None = None,
 ) -> _Plan:  # fmt: skip
-    known, failures = db.known_files(), db.known_failures()
+    """`known`: db.known_files(), when the caller has it already."""
+    known = dict(db.known_files() if known is None else known)
+    failures = db.known_failures()
     plan = _Plan()
     new: list[tuple[str, int, float]] = []
     saves = {f.url: f for f in files if isinstance(f, remote.RemoteSave)}
@@ -297,11 +299,12 @@ def ingest(
     report.files = len(files) + len(skipped)
     for entry in skipped:
         _record_skipped(entry, db, report, on_done)
-    plan = _plan(files, db, lake, settings, tag_pattern, report, drift, on_done)
-    current = {p: v[2] for p, v in db.known_files().items() if v[3] == settings.text}
+    known = db.known_files()  # the one query a run with nothing to do makes
+    plan = _plan(files, db, lake, settings, tag_pattern, report, drift, on_done, known)
+    current = {p: v[2] for p, v in known.items() if v[3] == settings.text}
     shas = dict(current)  # path -> sha256 of rows computed with these settings
     driver = _Driver(db, lake, report, on_done, progress,
-                     {sha: model_id_for(p) for p, sha in current.items()})  # fmt: skip
+                     {sha: model_id_for(p) for p, sha in current.items()}, known)  # fmt: skip
 
     pool = _Pool(jobs, file_timeout, dask)
     if plan.to_hash:
@@ -322,8 +325,10 @@ def ingest(
         report.pruned = _prune(db, lake, roots, urls, {_key(f) for f in files})
     _finish(db, lake, driver, tag_pattern, drift, progress, [*roots, *urls])
     # what workers stopped by --file-timeout or killed had written, and files this run's
-    # commits replaced: every worker is stopped and the lock is held
-    lake.sweep(0.0 if local_lake else SWEEP_REMOTE_AGE)
+    # commits replaced: every worker is stopped and the lock is held (a run that read and
+    # committed nothing wrote nothing: the sweep at the start was enough)
+    if plan.work or plan.to_hash or report.pruned:
+        lake.sweep(0.0 if local_lake else SWEEP_REMOTE_AGE)
     if (
         report.ingested
         or report.pruned
@@ -457,11 +462,13 @@ def _identity(item: FileJob | str) -> tuple:
 class _Driver:
     """Collects outcomes, commits them in batches, loads each batch, remembers drift."""
 
-    def __init__(self, db, lake, report, on_done, progress, by_sha: dict[str, str]) -> None:
+    def __init__(
+        self, db, lake, report, on_done, progress, by_sha: dict[str, str], known: dict
+    ) -> None:
         self.db, self.lake, self.report = db, lake, report
         self.on_done, self.progress = on_done, progress
         self.by_sha = by_sha  # sha256 -> model_id of content already in (or bound for) the lake
-        self.known_ids = {model_id_for(p) for p in db.known_files()}
+        self.known_ids = {model_id_for(p) for p in known}  # models the database holds
         self.pending: list[Outcome] = []
         self.shared: list[DataFile] = []  # data files of the pending chunks' small tables
         self.to_load = 0  # models the run may load (the load phase's total)

@@ -94,12 +94,43 @@ class Builder:
             )
             return False
         n = len(self.specs)
-        self.specs.append(chart.to_dict(validate=False))
+        self.specs.append(spec_of(chart))
         section.parts.append(
             f'<figure id="figure-{n + 1}"><div class="vis" data-spec="spec-{n}"></div>'
             f"<figcaption>Figure {n + 1}. {esc(caption)}</figcaption></figure>"
         )
         return True
+
+
+def spec_of(chart: alt.TopLevelMixin) -> dict:
+    """chart.to_dict(validate=False), with each inline dataset set aside while Altair walks
+    the chart (it visits every value of every row, most of a report's time) and put back."""
+    held: list[list] = []
+
+    def set_aside(node: Any) -> None:
+        if isinstance(node, alt.SchemaBase):
+            data = node._kwds.get("data")
+            if isinstance(data, alt.Data | alt.InlineData) and isinstance(data.values, list):
+                node._kwds["data"] = alt.Data(name=f"wpipe-held-{len(held)}")
+                held.append(data.values)
+            for value in node._kwds.values():
+                set_aside(value)
+        elif isinstance(node, list | tuple):
+            for item in node:
+                set_aside(item)
+
+    def put_back(node: Any) -> Any:
+        if isinstance(node, dict):
+            name = node.get("name")
+            if len(node) == 1 and isinstance(name, str) and name.startswith("wpipe-held-"):
+                return {"values": held[int(name.removeprefix("wpipe-held-"))]}
+            return {k: put_back(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [put_back(v) for v in node]
+        return node
+
+    set_aside(chart)  # the chart is the report's own, drawn for this figure only
+    return put_back(chart.to_dict(validate=False))
 
 
 _CSS = """

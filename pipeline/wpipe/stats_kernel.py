@@ -27,6 +27,8 @@ process, which is why analysis decides when a process starts using them.
 
 from __future__ import annotations
 
+import math
+
 import numba as nb
 import numpy as np
 
@@ -58,18 +60,27 @@ def moments(flat: np.ndarray, near: float) -> np.ndarray:
     return state
 
 
-def fine_counts(flat: np.ndarray, lo: float, scale: float, fine: int) -> np.ndarray:
-    """Counts of the `fine` equal bins from `lo` (analysis._fine_index's rule)."""
-    counts = np.zeros(fine, dtype=np.int64)
-    _fine_counts(flat, lo, scale, float(fine - 1), counts)
+def fine_counts(flat: np.ndarray, grid) -> np.ndarray:
+    """Counts of the fine bins of an analysis._Grid (analysis._fine_index's rule)."""
+    counts = np.zeros(grid.fine, dtype=np.int64)
+    _fine_counts(flat, *_index_args(grid), counts)
     return counts
 
 
-def gather(flat: np.ndarray, lo: float, scale: float, wanted: np.ndarray, total: int):
+def gather(flat: np.ndarray, grid, wanted: np.ndarray, total: int):
     """The values (float64, in array order) whose fine bin is marked in `wanted`."""
     out = np.empty(total)
-    filled = _gather(flat, lo, scale, float(wanted.size - 1), wanted, out, 0)
+    filled = _gather(flat, *_index_args(grid), wanted, out, 0)
     return out[:filled]
+
+
+def _index_args(grid) -> tuple:
+    # How far (in fine bins) rounding can move a value's index from the edges numpy compares
+    # it with: the index's own rounding (3 ulps of `fine`) and the edges' (2 ulps of the
+    # largest magnitude, times scale), with a 2^10 margin.
+    extent = max(abs(grid.edge_lo), abs(grid.edge_hi))
+    tol = 2.0**-42 * (grid.fine + grid.scale * extent)
+    return grid.edge_lo, grid.scale, float(grid.fine - 1), grid.per_bin, grid.edges, tol
 
 
 # --- kernels ----------------------------------------------------------------------------------
@@ -141,30 +152,56 @@ def _moments(x, near, state):
     state[0], state[1], state[2], state[3], state[4] = na, mean, big2, big3, big4
 
 
-@_jit
-def _block_index(x, lo, scale, top, idx):
+@_jit_fast
+def _block_index(x, lo, scale, top, per_bin, edges, tol, idx):
+    # Values within `tol` fine bins of a histogram edge are counted (the loop vectorises);
+    # only a block that has any is scanned again by _settle.
+    near = 0
+    step = 1.0 / per_bin
     for i in range(x.size):
-        idx[i] = np.uint16(min((np.float64(x[i]) - lo) * scale, top))
+        t = min((np.float64(x[i]) - lo) * scale, top)
+        idx[i] = np.uint16(t)
+        q = t * step
+        near += abs(q - math.floor(q + 0.5)) * per_bin <= tol
+    if near:
+        _settle(x, per_bin, edges, idx)
 
 
 @_jit
-def _fine_counts(x, lo, scale, top, counts):
+def _settle(x, per_bin, edges, idx):
+    """As analysis._fine_index: a value in a histogram bin's first or last fine bin is put on
+    the side of the edge where numpy.histogram has it (it compares with the edges)."""
+    mask = per_bin - 1
+    last = edges.size - 2
+    for i in range(x.size):
+        inner = idx[i] & mask
+        if inner == 0 or inner == mask:
+            v = np.float64(x[i])
+            b = np.int64(idx[i]) // per_bin
+            if b > 0 and v < edges[b]:
+                idx[i] = np.uint16(b * per_bin - 1)
+            elif b < last and v >= edges[b + 1]:
+                idx[i] = np.uint16((b + 1) * per_bin)
+
+
+@_jit
+def _fine_counts(x, lo, scale, top, per_bin, edges, tol, counts):
     idx = np.empty(BLOCK, dtype=np.uint16)
     for start in range(0, x.size, BLOCK):
         xb = x[start : start + BLOCK]
         ib = idx[: xb.size]
-        _block_index(xb, lo, scale, top, ib)
+        _block_index(xb, lo, scale, top, per_bin, edges, tol, ib)
         for i in range(ib.size):
             counts[ib[i]] += 1
 
 
 @_jit
-def _gather(x, lo, scale, top, wanted, out, filled):
+def _gather(x, lo, scale, top, per_bin, edges, tol, wanted, out, filled):
     idx = np.empty(BLOCK, dtype=np.uint16)
     for start in range(0, x.size, BLOCK):
         xb = x[start : start + BLOCK]
         ib = idx[: xb.size]
-        _block_index(xb, lo, scale, top, ib)
+        _block_index(xb, lo, scale, top, per_bin, edges, tol, ib)
         for i in range(ib.size):
             if wanted[ib[i]]:
                 out[filled] = xb[i]

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from wpipe import schema
 from wpipe.analysis import StatsOptions, sample_indices, tensor_stats
-from wpipe.anatomy import slice_groups, slice_stats
+from wpipe.anatomy import slice_columns, slice_groups
 from wpipe.readers import Model, Tensor
 from wpipe.readers.keras_config import layer_fields
 from wpipe.spectra import SpectraOptions
@@ -89,8 +89,9 @@ def build_tables(
     """Analyse every tensor (one in memory at a time); weight_values go to `emit_values`,
     and `visit(layer_path, tensor, array)` sees each loaded tensor (drift uses it, so a
     tensor is read once)."""
-    layer_rows, weight_rows, hist_rows, unit_rows = [], [], [], []
-    tile_tables: list[pa.Table] = []
+    layer_rows, weight_rows = [], []
+    # per tensor Arrow tables, not dict rows: a model's units and bins stay a few MB
+    hist_tables, unit_tables, tile_tables = [], [], []
     spectra_out = SpectraCollector(spectra or SpectraOptions())
     weight_index = 0
     tile_budget = TileBudget([t.shape for layer in model.layers for t in layer.tensors])
@@ -137,20 +138,20 @@ def build_tables(
             stats, hist = tensor_stats(array, options)
             weight_rows.append({**row, **stats})
             if hist is not None:
-                for b, count in enumerate(hist.counts.tolist()):
-                    hist_rows.append(
-                        {**key, "bin": b, "lo": hist.edges[b], "hi": hist.edges[b + 1],
-                         "count": count}
-                    )  # fmt: skip
+                bins = np.arange(len(hist.counts), dtype=np.int64)
+                hist_tables.append(_columns(schema.HISTOGRAMS, key, {
+                    "bin": bins, "lo": hist.edges[:-1], "hi": hist.edges[1:],
+                    "count": hist.counts}))  # fmt: skip
             direction = tensor.weight_name.split("/", 1)[0]
             groups = slice_groups(layer.class_name, layer.config, tensor.weight_name,
                                   tensor.role, tensor.layout, array)  # fmt: skip
             for group in groups:
-                for row in slice_stats(group, options.near_zero):
-                    unit_rows.append(
-                        {**key, "role": tensor.role,
-                         "direction": direction if direction in DIRECTIONS else None, **row}
-                    )  # fmt: skip
+                columns = slice_columns(group, options.near_zero)
+                n = len(columns["index"])
+                unit_tables.append(_columns(schema.UNITS, key, {
+                    "role": [tensor.role] * n,
+                    "direction": [direction if direction in DIRECTIONS else None] * n,
+                    **columns}))  # fmt: skip
             spectra_out.add(key, layer.class_name, layer.config, tensor, array)
             tiles = tile_table(key, array, tile_budget.cells(array))
             if tiles is not None:
@@ -193,11 +194,9 @@ def build_tables(
         "models": _table(schema.MODELS, [model_row]),
         "layers": _table(schema.LAYERS, layer_rows),
         "weights": _table(schema.WEIGHTS, weight_rows),
-        "histograms": _table(schema.HISTOGRAMS, hist_rows),
-        "units": _table(schema.UNITS, unit_rows),
-        "weight_tiles": (
-            pa.concat_tables(tile_tables) if tile_tables else _table(schema.WEIGHT_TILES, [])
-        ),
+        "histograms": _concat(schema.HISTOGRAMS, hist_tables),
+        "units": _concat(schema.UNITS, unit_tables),
+        "weight_tiles": _concat(schema.WEIGHT_TILES, tile_tables),
         **spectra_out.tables(),
     }
 
@@ -210,6 +209,19 @@ def file_stem(path: str) -> str:
 
 def _table(table: schema.Table, rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=table.arrow_schema)
+
+
+def _columns(table: schema.Table, key: dict[str, str], columns: dict) -> pa.Table:
+    """One tensor's rows of `table` from columns, its key repeated on each row."""
+    n = len(next(iter(columns.values())))
+    data = {name: pa.array([value] * n, pa.string()) for name, value in key.items()}
+    target = table.arrow_schema
+    data.update({k: pa.array(v, target.field(k).type) for k, v in columns.items()})
+    return pa.table(data, schema=target)
+
+
+def _concat(table: schema.Table, parts: list[pa.Table]) -> pa.Table:
+    return pa.concat_tables(parts) if parts else _table(table, [])
 
 
 # Values per Arrow batch: bounds the index/value copies of a large tensor with --values all.

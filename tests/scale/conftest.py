@@ -55,6 +55,12 @@ PREFIX = "team/sweep/runs"
 # ingest in the test's process: the worker pool is not what these tests are about
 IN_PROCESS: dict = {"file_timeout": None}
 
+# The slower end-to-end cases (a worker killed mid-ingest, a LocalCluster started by the CLI)
+# run in `make test-scale`, not in `make test`: they would double this folder's cost.
+slow = pytest.mark.skipif(
+    not os.environ.get("WPIPE_TEST_SCALE_SLOW"), reason="slow scale-out case: make test-scale"
+)
+
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",

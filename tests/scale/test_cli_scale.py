@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from wpipe.cli import app
 
 from tests.conftest import MODELS
+from tests.scale.conftest import slow
 
 runner = CliRunner()
 BLOCK = "import sys; sys.modules[{m!r}] = None; from wpipe.cli import app; app()"
@@ -41,6 +42,7 @@ def test_a_missing_extra_is_one_line_naming_the_pip_command(module, args, extra,
     assert "Traceback" not in result.stderr
 
 
+@slow
 def test_ingest_from_s3_with_a_local_dask_cluster(s3, bucket, tmp_path):
     for name in ("k2_conv2d.h5", "k3_lstm.h5"):
         s3.put_file(str(MODELS / name), f"{bucket}/cli/{name}")

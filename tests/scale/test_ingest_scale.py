@@ -9,7 +9,7 @@ import signal
 import distributed
 
 from tests.conftest import Warehouse
-from tests.scale.conftest import tables_paths_aside
+from tests.scale.conftest import slow, tables_paths_aside
 
 
 def test_s3_ingest_on_dask_gives_the_rows_of_a_local_ingest(s3_run, local_tables):
@@ -38,6 +38,7 @@ def test_a_rerun_on_dask_changes_nothing(s3_run, local_tables, dask_cluster):
     assert tables_paths_aside(w.db_path, s3_run.models) == local_tables
 
 
+@slow
 def test_a_worker_killed_mid_run_leaves_no_duplicates(dask_cluster, s3_run, local_tables,
                                                       tmp_path):  # fmt: skip
     killed = []
