@@ -54,12 +54,16 @@ fixtures-large:
 test-large: $(DEV)
 	WPIPE_TEST_LARGE=1 $(BIN)/pytest -q tests/readers/test_arch.py
 
+# Every bench script by default; `make bench BENCH=scale` runs one (ingest, kernels, scale,
+# cluster, forward), and `make bench BENCH=scale CASES=tree` one case of bench_scale.py
+# (tree, real).
+BENCH ?= ingest kernels scale cluster forward
+CASES ?=
 bench: $(DEV)
-	$(BIN)/python bench/bench_ingest.py
-	$(BIN)/python bench/bench_kernels.py
-	$(BIN)/python bench/bench_scale.py
-	$(BIN)/python bench/bench_cluster.py
-	$(BIN)/python bench/bench_forward.py
+	@for b in $(BENCH); do \
+		if [ $$b = scale ]; then $(BIN)/python bench/bench_scale.py $(CASES) || exit 1; \
+		else $(BIN)/python bench/bench_$$b.py || exit 1; fi; \
+	done
 
 lint: $(DEV)
 	$(BIN)/ruff check pipeline tests bench

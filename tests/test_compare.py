@@ -252,3 +252,35 @@ def test_compare_changes_no_view(zoo):
         assert "rel_l2" in result.output.splitlines()[0]
     assert w.query(mean_drift) == drift_before
     assert _every_view(db) == before
+
+
+def test_series_drift_from_the_chunked_map_equals_numpy_on_the_files(tmp_path, monkeypatch):
+    """Checkpoints read in one chunk are diffed against the previous one still in memory,
+    the first of a chunk against its predecessor's file: both equal numpy on h5py's arrays."""
+    import h5py
+    from wpipe import ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "CHUNKS_PER_WORKER", 1)  # chunks e01-e03, e04-e05
+    shutil.copytree(ZOO / "cnn_lr1e-3", tmp_path / "run")
+    w = Warehouse(tmp_path / "w")
+    (tmp_path / "w").mkdir()
+    report = w.ingest(tmp_path / "run", jobs=2)
+    assert not report.failed and report.drift_pairs == 4
+    rows = w.query(
+        "SELECT ma.path, mb.path, wb.source_name, d.rel_l2, d.cosine, d.max_abs_change "
+        "FROM drift d JOIN models ma ON ma.model_id = d.model_a "
+        "JOIN models mb ON mb.model_id = d.model_b JOIN weights wb ON wb.model_id = d.model_b "
+        "AND wb.layer_path = d.layer_path AND wb.weight_name = d.weight_name"
+    )
+    per_model = w.query("SELECT count(*) FROM weights GROUP BY model_id LIMIT 1")[0][0]
+    assert len(rows) == 4 * per_model
+    assert {(Path(a).name, Path(b).name) for a, b, *_ in rows} == {
+        (f"e0{i}.h5", f"e0{i + 1}.h5") for i in range(1, 5)
+    }
+    for path_a, path_b, source, rel_l2, cosine, max_abs in rows:
+        with h5py.File(path_a, "r") as fa, h5py.File(path_b, "r") as fb:
+            x = fa[source][()].astype(np.float64).ravel()
+            y = fb[source][()].astype(np.float64).ravel()
+        want = [np.linalg.norm(y - x) / np.linalg.norm(x),
+                x @ y / (np.linalg.norm(x) * np.linalg.norm(y)), np.abs(y - x).max()]  # fmt: skip
+        assert [rel_l2, cosine, max_abs] == pytest.approx(want, rel=1e-9, abs=1e-12)

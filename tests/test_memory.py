@@ -2,8 +2,9 @@
 
 Measured on a synthetic file holding one large tensor, ingested in a fresh process with
 every stage in that process (-j 1 without a time limit: reader, statistics, units, tiles,
-spectra, drift, lake commit and DuckDB load together, the worst case). The margin is generous
-(25 %): the test is there to catch a stage that copies the tensor several times over."""
+spectra, drift, lake commit and DuckDB load together, the worst case). The bound itself is the
+check: the ingest peaks near 380 MB against its 529 MB budget, and a stage that copies the
+tensor a few times over (pooling tiles in float64 did: 650 MB) exceeds it."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import numpy as np
 from tests.conftest import dense_config, write_legacy_h5
 
 ROWS, COLS = 200_000, 100  # 20M float32 weights: an 80 MB tensor, cheap spectra (100 x 100)
-MARGIN = 1.25
 
 _CHILD = """
 import json, sys
@@ -49,7 +49,7 @@ def test_ingest_peak_rss_stays_within_three_tensors_and_300_mb(tmp_path):
     ).stdout  # fmt: skip
     peak_mb = json.loads(out.strip().splitlines()[-1])["hwm_kb"] / 1024
     budget_mb = 3 * tensor_mb + 300
-    assert peak_mb <= MARGIN * budget_mb, f"peak RSS {peak_mb:.0f} MB, budget {budget_mb:.0f} MB"
+    assert peak_mb <= budget_mb, f"peak RSS {peak_mb:.0f} MB, budget {budget_mb:.0f} MB"
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT size FROM weights WHERE weight_name LIKE '%kernel%'").fetchall() \
         == [(ROWS * COLS,)]  # fmt: skip

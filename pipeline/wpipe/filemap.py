@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,17 @@ import pyarrow as pa
 from wpipe import remote, schema
 from wpipe.analysis import StatsOptions
 from wpipe.drift import drift_row
-from wpipe.readers import Model, ModelReadError, Tensor, h5safe, model_files, open_model, sniff
+from wpipe.readers import (
+    Model,
+    ModelReadError,
+    Tensor,
+    h5safe,
+    model_files,
+    open_model,
+    sharded,
+    sniff,
+)
+from wpipe.readers.safefile import stat_problem
 from wpipe.spectra import SpectraOptions
 from wpipe.store import space
 from wpipe.store.lake import DataFile, DataFileWriter, LakeLocation, write_data_file
@@ -93,6 +104,10 @@ def sha256_of(path: str) -> str:
     base = Path(to_os(path))  # `path` as stored (textsafe)
     files = model_files(base)
     digest = hashlib.sha256()
+    # shards an index lists that are not regular files (missing, a FIFO, /dev/zero) are not
+    # among `files`: their names and kinds count, so saves broken differently differ
+    for problem in _member_problems(base):
+        digest.update(f"{problem}\0".encode())
     for file in files:
         if len(files) > 1:
             digest.update(display(f"{file.relative_to(base.parent)}\0").encode())
@@ -100,6 +115,18 @@ def sha256_of(path: str) -> str:
             while chunk := fh.read(1 << 20):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def _member_problems(base: Path) -> list[str]:
+    if not sharded.is_index(base):
+        return []
+    try:
+        names = sharded.shard_names(base, str(base))
+    except (ModelReadError, OSError):
+        return []
+    problems = ((n, stat_problem(base.parent / n, "")) for n in names)
+    return [display(f"{n}:{p.code}:{os.path.realpath(base.parent / n)}")
+            for n, p in problems if p is not None]  # fmt: skip
 
 
 def hash_file(path: str) -> tuple[str, str | None, str | None]:

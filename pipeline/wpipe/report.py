@@ -398,12 +398,13 @@ def _drift(b: Builder) -> None:
         )
     lasts = sorted(r[3] for r in rows if r[3] is not None)
     if len(lasts) >= 2:
+        selected = set(b.ids)
         b.figure(
             s,
             charts.distance_heatmap,
             "distance between the last checkpoints of the series (same architecture; the layer "
             "with the most parameters; read from the model files)",
-            models=[i for i in charts.model_ids(b.con, lasts) if i in set(b.ids)],
+            models=[i for i in charts.model_ids(b.con, lasts) if i in selected],
         )
     shown = f"the {MAX_SERIES_ROWS} largest of " if len(rows) > MAX_SERIES_ROWS else ""
     s.parts.append(

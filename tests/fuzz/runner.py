@@ -393,19 +393,24 @@ KINDS = ("hangs", "blowups", "tracebacks", "orphans", "internal", "unclear")
 
 def table(results: list[BatchResult]) -> str:
     counts: dict[str, Counter] = {}
+    rss: dict[str, int] = {}
     for r in results:
         for case in r.cases:
             c = counts.setdefault(case.family, Counter())
             c["cases"] += 1
             c["ok" if r.outcome.get(case.name) == "ok" else "clean errors"] += 1
+            c["of which timeout"] += r.outcome.get(case.name) == "error:timeout"
         family = r.cases[0].family if r.cases else "?"
+        rss[family] = max(rss.get(family, 0), r.peak_rss)
         for problem in r.problems:
             counts.setdefault(family, Counter())[classify(problem)] += 1
-    head = ["family", "cases", "clean errors", "ok", *KINDS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = ["family", "cases", "clean errors", "of which timeout", "ok", *KINDS]
+    lines = ["| " + " | ".join([*head, "peak RSS (GiB)"]) + " |", "|" + "---|" * (len(head) + 1)]
     total = sum(counts.values(), Counter())
+    rss["**all**"] = max(rss.values(), default=0)
     for family, c in [*counts.items(), ("**all**", total)]:
-        lines.append(f"| {family} | " + " | ".join(str(c[k]) for k in head[1:]) + " |")
+        peak = f"{rss.get(family, 0) / 2**30:.2f}" if rss.get(family) else "-"
+        lines.append(f"| {family} | " + " | ".join(str(c[k]) for k in head[1:]) + f" | {peak} |")
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ weight_tiles), and pooled again here in DuckDB when the panels would pass the ro
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,9 +78,11 @@ def weight_matrix(
     if not tensors:
         raise NoData(f"no model has a {weight!r} tensor in layer {layer!r} in weight_tiles")
     qualifying, others = base.one_architecture({t[0]: t[1] for t in tensors}, explicit=bool(models))
-    halves = max(sum(1 for t in tensors if t[0] == m) for m in qualifying)
+    per_model = Counter(t[0] for t in tensors)  # one or two (Bidirectional halves) a model
+    halves = max(per_model[m] for m in qualifying)
     selection = base.keep(ids, qualifying, max(1, MAX_FACETS // halves))
-    kept = [t for t in tensors if t[0] in selection.ids]
+    chosen = set(selection.ids)
+    kept = [t for t in tensors if t[0] in chosen]
     params["ids"] = selection.ids
     n_cells = con.execute(
         f"SELECT count(*) FROM weight_tiles WHERE list_contains($ids, model_id) "

@@ -235,7 +235,7 @@ class IngestProgress:
 
 
 def compact_command(db: str | None = DbOption, lake: str | None = LakeOption) -> None:
-    """Merge the lake's small data files (ordered by model) and delete unreferenced ones."""
+    """Merge the lake's small data files and delete unreferenced ones."""
     db_path = db or api.default_db()
     database = open_for_writing(Path(db_path), "wpipe compact")
     lake_path = lake or store.default_lake(db_path)

@@ -33,8 +33,6 @@ from wpipe import schema
 TABLES = {t.name: t for t in schema.MODEL_TABLES}
 # A compacted file's size: large enough that 10,000 small models make a handful of files.
 TARGET_FILE_BYTES = 128 << 20
-# Bounded memory for compaction's sort (delta-rs spills the rest to disk).
-COMPACT_SPILL_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -329,14 +327,15 @@ class Lake:
         return {name: len(self.table(name).file_uris()) for name in TABLES}
 
     def compact(self) -> None:
-        """Merge small files, ordered by model_id (narrow per-file ranges keep later
-        replacements cheap). Files merged away stay on disk until `vacuum`."""
+        """Merge small files into files of about TARGET_FILE_BYTES (bin-packing, streamed).
+        Not z-ordered by model_id: on 2,000 small models the sort took 4x the time (12.9 s
+        against 3.2 s) and 2.5x the memory (419 MB against 164 MB); the cost is that a later
+        replacement reads the model_id column of each of a table's few files instead of
+        skipping most by their id range. Files merged away stay on disk until `vacuum`."""
         for name in TABLES:
             dt = self.table(name)
             if len(dt.file_uris()) > 1:
-                dt.optimize.z_order(
-                    ["model_id"], target_size=TARGET_FILE_BYTES, max_spill_size=COMPACT_SPILL_BYTES
-                )
+                dt.optimize.compact(target_size=TARGET_FILE_BYTES)
                 dt.update_incremental()
 
     def unreferenced(self, name: str, min_age: float = 0.0) -> list[str]:
