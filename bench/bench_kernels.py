@@ -1,8 +1,9 @@
 """`make bench`, analysis kernels: statistics and spectra against their baselines, in one run.
 
-- statistics: `tensor_stats` on a 25088×4096 tensor (VGG16's fc1), float32 and float16,
-  compiled kernels against the numpy reference path; GB/s per core = bytes / CPU seconds of
-  this process (the machine is shared: CPU time is what one core spent, wall time is shown);
+- statistics: `tensor_stats` on a 25088×4096 tensor (VGG16's fc1), float32, float16 and
+  bfloat16 (as the reader widens it: float32 with zero low halves), compiled kernels against
+  the numpy reference path; GB/s per core = stored bytes / CPU seconds of this process (the
+  machine is shared: CPU time is what one core spent, wall time is shown);
 - small tensors: every tensor of a 2,000-file zoo of the demo CNN (fresh random weights), the
   current `tensor_stats` against the one before the compiled kernels (BASELINE_COMMIT);
 - the VGG16-shaped file ingested by the real CLI (fresh process each) with --spectra
@@ -10,7 +11,8 @@
 - spectra of the same file's matrices against scipy's full SVD of them (WeightWatcher's
   analyze() spends ~95 % of its time there), float32 as stored, one slice per conv position;
 - dev-only, when /work/venvs/ww (weightwatcher installed) and the keras.applications files
-  (bench/make_ww_models.py) exist: bench/compare_weightwatcher.py on VGG16 and ResNet50.
+  (bench/make_ww_models.py) exist: bench/compare_weightwatcher.py on VGG16 and ResNet50,
+  wall and CPU seconds (skipped with a line saying what is missing otherwise).
 """
 
 from __future__ import annotations
