@@ -150,6 +150,22 @@ def test_the_installed_command_prints_no_traceback(place):
     assert "Traceback" not in result.stderr + result.stdout
 
 
+def test_a_reader_that_goes_away_ends_the_command_quietly(place):
+    """`wpipe query … | head -1`: the pipe closes after one line; no error, no traceback."""
+    sql = "SELECT range AS i FROM range(500000)"
+    with subprocess.Popen(
+        [sys.executable, "-m", "wpipe.cli", "query", sql, "--format", "csv",
+         "--db", str(place / "w.duckdb")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    ) as proc:  # fmt: skip
+        assert proc.stdout.readline() == b"i\n"
+        proc.stdout.close()  # what `head -1` does once it has its line
+        stderr = proc.stderr.read().decode()
+        code = proc.wait(timeout=120)
+    assert code == 1, stderr
+    assert stderr == ""
+
+
 def test_a_database_of_another_wpipe_version_is_one_line(place, tmp_path):
     # a read-only reader cannot upgrade it: it says so and how (an ingest upgrades)
     old = tmp_path / "old.duckdb"

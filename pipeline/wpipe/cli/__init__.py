@@ -6,7 +6,8 @@ A new command is a function in one of them (or a new module) and one `app.comman
 Exit codes: 0 success; 1 some model files could not be read (the rest were stored), or a
 chart had nothing to draw; 2 usage error (bad option, unknown model, invalid SQL, a database
 that is missing, locked or not wpipe's); 3 wpipe itself failed (a broken install or a bug: one
-line says so, `--debug` shows the traceback).
+line says so, `--debug` shows the traceback). A reader that goes away (`wpipe models | head`)
+ends the command quietly with click's exit code for it, 1.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class GuardedGroup(TyperGroup):
             return super().invoke(ctx)
         except ViewsMissing as exc:
             fail(str(exc), EXIT_BUG)
+        except BrokenPipeError:
+            raise  # click's main() ends quietly when the output's reader went away
         except Exception as exc:
             # Typer/click control flow (usage errors, --help, typer.Exit) is not an error here
             if ctx.params.get("debug") or isinstance(exc, _CLICK_ERROR | typer.Exit | typer.Abort):
