@@ -26,6 +26,7 @@ from typing import Any
 from wpipe import extras
 from wpipe.readers import sharded
 from wpipe.store.lake import Lake
+from wpipe.tags import MODEL_SUFFIXES
 
 # Saves fetched by one worker task land here (a fresh folder per task, removed afterwards).
 TMP_ENV = "WPIPE_TMPDIR"
@@ -120,7 +121,6 @@ def _key(parent: PurePosixPath, relative: str) -> str:
 
 def _shadow(fs: Any, parent: PurePosixPath, listed: dict[str, dict], base: Path) -> int:
     """Mirror the listing under `base` with what the walk's rules read; returns GETs made."""
-    from wpipe.ingest import MODEL_SUFFIXES
 
     requests = 0
     for key, info in listed.items():
