@@ -7,6 +7,7 @@ The store creates Parquet and DuckDB tables from this; `wpipe schema` prints it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import pyarrow as pa
 
@@ -24,7 +25,8 @@ class Table:
     grain: str
     columns: tuple[Column, ...]
 
-    @property
+    # cached: the ingest asks for it per tensor, and building it costs ~30 µs
+    @cached_property
     def arrow_schema(self) -> pa.Schema:
         return pa.schema([pa.field(c.name, c.type) for c in self.columns])
 

@@ -140,9 +140,14 @@ def child(group: h5py.Group, path: str, where: str) -> h5py.HLObject:
         if not isinstance(node, h5py.h5g.GroupID):
             raise ModelReadError("missing-object", f"{where}: '{path}' crosses a dataset")
         raw = part.encode()
-        if not node.links.exists(raw):
-            raise ModelReadError("missing-object", f"{where}: '{path}' is not in the file")
-        kind = node.links.get_info(raw).type
+        try:  # no links.exists() first: one HDF5 call per part less on the hot path
+            kind = node.links.get_info(raw).type
+        except RuntimeError:  # HDF5's "name doesn't exist", or a real failure (raised again)
+            if not node.links.exists(raw):
+                raise ModelReadError(
+                    "missing-object", f"{where}: '{path}' is not in the file"
+                ) from None
+            raise
         if kind == h5py.h5l.TYPE_EXTERNAL:
             target = node.links.get_val(raw)[0].decode(errors="replace")
             raise ModelReadError(

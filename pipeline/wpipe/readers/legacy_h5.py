@@ -44,7 +44,8 @@ def read(f: h5py.File, where: str) -> Model:
     full = model_json is not None or "model_weights" in f
     weights_root = h5safe.child(f, "model_weights", where) if full else f
     config = parse_json(model_json, "model_config", where)
-    training = parse_json(h5safe.attr(f, "training_config"), "training_config", where)
+    training_json = h5safe.attr(f, "training_config")
+    training = parse_json(training_json, "training_config", where)
     model_class, specs = model_tree(config) if config else (None, [])
     layer_names = h5safe.name_list(weights_root, "layer_names")
     if layer_names is None:
@@ -85,7 +86,7 @@ def read(f: h5py.File, where: str) -> Model:
         n_optimizer_tensors=n_opt_tensors,
         n_optimizer_params=n_opt_params,
         model_config=model_json,
-        training_config=h5safe.attr(f, "training_config"),
+        training_config=training_json,
     )
 
 
