@@ -17,6 +17,7 @@ import functools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +33,6 @@ from wpipe.filemap import (
     Outcome,
     Settings,
     TableSink,
-    hash_file,
     hash_files,
     process_chunk,
     process_file,
@@ -179,16 +179,16 @@ def ingest(
     driver = _Driver(db, lake, report, on_done, progress,
                      {sha: model_id_for(p) for p, sha in current.items()}, known)  # fmt: skip
 
-    pool = _Pool(jobs, file_timeout, dask)
-    if plan.to_hash:
-        progress.phase("hash", len(plan.to_hash))
-        plan.work += driver.sort_hashed(plan.to_hash, pool.hashes(plan.to_hash), shas)
-    progress.phase("read", len(plan.work))
-    driver.jobs = {job.path: job for job in plan.work}
-    driver.to_load = len(plan.work) + len(driver.copies)
-    for chunk in pool.chunk_outcomes(plan.work):
-        progress.advance(len(chunk.outcomes), Path(chunk.outcomes[-1].path).name)
-        driver.take_chunk(chunk)
+    with _Pool(jobs, file_timeout, dask) as pool:
+        if plan.to_hash:
+            progress.phase("hash", len(plan.to_hash))
+            plan.work += driver.sort_hashed(plan.to_hash, pool.hashes(plan.to_hash), shas)
+        progress.phase("read", len(plan.work))
+        driver.jobs = {job.path: job for job in plan.work}
+        driver.to_load = len(plan.work) + len(driver.copies)
+        for chunk in pool.chunk_outcomes(plan.work):
+            progress.advance(len(chunk.outcomes), Path(chunk.outcomes[-1].path).name)
+            driver.take_chunk(chunk)
     driver.flush()
     driver.copy_duplicates()
     shas.update(driver.shas)
@@ -215,29 +215,35 @@ def ingest(
 class _Pool:
     """The map's two phases (hash, read) through wpipe.workers, small files a chunk per task:
     each task in a replaceable worker under the per-file time limit, or on Dask (`dask`:
-    `local` or an address, one file per task). A chunk that is stopped or whose worker dies
-    is read again one file per task, so only the culprit fails."""
+    `local` or an address; a task's key follows its files' content and the settings, so a
+    retried or duplicated task is one result). A chunk that is stopped or whose worker dies
+    is read again one file per task, so only the culprit fails. Files on object storage are
+    one task each (each is fetched to a temporary copy by the worker that reads it)."""
 
     def __init__(self, jobs: int, file_timeout: float | None, dask: str | None = None) -> None:
         self.jobs, self.timeout, self.dask = jobs, file_timeout, dask
+        self.stack = ExitStack()
+        self.client = None  # one Dask client (and LocalCluster) for both phases
+
+    def __enter__(self) -> _Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.close()
 
     def _map(self, function: Callable, items: list, name: Callable) -> Iterator:
         if self.dask is None:
             return workers.map_files(function, items, self.jobs, self.timeout, name=name,
                                      preload=[__name__])  # fmt: skip
+        if self.client is None and items:
+            self.client = self.stack.enter_context(
+                workers.dask_client(self.dask, self.jobs, preload=[__name__]))  # fmt: skip
         keys = [workers.task_key((function.__name__, _identity(item))) for item in items]
-        return workers.map_files_on_dask(function, items, self.dask, self.jobs, keys, name)
+        return workers.map_files_on_dask(function, items, self.client, self.jobs, keys, name)
 
     def hashes(self, jobs: list[FileJob]) -> Iterator[tuple[str, str | None, str | None]]:
-        if self.dask is not None:
-            for path, result in self._map(hash_file, [j.path for j in jobs], str):
-                yield (path, None, result.message) if isinstance(result, workers.WorkerFailure) \
-                    else result  # fmt: skip
-            return
         chunks = chunked([j.path for j in jobs], [j.size for j in jobs], self.jobs)
-        results = workers.map_files(hash_files, chunks, self.jobs, self.timeout,
-                                    name=lambda c: c[0], preload=[__name__])  # fmt: skip
-        for chunk, result in results:
+        for chunk, result in self._map(hash_files, chunks, lambda c: c[0]):
             if isinstance(result, workers.WorkerFailure):
                 for path in chunk:
                     yield path, None, result.message
@@ -245,16 +251,14 @@ class _Pool:
                 yield from result
 
     def chunk_outcomes(self, jobs: list[FileJob]) -> Iterator[ChunkOutcome]:
-        if self.dask is not None or any(j.remote is not None for j in jobs):
-            for outcome in self.outcomes(jobs):  # one file per task, as Dask keys them
+        if any(j.remote is not None for j in jobs):
+            for outcome in self.outcomes(jobs):
                 yield ChunkOutcome([outcome], [])
             return
         jobs = series_order(jobs)
         chunks = chunked(jobs, [j.size for j in jobs], self.jobs)
         again: list[FileJob] = []
-        results = workers.map_files(process_chunk, chunks, self.jobs, self.timeout,
-                                    name=lambda c: c[0].path, preload=[__name__])  # fmt: skip
-        for chunk, result in results:
+        for chunk, result in self._map(process_chunk, chunks, lambda c: c[0].path):
             if not isinstance(result, workers.WorkerFailure):
                 yield result
             elif len(chunk) > 1:
@@ -277,8 +281,10 @@ def _failure(job: FileJob, failure: workers.WorkerFailure) -> Outcome:
                    message=failure.message, bytes_read=job.size)  # fmt: skip
 
 
-def _identity(item: FileJob | str) -> tuple:
-    """What a task's result depends on: the file, its content tag and the settings."""
+def _identity(item: FileJob | str | list) -> tuple:
+    """What a task's result depends on: the files, their content tags and the settings."""
+    if isinstance(item, list):  # a chunk: its files, in order
+        return tuple(_identity(i) for i in item)
     if isinstance(item, str):
         return (item,)
     tag = item.remote.tag if item.remote else ""

@@ -175,30 +175,33 @@ def task_key(parts: tuple) -> str:
 def map_files_on_dask(
     function: Callable[[Item], Result],
     items: Sequence[Item],
-    address: str,
+    address: Any,
     jobs: int,
     keys: Sequence[str],
     name: Callable[[Item], str] = str,
+    preload: Sequence[str] = (),
 ) -> Iterator[tuple[Item, Result | WorkerFailure]]:
     """`map_files` on a Dask cluster: `address` is `local` (a LocalCluster of `jobs`
-    single-threaded worker processes) or a scheduler's address; `keys` name the tasks."""
-    from wpipe import extras
-
-    extras.require("distributed", "dask", "--dask")
+    single-threaded worker processes, which preload the modules in `preload`), a scheduler's
+    address, or a client from `dask_client` (one cluster for several maps); `keys` name the
+    tasks."""
     if not items:
         return
-    with _dask_client(address, jobs) as client:
-        import distributed
+    if isinstance(address, str):
+        with dask_client(address, jobs, preload) as client:
+            yield from map_files_on_dask(function, items, client, jobs, keys, name)
+        return
+    import distributed
 
-        futures = client.map(function, items, key=list(keys), retries=DASK_RETRIES, pure=True)
-        item_of = {future.key: item for future, item in zip(futures, items, strict=True)}
-        for future in distributed.as_completed(futures):
-            item = item_of[future.key]
-            if future.status == "finished":
-                yield item, future.result()
-            else:
-                yield item, _dask_failure(future.exception(), name(item))
-            future.release()
+    futures = address.map(function, items, key=list(keys), retries=DASK_RETRIES, pure=True)
+    item_of = {future.key: item for future, item in zip(futures, items, strict=True)}
+    for future in distributed.as_completed(futures):
+        item = item_of[future.key]
+        if future.status == "finished":
+            yield item, future.result()
+        else:
+            yield item, _dask_failure(future.exception(), name(item))
+        future.release()
 
 
 def _dask_failure(error: BaseException | None, label: str) -> WorkerFailure:
@@ -213,7 +216,13 @@ def _dask_failure(error: BaseException | None, label: str) -> WorkerFailure:
 
 
 @contextmanager
-def _dask_client(address: str, jobs: int) -> Iterator[Any]:
+def dask_client(address: str, jobs: int, preload: Sequence[str] = ()) -> Iterator[Any]:
+    """A `distributed.Client` on `address` (`local`: a LocalCluster of `jobs` worker
+    processes, started here and stopped on exit; its workers import `preload` as they start,
+    in parallel, instead of in their first task)."""
+    from wpipe import extras
+
+    extras.require("distributed", "dask", "--dask")
     import distributed
 
     if address == "local":
@@ -222,8 +231,9 @@ def _dask_client(address: str, jobs: int) -> Iterator[Any]:
                 n_workers=max(1, jobs),
                 threads_per_worker=1,  # the per-file work holds the GIL (h5py, numpy)
                 processes=True,
-                dashboard_address=":0",
+                dashboard_address=None,  # nobody looks at it during an ingest
                 silence_logs=40,
+                preload=[*preload],
             ) as cluster,
             distributed.Client(cluster) as client,
         ):

@@ -60,3 +60,16 @@ def test_a_worker_killed_mid_run_leaves_no_duplicates(dask_cluster, s3_run, loca
     assert [o.path for o in report.failed] == [s3_run.broken]
     assert report.ingested == len(local_tables["models"])
     assert tables_paths_aside(w.db_path, s3_run.models) == local_tables
+
+
+def test_local_files_on_dask_are_read_in_chunks_with_the_rows_of_a_local_ingest(
+    zoo, dask_cluster, local_tables, tmp_path
+):
+    w = Warehouse(tmp_path)
+    report = w.ingest(zoo, dask=dask_cluster.scheduler_address, jobs=1)
+    assert not report.failed and report.ingested == len(local_tables["models"])
+    assert tables_paths_aside(w.db_path, str(zoo)) == local_tables
+    # each chunk's worker wrote one data file of its files' layers (a file per task would
+    # have sent its rows to the driver, which writes one per batch)
+    layer_files = list((w.lake / "layers").glob("**/*.parquet"))
+    assert 1 < len(layer_files) < report.ingested
