@@ -112,6 +112,7 @@ def push_models(db: Database, lake: Lake) -> None:
 def compact(db: Database, lake: Lake) -> dict[str, int]:
     """Merge the lake's small files and delete unreferenced ones; the database records the
     new versions before any file is deleted (a kill in between leaves nothing to restore)."""
+    db.release_memory()  # DuckDB's cache of the drift and tag queries, not needed meanwhile
     lake.compact()
     db.record_versions(lake, lake.versions())
     lake.vacuum()
