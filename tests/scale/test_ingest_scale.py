@@ -73,3 +73,24 @@ def test_local_files_on_dask_are_read_in_chunks_with_the_rows_of_a_local_ingest(
     # have sent its rows to the driver, which writes one per batch)
     layer_files = list((w.lake / "layers").glob("**/*.parquet"))
     assert 1 < len(layer_files) < report.ingested
+
+
+@slow
+def test_a_worker_killed_mid_chunk_leaves_no_duplicates(zoo, dask_cluster, local_tables,
+                                                        tmp_path):  # fmt: skip
+    killed = []
+    with distributed.Client(dask_cluster) as client:
+        pids = client.run(os.getpid)
+
+        def kill_a_busy_worker(outcome):
+            busy = [w for w, tasks in client.processing().items() if tasks]
+            if not killed and busy:  # a worker in the middle of a chunk
+                os.kill(pids[busy[0]], signal.SIGKILL)
+                killed.append(busy[0])
+
+        w = Warehouse(tmp_path)
+        report = w.ingest(zoo, dask=dask_cluster.scheduler_address, on_done=kill_a_busy_worker)
+        client.wait_for_workers(2, timeout=60)  # the nanny replaced the killed process
+    assert killed
+    assert not report.failed and report.ingested == len(local_tables["models"])
+    assert tables_paths_aside(w.db_path, str(zoo)) == local_tables
