@@ -258,9 +258,9 @@ def test_series_drift_from_the_chunked_map_equals_numpy_on_the_files(tmp_path, m
     """Checkpoints read in one chunk are diffed against the previous one still in memory,
     the first of a chunk against its predecessor's file: both equal numpy on h5py's arrays."""
     import h5py
-    from wpipe import ingest as ingest_module
+    from wpipe import plan
 
-    monkeypatch.setattr(ingest_module, "CHUNKS_PER_WORKER", 1)  # chunks e01-e03, e04-e05
+    monkeypatch.setattr(plan, "CHUNKS_PER_WORKER", 1)  # chunks e01-e03, e04-e05
     shutil.copytree(ZOO / "cnn_lr1e-3", tmp_path / "run")
     w = Warehouse(tmp_path / "w")
     (tmp_path / "w").mkdir()

@@ -19,8 +19,8 @@ Precision per slice:
   metric but the rank can see would change) is redone exactly: dead rows/columns removed,
   then the Gram again, or an SVD of the float64 matrix.
 
-BLAS threads: big products and solvers use the cores no other process is using (the 1-minute
-load average), and inside an ingest pool worker at most cores / workers.
+BLAS threads: big products and solvers use the cores no other task is running on now (Linux's
+runnable-task count), and inside an ingest pool worker at most cores / workers.
 """
 
 from __future__ import annotations
@@ -234,9 +234,19 @@ def threads_for(work: int) -> int:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = cores or 1
-    busy = os.getloadavg()[0] - 1.0 if hasattr(os, "getloadavg") else 0.0  # less this process
-    idle = max(1, round(cores - max(busy, 0.0)))
+    idle = max(1, round(cores - max(busy_cores(), 0.0)))
     return max(1, min(idle, cores // _siblings()))
+
+
+def busy_cores() -> float:
+    """Tasks other than this one that want a core now: Linux's count of runnable tasks
+    (/proc/loadavg, 4th field), else the 1-minute load average. The average lags by a
+    minute, so right after another heavy job it would keep a quiet machine on one thread."""
+    try:
+        with open("/proc/loadavg") as fh:
+            return float(fh.read().split()[3].split("/")[0]) - 1.0  # less this process
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] - 1.0 if hasattr(os, "getloadavg") else 0.0
 
 
 def _siblings() -> int:

@@ -393,6 +393,7 @@ class _Driver:
                                                self.shared)  # fmt: skip
                 self.db.load_batch(self.lake, files, ids, versions,
                                    self.known_ids.intersection(ids))  # fmt: skip
+                self.db.release_memory()  # bounded whatever the number of batches
             except Exception as exc:
                 if not space.is_full(exc):
                     raise

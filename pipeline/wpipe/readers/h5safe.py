@@ -43,10 +43,17 @@ def text(value: Any) -> Any:
 
 
 def attr(obj: h5py.HLObject, name: str, where: str = "") -> Any:
-    if name not in obj.attrs:
+    attrs = obj.attrs  # a new AttributeManager per access
+    if name not in attrs:
         return None
-    _check_attr(obj, name, where or obj.file.filename)
-    return text(obj.attrs[name])
+    _check_attr(obj, name, where)
+    return text(attrs[name])
+
+
+def _where(obj: h5py.HLObject, where: str) -> str:
+    """The file a message names: `where`, else the HDF5 file's name (only for a message:
+    obj.file builds a File object, ~50 µs, too dear for every attribute read)."""
+    return where or obj.file.filename
 
 
 def _check_attr(obj: h5py.HLObject, name: str, where: str) -> int:
@@ -60,7 +67,7 @@ def _check_attr(obj: h5py.HLObject, name: str, where: str) -> int:
     if size > MAX_ATTR_BYTES:
         raise ModelReadError(
             "too-many-objects",
-            f"{where}: attribute {name!r} of {obj.name} is {size:,} bytes "
+            f"{_where(obj, where)}: attribute {name!r} of {obj.name} is {size:,} bytes "
             f"(limit {MAX_ATTR_BYTES:,})",
         )
     return count
@@ -69,19 +76,19 @@ def _check_attr(obj: h5py.HLObject, name: str, where: str) -> int:
 def name_list(obj: h5py.HLObject, name: str, where: str = "") -> list[str] | None:
     """A list attribute, reassembled from `name0`, `name1`, … when Keras chunked it (>64 KB);
     at most MAX_NAMES entries."""
-    where = where or obj.file.filename
-    if name in obj.attrs:
+    attrs = obj.attrs  # a new AttributeManager per access
+    if name in attrs:
         _check_names(obj, name, _check_attr(obj, name, where), where)
-        value = text(obj.attrs[name])
+        value = text(attrs[name])
         # A layer without weights has `weight_names = []`, which h5py stores as empty float64.
         names = [v for v in value if isinstance(v, str)] if isinstance(value, list) else [value]
         return _unique(obj, name, names, where)
     chunks: list[str] = []
     index = 0
-    while f"{name}{index}" in obj.attrs:
+    while f"{name}{index}" in attrs:
         count = len(chunks) + _check_attr(obj, f"{name}{index}", where)
         _check_names(obj, name, count, where)
-        chunks.extend(text(obj.attrs[f"{name}{index}"]))
+        chunks.extend(text(attrs[f"{name}{index}"]))
         index += 1
     return _unique(obj, name, chunks, where) if index else None
 
@@ -92,7 +99,8 @@ def _unique(obj: h5py.HLObject, name: str, names: list, where: str) -> list:
         seen: set = set()
         twice = next(n for n in names if n in seen or seen.add(n))
         raise ModelReadError(
-            "duplicate-name", f"{where}: {name} of {obj.name} lists {twice!r} more than once"
+            "duplicate-name",
+            f"{_where(obj, where)}: {name} of {obj.name} lists {twice!r} more than once",
         )
     return names
 
@@ -101,7 +109,8 @@ def _check_names(obj: h5py.HLObject, name: str, count: int, where: str) -> None:
     if count > MAX_NAMES:
         raise ModelReadError(
             "too-many-objects",
-            f"{where}: {name} of {obj.name} lists {count:,} names (limit {MAX_NAMES:,})",
+            f"{_where(obj, where)}: {name} of {obj.name} lists {count:,} names "
+            f"(limit {MAX_NAMES:,})",
         )
 
 
@@ -182,27 +191,29 @@ def dataset(group: h5py.Group, path: str, where: str) -> h5py.Dataset:
 def logical_dtype(ds: h5py.Dataset) -> str:
     """float32, float16, …; a 2-byte opaque type is bfloat16 (Keras stores it so)."""
     # Keras ≥3.0.5 also marks these with attribute dtype="bfloat16"; older writers do not.
-    if ds.dtype.kind == "V" and ds.dtype.itemsize == 2:
+    dtype = ds.dtype  # once: each access takes h5py's global lock
+    if dtype.kind == "V" and dtype.itemsize == 2:
         return "bfloat16"
-    return ds.dtype.name
+    return dtype.name
 
 
 def tensor_status(ds: h5py.Dataset, where: str) -> str:
     """'ok' for a tensor that can be analysed, else '<code>: <reason>' (statistics are then
     not computed); a hostile declared size raises instead, before anything is read."""
-    kind = ds.dtype.kind
-    if h5py.check_enum_dtype(ds.dtype) is not None:
-        return f"not-real: enum of {ds.dtype.name} (labels, not values)"
+    dtype = ds.dtype  # once: each access takes h5py's global lock
+    kind = dtype.kind
+    if h5py.check_enum_dtype(dtype) is not None:
+        return f"not-real: enum of {dtype.name} (labels, not values)"
     if kind == "c":
-        return f"not-real: {ds.dtype.name} (complex; no real view is taken)"
+        return f"not-real: {dtype.name} (complex; no real view is taken)"
     if kind == "V" and logical_dtype(ds) != "bfloat16":
-        what = "compound" if ds.dtype.names else f"opaque {ds.dtype.itemsize}-byte"
+        what = "compound" if dtype.names else f"opaque {dtype.itemsize}-byte"
         return f"not-real: {what} dtype"
     if kind in "SUOa":
         return "not-numeric: string dtype"
     if kind not in "biuf" and logical_dtype(ds) != "bfloat16":
-        return f"not-real: {ds.dtype}"
-    declared = ds.size * ds.dtype.itemsize
+        return f"not-real: {dtype}"
+    declared = ds.size * dtype.itemsize
     if declared > MAX_TENSOR_BYTES:
         raise ModelReadError(
             "oversized-tensor",

@@ -135,6 +135,18 @@ class Database:
             self._lock.release()
             self._lock = None
 
+    def release_memory(self) -> None:
+        """Evict DuckDB's cache of the database's blocks (lowering the limit evicts, then it is
+        restored). Each batch an ingest loads stays cached up to MEMORY_LIMIT otherwise: the
+        driver's RSS grew ~17 MB a batch, 449 MB at 2,000 small models and 972 MB at 10,000,
+        and the next batch reads the few blocks it needs back from the OS's page cache."""
+        try:
+            self.con.execute("SET memory_limit = '1MB'")
+        except duckdb.Error:  # blocks still pinned (never here between batches): keep them
+            pass
+        finally:
+            self.con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+
     def known_files(self) -> dict[str, tuple[int, float, str, str | None]]:
         """path -> (file_bytes, mtime, sha256, ingest_options) of every ingested model."""
         rows = self.con.execute(
