@@ -7,6 +7,7 @@ import os
 import signal
 
 import distributed
+from wpipe.plan import Report
 
 from tests.conftest import Warehouse
 from tests.scale.conftest import slow, tables_paths_aside
@@ -38,24 +39,31 @@ def test_a_rerun_on_dask_changes_nothing(s3_run, local_tables, dask_cluster):
     assert tables_paths_aside(w.db_path, s3_run.models) == local_tables
 
 
-@slow
-def test_a_worker_killed_mid_run_leaves_no_duplicates(dask_cluster, s3_run, local_tables,
-                                                      tmp_path):  # fmt: skip
+def ingest_killing_a_worker(dask_cluster, w: Warehouse, source: str) -> tuple[Report, list]:
+    """`w.ingest(source)` on the cluster, SIGKILLing a worker busy with a task when the first
+    outcome arrives; the killed workers' addresses (one) with the report."""
     killed = []
     with distributed.Client(dask_cluster) as client:
         pids = client.run(os.getpid)
 
         def kill_a_busy_worker(outcome):
             busy = [w for w, tasks in client.processing().items() if tasks]
-            if not killed and busy:  # a worker in the middle of a file
+            if not killed and busy:  # a worker in the middle of a task
                 os.kill(pids[busy[0]], signal.SIGKILL)
                 killed.append(busy[0])
 
-        w = Warehouse(tmp_path)
-        w.lake = f"{s3_run.warehouse.lake}-killed"
-        report = w.ingest(s3_run.models, dask=dask_cluster.scheduler_address,
+        report = w.ingest(source, dask=dask_cluster.scheduler_address,
                           on_done=kill_a_busy_worker)  # fmt: skip
         client.wait_for_workers(2, timeout=60)  # the nanny replaced the killed process
+    return report, killed
+
+
+@slow
+def test_a_worker_killed_mid_run_leaves_no_duplicates(dask_cluster, s3_run, local_tables,
+                                                      tmp_path):  # fmt: skip
+    w = Warehouse(tmp_path)
+    w.lake = f"{s3_run.warehouse.lake}-killed"
+    report, killed = ingest_killing_a_worker(dask_cluster, w, s3_run.models)
     assert killed
     assert [o.path for o in report.failed] == [s3_run.broken]
     assert report.ingested == len(local_tables["models"])
@@ -73,3 +81,13 @@ def test_local_files_on_dask_are_read_in_chunks_with_the_rows_of_a_local_ingest(
     # have sent its rows to the driver, which writes one per batch)
     layer_files = list((w.lake / "layers").glob("**/*.parquet"))
     assert 1 < len(layer_files) < report.ingested
+
+
+@slow
+def test_a_worker_killed_mid_chunk_leaves_no_duplicates(zoo, dask_cluster, local_tables,
+                                                        tmp_path):  # fmt: skip
+    w = Warehouse(tmp_path)
+    report, killed = ingest_killing_a_worker(dask_cluster, w, str(zoo))
+    assert killed
+    assert not report.failed and report.ingested == len(local_tables["models"])
+    assert tables_paths_aside(w.db_path, str(zoo)) == local_tables
