@@ -64,7 +64,7 @@ def _embeddings(
     if mode == "int8":
         table.load = _rows(table.load, scale.load)
     elif zero is not None and g_idx is not None:
-        table.load = _int4_grouped_rows(table.load, scale.load, zero.load, g_idx.load)
+        table.load = _int4_grouped(table.load, scale.load, zero.load, g_idx.load, axis=-1)
     elif output_dim:
         table.load = _rows(_unpacked(table.load, output_dim), scale.load)
 
@@ -78,16 +78,6 @@ def _rows(codes: Loader, scale: Loader) -> Loader:
 
 def _unpacked(codes: Loader, length: int) -> Loader:
     return lambda: unpack_int4(codes(), length)
-
-
-def _int4_grouped_rows(codes: Loader, scale: Loader, zero: Loader, g_idx: Loader) -> Loader:
-    def load() -> np.ndarray:
-        s = scale().astype(np.float32)  # (input_dim, n_groups)
-        groups = g_idx().astype(np.int64)  # (output_dim,)
-        q = unpack_int4(codes(), len(groups)).astype(np.float32)
-        return (q - zero().astype(np.float32)[:, groups]) * s[:, groups]
-
-    return load
 
 
 def saved_order(tensors: list[Tensor], mode: str | None) -> list[Tensor]:
@@ -119,19 +109,14 @@ def _int8(codes: Loader, scale: Loader) -> Loader:
     return load
 
 
-def einsum_kernel_axes(equation: str) -> tuple[str, str]:
-    """(kernel labels, output labels) of an EinsumDense equation (`...` dropped)."""
-    inputs, output = equation.replace("...", "").split("->")
-    return inputs.split(",")[1], output
-
-
 def _einsum_scale(scale: Loader, kernel_shape: tuple[int, ...], equation: str) -> Loader:
     """An EinsumDense kernel_scale laid out against its kernel. Keras keeps one scale per
     kernel axis that survives into the output and stores them in the output's axis order
     (keras/src/layers/core/einsum_dense.py, `_adjust_scale_for_quant`)."""
 
     def load() -> np.ndarray:
-        kernel, output = einsum_kernel_axes(equation)
+        inputs, output = equation.replace("...", "").split("->")
+        kernel = inputs.split(",")[1]  # the kernel's labels: Keras writes no `...` there
         kept = [axis for axis, label in enumerate(kernel) if label in output]
         stored = sorted(kept, key=lambda axis: output.index(kernel[axis]))
         s = scale().reshape([kernel_shape[axis] for axis in stored])
@@ -149,11 +134,17 @@ def _int4(codes: Loader, scale: Loader) -> Loader:
     return load
 
 
-def _int4_grouped(codes: Loader, scale: Loader, zero: Loader, g_idx: Loader) -> Loader:
+def _int4_grouped(
+    codes: Loader, scale: Loader, zero: Loader, g_idx: Loader, axis: int = 0
+) -> Loader:
+    """(codes - zero[g]) * scale[g], the group g = g_idx[i] of each index i along `axis`
+    (Keras's dequantize_with_sz_map: a Dense kernel's input rows, axis 0, scale (n_groups,
+    units); an Embedding table's output columns, axis -1, scale (input_dim, n_groups))."""
+
     def load() -> np.ndarray:
-        s = scale().astype(np.float32)  # (n_groups, units)
-        groups = g_idx().astype(np.int64)  # (input_dim,)
+        groups = g_idx().astype(np.int64)
+        s = np.take(scale().astype(np.float32), groups, axis=axis)  # now the table's shape
         q = unpack_int4(codes(), s.shape[-1]).astype(np.float32)
-        return (q - zero().astype(np.float32)[groups]) * s[groups]
+        return (q - np.take(zero().astype(np.float32), groups, axis=axis)) * s
 
     return load
