@@ -179,24 +179,39 @@ def _small_block_reduce(
     )
 
 
-def tile_table(
-    key: dict[str, str], array: np.ndarray, limit: int = TILE_GRID * TILE_GRID
-) -> pa.Table | None:
-    """The weight_tiles rows of one tensor, at most `limit` cells (None below 2-D)."""
+def tile_columns(
+    array: np.ndarray, limit: int = TILE_GRID * TILE_GRID
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+    """The weight_tiles columns of one tensor but its key, at most `limit` cells, as numpy
+    arrays of the table's types, and the null masks of `mean` and `peak` (None below 2-D)."""
     matrix = matrix_view(array)
     if matrix is None:
         return None
     cells = pool(matrix, limit)
     n = len(cells["mean"])
-    # the key on every row, repeated by Arrow (a Python list of n copies costs ~4x more)
-    columns = {name: pa.repeat(pa.scalar(value, pa.string()), n) for name, value in key.items()}
-    columns["rows"] = pa.array(np.full(n, matrix.shape[0], dtype=np.int64))
-    columns["cols"] = pa.array(np.full(n, matrix.shape[1], dtype=np.int64))
+    columns = {
+        "rows": np.full(n, matrix.shape[0], dtype=np.int64),
+        "cols": np.full(n, matrix.shape[1], dtype=np.int64),
+    }
     for name in ("tile_row", "tile_col", "row_start", "row_end", "col_start", "col_end"):
-        columns[name] = pa.array(cells[name].astype(np.int32))
-    mean = cells["mean"]
-    columns["mean"] = pa.array(mean, mask=~np.isfinite(mean))
+        columns[name] = cells[name].astype(np.int32)
+    columns["mean"], columns["peak"] = cells["mean"], cells["peak"]
     # a cell of one weight has no peak of its own (it is the mean): NULL keeps the file small
     single = (cells["row_end"] - cells["row_start"]) * (cells["col_end"] - cells["col_start"]) == 1
-    columns["peak"] = pa.array(cells["peak"], mask=single)
+    return columns, {"mean": ~np.isfinite(cells["mean"]), "peak": single}
+
+
+def tile_table(
+    key: dict[str, str], array: np.ndarray, limit: int = TILE_GRID * TILE_GRID
+) -> pa.Table | None:
+    """The weight_tiles rows of one tensor, at most `limit` cells (None below 2-D)."""
+    found = tile_columns(array, limit)
+    if found is None:
+        return None
+    cells, masks = found
+    n = len(cells["mean"])
+    # the key on every row, repeated by Arrow (a Python list of n copies costs ~4x more)
+    columns = {name: pa.repeat(pa.scalar(value, pa.string()), n) for name, value in key.items()}
+    for name, values in cells.items():
+        columns[name] = pa.array(values, mask=masks.get(name))
     return pa.table(columns, schema=schema.WEIGHT_TILES.arrow_schema)
