@@ -46,7 +46,7 @@ def read(f: h5py.File, where: str) -> Model:
     config = parse_json(model_json, "model_config", where)
     training_json = h5safe.attr(f, "training_config")
     training = parse_json(training_json, "training_config", where)
-    model_class, specs = model_tree(config) if config else (None, [])
+    model_class, specs = model_tree(config, model_json) if config else (None, [])
     layer_names = h5safe.name_list(weights_root, "layer_names")
     if layer_names is None:
         raise ModelReadError("not-keras", f"{where}: weights group has no layer_names attribute")
@@ -181,10 +181,7 @@ def _layer(
                 role=role,
                 trainable=is_trainable(role, class_name, layer_trainable, mode),
                 source_name=f"{group.name}/{full}",
-                shape=tuple(int(d) for d in ds.shape),
-                dtype=h5safe.logical_dtype(ds),
-                load=h5safe.lazy_array(ds, where),
-                status=h5safe.tensor_status(ds, where),
+                **h5safe.tensor_fields(ds, where),
             )
         )
     layout = _layout(spec)
