@@ -84,14 +84,13 @@ class _Silent:
 
 # What a file's rows hold: raised when a release changes them (new tables or columns, new role
 # rules), so that files ingested by an older wpipe are read again rather than kept half-filled.
-ROWS_VERSION = 2
+ROWS_VERSION = 3
 
 
 def ingest_options(options: StatsOptions, values: ValuesMode, spectra: SpectraOptions) -> str:
     """The options that change a model's rows, as stored in models.ingest_options."""
-    sample = f":{values.n}" if values.kind == "sample" else ""
     return (
-        f"rows={ROWS_VERSION} values={values.kind}{sample} near_zero={options.near_zero:g} "
+        f"rows={ROWS_VERSION} values={values.text} near_zero={options.near_zero:g} "
         f"bins={options.bins} "
         f"spectra={spectra.mode} pool={spectra.pool} conv_rescale={spectra.conv_rescale}"
     )
