@@ -113,7 +113,7 @@ def _stops_on_full_disk(function: Callable[..., Report]) -> Callable[..., Report
         except Exception as exc:
             if not space.is_full(exc):
                 raise
-            raise StoreFailed(space.first_line(exc)) from None
+            raise StoreFailed(space.full_reason(exc)) from None
 
     return run
 
@@ -398,7 +398,7 @@ class _Driver:
                     raise
                 # commits the database did not load are rolled back by the next run
                 self.discard_pending()
-                raise StoreFailed(space.first_line(exc)) from None
+                raise StoreFailed(space.full_reason(exc)) from None
             self.known_ids.update(ids)
             self.progress.advance(len(self.pending))
             self.pending, self.shared = [], []
