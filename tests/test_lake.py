@@ -214,6 +214,27 @@ def copies_every_table(warehouse: Warehouse) -> None:
         db.close()
 
 
+def test_a_local_lake_serves_the_tables_of_many_rows_and_copies_become_views(folder, warehouse):
+    served = {"units", "weight_values", "histograms", "weight_tiles", "eigenvalues"}
+    warehouse.ingest(folder)
+    con = duckdb.connect(str(warehouse.db_path), read_only=True)
+    views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    con.close()
+    assert served <= views and not served & tables
+    assert {"models", "layers", "weights", "spectra"} <= tables
+    copies_every_table(warehouse)  # a database of an older wpipe, or of a lake elsewhere
+    before = warehouse.query("SELECT count(*), sum(value) FROM weight_values")
+    assert warehouse.ingest(folder).ingested == 0
+    assert warehouse.query("SELECT count(*), sum(value) FROM weight_values") == before
+    db = store.Database(warehouse.db_path)
+    try:
+        assert db.served == served
+    finally:
+        db.close()
+    assert_lake_equals_database(warehouse)
+
+
 def test_a_database_without_its_lake_reads_the_files_again(folder, warehouse):
     # the database serves units, values, … from the lake's files: they went with it
     warehouse.ingest(folder)
