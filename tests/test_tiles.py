@@ -86,3 +86,35 @@ def test_a_tensor_pooled_a_chunk_of_rows_at_a_time_gets_numpys_block_statistics(
         assert cells["mean"][k] == pytest.approx(finite.mean(), rel=1e-9)
         zeroed = np.where(np.isfinite(block), block, 0)
         assert cells["peak"][k] == zeroed.flat[np.argmax(np.abs(zeroed))]
+
+
+@pytest.mark.parametrize("shape", [(200, 16), (16, 200), (40, 40), (12, 9)])
+def test_small_matrices_get_numpys_block_statistics_whatever_their_shortcuts(shape):
+    # (200, 16): single-column blocks, rows pooled; (16, 200): the reverse; (12, 9): one
+    # cell per weight. Non-finite values and a block of -0.0 only.
+    rng = np.random.default_rng(5)
+    matrix = rng.normal(size=shape).astype(np.float32)
+    matrix[0, 0], matrix[-1, -1], matrix[1, -1] = np.nan, np.inf, -np.inf
+    matrix[-7:, :3] = -0.0
+    table = tiles.tile_table({"model_id": "m", "layer_path": "l", "weight_name": "w"},
+                             matrix, 1024)  # fmt: skip
+    cells = table.to_pylist()
+    assert len(cells) == min(matrix.size, 32 * 32) or matrix.size > 1024
+    covered = np.zeros(shape, dtype=int)
+    for cell in cells:
+        block = matrix[cell["row_start"] : cell["row_end"],
+                       cell["col_start"] : cell["col_end"]].astype(np.float64)  # fmt: skip
+        covered[cell["row_start"] : cell["row_end"], cell["col_start"] : cell["col_end"]] += 1
+        finite = block[np.isfinite(block)]
+        if finite.size == 0:
+            assert cell["mean"] is None
+        else:
+            assert cell["mean"] == pytest.approx(finite.mean(), rel=1e-9, abs=1e-300)
+            assert not np.signbit(cell["mean"]) or finite.mean() < 0  # never -0.0
+        if block.size == 1:
+            assert cell["peak"] is None  # its mean
+        else:
+            zeroed = np.where(np.isfinite(block), block, 0)
+            assert cell["peak"] == zeroed.flat[np.argmax(np.abs(zeroed))]
+        assert (cell["rows"], cell["cols"]) == shape
+    assert (covered == 1).all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import zlib
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from wpipe.spectra import SpectraOptions
 from wpipe.spectra_tables import SpectraCollector
 from wpipe.tags import strip_model_suffix
 from wpipe.textsafe import display
-from wpipe.tiles import TileBudget, tile_table
+from wpipe.tiles import TileBudget, tile_columns
 
 DIRECTIONS = ("forward", "backward")
 
@@ -83,7 +84,7 @@ def build_tables(
     info: FileInfo,
     options: StatsOptions,
     values: ValuesMode,
-    emit_values: Callable[[pa.RecordBatch], None],
+    emit_values: Callable[[pa.RecordBatch | pa.Table], None],
     spectra: SpectraOptions | None = None,
     visit: Callable[[str, Tensor, np.ndarray], None] | None = None,
 ) -> dict[str, pa.Table]:
@@ -93,7 +94,8 @@ def build_tables(
     layer_rows, weight_rows = [], []
     # per tensor Arrow columns, not dict rows: a model's units and bins stay a few MB
     hist_rows, unit_rows = _Columns(schema.HISTOGRAMS), _Columns(schema.UNITS)
-    tile_tables = []
+    tile_rows = _Columns(schema.WEIGHT_TILES)
+    values_out = _Values(values, emit_values)
     spectra_out = SpectraCollector(spectra or SpectraOptions())
     weight_index = 0
     tile_budget = TileBudget([t.shape for layer in model.layers for t in layer.tensors])
@@ -154,16 +156,15 @@ def build_tables(
                     "direction": [direction if direction in DIRECTIONS else None] * n,
                     **columns})  # fmt: skip
             spectra_out.add(key, layer.class_name, layer.config, tensor, array)
-            tiles = tile_table(key, array, tile_budget.cells(array))
+            tiles = tile_columns(array, tile_budget.cells(array))
             if tiles is not None:
-                tile_tables.append(tiles)
-            if values.kind != "none" and array.size:
-                for batch in _values_batches(key, array, values):
-                    emit_values(batch)
+                tile_rows.add(key, *tiles)
+            values_out.add(key, array)
             if visit is not None:
                 visit(layer.layer_path, tensor, array)
             del array
 
+    values_out.flush()
     tensors = [t for layer in model.layers for t in layer.tensors]
     model_row = {
         "model_id": info.model_id,
@@ -197,7 +198,7 @@ def build_tables(
         "weights": _table(schema.WEIGHTS, weight_rows),
         "histograms": hist_rows.table(),
         "units": unit_rows.table(),
-        "weight_tiles": _concat(schema.WEIGHT_TILES, tile_tables),
+        "weight_tiles": tile_rows.table(),
         **spectra_out.tables(),
     }
 
@@ -213,36 +214,63 @@ def _table(table: schema.Table, rows: list[dict]) -> pa.Table:
 
 
 class _Columns:
-    """A model's rows of `table`, gathered per tensor as columns (each converted to Arrow as it
-    comes) and assembled once per model: one Arrow table per tensor cost ~100 µs each."""
+    """A model's rows of `table`, gathered per tensor as columns and converted to Arrow once
+    per model: a small tensor's parts are kept as they come (numpy arrays, lists) and joined
+    per column at the end (a conversion per tensor and column cost ~10 µs, most of a small
+    tensor's rows); a large part is converted as it comes (Arrow is more compact than a list)."""
 
     def __init__(self, table: schema.Table) -> None:
         self.target = table.arrow_schema
         self.keys: list[tuple[str, ...]] = []
         self.key_names: tuple[str, ...] = ()
         self.counts: list[int] = []
-        self.columns: dict[str, list[pa.Array]] = {}
+        self.columns: dict[str, list] = {}
+        self.masks: dict[str, list[np.ndarray]] = {}  # null masks of masked columns
 
-    def add(self, key: dict[str, str], columns: dict) -> None:
-        """One tensor's rows from columns, its key repeated on each row."""
+    def add(self, key: dict[str, str], columns: dict, masks: dict | None = None) -> None:
+        """One tensor's rows from columns, its key repeated on each row; `masks`: a null mask
+        per column that has one (the same columns for every tensor)."""
         self.key_names = tuple(key)
         self.keys.append(tuple(key.values()))
-        self.counts.append(len(next(iter(columns.values()))))
+        n = len(next(iter(columns.values())))
+        self.counts.append(n)
         for name, values in columns.items():
-            arrays = self.columns.setdefault(name, [])
-            arrays.append(_arrow(values, self.target.field(name).type))
+            mask = masks.get(name) if masks else None
+            if mask is not None:
+                self.masks.setdefault(name, []).append(mask)
+            elif n > KEEP_RAW:
+                values = _arrow(values, self.target.field(name).type)
+            self.columns.setdefault(name, []).append(values)
 
     def table(self) -> pa.Table:
         if not self.keys:
             return self.target.empty_table()
-        data = {}
-        for i, name in enumerate(self.key_names):
-            repeated: list[str] = []
-            for key, n in zip(self.keys, self.counts, strict=True):
-                repeated += [key[i]] * n
-            data[name] = pa.array(repeated, pa.string())
-        data.update({name: pa.concat_arrays(parts) for name, parts in self.columns.items()})
+        # each key column: the tensors' distinct values taken once per row
+        which = pa.array(np.repeat(np.arange(len(self.keys), dtype=np.int32), self.counts))
+        data = {name: pa.array([k[i] for k in self.keys], pa.string()).take(which)
+                for i, name in enumerate(self.key_names)}  # fmt: skip
+        for name, parts in self.columns.items():
+            type_ = self.target.field(name).type
+            if name in self.masks:
+                data[name] = pa.array(np.concatenate(parts), type_,
+                                      mask=np.concatenate(self.masks[name]))  # fmt: skip
+            else:
+                data[name] = _joined(parts, type_)
         return pa.table(data, schema=self.target)
+
+
+# Rows of one tensor's part kept as they come until the model's table is built.
+KEEP_RAW = 4096
+
+
+def _joined(parts: list, type_: pa.DataType) -> pa.Array:
+    """One Arrow array of a column's parts: the same values as converting each part and
+    concatenating, in one conversion when the parts are all numpy of one dtype or all lists."""
+    if all(isinstance(p, np.ndarray) for p in parts) and len({p.dtype for p in parts}) == 1:
+        return _arrow(np.concatenate(parts), type_)
+    if all(isinstance(p, list) for p in parts):
+        return pa.array(list(itertools.chain.from_iterable(parts)), type_)
+    return pa.concat_arrays([p if isinstance(p, pa.Array) else _arrow(p, type_) for p in parts])
 
 
 def _arrow(values: object, type_: pa.DataType) -> pa.Array:
@@ -261,20 +289,58 @@ def _numpy_type(dtype: np.dtype) -> pa.DataType | None:
         return None
 
 
-def _concat(table: schema.Table, parts: list[pa.Table]) -> pa.Table:
-    return pa.concat_tables(parts) if parts else _table(table, [])
-
-
 # Values per Arrow batch: bounds the index/value copies of a large tensor with --values all.
 VALUES_BATCH = 1 << 22
+# Small tensors' values gathered into one table of up to this many rows (plain-string keys:
+# a few MB at most), not a batch per tensor (~100 µs each, most of a small model's values).
+VALUES_GATHER = 1 << 16
+
+
+class _Values:
+    """A model's weight_values rows, to `emit` in tensor order: the rows of a tensor giving at
+    most KEEP_RAW of them gathered with the next ones', a larger tensor's in batches."""
+
+    def __init__(self, mode: ValuesMode, emit: Callable[[pa.RecordBatch | pa.Table], None]):
+        self.mode, self.emit = mode, emit
+        self.rows = _Columns(schema.WEIGHT_VALUES)
+        self.held = 0
+
+    def add(self, key: dict, array: np.ndarray) -> None:
+        mode = self.mode
+        if mode.kind == "none" or not array.size:
+            return
+        count = array.size if mode.kind == "all" else min(mode.n, array.size)
+        if count > KEEP_RAW:
+            self.flush()
+            for batch in _values_batches(key, array, mode):
+                self.emit(batch)
+            return
+        flat = array.reshape(-1)
+        if count < flat.size:  # as _values_batches: the same sample
+            index = sample_indices(flat.size, mode.n, _sample_seed(key))
+            flat = flat[index]
+        else:
+            index = np.arange(flat.size, dtype=np.int64)
+        self.rows.add(key, {"flat_index": index, "value": flat.astype(np.float32, copy=False)})
+        self.held += count
+        if self.held >= VALUES_GATHER:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.held:
+            self.emit(self.rows.table())
+            self.rows, self.held = _Columns(schema.WEIGHT_VALUES), 0
+
+
+def _sample_seed(key: dict) -> int:
+    return zlib.crc32("/".join(key.values()).encode())
 
 
 def _values_batches(key: dict, array: np.ndarray, mode: ValuesMode) -> Iterator[pa.RecordBatch]:
     flat = array.reshape(-1)
     index = None
     if mode.kind == "sample":
-        seed = zlib.crc32("/".join(key.values()).encode())
-        index = sample_indices(flat.size, mode.n, seed)
+        index = sample_indices(flat.size, mode.n, _sample_seed(key))
         flat = flat[index]
     names = schema.WEIGHT_VALUES.column_names
     for start in range(0, flat.size, VALUES_BATCH):

@@ -66,7 +66,9 @@ def pool(matrix: np.ndarray, cells: int = TILE_GRID * TILE_GRID) -> dict[str, np
 
     Non-finite values are left out of a cell's mean (a cell of only NaN/inf has mean NaN)."""
     rows, cols = matrix.shape
-    exact = matrix.size <= cells
+    if matrix.size <= cells:
+        return _one_per_weight(matrix)
+    exact = False
     side = min(TILE_GRID, math.isqrt(cells))
     row_edges = block_edges(rows, rows if exact else min(rows, side))
     col_edges = block_edges(cols, cols if exact else min(cols, side))
@@ -90,6 +92,28 @@ def pool(matrix: np.ndarray, cells: int = TILE_GRID * TILE_GRID) -> dict[str, np
     }
 
 
+def _one_per_weight(matrix: np.ndarray) -> dict[str, np.ndarray]:
+    """pool's cells when each holds one weight: the weight itself (non-finite: mean NaN,
+    peak 0), without the block reductions (most tensors of small models)."""
+    rows, cols = matrix.shape
+    tile_row = np.repeat(np.arange(rows, dtype=np.int64), cols)
+    tile_col = np.tile(np.arange(cols, dtype=np.int64), rows)
+    values = matrix.reshape(-1).astype(np.float64)
+    finite = np.isfinite(values)
+    # + 0.0 as pool's sums (zeros + value) do: a -0.0 weight has mean 0.0
+    mean = np.where(finite, values + 0.0, np.nan)
+    return {
+        "tile_row": tile_row,
+        "tile_col": tile_col,
+        "row_start": tile_row,
+        "row_end": tile_row + 1,
+        "col_start": tile_col,
+        "col_end": tile_col + 1,
+        "mean": mean,
+        "peak": np.where(finite, values, 0.0),
+    }
+
+
 # Elements converted to float64 at a time: pooling a large tensor costs a few MB, not 4x it.
 POOL_CHUNK = 1 << 20
 
@@ -99,6 +123,8 @@ def _block_reduce(
 ) -> tuple[np.ndarray, ...]:
     """Per cell: sum and count of the finite values, max and min (non-finite counted as 0),
     a chunk of rows at a time."""
+    if matrix.size <= POOL_CHUNK:
+        return _small_block_reduce(matrix, row_edges, starts_c)
     n_blocks = len(row_edges) - 1
     shape = (n_blocks, len(starts_c))
     sums, counts = np.zeros(shape), np.zeros(shape, dtype=np.int64)
@@ -106,13 +132,11 @@ def _block_reduce(
     step = max(1, POOL_CHUNK // max(matrix.shape[1], 1))
     chunks = [(k, a, min(a + step, row_edges[k + 1])) for k in range(n_blocks)
               for a in range(row_edges[k], row_edges[k + 1], step)]  # fmt: skip
-    if matrix.size <= POOL_CHUNK:  # small: every row block at once
-        chunks = [(slice(None), 0, matrix.shape[0])]
     for k, a, b in chunks:
         part = matrix[a:b]
         finite = np.isfinite(part)
         values = np.where(finite, part, 0).astype(np.float64, copy=False)
-        starts = row_edges[:-1] if isinstance(k, slice) else np.array([0])
+        starts = np.array([0])
 
         def reduce(ufunc: np.ufunc, data: np.ndarray, starts=starts) -> np.ndarray:
             return ufunc.reduceat(ufunc.reduceat(data, starts, axis=0), starts_c, axis=1)
@@ -124,24 +148,70 @@ def _block_reduce(
     return sums, counts, high, low
 
 
-def tile_table(
-    key: dict[str, str], array: np.ndarray, limit: int = TILE_GRID * TILE_GRID
-) -> pa.Table | None:
-    """The weight_tiles rows of one tensor, at most `limit` cells (None below 2-D)."""
+def _small_block_reduce(
+    matrix: np.ndarray, row_edges: np.ndarray, starts_c: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """_block_reduce of a matrix of at most POOL_CHUNK elements, in one pass: an axis whose
+    blocks are single rows (columns) is not reduced, and the counts of an all-finite
+    matrix are the block sizes. The same values as the chunked loop (its sums start from
+    0.0, so a block summing to -0.0 is 0.0 here too)."""
+    finite = np.isfinite(matrix)
+    values = np.where(finite, matrix, 0).astype(np.float64, copy=False)
+    starts_r = row_edges[:-1]
+    rows_whole = len(starts_r) == matrix.shape[0]
+    cols_whole = len(starts_c) == matrix.shape[1]
+
+    def reduce(ufunc: np.ufunc, data: np.ndarray) -> np.ndarray:
+        if not rows_whole:
+            data = ufunc.reduceat(data, starts_r, axis=0)
+        return data if cols_whole else ufunc.reduceat(data, starts_c, axis=1)
+
+    if finite.all():
+        col_edges = np.append(starts_c, matrix.shape[1])
+        counts = np.outer(np.diff(row_edges), np.diff(col_edges)).astype(np.int64)
+    else:
+        counts = reduce(np.add, finite.astype(np.int64))
+    return (
+        reduce(np.add, values) + 0.0,
+        counts,
+        reduce(np.maximum, values),
+        reduce(np.minimum, values),
+    )
+
+
+def tile_columns(
+    array: np.ndarray, limit: int = TILE_GRID * TILE_GRID
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+    """The weight_tiles columns of one tensor but its key, at most `limit` cells, as numpy
+    arrays of the table's types, and the null masks of `mean` and `peak` (None below 2-D)."""
     matrix = matrix_view(array)
     if matrix is None:
         return None
     cells = pool(matrix, limit)
     n = len(cells["mean"])
-    # the key on every row, filled in by Arrow (a Python list of n copies costs ~4x more)
-    columns = {name: pa.nulls(n, pa.string()).fill_null(value) for name, value in key.items()}
-    columns["rows"] = pa.array(np.full(n, matrix.shape[0], dtype=np.int64))
-    columns["cols"] = pa.array(np.full(n, matrix.shape[1], dtype=np.int64))
+    columns = {
+        "rows": np.full(n, matrix.shape[0], dtype=np.int64),
+        "cols": np.full(n, matrix.shape[1], dtype=np.int64),
+    }
     for name in ("tile_row", "tile_col", "row_start", "row_end", "col_start", "col_end"):
-        columns[name] = pa.array(cells[name].astype(np.int32))
-    mean = cells["mean"]
-    columns["mean"] = pa.array(mean, mask=~np.isfinite(mean))
+        columns[name] = cells[name].astype(np.int32)
+    columns["mean"], columns["peak"] = cells["mean"], cells["peak"]
     # a cell of one weight has no peak of its own (it is the mean): NULL keeps the file small
     single = (cells["row_end"] - cells["row_start"]) * (cells["col_end"] - cells["col_start"]) == 1
-    columns["peak"] = pa.array(cells["peak"], mask=single)
+    return columns, {"mean": ~np.isfinite(cells["mean"]), "peak": single}
+
+
+def tile_table(
+    key: dict[str, str], array: np.ndarray, limit: int = TILE_GRID * TILE_GRID
+) -> pa.Table | None:
+    """The weight_tiles rows of one tensor, at most `limit` cells (None below 2-D)."""
+    found = tile_columns(array, limit)
+    if found is None:
+        return None
+    cells, masks = found
+    n = len(cells["mean"])
+    # the key on every row, repeated by Arrow (a Python list of n copies costs ~4x more)
+    columns = {name: pa.repeat(pa.scalar(value, pa.string()), n) for name, value in key.items()}
+    for name, values in cells.items():
+        columns[name] = pa.array(values, mask=masks.get(name))
     return pa.table(columns, schema=schema.WEIGHT_TILES.arrow_schema)
