@@ -10,12 +10,18 @@ WeightWatcher needs Keras and TensorFlow to read a model, so it runs in another 
 Prints, per layer WeightWatcher analysed, both values of alpha, lambda_max, stable_rank,
 log_norm, entropy and D with their relative differences, and the largest differences overall.
 Layers are matched by name (flat models; WeightWatcher names nested layers differently).
+
+`--summary` (make bench): per model, the best of `--repeats` interleaved runs of
+WeightWatcher's analyze() (in a process that loaded the model once: the load is not timed)
+and of wpipe, as ratios: wpipe's whole ingest with `--spectra all`, what the spectra add to
+an ingest (`--spectra all` less `--spectra none`), and wpipe.spectra alone on every tensor.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,7 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipeline"))
 
 from wpipe.ingest import ingest
-from wpipe.spectra import SpectraOptions
+from wpipe.readers import open_model
+from wpipe.spectra import SpectraOptions, tensor_spectra
 from wpipe.store import Database
 from wpipe.tables import ValuesMode
 
@@ -36,24 +43,57 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import keras
 import weightwatcher as ww
 model = keras.models.load_model(sys.argv[1], compile=False)
-started, cpu = time.perf_counter(), time.process_time()
-details = ww.WeightWatcher(model=model).analyze()
-seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-rows = json.loads(details.to_json(orient="records", double_precision=15))
-print(json.dumps({"seconds": seconds, "cpu": cpu, "version": ww.__version__, "rows": rows}))
+print(json.dumps({"ready": True}), flush=True)
+for _ in sys.stdin:  # one analyze() per line: timed runs interleave with wpipe's
+    started, cpu = time.perf_counter(), time.process_time()
+    details = ww.WeightWatcher(model=model).analyze()
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    rows = json.loads(details.to_json(orient="records", double_precision=15))
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "version": ww.__version__, "rows": rows}),
+          flush=True)
 """
 METRICS = ("alpha", "xmin", "lambda_max", "stable_rank", "log_norm", "entropy", "D", "num_evals")
 STABLE_XMIN = 1e-6  # a fit is stable where both tools chose the same xmin (to this, relative)
 
 
+class WeightWatcher:
+    """WeightWatcher in its own virtualenv, the model loaded once; `analyze()` times one run
+    of its analyze() (wall and CPU seconds of that process, all threads)."""
+
+    def __init__(self, python: str, path: Path) -> None:
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by close())
+        self.proc = subprocess.Popen([python, "-c", WW_SCRIPT, str(path)], text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log)  # fmt: skip
+        self._reply("ready")
+
+    def analyze(self) -> dict:
+        self.proc.stdin.write("analyze\n")
+        self.proc.stdin.flush()
+        return self._reply("rows")
+
+    def _reply(self, field: str) -> dict:
+        for line in self.proc.stdout:  # TensorFlow may print lines of its own
+            if line.startswith("{") and field in (reply := json.loads(line)):
+                return reply
+        self.log.seek(0)
+        raise RuntimeError("WeightWatcher failed: " + self.log.read().strip()[-2000:])
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+        self.log.close()
+
+
 def run_weightwatcher(python: str, path: Path) -> dict:
-    done = subprocess.run(
-        [python, "-c", WW_SCRIPT, str(path)], capture_output=True, text=True, check=True
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    ww = WeightWatcher(python, path)
+    try:
+        return ww.analyze()
+    finally:
+        ww.close()
 
 
-def run_wpipe(paths: list[Path], root: Path) -> tuple[dict, float, float]:
+def run_wpipe(paths: list[Path], root: Path, mode: str = "all") -> tuple[dict, float, float]:
     """Rows by (path, layer), wall and CPU seconds (all threads) of the ingest, which runs in
     this process (no worker pool: its CPU time is this process's)."""
     db = Database(root / "w.duckdb")
@@ -65,7 +105,7 @@ def run_wpipe(paths: list[Path], root: Path) -> tuple[dict, float, float]:
             root / "w.lake",
             values=ValuesMode("none"),
             jobs=1,
-            spectra=SpectraOptions("all", cache_dir=None),
+            spectra=SpectraOptions(mode, cache_dir=None),
             file_timeout=None,
         )
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -88,6 +128,23 @@ def run_wpipe(paths: list[Path], root: Path) -> tuple[dict, float, float]:
     )
 
 
+def spectra_alone(path: Path) -> tuple[float, float]:
+    """Wall and CPU seconds of wpipe.spectra on every tensor of the file, one after another
+    in this thread (no reading, statistics or lake; the arrays loaded beforehand)."""
+    tensors = []
+    with open_model(path) as model:
+        for layer in model.layers:
+            for t in layer.tensors:
+                if t.status == "ok":
+                    tensors.append((layer.class_name, layer.config, t.weight_name, t.role,
+                                    t.layout, t.load()))  # fmt: skip
+    options = SpectraOptions("all")
+    started, cpu = time.perf_counter(), time.process_time()
+    for tensor in tensors:
+        tensor_spectra(*tensor, options)
+    return time.perf_counter() - started, time.process_time() - cpu
+
+
 def rel(a, b) -> float | None:
     if a is None or b is None:
         return None
@@ -99,10 +156,11 @@ def main() -> None:
     parser.add_argument("--ww-python", required=True, help="python of a venv with weightwatcher")
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--show", default="alpha,lambda_max,stable_rank", help="metrics printed")
-    parser.add_argument("--summary", action="store_true", help="one line per model (make bench)")
+    parser.add_argument("--summary", action="store_true", help="timings per model (make bench)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs (--summary)")
     args = parser.parse_args()
     if args.summary:
-        summary(args.ww_python, [p.resolve() for p in args.models])
+        summary(args.ww_python, [p.resolve() for p in args.models], args.repeats)
         return
     show = args.show.split(",")
     paths = [p.resolve() for p in args.models]
@@ -143,47 +201,71 @@ def main() -> None:
           f"--spectra all (reading, statistics and spectra): {wp_seconds:.1f} s")  # fmt: skip
 
 
-def summary(python: str, paths: list[Path]) -> None:
-    """Per model: analyze() time against `wpipe ingest --spectra all`, and the differences."""
+def summary(python: str, paths: list[Path], repeats: int) -> None:
+    """Per model, best of `repeats` interleaved runs (the machine is shared): WeightWatcher's
+    analyze() against wpipe's whole ingest with --spectra all, against what the spectra add to
+    an ingest (--spectra all less --spectra none), and against the spectra alone; then the
+    differences of the metrics."""
     for path in paths:
-        with tempfile.TemporaryDirectory() as tmp:
-            ours, wp_seconds, wp_cpu = run_wpipe([path], Path(tmp))
-        ww = run_weightwatcher(python, path)
-        alpha, unstable, worst = (
-            [],
-            0,
-            dict.fromkeys(("lambda_max", "stable_rank", "log_norm"), 0.0),
-        )
-        matched = 0
-        for row in ww["rows"]:
-            mine = ours.get((str(path), row["name"]))
-            if mine is None or (row["N"], row["M"], row["rf"]) != (
-                mine["N"],
-                mine["M"],
-                mine["rf"],
-            ):
-                continue
-            matched += 1
-            for metric in worst:
-                diff = rel(row.get(metric), mine[metric])
-                worst[metric] = max(worst[metric], diff or 0.0)
-            if row.get("alpha", -1) <= 0 or mine["alpha"] is None:
-                continue
-            if (rel(row.get("xmin"), mine["xmin"]) or 0.0) > STABLE_XMIN:
-                unstable += 1  # another tail chosen: the KS minimum is flat there
-                continue
-            alpha.append(rel(row["alpha"], mine["alpha"]))
-        within = sum(d <= 0.01 for d in alpha)
+        ww = WeightWatcher(python, path)
+        runs: dict[str, list[tuple[float, float]]] = {k: [] for k in ("ww", "all", "none", "alone")}
+        loads = [os.getloadavg()[0]]
+        try:
+            for _ in range(repeats):
+                theirs = ww.analyze()
+                runs["ww"].append((theirs["seconds"], theirs["cpu"]))
+                for mode in ("none", "all"):
+                    with tempfile.TemporaryDirectory() as tmp:
+                        ours, seconds, cpu = run_wpipe([path], Path(tmp), mode)
+                    runs[mode].append((seconds, cpu))
+                    if mode == "all":
+                        mine = ours
+                runs["alone"].append(spectra_alone(path))
+                loads.append(os.getloadavg()[0])
+        finally:
+            ww.close()
+        best = {k: (min(w for w, _ in v), min(c for _, c in v)) for k, v in runs.items()}
+        added = tuple(a - n for a, n in zip(best["all"], best["none"], strict=True))
+        ww_wall, ww_cpu = best["ww"]
+
+        def vs(label: str, wall: float, cpu: float, ww: tuple = best["ww"]) -> str:
+            return (f"{label} {wall:6.2f} s wall, {cpu:6.2f} s CPU: "
+                    f"{ww[0] / wall:5.1f}x faster wall, {ww[1] / cpu:5.1f}x CPU")  # fmt: skip
+
         print(
-            f"WeightWatcher {ww['version']} on {path.stem}: {matched} layers | analyze() "
-            f"{ww['seconds']:6.1f} s wall, {ww['cpu']:6.1f} s CPU; wpipe ingest --spectra all "
-            f"(read, statistics, spectra) {wp_seconds:6.1f} s wall, {wp_cpu:6.1f} s CPU: "
-            f"{ww['seconds'] / wp_seconds:4.1f}x faster wall, {ww['cpu'] / wp_cpu:4.1f}x CPU "
-            f"(target 5x) | alpha within 1 %: "
-            f"{within}/{len(alpha)} stable fits (largest difference "
-            f"{max(alpha, default=0.0):.1e}); {unstable} fits with another xmin | largest "
-            + ", ".join(f"{k} {v:.1e}" for k, v in worst.items())
+            f"WeightWatcher {theirs['version']} on {path.stem}, best of {repeats} interleaved "
+            f"runs (1-minute load average {min(loads):.1f} to {max(loads):.1f}): analyze() "
+            f"{ww_wall:6.2f} s wall, {ww_cpu:6.2f} s CPU (model already loaded); target >= 5x\n"
+            f"  {vs('wpipe ingest --spectra all (read, statistics, lake, spectra)', *best['all'])}"
+            f"\n  {vs('wpipe spectra, added to an ingest (--spectra all less none)', *added)}"
+            f"\n  {vs('wpipe spectra alone (every tensor, one after another)', *best['alone'])}"
         )
+        print("  " + differences(path, theirs["rows"], mine))
+
+
+def differences(path: Path, rows: list[dict], ours: dict) -> str:
+    """alpha within 1 % on the stable fits, and the largest differences of the norms."""
+    alpha, unstable, matched = [], 0, 0
+    worst = dict.fromkeys(("lambda_max", "stable_rank", "log_norm"), 0.0)
+    for row in rows:
+        mine = ours.get((str(path), row["name"]))
+        if mine is None or (row["N"], row["M"], row["rf"]) != (mine["N"], mine["M"], mine["rf"]):
+            continue
+        matched += 1
+        for metric in worst:
+            worst[metric] = max(worst[metric], rel(row.get(metric), mine[metric]) or 0.0)
+        if row.get("alpha", -1) <= 0 or mine["alpha"] is None:
+            continue
+        if (rel(row.get("xmin"), mine["xmin"]) or 0.0) > STABLE_XMIN:
+            unstable += 1  # another tail chosen: the KS minimum is flat there
+            continue
+        alpha.append(rel(row["alpha"], mine["alpha"]))
+    within = sum(d <= 0.01 for d in alpha)
+    return (
+        f"{matched} layers | alpha within 1 %: {within}/{len(alpha)} stable fits (largest "
+        f"difference {max(alpha, default=0.0):.1e}); {unstable} fits with another xmin | largest "
+        + ", ".join(f"{k} {v:.1e}" for k, v in worst.items())
+    )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from wpipe.anatomy import (
     SEPARABLE,
     _wrapped,
 )
-from wpipe.eigen import eigenvalues, spectrum
+from wpipe.eigen import SOLVER_WORK, eigenvalues, spectrum
 from wpipe.readers.base import from_cudnn
 
 METHOD_VERSION = "wpipe-spectra/2"  # 2: float32 Gram where N >= 2M (wpipe.eigen)
@@ -43,7 +43,6 @@ ENTROPY_EPSILON = 1e-10  # added to each p and to the rank in the entropy (Weigh
 # machine: float32 syrk ~4·10¹⁰/s; the float64 2-stage solver ~M³/(7·10⁻¹¹ s), i.e. 3.2 M³).
 AUTO_BUDGET = 2.0
 AUTO_RATE = 4e10
-SOLVER_WORK = 3.2  # eigenvalues of an M×M Gram matrix cost about SOLVER_WORK·M³ multiply-adds
 AUTO_SKIP = "skipped: above the auto budget; --spectra all analyses it"
 SETTLED_FIT = 1e3  # a fit whose xmin is within this × the eigenvalues' error bound is redone
 CONV_RESCALE = 0.5  # eigenvalue factor of pooled convolution slices: W/√2 (WW conv2d_norm)
