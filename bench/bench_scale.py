@@ -212,59 +212,76 @@ def real_case() -> None:
         print("real = skipped: run /work/venvs/tf/bin/python bench/make_real_models.py first")
         return
     print(f"real = {len(paths)} keras.applications models with random weights")
-    empty = _empty_store_mb()
+    lake_bytes = {}
     for path in paths:
         ref = measure("reference", [path])
-        db = DATA / "real.duckdb"
-        lake = db.with_suffix(".lake")
-        for leftover in (db, lake):
-            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(
-                missing_ok=True)  # fmt: skip
+        db = _fresh_store(DATA / "real.duckdb")
         # -j 1 without a time limit: every stage in one process, so its peak is the whole
         # ingest's (a pool's workers are not children the driver's rusage can see)
         ours = run_cli(["ingest", path, "--db", str(db), "-j", "1", "-q", "--file-timeout", "0"])
-        size = Path(path).stat().st_size / 1e6
-        stored = disk_mb(db, lake) - disk_mb(lake / ".spectra-cache")
+        lake_bytes[path] = sum(
+            f.stat().st_size for f in db.with_suffix(".lake").glob("*/*.parquet")
+        )
         budget = 3 * ref["largest_tensor"] / 2**20 + 300
         print(
-            f"  {Path(path).name:<22} {size:6.1f} MB  ingest {ours['seconds']:6.2f} s "
-            f"(reference {ref['seconds']:.2f} s, {ours['seconds'] / ref['seconds']:.1f}x)  "
-            f"peak RSS {ours['peak_rss_mb']:5.0f} MB / budget {budget:.0f} MB  stored "
-            f"{stored - empty:6.2f} MB = {(stored - empty) / size * 100:.1f} % of the file "
-            f"(+{empty:.1f} MB for an empty database)"
+            f"  {Path(path).name:<22} {Path(path).stat().st_size / 1e6:6.1f} MB  ingest "
+            f"{ours['seconds']:6.2f} s (reference {ref['seconds']:.2f} s, "
+            f"{ours['seconds'] / ref['seconds']:.1f}x)  peak RSS {ours['peak_rss_mb']:5.0f} MB"
+            f" / budget {budget:.0f} MB"
         )
-        costs = child_json([__file__, "--table-bytes", str(db)])
-        top = list(costs.items())[:7]
-        print("      per table, database + lake KB (rows): "
-              + ", ".join(f"{t} {(d + lk) / 1e3:.0f} ({n})" for t, (d, lk, n) in top))  # fmt: skip
+    # What one more model adds to a database holding the others: its lake data files (above,
+    # its own) plus what dropping its rows from the database's tables saves (tables copied
+    # into databases of 16 KB blocks; the lake's logs and DuckDB's block slack are not per model)
+    db = _fresh_store(DATA / "real_all.duckdb")
+    run_cli(["ingest", *paths, "--db", str(db), "-j", "1", "-q", "--file-timeout", "0"])
+    print("  stored per model (default --values auto), database + lake:")
+    for path in paths:
+        saved = child_json([__file__, "--table-bytes", str(db), str(Path(path).resolve())])
+        size = Path(path).stat().st_size
+        duck = sum(saved.values())
+        top = ", ".join(f"{t} {b / 1e3:.0f}" for t, b in list(saved.items())[:4])
+        print(f"    {Path(path).name:<22} lake {lake_bytes[path] / 1e3:6.0f} KB + database "
+              f"{duck / 1e3:5.0f} KB ({top}) = {(lake_bytes[path] + duck) / size * 100:.1f} % "
+              "of the file")  # fmt: skip
 
 
-def table_bytes_child(db: str) -> None:
-    """Bytes each table takes: in DuckDB (the table alone copied into a new database of
-    16 KB blocks, less an empty one's size) and in the lake (its Parquet data files)."""
+def _fresh_store(db: Path) -> Path:
+    for leftover in (db, db.with_suffix(".lake")):
+        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(
+            missing_ok=True)  # fmt: skip
+    return db
+
+
+def table_bytes_child(db: str, path: str) -> None:
+    """Bytes the database's tables take with and without the rows of the model at `path`
+    (each table copied alone into a new database of 16 KB blocks): table -> difference."""
     import duckdb
 
-    lake = Path(db).with_suffix(".lake")
     scratch = Path(db).with_name("table_bytes.duckdb")
+    source = duckdb.connect(db, read_only=True)
+    model_id = source.execute("SELECT model_id FROM models WHERE path = ?", [path]).fetchone()[0]
+    tables = [t for t in _tables(db) if "model_id" in _columns(source, t)]
+    source.close()
     out = {}
-    for table in [*_tables(db), None]:
-        for leftover in (scratch, scratch.with_suffix(".duckdb.wal")):
-            leftover.unlink(missing_ok=True)
-        con = duckdb.connect()
-        con.execute(f"ATTACH '{scratch}' AS d (BLOCK_SIZE 16384)")
-        con.execute(f"ATTACH '{db}' AS s (READ_ONLY)")
-        rows = 0
-        if table is not None:
-            con.execute(f'CREATE TABLE d."{table}" AS SELECT * FROM s."{table}"')
-            rows = con.execute(f'SELECT count(*) FROM d."{table}"').fetchone()[0]
-        con.execute("CHECKPOINT d")
-        con.close()
-        files = (lake / table).glob("*.parquet") if table else []
-        out[table] = (scratch.stat().st_size, sum(f.stat().st_size for f in files), rows)
+    for table in tables:
+        sizes = []
+        for where in ("true", f"model_id <> '{model_id}'"):
+            for leftover in (scratch, scratch.with_suffix(".duckdb.wal")):
+                leftover.unlink(missing_ok=True)
+            con = duckdb.connect()
+            con.execute(f"ATTACH '{scratch}' AS d (BLOCK_SIZE 16384)")
+            con.execute(f"ATTACH '{db}' AS s (READ_ONLY)")
+            con.execute(f'CREATE TABLE d."{table}" AS SELECT * FROM s."{table}" WHERE {where}')
+            con.execute("CHECKPOINT d")
+            con.close()
+            sizes.append(scratch.stat().st_size)
+        out[table] = max(0, sizes[0] - sizes[1])
     scratch.unlink(missing_ok=True)
-    base = out.pop(None)[0]
-    costs = {t: (max(0, d - base), lk, n) for t, (d, lk, n) in out.items()}
-    print(json.dumps(dict(sorted(costs.items(), key=lambda kv: -(kv[1][0] + kv[1][1])))))
+    print(json.dumps(dict(sorted(out.items(), key=lambda kv: -kv[1]))))
+
+
+def _columns(con, table: str) -> list[str]:
+    return [r[0] for r in con.execute(f'DESCRIBE "{table}"').fetchall()]
 
 
 def _tables(db: str) -> list[str]:
@@ -287,18 +304,6 @@ def _count_models(db: Path) -> int:
         con.close()
 
 
-def _empty_store_mb() -> float:
-    """Bytes of a database and lake with no model: the fixed cost, not per model."""
-    db = DATA / "empty.duckdb"
-    for leftover in (db, db.with_suffix(".lake")):
-        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(
-            missing_ok=True)  # fmt: skip
-    empty = DATA / "empty_folder"
-    empty.mkdir(parents=True, exist_ok=True)
-    run_cli(["ingest", str(empty), "--db", str(db), "-q"])
-    return disk_mb(db, db.with_suffix(".lake"))
-
-
 CASES = {"tree": tree_case, "real": real_case}
 
 
@@ -317,7 +322,7 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--cli":
         cli_child(sys.argv[2:])
     elif len(sys.argv) > 1 and sys.argv[1] == "--table-bytes":
-        table_bytes_child(sys.argv[2])
+        table_bytes_child(sys.argv[2], sys.argv[3])
     elif len(sys.argv) > 1 and sys.argv[1] == "--views":
         views_child(sys.argv[2])
     elif len(sys.argv) > 1 and sys.argv[1] == "--make-tree":

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from wpipe import store
+from wpipe import store, tables
 from wpipe.analysis import StatsOptions
 from wpipe.ingest import discover, ingest
 from wpipe.tables import ValuesMode
@@ -89,6 +89,29 @@ def test_values_modes_bound_weight_values(folder, warehouse, mode, per_tensor):
         "w.weight_name"
     )
     assert rows and all(n == min(size, per_tensor) for size, n in rows)
+
+
+def test_auto_values_bound_each_model_and_share_it_evenly(folder, warehouse, monkeypatch):
+    # small limits so these small models cross them: 8 a tensor, 20 a model
+    monkeypatch.setattr(tables, "AUTO_TENSOR_VALUES", 8)
+    monkeypatch.setattr(tables, "MODEL_VALUES", 20)
+    warehouse.ingest(folder, values="auto")
+    rows = warehouse.query(
+        "SELECT w.model_id, w.size, count(v.value) FROM weights w LEFT JOIN weight_values v "
+        "USING (model_id, layer_path, weight_name) WHERE w.status = 'ok' "
+        "GROUP BY w.model_id, w.layer_path, w.weight_name, w.size"
+    )
+    by_model: dict[str, list[tuple[int, int]]] = {}
+    for model_id, size, n in rows:
+        by_model.setdefault(model_id, []).append((size, n))
+    crossed = 0
+    for counts in by_model.values():
+        sizes = [size for size, _ in counts]
+        # the largest share that keeps the model within 20 (at least one value a tensor)
+        share = max([1] + [q for q in range(1, 9) if sum(min(s, q) for s in sizes) <= 20])
+        crossed += share < 8
+        assert [n for _, n in counts] == [min(size, share) for size in sizes]
+    assert crossed  # some model was over the limit
 
 
 def test_all_values_reproduce_the_tensor(folder, warehouse):

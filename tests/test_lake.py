@@ -19,6 +19,7 @@ import pytest
 from deltalake import DeltaTable
 from wpipe import filemap, schema, store
 from wpipe.store import sync
+from wpipe.store.lake import Lake
 
 from tests.conftest import MODELS, Warehouse
 
@@ -203,8 +204,53 @@ def test_a_lake_without_its_database_loads_it_without_reading_files(folder, ware
     assert_lake_equals_database(warehouse)
 
 
-def test_a_database_without_its_lake_writes_it(folder, warehouse):
+def copies_every_table(warehouse: Warehouse) -> None:
+    """Turn the database's served tables into copies, as for a lake on object storage."""
+    db = store.Database(warehouse.db_path)
+    try:
+        db.serve_from(Lake.open("s3://nowhere/lake"))  # never reached: views become copies
+        assert not db.served
+    finally:
+        db.close()
+
+
+def test_a_local_lake_serves_the_tables_of_many_rows_and_copies_become_views(folder, warehouse):
+    served = {"units", "weight_values", "histograms", "weight_tiles", "eigenvalues"}
     warehouse.ingest(folder)
+    con = duckdb.connect(str(warehouse.db_path), read_only=True)
+    views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    con.close()
+    assert served <= views and not served & tables
+    assert {"models", "layers", "weights", "spectra"} <= tables
+    copies_every_table(warehouse)  # a database of an older wpipe, or of a lake elsewhere
+    before = warehouse.query("SELECT count(*), sum(value) FROM weight_values")
+    assert warehouse.ingest(folder).ingested == 0
+    assert warehouse.query("SELECT count(*), sum(value) FROM weight_values") == before
+    db = store.Database(warehouse.db_path)
+    try:
+        assert db.served == served
+    finally:
+        db.close()
+    assert_lake_equals_database(warehouse)
+
+
+def test_a_database_without_its_lake_reads_the_files_again(folder, warehouse):
+    # the database serves units, values, … from the lake's files: they went with it
+    warehouse.ingest(folder)
+    names = warehouse.query("SELECT model_id, name FROM model_names ORDER BY 1")
+    shutil.rmtree(warehouse.lake)
+    report = warehouse.ingest(folder)
+    assert (report.ingested, report.unchanged) == (3, 0)
+    assert any("every model file is read again" in w for w in report.warnings)
+    assert warehouse.query("SELECT model_id, name FROM model_names ORDER BY 1") == names
+    assert_lake_equals_database(warehouse)
+
+
+def test_a_database_without_its_lake_writes_it_when_it_holds_copies(folder, warehouse):
+    # a database that copied every table (its lake was on object storage) is the surviving copy
+    warehouse.ingest(folder)
+    copies_every_table(warehouse)
     shutil.rmtree(warehouse.lake)
     assert warehouse.ingest(folder).ingested == 0
     assert_lake_equals_database(warehouse)
@@ -213,6 +259,7 @@ def test_a_database_without_its_lake_writes_it(folder, warehouse):
 def test_a_lake_of_the_older_layout_is_migrated(folder, warehouse):
     warehouse.ingest(folder)
     # rebuild the lake as wpipe 0.1 wrote it: <lake>/<model_id>/<table>.parquet
+    copies_every_table(warehouse)  # as the database of that wpipe did
     con = duckdb.connect(str(warehouse.db_path), read_only=True)
     shutil.rmtree(warehouse.lake)
     for (model_id,) in con.execute("SELECT model_id FROM models").fetchall():

@@ -150,6 +150,11 @@ def _temporary_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
             f"{path}: made by another wpipe version ({_first_line(str(exc))}); run "
             "`wpipe ingest` on it once to upgrade it"
         ) from None
+    except duckdb.IOException as exc:  # a served table's lake files (store.SERVED)
+        raise DatabaseError(
+            f"{path}: files of its lake are missing ({_first_line(str(exc))}); run "
+            "`wpipe ingest` on the same folders to read the models again"
+        ) from None
 
 
 def _first_line(text: str) -> str:

@@ -84,14 +84,13 @@ class _Silent:
 
 # What a file's rows hold: raised when a release changes them (new tables or columns, new role
 # rules), so that files ingested by an older wpipe are read again rather than kept half-filled.
-ROWS_VERSION = 2
+ROWS_VERSION = 3
 
 
 def ingest_options(options: StatsOptions, values: ValuesMode, spectra: SpectraOptions) -> str:
     """The options that change a model's rows, as stored in models.ingest_options."""
-    sample = f":{values.n}" if values.kind == "sample" else ""
     return (
-        f"rows={ROWS_VERSION} values={values.kind}{sample} near_zero={options.near_zero:g} "
+        f"rows={ROWS_VERSION} values={values.text} near_zero={options.near_zero:g} "
         f"bins={options.bins} "
         f"spectra={spectra.mode} pool={spectra.pool} conv_rescale={spectra.conv_rescale}"
     )
@@ -114,7 +113,7 @@ def _stops_on_full_disk(function: Callable[..., Report]) -> Callable[..., Report
         except Exception as exc:
             if not space.is_full(exc):
                 raise
-            raise StoreFailed(space.first_line(exc)) from None
+            raise StoreFailed(space.full_reason(exc)) from None
 
     return run
 
@@ -399,7 +398,7 @@ class _Driver:
                     raise
                 # commits the database did not load are rolled back by the next run
                 self.discard_pending()
-                raise StoreFailed(space.first_line(exc)) from None
+                raise StoreFailed(space.full_reason(exc)) from None
             self.known_ids.update(ids)
             self.progress.advance(len(self.pending))
             self.pending, self.shared = [], []

@@ -188,7 +188,7 @@ HISTOGRAMS = Table(
 
 WEIGHT_VALUES = Table(
     "weight_values",
-    "single weight value (all by default; --values sample:N or none)",
+    "single weight value (--values: auto by default, all, sample:N or none)",
     (
         *TENSOR_KEY,
         _c("flat_index", I64, "index in the C-order flattened tensor"),

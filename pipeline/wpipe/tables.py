@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -38,17 +39,21 @@ class FileInfo:
     ingest_options: str = ""
 
 
-# Default --values: every value of a tensor of up to N elements, a uniform sample of N from a
-# larger one (README: Values), so what a large model stores stays a few % of its file.
-DEFAULT_VALUES = "sample:1024"
+# Default --values (README: Values): sample:1024, and at most MODEL_VALUES values a model, so
+# what a large model stores stays a few % of its file whatever its number of tensors.
+DEFAULT_VALUES = "auto"
+AUTO_TENSOR_VALUES = 1024
+MODEL_VALUES = 32768
 
 
 @dataclass(frozen=True)
 class ValuesMode:
-    """How many values per tensor go to weight_values: all, none, or a uniform sample of N."""
+    """How many values per tensor go to weight_values: all, none, or a uniform sample of N
+    (`per_model`: and at most that many in a model, each tensor's share lowered evenly)."""
 
     kind: str  # "all" | "none" | "sample"
     n: int = 0
+    per_model: int = 0
 
     @classmethod
     def default(cls) -> ValuesMode:
@@ -58,10 +63,32 @@ class ValuesMode:
     def parse(cls, text: str) -> ValuesMode:
         if text in ("all", "none"):
             return cls(text)
+        if text == "auto":
+            return cls("sample", AUTO_TENSOR_VALUES, MODEL_VALUES)
         kind, _, number = text.partition(":")
         if kind == "sample" and number.isdigit() and int(number) > 0:
             return cls("sample", int(number))
-        raise ValueError(f"--values must be all, none or sample:N (N > 0), not {text!r}")
+        raise ValueError(f"--values must be auto, all, none or sample:N (N > 0), not {text!r}")
+
+    @property
+    def text(self) -> str:
+        if self.per_model:
+            return "auto"
+        return f"sample:{self.n}" if self.kind == "sample" else self.kind
+
+    def per_tensor(self, sizes: list[int]) -> int:
+        """Values a tensor of the model whose tensors have `sizes` keeps (all when smaller):
+        the largest share up to n that keeps the model within per_model."""
+        if not self.per_model or sum(min(s, self.n) for s in sizes) <= self.per_model:
+            return self.n
+        lo, hi = 0, self.n  # sum(min(s, q)) grows with q: the largest q within the budget
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if sum(min(s, mid) for s in sizes) <= self.per_model:
+                lo = mid
+            else:
+                hi = mid - 1
+        return max(lo, 1)
 
 
 def model_id_for(path: str) -> str:
@@ -95,7 +122,9 @@ def build_tables(
     # per tensor Arrow columns, not dict rows: a model's units and bins stay a few MB
     hist_rows, unit_rows = _Columns(schema.HISTOGRAMS), _Columns(schema.UNITS)
     tile_rows = _Columns(schema.WEIGHT_TILES)
-    values_out = _Values(values, emit_values)
+    sample = values.per_tensor([t.size for layer in model.layers for t in layer.tensors
+                                if t.status == "ok"])  # fmt: skip
+    values_out = _Values(dataclasses.replace(values, n=sample, per_model=0), emit_values)
     spectra_out = SpectraCollector(spectra or SpectraOptions())
     weight_index = 0
     tile_budget = TileBudget([t.shape for layer in model.layers for t in layer.tensors])

@@ -89,8 +89,11 @@ def _strip_comments(query: str) -> str:
 
 
 def stored_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    """The database file (not the temp catalog) has a table `name`."""
+    """The database file (not the temp catalog) has a table `name`, or a view of that name
+    standing for one (a table served from the lake)."""
     query = (
-        "SELECT count(*) FROM duckdb_tables() WHERE lower(table_name) = lower(?) AND NOT temporary"
+        "SELECT count(*) FROM (SELECT table_name AS name FROM duckdb_tables() WHERE NOT temporary "
+        "UNION ALL SELECT view_name FROM duckdb_views() WHERE NOT temporary) "
+        "WHERE lower(name) = lower(?)"
     )
     return bool(con.execute(query, [name]).fetchone()[0])

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import wpipe
 from wpipe import schema, store
+from wpipe.store.lake import Lake, write_data_file
 
 from tests.conftest import MODELS, Warehouse, expected
 
@@ -161,6 +162,7 @@ def many_models(root: Path, n_models: int = 500) -> Path:
     warehouse.ingest(make_zoo(root / "zoo", originals), values="sample:50")
     copies = n_models // len(originals) - 1
     db = store.Database(warehouse.db_path)
+    lake = Lake.open(str(warehouse.lake))
     try:
         new_id = "left(md5(model_id || '#' || k.range::VARCHAR), 16)"
         for table in schema.MODEL_TABLES:
@@ -169,15 +171,19 @@ def many_models(root: Path, n_models: int = 500) -> Path:
                 if column == "model_id":
                     columns.append(f"{new_id} AS model_id")
                 elif column in ("name", "path"):
-                    columns.append(f"{column} || '#' || lpad(k.range::VARCHAR, 3, '0')")
+                    columns.append(f"{column} || '#' || lpad(k.range::VARCHAR, 3, '0') AS {column}")
                 elif column == "sha256":  # stand-ins for distinct checkpoints, not duplicates
-                    columns.append("sha256 || '#' || k.range::VARCHAR")
+                    columns.append("sha256 || '#' || k.range::VARCHAR AS sha256")
                 else:  # qualified: eigenvalues has a column k, the alias below
                     columns.append(f'{table.name}."{column}"')
-            db.con.execute(
-                f"INSERT INTO {table.name} SELECT {', '.join(columns)} "
-                f"FROM {table.name}, range(1, {copies + 1}) AS k"
-            )
+            rows = db.con.sql(f"SELECT {', '.join(columns)} FROM {table.name}, "
+                              f"range(1, {copies + 1}) AS k").to_arrow_table()  # fmt: skip
+            # into the lake too: the database serves some tables from its files
+            lake.commit(table.name, [write_data_file(lake.location, table.name,
+                                                     rows.cast(table.arrow_schema))])  # fmt: skip
+            if table.name not in db.served:
+                store.insert_arrow(db.con, table, rows)
+        db.record_versions(lake, lake.versions())
         _many_series(db.con, copies)
         for (path,) in db.con.execute("SELECT path FROM models WHERE path LIKE '%#%'").fetchall():
             Path(path).symlink_to(path.rsplit("#", 1)[0])

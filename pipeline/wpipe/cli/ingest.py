@@ -37,8 +37,9 @@ def ingest_command(
     jobs: int = typer.Option(os.cpu_count() or 1, "--jobs", "-j", min=1, help="Worker processes."),
     values: str = typer.Option(
         DEFAULT_VALUES,
-        help="Per-value rows in weight_values: all, none, or sample:N per tensor (every value "
-        "of a tensor of up to N elements, a uniform sample of N from a larger one).",
+        help="Per-value rows in weight_values: sample:N per tensor (every value of a tensor "
+        "of up to N elements, a uniform sample of N from a larger one), auto (sample:1024 and "
+        "at most 32,768 a model), all or none.",
     ),
     near_zero: float = typer.Option(
         1e-3, min=0.0, help="|w| below this counts as near zero (weights.near_zero_frac)."

@@ -1,9 +1,12 @@
 """store stage: the DuckDB database — contract tables, views, and loads from the lake.
 
 Model tables are loaded from the lake's committed data files (a pyarrow dataset DuckDB scans
-natively: no extension, works offline); derived tables (drift, tags, metrics) and
-ingest_errors live here only. `lake_versions` records which lake version each model table
-holds, so a run killed between a lake commit and its load is rolled back on the next run.
+natively: no extension, works offline), except the tables of a row per unit, value, bin, tile
+or eigenvalue (SERVED): with a lake on the local disk those are views over its current data
+files (read_parquet of their paths), not copies — a copy took 3-5x the Parquet bytes again.
+Derived tables (drift, tags, metrics) and ingest_errors live here only. `lake_versions`
+records which lake version each model table holds, so a run killed between a lake commit
+and its load is rolled back on the next run.
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ LAKE_VERSIONS_DDL = (
 )
 
 
+# Tables a database with a local lake reads from the lake's files in place.
+SERVED = (schema.HISTOGRAMS, schema.WEIGHT_VALUES, schema.UNITS, schema.EIGENVALUES,
+          schema.WEIGHT_TILES)  # fmt: skip
+
+
 def _ddl(table: schema.Table) -> str:
     columns = ", ".join(f'"{c.name}" {_DUCK_TYPES[c.type]}' for c in table.columns)
     return f"CREATE TABLE IF NOT EXISTS {table.name} ({columns})"
@@ -73,17 +81,43 @@ def configure(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> bool:
     """Create every contract table that is missing (a database from an older wpipe gains the
-    tables added since), then the views."""
+    tables added since), then the views. True: the lake was lost (_forget_lost_lake)."""
     had_names = _has_table(con, schema.MODEL_NAMES.name)
+    served = _served_views(con)  # views: their columns are the contract's when re-pointed
     for table in schema.ALL_TABLES:
+        if table.name in served:
+            continue
         con.execute(_ddl(table))
         _add_missing_columns(con, table)
     con.execute(LAKE_VERSIONS_DDL)
     if not had_names:
         naming.adopt(con)  # a database from before model_names keeps the names it had
+    lost = _forget_lost_lake(con)
     views.apply(con)
+    return lost
+
+
+def _forget_lost_lake(con: duckdb.DuckDBPyConnection) -> bool:
+    """True if a served table's files are gone (its lake was deleted or moved): the models'
+    rows went with them, so the database forgets every model (the next ingest reads each
+    file again; names stay) and the views serve no rows."""
+    served = _served_views(con)
+    try:
+        for name in served:
+            con.execute(f"SELECT * FROM {name} LIMIT 0")  # binding opens every file
+        return False
+    except duckdb.IOException:
+        pass
+    con.execute("BEGIN TRANSACTION")
+    for table in schema.MODEL_TABLES:
+        if table.name in served:
+            con.execute(f"CREATE OR REPLACE VIEW {table.name} AS {_select_files(table, [])}")
+        else:
+            con.execute(f"DELETE FROM {table.name}")
+    con.execute("COMMIT")
+    return True
 
 
 def _add_missing_columns(con: duckdb.DuckDBPyConnection, table: schema.Table) -> None:
@@ -94,6 +128,23 @@ def _add_missing_columns(con: duckdb.DuckDBPyConnection, table: schema.Table) ->
         if column.name not in present:
             kind = _DUCK_TYPES[column.type]
             con.execute(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+
+
+def _served_views(con: duckdb.DuckDBPyConnection) -> set[str]:
+    names = {t.name for t in SERVED}
+    query = "SELECT view_name FROM duckdb_views() WHERE schema_name = 'main' AND NOT temporary"
+    return {name for (name,) in con.execute(query).fetchall() if name in names}
+
+
+def _select_files(table: schema.Table, files: list[str]) -> str:
+    """SELECT of `table`'s columns from Parquet `files` (none: no rows, the same columns);
+    by name, so a file from before a column was added reads it as NULL."""
+    if not files:
+        columns = ", ".join(f'NULL::{_DUCK_TYPES[c.type]} AS "{c.name}"' for c in table.columns)
+        return f"SELECT {columns} LIMIT 0"
+    columns = ", ".join(f'"{c}"' for c in table.column_names)
+    quoted = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+    return f"SELECT {columns} FROM read_parquet([{quoted}], union_by_name = true)"
 
 
 def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
@@ -116,8 +167,8 @@ class Database:
         self._lock = None if read_only else (lock or dblock.WriterLock(self.path))
         try:
             self.con = configure(duckdb.connect(self.path, read_only=read_only))
-            if not read_only:
-                ensure_schema(self.con)
+            self.lost_lake = not read_only and ensure_schema(self.con)
+            self.served = _served_views(self.con)
         except BaseException:
             if getattr(self, "con", None) is not None:
                 self.con.close()
@@ -183,7 +234,7 @@ class Database:
         self.con.register("batch_ids", pa.table({"model_id": pa.array(ids, pa.string())}))
         self.con.register("replaced_ids", gone)
         try:
-            for table in schema.MODEL_TABLES:
+            for table in self.copied():
                 if gone.num_rows:
                     self.con.execute(
                         f"DELETE FROM {table.name} "
@@ -226,7 +277,7 @@ class Database:
         """Replace every model table's rows by the lake's (a lake without its database)."""
         self.con.execute("BEGIN TRANSACTION")
         try:
-            for table in schema.MODEL_TABLES:
+            for table in self.copied():
                 self.con.execute(f"DELETE FROM {table.name}")
                 insert_arrow(self.con, table, lake.dataset(table.name))
             self._record_versions(lake, lake.versions())
@@ -250,6 +301,40 @@ class Database:
         self._record_versions(lake, versions)
         self.con.execute("COMMIT")
 
+    def copied(self) -> list[schema.Table]:
+        """The model tables this database holds rows of (the others it serves from the lake)."""
+        return [t for t in schema.MODEL_TABLES if t.name not in self.served]
+
+    def serve_from(self, lake: Lake) -> None:
+        """Make the SERVED tables views over `lake`'s files if it is on the local disk, and
+        copies if not (DuckDB reads object storage only through an extension it downloads).
+        The database must hold what the lake holds (sync.reconcile)."""
+        local = lake.local
+        for table in SERVED:
+            if local == (table.name in self.served):
+                continue
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                if local:
+                    self.con.execute(f"DROP TABLE {table.name}")
+                    self.served.add(table.name)
+                    self._point(lake, table)
+                else:
+                    self.con.execute(f"CREATE TABLE wpipe_copy AS SELECT * FROM {table.name}")
+                    self.con.execute(f"DROP VIEW {table.name}")
+                    self.con.execute(f"ALTER TABLE wpipe_copy RENAME TO {table.name}")
+                    self.served.discard(table.name)
+                self.con.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                self.served = _served_views(self.con)
+                raise
+
+    def _point(self, lake: Lake, table: schema.Table) -> None:
+        """(Re)define the view of served `table` over the lake's current files of it."""
+        files = [os.path.abspath(uri) for uri in lake.table(table.name).file_uris()]
+        self.con.execute(f"CREATE OR REPLACE VIEW {table.name} AS {_select_files(table, files)}")
+
     def lake_versions(self, lake: Lake) -> dict[str, int]:
         """table -> lake version this database holds (empty: never loaded from this lake)."""
         rows = self.con.execute(
@@ -263,6 +348,10 @@ class Database:
         self.con.execute("COMMIT")
 
     def _record_versions(self, lake: Lake, versions: dict[str, int]) -> None:
+        """Record `versions` (the lake's current ones) as loaded; served views follow them."""
+        for table in SERVED:
+            if table.name in versions and table.name in self.served:
+                self._point(lake, table)
         root = lake.location.root
         self.con.execute("DELETE FROM lake_versions WHERE lake <> ?", [root])
         if versions:  # one statement: one per table costs a quarter second on a busy machine

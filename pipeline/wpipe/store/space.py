@@ -9,6 +9,7 @@ wrote but did not commit are removed (or swept by the next run: `Lake.sweep`).
 from __future__ import annotations
 
 import errno
+import os
 
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 # pyarrow, delta-rs and DuckDB report a full disk in their message, mostly without an errno;
@@ -32,3 +33,13 @@ def is_full(exc: BaseException) -> bool:
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def full_reason(exc: BaseException) -> str:
+    """The error's first line, with the system's words for a full disk when they are further
+    down (delta-rs: "Generic LocalFileSystem error" first, "os error 28" in its source)."""
+    line, text = first_line(exc), str(exc)
+    if "os error 28" in text:
+        text += " " + os.strerror(errno.ENOSPC)
+    said = [t for t in _FULL_TEXTS[:3] if t in text and t not in line]
+    return f"{line}: {said[0]}" if said else line

@@ -42,8 +42,24 @@ def reconcile(db: Database, lake: Lake) -> list[str]:
 
     - a lake of wpipe <= 0.1 (a folder per model) is migrated into Delta tables;
     - lake commits the database never loaded (a run killed in between) are rolled back;
-    - a lake without its database loads the database; a database without its lake writes it.
+    - a lake without its database loads the database; a database without its lake writes it;
+    - the database serves the tables of many rows a model from a local lake's files, and
+      holds copies of them for a lake elsewhere (Database.serve_from).
     """
+    if not lake.local:  # copies, before anything loads them
+        db.serve_from(lake)
+    notes = []
+    if db.lost_lake:
+        notes.append(
+            f"{db.path}: the lake it read units, values, histograms, tiles and eigenvalues "
+            "from is gone; every model file is read again"
+        )
+    notes += _reconcile(db, lake)
+    db.serve_from(lake)
+    return notes
+
+
+def _reconcile(db: Database, lake: Lake) -> list[str]:
     notes = []
     if migrate_partitions(db, lake):
         notes.append(f"{lake.location.root}: lake migrated to Delta tables (one per table)")
@@ -193,7 +209,7 @@ def _pull_models(db: Database, lake: Lake, versions: dict[str, int]) -> tuple[in
     drop = sorted(changed | gone)
     db.con.execute("BEGIN TRANSACTION")
     try:
-        for table in schema.MODEL_TABLES:
+        for table in db.copied():
             if table is schema.MODELS:
                 db.con.execute("DELETE FROM models")  # names and mtimes change without rows
                 insert_arrow(db.con, table, theirs)
