@@ -12,7 +12,9 @@
   analyze() spends ~95 % of its time there), float32 as stored, one slice per conv position;
 - dev-only, when /work/venvs/ww (weightwatcher installed) and the keras.applications files
   (bench/make_ww_models.py) exist: bench/compare_weightwatcher.py on VGG16 and ResNet50,
-  wall and CPU seconds (skipped with a line saying what is missing otherwise).
+  interleaved best-of-N wall and CPU seconds of analyze() against wpipe's whole ingest, the
+  spectra's added cost and the spectra alone (skipped with a line saying what is missing
+  otherwise).
 """
 
 from __future__ import annotations
@@ -193,17 +195,18 @@ def metrics_of(evals: np.ndarray) -> dict:
 
 
 def weightwatcher() -> None:
-    models = [WW_MODELS / "vgg16.h5", WW_MODELS / "resnet50.h5"]
+    models = {WW_MODELS / "vgg16.h5": 2, WW_MODELS / "resnet50.h5": 3}  # model: best of N runs
     if not WW_PYTHON.exists() or not all(p.exists() for p in models):
         print(f"WeightWatcher comparison: skipped (needs {WW_PYTHON} with weightwatcher and "
               f"{WW_MODELS}/vgg16.h5, resnet50.h5 from bench/make_ww_models.py)")  # fmt: skip
         return
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "compare_weightwatcher.py"), "--ww-python",
-         str(WW_PYTHON), "--summary", *map(str, models)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    print(done.stdout.rstrip() or done.stderr.strip().splitlines()[-1])
+    for model, repeats in models.items():
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "compare_weightwatcher.py"), "--ww-python",
+             str(WW_PYTHON), "--summary", "--repeats", str(repeats), str(model)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        print(done.stdout.rstrip() or done.stderr.strip().splitlines()[-1])
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import uuid
 from collections import deque
 from concurrent.futures import Future
@@ -37,12 +38,14 @@ CACHE_MIN_WORK = 10**8
 OVERLAP_BYTES = 64 << 20
 # Work done in this process (tests count cache hits with it): tensors computed / read back.
 COUNTS = {"computed": 0, "cached": 0}
+_COUNTING = threading.Lock()  # background threads count too
 
 
 class SpectraCollector:
-    """Rows of the spectra and eigenvalues tables, tensor by tensor. With a core to spare, a
-    tensor of at most OVERLAP_BYTES is analysed on a background thread while the caller reads
-    and summarises the next ones (LAPACK and BLAS release the GIL); rows keep tensor order."""
+    """Rows of the spectra and eigenvalues tables, tensor by tensor. With cores to spare, the
+    tensors of at most OVERLAP_BYTES are analysed on background threads (one per core: the
+    caller's is idle once it has read the last tensor) while the caller reads and summarises
+    the next ones (LAPACK and BLAS release the GIL); rows keep tensor order."""
 
     def __init__(self, options: SpectraOptions) -> None:
         self.options = options
@@ -64,7 +67,7 @@ class SpectraCollector:
             self._drain(OVERLAP_BYTES - array.nbytes)
             if self.pinned is None:
                 self.pinned = blas_threads(UNLIMITED_BELOW, pin=True).__enter__()
-            future = thread_pool("spectra", 1).submit(self._analyse, *job)
+            future = thread_pool("spectra", pool_share()).submit(self._analyse, *job)
             self.pending.append((key, array.nbytes, future))
         else:  # large: in this thread, after the pending ones (bounded memory, one at a time)
             self._drain(0)
@@ -137,12 +140,17 @@ def _cached(folder: Path, class_name, config, tensor, array, planned) -> list[Sp
     path = folder / key[:2] / f"{key}.npz"
     results = _read(path)
     if results is not None:
-        COUNTS["cached"] += 1
+        _count("cached")
         return results
     results = [analyse(p) for p in planned]
-    COUNTS["computed"] += 1
+    _count("computed")
     _write(path, results)
     return results
+
+
+def _count(kind: str) -> None:
+    with _COUNTING:
+        COUNTS[kind] += 1
 
 
 def _read(path: Path) -> list[Spectrum] | None:
