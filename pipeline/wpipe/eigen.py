@@ -86,8 +86,8 @@ def spectrum(slices: np.ndarray, *, exact: bool = False) -> ESD:
 
 def _split_ways(rf: int, n: int, m: int) -> int:
     """Threads for the slices of a stack: `pool_share()`, from SPLIT_WORK multiply-adds per
-    thread; LAPACK's solvers gain little from BLAS threads
-    (512²: 1.08x wall for 1.85x CPU), independent slices on their own threads nearly 2x."""
+    thread. LAPACK's solver gains little from BLAS threads (512²: 1.08x faster for 1.85x the
+    CPU); independent slices on their own threads are nearly 2x faster for the same CPU."""
     if rf < 2:
         return 1
     work = rf * (n * m * m // 2 + SOLVER_WORK * m**3)
