@@ -342,10 +342,11 @@ def _process(
                 outcome.tables[name] = held_rows
             if written is not None:
                 outcome.files.append(written)
-        row = tables["models"].to_pylist()[0]
+        models = tables["models"]  # its two counts, not the row as Python (~50 µs)
         outcome.status = "ingested"
         outcome.drift = [{**r, "sha256_b": sha} for r in drift.rows]
-        outcome.n_tensors, outcome.n_params = row["n_tensors"], row["n_params"]
+        outcome.n_tensors = models["n_tensors"][0].as_py()
+        outcome.n_params = models["n_params"][0].as_py()
         kept = drift.kept
     except ModelReadError as exc:
         outcome.error, outcome.message = exc.code, exc.message

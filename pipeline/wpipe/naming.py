@@ -22,8 +22,10 @@ from wpipe.tags import strip_model_suffix
 
 
 def _root_of(path: PurePath, roots: Iterable[PurePath]) -> PurePath | None:
-    """The deepest command-line root that is the model itself or one of its folders."""
-    holding = [r for r in roots if r == path or r in path.parents]
+    """The deepest command-line root that is the model itself or one of its folders (its
+    parts a prefix of the path's: `path.parents` builds a path per folder, for every model)."""
+    parts = path.parts
+    holding = [r for r in roots if parts[: len(r.parts)] == r.parts]
     return max(holding, key=lambda r: len(r.parts), default=None)
 
 
@@ -36,7 +38,7 @@ def candidates(path: PurePath, root: PurePath | None, keep_suffix: bool) -> list
     parent folder at a time up to its whole path."""
     leaf = path.name if keep_suffix else _stem(path)
     folders = [p for p in path.parent.parts if p != path.anchor]
-    start = 0 if root is None or root == path else len(path.relative_to(root).parts) - 1
+    start = 0 if root is None or root == path else len(path.parts) - len(root.parts) - 1
     return ["/".join([*folders[len(folders) - k :], leaf]) for k in range(start, len(folders) + 1)]
 
 

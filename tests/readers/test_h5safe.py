@@ -83,3 +83,16 @@ def test_paths_through_soft_links_resolve_and_external_links_are_refused_anywher
     with pytest.raises(ModelReadError, match="not in the file") as err:
         h5safe.child(h5, "group/nothing/data", "f.h5")
     assert err.value.code == "missing-object"
+
+
+def test_a_tensors_fields_come_from_one_look_at_its_dataset(h5, tmp_path):
+    ds = h5safe.dataset(h5, "data_half", "f.h5")
+    fields = h5safe.tensor_fields(ds, "f.h5")
+    assert fields["shape"] == (5,) and fields["dtype"] == "float16" and fields["status"] == "ok"
+    assert np.array_equal(fields["load"](), np.arange(5, dtype=np.float16))
+    with h5py.File(tmp_path / "null.h5", "w") as f:
+        f.create_dataset("x", data=h5py.Empty("f4"))
+    with h5py.File(tmp_path / "null.h5", "r") as f, pytest.raises(ModelReadError) as err:
+        h5safe.tensor_fields(h5safe.dataset(f, "x", "null.h5"), "null.h5")
+    assert "null dataspace" in err.value.message
+    assert err.value.code == "corrupt"

@@ -230,3 +230,28 @@ def test_keras1_layout_gets_keras2_roles_and_counts(tmp_path):
     assert w.query("SELECT units, activation FROM layers WHERE layer_path = 'dense_1'") == [
         (3, "relu")
     ]
+
+
+def test_files_repeating_a_config_share_its_parse_and_a_bad_one_fails_every_time(tmp_path):
+    from wpipe.readers import ModelReadError, open_model
+
+    from tests.conftest import dense_config, write_legacy_h5
+
+    weights = {"d": {"d/kernel:0": np.ones((2, 3), "f4"), "d/bias:0": np.zeros(3, "f4")}}
+    other = {"e": {"e/kernel:0": np.ones((2, 3), "f4"), "e/bias:0": np.zeros(3, "f4")}}
+    training = json.dumps({"loss": "mse", "optimizer_config": {"class_name": "SGD"}}).encode()
+    paths = [write_legacy_h5(tmp_path / f"{k}.h5", weights, dense_config("d"),
+                             training_config=training) for k in "ab"]  # fmt: skip
+    paths.append(write_legacy_h5(tmp_path / "c.h5", other, dense_config("e")))
+    seen = []
+    for path in [*paths, paths[0]]:
+        with open_model(path) as m:
+            seen.append((m.optimizer, m.loss, [(la.layer_path, la.class_name, la.config["units"])
+                                               for la in m.layers]))  # fmt: skip
+    same = ("SGD", "mse", [("d", "Dense", 3)])
+    assert seen == [same, same, (None, None, [("e", "Dense", 3)]), same]
+    broken = write_legacy_h5(tmp_path / "x.h5", weights, b'{"class_name": ')
+    for _ in range(2):
+        with pytest.raises(ModelReadError) as err, open_model(broken):
+            pass
+        assert err.value.code == "bad-json" and "x.h5" in err.value.message

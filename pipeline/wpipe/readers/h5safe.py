@@ -239,10 +239,26 @@ def dataset(group: h5py.Group, path: str, where: str) -> h5py.Dataset:
     return node
 
 
+def tensor_fields(ds: h5py.Dataset, where: str) -> dict[str, Any]:
+    """A Tensor's shape, logical dtype, loader and status from its dataset, whose type and
+    shape are fetched once (each fetch builds an HDF5 object: ~5 µs, a tenth of a small
+    tensor's read)."""
+    dtype, shape = ds.dtype, ds.shape
+    return {
+        "shape": tuple(int(d) for d in shape or ()),
+        "dtype": _logical(dtype),
+        "load": lazy_array(ds, where, dtype, shape),
+        "status": _status(ds, where, dtype, shape),
+    }
+
+
 def logical_dtype(ds: h5py.Dataset) -> str:
     """float32, float16, …; a 2-byte opaque type is bfloat16 (Keras stores it so)."""
+    return _logical(ds.dtype)  # once: each access takes h5py's global lock
+
+
+def _logical(dtype: np.dtype) -> str:
     # Keras ≥3.0.5 also marks these with attribute dtype="bfloat16"; older writers do not.
-    dtype = ds.dtype  # once: each access takes h5py's global lock
     if dtype.kind == "V" and dtype.itemsize == 2:
         return "bfloat16"
     return dtype.name
@@ -251,20 +267,25 @@ def logical_dtype(ds: h5py.Dataset) -> str:
 def tensor_status(ds: h5py.Dataset, where: str) -> str:
     """'ok' for a tensor that can be analysed, else '<code>: <reason>' (statistics are then
     not computed); a hostile declared size raises instead, before anything is read."""
-    dtype = ds.dtype  # once: each access takes h5py's global lock
+    return _status(ds, where, ds.dtype, ds.shape)
+
+
+def _status(ds: h5py.Dataset, where: str, dtype: np.dtype, shape: tuple | None) -> str:
     kind = dtype.kind
     if h5py.check_enum_dtype(dtype) is not None:
         return f"not-real: enum of {dtype.name} (labels, not values)"
     if kind == "c":
         return f"not-real: {dtype.name} (complex; no real view is taken)"
-    if kind == "V" and logical_dtype(ds) != "bfloat16":
+    if kind == "V" and _logical(dtype) != "bfloat16":
         what = "compound" if dtype.names else f"opaque {dtype.itemsize}-byte"
         return f"not-real: {what} dtype"
     if kind in "SUOa":
         return "not-numeric: string dtype"
-    if kind not in "biuf" and logical_dtype(ds) != "bfloat16":
+    if kind not in "biuf" and _logical(dtype) != "bfloat16":
         return f"not-real: {dtype}"
-    declared = ds.size * dtype.itemsize
+    if shape is None:  # h5py gives such a dataset no size (the read would be h5py.Empty)
+        raise ModelReadError("corrupt", f"{where}: {ds.name} has a null dataspace (no shape)")
+    declared = math.prod(shape) * dtype.itemsize
     if declared > MAX_TENSOR_BYTES:
         raise ModelReadError(
             "oversized-tensor",
@@ -282,23 +303,32 @@ def tensor_status(ds: h5py.Dataset, where: str) -> str:
     return "ok"
 
 
-def read_array(ds: h5py.Dataset) -> np.ndarray:
+def _size(shape: tuple | None) -> int:
+    """Elements of a dataset of `shape` (as h5py's Dataset.size: 0 for a null dataspace)."""
+    return 0 if shape is None else math.prod(shape)
+
+
+def read_array(
+    ds: h5py.Dataset, dtype: np.dtype | None = None, shape: tuple | None = None
+) -> np.ndarray:
     """The dataset's values (bfloat16 widened to float32 exactly), read in slabs along the
-    first axis so no decoding step holds a second full copy."""
-    dtype, shape = ds.dtype, ds.shape  # once: each access takes h5py's global lock
-    size = math.prod(shape) if shape else 0
-    if dtype.kind in "fiu" and dtype.isnative and 0 < size * dtype.itemsize <= SLAB_BYTES:
+    first axis so no decoding step holds a second full copy. `dtype`, `shape`: the
+    dataset's, when the caller has them."""
+    if dtype is None:
+        dtype, shape = ds.dtype, ds.shape  # once: each access takes h5py's global lock
+    size = _size(shape)
+    if dtype.kind in "fiu" and dtype.isnative and shape and 0 < size * dtype.itemsize <= SLAB_BYTES:
         # what ds[()] reads, without its selection machinery (~3x the cost of a small read)
         out = np.empty(shape, dtype=dtype)
         ds.id.read(h5py.h5s.ALL, h5py.h5s.ALL, out)
         return out
-    bf16 = logical_dtype(ds) == "bfloat16"
-    if ds.ndim == 0 or ds.size * ds.dtype.itemsize <= SLAB_BYTES:
+    bf16 = _logical(dtype) == "bfloat16"
+    if not shape or size * dtype.itemsize <= SLAB_BYTES:
         return _widen(np.ascontiguousarray(ds[()])) if bf16 else ds[()]
-    out = np.empty(ds.shape, dtype=np.float32 if bf16 else ds.dtype)
-    row_bytes = max(1, (ds.size // ds.shape[0]) * ds.dtype.itemsize)
+    out = np.empty(shape, dtype=np.float32 if bf16 else dtype)
+    row_bytes = max(1, (size // shape[0]) * dtype.itemsize)
     step = max(1, SLAB_BYTES // row_bytes)
-    for start in range(0, ds.shape[0], step):
+    for start in range(0, shape[0], step):
         part = ds[start : start + step]
         out[start : start + step] = _widen(np.ascontiguousarray(part)) if bf16 else part
     return out
@@ -308,12 +338,14 @@ def _widen(raw: np.ndarray) -> np.ndarray:
     return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
-def lazy_array(ds: h5py.Dataset, where: str) -> Callable[[], np.ndarray]:
+def lazy_array(
+    ds: h5py.Dataset, where: str, dtype: np.dtype | None = None, shape: tuple | None = None
+) -> Callable[[], np.ndarray]:
     """A loader that reads the dataset when called, naming the file if the read fails."""
 
     def load() -> np.ndarray:
         try:
-            return read_array(ds)
+            return read_array(ds, dtype, shape)
         except (OSError, ValueError) as exc:
             raise ModelReadError("corrupt", f"{where}: cannot read {ds.name} ({exc})") from None
         except MemoryError:

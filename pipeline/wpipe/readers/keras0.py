@@ -41,10 +41,7 @@ def read(f: h5py.File, where: str) -> Model:
                     role="unknown",
                     trainable=True,
                     source_name=ds.name,
-                    shape=tuple(int(d) for d in ds.shape),
-                    dtype=h5safe.logical_dtype(ds),
-                    load=h5safe.lazy_array(ds, where),
-                    status=h5safe.tensor_status(ds, where),
+                    **h5safe.tensor_fields(ds, where),
                 )
             )
         layers.append(Layer(path, path, None, None, True, tensors))

@@ -86,16 +86,25 @@ def read_json_file(path: Path, what: str, where: str) -> dict[str, Any]:
     return value if value is not None else {}
 
 
-def model_tree(model_config: dict[str, Any]) -> tuple[str | None, list[LayerSpec]]:
-    """The model's class name and its top-level layer specs (nested models expanded)."""
-    spec = _spec(_without_object_ids(model_config), "model")
+def model_tree(
+    model_config: dict[str, Any], raw: str | None = None
+) -> tuple[str | None, list[LayerSpec]]:
+    """The model's class name and its top-level layer specs (nested models expanded).
+    `raw`: the config's JSON text, when at hand: a text that never spells shared_object_id
+    (nor any \\u escape, which could) has none to drop (no walk over the whole config)."""
+    if not isinstance(raw, str) or OBJECT_ID in raw or "\\u" in raw:
+        model_config = _without_object_ids(model_config)
+    spec = _spec(model_config, "model")
     return spec.class_name, spec.children or []
+
+
+OBJECT_ID = "shared_object_id"
 
 
 def _without_object_ids(value: Any) -> Any:
     """Drop Keras 3's `shared_object_id` (a Python id(): differs on every save of one model)."""
     if isinstance(value, dict):
-        return {k: _without_object_ids(v) for k, v in value.items() if k != "shared_object_id"}
+        return {k: _without_object_ids(v) for k, v in value.items() if k != OBJECT_ID}
     if isinstance(value, list):
         return [_without_object_ids(v) for v in value]
     return value

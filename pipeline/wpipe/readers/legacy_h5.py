@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
@@ -43,10 +44,11 @@ def read(f: h5py.File, where: str) -> Model:
     model_json = h5safe.attr(f, "model_config")
     full = model_json is not None or "model_weights" in f
     weights_root = h5safe.child(f, "model_weights", where) if full else f
-    config = parse_json(model_json, "model_config", where)
+    model_class, specs = _parsed(model_json, "model_config", where,
+                                 lambda config: model_tree(config, model_json) if config
+                                 else (None, []))  # fmt: skip
     training_json = h5safe.attr(f, "training_config")
-    training = parse_json(training_json, "training_config", where)
-    model_class, specs = model_tree(config) if config else (None, [])
+    optimizer, loss = _parsed(training_json, "training_config", where, _training_summary)
     layer_names = h5safe.name_list(weights_root, "layer_names")
     if layer_names is None:
         raise ModelReadError("not-keras", f"{where}: weights group has no layer_names attribute")
@@ -71,7 +73,6 @@ def read(f: h5py.File, where: str) -> Model:
             layers.append(_leaf(group, names, "top_level_model_weights", "", None, True, where))
 
     n_opt_tensors, n_opt_params = _optimizer_counts(f)
-    optimizer, loss = _training_summary(training)
     keras_version = h5safe.attr(weights_root, "keras_version") or h5safe.attr(f, "keras_version")
     backend = h5safe.attr(weights_root, "backend") or h5safe.attr(f, "backend")
     return Model(
@@ -88,6 +89,28 @@ def read(f: h5py.File, where: str) -> Model:
         model_config=model_json,
         training_config=training_json,
     )
+
+
+# What the last few distinct JSON texts parsed to: the checkpoints of one run repeat their
+# architecture and training config, whose parsing is a tenth of a small checkpoint's read.
+# The results are shared by those models' layers, which never change them.
+_PARSED: dict[tuple, Any] = {}
+PARSED_KEEP = 8
+PARSED_MAX_TEXT = 1 << 20  # longer texts are parsed each time (bounded memory)
+
+
+def _parsed(text: Any, what: str, where: str, then: Callable[[Any], Any]) -> Any:
+    """then(parse_json(text)), remembered for the last PARSED_KEEP texts of each `what` (one
+    `then` per `what`); a failure is raised each time, never remembered."""
+    key = (what, text) if isinstance(text, str) and len(text) <= PARSED_MAX_TEXT else None
+    if key is not None and key in _PARSED:
+        return _PARSED[key]
+    result = then(parse_json(text, what, where))
+    if key is not None:
+        if len(_PARSED) >= PARSED_KEEP:
+            _PARSED.pop(next(iter(_PARSED)))
+        _PARSED[key] = result
+    return result
 
 
 def _nested(
@@ -181,10 +204,7 @@ def _layer(
                 role=role,
                 trainable=is_trainable(role, class_name, layer_trainable, mode),
                 source_name=f"{group.name}/{full}",
-                shape=tuple(int(d) for d in ds.shape),
-                dtype=h5safe.logical_dtype(ds),
-                load=h5safe.lazy_array(ds, where),
-                status=h5safe.tensor_status(ds, where),
+                **h5safe.tensor_fields(ds, where),
             )
         )
     layout = _layout(spec)

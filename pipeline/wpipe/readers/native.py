@@ -245,10 +245,7 @@ def _layer(
                     role=role,
                     trainable=is_trainable(role, owner_class or class_name, trainable, mode),
                     source_name=ds.name,
-                    shape=tuple(int(d) for d in ds.shape),
-                    dtype=h5safe.logical_dtype(ds),
-                    load=h5safe.lazy_array(ds, where),
-                    status=h5safe.tensor_status(ds, where),
+                    **h5safe.tensor_fields(ds, where),
                 )
             )
     mode = next((m for m in modes if m), None)
