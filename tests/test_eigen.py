@@ -26,10 +26,10 @@ def svd_evals(slices: np.ndarray) -> np.ndarray:
 )
 def test_slices_split_over_threads_equal_one_thread_and_the_svd(monkeypatch, shape):
     w = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
-    monkeypatch.setattr(eigen, "spare_threads", lambda: 1)
+    monkeypatch.setattr(eigen, "pool_share", lambda: 1)
     assert eigen._split_ways(*shape) == 1
     one = eigen.spectrum(w)
-    monkeypatch.setattr(eigen, "spare_threads", lambda: 3)
+    monkeypatch.setattr(eigen, "pool_share", lambda: 3)
     monkeypatch.setattr(eigen, "SPLIT_WORK", 1)
     assert eigen._split_ways(*shape) == 3
     split = eigen.spectrum(w)
@@ -41,7 +41,7 @@ def test_slices_split_over_threads_equal_one_thread_and_the_svd(monkeypatch, sha
 
 
 def test_small_stacks_stay_on_one_thread(monkeypatch):
-    monkeypatch.setattr(eigen, "spare_threads", lambda: 2)
+    monkeypatch.setattr(eigen, "pool_share", lambda: 2)
     assert eigen._split_ways(9, 512, 512) == 2
     assert eigen._split_ways(9, 64, 64) == 1  # ~1 ms of work: a thread costs more
     assert eigen._split_ways(1, 4096, 4096) == 1  # one slice: nothing to split

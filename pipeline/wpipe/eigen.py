@@ -20,7 +20,7 @@ Precision per slice:
   then the Gram again, or an SVD of the float64 matrix.
 
 Threads: the solver runs on one BLAS thread (more waste CPU for little time); the slices of a
-stack are split over the idle cores' threads instead (at most cores / pool workers); only large
+stack are split over threads instead, at most cores / pool workers (`pool_share`); only large
 products get BLAS threads, as many as the cores no other task is running on now (Linux's
 runnable-task count), and inside an ingest pool worker at most cores / workers.
 """
@@ -85,16 +85,17 @@ def spectrum(slices: np.ndarray, *, exact: bool = False) -> ESD:
 
 
 def _split_ways(rf: int, n: int, m: int) -> int:
-    """Threads for the slices of a stack: the idle cores (`spare_threads`), from SPLIT_WORK
-    multiply-adds per thread. LAPACK's solver gains little from BLAS threads (512²: 1.08x
-    faster for 1.85x the CPU); independent slices on their own threads are 1.7x faster for the
-    same CPU on idle cores, and ~10 % slower on busy ones."""
+    """Threads for the slices of a stack: `pool_share()` (not only the idle cores: the load
+    average counts other processes' tasks that leave capacity), from SPLIT_WORK multiply-adds
+    per thread. LAPACK's solver gains little from BLAS threads (512²: 1.08x faster for 1.85x
+    the CPU); independent slices on their own threads, 1.7x faster on idle cores for the same
+    CPU, and no faster (within noise) on busy ones."""
     if rf < 2:
         return 1
     work = rf * (n * m * m // 2 + SOLVER_WORK * m**3)
     if work < 2 * SPLIT_WORK:
         return 1
-    return max(1, min(rf, spare_threads(), int(work // SPLIT_WORK)))
+    return max(1, min(rf, pool_share(), int(work // SPLIT_WORK)))
 
 
 def _single(slices: np.ndarray, evals: np.ndarray, noise: np.ndarray) -> None:
