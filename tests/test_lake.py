@@ -17,7 +17,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
-from wpipe import filemap, schema, store
+from wpipe import api, filemap, schema, store
 from wpipe.store import sync
 from wpipe.store.lake import Lake
 
@@ -233,6 +233,22 @@ def test_a_local_lake_serves_the_tables_of_many_rows_and_copies_become_views(fol
     finally:
         db.close()
     assert_lake_equals_database(warehouse)
+
+
+def test_a_database_moved_with_its_lake_reads_it_there(folder, warehouse, tmp_path):
+    warehouse.ingest(folder)
+    before = warehouse.query("SELECT count(*), sum(l2) FROM units")
+    moved = Warehouse(tmp_path / "moved")
+    (tmp_path / "moved").mkdir()
+    shutil.move(warehouse.db_path, moved.db_path)
+    shutil.move(warehouse.lake, moved.lake)
+    with pytest.raises(api.DatabaseError, match="files of its lake are missing"):
+        api.connect(moved.db_path)  # the views name the old place: one clear line
+    report = moved.ingest(folder)
+    assert (report.ingested, report.unchanged) == (0, 3)
+    assert any("its lake is now read at" in w for w in report.warnings)
+    assert moved.query("SELECT count(*), sum(l2) FROM units") == before
+    assert_lake_equals_database(moved)
 
 
 def test_a_database_without_its_lake_reads_the_files_again(folder, warehouse):

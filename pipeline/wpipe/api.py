@@ -74,8 +74,8 @@ def connect(
             raise DatabaseError(f"{path}: not a wpipe database (it has no models table)")
         if read_only:
             _temporary_schema(con, path)
-        else:
-            store.ensure_schema(con)
+        elif not store.ensure_schema(con):
+            raise DatabaseError(_LAKE_MISSING.format(path=path))
     except BaseException:
         con.close()
         raise
@@ -150,11 +150,14 @@ def _temporary_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
             f"{path}: made by another wpipe version ({_first_line(str(exc))}); run "
             "`wpipe ingest` on it once to upgrade it"
         ) from None
-    except duckdb.IOException as exc:  # a served table's lake files (store.SERVED)
-        raise DatabaseError(
-            f"{path}: files of its lake are missing ({_first_line(str(exc))}); run "
-            "`wpipe ingest` on the same folders to read the models again"
-        ) from None
+    except duckdb.IOException:  # a served table's lake files (store.SERVED)
+        raise DatabaseError(_LAKE_MISSING.format(path=path)) from None
+
+
+_LAKE_MISSING = (
+    "{path}: files of its lake are missing (moved or deleted); run `wpipe ingest` on it, with "
+    "--lake if the lake moved elsewhere than next to it"
+)
 
 
 def _first_line(text: str) -> str:

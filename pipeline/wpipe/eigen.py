@@ -85,12 +85,16 @@ def spectrum(slices: np.ndarray, *, exact: bool = False) -> ESD:
 
 
 def _split_ways(rf: int, n: int, m: int) -> int:
-    """Threads for the slices of a stack: `pool_share()`, from SPLIT_WORK multiply-adds per
-    thread; LAPACK's solvers gain little from BLAS threads
-    (512²: 1.08x wall for 1.85x CPU), independent slices on their own threads nearly 2x."""
+    """Threads for the slices of a stack: `pool_share()` (not only the idle cores: the load
+    average counts other processes' tasks that leave capacity), from SPLIT_WORK multiply-adds
+    per thread. LAPACK's solver gains little from BLAS threads (512²: 1.08x faster for 1.85x
+    the CPU); independent slices on their own threads, 1.7x faster on idle cores for the same
+    CPU, and no faster (within noise) on busy ones."""
     if rf < 2:
         return 1
     work = rf * (n * m * m // 2 + SOLVER_WORK * m**3)
+    if work < 2 * SPLIT_WORK:
+        return 1
     return max(1, min(rf, pool_share(), int(work // SPLIT_WORK)))
 
 

@@ -83,7 +83,8 @@ def configure(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> bool:
     """Create every contract table that is missing (a database from an older wpipe gains the
-    tables added since), then the views. True: the lake was lost (_forget_lost_lake)."""
+    tables added since), then the views. False: a served table's lake files are gone (the
+    lake was moved or deleted) and the views were left as they were (sync.reconcile)."""
     had_names = _has_table(con, schema.MODEL_NAMES.name)
     served = _served_views(con)  # views: their columns are the contract's when re-pointed
     for table in schema.ALL_TABLES:
@@ -94,29 +95,19 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> bool:
     con.execute(LAKE_VERSIONS_DDL)
     if not had_names:
         naming.adopt(con)  # a database from before model_names keeps the names it had
-    lost = _forget_lost_lake(con)
-    views.apply(con)
-    return lost
-
-
-def _forget_lost_lake(con: duckdb.DuckDBPyConnection) -> bool:
-    """True if a served table's files are gone (its lake was deleted or moved): the models'
-    rows went with them, so the database forgets every model (the next ingest reads each
-    file again; names stay) and the views serve no rows."""
-    served = _served_views(con)
-    try:
-        for name in served:
-            con.execute(f"SELECT * FROM {name} LIMIT 0")  # binding opens every file
+    if not lake_files_present(con):
         return False
+    views.apply(con)
+    return True
+
+
+def lake_files_present(con: duckdb.DuckDBPyConnection) -> bool:
+    """Every file the served views read exists (binding a view opens each of them)."""
+    try:
+        for name in _served_views(con):
+            con.execute(f"SELECT * FROM {name} LIMIT 0")
     except duckdb.IOException:
-        pass
-    con.execute("BEGIN TRANSACTION")
-    for table in schema.MODEL_TABLES:
-        if table.name in served:
-            con.execute(f"CREATE OR REPLACE VIEW {table.name} AS {_select_files(table, [])}")
-        else:
-            con.execute(f"DELETE FROM {table.name}")
-    con.execute("COMMIT")
+        return False
     return True
 
 
@@ -167,7 +158,7 @@ class Database:
         self._lock = None if read_only else (lock or dblock.WriterLock(self.path))
         try:
             self.con = configure(duckdb.connect(self.path, read_only=read_only))
-            self.lost_lake = not read_only and ensure_schema(self.con)
+            self.lost_lake = not read_only and not ensure_schema(self.con)
             self.served = _served_views(self.con)
         except BaseException:
             if getattr(self, "con", None) is not None:
@@ -300,6 +291,19 @@ class Database:
         self.con.execute("BEGIN TRANSACTION")
         self._record_versions(lake, versions)
         self.con.execute("COMMIT")
+
+    def forget_models(self, lake: Lake) -> None:
+        """Drop every model (the next ingest reads each file again; names stay) and serve the
+        lake's rows: for a database whose lake is gone."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for table in self.copied():
+                self.con.execute(f"DELETE FROM {table.name}")
+            self._record_versions(lake, lake.versions())
+            self.con.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
 
     def copied(self) -> list[schema.Table]:
         """The model tables this database holds rows of (the others it serves from the lake)."""

@@ -26,7 +26,7 @@ import pyarrow.dataset as pads
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
-from wpipe import compare, schema
+from wpipe import compare, schema, views
 from wpipe.store.duck import Database, insert_arrow
 from wpipe.store.lake import TABLES, Lake
 
@@ -48,14 +48,37 @@ def reconcile(db: Database, lake: Lake) -> list[str]:
     """
     if not lake.local:  # copies, before anything loads them
         db.serve_from(lake)
-    notes = []
-    if db.lost_lake:
-        notes.append(
-            f"{db.path}: the lake it read units, values, histograms, tiles and eigenvalues "
-            "from is gone; every model file is read again"
-        )
+    notes = _find_lake(db, lake) if db.lost_lake else []
     notes += _reconcile(db, lake)
     db.serve_from(lake)
+    return notes
+
+
+def _find_lake(db: Database, lake: Lake) -> list[str]:
+    """A database whose served tables' files are gone: its lake moved (`lake` holds its
+    models: the views now read it there), or is lost (every model is read again)."""
+    columns = "model_id, sha256, ingest_options"
+    theirs = lake.dataset("models").to_table(columns=columns.split(", "))
+    db.con.register("lake_models", theirs)
+    try:
+        differ = db.con.execute(
+            f"SELECT count(*) FROM ((SELECT {columns} FROM models EXCEPT SELECT {columns} FROM "
+            f"lake_models) UNION ALL (SELECT {columns} FROM lake_models EXCEPT SELECT {columns} "
+            "FROM models))"
+        ).fetchall()[0][0]
+    finally:
+        db.con.unregister("lake_models")
+    if theirs.num_rows and not differ:
+        db.record_versions(lake, lake.versions())  # re-points the views
+        notes = [f"{db.path}: its lake is now read at {lake.location.root}"]
+    else:
+        db.forget_models(lake)
+        notes = [
+            f"{db.path}: the lake it read units, values, histograms, tiles and eigenvalues "
+            "from is gone; every model file is read again"
+        ]
+    views.apply(db.con)
+    db.lost_lake = False
     return notes
 
 
