@@ -40,7 +40,9 @@ def test_slices_split_over_threads_equal_one_thread_and_the_svd(monkeypatch, sha
     assert split.evals.sum() == pytest.approx(want.sum(), rel=1e-7)
 
 
-def test_small_stacks_stay_on_one_thread():
+def test_small_stacks_stay_on_one_thread(monkeypatch):
+    monkeypatch.setattr(eigen, "pool_share", lambda: 2)
+    assert eigen._split_ways(9, 512, 512) == 2
     assert eigen._split_ways(9, 64, 64) == 1  # ~1 ms of work: a thread costs more
     assert eigen._split_ways(1, 4096, 4096) == 1  # one slice: nothing to split
 
@@ -67,9 +69,10 @@ def test_a_pinned_section_keeps_one_blas_thread_everywhere(monkeypatch):
         assert _blas_threads() == {2}
 
 
-def _collect(monkeypatch, share: int, overlap: int):
+def _collect(monkeypatch, share: int, overlap: int, least: int = 0):
     monkeypatch.setattr(spectra_tables, "pool_share", lambda: share)
     monkeypatch.setattr(spectra_tables, "OVERLAP_BYTES", overlap)
+    monkeypatch.setattr(spectra_tables, "OVERLAP_MIN", least)
     collector = spectra_tables.SpectraCollector(SpectraOptions("all"))
     assert collector.background == (share > 1)
     sizes = []
@@ -90,9 +93,12 @@ def test_background_spectra_give_the_synchronous_rows_in_order(monkeypatch):
     assert pending == 0 and sync["spectra"].num_rows > 5
     matrices = sum(r["status"] == "ok" for r in sync["spectra"].to_pylist())
     assert matrices >= 2
-    # every tensor in the background, then some inline (larger than the overlap budget)
-    for overlap in (1 << 30, sorted(sizes)[len(sizes) // 2]):
-        tables, pending, _ = _collect(monkeypatch, 2, overlap)
-        assert pending > 0  # still on the background thread when the last tensor was added
+    middle = sorted(sizes)[len(sizes) // 2]
+    # every tensor in the background; then the larger half inline (above the overlap budget);
+    # then the smaller half at once, queued behind the background ones
+    for overlap, least in ((1 << 30, 0), (middle, 0), (1 << 30, middle // 4)):
+        tables, pending, _ = _collect(monkeypatch, 2, overlap, least)
+        assert pending > 0  # still queued when the last tensor was added
         for name in ("spectra", "eigenvalues"):
             assert tables[name].to_pylist() == sync[name].to_pylist()
+    assert eigen._PINNED == [0]  # BLAS has its threads back

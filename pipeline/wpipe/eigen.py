@@ -32,6 +32,7 @@ import itertools
 import math
 import multiprocessing
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -85,12 +86,16 @@ def spectrum(slices: np.ndarray, *, exact: bool = False) -> ESD:
 
 
 def _split_ways(rf: int, n: int, m: int) -> int:
-    """Threads for the slices of a stack: `pool_share()`, from SPLIT_WORK multiply-adds per
-    thread; LAPACK's solvers gain little from BLAS threads
-    (512²: 1.08x wall for 1.85x CPU), independent slices on their own threads nearly 2x."""
+    """Threads for the slices of a stack: `pool_share()` (not only the idle cores: the load
+    average counts other processes' tasks that leave capacity), from SPLIT_WORK multiply-adds
+    per thread. LAPACK's solver gains little from BLAS threads (512²: 1.08x faster for 1.85x
+    the CPU); independent slices on their own threads, 1.7x faster on idle cores for the same
+    CPU, and no faster (within noise) on busy ones."""
     if rf < 2:
         return 1
     work = rf * (n * m * m // 2 + SOLVER_WORK * m**3)
+    if work < 2 * SPLIT_WORK:
+        return 1
     return max(1, min(rf, pool_share(), int(work // SPLIT_WORK)))
 
 
@@ -265,18 +270,21 @@ class blas_threads:
         if controller is not None:
             self.limiter = controller.limit(limits=self.threads, user_api="blas")
         if self.pin:
-            _PINNED[0] += 1
+            with _PINNING:
+                _PINNED[0] += 1
             self.pinned = True
         return self
 
     def __exit__(self, *exc) -> None:
         if self.pinned:
-            _PINNED[0] -= 1
+            with _PINNING:
+                _PINNED[0] -= 1
         if self.limiter is not None:
             self.limiter.restore_original_limits()
 
 
-_PINNED = [0]  # pinned sections running (only the thread that runs a spectrum enters one)
+_PINNED = [0]  # pinned sections running (one per thread that runs spectra: ingests on Dask threads)
+_PINNING = threading.Lock()
 
 
 def threads_for(work: int) -> int:

@@ -43,7 +43,14 @@ from wpipe.readers.safefile import stat_problem
 from wpipe.spectra import SpectraOptions
 from wpipe.store import space
 from wpipe.store.lake import DataFile, DataFileWriter, LakeLocation, write_data_file
-from wpipe.tables import FileInfo, ValuesMode, arch_id, build_tables, model_id_for
+from wpipe.tables import (
+    FileInfo,
+    GatheredRows,
+    ValuesMode,
+    arch_id,
+    build_tables,
+    model_id_for,
+)
 from wpipe.textsafe import display, to_os
 
 # Rows of one table of one model kept in memory (and sent back to the driver) before the
@@ -314,15 +321,18 @@ def process_file(job: FileJob) -> Outcome:
 
 
 def _process(
-    job: FileJob, local: str, previous: str | None, held: Held | None = None, keep: bool = False
-) -> tuple[Outcome, Held | None]:
+    job: FileJob, local: str, previous: str | None, held: Held | None = None, keep: bool = False,
+    gathered: GatheredRows | None = None,
+) -> tuple[Outcome, Held | None]:  # fmt: skip
     """process_file on `local`, a local copy of `job.path` (or the path itself), diffing
     against `held` (the previous file's tensors) when it is that file, and returning this
-    file's tensors too when `keep`."""
+    file's tensors too when `keep`. `gathered`: where the GATHERED tables' rows go (a
+    chunk's), not into the outcome; a failed file's are taken out again."""
     model_id = model_id_for(job.path)
     outcome = Outcome(job.path, model_id, "failed", bytes_read=job.size, previous=job.previous)
     sinks: dict[str, TableSink] = {}
     kept = None
+    mark = gathered.mark() if gathered is not None else None
     try:
         sha = job.sha256 or sha256_of(local)
         outcome.sha256 = sha
@@ -333,7 +343,8 @@ def _process(
             drift = DriftTracker(job, model, stack, previous, held, local if keep else None)
             s = job.settings
             tables = build_tables(model, info, s.options, s.values, sinks["weight_values"].write,
-                                  s.spectra, drift.visit)  # fmt: skip
+                                  s.spectra, drift.visit, gathered)  # fmt: skip
+            tensors = [t for layer in model.layers for t in layer.tensors]
         for name, rows in tables.items():
             sinks[name].write(rows)
         for name, sink in sinks.items():
@@ -342,11 +353,10 @@ def _process(
                 outcome.tables[name] = held_rows
             if written is not None:
                 outcome.files.append(written)
-        models = tables["models"]  # its two counts, not the row as Python (~50 µs)
         outcome.status = "ingested"
         outcome.drift = [{**r, "sha256_b": sha} for r in drift.rows]
-        outcome.n_tensors = models["n_tensors"][0].as_py()
-        outcome.n_params = models["n_params"][0].as_py()
+        # as the models row counts them
+        outcome.n_tensors, outcome.n_params = len(tensors), sum(t.size for t in tensors)
         kept = drift.kept
     except ModelReadError as exc:
         outcome.error, outcome.message = exc.code, exc.message
@@ -362,6 +372,8 @@ def _process(
         for sink in sinks.values():
             sink.abort()
         outcome.tables, outcome.files = {}, []
+        if mark is not None:
+            gathered.rollback(mark)
     return outcome, kept
 
 
@@ -381,14 +393,18 @@ def process_chunk(jobs: list[FileJob]) -> ChunkOutcome:
     reason (`disk-full` stops the run); what was written stays uncommitted (swept later)."""
     outcomes = []
     held: Held | None = None
+    gathered = GatheredRows()  # the chunk's small tables' rows, converted to Arrow once
     for i, job in enumerate(jobs):
         following = jobs[i + 1].previous == job.path if i + 1 < len(jobs) else False
-        outcome, held = _process(job, job.path, None, held, keep=following)
+        outcome, held = _process(job, job.path, None, held, following, gathered)
         outcomes.append(outcome)
     files = []
     try:
+        chunk_tables = gathered.tables()
         for table in schema.MODEL_TABLES:
             parts = [o.tables.pop(table.name) for o in outcomes if table.name in o.tables]
+            if table.name in chunk_tables and chunk_tables[table.name].num_rows:
+                parts.append(chunk_tables[table.name])
             if parts:
                 files.append(write_data_file(jobs[0].lake, table.name, pa.concat_tables(parts)))
     except OSError as exc:

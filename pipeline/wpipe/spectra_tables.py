@@ -36,6 +36,7 @@ CACHE_MIN_WORK = 10**8
 # Tensors analysed in the background hold at most this many bytes (beyond the one the caller
 # has loaded); a larger tensor is analysed in the caller's thread.
 OVERLAP_BYTES = 64 << 20
+OVERLAP_MIN = 1 << 15  # values of the smallest tensor worth a background thread
 # Work done in this process (tests count cache hits with it): tensors computed / read back.
 COUNTS = {"computed": 0, "cached": 0}
 _COUNTING = threading.Lock()  # background threads count too
@@ -51,7 +52,8 @@ class SpectraCollector:
         self.options = options
         self.rows: list[dict] = []
         self.eigen: list[tuple[dict, str, np.ndarray]] = []
-        self.pending: deque[tuple[dict, int, Future]] = deque()  # (key, bytes, results)
+        # (key, bytes held, Future of the results or the results themselves), tensor order
+        self.pending: deque[tuple[dict, int, Future | list[Spectrum]]] = deque()
         self.background = options.mode != "none" and pool_share() >= 2
         # One BLAS thread while tensors are analysed in the background: OpenBLAS called from
         # two threads with its own threads on spins in all of them (measured: an ingest 4x
@@ -63,15 +65,21 @@ class SpectraCollector:
         if self.options.mode == "none":
             return
         job = (class_name, config, tensor, array)
-        if self.background and array.nbytes <= OVERLAP_BYTES:
+        if array.nbytes > OVERLAP_BYTES or not self.background:
+            self._drain(-1)  # large: in this thread, after the pending ones (bounded memory)
+            self._emit(key, self._analyse(*job))
+        elif array.size < OVERLAP_MIN:  # small: at once, its rows queued behind the pending
+            results = self._analyse(*job)
+            if self.pending:
+                self.pending.append((key, 0, results))
+            else:
+                self._emit(key, results)
+        else:
             self._drain(OVERLAP_BYTES - array.nbytes)
             if self.pinned is None:
                 self.pinned = blas_threads(UNLIMITED_BELOW, pin=True).__enter__()
             future = thread_pool("spectra", pool_share()).submit(self._analyse, *job)
             self.pending.append((key, array.nbytes, future))
-        else:  # large: in this thread, after the pending ones (bounded memory, one at a time)
-            self._drain(0)
-            self._emit(key, self._analyse(*job))
 
     def _analyse(self, class_name, config, tensor, array) -> list[Spectrum]:
         planned = plan(class_name, config, tensor.weight_name, tensor.role, tensor.layout,
@@ -82,13 +90,27 @@ class SpectraCollector:
         return _cached(Path(self.options.cache_dir), class_name, config, tensor, array, planned)
 
     def _drain(self, room: int) -> None:
-        """Wait for the oldest pending tensors until they hold at most `room` bytes."""
-        while self.pending and sum(nbytes for _, nbytes, _ in self.pending) > room:
-            key, _, future = self.pending.popleft()
-            self._emit(key, future.result())
-        if not self.pending and self.pinned is not None:
+        """Emit the oldest pending tensors (waiting for them) until the rest hold at most
+        `room` bytes; all of them for a negative `room`."""
+        while self.pending and (room < 0 or sum(e[1] for e in self.pending) > room):
+            key, _, entry = self.pending.popleft()
+            self._emit(key, entry.result() if isinstance(entry, Future) else entry)
+        if not self.pending:
+            self._unpin()
+
+    def _unpin(self) -> None:
+        if self.pinned is not None:
             self.pinned.__exit__(None, None, None)
             self.pinned = None
+
+    def __del__(self) -> None:
+        # A model whose ingest failed midway: its background work ends, then BLAS gets its
+        # threads back.
+        for _, _, entry in getattr(self, "pending", ()):
+            if isinstance(entry, Future):
+                entry.exception()
+        if getattr(self, "pinned", None) is not None:
+            self._unpin()
 
     def _emit(self, key: dict, results: list[Spectrum]) -> None:
         for result in results:

@@ -114,14 +114,17 @@ def build_tables(
     emit_values: Callable[[pa.RecordBatch | pa.Table], None],
     spectra: SpectraOptions | None = None,
     visit: Callable[[str, Tensor, np.ndarray], None] | None = None,
+    into: GatheredRows | None = None,
 ) -> dict[str, pa.Table]:
     """Analyse every tensor (one in memory at a time); weight_values go to `emit_values`,
     and `visit(layer_path, tensor, array)` sees each loaded tensor (drift uses it, so a
-    tensor is read once)."""
+    tensor is read once). `into`: where the GATHERED tables' rows go (then not returned),
+    gathered with other models' rows."""
     layer_rows, weight_rows = [], []
+    gathered = into if into is not None else GatheredRows()
     # per tensor Arrow columns, not dict rows: a model's units and bins stay a few MB
-    hist_rows, unit_rows = _Columns(schema.HISTOGRAMS), _Columns(schema.UNITS)
-    tile_rows = _Columns(schema.WEIGHT_TILES)
+    hist_rows, unit_rows = gathered.parts["histograms"], gathered.parts["units"]
+    tile_rows = gathered.parts["weight_tiles"]
     sample = values.per_tensor([t.size for layer in model.layers for t in layer.tensors
                                 if t.status == "ok"])  # fmt: skip
     values_out = _Values(dataclasses.replace(values, n=sample, per_model=0), emit_values)
@@ -221,15 +224,10 @@ def build_tables(
         "ingested_at": datetime.now(timezone.utc),
         "ingest_options": info.ingest_options,
     }
-    return {
-        "models": _table(schema.MODELS, [model_row]),
-        "layers": _table(schema.LAYERS, layer_rows),
-        "weights": _table(schema.WEIGHTS, weight_rows),
-        "histograms": hist_rows.table(),
-        "units": unit_rows.table(),
-        "weight_tiles": tile_rows.table(),
-        **spectra_out.tables(),
-    }
+    out = spectra_out.tables()
+    for name, rows in (("models", [model_row]), ("layers", layer_rows), ("weights", weight_rows)):
+        gathered.parts[name].extend(rows)
+    return out if into is not None else {**gathered.tables(), **out}
 
 
 def file_stem(path: str) -> str:
@@ -238,8 +236,54 @@ def file_stem(path: str) -> str:
     return strip_model_suffix(name) or name
 
 
-def _table(table: schema.Table, rows: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=table.arrow_schema)
+class _Rows:
+    """Rows of `table` as dicts, converted to Arrow at once."""
+
+    def __init__(self, table: schema.Table) -> None:
+        self.target = table.arrow_schema
+        self.rows: list[dict] = []
+
+    def extend(self, rows: list[dict]) -> None:
+        self.rows.extend(rows)
+
+    def mark(self) -> int:
+        return len(self.rows)
+
+    def rollback(self, mark: int) -> None:
+        del self.rows[mark:]
+
+    def table(self) -> pa.Table:
+        return pa.Table.from_pylist(self.rows, schema=self.target)
+
+
+# Tables whose rows the models of a chunk gather into one Arrow table each (GatheredRows):
+# converting each model's few rows on its own cost ~1 ms a small model, a tenth of its map.
+GATHERED = ("models", "layers", "weights", "histograms", "units", "weight_tiles")
+
+
+class GatheredRows:
+    """The GATHERED tables' rows of one or more models, in the order the models came;
+    mark() and rollback(mark) drop what a model added after it failed."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, _Rows | _Columns] = {
+            "models": _Rows(schema.MODELS),
+            "layers": _Rows(schema.LAYERS),
+            "weights": _Rows(schema.WEIGHTS),
+            "histograms": _Columns(schema.HISTOGRAMS),
+            "units": _Columns(schema.UNITS),
+            "weight_tiles": _Columns(schema.WEIGHT_TILES),
+        }
+
+    def mark(self) -> dict[str, int]:
+        return {name: part.mark() for name, part in self.parts.items()}
+
+    def rollback(self, mark: dict[str, int]) -> None:
+        for name, part in self.parts.items():
+            part.rollback(mark[name])
+
+    def tables(self) -> dict[str, pa.Table]:
+        return {name: part.table() for name, part in self.parts.items()}
 
 
 class _Columns:
@@ -270,6 +314,14 @@ class _Columns:
             elif n > KEEP_RAW:
                 values = _arrow(values, self.target.field(name).type)
             self.columns.setdefault(name, []).append(values)
+
+    def mark(self) -> int:
+        return len(self.keys)
+
+    def rollback(self, mark: int) -> None:
+        """Drop the tensors added after `mark` (every column has one part per tensor)."""
+        for parts in [self.keys, self.counts, *self.columns.values(), *self.masks.values()]:
+            del parts[mark:]
 
     def table(self) -> pa.Table:
         if not self.keys:
