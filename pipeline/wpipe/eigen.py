@@ -32,6 +32,7 @@ import itertools
 import math
 import multiprocessing
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -269,18 +270,21 @@ class blas_threads:
         if controller is not None:
             self.limiter = controller.limit(limits=self.threads, user_api="blas")
         if self.pin:
-            _PINNED[0] += 1
+            with _PINNING:
+                _PINNED[0] += 1
             self.pinned = True
         return self
 
     def __exit__(self, *exc) -> None:
         if self.pinned:
-            _PINNED[0] -= 1
+            with _PINNING:
+                _PINNED[0] -= 1
         if self.limiter is not None:
             self.limiter.restore_original_limits()
 
 
-_PINNED = [0]  # pinned sections running (only the thread that runs a spectrum enters one)
+_PINNED = [0]  # pinned sections running (one per thread that runs spectra: ingests on Dask threads)
+_PINNING = threading.Lock()
 
 
 def threads_for(work: int) -> int:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from wpipe import compare, dblock, remote, schema, store, workers
 from wpipe.analysis import StatsOptions
@@ -60,6 +61,8 @@ from wpipe.walk import walk
 BATCH_MODELS = 256
 BATCH_BYTES = 64 << 20
 BATCH_SECONDS = 10.0
+# Drift rows the driver converts to Arrow at a time (a few hundred KB of dicts at most).
+DRIFT_ROWS_HELD = 4096
 # Tables with more files than this are compacted (small files merged) at the end of a run.
 COMPACT_FILES = 64
 SWEEP_REMOTE_AGE = 86400.0  # seconds: uncommitted files of a lake on object storage kept so long
@@ -193,6 +196,7 @@ def ingest(
     shas.update(driver.shas)
     if drift:
         driver.store_drift(shas)
+        db.release_memory()  # DuckDB's cache of the drift rows: ~110 MB at 10,000 models
     if prune:
         report.pruned = _prune(db, lake, roots, urls, {key_of(f) for f in files})
     _finish(db, lake, driver, tag_pattern, drift, progress, [*roots, *urls])
@@ -307,7 +311,10 @@ class _Driver:
         self.held = 0  # bytes of the pending outcomes' in-memory tables
         self.since = time.monotonic()
         self.copies: list[tuple[FileJob, str]] = []  # (job, model_id whose rows it copies)
-        self.drift: list[dict] = []
+        # drift rows as Arrow a few thousand at a time: as dicts, 10,000 small checkpoints'
+        # ~70,000 rows held ~150 MB of the driver until the end of the run
+        self.drift: list[pa.Table] = []
+        self.drift_rows: list[dict] = []
         self.shas: dict[str, str] = {}
         self.touched: list[tuple[str, float]] = []
         self.jobs: dict[str, FileJob] = {}  # path -> job of the files being read
@@ -357,8 +364,10 @@ class _Driver:
         self.report.bytes_read += outcome.bytes_read
         self.shas[outcome.path] = outcome.sha256
         self.by_sha.setdefault(outcome.sha256, outcome.model_id)
-        self.drift += outcome.drift
+        self.drift_rows += outcome.drift
         outcome.drift = []
+        if len(self.drift_rows) >= DRIFT_ROWS_HELD:
+            self._hold_drift()
         self.pending.append(outcome)
         if self.on_done:
             self.on_done(outcome)
@@ -427,14 +436,30 @@ class _Driver:
                 self.flush()
         self.flush()
 
+    def _hold_drift(self) -> None:
+        if self.drift_rows:
+            self.drift.append(pa.Table.from_pylist(self.drift_rows, schema.DRIFT.arrow_schema))
+            self.drift_rows = []
+
     def store_drift(self, shas: dict[str, str]) -> None:
-        """Drift rows the workers computed, once both files' hashes are known."""
+        """Drift rows the workers computed, once both files' hashes are known (sha256_a:
+        the previous checkpoint's, which may have been read after its successor); stored a
+        held table at a time (a pair's rows are in one: an outcome's are held together)."""
+        self._hold_drift()
         by_id = {model_id_for(p): s for p, s in shas.items()}
-        rows = [{**r, "sha256_a": by_id[r["model_a"]]} for r in self.drift if r["model_a"] in by_id]
-        if rows:
-            pairs = sorted({(r["model_a"], r["model_b"]) for r in rows})
-            compare.replace_drift(self.db.con, pairs, pa.Table.from_pylist(
-                rows, schema=schema.DRIFT.arrow_schema))  # fmt: skip
+        ids, id_shas = pa.array(list(by_id), pa.string()), pa.array(list(by_id.values()))
+        while self.drift:
+            rows = self.drift.pop(0)
+            found = pc.index_in(rows.column("model_a"), value_set=ids)
+            rows = rows.filter(pc.is_valid(found))
+            sha_a = id_shas.take(found.drop_null())
+            rows = rows.set_column(rows.schema.get_field_index("sha256_a"), "sha256_a", sha_a)
+            if not rows.num_rows:
+                continue
+            pairs = rows.group_by(["model_a", "model_b"]).aggregate([])
+            pairs = sorted(zip(pairs.column("model_a").to_pylist(),
+                               pairs.column("model_b").to_pylist(), strict=True))  # fmt: skip
+            compare.replace_drift(self.db.con, pairs, rows)
             self.report.drift_pairs += len(pairs)
 
 

@@ -74,6 +74,7 @@ def insert_arrow(
 # DuckDB's own memory, spilled to disk past it: with Python and Arrow around it, keeps a
 # report or chart on any database within 1 GB, an ingest within its budget.
 MEMORY_LIMIT = "512MB"
+STREAM_ROWS = 1 << 16  # rows a batch (a data file's row group) when a table is read out whole
 
 
 def configure(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
@@ -282,12 +283,7 @@ class Database:
         an older wpipe being migrated)."""
         versions = {}
         for table in schema.MODEL_TABLES:
-            columns = ", ".join(f'"{c}"' for c in table.column_names)
-            reader = self.con.sql(f"SELECT {columns} FROM {table.name}").to_arrow_reader()
-            rows = pa.RecordBatchReader.from_batches(
-                table.arrow_schema, (b.cast(table.arrow_schema) for b in reader)
-            )
-            versions[table.name] = lake.overwrite(table.name, rows)
+            versions[table.name] = lake.overwrite(table.name, self.stream(table))
         self.con.execute("BEGIN TRANSACTION")
         self._record_versions(lake, versions)
         self.con.execute("COMMIT")
@@ -338,6 +334,14 @@ class Database:
         """(Re)define the view of served `table` over the lake's current files of it."""
         files = [os.path.abspath(uri) for uri in lake.table(table.name).file_uris()]
         self.con.execute(f"CREATE OR REPLACE VIEW {table.name} AS {_select_files(table, files)}")
+
+    def stream(self, table: schema.Table, rows: int = STREAM_ROWS) -> pa.RecordBatchReader:
+        """The rows of `table` in batches of `rows`, in the contract's Arrow schema."""
+        columns = ", ".join(f'"{c}"' for c in table.column_names)
+        reader = self.con.sql(f"SELECT {columns} FROM {table.name}").to_arrow_reader(rows)
+        return pa.RecordBatchReader.from_batches(
+            table.arrow_schema, (b.cast(table.arrow_schema) for b in reader)
+        )
 
     def lake_versions(self, lake: Lake) -> dict[str, int]:
         """table -> lake version this database holds (empty: never loaded from this lake)."""

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from deltalake import ColumnProperties, DeltaTable, WriterProperties, write_deltalake
+from deltalake import ColumnProperties, DeltaTable, WriterProperties
 from deltalake.exceptions import TableNotFoundError
 from deltalake.transaction import AddAction, PostCommitHookProperties, RemoveAction
 
@@ -327,12 +327,24 @@ class Lake:
         return dt.version()
 
     def overwrite(self, name: str, data: pa.Table | pa.RecordBatchReader) -> int:
-        """Replace the whole table by `data` (the contract's schema) in one commit."""
-        dt = self.table(name)
-        write_deltalake(dt, data, mode="overwrite", storage_options=self.location.storage_options,
-                        writer_properties=writer_properties(name))  # fmt: skip
-        dt.update_incremental()
-        return dt.version()
+        """Replace the whole table by `data` (the contract's schema) in one commit: one data
+        file streamed by pyarrow (deltalake's own writer kept ~45 MB of the driver after
+        writing 2,000 models' rows)."""
+        table = self.table(name)  # made first: its folder is the data file's
+        writer = DataFileWriter(self.location, name)
+        try:
+            for batch in data.to_batches() if isinstance(data, pa.Table) else data:
+                writer.write(batch)
+        except BaseException:
+            writer.abort()
+            raise
+        if writer.num_rows:
+            added = [writer.close()]
+        else:
+            writer.abort()
+            added = []
+        current = table.get_add_actions(flatten=True).column("path").to_pylist()
+        return self.commit(name, added, current, operation="overwrite")
 
     def file_count(self) -> dict[str, int]:
         return {name: len(self.table(name).file_uris()) for name in TABLES}
@@ -346,9 +358,10 @@ class Lake:
         for name in TABLES:
             dt = self.table(name)
             if len(dt.file_uris()) > 1:
-                dt.optimize.compact(
-                    target_size=TARGET_FILE_BYTES, writer_properties=writer_properties(name)
-                )
+                dt.optimize.compact(  # one file at a time: each bin is buffered in memory
+                    target_size=TARGET_FILE_BYTES, writer_properties=writer_properties(name),
+                    max_concurrent_tasks=1,
+                )  # fmt: skip
                 dt.update_incremental()
 
     def unreferenced(self, name: str, min_age: float = 0.0) -> list[str]:

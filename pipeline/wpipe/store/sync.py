@@ -142,10 +142,13 @@ def migrate_partitions(db: Database, lake: Lake) -> bool:
 
 def push_models(db: Database, lake: Lake) -> None:
     """Give the lake's `models` table the database's rows (names widened, mtimes touched)."""
-    columns = ", ".join(f'"{c}"' for c in schema.MODELS.column_names)
-    rows = db.con.sql(f"SELECT {columns} FROM models ORDER BY model_id").to_arrow_table()
-    version = lake.overwrite("models", rows.cast(schema.MODELS.arrow_schema))
+    # streamed, unsorted (one file: its model_id range is all of them): the configs' text is
+    # ~60 MB at 10,000 small models, and a sort holds it all
+    version = lake.overwrite("models", db.stream(schema.MODELS, MODELS_BATCH))
     db.record_versions(lake, {"models": version})
+
+
+MODELS_BATCH = 1024  # models a batch (a row group) when `models` is written whole
 
 
 def compact(db: Database, lake: Lake) -> dict[str, int]:
@@ -179,11 +182,8 @@ class Pulled:
 def push_shared(db: Database, lake: Lake) -> None:
     """Give the lake the database's shared tables (whole: they are small)."""
     for table in SHARED:
-        columns = ", ".join(f'"{c}"' for c in table.column_names)
-        rows = db.con.sql(f"SELECT {columns} FROM {table.name}").to_arrow_table()
         uri, options = lake.location.table_uri(table.name), lake.location.storage_options
-        write_deltalake(uri, rows.cast(table.arrow_schema), mode="overwrite",
-                        storage_options=options)  # fmt: skip
+        write_deltalake(uri, db.stream(table), mode="overwrite", storage_options=options)
         # one file per shared table: the overwritten ones are deleted at once (as compaction
         # does for the model tables)
         DeltaTable(uri, storage_options=options).vacuum(
