@@ -235,6 +235,17 @@ def test_a_local_lake_serves_the_tables_of_many_rows_and_copies_become_views(fol
     assert_lake_equals_database(warehouse)
 
 
+def test_served_tables_read_a_lake_whose_path_needs_quoting(folder, tmp_path):
+    # a space, a quote, a percent sign and non-ASCII: deltalake's file URIs percent-encode them
+    root = tmp_path / "run's 100% ünïcode dir"
+    root.mkdir()
+    warehouse = Warehouse(root)
+    warehouse.ingest(folder)
+    assert warehouse.ingest(folder).ingested == 0
+    assert warehouse.query("SELECT count(*) FROM units") != [(0,)]
+    assert_lake_equals_database(warehouse)
+
+
 def test_a_database_moved_with_its_lake_reads_it_there(folder, warehouse, tmp_path):
     warehouse.ingest(folder)
     before = warehouse.query("SELECT count(*), sum(l2) FROM units")

@@ -332,7 +332,7 @@ class Database:
 
     def _point(self, lake: Lake, table: schema.Table) -> None:
         """(Re)define the view of served `table` over the lake's current files of it."""
-        files = [os.path.abspath(uri) for uri in lake.table(table.name).file_uris()]
+        files = lake.current_local_paths(table.name)
         self.con.execute(f"CREATE OR REPLACE VIEW {table.name} AS {_select_files(table, files)}")
 
     def stream(self, table: schema.Table, rows: int = STREAM_ROWS) -> pa.RecordBatchReader:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -232,6 +234,13 @@ class Lake:
     def local(self) -> bool:
         """On the local disk, at a path DuckDB would not take for a glob pattern."""
         return "://" not in self.location.root and not any(c in self.location.root for c in "*?[{")
+
+    def current_local_paths(self, name: str) -> list[str]:
+        """Absolute paths of table `name`'s current data files (a `local` lake). Not
+        file_uris(): it percent-encodes the root (a space becomes %20)."""
+        relative = self.table(name).get_add_actions(flatten=True).column("path").to_pylist()
+        root = os.path.abspath(self.location.root)
+        return [f"{root}/{name}/{unquote(path)}" for path in relative]
 
     def local_paths(self, name: str, files: Iterable[str]) -> list[str] | None:
         """Paths of table `name`'s data files `files` on the local disk (None: not `local`)."""
