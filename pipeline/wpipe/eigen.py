@@ -192,17 +192,11 @@ def _exact(w: np.ndarray) -> np.ndarray:
 
 def _eigvalsh(grams: np.ndarray) -> np.ndarray:
     """Ascending float64 eigenvalues of a stack of symmetric matrices (any float dtype), on one
-    BLAS thread below SOLVER_THREADED_ORDER, where more cost far more CPU than they save."""
+    BLAS thread: more cost far more CPU than they save (measured on 2 cores: 1.08x wall for
+    1.85x CPU at order 512, 1.24x for 1.6x at 1024; the 2-stage solver slower at 2048)."""
     m = grams.shape[-1]
-    work = int(grams.shape[0] * SOLVER_WORK * m**3)
-    with blas_threads(work, pin=m < SOLVER_THREADED_ORDER):
+    with blas_threads(int(grams.shape[0] * SOLVER_WORK * m**3), pin=True):
         return _solve(grams)
-
-
-# From this order the solver gets the idle cores' BLAS threads. Two threads against one on
-# 2 cores: 1.08x wall for 1.85x CPU at order 512, 1.24x for 1.6x at 1024, 1.12x for 1.7x at
-# 2048, 1.5x for 1.15x at 3072, 1.4x for 1.27x at 4096 (VGG16's fc1 and fc2).
-SOLVER_THREADED_ORDER = 3072
 
 
 def _solve(grams: np.ndarray) -> np.ndarray:
