@@ -192,11 +192,17 @@ def _exact(w: np.ndarray) -> np.ndarray:
 
 def _eigvalsh(grams: np.ndarray) -> np.ndarray:
     """Ascending float64 eigenvalues of a stack of symmetric matrices (any float dtype), on one
-    BLAS thread: more cost far more CPU than they save (measured on 2 cores: 1.08x wall for
-    1.85x CPU at order 512, 1.24x for 1.6x at 1024; the 2-stage solver slower at 2048)."""
+    BLAS thread below SOLVER_THREADED_ORDER, where more cost far more CPU than they save."""
     m = grams.shape[-1]
-    with blas_threads(int(grams.shape[0] * SOLVER_WORK * m**3), pin=True):
+    work = int(grams.shape[0] * SOLVER_WORK * m**3)
+    with blas_threads(work, pin=m < SOLVER_THREADED_ORDER):
         return _solve(grams)
+
+
+# From this order the solver gets the idle cores' BLAS threads. Two threads against one on
+# 2 cores: 1.08x wall for 1.85x CPU at order 512, 1.24x for 1.6x at 1024, 1.12x for 1.7x at
+# 2048, 1.5x for 1.15x at 3072, 1.4x for 1.27x at 4096 (VGG16's fc1 and fc2).
+SOLVER_THREADED_ORDER = 3072
 
 
 def _solve(grams: np.ndarray) -> np.ndarray:
@@ -324,14 +330,30 @@ _POOLS: dict[str, tuple[int, ThreadPoolExecutor]] = {}
 
 
 def busy_cores() -> float:
-    """Tasks other than this one that want a core now: Linux's count of runnable tasks
-    (/proc/loadavg, 4th field), else the 1-minute load average. The average lags by a
-    minute, so right after another heavy job it would keep a quiet machine on one thread."""
+    """Tasks of other processes that want a core now: Linux's count of runnable tasks
+    (/proc/loadavg, 4th field) less this process's own running threads, else the 1-minute
+    load average. The average lags by a minute, so right after another heavy job it would
+    keep a quiet machine on one thread; and OpenBLAS's threads spin for a while after a
+    threaded product, so counted as others they left the solver after it one thread."""
     try:
         with open("/proc/loadavg") as fh:
-            return float(fh.read().split()[3].split("/")[0]) - 1.0  # less this process
+            runnable = float(fh.read().split()[3].split("/")[0])
+        return max(runnable - _own_running(), 0.0)
     except (OSError, ValueError, IndexError):
         return os.getloadavg()[0] - 1.0 if hasattr(os, "getloadavg") else 0.0
+
+
+def _own_running() -> int:
+    """Threads of this process running or runnable now (at least this one)."""
+    running = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        running += state == "R"
+    return max(running, 1)
 
 
 def _siblings() -> int:
