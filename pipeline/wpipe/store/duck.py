@@ -96,16 +96,16 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> bool:
     con.execute(LAKE_VERSIONS_DDL)
     if not had_names:
         naming.adopt(con)  # a database from before model_names keeps the names it had
-    if not lake_files_present(con):
+    if not _lake_files_present(con, served):
         return False
     views.apply(con)
     return True
 
 
-def lake_files_present(con: duckdb.DuckDBPyConnection) -> bool:
-    """Every file the served views read exists (binding a view opens each of them)."""
+def _lake_files_present(con: duckdb.DuckDBPyConnection, served: set[str]) -> bool:
+    """Every file the `served` views read exists (binding a view opens each of them)."""
     try:
-        for name in _served_views(con):
+        for name in served:
             con.execute(f"SELECT * FROM {name} LIMIT 0")
     except duckdb.IOException:
         return False

@@ -235,18 +235,23 @@ class Lake:
         """On the local disk, at a path DuckDB would not take for a glob pattern."""
         return "://" not in self.location.root and not any(c in self.location.root for c in "*?[{")
 
+    def current_files(self, name: str) -> list[str]:
+        """Table `name`'s current data files, as its log names them (relative to its folder,
+        percent-encoded)."""
+        return self.table(name).get_add_actions(flatten=True).column("path").to_pylist()
+
     def current_local_paths(self, name: str) -> list[str]:
         """Absolute paths of table `name`'s current data files (a `local` lake). Not
         file_uris(): it percent-encodes the root (a space becomes %20)."""
-        relative = self.table(name).get_add_actions(flatten=True).column("path").to_pylist()
-        root = os.path.abspath(self.location.root)
-        return [f"{root}/{name}/{unquote(path)}" for path in relative]
+        return self.local_paths(name, [unquote(f) for f in self.current_files(name)]) or []
 
     def local_paths(self, name: str, files: Iterable[str]) -> list[str] | None:
-        """Paths of table `name`'s data files `files` on the local disk (None: not `local`)."""
+        """Absolute paths of table `name`'s data files `files` on the local disk (None: not
+        `local`)."""
         if not self.local:
             return None
-        return [f"{self.location.root.rstrip('/')}/{name}/{f}" for f in files]
+        root = os.path.abspath(self.location.root)
+        return [f"{root}/{name}/{f}" for f in files]
 
     def commit(
         self, name: str, adds: list[DataFile], removes: Iterable[str] = (), operation: str = ""
@@ -339,7 +344,7 @@ class Lake:
         """Replace the whole table by `data` (the contract's schema) in one commit: one data
         file streamed by pyarrow (deltalake's own writer kept ~45 MB of the driver after
         writing 2,000 models' rows)."""
-        table = self.table(name)  # made first: its folder is the data file's
+        self.table(name)  # made first: its folder is the data file's
         writer = DataFileWriter(self.location, name)
         try:
             for batch in data.to_batches() if isinstance(data, pa.Table) else data:
@@ -352,8 +357,7 @@ class Lake:
         else:
             writer.abort()
             added = []
-        current = table.get_add_actions(flatten=True).column("path").to_pylist()
-        return self.commit(name, added, current, operation="overwrite")
+        return self.commit(name, added, self.current_files(name), operation="overwrite")
 
     def file_count(self) -> dict[str, int]:
         return {name: len(self.table(name).file_uris()) for name in TABLES}
@@ -384,7 +388,7 @@ class Lake:
             listed = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
         except (FileNotFoundError, NotADirectoryError):
             return []
-        current = set(self.table(name).get_add_actions(flatten=True).column("path").to_pylist())
+        current = set(self.current_files(name))
         return sorted(
             info.base_name
             for info in listed
@@ -417,8 +421,7 @@ class Lake:
             by_table.setdefault(f.table, []).append(f)
         for name, group in by_table.items():
             with contextlib.suppress(Exception):  # a full disk or a dead store: next run's sweep
-                current = set(self.table(name).get_add_actions(flatten=True).column("path")
-                              .to_pylist())  # fmt: skip
+                current = set(self.current_files(name))
                 for f in group:
                     if f.name not in current:
                         with contextlib.suppress(OSError):

@@ -57,18 +57,9 @@ def reconcile(db: Database, lake: Lake) -> list[str]:
 def _find_lake(db: Database, lake: Lake) -> list[str]:
     """A database whose served tables' files are gone: its lake moved (`lake` holds its
     models: the views now read it there), or is lost (every model is read again)."""
-    columns = "model_id, sha256, ingest_options"
-    theirs = lake.dataset("models").to_table(columns=columns.split(", "))
-    db.con.register("lake_models", theirs)
-    try:
-        differ = db.con.execute(
-            f"SELECT count(*) FROM ((SELECT {columns} FROM models EXCEPT SELECT {columns} FROM "
-            f"lake_models) UNION ALL (SELECT {columns} FROM lake_models EXCEPT SELECT {columns} "
-            "FROM models))"
-        ).fetchall()[0][0]
-    finally:
-        db.con.unregister("lake_models")
-    if theirs.num_rows and not differ:
+    theirs = lake.dataset("models").to_table().cast(schema.MODELS.arrow_schema)
+    changed, gone = _model_changes(db, theirs)
+    if theirs.num_rows and not changed and not gone:
         db.record_versions(lake, lake.versions())  # re-points the views
         notes = [f"{db.path}: its lake is now read at {lake.location.root}"]
     else:
@@ -221,14 +212,7 @@ def pull(db: Database, lake: Lake) -> Pulled:
 def _pull_models(db: Database, lake: Lake, versions: dict[str, int]) -> tuple[int, int]:
     """Reload the rows of models that are new or changed in the lake; drop the gone ones."""
     theirs = lake.dataset("models").to_table().cast(schema.MODELS.arrow_schema)
-    columns = ", ".join(IDENTITY)
-    db.con.register("lake_models", theirs)
-    try:
-        changed = _ids(db.con, f"SELECT {columns} FROM lake_models EXCEPT SELECT {columns} "
-                               "FROM models")  # fmt: skip
-        gone = _ids(db.con, "SELECT model_id FROM models EXCEPT SELECT model_id FROM lake_models")
-    finally:
-        db.con.unregister("lake_models")
+    changed, gone = _model_changes(db, theirs)
     drop = sorted(changed | gone)
     db.con.execute("BEGIN TRANSACTION")
     try:
@@ -246,6 +230,20 @@ def _pull_models(db: Database, lake: Lake, versions: dict[str, int]) -> tuple[in
         db.con.execute("ROLLBACK")
         raise
     return len(changed), len(gone)
+
+
+def _model_changes(db: Database, theirs: pa.Table) -> tuple[set[str], set[str]]:
+    """(models new or changed in the lake's `models` rows `theirs`, models gone from them),
+    against the database's."""
+    columns = ", ".join(IDENTITY)
+    db.con.register("lake_models", theirs)
+    try:
+        changed = _ids(db.con, f"SELECT {columns} FROM lake_models EXCEPT SELECT {columns} "
+                               "FROM models")  # fmt: skip
+        gone = _ids(db.con, "SELECT model_id FROM models EXCEPT SELECT model_id FROM lake_models")
+    finally:
+        db.con.unregister("lake_models")
+    return changed, gone
 
 
 def _ids(con: duckdb.DuckDBPyConnection, sql: str) -> set[str]:
