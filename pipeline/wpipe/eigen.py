@@ -2,27 +2,34 @@
 within the tolerances of README: Spectral health.
 
 The M×M Gram matrix is formed by a symmetric rank-k product (numpy's matmul calls BLAS syrk for
-AᵀA: half the multiply-adds of a general product), and diagonalised in float64 by numpy's
-eigvalsh (LAPACK dsyevd, batched over slices) or, from TWO_STAGE_MIN, by LAPACK's two-stage
-solver (dsyevd_2stage, from the OpenBLAS that numpy ships; eigvalsh where it is not found).
-Precision per slice:
+AᵀA: half the multiply-adds of a general product), and diagonalised by LAPACK. Precision per
+slice, and what each spectra column gets from it:
 
 - float32 Gram where N ≥ F32_ASPECT·M, i.e. where the product costs more than the solver: its
   eigenvalues are within gram_noise(N)·λmax of a float64 SVD's (measured at most 3.2e-8·λmax,
-  random and power-law matrices), so λmax, Σλ and the large eigenvalues are exact to ~1e-8
-  relative. A slice whose smallest eigenvalue is below SETTLED × that noise is
-  recomputed in float64, and wpipe.spectra redoes a whole ESD in float64 when the power-law
-  fit reaches into the noise (`ESD.noise`).
-- float64 Gram elsewhere (near-square matrices, where the solver dominates anyway): exact to
-  ~1e-13·λmax; a slice whose smallest eigenvalue is below GRAM_FLOOR·λmax (RANK_FLOOR·λmax
-  above SVD_MAX columns, where an SVD costs tens of seconds and only eigenvalues that no
-  metric but the rank can see would change) is redone exactly: dead rows/columns removed,
-  then the Gram again, or an SVD of the float64 matrix.
+  random and power-law matrices). From F32_SOLVER_MIN columns it is diagonalised by a float32
+  solver (`_solve32`: ~1.5x less CPU than float64's), adding solver_noise(M)·λmax (measured at
+  most ~3·eps32·λmax); below, numpy's float64 eigvalsh. λmax itself is refined in float64 (a
+  Rayleigh quotient of the float32 top eigenvector), so it keeps the float64 solver's ~1e-8, and
+  Σλ (`ESD.total`: norm, log_norm, stable_rank's numerator) is ‖W‖²_F summed in float64, exact
+  to ~1e-15 whatever the solver. The other columns (alpha, xmin, D, entropy, ...) and the
+  eigenvalues table see the bound above: a slice whose smallest eigenvalue is below SETTLED ×
+  that noise is recomputed in float64, and wpipe.spectra redoes a whole ESD in float64 when
+  the power-law fit reaches into the noise (`ESD.noise`).
+- float64 Gram elsewhere (near-square matrices, whose small eigenvalues a float32 solver would
+  lose): exact to ~1e-13·λmax, diagonalised in float64 by numpy's eigvalsh (LAPACK dsyevd,
+  batched over slices) or, from TWO_STAGE_MIN, LAPACK's two-stage solver (dsyevd_2stage, from
+  the OpenBLAS that numpy ships; eigvalsh where it is not found); a slice whose smallest
+  eigenvalue is below GRAM_FLOOR·λmax (RANK_FLOOR·λmax above SVD_MAX columns, where an SVD
+  costs tens of seconds and only eigenvalues that no metric but the rank can see would
+  change) is redone exactly: dead rows/columns removed, then the Gram again, or an SVD of the
+  float64 matrix.
 
-Threads: the solver runs on one BLAS thread (more waste CPU for little time); the slices of a
-stack are split over threads instead, at most cores / pool workers (`pool_share`); only large
-products get BLAS threads, as many as the cores no other task is running on now (Linux's
-runnable-task count), and inside an ingest pool worker at most cores / workers.
+Threads: the solver runs on one BLAS thread below SOLVER_THREADED_ORDER (more waste CPU for
+little time); the slices of a stack are split over threads instead, at most cores / pool
+workers (`pool_share`); only large products get BLAS threads, as many as the cores no other
+task is running on now (Linux's runnable-task count), and inside an ingest pool worker at
+most cores / workers.
 """
 
 from __future__ import annotations
