@@ -20,9 +20,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-from wpipe import schema
 from wpipe.anatomy import _wrapped
 from wpipe.eigen import (
     SOLVER_THREADED_ORDER,
@@ -138,21 +136,10 @@ class SpectraCollector:
             if result.evals is not None:
                 self.eigen.append((key, result.label, result.evals))
 
-    def tables(self) -> dict[str, pa.Table]:
+    def results(self) -> tuple[list[dict], list[tuple[dict, str, np.ndarray]]]:
+        """Every tensor's spectra rows and (key, matrix, eigenvalues), in tensor order."""
         self._drain(-1)
-        spectra = pa.Table.from_pylist(self.rows, schema=schema.SPECTRA.arrow_schema)
-        columns: dict[str, list] = {c: [] for c in schema.EIGENVALUES.column_names}
-        for key, label, evals in self.eigen:
-            n = int(evals.size)
-            for name, value in key.items():
-                columns[name] += [value] * n
-            columns["matrix"] += [label] * n
-            columns["k"].append(np.arange(n, dtype=np.int64))
-            columns["value"].append(evals)
-        for name in ("k", "value"):
-            columns[name] = np.concatenate(columns[name]) if columns[name] else []
-        eigen = pa.Table.from_pydict(columns, schema=schema.EIGENVALUES.arrow_schema)
-        return {"spectra": spectra, "eigenvalues": eigen}
+        return self.rows, self.eigen
 
 
 def _cost(planned) -> float:

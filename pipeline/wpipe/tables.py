@@ -143,8 +143,7 @@ def build_tables(
                 "n_params": sum(t.size for t in layer.tensors),
                 "n_trainable": sum(t.size for t in layer.tensors if t.trainable),
                 "n_tensors": len(layer.tensors),
-                **layer_fields(layer.config),
-                "config": json.dumps(layer.config, sort_keys=True) if layer.config else None,
+                **_config_columns(layer.config),
             }
         )
         for tensor in layer.tensors:
@@ -224,10 +223,41 @@ def build_tables(
         "ingested_at": datetime.now(timezone.utc),
         "ingest_options": info.ingest_options,
     }
-    out = spectra_out.tables()
+    gather_spectra(gathered, spectra_out)
     for name, rows in (("models", [model_row]), ("layers", layer_rows), ("weights", weight_rows)):
         gathered.parts[name].extend(rows)
-    return out if into is not None else {**gathered.tables(), **out}
+    return {} if into is not None else gathered.tables()
+
+
+def gather_spectra(into: GatheredRows, collector: SpectraCollector) -> None:
+    """A model's spectra and eigenvalues rows (waiting for its background analyses)."""
+    rows, eigen = collector.results()
+    into.parts["spectra"].extend(rows)
+    for key, label, evals in eigen:
+        n = int(evals.size)
+        columns = {"matrix": [label] * n, "k": np.arange(n, dtype=np.int64), "value": evals}
+        into.parts["eigenvalues"].add(key, columns)
+
+
+# A layer config's columns by the config's identity: the checkpoints of a run share their
+# parsed configs (legacy_h5's parse cache, h5layout), whose JSON text is a tenth of a small
+# model's rows. Each entry holds its config, so an id is never reused while it is here.
+_CONFIG_COLUMNS: dict[int, tuple[dict, dict]] = {}
+CONFIG_COLUMNS_KEEP = 4096
+
+
+def _config_columns(config: dict | None) -> dict:
+    """layer_fields and the sorted JSON text of a layer's config (never changed once read)."""
+    held = _CONFIG_COLUMNS.get(id(config))
+    if held is not None and held[0] is config:
+        return held[1]
+    columns = {**layer_fields(config),
+               "config": json.dumps(config, sort_keys=True) if config else None}  # fmt: skip
+    if config is not None:
+        if len(_CONFIG_COLUMNS) >= CONFIG_COLUMNS_KEEP:
+            _CONFIG_COLUMNS.clear()
+        _CONFIG_COLUMNS[id(config)] = (config, columns)
+    return columns
 
 
 def file_stem(path: str) -> str:
@@ -258,7 +288,8 @@ class _Rows:
 
 # Tables whose rows the models of a chunk gather into one Arrow table each (GatheredRows):
 # converting each model's few rows on its own cost ~1 ms a small model, a tenth of its map.
-GATHERED = ("models", "layers", "weights", "histograms", "units", "weight_tiles")
+GATHERED = ("models", "layers", "weights", "histograms", "units", "weight_tiles", "spectra",
+            "eigenvalues")  # fmt: skip
 
 
 class GatheredRows:
@@ -273,6 +304,8 @@ class GatheredRows:
             "histograms": _Columns(schema.HISTOGRAMS),
             "units": _Columns(schema.UNITS),
             "weight_tiles": _Columns(schema.WEIGHT_TILES),
+            "spectra": _Rows(schema.SPECTRA),
+            "eigenvalues": _Columns(schema.EIGENVALUES),
         }
 
     def mark(self) -> dict[str, int]:
