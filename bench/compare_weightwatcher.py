@@ -147,7 +147,7 @@ def spectra_alone(path: Path) -> tuple[float, float]:
     collector = SpectraCollector(SpectraOptions("all"))
     for tensor in tensors:
         collector.add(*tensor)
-    collector.tables()
+    collector.results()
     return time.perf_counter() - started, time.process_time() - cpu
 
 
