@@ -14,7 +14,8 @@ Layers are matched by name (flat models; WeightWatcher names nested layers diffe
 `--summary` (make bench): per model, the best of `--repeats` interleaved runs of
 WeightWatcher's analyze() (in a process that loaded the model once: the load is not timed)
 and of wpipe, as ratios: wpipe's whole ingest with `--spectra all`, what the spectra add to
-an ingest (`--spectra all` less `--spectra none`), and wpipe.spectra alone on every tensor.
+an ingest (`--spectra all` less `--spectra none`), and the spectra alone: every tensor's, as
+the ingest's SpectraCollector computes them (background threads), on arrays loaded beforehand.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipeline"))
 
 from wpipe.ingest import ingest
 from wpipe.readers import open_model
-from wpipe.spectra import SpectraOptions, tensor_spectra
+from wpipe.spectra import SpectraOptions
+from wpipe.spectra_tables import SpectraCollector
 from wpipe.store import Database
 from wpipe.tables import ValuesMode
 
@@ -129,19 +131,23 @@ def run_wpipe(paths: list[Path], root: Path, mode: str = "all") -> tuple[dict, f
 
 
 def spectra_alone(path: Path) -> tuple[float, float]:
-    """Wall and CPU seconds of wpipe.spectra on every tensor of the file, one after another
-    in this thread (no reading, statistics or lake; the arrays loaded beforehand)."""
+    """Wall and CPU seconds of the spectra of every tensor of the file as an ingest computes
+    them (wpipe.spectra_tables.SpectraCollector: tensors up to 64 MB on background threads,
+    one per core, larger ones in this thread), without reading, statistics or lake: the
+    arrays are loaded beforehand."""
     tensors = []
     with open_model(path) as model:
         for layer in model.layers:
             for t in layer.tensors:
                 if t.status == "ok":
-                    tensors.append((layer.class_name, layer.config, t.weight_name, t.role,
-                                    t.layout, t.load()))  # fmt: skip
-    options = SpectraOptions("all")
+                    key = {"model_id": path.stem, "layer_path": layer.layer_path,
+                           "weight_name": t.weight_name}  # fmt: skip
+                    tensors.append((key, layer.class_name, layer.config, t, t.load()))
     started, cpu = time.perf_counter(), time.process_time()
+    collector = SpectraCollector(SpectraOptions("all"))
     for tensor in tensors:
-        tensor_spectra(*tensor, options)
+        collector.add(*tensor)
+    collector.results()
     return time.perf_counter() - started, time.process_time() - cpu
 
 
@@ -238,7 +244,7 @@ def summary(python: str, paths: list[Path], repeats: int) -> None:
             f"{ww_wall:6.2f} s wall, {ww_cpu:6.2f} s CPU (model already loaded); target >= 5x\n"
             f"  {vs('wpipe ingest --spectra all (read, statistics, lake, spectra)', *best['all'])}"
             f"\n  {vs('wpipe spectra, added to an ingest (--spectra all less none)', *added)}"
-            f"\n  {vs('wpipe spectra alone (every tensor, one after another)', *best['alone'])}"
+            f"\n  {vs('wpipe spectra alone (every tensor, on the ingest threads)', *best['alone'])}"
         )
         print("  " + differences(path, theirs["rows"], mine))
 

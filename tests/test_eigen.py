@@ -11,6 +11,7 @@ from threadpoolctl import threadpool_info
 from wpipe import eigen, spectra_tables
 from wpipe.readers import open_model
 from wpipe.spectra import SpectraOptions
+from wpipe.tables import GatheredRows, gather_spectra
 
 from tests.conftest import MODELS
 
@@ -85,7 +86,9 @@ def _collect(monkeypatch, share: int, overlap: int, least: int = 0):
                        "weight_name": tensor.weight_name}  # fmt: skip
                 collector.add(key, layer.class_name, layer.config, tensor, array)
     pending = len(collector.pending)
-    return collector.tables(), pending, sizes
+    gathered = GatheredRows()
+    gather_spectra(gathered, collector)
+    return gathered.tables(), pending, sizes
 
 
 def test_background_spectra_give_the_synchronous_rows_in_order(monkeypatch):

@@ -12,11 +12,11 @@ import shutil
 import numpy as np
 import pytest
 from typer.testing import CliRunner
-from wpipe import spectra, spectra_tables
+from wpipe import eigen, spectra, spectra_tables
 from wpipe.cli import app
-from wpipe.eigen import gram_noise, spectrum
+from wpipe.eigen import eigenvalues, gram_noise, spectrum
 from wpipe.ingest import ingest
-from wpipe.spectra import SpectraOptions, eigenvalues, esd_metrics, fit_power_law, plan
+from wpipe.spectra import SpectraOptions, esd_metrics, fit_power_law, plan
 from wpipe.store import Database
 from wpipe.tables import ValuesMode
 
@@ -104,6 +104,32 @@ def test_gram_path_agrees_with_full_svd():
     assert eigenvalues(slices, exact=True) == pytest.approx(want, rel=1e-6)
     bound = gram_noise(64) * max(svd_evals(s)[0] for s in slices)
     assert eigenvalues(slices) == pytest.approx(want, rel=1e-9, abs=bound)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "spiked", "power law", "dead units"])
+def test_float32_solver_agrees_with_full_svd_and_its_top_with_a_float64_solver(kind):
+    # From F32_SOLVER_MIN columns (N >= 2M) the float32 solver: every eigenvalue within its
+    # bound, λmax refined in float64 (as exact as a float64 solver of the same Gram), Σλ the
+    # float64 trace (README tolerance: 1e-5 relative; these keep ~1e-7 or better)
+    rng = np.random.default_rng(11)
+    n, m = 700, 300
+    w = {"gaussian": lambda: rng.standard_normal((n, m)),
+         "spiked": lambda: rng.standard_normal((n, m)) * np.r_[[40.0] * 3, [1.0] * (m - 3)],
+         "power law": lambda: planted(2.5, n, m, 12),
+         "dead units": lambda: rng.standard_normal((n, m)) * (np.arange(m) % 50 != 0),
+         }[kind]().astype(np.float32)  # fmt: skip
+    assert m >= eigen.F32_SOLVER_MIN and n >= eigen.F32_ASPECT * m
+    want = svd_evals(w)
+    esd = spectrum(w[None])
+    bound = (gram_noise(n) + eigen.solver_noise(m)) * want[0]
+    if kind != "dead units":  # else recomputed in float64: no float32 bound left
+        assert bound * 0.99 <= esd.noise <= bound * (1 + 1e-6)
+    assert esd.evals == pytest.approx(want, rel=1e-6, abs=max(esd.noise, 1e-12 * want[0]))
+    assert esd.evals[0] == pytest.approx(want[0], rel=1e-6)  # the float32 Gram's own error
+    assert esd.total == pytest.approx(float((w.astype(np.float64) ** 2).sum()), rel=1e-7)
+    gram = w.T @ w  # the float32 Gram the solver sees: its top, refined, is a float64 solver's
+    top = eigen._solve32(gram, eigen._lapack32())[-1]
+    assert top == pytest.approx(np.linalg.eigvalsh(gram.astype(np.float64))[-1], rel=1e-12)
 
 
 def wwfit(data):

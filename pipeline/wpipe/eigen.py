@@ -2,27 +2,34 @@
 within the tolerances of README: Spectral health.
 
 The M×M Gram matrix is formed by a symmetric rank-k product (numpy's matmul calls BLAS syrk for
-AᵀA: half the multiply-adds of a general product), and diagonalised in float64 by numpy's
-eigvalsh (LAPACK dsyevd, batched over slices) or, from TWO_STAGE_MIN, by LAPACK's two-stage
-solver (dsyevd_2stage, from the OpenBLAS that numpy ships; eigvalsh where it is not found).
-Precision per slice:
+AᵀA: half the multiply-adds of a general product), and diagonalised by LAPACK. Precision per
+slice, and what each spectra column gets from it:
 
 - float32 Gram where N ≥ F32_ASPECT·M, i.e. where the product costs more than the solver: its
   eigenvalues are within gram_noise(N)·λmax of a float64 SVD's (measured at most 3.2e-8·λmax,
-  random and power-law matrices), so λmax, Σλ and the large eigenvalues are exact to ~1e-8
-  relative. A slice whose smallest eigenvalue is below SETTLED × that noise is
-  recomputed in float64, and wpipe.spectra redoes a whole ESD in float64 when the power-law
-  fit reaches into the noise (`ESD.noise`).
-- float64 Gram elsewhere (near-square matrices, where the solver dominates anyway): exact to
-  ~1e-13·λmax; a slice whose smallest eigenvalue is below GRAM_FLOOR·λmax (RANK_FLOOR·λmax
-  above SVD_MAX columns, where an SVD costs tens of seconds and only eigenvalues that no
-  metric but the rank can see would change) is redone exactly: dead rows/columns removed,
-  then the Gram again, or an SVD of the float64 matrix.
+  random and power-law matrices). From F32_SOLVER_MIN columns it is diagonalised by a float32
+  solver (`_solve32`: ~1.5x less CPU than float64's), adding solver_noise(M)·λmax (measured at
+  most ~3·eps32·λmax); below, numpy's float64 eigvalsh. λmax itself is refined in float64 (a
+  Rayleigh quotient of the float32 top eigenvector), so it keeps the float64 solver's ~1e-8, and
+  Σλ (`ESD.total`: norm, log_norm, stable_rank's numerator) is ‖W‖²_F summed in float64, exact
+  to ~1e-15 whatever the solver. The other columns (alpha, xmin, D, entropy, ...) and the
+  eigenvalues table see the bound above: a slice whose smallest eigenvalue is below SETTLED ×
+  that noise is recomputed in float64, and wpipe.spectra redoes a whole ESD in float64 when
+  the power-law fit reaches into the noise (`ESD.noise`).
+- float64 Gram elsewhere (near-square matrices, whose small eigenvalues a float32 solver would
+  lose): exact to ~1e-13·λmax, diagonalised in float64 by numpy's eigvalsh (LAPACK dsyevd,
+  batched over slices) or, from TWO_STAGE_MIN, LAPACK's two-stage solver (dsyevd_2stage, from
+  the OpenBLAS that numpy ships; eigvalsh where it is not found); a slice whose smallest
+  eigenvalue is below GRAM_FLOOR·λmax (RANK_FLOOR·λmax above SVD_MAX columns, where an SVD
+  costs tens of seconds and only eigenvalues that no metric but the rank can see would
+  change) is redone exactly: dead rows/columns removed, then the Gram again, or an SVD of the
+  float64 matrix.
 
-Threads: the solver runs on one BLAS thread (more waste CPU for little time); the slices of a
-stack are split over threads instead, at most cores / pool workers (`pool_share`); only large
-products get BLAS threads, as many as the cores no other task is running on now (Linux's
-runnable-task count), and inside an ingest pool worker at most cores / workers.
+Threads: the solver runs on one BLAS thread below SOLVER_THREADED_ORDER (more waste CPU for
+little time); the slices of a stack are split over threads instead, at most cores / pool
+workers (`pool_share`); only large products get BLAS threads, as many as the cores no other
+task is running on now (Linux's runnable-task count), and inside an ingest pool worker at
+most cores / workers.
 """
 
 from __future__ import annotations
@@ -53,12 +60,16 @@ THREADED_WORK = 1 << 31
 UNLIMITED_BELOW = 1 << 20  # work too small for OpenBLAS to thread: not worth limiting
 SOLVER_WORK = 3.2  # eigenvalues of an M×M Gram matrix cost about SOLVER_WORK·M³ multiply-adds
 SPLIT_WORK = 1 << 24  # multiply-adds per thread from which a stack's slices are split (~2 ms)
+# From this order a float32 Gram's eigenvalues come from the float32 solver (`_solve32`):
+# below it the solver costs little and numpy's batched float64 one has less overhead.
+F32_SOLVER_MIN = 256
 
 
 @dataclass
 class ESD:
     evals: np.ndarray  # pooled eigenvalues of every slice, descending
-    noise: float  # absolute error bound of the float32-Gram eigenvalues among them (0: none)
+    noise: float  # absolute error bound of the float32 eigenvalues among them (0: none)
+    total: float  # Σλ = Σ trace(WₖᵀWₖ), summed in float64 from the Grams' diagonals
 
 
 def eigenvalues(slices: np.ndarray, *, exact: bool = False) -> np.ndarray:
@@ -71,18 +82,20 @@ def spectrum(slices: np.ndarray, *, exact: bool = False) -> ESD:
     rf, n, m = slices.shape
     evals = np.empty((rf, m))
     noise = np.zeros(rf)
+    traces = np.zeros(rf)
     single = not exact and slices.dtype != np.float64 and n >= F32_ASPECT * m
     part = _single if single else _double
     ways = _split_ways(rf, n, m)
     if ways < 2:
-        part(slices, evals, noise)
+        part(slices, evals, noise, traces)
     else:  # contiguous runs of slices, one per thread, each on one BLAS thread
         bounds = np.linspace(0, rf, ways + 1).astype(int)
         runs = [slice(a, b) for a, b in itertools.pairwise(bounds)]
         pool = thread_pool("slices", os.cpu_count() or 1)
         with blas_threads(UNLIMITED_BELOW, pin=True):
-            list(pool.map(lambda r: part(slices[r], evals[r], noise[r]), runs))
-    return ESD(np.sort(evals.reshape(-1))[::-1], float(noise.max(initial=0.0)))
+            list(pool.map(lambda r: part(slices[r], evals[r], noise[r], traces[r]), runs))
+    return ESD(np.sort(evals.reshape(-1))[::-1], float(noise.max(initial=0.0)),
+               float(traces.sum()))  # fmt: skip
 
 
 def _split_ways(rf: int, n: int, m: int) -> int:
@@ -99,19 +112,25 @@ def _split_ways(rf: int, n: int, m: int) -> int:
     return max(1, min(rf, pool_share(), int(work // SPLIT_WORK)))
 
 
-def _single(slices: np.ndarray, evals: np.ndarray, noise: np.ndarray) -> None:
-    """float32 Grams, float64 eigenvalues; unsettled slices are recomputed in float64."""
+def _single(slices: np.ndarray, evals: np.ndarray, noise: np.ndarray, traces: np.ndarray):
+    """float32 Grams; from F32_SOLVER_MIN columns a float32 solver whose largest eigenvalue is
+    refined in float64 (`_solve32`), below it float64 eigenvalues; unsettled slices are
+    recomputed in float64."""
     rf, n, m = slices.shape
     group = max(1, GRAM_CHUNK // max(n * m, 1))
     for start in range(0, rf, group):
         part = slices[start : start + group]
         with blas_threads(part.shape[0] * n * m * m // 2):
             grams = _gram32(part if part.dtype == np.float32 else part.astype(np.float32))
-        evals[start : start + part.shape[0]] = _eigvalsh(grams)
-    noise[:] = gram_noise(n) * np.maximum(evals[:, -1], 0.0)
+        done = slice(start, start + part.shape[0])
+        # Σλ = ‖W‖²_F in float64 (a float32 Gram's own trace is off by up to ~eps32·√N)
+        traces[done] = np.einsum("ijk,ijk->i", part, part, dtype=np.float64)
+        evals[done] = _eigvalsh(grams, single=m >= F32_SOLVER_MIN)
+    bound = gram_noise(n) + (solver_noise(m) if m >= F32_SOLVER_MIN else 0.0)
+    noise[:] = bound * np.maximum(evals[:, -1], 0.0)
     unsettled = np.flatnonzero(evals[:, 0] < SETTLED * noise)
     for k in unsettled:
-        _double(slices[k : k + 1], evals[k : k + 1], noise[k : k + 1])
+        _double(slices[k : k + 1], evals[k : k + 1], noise[k : k + 1], traces[k : k + 1])
     noise[unsettled] = 0.0
 
 
@@ -120,6 +139,13 @@ def gram_noise(n: int) -> float:
     of short sums plus a random walk over long ones, eps32·(4 + √N/16). Measured worst cases:
     3.2e-8 at N = 64 (bound 2.7e-7) and 1.6e-8 at N = 25088 (bound 8.3e-7)."""
     return float(np.finfo(np.float32).eps) * (4.0 + math.sqrt(n) / 16.0)
+
+
+def solver_noise(m: int) -> float:
+    """Error bound of the float32 solver's eigenvalues (all but the refined largest) of an
+    M×M matrix, relative to its largest: eps32·(4 + √M/4). Measured worst cases on random,
+    spiked and power-law Grams: ~3·eps32 at M = 512 (bound 9.7), ~8·eps32 at 4096 (20)."""
+    return float(np.finfo(np.float32).eps) * (4.0 + math.sqrt(m) / 4.0)
 
 
 def _gram32(x: np.ndarray) -> np.ndarray:
@@ -132,9 +158,10 @@ def _gram32(x: np.ndarray) -> np.ndarray:
     return np.matmul(x.transpose(0, 2, 1), x)
 
 
-def _double(slices: np.ndarray, evals: np.ndarray, noise: np.ndarray | None = None) -> None:
+def _double(slices: np.ndarray, evals: np.ndarray, noise: np.ndarray, traces: np.ndarray):
     """float64 Grams (converted a block at a time), redone exactly where near-singular;
-    `noise` (no error bound here) is for the signature `spectrum` shares with `_single`."""
+    `noise` (no error bound here: left alone) is for the signature `spectrum` shares with
+    `_single`."""
     rf, n, m = slices.shape
     group = GRAM_CHUNK // max(n * m, 1)
     if group:
@@ -142,11 +169,13 @@ def _double(slices: np.ndarray, evals: np.ndarray, noise: np.ndarray | None = No
             x = slices[start : start + group].astype(np.float64)
             with blas_threads(x.shape[0] * n * m * m // 2):
                 grams = np.matmul(x.transpose(0, 2, 1), x)
+            traces[start : start + group] = np.trace(grams, axis1=1, axis2=2)
             evals[start : start + group] = _eigvalsh(grams)
     else:
         for k in range(rf):
             with blas_threads(n * m * m // 2):
                 gram = _gram64(slices[k])
+            traces[k] = np.trace(gram)
             evals[k] = _eigvalsh(gram[None])[0]
     floor = GRAM_FLOOR if m <= SVD_MAX else RANK_FLOOR
     with blas_threads(UNLIMITED_BELOW, pin=True):
@@ -190,12 +219,17 @@ def _exact(w: np.ndarray) -> np.ndarray:
 # --- the symmetric solver -----------------------------------------------------------------------
 
 
-def _eigvalsh(grams: np.ndarray) -> np.ndarray:
-    """Ascending float64 eigenvalues of a stack of symmetric matrices (any float dtype), on one
-    BLAS thread below SOLVER_THREADED_ORDER, where more cost far more CPU than they save."""
+def _eigvalsh(grams: np.ndarray, *, single: bool = False) -> np.ndarray:
+    """Ascending eigenvalues (float64 array) of a stack of symmetric matrices, on one BLAS
+    thread below SOLVER_THREADED_ORDER, where more cost far more CPU than they save; `single`:
+    float32 Grams through the float32 solver (`_solve32`), else a float64 solver."""
     m = grams.shape[-1]
     work = int(grams.shape[0] * SOLVER_WORK * m**3)
     with blas_threads(work, pin=m < SOLVER_THREADED_ORDER):
+        if single:
+            lapack = _lapack32()
+            if lapack is not None:
+                return np.stack([_solve32(g, lapack) for g in grams])
         return _solve(grams)
 
 
@@ -220,18 +254,92 @@ def _solve(grams: np.ndarray) -> np.ndarray:
     return out
 
 
+def _solve32(gram: np.ndarray, lapack: dict) -> np.ndarray:
+    """Ascending eigenvalues of one float32 Gram: LAPACK's float32 tridiagonal reduction
+    (ssytrd, ~1.5x faster than float64's on one core), the tridiagonal's eigenvalues in float64
+    (dsterf), then the largest refined in float64: the tridiagonal's top eigenvector (dstevx)
+    taken back through the reduction's reflectors (sormtr) is within eps32·λmax/gap of the
+    Gram's, so its float64 Rayleigh quotient after one power step (a lower bound of λmax)
+    is within ~(eps32·λmax)²/gap of it: as exact as the float64 solver's."""
+    m = gram.shape[0]
+    if m == 1:
+        return gram.reshape(1).astype(np.float64)
+    a = np.array(gram, dtype=np.float32, order="C")  # overwritten by the reflectors
+    d, e, tau = np.empty(m, np.float32), np.empty(m - 1, np.float32), np.empty(m - 1, np.float32)
+    # Symmetric, so the C-ordered matrix read column-major is itself (its lower triangle).
+    info = lapack["ssytrd"](_COL_MAJOR, b"L", m, a.ctypes.data, m, d.ctypes.data, e.ctypes.data,
+                            tau.ctypes.data)  # fmt: skip
+    if info != 0:  # never seen: the float64 solver instead
+        return _solve(gram[None])[0]
+    diag, off = d.astype(np.float64), e.astype(np.float64)
+    evals, work = diag.copy(), off.copy()
+    lapack["dsterf"](m, evals.ctypes.data, work.ctypes.data)
+    evals.sort()
+    top = _top_vector(lapack, a, tau, diag, off)
+    if top is not None:
+        g = gram.astype(np.float64)
+        y = g @ top
+        v = y / np.linalg.norm(y)
+        lam = max(float(top @ y), float(v @ (g @ v)))  # Rayleigh quotients: both <= λmax
+        np.minimum(evals, lam, out=evals)  # the float32 ones just under it are within noise
+        evals[-1] = lam
+    return evals
+
+
+def _top_vector(lapack: dict, a: np.ndarray, tau: np.ndarray, diag, off) -> np.ndarray | None:
+    """The unit eigenvector of the Gram's largest eigenvalue, from ssytrd's reflectors (in `a`,
+    `tau`) and its tridiagonal (`diag`, `off`, float64); None if LAPACK fails."""
+    m = diag.size
+    d, e = diag.copy(), off.copy()
+    found, w = ctypes.c_int64(0), np.empty(m)
+    z, fail = np.empty(m), np.empty(m, np.int64)
+    info = lapack["dstevx"](_COL_MAJOR, b"V", b"I", m, d.ctypes.data, e.ctypes.data, 0.0, 0.0,
+                            m, m, 0.0, ctypes.byref(found), w.ctypes.data, z.ctypes.data, m,
+                            fail.ctypes.data)  # fmt: skip
+    if info != 0 or found.value != 1:
+        return None
+    c = z.astype(np.float32)
+    info = lapack["sormtr"](_COL_MAJOR, b"L", b"L", b"N", m, 1, a.ctypes.data, m,
+                            tau.ctypes.data, c.ctypes.data, m)  # fmt: skip
+    if info != 0:
+        return None
+    v = c.astype(np.float64)
+    norm = np.linalg.norm(v)
+    return v / norm if norm > 0 else None
+
+
 _COL_MAJOR = 102
-_SOLVER: list = []  # [function or None] once looked up
+_I64, _P, _C, _F64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_char, ctypes.c_double
+_SIGNATURES = {  # LAPACKE (ILP64) argument types
+    "dsyevd_2stage": [ctypes.c_int, _C, _C, _I64, _P, _I64, _P],
+    "ssytrd": [ctypes.c_int, _C, _I64, _P, _I64, _P, _P, _P],
+    "dsterf": [_I64, _P, _P],
+    "dstevx": [ctypes.c_int, _C, _C, _I64, _P, _P, _F64, _F64, _I64, _I64, _F64, _P, _P, _P,
+               _I64, _P],
+    "sormtr": [ctypes.c_int, _C, _C, _C, _I64, _I64, _P, _I64, _P, _P, _I64],
+}  # fmt: skip
+_FOUND: dict = {}  # name -> function or None, once looked up
 
 
 def _two_stage():
     """LAPACKE_dsyevd_2stage of numpy's bundled OpenBLAS (ILP64), or None when not found."""
-    if not _SOLVER:
-        _SOLVER.append(_find_two_stage())
-    return _SOLVER[0]
+    return _lapack("dsyevd_2stage")
 
 
-def _find_two_stage():
+def _lapack32() -> dict | None:
+    """The LAPACKE functions of `_solve32`, or None when one is not found."""
+    found = {name: _lapack(name) for name in ("ssytrd", "dsterf", "dstevx", "sormtr")}
+    return None if None in found.values() else found
+
+
+def _lapack(name: str):
+    if name not in _FOUND:
+        _FOUND[name] = _find_lapack(name)
+    return _FOUND[name]
+
+
+def _find_lapack(name: str):
+    """LAPACKE_<name> of numpy's bundled OpenBLAS (ILP64), or None when not found."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
@@ -243,13 +351,11 @@ def _find_two_stage():
             lib = ctypes.CDLL(info["filepath"])
         except OSError:
             continue
-        for name in ("scipy_LAPACKE_dsyevd_2stage64_", "LAPACKE_dsyevd_2stage64_"):
-            fn = getattr(lib, name, None)
+        for symbol in (f"scipy_LAPACKE_{name}64_", f"LAPACKE_{name}64_"):
+            fn = getattr(lib, symbol, None)
             if fn is not None:
-                i64 = ctypes.c_int64
-                fn.restype = i64
-                fn.argtypes = [ctypes.c_int, ctypes.c_char, ctypes.c_char, i64, ctypes.c_void_p,
-                               i64, ctypes.c_void_p]  # fmt: skip
+                fn.restype = _I64
+                fn.argtypes = _SIGNATURES[name]
                 return fn
     return None
 

@@ -33,6 +33,7 @@ from wpipe.readers import (
     Model,
     ModelReadError,
     Tensor,
+    h5layout,
     h5safe,
     model_files,
     open_model,
@@ -59,6 +60,8 @@ from wpipe.textsafe import display, to_os
 SPILL_ROWS = 200_000
 # A file's tensors kept in memory for the next checkpoint's drift in the same chunk, at most.
 HOLD_BYTES = 64 << 20
+# This process's recently read small HDF5 layouts: the next checkpoint of a run skips the parse
+LAYOUTS = h5layout.Layouts()
 
 
 @dataclass(frozen=True)
@@ -339,7 +342,7 @@ def _process(
         info = FileInfo(model_id, job.path, sha, job.size, job.mtime, job.settings.text)
         sinks = {t.name: TableSink(job.lake, t) for t in schema.MODEL_TABLES}
         with ExitStack() as stack:
-            model = stack.enter_context(open_model(local, where=job.path))
+            model = stack.enter_context(open_model(local, where=job.path, layouts=LAYOUTS))
             drift = DriftTracker(job, model, stack, previous, held, local if keep else None)
             s = job.settings
             tables = build_tables(model, info, s.options, s.values, sinks["weight_values"].write,

@@ -58,7 +58,7 @@ from wpipe.walk import walk
 
 # A batch is committed and loaded when it holds this many models, this many bytes of small
 # tables, or is this old: few commits, bounded driver memory, little lost to a kill.
-BATCH_MODELS = 256
+BATCH_MODELS = 1024
 BATCH_BYTES = 64 << 20
 BATCH_SECONDS = 10.0
 # Drift rows the driver converts to Arrow at a time (a few hundred KB of dicts at most).

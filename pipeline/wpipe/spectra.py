@@ -29,10 +29,12 @@ from wpipe.anatomy import (
     SEPARABLE,
     _wrapped,
 )
-from wpipe.eigen import SOLVER_WORK, eigenvalues, spectrum
+from wpipe.eigen import SOLVER_WORK, spectrum
 from wpipe.readers.base import from_cudnn
 
-METHOD_VERSION = "wpipe-spectra/2"  # 2: float32 Gram where N >= 2M (wpipe.eigen)
+# 2: float32 Gram where N >= 2M (wpipe.eigen); 3: there, a float32 solver from 256 columns
+# with λmax refined in float64, and Σλ the float64 ‖W‖²_F
+METHOD_VERSION = "wpipe-spectra/3"
 EVALS_THRESH = 1e-5  # eigenvalues at or below this are not fitted (WeightWatcher EVALS_THRESH)
 MIN_EVALS = 8  # fewer eigenvalues in an ESD: no power-law fit (WeightWatcher min_evals)
 SMALL_N = 20  # fewer fitted eigenvalues: WeightWatcher's small-sample fit (WW_powerlaw.py)
@@ -334,10 +336,11 @@ def analyse(p: Planned) -> Spectrum:
         return Spectrum(p.label, {**metrics, "status": p.skip}, None)
     esd = spectrum(p.slices)
     evals = esd.evals * p.rescale
-    result = esd_metrics(evals, p.n)
+    result = esd_metrics(evals, p.n, esd.total * p.rescale)
     if esd.noise and _unsettled(result, evals, esd.noise * p.rescale):
-        evals = eigenvalues(p.slices, exact=True) * p.rescale
-        result = esd_metrics(evals, p.n)
+        esd = spectrum(p.slices, exact=True)
+        evals = esd.evals * p.rescale
+        result = esd_metrics(evals, p.n, esd.total * p.rescale)
     return Spectrum(p.label, {**metrics, **result}, evals)
 
 
@@ -350,14 +353,15 @@ def _unsettled(metrics: dict, evals: np.ndarray, noise: float) -> bool:
     return bool(np.any(np.abs(evals - EVALS_THRESH) <= noise))
 
 
-def esd_metrics(evals: np.ndarray, n: int) -> dict:
-    """Metrics of a descending ESD whose matrices have largest dimension `n` (README)."""
+def esd_metrics(evals: np.ndarray, n: int, total: float | None = None) -> dict:
+    """Metrics of a descending ESD whose matrices have largest dimension `n` (README); `total`:
+    Σλ = ‖W‖²_F computed exactly (wpipe.eigen's Gram traces), else the eigenvalues' sum."""
     num = int(evals.size)
     lam = float(evals[0])
     out: dict = {"num_evals": num, "lambda_max": lam, "spectral_norm": lam}
     if lam <= 0:
         return {**out, "norm": 0.0, "status": "skipped: all eigenvalues are zero"}
-    norm = float(evals.sum())
+    norm = float(evals.sum()) if total is None else float(total)
     rank = int(np.count_nonzero(evals > lam * (n * np.finfo(np.float64).eps) ** 2))
     p = evals / norm + ENTROPY_EPSILON
     out.update(

@@ -20,12 +20,25 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-from wpipe import schema
 from wpipe.anatomy import _wrapped
-from wpipe.eigen import UNLIMITED_BELOW, blas_threads, pool_share, thread_pool
-from wpipe.spectra import METHOD_VERSION, SpectraOptions, Spectrum, analyse, plan
+from wpipe.eigen import (
+    SOLVER_THREADED_ORDER,
+    SOLVER_WORK,
+    UNLIMITED_BELOW,
+    blas_threads,
+    pool_share,
+    thread_pool,
+)
+from wpipe.spectra import (
+    AUTO_RATE,
+    METHOD_VERSION,
+    SpectraOptions,
+    Spectrum,
+    analyse,
+    cost_seconds,
+    plan,
+)
 
 CACHE_FOLDER = ".spectra-cache"
 # Matrices whose eigen-decomposition costs less than this many multiply-adds (N·M·min(N, M),
@@ -37,6 +50,10 @@ CACHE_MIN_WORK = 10**8
 # has loaded); a larger tensor is analysed in the caller's thread.
 OVERLAP_BYTES = 64 << 20
 OVERLAP_MIN = 1 << 15  # values of the smallest tensor worth a background thread
+# A tensor whose spectra cost this many multiply-adds (a 3072-order solve) is analysed in the
+# caller's thread too, where its products and solver get BLAS threads: in the background it
+# would run pinned to one (VGG16's 4096 × 4096 fc2: ~6 s of one core, the reading long done).
+INLINE_WORK = SOLVER_WORK * SOLVER_THREADED_ORDER**3
 # Work done in this process (tests count cache hits with it): tensors computed / read back.
 COUNTS = {"computed": 0, "cached": 0}
 _COUNTING = threading.Lock()  # background threads count too
@@ -44,9 +61,10 @@ _COUNTING = threading.Lock()  # background threads count too
 
 class SpectraCollector:
     """Rows of the spectra and eigenvalues tables, tensor by tensor. With cores to spare, the
-    tensors of at most OVERLAP_BYTES are analysed on background threads (one per core: the
-    caller's is idle once it has read the last tensor) while the caller reads and summarises
-    the next ones (LAPACK and BLAS release the GIL); rows keep tensor order."""
+    tensors of at most OVERLAP_BYTES whose spectra cost less than INLINE_WORK are analysed on
+    background threads (one per core: the caller's is idle once it has read the last tensor)
+    while the caller reads and summarises the next ones (LAPACK and BLAS release the GIL);
+    rows keep tensor order."""
 
     def __init__(self, options: SpectraOptions) -> None:
         self.options = options
@@ -64,9 +82,11 @@ class SpectraCollector:
         """Analyse one tensor (a wpipe.readers.Tensor and its loaded array)."""
         if self.options.mode == "none":
             return
-        job = (class_name, config, tensor, array)
-        if array.nbytes > OVERLAP_BYTES or not self.background:
-            self._drain(-1)  # large: in this thread, after the pending ones (bounded memory)
+        planned = plan(class_name, config, tensor.weight_name, tensor.role, tensor.layout,
+                       array, self.options)  # fmt: skip
+        job = (class_name, config, tensor, array, planned)
+        if array.nbytes > OVERLAP_BYTES or _cost(planned) >= INLINE_WORK or not self.background:
+            self._drain(-1)  # large or costly: in this thread, after the pending ones
             self._emit(key, self._analyse(*job))
         elif array.size < OVERLAP_MIN:  # small: at once, its rows queued behind the pending
             results = self._analyse(*job)
@@ -81,9 +101,7 @@ class SpectraCollector:
             future = thread_pool("spectra", pool_share()).submit(self._analyse, *job)
             self.pending.append((key, array.nbytes, future))
 
-    def _analyse(self, class_name, config, tensor, array) -> list[Spectrum]:
-        planned = plan(class_name, config, tensor.weight_name, tensor.role, tensor.layout,
-                       array, self.options)  # fmt: skip
+    def _analyse(self, class_name, config, tensor, array, planned) -> list[Spectrum]:
         if (all(p.skip for p in planned) or self.options.cache_dir is None
                 or _work(planned) < CACHE_MIN_WORK):  # fmt: skip
             return [analyse(p) for p in planned]
@@ -118,21 +136,15 @@ class SpectraCollector:
             if result.evals is not None:
                 self.eigen.append((key, result.label, result.evals))
 
-    def tables(self) -> dict[str, pa.Table]:
+    def results(self) -> tuple[list[dict], list[tuple[dict, str, np.ndarray]]]:
+        """Every tensor's spectra rows and (key, matrix, eigenvalues), in tensor order."""
         self._drain(-1)
-        spectra = pa.Table.from_pylist(self.rows, schema=schema.SPECTRA.arrow_schema)
-        columns: dict[str, list] = {c: [] for c in schema.EIGENVALUES.column_names}
-        for key, label, evals in self.eigen:
-            n = int(evals.size)
-            for name, value in key.items():
-                columns[name] += [value] * n
-            columns["matrix"] += [label] * n
-            columns["k"].append(np.arange(n, dtype=np.int64))
-            columns["value"].append(evals)
-        for name in ("k", "value"):
-            columns[name] = np.concatenate(columns[name]) if columns[name] else []
-        eigen = pa.Table.from_pydict(columns, schema=schema.EIGENVALUES.arrow_schema)
-        return {"spectra": spectra, "eigenvalues": eigen}
+        return self.rows, self.eigen
+
+
+def _cost(planned) -> float:
+    """Estimated multiply-adds of a tensor's spectra (wpipe.spectra.cost_seconds' model)."""
+    return sum(cost_seconds(p.rf, p.n, p.m) for p in planned if not p.skip) * AUTO_RATE
 
 
 def _work(planned) -> int:

@@ -76,6 +76,12 @@ class ValuesMode:
             return "auto"
         return f"sample:{self.n}" if self.kind == "sample" else self.kind
 
+    def kept(self, sizes: list[int]) -> int:
+        """Values kept of tensors of `sizes` (n already the per-tensor share)."""
+        if self.kind == "none":
+            return 0
+        return sum(sizes) if self.kind == "all" else sum(min(s, self.n) for s in sizes)
+
     def per_tensor(self, sizes: list[int]) -> int:
         """Values a tensor of the model whose tensors have `sizes` keeps (all when smaller):
         the largest share up to n that keeps the model within per_model."""
@@ -125,9 +131,11 @@ def build_tables(
     # per tensor Arrow columns, not dict rows: a model's units and bins stay a few MB
     hist_rows, unit_rows = gathered.parts["histograms"], gathered.parts["units"]
     tile_rows = gathered.parts["weight_tiles"]
-    sample = values.per_tensor([t.size for layer in model.layers for t in layer.tensors
-                                if t.status == "ok"])  # fmt: skip
-    values_out = _Values(dataclasses.replace(values, n=sample, per_model=0), emit_values)
+    sizes = [t.size for layer in model.layers for t in layer.tensors if t.status == "ok"]
+    mode = dataclasses.replace(values, n=values.per_tensor(sizes), per_model=0)
+    # a small model's values go with the chunk's (one conversion for all its models)
+    shared = into is not None and mode.kept(sizes) <= VALUES_GATHER
+    values_out = _Values(mode, emit_values, gathered.parts["weight_values"] if shared else None)
     spectra_out = SpectraCollector(spectra or SpectraOptions())
     weight_index = 0
     tile_budget = TileBudget([t.shape for layer in model.layers for t in layer.tensors])
@@ -143,8 +151,7 @@ def build_tables(
                 "n_params": sum(t.size for t in layer.tensors),
                 "n_trainable": sum(t.size for t in layer.tensors if t.trainable),
                 "n_tensors": len(layer.tensors),
-                **layer_fields(layer.config),
-                "config": json.dumps(layer.config, sort_keys=True) if layer.config else None,
+                **_config_columns(layer.config),
             }
         )
         for tensor in layer.tensors:
@@ -224,10 +231,41 @@ def build_tables(
         "ingested_at": datetime.now(timezone.utc),
         "ingest_options": info.ingest_options,
     }
-    out = spectra_out.tables()
+    gather_spectra(gathered, spectra_out)
     for name, rows in (("models", [model_row]), ("layers", layer_rows), ("weights", weight_rows)):
         gathered.parts[name].extend(rows)
-    return out if into is not None else {**gathered.tables(), **out}
+    return {} if into is not None else gathered.tables()
+
+
+def gather_spectra(into: GatheredRows, collector: SpectraCollector) -> None:
+    """A model's spectra and eigenvalues rows (waiting for its background analyses)."""
+    rows, eigen = collector.results()
+    into.parts["spectra"].extend(rows)
+    for key, label, evals in eigen:
+        n = int(evals.size)
+        columns = {"matrix": [label] * n, "k": np.arange(n, dtype=np.int64), "value": evals}
+        into.parts["eigenvalues"].add(key, columns)
+
+
+# A layer config's columns by the config's identity: the checkpoints of a run share their
+# parsed configs (legacy_h5's parse cache, h5layout), whose JSON text is a tenth of a small
+# model's rows. Each entry holds its config, so an id is never reused while it is here.
+_CONFIG_COLUMNS: dict[int, tuple[dict, dict]] = {}
+CONFIG_COLUMNS_KEEP = 4096
+
+
+def _config_columns(config: dict | None) -> dict:
+    """layer_fields and the sorted JSON text of a layer's config (never changed once read)."""
+    held = _CONFIG_COLUMNS.get(id(config))
+    if held is not None and held[0] is config:
+        return held[1]
+    columns = {**layer_fields(config),
+               "config": json.dumps(config, sort_keys=True) if config else None}  # fmt: skip
+    if config is not None:
+        if len(_CONFIG_COLUMNS) >= CONFIG_COLUMNS_KEEP:
+            _CONFIG_COLUMNS.clear()
+        _CONFIG_COLUMNS[id(config)] = (config, columns)
+    return columns
 
 
 def file_stem(path: str) -> str:
@@ -258,7 +296,8 @@ class _Rows:
 
 # Tables whose rows the models of a chunk gather into one Arrow table each (GatheredRows):
 # converting each model's few rows on its own cost ~1 ms a small model, a tenth of its map.
-GATHERED = ("models", "layers", "weights", "histograms", "units", "weight_tiles")
+GATHERED = ("models", "layers", "weights", "histograms", "units", "weight_tiles", "spectra",
+            "eigenvalues", "weight_values")  # fmt: skip
 
 
 class GatheredRows:
@@ -273,6 +312,9 @@ class GatheredRows:
             "histograms": _Columns(schema.HISTOGRAMS),
             "units": _Columns(schema.UNITS),
             "weight_tiles": _Columns(schema.WEIGHT_TILES),
+            "spectra": _Rows(schema.SPECTRA),
+            "eigenvalues": _Columns(schema.EIGENVALUES),
+            "weight_values": _Columns(schema.WEIGHT_VALUES),
         }
 
     def mark(self) -> dict[str, int]:
@@ -379,11 +421,16 @@ VALUES_GATHER = 1 << 16
 
 class _Values:
     """A model's weight_values rows, to `emit` in tensor order: the rows of a tensor giving at
-    most KEEP_RAW of them gathered with the next ones', a larger tensor's in batches."""
+    most KEEP_RAW of them gathered with the next ones', a larger tensor's in batches; or all
+    of them into `shared` (other models' rows too; for a model keeping at most VALUES_GATHER
+    values), nothing emitted."""
 
-    def __init__(self, mode: ValuesMode, emit: Callable[[pa.RecordBatch | pa.Table], None]):
-        self.mode, self.emit = mode, emit
-        self.rows = _Columns(schema.WEIGHT_VALUES)
+    def __init__(
+        self, mode: ValuesMode, emit: Callable[[pa.RecordBatch | pa.Table], None],
+        shared: _Columns | None = None,
+    ) -> None:  # fmt: skip
+        self.mode, self.emit, self.shared = mode, emit, shared
+        self.rows = shared if shared is not None else _Columns(schema.WEIGHT_VALUES)
         self.held = 0
 
     def add(self, key: dict, array: np.ndarray) -> None:
@@ -391,7 +438,7 @@ class _Values:
         if mode.kind == "none" or not array.size:
             return
         count = array.size if mode.kind == "all" else min(mode.n, array.size)
-        if count > KEEP_RAW:
+        if count > KEEP_RAW and self.shared is None:
             self.flush()
             for batch in _values_batches(key, array, mode):
                 self.emit(batch)
@@ -404,11 +451,11 @@ class _Values:
             index = np.arange(flat.size, dtype=np.int64)
         self.rows.add(key, {"flat_index": index, "value": flat.astype(np.float32, copy=False)})
         self.held += count
-        if self.held >= VALUES_GATHER:
+        if self.held >= VALUES_GATHER and self.shared is None:
             self.flush()
 
     def flush(self) -> None:
-        if self.held:
+        if self.held and self.shared is None:
             self.emit(self.rows.table())
             self.rows, self.held = _Columns(schema.WEIGHT_VALUES), 0
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 
 from wpipe.readers import (
+    h5layout,
     h5safe,
     keras0,
     keras_dir,
@@ -64,17 +65,20 @@ def model_files(path: Path) -> list[Path]:
 
 
 @contextmanager
-def open_model(path: str | os.PathLike, where: str | None = None) -> Iterator[Model]:
+def open_model(
+    path: str | os.PathLike, where: str | None = None, layouts: h5layout.Layouts | None = None
+) -> Iterator[Model]:
     """Open a model save (by its name on disk or as stored, see textsafe); tensors load
     lazily while the context is open. Messages name the save as `where` (default: the path),
-    e.g. its URL when `path` is a local copy."""
+    e.g. its URL when `path` is a local copy. `layouts`: small HDF5 files' layouts read
+    before, matched and learned (h5layout)."""
     where = where or display(str(path))
     p = Path(path)
     if not os.path.lexists(p):
         p = Path(to_os(str(path)))
     with ExitStack() as stack:
         try:
-            model = stack.enter_context(_open(p, where))
+            model = stack.enter_context(_open(p, where, layouts))
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
             raise ModelReadError("corrupt", f"{where}: {type(exc).__name__}: {exc}") from None
         except MemoryError:
@@ -103,7 +107,7 @@ def _check_unique_keys(model: Model, where: str) -> None:
 
 
 @contextmanager
-def _open(p: Path, where: str) -> Iterator[Model]:
+def _open(p: Path, where: str, layouts: h5layout.Layouts | None = None) -> Iterator[Model]:
     reason = unsupported.identify(p)
     if reason:
         raise ModelReadError("unsupported-format", f"{where}: {reason}")
@@ -113,7 +117,8 @@ def _open(p: Path, where: str) -> Iterator[Model]:
         with keras_dir.open_folder(p, where) as model:
             yield model
         return
-    if require_regular(p, where).st_size == 0:
+    size = require_regular(p, where).st_size
+    if size == 0:
         raise ModelReadError("empty-file", f"{where}: file is empty (0 bytes)")
     if sharded.is_index(p):
         with sharded.open_shards(p, where) as model:
@@ -126,23 +131,37 @@ def _open(p: Path, where: str) -> Iterator[Model]:
         return
     if kind != "hdf5":
         raise ModelReadError("not-hdf5", f"{where}: not a Keras model file (not HDF5 or ZIP)")
+    read = layouts.read(p, size, where) if layouts is not None else None
+    if read is not None and (model := layouts.match(read, where)) is not None:
+        yield model
+        return
+    learn = read is not None and layouts.wants(read)
+    with _open_hdf5(p, where) as f:
+        model = _read_hdf5(f, where)
+        if learn:
+            layouts.learn(f, model, read, p)
+        yield model
+
+
+def _open_hdf5(p: Path, where: str) -> h5py.File:
     try:
-        f = h5py.File(p, "r", locking=False)
+        return h5py.File(p, "r", locking=False)
     except OSError as exc:
         text = str(exc)
         reason = text.split("(", 1)[-1].rstrip(")") if "(" in text else text
         code = "truncated" if "truncated" in reason or "eof" in reason else "unreadable-hdf5"
         raise ModelReadError(code, f"{where}: cannot open HDF5 file ({reason})") from None
-    with f:
-        if legacy_h5.claims(f):
-            yield legacy_h5.read(f, where)
-        elif keras0.claims(f):
-            yield keras0.read(f, where)
-        elif any(isinstance(f.get(k, getlink=True), h5py.HardLink) for k in NATIVE_ROOTS):
-            yield native.read([f], where, WEIGHTS_H5, None, None)
-        else:
-            raise ModelReadError(
-                "not-keras",
-                f"{where}: HDF5 file without a Keras layout (no model_config, layer_names, "
-                "model_weights, nb_layers or layers/vars groups)",
-            )
+
+
+def _read_hdf5(f: h5py.File, where: str) -> Model:
+    if legacy_h5.claims(f):
+        return legacy_h5.read(f, where)
+    if keras0.claims(f):
+        return keras0.read(f, where)
+    if any(isinstance(f.get(k, getlink=True), h5py.HardLink) for k in NATIVE_ROOTS):
+        return native.read([f], where, WEIGHTS_H5, None, None)
+    raise ModelReadError(
+        "not-keras",
+        f"{where}: HDF5 file without a Keras layout (no model_config, layer_names, "
+        "model_weights, nb_layers or layers/vars groups)",
+    )

@@ -353,6 +353,7 @@ def lazy_array(
                 "out-of-memory", f"{where}: not enough memory to read {ds.name}"
             ) from None
 
+    load.dataset = ds  # a plain read of one dataset (h5layout may read its bytes itself)
     return load
 
 
