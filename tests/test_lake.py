@@ -3,6 +3,7 @@ engines (DuckDB without extensions, Polars, pyarrow) read it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -321,6 +322,42 @@ def test_compact_leaves_few_files_and_the_same_rows(tmp_path, warehouse):
         on_disk = list((warehouse.lake / table.name).glob("*.parquet"))
         assert len(on_disk) == counts[table.name]  # vacuumed: no unreferenced file left
     assert_lake_equals_database(warehouse)
+
+
+def test_compact_merges_in_model_id_order_and_commits_no_data_change(
+    tmp_path, warehouse, monkeypatch
+):
+    for run in ("a", "b", "c", "d"):
+        shutil.copytree(EXAMPLES / "cnn_lr1e-2", tmp_path / "zoo" / run)
+        warehouse.ingest(tmp_path / "zoo")
+    lake = store.Lake.open(str(warehouse.lake))
+    before = {
+        t.name: len(DeltaTable(str(warehouse.lake / t.name)).file_uris())
+        for t in schema.MODEL_TABLES
+    }
+    sizes = [a["size"] for a in _log_actions(warehouse.lake / "units", "add")]
+    # a target that merges the units files in at least two groups
+    monkeypatch.setattr("wpipe.store.lake.TARGET_FILE_BYTES", sum(sizes) // 3)
+    lake.compact()
+    units = DeltaTable(str(warehouse.lake / "units"))
+    assert 1 < len(units.file_uris()) < before["units"]
+    last = sorted((warehouse.lake / "units" / "_delta_log").glob("*.json"))[-1]
+    actions = [json.loads(line) for line in last.read_text().splitlines()]
+    changes = [a[k]["dataChange"] for a in actions for k in ("add", "remove") if k in a]
+    assert changes and not any(changes)  # a compaction: the same rows, in other files
+    # each merged file holds a run of the files sorted by their smallest model_id
+    merged = [json.loads(a["add"]["stats"])["minValues"]["model_id"] for a in actions if "add" in a]
+    assert merged == sorted(merged)
+    assert_lake_equals_database(warehouse)
+
+
+def _log_actions(table: Path, kind: str) -> list[dict]:
+    """The `kind` actions of every commit in a Delta table's log, read as JSON."""
+    out = []
+    for commit in sorted((table / "_delta_log").glob("*.json")):
+        out += [json.loads(line)[kind] for line in commit.read_text().splitlines()
+                if kind in json.loads(line)]  # fmt: skip
+    return out
 
 
 def test_a_database_of_an_older_wpipe_gains_the_new_columns_and_is_read_again(folder, warehouse):

@@ -118,3 +118,20 @@ def test_small_matrices_get_numpys_block_statistics_whatever_their_shortcuts(sha
             assert cell["peak"] == zeroed.flat[np.argmax(np.abs(zeroed))]
         assert (cell["rows"], cell["cols"]) == shape
     assert (covered == 1).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int8])
+def test_a_small_matrix_reduced_in_one_pass_gets_the_loops_cells_bit_for_bit(monkeypatch, dtype):
+    rng = np.random.default_rng(6)
+    matrix = (rng.normal(size=(200, 16)) * 3).astype(dtype)
+    if dtype != np.int8:
+        matrix[3, 4], matrix[150, 0] = np.nan, -np.inf
+        matrix[-9:, :] = -0.0
+    one_pass = tiles.tile_columns(matrix, 1024)
+    monkeypatch.setattr(tiles, "SMALL_REDUCE", 0)  # every matrix through the row-wise loop
+    looped = tiles.tile_columns(matrix, 1024)
+    for ours, theirs in zip(one_pass, looped, strict=True):
+        assert ours.keys() == theirs.keys()
+        for name in ours:
+            assert ours[name].dtype == theirs[name].dtype, name
+            assert ours[name].tobytes() == theirs[name].tobytes(), name

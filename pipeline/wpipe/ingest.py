@@ -57,10 +57,12 @@ from wpipe.textsafe import to_os
 from wpipe.walk import walk
 
 # A batch is committed and loaded when it holds this many models, this many bytes of small
-# tables, or is this old: few commits, bounded driver memory, little lost to a kill.
-BATCH_MODELS = 1024
+# tables, or is this old: few commits, bounded driver memory, little lost to a kill. A
+# batch's fixed cost (nine commits, versions recorded, served views re-pointed over a growing
+# list of files) was ~0.3 ms a small checkpoint at 256 models (~10 s of driver at 10,000).
+BATCH_MODELS = 2048
 BATCH_BYTES = 64 << 20
-BATCH_SECONDS = 10.0
+BATCH_SECONDS = 30.0
 # Drift rows the driver converts to Arrow at a time (a few hundred KB of dicts at most).
 DRIFT_ROWS_HELD = 4096
 # Tables with more files than this are compacted (small files merged) at the end of a run.
@@ -146,6 +148,7 @@ def ingest(
     limit, and with jobs=1 the files are read in this process); `dask` (`local` or a
     scheduler address) runs the per-file map on Dask distributed instead."""
     started = time.perf_counter()
+    workers.limit_malloc_arenas()
     progress = progress or _Silent()
     options = options or StatsOptions()
     values = values or ValuesMode.default()

@@ -76,6 +76,12 @@ class ValuesMode:
             return "auto"
         return f"sample:{self.n}" if self.kind == "sample" else self.kind
 
+    def kept(self, sizes: list[int]) -> int:
+        """Values kept of tensors of `sizes` (n already the per-tensor share)."""
+        if self.kind == "none":
+            return 0
+        return sum(sizes) if self.kind == "all" else sum(min(s, self.n) for s in sizes)
+
     def per_tensor(self, sizes: list[int]) -> int:
         """Values a tensor of the model whose tensors have `sizes` keeps (all when smaller):
         the largest share up to n that keeps the model within per_model."""
@@ -125,9 +131,11 @@ def build_tables(
     # per tensor Arrow columns, not dict rows: a model's units and bins stay a few MB
     hist_rows, unit_rows = gathered.parts["histograms"], gathered.parts["units"]
     tile_rows = gathered.parts["weight_tiles"]
-    sample = values.per_tensor([t.size for layer in model.layers for t in layer.tensors
-                                if t.status == "ok"])  # fmt: skip
-    values_out = _Values(dataclasses.replace(values, n=sample, per_model=0), emit_values)
+    sizes = [t.size for layer in model.layers for t in layer.tensors if t.status == "ok"]
+    mode = dataclasses.replace(values, n=values.per_tensor(sizes), per_model=0)
+    # a small model's values go with the chunk's (one conversion for all its models)
+    shared = into is not None and mode.kept(sizes) <= VALUES_GATHER
+    values_out = _Values(mode, emit_values, gathered.parts["weight_values"] if shared else None)
     spectra_out = SpectraCollector(spectra or SpectraOptions())
     weight_index = 0
     tile_budget = TileBudget([t.shape for layer in model.layers for t in layer.tensors])
@@ -289,7 +297,7 @@ class _Rows:
 # Tables whose rows the models of a chunk gather into one Arrow table each (GatheredRows):
 # converting each model's few rows on its own cost ~1 ms a small model, a tenth of its map.
 GATHERED = ("models", "layers", "weights", "histograms", "units", "weight_tiles", "spectra",
-            "eigenvalues")  # fmt: skip
+            "eigenvalues", "weight_values")  # fmt: skip
 
 
 class GatheredRows:
@@ -306,6 +314,7 @@ class GatheredRows:
             "weight_tiles": _Columns(schema.WEIGHT_TILES),
             "spectra": _Rows(schema.SPECTRA),
             "eigenvalues": _Columns(schema.EIGENVALUES),
+            "weight_values": _Columns(schema.WEIGHT_VALUES),
         }
 
     def mark(self) -> dict[str, int]:
@@ -412,11 +421,16 @@ VALUES_GATHER = 1 << 16
 
 class _Values:
     """A model's weight_values rows, to `emit` in tensor order: the rows of a tensor giving at
-    most KEEP_RAW of them gathered with the next ones', a larger tensor's in batches."""
+    most KEEP_RAW of them gathered with the next ones', a larger tensor's in batches; or all
+    of them into `shared` (other models' rows too; for a model keeping at most VALUES_GATHER
+    values), nothing emitted."""
 
-    def __init__(self, mode: ValuesMode, emit: Callable[[pa.RecordBatch | pa.Table], None]):
-        self.mode, self.emit = mode, emit
-        self.rows = _Columns(schema.WEIGHT_VALUES)
+    def __init__(
+        self, mode: ValuesMode, emit: Callable[[pa.RecordBatch | pa.Table], None],
+        shared: _Columns | None = None,
+    ) -> None:  # fmt: skip
+        self.mode, self.emit, self.shared = mode, emit, shared
+        self.rows = shared if shared is not None else _Columns(schema.WEIGHT_VALUES)
         self.held = 0
 
     def add(self, key: dict, array: np.ndarray) -> None:
@@ -424,7 +438,7 @@ class _Values:
         if mode.kind == "none" or not array.size:
             return
         count = array.size if mode.kind == "all" else min(mode.n, array.size)
-        if count > KEEP_RAW:
+        if count > KEEP_RAW and self.shared is None:
             self.flush()
             for batch in _values_batches(key, array, mode):
                 self.emit(batch)
@@ -437,11 +451,11 @@ class _Values:
             index = np.arange(flat.size, dtype=np.int64)
         self.rows.add(key, {"flat_index": index, "value": flat.astype(np.float32, copy=False)})
         self.held += count
-        if self.held >= VALUES_GATHER:
+        if self.held >= VALUES_GATHER and self.shared is None:
             self.flush()
 
     def flush(self) -> None:
-        if self.held:
+        if self.held and self.shared is None:
             self.emit(self.rows.table())
             self.rows, self.held = _Columns(schema.WEIGHT_VALUES), 0
 

@@ -26,6 +26,7 @@ import copy
 import itertools
 import math
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,11 +99,13 @@ def _stamp(st: os.stat_result) -> tuple[int, ...]:
 
 
 class Layouts:
-    """The layouts of recently read small HDF5 files (most recent first)."""
+    """The layouts of recently read small HDF5 files (most recent first). Thread-safe (a Dask
+    worker may ingest on several threads)."""
 
     def __init__(self) -> None:
         self.layouts: list[_Layout] = []
         self.sizes: list[int] = []  # sizes of recent files, most recent last
+        self.lock = threading.Lock()
 
     def read(self, path: Path, size: int, where: str) -> Read | None:
         """The file's bytes when it is small enough to match or learn a layout."""
@@ -114,18 +117,19 @@ class Layouts:
         return Read(data, stamp) if len(data) <= MAX_FILE_BYTES else None
 
     def match(self, read: Read, where: str) -> Model | None:
-        for i, layout in enumerate(self.layouts):
-            if layout.matches(read.data):
-                if i:
-                    self.layouts.insert(0, self.layouts.pop(i))
-                return layout.model_for(read.data, where)
-        return None
+        with self.lock:
+            found = next((x for x in self.layouts if x.matches(read.data)), None)
+            if found is not None and found is not self.layouts[0]:
+                self.layouts.remove(found)
+                self.layouts.insert(0, found)
+        return None if found is None else found.model_for(read.data, where)
 
     def wants(self, read: Read) -> bool:
         """Whether to learn this (unmatched) file's layout: a size met before."""
         size = len(read.data)
-        seen = size in self.sizes
-        self.sizes = [*self.sizes[-(SIZES_SEEN - 1) :], size]
+        with self.lock:
+            seen = size in self.sizes
+            self.sizes = [*self.sizes[-(SIZES_SEEN - 1) :], size]
         return seen
 
     def learn(self, f: h5py.File, model: Model, read: Read, path: Path) -> None:
@@ -139,10 +143,11 @@ class Layouts:
             layout = None  # the file was read: only its layout is not kept
         if layout is None:
             return
-        self.layouts.insert(0, layout)
-        del self.layouts[KEEP:]
-        while len(self.layouts) > 1 and sum(x.nbytes for x in self.layouts) > KEEP_BYTES:
-            self.layouts.pop()
+        with self.lock:
+            self.layouts.insert(0, layout)
+            del self.layouts[KEEP:]
+            while len(self.layouts) > 1 and sum(x.nbytes for x in self.layouts) > KEEP_BYTES:
+                self.layouts.pop()
 
 
 def _layout_of(f: h5py.File, model: Model, data: bytes) -> _Layout | None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as pads
-from deltalake import DeltaTable, write_deltalake
+from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from wpipe import compare, schema, views
@@ -173,11 +173,10 @@ class Pulled:
 def push_shared(db: Database, lake: Lake) -> None:
     """Give the lake the database's shared tables (whole: they are small)."""
     for table in SHARED:
-        uri, options = lake.location.table_uri(table.name), lake.location.storage_options
-        write_deltalake(uri, db.stream(table), mode="overwrite", storage_options=options)
+        lake.overwrite(table.name, db.stream(table))
         # one file per shared table: the overwritten ones are deleted at once (as compaction
         # does for the model tables)
-        DeltaTable(uri, storage_options=options).vacuum(
+        lake.table(table.name).vacuum(
             retention_hours=0, dry_run=False, enforce_retention_duration=False
         )
 
