@@ -130,6 +130,13 @@ def test_float32_solver_agrees_with_full_svd_and_its_top_with_a_float64_solver(k
     gram = w.T @ w  # the float32 Gram the solver sees: its top, refined, is a float64 solver's
     top = eigen._solve32(gram, eigen._lapack32())[-1]
     assert top == pytest.approx(np.linalg.eigvalsh(gram.astype(np.float64))[-1], rel=1e-12)
+    # the fit and the other columns from these eigenvalues: a full SVD's, alpha well within 1 %
+    [p] = plan("Dense", {}, "d/kernel", "kernel", "keras", w.T, SpectraOptions("all"))
+    ours = spectra.analyse(p).metrics
+    theirs = esd_metrics(want, n)
+    assert ours["alpha"] == pytest.approx(theirs["alpha"], rel=1e-4)
+    for column in ("lambda_max", "norm", "log_norm", "stable_rank", "entropy", "log_alpha_norm"):
+        assert ours[column] == pytest.approx(theirs[column], rel=1e-6), column
 
 
 def wwfit(data):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -44,3 +46,18 @@ def test_no_timeout_and_one_job_runs_in_this_process() -> None:
 def test_an_exception_in_process_is_an_outcome_too() -> None:
     [(_, result)] = map_files(task, ["raise"], jobs=1, timeout=None, name=lambda i: f"<{i}>")
     assert result.code == "internal-error" and result.message.startswith("<raise>:")
+
+
+def test_workers_of_an_ingest_run_with_few_malloc_arenas() -> None:
+    # a fresh interpreter: the forkserver must start after the limit is set, as in `wpipe`
+    script = (
+        "import os, sys\n"
+        "from wpipe import workers\n"
+        "os.environ.pop('MALLOC_ARENA_MAX', None)\n"
+        "workers.limit_malloc_arenas()\n"
+        "print(dict(workers.map_files(os.getenv, ['MALLOC_ARENA_MAX'], 1, timeout=60)))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, check=True, timeout=120).stdout  # fmt: skip
+    assert out.strip() == "{'MALLOC_ARENA_MAX': '2'}"

@@ -34,8 +34,10 @@ running task, and its worker processes are daemonic (they cannot start a killabl
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import multiprocessing
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -50,6 +52,12 @@ import pebble
 # biggest real checkpoints we measured take well under a minute per GB on one core.
 DEFAULT_FILE_TIMEOUT = 600.0
 WINDOW_PER_WORKER = 4
+
+# glibc gives each thread that allocates an arena of its own (up to 8 per core) and keeps what
+# was freed in it: DuckDB's, deltalake's, BLAS's and the spectra's threads made a one-process
+# ResNet50 ingest peak at 412 / 391 MB, against 373 / 346 MB with two arenas at the same CPU.
+MALLOC_ARENAS = "2"
+_M_ARENA_MAX = -8  # glibc's mallopt parameter
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -147,6 +155,19 @@ def _death(exc: pebble.ProcessExpired) -> str:
         hint = " — out of memory?" if signal == 9 else ""
         return f"signal {signal}{hint}"
     return f"exit code {code}"
+
+
+def limit_malloc_arenas() -> None:
+    """At most MALLOC_ARENAS glibc malloc arenas in this process and in the workers it starts
+    (their server reads MALLOC_ARENA_MAX when it starts); a MALLOC_ARENA_MAX the user set wins.
+    Nothing to do without glibc (macOS, Windows, musl)."""
+    arenas = os.environ.setdefault("MALLOC_ARENA_MAX", MALLOC_ARENAS)
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
+        return
+    if arenas.isdigit():
+        mallopt(_M_ARENA_MAX, int(arenas))
 
 
 def _context(preload: Sequence[str]) -> Any:
