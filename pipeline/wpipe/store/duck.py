@@ -72,7 +72,7 @@ def insert_arrow(
 
 
 # DuckDB's own memory, spilled to disk past it: with Python and Arrow around it, keeps a
-# report or chart on any database within 1 GB, an ingest within its budget.
+# report or chart on any database within 1 GB.
 MEMORY_LIMIT = "512MB"
 # A writer's (ingest, sync, compact): its work is appends and small lookups, and a batch's
 # insert held up to ~100 MB above the driver's floor at 512 MB (10,000 small checkpoints:
@@ -81,8 +81,10 @@ WRITER_MEMORY_LIMIT = "64MB"
 STREAM_ROWS = 1 << 16  # rows a batch (a data file's row group) when a table is read out whole
 
 
-def configure(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
-    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+def configure(
+    con: duckdb.DuckDBPyConnection, memory_limit: str = MEMORY_LIMIT
+) -> duckdb.DuckDBPyConnection:
+    con.execute(f"SET memory_limit = '{memory_limit}'")
     return con
 
 
@@ -163,8 +165,7 @@ class Database:
         self._lock = None if read_only else (lock or dblock.WriterLock(self.path))
         self.memory_limit = MEMORY_LIMIT if read_only else WRITER_MEMORY_LIMIT
         try:
-            self.con = configure(duckdb.connect(self.path, read_only=read_only))
-            self.con.execute(f"SET memory_limit = '{self.memory_limit}'")
+            self.con = configure(duckdb.connect(self.path, read_only=read_only), self.memory_limit)
             self.lost_lake = not read_only and not ensure_schema(self.con)
             self.served = _served_views(self.con)
         except BaseException:

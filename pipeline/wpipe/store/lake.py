@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from deltalake import ColumnProperties, DeltaTable, WriterProperties
+from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 from deltalake.transaction import AddAction, PostCommitHookProperties, RemoveAction
 
@@ -103,16 +103,6 @@ def _parquet_options(table: str) -> dict:
     encodings = _encodings(table)
     dictionary = [c for c in CONTRACT[table].arrow_schema.names if c not in encodings]
     return {"compression": "zstd", "use_dictionary": dictionary, "column_encoding": encodings}
-
-
-def writer_properties(table: str) -> WriterProperties:
-    """The same encodings for the files deltalake writes (compaction, overwrites)."""
-    columns = {name: ColumnProperties(dictionary_enabled=False, encoding=encoding)
-               for name, encoding in _encodings(table).items()}  # fmt: skip
-    # statistics of long strings (a layer config) truncated: deltalake would store them whole
-    return WriterProperties(
-        compression="ZSTD", statistics_truncate_length=64, column_properties=columns
-    )
 
 
 def _file_schema(table: str) -> pa.Schema:
@@ -250,8 +240,13 @@ class Lake:
             # the log names files relative to the table's folder
             subtree = pafs.SubTreeFileSystem(f"{root.rstrip('/')}/{name}", fs)
             return self.table(name).to_pyarrow_dataset(filesystem=subtree, schema=arrow_schema)
-        paths = [f"{root.rstrip('/')}/{name}/{f}" for f in files]
+        paths = [self._logged_path(name, f) for f in files]
         return pads.dataset(paths, schema=arrow_schema, format="parquet", filesystem=fs)
+
+    def _logged_path(self, name: str, file: str) -> str:
+        """The path on the lake's filesystem of table `name`'s data file `file`, as the log
+        names it (relative to the table's folder, percent-encoded)."""
+        return f"{self._fs[1].rstrip('/')}/{name}/{unquote(file)}"
 
     @property
     def local(self) -> bool:
@@ -441,9 +436,9 @@ class Lake:
     def _batches(
         self, name: str, files: list[str], dictionary: list[str]
     ) -> Iterator[pa.RecordBatch]:
-        fs, root = self._fs
+        fs = self._fs[0]
         for file in files:
-            with fs.open_input_file(f"{root.rstrip('/')}/{name}/{unquote(file)}") as source:
+            with fs.open_input_file(self._logged_path(name, file)) as source:
                 parquet = pq.ParquetFile(source, read_dictionary=dictionary)
                 yield from parquet.iter_batches(batch_size=STREAM_BATCH_ROWS)
 

@@ -57,7 +57,8 @@ def reconcile(db: Database, lake: Lake) -> list[str]:
 def _find_lake(db: Database, lake: Lake) -> list[str]:
     """A database whose served tables' files are gone: its lake moved (`lake` holds its
     models: the views now read it there), or is lost (every model is read again)."""
-    theirs = lake.dataset("models").to_table().cast(schema.MODELS.arrow_schema)
+    identity = pa.schema([schema.MODELS.arrow_schema.field(c) for c in IDENTITY])
+    theirs = lake.dataset("models").to_table(columns=list(IDENTITY)).cast(identity)
     changed, gone = _model_changes(db, theirs)
     if theirs.num_rows and not changed and not gone:
         db.record_versions(lake, lake.versions())  # re-points the views
@@ -232,8 +233,8 @@ def _pull_models(db: Database, lake: Lake, versions: dict[str, int]) -> tuple[in
 
 
 def _model_changes(db: Database, theirs: pa.Table) -> tuple[set[str], set[str]]:
-    """(models new or changed in the lake's `models` rows `theirs`, models gone from them),
-    against the database's."""
+    """(models new or changed in the lake's `models` rows `theirs` (at least the IDENTITY
+    columns), models gone from them), against the database's."""
     columns = ", ".join(IDENTITY)
     db.con.register("lake_models", theirs)
     try:
