@@ -1,7 +1,9 @@
 """`.keras` zip archives (Keras 3, Keras 2.12–2.15; Keras 2.11's `variables.h5`), §1.3, §4.1.
 
-The weights member is opened in place when stored (Keras writes ZIP_STORED), so memory holds
-one tensor at a time; a deflated (re-zipped) member is inflated with its declared size checked
+The weights member is opened in place when stored (Keras writes ZIP_STORED), as a window on
+the archive's own bytes (zipfile's member reader rereads from the start on every backward
+seek, which HDF5 makes thousands of: 2.5 s for ResNet50's metadata), so memory holds one
+tensor at a time; a deflated (re-zipped) member is inflated with its declared size checked
 as it inflates — into memory up to 256 MB, else into an anonymous temporary file. Nothing is
 ever extracted to a named file.
 """
@@ -9,7 +11,9 @@ ever extracted to a named file.
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import struct
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -85,6 +89,54 @@ def _inflate_to_temp(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> 
     return out
 
 
+class _Window(io.RawIOBase):
+    """Read-only, seekable view of `length` bytes at `start` of an open file descriptor;
+    reads never leave the window (positioned reads: no shared file offset)."""
+
+    def __init__(self, fd: int, start: int, length: int) -> None:
+        super().__init__()
+        self._fd, self._start, self._length, self._pos = fd, start, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
+        self._pos = max(base + offset, 0)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        n = max(min(len(view), self._length - self._pos), 0)
+        if n == 0:
+            return 0
+        got = os.preadv(self._fd, [view[:n]], self._start + self._pos)
+        self._pos += got
+        return got
+
+
+def _stored_window(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> _Window:
+    """The window on a stored member's bytes, found from its local header (whose extra field
+    may differ from the central directory's), checked to lie inside the archive."""
+    if info.flag_bits & 0x1:
+        raise ModelReadError("unsupported-format", f"{where}: {info.filename} is encrypted")
+    fd = zf.fp.fileno()
+    header = os.pread(fd, 30, info.header_offset)
+    if len(header) < 30 or header[:4] != b"PK\x03\x04":
+        raise ModelReadError("bad-zip", f"{where}: {info.filename}'s local header is damaged")
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    start = info.header_offset + 30 + name_length + extra_length
+    if start + info.file_size > os.fstat(fd).st_size:
+        raise ModelReadError("bad-zip", f"{where}: {info.filename} runs past the archive's end")
+    return _Window(fd, start, info.file_size)
+
+
 def read_json_member(zf: zipfile.ZipFile, name: str, where: str) -> dict | None:
     try:
         info = zf.getinfo(name)
@@ -119,7 +171,7 @@ def open_archive(path: str, where: str) -> Iterator[Model]:
         metadata = read_json_member(zf, "metadata.json", where)
         info = zf.getinfo(member)
         if info.compress_type == zipfile.ZIP_STORED:
-            handle = zf.open(info)  # seekable view of the stored bytes: read lazily
+            handle = _stored_window(zf, info, where)  # read lazily, in place
         elif info.file_size <= MAX_IN_MEMORY_BYTES:
             handle = io.BytesIO(_read_bounded(zf, info, MAX_IN_MEMORY_BYTES, where))
         else:
