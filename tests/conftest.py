@@ -22,6 +22,7 @@ from wpipe.tables import ValuesMode
 FIXTURES = Path(__file__).parent / "fixtures"
 MODELS = FIXTURES / "models"
 EXPECTED = FIXTURES / "expected"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "models"  # the demo's models
 
 
 class Warehouse:

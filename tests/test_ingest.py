@@ -14,7 +14,7 @@ from wpipe.analysis import StatsOptions
 from wpipe.ingest import discover, ingest
 from wpipe.tables import ValuesMode
 
-from tests.conftest import MODELS
+from tests.conftest import EXAMPLES, MODELS, Warehouse
 
 COUNTS = (
     "SELECT (SELECT count(*) FROM models), (SELECT count(*) FROM weights), "
@@ -70,7 +70,6 @@ def test_prune_drops_deleted_files_from_database_and_lake(folder, warehouse):
 
 
 def test_process_pool_gives_the_same_rows_as_one_process(folder, tmp_path, warehouse):
-    from tests.conftest import Warehouse
 
     warehouse.ingest(folder, jobs=1)
     pooled = Warehouse(tmp_path / "pooled")
@@ -200,8 +199,7 @@ def test_progress_reports_every_phase_with_counts(tmp_path):
     from wpipe.ingest import ingest
 
     zoo = tmp_path / "zoo"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "examples" / "models" / "cnn_lr1e-2",
-                    zoo / "run")  # fmt: skip
+    shutil.copytree(EXAMPLES / "cnn_lr1e-2", zoo / "run")
     shutil.copy2(zoo / "run" / "e01.h5", zoo / "copy.h5")  # same size: hashed first
     seen: dict[str, list] = {}
 
@@ -245,3 +243,53 @@ def test_a_database_inside_the_ingested_folder_keeps_its_writer_lock(tmp_path):
         assert second_writer.returncode != 0 and "lock" in second_writer.stderr.lower()
     finally:
         db.close()
+
+
+def _drift_rows(w: Warehouse) -> list[tuple]:
+    return w.query(
+        "SELECT a.path, b.path, d.* EXCLUDE (model_a, model_b), d.sha256_a = a.sha256 "
+        "FROM drift d JOIN models a ON a.model_id = d.model_a "
+        "JOIN models b ON b.model_id = d.model_b ORDER BY ALL"
+    )
+
+
+def test_drift_is_stored_batch_by_batch_as_in_one_batch(tmp_path, monkeypatch):
+    """Drift rows are stored at each batch once their previous checkpoint's hash is known,
+    held until then: epoch_9 is a copy of a file read before it (so it is not read, and its
+    rows come at the end), and epoch_10's drift against it waits for them. The end of the
+    run's series pass (which reads any pair missing or stale) has only epoch_9's own pair to
+    read, which no worker read."""
+    from wpipe import compare, plan
+
+    models = tmp_path / "models"
+    (models / "run").mkdir(parents=True)
+    (models / "aaa").mkdir()
+    for epoch, source in zip((8, 9, 10, 11), ("e01", "e02", "e03", "e04"), strict=True):
+        shutil.copy(EXAMPLES / "cnn_lr1e-3" / f"{source}.h5", models / "run" / f"epoch_{epoch}.h5")
+    shutil.copy(EXAMPLES / "cnn_lr1e-3" / "e02.h5", models / "aaa" / "first.h5")
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "batched").mkdir()
+    whole = Warehouse(tmp_path / "whole")
+    assert whole.ingest(models).drift_pairs == 3
+
+    series_pairs = []
+
+    def series_drift(*args):
+        found = real_series_drift(*args)
+        series_pairs.append(found[0])
+        return found
+
+    real_series_drift = compare.series_drift
+    monkeypatch.setattr(compare, "series_drift", series_drift)
+    monkeypatch.setattr(plan, "CHUNK_FILES", 1)
+    monkeypatch.setattr(sys.modules["wpipe.ingest"], "BATCH_MODELS", 1)  # not wpipe.ingest()
+    batched = Warehouse(tmp_path / "batched")
+    report = batched.ingest(models)
+    assert (report.ingested, report.copied, report.drift_pairs) == (5, 1, 3)
+    assert series_pairs == [1]
+    rows = _drift_rows(batched)
+    assert {(Path(a).name, Path(b).name) for a, b, *_ in rows} == {
+        ("epoch_8.h5", "epoch_9.h5"), ("epoch_9.h5", "epoch_10.h5"), ("epoch_10.h5", "epoch_11.h5")
+    }  # fmt: skip
+    assert all(row[-1] for row in rows)  # sha256_a: the previous checkpoint's own
+    assert rows == _drift_rows(whole)

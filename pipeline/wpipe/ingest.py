@@ -181,16 +181,14 @@ def ingest(
     plan = make_plan(files, db, lake, settings, tag_pattern, report, drift, on_done, known)
     current = {p: v[2] for p, v in known.items() if v[3] == settings.text}
     shas = dict(current)  # path -> sha256 of rows computed with these settings
-    driver = _Driver(db, lake, report, on_done, progress,
-                     {sha: model_id_for(p) for p, sha in current.items()}, known)  # fmt: skip
+    driver = _Driver(db, lake, report, on_done, progress, current, known)
 
     with _Pool(jobs, file_timeout, dask) as pool:
         if plan.to_hash:
             progress.phase("hash", len(plan.to_hash))
             plan.work += driver.sort_hashed(plan.to_hash, pool.hashes(plan.to_hash), shas)
         progress.phase("read", len(plan.work))
-        driver.jobs = {job.path: job for job in plan.work}
-        driver.to_load = len(plan.work) + len(driver.copies)
+        driver.expect(plan.work)
         for chunk in pool.chunk_outcomes(plan.work):
             progress.advance(len(chunk.outcomes), Path(chunk.outcomes[-1].path).name)
             driver.take_chunk(chunk)
@@ -198,8 +196,8 @@ def ingest(
     driver.copy_duplicates()
     shas.update(driver.shas)
     if drift:
-        driver.store_drift(shas)
-        db.release_memory()  # DuckDB's cache of the drift rows: ~110 MB at 10,000 models
+        driver.store_drift({model_id_for(p): s for p, s in shas.items()}, final=True)
+        db.release_memory()  # DuckDB's cache of the drift rows
     if prune:
         report.pruned = _prune(db, lake, roots, urls, {key_of(f) for f in files})
     _finish(db, lake, driver, tag_pattern, drift, progress, [*roots, *urls])
@@ -302,11 +300,13 @@ class _Driver:
     """Collects outcomes, commits them in batches, loads each batch, remembers drift."""
 
     def __init__(
-        self, db, lake, report, on_done, progress, by_sha: dict[str, str], known: dict
+        self, db, lake, report, on_done, progress, current: dict[str, str], known: dict
     ) -> None:
+        """`current`: path -> sha256 of the models whose rows have this run's settings."""
         self.db, self.lake, self.report = db, lake, report
         self.on_done, self.progress = on_done, progress
-        self.by_sha = by_sha  # sha256 -> model_id of content already in (or bound for) the lake
+        # sha256 -> model_id of content already in (or bound for) the lake
+        self.by_sha = {sha: model_id_for(p) for p, sha in current.items()}
         self.known_ids = {model_id_for(p) for p in known}  # models the database holds
         self.pending: list[Outcome] = []
         self.shared: list[DataFile] = []  # data files of the pending chunks' small tables
@@ -319,6 +319,9 @@ class _Driver:
         self.drift: list[pa.Table] = []
         self.drift_rows: list[dict] = []
         self.shas: dict[str, str] = {}
+        # model_id -> sha256 of the content its rows hold once this run is over, where known
+        # already: a held drift row is stored once its previous checkpoint's is
+        self.sha_by_id = {model_id_for(p): sha for p, sha in current.items()}
         self.touched: list[tuple[str, float]] = []
         self.jobs: dict[str, FileJob] = {}  # path -> job of the files being read
 
@@ -333,6 +336,8 @@ class _Driver:
         work = []
         for job in jobs:  # in walk order, so the first of identical files is the one read
             sha, error = results[job.path]
+            if shas.get(job.path) != sha:  # its rows change (or go): its sha is not known yet
+                self.sha_by_id.pop(model_id_for(job.path), None)
             if error is not None:
                 self._failed(Outcome(job.path, model_id_for(job.path), "failed",
                                      error="io-error", message=error), job)  # fmt: skip
@@ -346,6 +351,13 @@ class _Driver:
                 self.by_sha[sha] = model_id_for(job.path)
                 work.append(replace(job, sha256=sha))
         return work
+
+    def expect(self, work: list[FileJob]) -> None:
+        """The files to be read: their rows, and so their hashes, are not known until then."""
+        self.jobs = {job.path: job for job in work}
+        self.to_load = len(work) + len(self.copies)
+        for job in work:
+            self.sha_by_id.pop(model_id_for(job.path), None)
 
     def take_chunk(self, chunk: ChunkOutcome) -> None:
         """A chunk's outcomes, committed in one batch (they share its data files)."""
@@ -366,6 +378,7 @@ class _Driver:
         self.report.n_params += outcome.n_params
         self.report.bytes_read += outcome.bytes_read
         self.shas[outcome.path] = outcome.sha256
+        self.sha_by_id[outcome.model_id] = outcome.sha256
         self.by_sha.setdefault(outcome.sha256, outcome.model_id)
         self.drift_rows += outcome.drift
         outcome.drift = []
@@ -412,6 +425,7 @@ class _Driver:
                 self.discard_pending()
                 raise StoreFailed(space.full_reason(exc)) from None
             self.known_ids.update(ids)
+            self.store_drift(self.sha_by_id)
             self.progress.advance(len(self.pending))
             self.pending, self.shared = [], []
             self.held = 0
@@ -444,26 +458,33 @@ class _Driver:
             self.drift.append(pa.Table.from_pylist(self.drift_rows, schema.DRIFT.arrow_schema))
             self.drift_rows = []
 
-    def store_drift(self, shas: dict[str, str]) -> None:
-        """Drift rows the workers computed, once both files' hashes are known (sha256_a:
-        the previous checkpoint's, which may have been read after its successor); stored a
-        held table at a time (a pair's rows are in one: an outcome's are held together)."""
+    def store_drift(self, by_id: dict[str, str], final: bool = False) -> None:
+        """Held drift rows whose previous checkpoint's hash is known (`by_id`: model_id ->
+        sha256), stored a held table at a time (a pair's rows are in one: an outcome's are
+        held together), at each batch: held to the end, 10,000 small checkpoints' drift kept
+        ~17 MB of the driver and their store took ~60 MB more. The rest stay held; `final`:
+        they are dropped (their previous checkpoint failed or is gone)."""
         self._hold_drift()
-        by_id = {model_id_for(p): s for p, s in shas.items()}
         ids, id_shas = pa.array(list(by_id), pa.string()), pa.array(list(by_id.values()))
-        while self.drift:
-            rows = self.drift.pop(0)
+        held = []
+        for rows in self.drift:
             found = pc.index_in(rows.column("model_a"), value_set=ids)
-            rows = rows.filter(pc.is_valid(found))
-            sha_a = id_shas.take(found.drop_null())
-            rows = rows.set_column(rows.schema.get_field_index("sha256_a"), "sha256_a", sha_a)
+            known = pc.is_valid(found)
+            if not final:
+                waiting = rows.filter(pc.invert(known))
+                if waiting.num_rows:
+                    held.append(waiting)
+            rows = rows.filter(known)
             if not rows.num_rows:
                 continue
+            sha_a = id_shas.take(found.drop_null())
+            rows = rows.set_column(rows.schema.get_field_index("sha256_a"), "sha256_a", sha_a)
             pairs = rows.group_by(["model_a", "model_b"]).aggregate([])
             pairs = sorted(zip(pairs.column("model_a").to_pylist(),
                                pairs.column("model_b").to_pylist(), strict=True))  # fmt: skip
             compare.replace_drift(self.db.con, pairs, rows)
             self.report.drift_pairs += len(pairs)
+        self.drift = held
 
 
 def commit_batch(
