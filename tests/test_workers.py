@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from wpipe.workers import WorkerFailure, map_files
+from wpipe.workers import MALLOC_SETTINGS, WorkerFailure, map_files
 
 
 def task(item: str) -> str:
@@ -48,16 +48,16 @@ def test_an_exception_in_process_is_an_outcome_too() -> None:
     assert result.code == "internal-error" and result.message.startswith("<raise>:")
 
 
-def test_workers_of_an_ingest_run_with_few_malloc_arenas() -> None:
-    # a fresh interpreter: the forkserver must start after the limit is set, as in `wpipe`
+def test_workers_of_an_ingest_get_its_malloc_settings() -> None:
+    # a fresh interpreter: the forkserver must start after the settings are made, as in `wpipe`
+    names = list(MALLOC_SETTINGS)
     script = (
         "import os, sys\n"
         "from wpipe import workers\n"
-        "os.environ.pop('MALLOC_ARENA_MAX', None)\n"
-        "workers.limit_malloc_arenas()\n"
-        "print(dict(workers.map_files(os.getenv, ['MALLOC_ARENA_MAX'], 1, timeout=60)))\n"
+        "workers.tune_malloc()\n"
+        f"print(dict(workers.map_files(os.getenv, {names!r}, 1, timeout=60)))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    env = {k: v for k, v in os.environ.items() if k not in names}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                          text=True, check=True, timeout=120).stdout  # fmt: skip
-    assert out.strip() == "{'MALLOC_ARENA_MAX': '2'}"
+    assert out.strip() == repr({"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "16777216"})

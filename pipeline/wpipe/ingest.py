@@ -148,7 +148,7 @@ def ingest(
     limit, and with jobs=1 the files are read in this process); `dask` (`local` or a
     scheduler address) runs the per-file map on Dask distributed instead."""
     started = time.perf_counter()
-    workers.limit_malloc_arenas()
+    workers.tune_malloc()
     progress = progress or _Silent()
     options = options or StatsOptions()
     values = values or ValuesMode.default()

@@ -47,7 +47,9 @@ CACHE_FOLDER = ".spectra-cache"
 # 10,000 small checkpoints would leave tens of thousands of tiny files.
 CACHE_MIN_WORK = 10**8
 # Tensors analysed in the background hold at most this many bytes (beyond the one the caller
-# has loaded); a larger tensor is analysed in the caller's thread.
+# has loaded), and at most the model's largest tensor's (the memory bound allows a few of
+# it: ResNet50's last stages held ~60 MB pending, its largest tensor being 9 MB); a larger
+# tensor is analysed in the caller's thread.
 OVERLAP_BYTES = 64 << 20
 OVERLAP_MIN = 1 << 15  # values of the smallest tensor worth a background thread
 # A tensor whose spectra cost this many multiply-adds (a 3072-order solve) is analysed in the
@@ -61,13 +63,15 @@ _COUNTING = threading.Lock()  # background threads count too
 
 class SpectraCollector:
     """Rows of the spectra and eigenvalues tables, tensor by tensor. With cores to spare, the
-    tensors of at most OVERLAP_BYTES whose spectra cost less than INLINE_WORK are analysed on
+    tensors of at most `room` bytes whose spectra cost less than INLINE_WORK are analysed on
     background threads (one per core: the caller's is idle once it has read the last tensor)
     while the caller reads and summarises the next ones (LAPACK and BLAS release the GIL);
     rows keep tensor order."""
 
-    def __init__(self, options: SpectraOptions) -> None:
+    def __init__(self, options: SpectraOptions, room: int | None = None) -> None:
+        """`room`: bytes the background's pending tensors may hold (OVERLAP_BYTES at most)."""
         self.options = options
+        self.room = OVERLAP_BYTES if room is None else min(room, OVERLAP_BYTES)
         self.rows: list[dict] = []
         self.eigen: list[tuple[dict, str, np.ndarray]] = []
         # (key, bytes held, Future of the results or the results themselves), tensor order
@@ -85,7 +89,7 @@ class SpectraCollector:
         planned = plan(class_name, config, tensor.weight_name, tensor.role, tensor.layout,
                        array, self.options)  # fmt: skip
         job = (class_name, config, tensor, array, planned)
-        if array.nbytes > OVERLAP_BYTES or _cost(planned) >= INLINE_WORK or not self.background:
+        if array.nbytes > self.room or _cost(planned) >= INLINE_WORK or not self.background:
             self._drain(-1)  # large or costly: in this thread, after the pending ones
             self._emit(key, self._analyse(*job))
         elif array.size < OVERLAP_MIN:  # small: at once, its rows queued behind the pending
@@ -95,7 +99,7 @@ class SpectraCollector:
             else:
                 self._emit(key, results)
         else:
-            self._drain(OVERLAP_BYTES - array.nbytes)
+            self._drain(self.room - array.nbytes)
             if self.pinned is None:
                 self.pinned = blas_threads(UNLIMITED_BELOW, pin=True).__enter__()
             future = thread_pool("spectra", pool_share()).submit(self._analyse, *job)

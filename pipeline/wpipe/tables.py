@@ -136,7 +136,8 @@ def build_tables(
     # a small model's values go with the chunk's (one conversion for all its models)
     shared = into is not None and mode.kept(sizes) <= VALUES_GATHER
     values_out = _Values(mode, emit_values, gathered.parts["weight_values"] if shared else None)
-    spectra_out = SpectraCollector(spectra or SpectraOptions())
+    # the background's room: the largest tensor, at float32
+    spectra_out = SpectraCollector(spectra or SpectraOptions(), 4 * max(sizes, default=0))
     weight_index = 0
     tile_budget = TileBudget([t.shape for layer in model.layers for t in layer.tensors])
     for layer_index, layer in enumerate(model.layers):
