@@ -8,13 +8,16 @@ tensor a few times over (pooling tiles in float64 did: 650 MB) exceeds it."""
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import subprocess
 import sys
 
 import duckdb
 import numpy as np
 from wpipe import store
+from wpipe.memory import MALLOC_SETTINGS
 
 from tests.conftest import dense_config, write_legacy_h5
 
@@ -76,3 +79,19 @@ def test_release_memory_drops_duckdbs_block_cache_and_keeps_its_limit(tmp_path):
         assert db.con.execute("SELECT count(*) FROM t").fetchone()[0] == 4_000_000
     finally:
         db.close()
+
+
+def test_workers_of_an_ingest_get_its_malloc_settings() -> None:
+    # a fresh interpreter: the forkserver must start after the settings are made, as in `wpipe`
+    names = list(MALLOC_SETTINGS)
+    script = (
+        "import os, sys\n"
+        "from wpipe import memory, workers\n"
+        "memory.tune_malloc()\n"
+        f"print(dict(workers.map_files(os.getenv, {names!r}, 1, timeout=60)))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, check=True, timeout=120).stdout  # fmt: skip
+    got = ast.literal_eval(out.strip())  # in the order the workers answered
+    assert got == {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "16777216"}

@@ -3,15 +3,12 @@ its timeout, a worker killed by a signal is replaced, an exception is one item's
 
 from __future__ import annotations
 
-import ast
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
-from wpipe.workers import MALLOC_SETTINGS, WorkerFailure, map_files
+from wpipe.workers import WorkerFailure, map_files
 
 
 def task(item: str) -> str:
@@ -47,19 +44,3 @@ def test_no_timeout_and_one_job_runs_in_this_process() -> None:
 def test_an_exception_in_process_is_an_outcome_too() -> None:
     [(_, result)] = map_files(task, ["raise"], jobs=1, timeout=None, name=lambda i: f"<{i}>")
     assert result.code == "internal-error" and result.message.startswith("<raise>:")
-
-
-def test_workers_of_an_ingest_get_its_malloc_settings() -> None:
-    # a fresh interpreter: the forkserver must start after the settings are made, as in `wpipe`
-    names = list(MALLOC_SETTINGS)
-    script = (
-        "import os, sys\n"
-        "from wpipe import workers\n"
-        "workers.tune_malloc()\n"
-        f"print(dict(workers.map_files(os.getenv, {names!r}, 1, timeout=60)))\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k not in names}
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                         text=True, check=True, timeout=120).stdout  # fmt: skip
-    got = ast.literal_eval(out.strip())  # in the order the workers answered
-    assert got == {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "16777216"}

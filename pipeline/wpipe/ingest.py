@@ -26,7 +26,7 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from wpipe import compare, dblock, remote, schema, store, workers
+from wpipe import compare, dblock, memory, remote, schema, store, workers
 from wpipe.analysis import StatsOptions
 from wpipe.filemap import (
     ChunkOutcome,
@@ -148,7 +148,7 @@ def ingest(
     limit, and with jobs=1 the files are read in this process); `dask` (`local` or a
     scheduler address) runs the per-file map on Dask distributed instead."""
     started = time.perf_counter()
-    workers.tune_malloc()
+    memory.tune_malloc()
     progress = progress or _Silent()
     options = options or StatsOptions()
     values = values or ValuesMode.default()
@@ -211,6 +211,7 @@ def ingest(
         or report.pruned
         or any(o.error != "unchanged-failure" for o in report.failed)
     ):
+        _release(db)
         sync.push_shared(db, lake)  # drift, errors, names: for `wpipe sync` elsewhere
     report.seconds = time.perf_counter() - started
     return report
@@ -417,7 +418,7 @@ class _Driver:
                                                self.shared)  # fmt: skip
                 self.db.load_batch(self.lake, files, ids, versions,
                                    self.known_ids.intersection(ids))  # fmt: skip
-                self.db.release_memory()  # bounded whatever the number of batches
+                _release(self.db)  # bounded whatever the number of batches
             except Exception as exc:
                 if not space.is_full(exc):
                     raise
@@ -559,6 +560,13 @@ def _prune(
     return len(stale)
 
 
+def _release(db: store.Database) -> None:
+    """Before a step that allocates afresh: DuckDB's cache evicted, and what the allocators
+    hold freed given back."""
+    db.release_memory()
+    memory.give_back()
+
+
 def _finish(db, lake: Lake, driver: _Driver, tag_pattern, drift: bool, progress, roots) -> None:
     """Derived tables, the lake's copy of names and times, compaction. A run that changed no
     model skips what only a change of the model set can change (names, tags, logs, series)."""
@@ -576,6 +584,7 @@ def _finish(db, lake: Lake, driver: _Driver, tag_pattern, drift: bool, progress,
         report.drift_pairs += pairs
         report.warnings += problems
     if renamed or changed or driver.touched:  # names are given (and mtimes touched) here
+        _release(db)
         sync.push_models(db, lake)
     if changed and any(n > COMPACT_FILES for n in lake.file_count().values()):
         progress.phase("compact", 0)

@@ -34,10 +34,8 @@ running task, and its worker processes are daemonic (they cannot start a killabl
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import multiprocessing
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -52,16 +50,6 @@ import pebble
 # biggest real checkpoints we measured take well under a minute per GB on one core.
 DEFAULT_FILE_TIMEOUT = 600.0
 WINDOW_PER_WORKER = 4
-
-# glibc malloc's settings in an ingest's processes (name: (value, mallopt parameter)):
-# - arenas: glibc gives each thread that allocates an arena of its own (up to 8 per core) and
-#   keeps what was freed in it: DuckDB's, deltalake's, BLAS's and the spectra's threads made a
-#   one-process ResNet50 ingest peak at 412 / 391 MB, against 373 / 346 MB with two arenas;
-# - a fixed mmap threshold: glibc raises its own to the largest block freed (up to 32 MB), so
-#   after one 9 MB tensor every smaller array comes from the heap and what is freed stays in
-#   it (a fixed threshold also trims the heap's top as it frees): the same ingest peaked at
-#   305-308 MB against 342-346 MB.
-MALLOC_SETTINGS = {"MALLOC_ARENA_MAX": ("2", -8), "MALLOC_MMAP_THRESHOLD_": (str(16 << 20), -3)}
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -159,20 +147,6 @@ def _death(exc: pebble.ProcessExpired) -> str:
         hint = " — out of memory?" if signal == 9 else ""
         return f"signal {signal}{hint}"
     return f"exit code {code}"
-
-
-def tune_malloc() -> None:
-    """MALLOC_SETTINGS in this process and in the workers it starts (their server reads them
-    from the environment when it starts); a value the user set wins. Nothing to do without
-    glibc (macOS, Windows, musl)."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError, TypeError):
-        mallopt = None
-    for name, (default, parameter) in MALLOC_SETTINGS.items():
-        value = os.environ.setdefault(name, default)
-        if mallopt is not None and value.isdigit():
-            mallopt(parameter, int(value))
 
 
 def _context(preload: Sequence[str]) -> Any:
