@@ -22,7 +22,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pyarrow as pa
 
@@ -40,6 +39,7 @@ from wpipe.readers import (
     sharded,
     sniff,
 )
+from wpipe.readers import lazy_h5py as h5py
 from wpipe.readers.safefile import stat_problem
 from wpipe.spectra import SpectraOptions
 from wpipe.store import space

@@ -9,8 +9,6 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-import h5py
-
 from wpipe.readers import (
     h5layout,
     h5safe,
@@ -22,6 +20,7 @@ from wpipe.readers import (
     sharded,
     unsupported,
 )
+from wpipe.readers import lazy_h5py as h5py
 from wpipe.readers.base import Layer, Model, ModelReadError, Tensor
 from wpipe.readers.safefile import open_regular, require_regular, stat_problem
 from wpipe.textsafe import display, to_os

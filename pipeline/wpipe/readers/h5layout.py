@@ -31,9 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
+from wpipe.readers import lazy_h5py as h5py
 from wpipe.readers.base import Model, ModelReadError
 from wpipe.readers.h5safe import MAX_OBJECTS
 from wpipe.readers.safefile import open_regular

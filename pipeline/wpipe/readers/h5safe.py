@@ -14,9 +14,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import h5py
 import numpy as np
 
+from wpipe.readers import lazy_h5py as h5py
 from wpipe.readers.base import ModelReadError
 from wpipe.textsafe import display
 

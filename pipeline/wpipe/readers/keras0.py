@@ -7,9 +7,8 @@ known by position only, so every tensor's role is `unknown`.
 
 from __future__ import annotations
 
-import h5py
-
 from wpipe.readers import h5safe
+from wpipe.readers import lazy_h5py as h5py
 from wpipe.readers.base import Layer, Model, ModelReadError, Tensor
 
 FORMAT = "h5-keras0"

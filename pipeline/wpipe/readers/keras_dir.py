@@ -8,8 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import h5py
-
+from wpipe.readers import lazy_h5py as h5py
 from wpipe.readers import native, sharded
 from wpipe.readers.base import Model, ModelReadError
 from wpipe.readers.keras_config import read_json_file

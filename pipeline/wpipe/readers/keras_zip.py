@@ -21,9 +21,8 @@ from contextlib import contextmanager
 from pathlib import PurePosixPath
 from typing import IO
 
-import h5py
-
 from wpipe.readers import jsonsafe, native
+from wpipe.readers import lazy_h5py as h5py
 from wpipe.readers.base import Model, ModelReadError
 from wpipe.readers.keras_config import parse_json
 

@@ -10,10 +10,10 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import h5py
 import numpy as np
 
 from wpipe.readers import h5safe, quantized
+from wpipe.readers import lazy_h5py as h5py
 from wpipe.readers.base import Layer, Model, ModelReadError, Tensor
 from wpipe.readers.keras_config import (
     LayerSpec,

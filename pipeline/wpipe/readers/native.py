@@ -14,9 +14,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import h5py
-
 from wpipe.readers import h5safe, quantized
+from wpipe.readers import lazy_h5py as h5py
 from wpipe.readers.base import Layer, Model, Tensor
 from wpipe.readers.keras_config import LayerSpec, is_trainable, model_tree
 from wpipe.readers.roles import (

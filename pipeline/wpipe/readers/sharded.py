@@ -6,9 +6,8 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-import h5py
-
 from wpipe.readers import h5safe, native
+from wpipe.readers import lazy_h5py as h5py
 from wpipe.readers.base import Model, ModelReadError
 from wpipe.readers.keras_config import read_json_file
 from wpipe.readers.safefile import open_regular
