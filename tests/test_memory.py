@@ -94,4 +94,5 @@ def test_workers_of_an_ingest_get_its_malloc_settings() -> None:
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                          text=True, check=True, timeout=120).stdout  # fmt: skip
     got = ast.literal_eval(out.strip())  # in the order the workers answered
-    assert got == {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "16777216"}
+    assert got == {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "16777216",
+                   "MALLOC_TRIM_THRESHOLD_": "4194304"}  # fmt: skip
