@@ -20,9 +20,12 @@ import time
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from wpipe.readers import lazy_h5py as h5py  # loaded by the reference, not by wpipe's runs
+
+if TYPE_CHECKING:  # imported where used: wpipe's measured runs load only what wpipe does
+    import h5py
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "bench" / "_data"
@@ -54,6 +57,8 @@ def make_zoo(folder: Path) -> None:
 
 def fresh_copy(seed: Path, target: Path, rng: np.random.Generator) -> None:
     """A copy of a real Keras checkpoint with every float weight drawn anew."""
+    import h5py
+
     shutil.copy2(seed, target)
     with h5py.File(target, "r+") as f:
 
@@ -65,6 +70,8 @@ def fresh_copy(seed: Path, target: Path, rng: np.random.Generator) -> None:
 
 
 def make_big(path: Path) -> None:
+    import h5py
+
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,6 +93,8 @@ def make_big(path: Path) -> None:
 
 
 def _datasets(group: h5py.Group) -> list[h5py.Dataset]:
+    import h5py
+
     found: list[h5py.Dataset] = []
     group.visititems(
         lambda _name, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None
@@ -119,6 +128,8 @@ def reference(paths: list[str]) -> dict:
 
 @contextmanager
 def _open_weights(path: str):
+    import h5py
+
     if path.endswith(".keras"):
         with zipfile.ZipFile(path) as archive:
             data = archive.read("model.weights.h5")
