@@ -3,7 +3,7 @@
 Measured on a synthetic file holding one large tensor, ingested in a fresh process with
 every stage in that process (-j 1 without a time limit: reader, statistics, units, tiles,
 spectra, drift, lake commit and DuckDB load together, the worst case). The bound itself is the
-check: the ingest peaks near 380 MB against its 529 MB budget, and a stage that copies the
+check: the ingest peaks near 347 MB against its 529 MB budget, and a stage that copies the
 tensor a few times over (pooling tiles in float64 did: 650 MB) exceeds it."""
 
 from __future__ import annotations
