@@ -18,9 +18,8 @@ from wpipe.cli import app
 from wpipe.compare import MetricsError, add_metrics, correlate, pair_drift
 from wpipe.tags import parse_tags
 
-from tests.conftest import MODELS, Warehouse, dense_config, expected, write_legacy_h5
+from tests.conftest import EXAMPLES, MODELS, Warehouse, dense_config, expected, write_legacy_h5
 
-ZOO = Path(__file__).resolve().parents[1] / "examples" / "models"
 runner = CliRunner()
 
 
@@ -101,7 +100,7 @@ def test_alignment_matches_renamed_layers_and_reports_removed_ones(tmp_path):
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
     root = tmp_path_factory.mktemp("zoo")
-    shutil.copytree(ZOO, root / "models")
+    shutil.copytree(EXAMPLES, root / "models")
     w = Warehouse(root)
     report = w.ingest(root / "models")
     assert not report.failed and report.drift_pairs == 12
@@ -261,7 +260,7 @@ def test_series_drift_from_the_chunked_map_equals_numpy_on_the_files(tmp_path, m
     from wpipe import plan
 
     monkeypatch.setattr(plan, "CHUNKS_PER_WORKER", 1)  # chunks e01-e03, e04-e05
-    shutil.copytree(ZOO / "cnn_lr1e-3", tmp_path / "run")
+    shutil.copytree(EXAMPLES / "cnn_lr1e-3", tmp_path / "run")
     w = Warehouse(tmp_path / "w")
     (tmp_path / "w").mkdir()
     report = w.ingest(tmp_path / "run", jobs=2)

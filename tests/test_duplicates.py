@@ -10,9 +10,8 @@ import pytest
 from typer.testing import CliRunner
 from wpipe.cli import app
 
-from tests.conftest import Warehouse
+from tests.conftest import EXAMPLES, Warehouse
 
-DEMO = Path(__file__).resolve().parents[1] / "examples" / "models"
 runner = CliRunner()
 
 
@@ -21,7 +20,7 @@ def copies(tmp_path_factory):
     """Five distinct checkpoints, each saved again under two other folders (15 files)."""
     root = tmp_path_factory.mktemp("dups")
     for copy in ("a", "b", "c"):
-        shutil.copytree(DEMO / "cnn_lr1e-2", root / "runs" / copy,
+        shutil.copytree(EXAMPLES / "cnn_lr1e-2", root / "runs" / copy,
                         ignore=shutil.ignore_patterns("*.csv"))  # fmt: skip
     w = Warehouse(root)
     assert not w.ingest(root / "runs").failed

@@ -22,10 +22,9 @@ from wpipe import api, filemap, schema, store
 from wpipe.store import sync
 from wpipe.store.lake import Lake
 
-from tests.conftest import MODELS, Warehouse
+from tests.conftest import EXAMPLES, MODELS, Warehouse
 
 TABLES = {t.name: t for t in schema.MODEL_TABLES}
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "models"
 
 
 def assert_lake_equals_database(w: Warehouse) -> None:

@@ -14,11 +14,11 @@ from wpipe import layer_outputs as lo
 from wpipe.analysis import StatsOptions
 from wpipe.cli import app
 
+from tests.conftest import EXAMPLES
 from tests.forward.keras_cases import MODELS as FORWARD_MODELS
 from tests.forward.keras_cases import expected
 
 ROOT = Path(__file__).resolve().parents[1]
-ZOO = ROOT / "examples" / "models"
 SAMPLES = ROOT / "examples" / "inputs"
 runner = CliRunner()
 
@@ -132,7 +132,7 @@ def test_dead_units_by_activation_flags_the_sick_run_only(tmp_path) -> None:
     zoo = tmp_path / "zoo"
     for run in ("cnn_lr1e-3", "cnn_lr1e-2", "cnn_lr3e-1"):
         (zoo / run).mkdir(parents=True)
-        shutil.copy2(ZOO / run / "e05.h5", zoo / run / "e05.h5")
+        shutil.copy2(EXAMPLES / run / "e05.h5", zoo / run / "e05.h5")
     db = str(tmp_path / "demo.duckdb")
     assert runner.invoke(app, ["ingest", str(zoo), "--db", db, "-j", "1"]).exit_code == 0
     result = runner.invoke(app, ["activations", "--input", str(SAMPLES / "blobs.npy"), "--db", db])
