@@ -76,6 +76,12 @@ MODELS = Table(
         _c("backend", STR, "backend recorded by the writer (tensorflow, jax, theano, ...)"),
         _c("model_class", STR, "Sequential, Functional, Model, ... (NULL without architecture)"),
         _c("arch_id", STR, "fingerprint of weighted layers' classes and weight shapes"),
+        _c(
+            "weights_sha",
+            STR,
+            "SHA-256 over its layers, each the set of its tensors' content_sha: equal "
+            "for identical weights in any format (NULL if a tensor has no statistics)",
+        ),
         _c("n_layers", I64, "leaf layers (rows in layers), weightless ones included"),
         _c("n_tensors", I64, "weight tensors (rows in weights)"),
         _c("n_params", I64, "all weight elements, as Keras count_params()"),
@@ -152,6 +158,12 @@ WEIGHTS = Table(
         _c("shape", pa.list_(I64), "tensor shape"),
         _c("size", I64, "number of elements"),
         _c("source_name", STR, "where the tensor lives in the file, verbatim"),
+        _c(
+            "content_sha",
+            STR,
+            "SHA-256 of dtype, shape and values (little-endian, C order): equal for equal "
+            "tensors whatever the file, format or name",
+        ),
         _c("layout", STR, "keras; theano (Keras 1 'th' conv kernel); cudnn (CuDNNLSTM/GRU)"),
         _c(
             "status",

@@ -18,6 +18,7 @@ import pyarrow as pa
 from wpipe import schema
 from wpipe.analysis import StatsOptions, sample_indices, tensor_stats
 from wpipe.anatomy import slice_columns, slice_groups
+from wpipe.identity import model_sha, tensor_sha
 from wpipe.readers import Model, Tensor
 from wpipe.readers.keras_config import layer_fields
 from wpipe.spectra import SpectraOptions
@@ -127,6 +128,7 @@ def build_tables(
     tensor is read once). `into`: where the GATHERED tables' rows go (then not returned),
     gathered with other models' rows."""
     layer_rows, weight_rows = [], []
+    layer_shas: list[list[str | None]] = []
     gathered = into if into is not None else GatheredRows()
     # per tensor Arrow columns, not dict rows: a model's units and bins stay a few MB
     hist_rows, unit_rows = gathered.parts["histograms"], gathered.parts["units"]
@@ -155,6 +157,7 @@ def build_tables(
                 **_config_columns(layer.config),
             }
         )
+        layer_shas.append([])
         for tensor in layer.tensors:
             key = {
                 "model_id": info.model_id,
@@ -177,9 +180,12 @@ def build_tables(
             weight_index += 1
             if tensor.status != "ok":  # kept, not analysed: never a silent cast
                 weight_rows.append(row)
+                layer_shas[-1].append(None)
                 continue
             array = tensor.load()
             stats, hist = tensor_stats(array, options)
+            row["content_sha"] = tensor_sha(array)
+            layer_shas[-1].append(row["content_sha"])
             weight_rows.append({**row, **stats})
             if hist is not None:
                 bins = np.arange(len(hist.counts), dtype=np.int64)
@@ -218,6 +224,7 @@ def build_tables(
         "backend": model.backend,
         "model_class": model.model_class,
         "arch_id": arch_id(model),
+        "weights_sha": model_sha(layer_shas),
         "n_layers": len(model.layers),
         "n_tensors": len(tensors),
         "n_params": sum(t.size for t in tensors),
