@@ -82,12 +82,14 @@ def _graph(
         key = _output_key(ref, by_name, graph)
         readers[key] = readers.get(key, 0) + 1
     while pending:
-        ready = [(la, k) for la, k in pending if _resolvable(la.nodes[k], values, by_name, graph)]
-        if not ready:
-            layer = pending[0][0]
-            raise _Stop(Stopped(prefix + layer.name, layer.class_name, "inputs never computed"))
-        for layer, k in ready:
-            pending.remove((layer, k))
+        # one sweep runs every call whose inputs exist, those made ready by earlier calls of
+        # the sweep included: configs list layers nearly in call order, so a sweep or two
+        # suffice (a sweep per ready batch made long chains quadratic)
+        waiting = []
+        for layer, k in pending:
+            if not _resolvable(layer.nodes[k], values, by_name, graph):
+                waiting.append((layer, k))
+                continue
             node = layer.nodes[k]
             args = _resolve(node.args, values, by_name, graph)
             kwargs = {key: _resolve(v, values, by_name, graph) for key, v in node.kwargs.items()}
@@ -101,6 +103,10 @@ def _graph(
                 readers[key] -= 1
                 if readers[key] == 0:
                     values.pop(key, None)
+        if len(waiting) == len(pending):
+            layer = pending[0][0]
+            raise _Stop(Stopped(prefix + layer.name, layer.class_name, "inputs never computed"))
+        pending = waiting
     return [values[_output_key(ref, by_name, graph)] for ref in graph.outputs]
 
 
