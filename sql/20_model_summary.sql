@@ -29,6 +29,7 @@ SELECT
     m.n_params,
     m.n_trainable,
     m.n_non_trainable,
+    m.macs,
     round(m.file_bytes / 1e6, 3) AS file_mb,
     max(w.max_abs) AS max_abs,
     sum(w.zero_count) / nullif(sum(w.size), 0) AS zero_frac,

@@ -87,6 +87,13 @@ MODELS = Table(
         _c("n_params", I64, "all weight elements, as Keras count_params()"),
         _c("n_trainable", I64, "trainable elements, as Keras summary()"),
         _c("n_non_trainable", I64, "non-trainable elements: BN moving stats, frozen layers"),
+        _c(
+            "macs",
+            I64,
+            "multiply-adds of one sample's forward pass at the declared input shape "
+            "(README: Compute per layer); NULL with macs_status saying why",
+        ),
+        _c("macs_status", STR, "ok, or why macs is NULL (no architecture, input shape unknown…)"),
         _c("n_optimizer_tensors", I64, "optimizer state tensors stored in the file"),
         _c("n_optimizer_params", I64, "optimizer state elements stored in the file"),
         _c("optimizer", STR, "optimizer class from the training config (NULL if none)"),
@@ -116,6 +123,9 @@ LAYERS = Table(
         _c("filters", I64, "filters / nb_filter from the config"),
         _c("kernel_size", pa.list_(I64), "kernel size from the config"),
         _c("config", STR, "the layer's config as JSON text"),
+        _c("output_shape", pa.list_(I64), "one sample's output shape (first output, first call)"),
+        _c("macs", I64, "multiply-adds per sample, every call (0: elementwise or lookup)"),
+        _c("output_bytes", I64, "float32 bytes of one sample's outputs, every call"),
     ),
 )
 

@@ -18,6 +18,7 @@ import pyarrow as pa
 from wpipe import schema
 from wpipe.analysis import StatsOptions, sample_indices, tensor_stats
 from wpipe.anatomy import slice_columns, slice_groups
+from wpipe.forward.cost import LayerCost, ModelCost, model_cost
 from wpipe.identity import model_sha, tensor_sha
 from wpipe.readers import Model, Tensor
 from wpipe.readers.keras_config import layer_fields
@@ -141,6 +142,7 @@ def build_tables(
     # the background's room: the largest tensor, at float32
     spectra_out = SpectraCollector(spectra or SpectraOptions(), 4 * max(sizes, default=0))
     weight_index = 0
+    cost = costs_of(model)
     tile_budget = TileBudget([t.shape for layer in model.layers for t in layer.tensors])
     for layer_index, layer in enumerate(model.layers):
         layer_rows.append(
@@ -155,6 +157,7 @@ def build_tables(
                 "n_trainable": sum(t.size for t in layer.tensors if t.trainable),
                 "n_tensors": len(layer.tensors),
                 **_config_columns(layer.config),
+                **_cost_columns(cost.layers.get(layer.layer_path)),
             }
         )
         layer_shas.append([])
@@ -230,6 +233,8 @@ def build_tables(
         "n_params": sum(t.size for t in tensors),
         "n_trainable": sum(t.size for t in tensors if t.trainable),
         "n_non_trainable": sum(t.size for t in tensors if not t.trainable),
+        "macs": cost.macs,
+        "macs_status": cost.status,
         "n_optimizer_tensors": model.n_optimizer_tensors,
         "n_optimizer_params": model.n_optimizer_params,
         "optimizer": model.optimizer,
@@ -260,6 +265,27 @@ def gather_spectra(into: GatheredRows, collector: SpectraCollector) -> None:
 # model's rows. Each entry holds its config, so an id is never reused while it is here.
 _CONFIG_COLUMNS: dict[int, tuple[dict, dict]] = {}
 CONFIG_COLUMNS_KEEP = 4096
+
+
+# A checkpoint series repeats one architecture: its cost is computed once per process.
+_COSTS: dict[str, ModelCost] = {}
+
+
+def costs_of(model: Model) -> ModelCost:
+    """model_cost(model), remembered by architecture text and weight shapes."""
+    key = hashlib.sha256(f"{model.model_config}|{arch_id(model)}".encode()).hexdigest()
+    if key not in _COSTS:
+        if len(_COSTS) >= 64:
+            _COSTS.clear()
+        _COSTS[key] = model_cost(model)
+    return _COSTS[key]
+
+
+def _cost_columns(cost: LayerCost | None) -> dict:
+    if cost is None:
+        return {}
+    return {"output_shape": cost.output_shape, "macs": cost.macs,
+            "output_bytes": cost.output_bytes}  # fmt: skip
 
 
 def _config_columns(config: dict | None) -> dict:

@@ -35,7 +35,7 @@ def layers_command(
     db: str | None = DbOption,
     fmt: Format = FormatOption,
 ) -> None:
-    """List one model's layers with their classes and parameter counts."""
+    """List one model's layers with their classes, parameters, multiply-adds and shapes."""
     con = connect(db)
     try:
         model_id = api.resolve_model(con, model)
@@ -43,7 +43,7 @@ def layers_command(
         fail(str(exc))
     result = con.execute(
         "SELECT layer_index, layer_path, class_name, trainable, n_params, n_trainable, "
-        "n_tensors, activation, units, filters, kernel_size FROM layers "
+        "n_tensors, macs, output_shape, activation, units, filters, kernel_size FROM layers "
         "WHERE model_id = ? ORDER BY layer_index",
         [model_id],
     )

@@ -91,7 +91,7 @@ def patch_matmul(view: np.ndarray, mats: list[np.ndarray], groups: int) -> np.nd
         outs = []
         for g, mat in enumerate(mats):
             block = cols if groups == 1 else cols[:, :, g * cg : (g + 1) * cg]
-            outs.append(block.reshape(m, -1) @ mat)
+            outs.append(block.reshape(m, math.prod(block.shape[1:])) @ mat)
         res = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
         target = y[bi, r0:r1] if isinstance(bi, int) else y[bi]
         target[...] = res.reshape(target.shape)
@@ -171,7 +171,9 @@ def separable_conv(call: Call, xs: Arrays) -> np.ndarray:
     n = dk.ndim - 2
     _, strides, dilation = spatial_params(call, n)
     y = depthwise(to_last(call, xs[0]), dk, strides, dilation, call.get("padding", "valid"))
-    y = (y.reshape(-1, y.shape[-1]) @ pk.reshape(pk.shape[-2], -1)).reshape(*y.shape[:-1], -1)
+    y = (y.reshape(-1, y.shape[-1]) @ pk.reshape(pk.shape[-2], -1)).reshape(
+        *y.shape[:-1], pk.shape[-1]
+    )
     return from_last(call, activate(call, bias_add(call, y)))
 
 

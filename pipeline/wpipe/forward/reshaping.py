@@ -3,6 +3,8 @@ CenterCrop and Resizing (TensorFlow's half-pixel-centre nearest and bilinear rul
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from wpipe.forward.base import Arrays, Call, Unsupported, channels_first, layer
@@ -14,12 +16,15 @@ def flatten(call: Call, xs: Arrays) -> np.ndarray:
     x = xs[0]
     if channels_first(call) and x.ndim > 2:
         x = np.moveaxis(x, 1, -1)  # Keras moves channels last before flattening
-    return x.reshape(x.shape[0], -1)
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # explicit: a batch may be empty
 
 
 @layer("Reshape")
 def reshape(call: Call, xs: Arrays) -> np.ndarray:
     target = [int(d) for d in call.config.get("target_shape") or call.config.get("dims")]
+    if -1 in target:  # resolved here: numpy cannot infer it when the batch is empty
+        known = math.prod(d for d in target if d != -1)
+        target[target.index(-1)] = math.prod(xs[0].shape[1:]) // max(known, 1)
     return xs[0].reshape(xs[0].shape[0], *target)
 
 

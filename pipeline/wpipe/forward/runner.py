@@ -32,6 +32,9 @@ class LayerOutput:
     output_index: int
     array: np.ndarray
     channels_first: bool = False
+    # what the call received and how it was configured (forward.cost counts its work)
+    input_shapes: tuple[tuple[int, ...], ...] = ()
+    config: dict[str, Any] | None = None
 
 
 @dataclass
@@ -145,8 +148,13 @@ def _call(layer: GraphLayer, args, kwargs, book: WeightBook, major: int, prefix:
     first = (layer.config.get("data_format") or layer.config.get("dim_ordering")) in (
         "channels_first", "th",
     )  # fmt: skip
+    received = [
+        *flat,
+        *(kwargs[k] for k in ("value", "key") if isinstance(kwargs.get(k), np.ndarray)),
+    ]
+    shapes = tuple(a.shape for a in received)
     for i, out in enumerate(outs):
-        yield LayerOutput(path, layer.class_name, call_index, i, out, first)
+        yield LayerOutput(path, layer.class_name, call_index, i, out, first, shapes, layer.config)
     return outs
 
 
