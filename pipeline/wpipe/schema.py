@@ -474,6 +474,57 @@ MODEL_NAMES = Table(
     ),
 )
 
+LINEAGE = Table(
+    "lineage",
+    "model whose base the user named (`wpipe lineage set CHILD BASE`; README: Lineage)",
+    (
+        _c("child_id", STR, "models.model_id of the fine-tune"),
+        _c("base_id", STR, "models.model_id of the model it was tuned from"),
+        _c("source", STR, "user (lineage set) or suggested (accepted from lineage_suggestions)"),
+        _c("sha256_child", STR, "the child's file hash when its updates were computed"),
+        _c("sha256_base", STR, "the base's file hash when the updates were computed"),
+        _c("set_at", TS, "when the base was named"),
+    ),
+)
+
+UPDATES = Table(
+    "updates",
+    "tensor of a fine-tune against its base's: the update τ = W_child − W_base",
+    (
+        _c("child_id", STR, "lineage.child_id"),
+        _c("base_id", STR, "lineage.base_id"),
+        _c("layer_path", STR, "the child's layer (paired with the base's by align_layers)"),
+        _c("weight_name", STR, "weight name (the same in both)"),
+        _c("base_layer_path", STR, "the base's layer"),
+        _c("size", I64, "elements"),
+        _c("base_l2", F64, "‖W_base‖"),
+        _c("update_l2", F64, "‖τ‖"),
+        _c("rel_update", F64, "‖τ‖ / ‖W_base‖ (NULL for a zero base)"),
+        _c("untouched", BOOL, "τ = 0: the tensor was frozen or not trained"),
+        _c("max_abs_update", F64, "max |τ|"),
+        _c("rank", I64, "numerical rank of τ as a matrix (singular values above float32 noise)"),
+        _c("effective_rank", F64, "exp(entropy of σ/Σσ) of τ as a matrix (Roy & Vetterli)"),
+        _c("top1_share", F64, "share of ‖τ‖² in τ's largest singular value"),
+        _c("top8_share", F64, "share of ‖τ‖² in τ's 8 largest singular values"),
+        _c("singular_values", pa.list_(F64), "τ's 64 largest singular values (NULL: too large)"),
+    ),
+)
+
+UPDATE_PAIRS = Table(
+    "update_pairs",
+    "tensor of two fine-tunes of one base: how their updates agree",
+    (
+        _c("base_id", STR, "the common base"),
+        _c("child_a", STR, "one child (the smaller model_id)"),
+        _c("child_b", STR, "the other child"),
+        _c("base_layer_path", STR, "the base's layer"),
+        _c("weight_name", STR, "weight name"),
+        _c("dot", F64, "τ_a · τ_b"),
+        _c("both_changed", I64, "weights both children changed"),
+        _c("sign_conflicts", I64, "of those, weights they pushed in opposite directions"),
+    ),
+)
+
 MODEL_TABLES = (
     MODELS, LAYERS, WEIGHTS, HISTOGRAMS, WEIGHT_VALUES, UNITS, SPECTRA, EIGENVALUES, WEIGHT_TILES,
 )  # fmt: skip
@@ -484,5 +535,10 @@ DERIVED_TABLES = (DRIFT, MODEL_TAGS, MODEL_METRICS)
 ACTIVATION_TABLES = (
     ACTIVATION_RUNS, ACTIVATIONS, ACTIVATION_HISTOGRAMS, ACTIVATION_UNITS, ACTIVATION_STATUS,
 )  # fmt: skip
+# Lineage is the user's word, its updates computed from the files (DuckDB only, like drift).
+LINEAGE_TABLES = (LINEAGE, UPDATES, UPDATE_PAIRS)
 # Names are given once and kept (DuckDB only, like ingest_errors): never recomputed.
-ALL_TABLES = (*MODEL_TABLES, *DERIVED_TABLES, *ACTIVATION_TABLES, INGEST_ERRORS, MODEL_NAMES)
+ALL_TABLES = (
+    *MODEL_TABLES, *DERIVED_TABLES, *ACTIVATION_TABLES, *LINEAGE_TABLES, INGEST_ERRORS,
+    MODEL_NAMES,
+)  # fmt: skip

@@ -1,0 +1,201 @@
+"""Fine-tunes against their base: the user names a model's base (`wpipe lineage set`), and the
+update of every tensor (τ = W_child − W_base) is computed from the two files and stored in
+`updates`, with the agreement of the child's update with each sibling's (children of the same
+base) in `update_pairs`. Only new or changed pairs are computed; the views in sql/ turn the rows
+into per-child summaries, N×N agreement matrices and sign-conflict rates.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from datetime import datetime, timezone
+
+import duckdb
+import pyarrow as pa
+
+from wpipe import schema
+from wpipe.compare import comparable_layers
+from wpipe.readers import Model
+from wpipe.remote import open_save
+from wpipe.store import insert_arrow
+from wpipe.updates import tensor_update, update_pair
+
+
+def set_base(
+    con: duckdb.DuckDBPyConnection, child: str, base: str, source: str = "user"
+) -> tuple[int, int]:  # fmt: skip
+    """Record `base` as `child`'s base and compute their updates and the pairs with the
+    child's siblings; (update rows, pair rows) written. A model is never its own base, nor
+    its descendant's."""
+    if child == base:
+        raise ValueError("a model cannot be its own base")
+    if child in _ancestors(con, base):
+        raise ValueError("that base descends from the child: lineage cannot be a loop")
+    shas = dict(con.execute("SELECT model_id, sha256 FROM models WHERE model_id IN (?, ?)",
+                            [child, base]).fetchall())  # fmt: skip
+    pairs = comparable_layers(con, base, child)
+    siblings = [s for (s,) in con.execute(
+        "SELECT child_id FROM lineage WHERE base_id = ? AND child_id <> ?", [base, child]
+    ).fetchall()]  # fmt: skip
+    paths = _paths(con, [base, child, *siblings])
+    with ExitStack() as stack:
+        models = {m: stack.enter_context(open_save(paths[m])) for m in paths}
+        updates, pair_rows = _rows(models, base, child, siblings, pairs, con)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("DELETE FROM lineage WHERE child_id = ?", [child])
+        con.execute("DELETE FROM updates WHERE child_id = ?", [child])
+        con.execute("DELETE FROM update_pairs WHERE child_a = ? OR child_b = ?", [child, child])
+        row = {"child_id": child, "base_id": base, "source": source,
+               "sha256_child": shas.get(child), "sha256_base": shas.get(base),
+               "set_at": datetime.now(timezone.utc)}  # fmt: skip
+        insert_arrow(con, schema.LINEAGE, _table(schema.LINEAGE, [row]))
+        insert_arrow(con, schema.UPDATES, _table(schema.UPDATES, updates))
+        insert_arrow(con, schema.UPDATE_PAIRS, _table(schema.UPDATE_PAIRS, pair_rows))
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return len(updates), len(pair_rows)
+
+
+def clear_base(con: duckdb.DuckDBPyConnection, child: str) -> bool:
+    """Forget `child`'s base and its computed rows; False if it had none."""
+    had = con.execute("SELECT count(*) FROM lineage WHERE child_id = ?", [child]).fetchone()[0]
+    con.execute("BEGIN TRANSACTION")
+    con.execute("DELETE FROM lineage WHERE child_id = ?", [child])
+    con.execute("DELETE FROM updates WHERE child_id = ?", [child])
+    con.execute("DELETE FROM update_pairs WHERE child_a = ? OR child_b = ?", [child, child])
+    con.execute("COMMIT")
+    return bool(had)
+
+
+def stale(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
+    """(child, base) pairs whose files changed since their updates were computed."""
+    return con.execute(
+        "SELECT l.child_id, l.base_id FROM lineage AS l "
+        "JOIN models AS c ON c.model_id = l.child_id JOIN models AS b ON b.model_id = l.base_id "
+        "WHERE c.sha256 IS DISTINCT FROM l.sha256_child OR b.sha256 IS DISTINCT FROM l.sha256_base"
+    ).fetchall()
+
+
+def _ancestors(con: duckdb.DuckDBPyConnection, model: str) -> set[str]:
+    bases = dict(con.execute("SELECT child_id, base_id FROM lineage").fetchall())
+    seen: set[str] = set()
+    while model in bases and model not in seen:
+        seen.add(model)
+        model = bases[model]
+    return seen | {model}
+
+
+def _paths(con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, str]:
+    rows = con.execute(
+        "SELECT model_id, path FROM models WHERE list_contains(?, model_id)", [ids]
+    ).fetchall()
+    return dict(rows)
+
+
+def _tensors(model: Model, layer_path: str) -> dict:
+    return {t.weight_name: t for la in model.layers if la.layer_path == layer_path
+            for t in la.tensors if t.status == "ok"}  # fmt: skip
+
+
+def _rows(models: dict[str, Model], base: str, child: str, siblings: list[str],
+          pairs: dict[str, str], con: duckdb.DuckDBPyConnection) -> tuple[list, list]:  # fmt: skip
+    """The child's update rows, and its pair rows with each sibling (one tensor of each file
+    in memory at a time, per base tensor)."""
+    sibling_layers = {s: comparable_layers(con, base, s) for s in siblings}
+    updates, pair_rows = [], []
+    for base_path, child_path in pairs.items():
+        base_tensors = _tensors(models[base], base_path)
+        child_tensors = _tensors(models[child], child_path)
+        for name, tb in base_tensors.items():
+            tc = child_tensors.get(name)
+            if tc is None or tuple(tc.shape) != tuple(tb.shape):
+                continue
+            w_base, w_child = tb.load(), tc.load()
+            updates.append({"child_id": child, "base_id": base, "layer_path": child_path,
+                            "weight_name": name, "base_layer_path": base_path,
+                            **tensor_update(w_base, w_child)})  # fmt: skip
+            for sibling in siblings:
+                ts = _tensors(models[sibling], sibling_layers[sibling].get(base_path, "")).get(name)
+                if ts is None or tuple(ts.shape) != tuple(tb.shape):
+                    continue
+                a, b = sorted((child, sibling))
+                arrays = {child: w_child, sibling: ts.load()}
+                pair_rows.append({"base_id": base, "child_a": a, "child_b": b,
+                                  "base_layer_path": base_path, "weight_name": name,
+                                  **update_pair(w_base, arrays[a], arrays[b])})  # fmt: skip
+    return updates, pair_rows
+
+
+def _table(table: schema.Table, rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=table.arrow_schema)
+
+
+# Suggestions: a model's most likely base, from the weights alone (Horwitz et al., "On the
+# Origin of Llamas: Model Tree Heritage Recovery", 2024): the nearest model of its architecture
+# (distance over the tensors' tile means, the same cells in every model of one arch_id) among
+# those that look less trained (lower mean excess kurtosis of the kernels: training grows heavy
+# tails, so kurtosis rises along a run and through a fine-tune).
+SUGGEST_MAX_MODELS = 2000  # per architecture: the most recently ingested
+
+
+def suggest(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    """One row per model of a shared architecture without a named base: its likely base,
+    the relative distance, and a confidence (1 − nearest / second nearest distance)."""
+    import numpy as np
+
+    named = {c for (c,) in con.execute("SELECT child_id FROM lineage").fetchall()}
+    groups = con.execute(
+        "SELECT arch_id, list(model_id ORDER BY ingested_at DESC) FROM models "
+        "GROUP BY arch_id HAVING count(*) > 1"
+    ).fetchall()
+    out = []
+    for _, ids in groups:
+        ids = ids[:SUGGEST_MAX_MODELS]
+        vectors, ages = _features(con, ids)
+        if vectors is None:
+            continue
+        sq = (vectors**2).sum(axis=1)
+        dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * vectors @ vectors.T, 0))
+        scale = (np.sqrt(sq)[:, None] + np.sqrt(sq)[None, :]) / 2
+        rel = np.divide(dist, scale, out=np.full_like(dist, np.inf), where=scale > 0)
+        for i, child in enumerate(ids):
+            if child in named:
+                continue
+            older = np.flatnonzero(ages < ages[i])
+            if not older.size:
+                continue  # the least trained of its architecture: a root
+            order = older[np.argsort(rel[i, older])]
+            best = order[0]
+            second = rel[i, order[1]] if order.size > 1 else np.inf
+            out.append({
+                "child_id": child, "base_id": ids[best], "distance": float(rel[i, best]),
+                "confidence": float(1 - rel[i, best] / second) if np.isfinite(second) else 1.0,
+                "kurtosis_gap": float(ages[i] - ages[best]),
+            })  # fmt: skip
+    return out
+
+
+def _features(con: duckdb.DuckDBPyConnection, ids: list[str]):
+    """(models × cells) tile means in one cell order, and each model's mean kernel kurtosis."""
+    import numpy as np
+
+    rows = con.execute(
+        "SELECT t.model_id, list(t.mean ORDER BY w.weight_index, t.tile_row, t.tile_col) "
+        "FROM weight_tiles AS t JOIN weights AS w USING (model_id, layer_path, weight_name) "
+        "WHERE list_contains(?, t.model_id) GROUP BY t.model_id",
+        [ids],
+    ).fetchall()
+    cells = {m: v for m, v in rows}
+    ages = dict(con.execute(
+        "SELECT model_id, avg(kurtosis) FROM weights WHERE list_contains(?, model_id) "
+        "AND role IN ('kernel', 'depthwise_kernel', 'pointwise_kernel', 'recurrent_kernel', "
+        "'embeddings') GROUP BY model_id", [ids]
+    ).fetchall())  # fmt: skip
+    lengths = {len(v) for v in cells.values()}
+    if len(cells) != len(ids) or len(lengths) != 1 or any(ages.get(m) is None for m in ids):
+        return None, None
+    vectors = np.array([[x if x is not None else 0.0 for x in cells[m]] for m in ids])
+    return vectors, np.array([ages[m] for m in ids])
