@@ -18,7 +18,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from wpipe.cli import activations, browse, compare, figures, ingest
+from wpipe.cli import activations, browse, compare, figures, ingest, lineage
 from wpipe.cli.common import EXIT_BUG, close_all, fail
 from wpipe.views import ViewsMissing
 
@@ -96,3 +96,4 @@ app.command("chart")(figures.chart_command)
 app.command("report")(figures.report_command)
 app.command("spectra")(browse.spectra_command)
 app.command("activations")(activations.activations_command)
+app.add_typer(lineage.app, name="lineage")

@@ -1,0 +1,120 @@
+"""`wpipe lineage`: name a model's base, see what fine-tunes changed and whether they agree,
+and the bases the weights suggest (a writer for set, clear and suggest --accept)."""
+
+from __future__ import annotations
+
+import duckdb
+import typer
+
+from wpipe import lineage
+from wpipe.cli.common import DbOption, Format, FormatOption, connect, fail, resolve, say
+from wpipe.cli.render import emit
+from wpipe.readers import ModelReadError
+
+app = typer.Typer(
+    help="Fine-tunes against their base: name bases, compare updates, see suggestions.",
+    no_args_is_help=True,
+)
+
+
+def _one(con: duckdb.DuckDBPyConnection, ref: str) -> str:
+    ids = resolve(con, [ref])
+    if len(ids) != 1:
+        fail(f"{ref!r} names {len(ids)} models; name one")
+    return ids[0]
+
+
+def _name(con: duckdb.DuckDBPyConnection, model_id: str) -> str:
+    return con.execute("SELECT name FROM models WHERE model_id = ?", [model_id]).fetchone()[0]
+
+
+def _set(con: duckdb.DuckDBPyConnection, child: str, base: str, source: str) -> None:
+    try:
+        n_updates, n_pairs = lineage.set_base(con, child, base, source)
+    except ValueError as exc:
+        fail(str(exc))
+    except (ModelReadError, OSError) as exc:
+        fail(f"cannot read the files again: {getattr(exc, 'message', None) or exc}")
+    siblings = f", {n_pairs} tensor pairs with its siblings" if n_pairs else ""
+    say(f"{_name(con, child)}: base {_name(con, base)} ({n_updates} tensors compared{siblings})")
+
+
+@app.command("set")
+def set_command(
+    child: str = typer.Argument(..., help="The fine-tuned model (name, path, id prefix)."),
+    base: str = typer.Argument(..., help="The model it was tuned from."),
+    db: str | None = DbOption,
+) -> None:
+    """Name CHILD's base and compute the update of every tensor (τ = W_child − W_base)."""
+    con = connect(db, read_only=False)
+    _set(con, _one(con, child), _one(con, base), "user")
+
+
+@app.command("clear")
+def clear_command(
+    child: str = typer.Argument(..., help="The model whose base to forget."),
+    db: str | None = DbOption,
+) -> None:
+    """Forget CHILD's base and its computed updates."""
+    con = connect(db, read_only=False)
+    if not lineage.clear_base(con, _one(con, child)):
+        say(f"{child}: no base was named")
+
+
+@app.command("show")
+def show_command(db: str | None = DbOption, fmt: Format = FormatOption) -> None:
+    """Every model with a named base: how much it changed and how many tensors it left."""
+    con = connect(db)
+    result = con.execute(
+        "SELECT model, base, source, n_tensors, untouched_tensors, rel_update, "
+        "max_tensor_rel_update, stale FROM fine_tunes"
+    )
+    emit([d[0] for d in result.description], result.fetchall(), fmt, title="fine-tunes")
+    stale = [m for m, s in con.execute("SELECT model, stale FROM fine_tunes").fetchall() if s]
+    if stale:
+        say(f"{len(stale)} fine-tunes changed since: `wpipe lineage set` computes them again")
+
+
+@app.command("agreement")
+def agreement_command(
+    base: str = typer.Argument(..., help="The common base of the fine-tunes."),
+    layer: str | None = typer.Option(None, "--layer", "-l", help="One layer of the base."),
+    db: str | None = DbOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """Children of BASE × children: the cosine of their updates and their sign conflicts."""
+    con = connect(db)
+    base_id = _one(con, base)
+    where = "layer_path = ?" if layer else "layer_path IS NULL"
+    result = con.execute(
+        f"SELECT model_a, model_b, cosine, sign_conflict_rate FROM update_agreement "
+        f"WHERE base_id = ? AND {where} ORDER BY model_a, model_b",
+        [base_id, layer] if layer else [base_id],
+    )
+    rows = result.fetchall()
+    if not rows:
+        fail(f"{base!r} has fewer than two fine-tunes with computed updates"
+             + (f" in layer {layer!r}" if layer else ""))  # fmt: skip
+    emit([d[0] for d in result.description], rows, fmt, title=f"agreement of {base}'s fine-tunes")
+
+
+@app.command("suggest")
+def suggest_command(
+    accept: bool = typer.Option(False, "--accept", help="Name every suggested base."),
+    min_confidence: float = typer.Option(
+        0.0, "--min-confidence", help="Only suggestions at least this confident (0–1)."
+    ),
+    db: str | None = DbOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """The likely base of each model without one, from the weights alone."""
+    con = connect(db, read_only=not accept)
+    rows = [r for r in lineage.suggest(con) if r["confidence"] >= min_confidence]
+    names = dict(con.execute("SELECT model_id, name FROM models").fetchall())
+    table = [(names[r["child_id"]], names[r["base_id"]], r["distance"], r["confidence"],
+              r["kurtosis_gap"]) for r in rows]  # fmt: skip
+    emit(["model", "suggested_base", "distance", "confidence", "kurtosis_gap"], table, fmt,
+         title="suggested bases")  # fmt: skip
+    if accept:
+        for r in rows:
+            _set(con, r["child_id"], r["base_id"], "suggested")

@@ -1,0 +1,171 @@
+"""Fine-tunes against their base (wpipe.lineage, wpipe.updates, `wpipe lineage`).
+
+Expected values are numpy on the arrays h5py reads from the Keras files; the family (a run's
+checkpoints and four fine-tunes of its last one) was trained by tf_keras
+(tests/fixtures/make_lineage_fixtures.py), whose truth.json names each file's real base.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+from wpipe import store
+from wpipe.cli import app
+from wpipe.lineage import set_base, suggest
+from wpipe.updates import tensor_update
+
+from tests.conftest import FIXTURES, Warehouse
+
+FAMILY = FIXTURES / "lineage"
+TRUTH = json.loads((FAMILY / "truth.json").read_text())
+TUNES = ["tunes/low_digits", "tunes/high_digits", "tunes/low_digits_b", "tunes/frozen_h1"]
+LAYERS = ("h1", "h2", "out")
+runner = CliRunner()
+
+
+def _arrays(name: str) -> dict[tuple[str, str], np.ndarray]:
+    with h5py.File(FAMILY / f"{name}.h5", "r") as f:
+        g = f["model_weights"]
+        return {(la, w): g[f"{la}/{la}/{w}:0"][()].astype(np.float64)
+                for la in LAYERS for w in ("kernel", "bias")}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lineage")
+    shutil.copytree(FAMILY, root / "family")
+    lowrank = root / "family" / "tunes" / "lowrank.h5"  # a rank-3 and a rank-2 update, on purpose
+    shutil.copy2(FAMILY / "series" / "e5.h5", lowrank)
+    rng = np.random.default_rng(5)
+    with h5py.File(lowrank, "r+") as f:
+        for layer, (rows, cols), rank in (("h2", (32, 16), 3), ("out", (16, 10), 2)):
+            kernel = f[f"model_weights/{layer}/{layer}/kernel:0"]
+            update = rng.normal(size=(rows, rank)) @ rng.normal(size=(rank, cols)) * 0.05
+            kernel[...] = (kernel[()] + update).astype(np.float32)
+    w = Warehouse(root)
+    assert not w.ingest(root / "family").failed
+    db = store.Database(w.db_path)
+    ids = {n: m for m, n in db.con.execute("SELECT model_id, name FROM models").fetchall()}
+    db.close()
+    return w, ids
+
+
+def _db(w: Warehouse) -> store.Database:
+    return store.Database(w.db_path)
+
+
+def test_updates_equal_numpy_on_the_keras_arrays(family):
+    w, ids = family
+    db = _db(w)
+    try:
+        set_base(db.con, ids["tunes/low_digits"], ids["series/e5"])
+        rows = db.con.execute(
+            "SELECT layer_path, weight_name, base_l2, update_l2, rel_update, untouched "
+            "FROM updates WHERE child_id = ?", [ids["tunes/low_digits"]]
+        ).fetchall()  # fmt: skip
+    finally:
+        db.close()
+    base, child = _arrays("series/e5"), _arrays("tunes/low_digits")
+    assert len(rows) == 6
+    for layer, weight, base_l2, update_l2, rel, untouched in rows:
+        b, c = base[layer, weight], child[layer, weight]
+        assert base_l2 == pytest.approx(np.linalg.norm(b), rel=1e-12)
+        assert update_l2 == pytest.approx(np.linalg.norm(c - b), rel=1e-12)
+        assert rel == pytest.approx(np.linalg.norm(c - b) / np.linalg.norm(b), rel=1e-12)
+        assert untouched is False
+
+
+def test_a_low_rank_update_built_on_purpose_is_reported_at_its_rank(family):
+    w, ids = family
+    db = _db(w)
+    try:
+        set_base(db.con, ids["tunes/lowrank"], ids["series/e5"])
+        rows = db.con.execute(
+            "SELECT layer_path, weight_name, rank, untouched, top8_share FROM updates "
+            "WHERE child_id = ?", [ids["tunes/lowrank"]]
+        ).fetchall()  # fmt: skip
+    finally:
+        db.close()
+    by = {(la, wn): (rank, untouched, top8) for la, wn, rank, untouched, top8 in rows}
+    assert by["h2", "kernel"][:2] == (3, False)
+    assert by["out", "kernel"][:2] == (2, False)
+    assert by["h2", "kernel"][2] == pytest.approx(1.0)
+    assert by["h1", "kernel"][1] is True and by["h1", "kernel"][0] == 0
+
+
+def test_agreement_of_the_fine_tunes_equals_numpy(family):
+    w, ids = family
+    db = _db(w)
+    try:
+        for tune in TUNES:
+            set_base(db.con, ids[tune], ids["series/e5"])
+        got = {
+            (a, b): (cos, conflicts)
+            for a, b, cos, conflicts in db.con.execute(
+                "SELECT model_a, model_b, cosine, sign_conflict_rate FROM update_agreement "
+                "WHERE layer_path IS NULL AND base_id = ?", [ids["series/e5"]]
+            ).fetchall()
+            if a in TUNES and b in TUNES
+        }  # fmt: skip
+        untouched = db.con.execute(
+            "SELECT model, untouched_tensors FROM fine_tunes WHERE model = 'tunes/frozen_h1'"
+        ).fetchall()
+    finally:
+        db.close()
+    base = _arrays("series/e5")
+    taus = {t: {k: v - base[k] for k, v in _arrays(t).items()} for t in TUNES}
+    assert len(got) == len(TUNES) * (len(TUNES) - 1)
+    for a in TUNES:
+        for b in TUNES:
+            if a == b:
+                continue
+            ta = np.concatenate([taus[a][k].ravel() for k in sorted(base)])
+            tb = np.concatenate([taus[b][k].ravel() for k in sorted(base)])
+            both = (ta != 0) & (tb != 0)
+            cosine = ta @ tb / (np.linalg.norm(ta) * np.linalg.norm(tb))
+            conflicts = np.count_nonzero(both & (np.sign(ta) != np.sign(tb))) / both.sum()
+            assert got[a, b][0] == pytest.approx(cosine, rel=1e-9)
+            assert got[a, b][1] == pytest.approx(conflicts, rel=1e-12)
+    assert untouched == [("tunes/frozen_h1", 2)]  # its frozen layer's kernel and bias
+
+
+def test_suggestions_recover_the_checkpoints_and_most_fine_tunes(family):
+    w, ids = family
+    db = _db(w)
+    try:
+        db.con.execute("DELETE FROM lineage")
+        names = {m: n for n, m in ids.items()}
+        found = {names[r["child_id"]]: names[r["base_id"]] for r in suggest(db.con)}
+    finally:
+        db.close()
+    truth = {c: b for c, b in TRUTH.items() if b is not None}
+    right = [c for c in truth if found.get(c) == truth[c]]
+    assert "series/e1" not in found  # the least trained: no base
+    assert {c for c in right if c.startswith("series/")} == {f"series/e{i}" for i in range(2, 6)}
+    # near-twin siblings (one task, two seeds) look like each other's base: 6 of 8 today
+    assert len(right) >= 6
+
+
+def test_the_command_line(family):
+    w, _ = family
+    db = ["--db", str(w.db_path)]
+    result = runner.invoke(app, ["lineage", "set", "tunes/high_digits", "series/e5", *db])
+    assert result.exit_code == 0, result.output
+    loop = runner.invoke(app, ["lineage", "set", "series/e5", "tunes/high_digits", *db])
+    assert loop.exit_code == 2 and "loop" in loop.output
+    shown = runner.invoke(app, ["lineage", "show", "-f", "json", *db])
+    assert any(r["model"] == "tunes/high_digits" for r in json.loads(shown.output))
+    agreement = runner.invoke(app, ["lineage", "agreement", "series/e5", "-f", "csv", *db])
+    assert agreement.exit_code == 0 and "cosine" in agreement.output
+    assert runner.invoke(app, ["lineage", "suggest", *db]).exit_code == 0
+    assert runner.invoke(app, ["lineage", "clear", "tunes/high_digits", *db]).exit_code == 0
+
+
+def test_tensor_update_of_a_vector_has_no_spectrum():
+    row = tensor_update(np.ones(4), np.ones(4) * 2)
+    assert row["rank"] is None and row["rel_update"] == pytest.approx(1.0)
