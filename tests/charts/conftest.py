@@ -44,6 +44,8 @@ RUNS = ["cnn_lr1e-2", "cnn_lr1e-3", "cnn_lr3e-1"]
 SWEEP_CHARTS = ["drift", "distance", "metric", "health"]
 # Layer-output charts need `wpipe activations` rows: tests/charts/test_activations.py.
 ACTIVATION_CHARTS = ["act-histogram", "dead-units", "unit-activity"]
+# Lineage charts need `wpipe lineage set` rows: tests/charts/test_lineage.py.
+LINEAGE_CHARTS = ["agreement", "update-sizes", "update-spectrum"]
 
 
 def make_zoo(folder: Path, names: list[str]) -> Path:

@@ -17,6 +17,7 @@ from wpipe.cli import app
 from tests.charts.conftest import (
     ACTIVATION_CHARTS,
     DEMO,
+    LINEAGE_CHARTS,
     SWEEP_CHARTS,
     data_rows,
     png_size,
@@ -30,7 +31,8 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize(
-    "name", [n for n in charts.CHARTS if n not in SWEEP_CHARTS + ACTIVATION_CHARTS]
+    "name",
+    [n for n in charts.CHARTS if n not in SWEEP_CHARTS + ACTIVATION_CHARTS + LINEAGE_CHARTS],
 )
 def test_every_chart_is_valid_vega_lite_and_renders_to_png(name, con, tmp_path):
     chart = charts.CHARTS[name](con)
@@ -59,6 +61,7 @@ def test_chart_list_names_every_chart_with_a_summary():
         "esd-layers",
         *SWEEP_CHARTS,
         *ACTIVATION_CHARTS,
+        *LINEAGE_CHARTS,
     }
     for name in charts.CHARTS:
         assert len(charts.summary(name)) > 20

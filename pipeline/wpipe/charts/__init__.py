@@ -10,7 +10,7 @@ Model filters accept what the CLI accepts: a model's name, its path, or a unique
 prefix. Layer filters are `layer_path` values or glob patterns (`encoder/*`).
 
 One module per family of figures (distributions, anatomy, drift, metrics, health, matrix,
-filters, esd, activations); the model
+filters, esd, activations, lineage); the model
 selection, row budget and query helpers they share are in `base`, writing files in `saving`.
 Importing the package makes Altair draw in Jupyter without the internet (`notebook`).
 """
@@ -55,6 +55,7 @@ from wpipe.charts.drift import (
 from wpipe.charts.esd import spectral_density, spectral_density_layers
 from wpipe.charts.filters import filter_images
 from wpipe.charts.health import HEALTH_FLAGS, health_overview
+from wpipe.charts.lineage import update_agreement, update_sizes, update_spectrum
 from wpipe.charts.matrix import weight_matrix
 from wpipe.charts.metrics import MODEL_STATS, metric_scatter, metrics, rank_correlations
 from wpipe.charts.saving import (
@@ -85,6 +86,9 @@ CHARTS: dict[str, Callable[..., alt.TopLevelMixin]] = {
     "filters": filter_images,
     "esd": spectral_density,
     "esd-layers": spectral_density_layers,
+    "agreement": update_agreement,
+    "update-sizes": update_sizes,
+    "update-spectrum": update_spectrum,
 }
 
 
@@ -142,6 +146,9 @@ __all__ = [
     "stat_heatmap",
     "summary",
     "unit_activity",
+    "update_agreement",
+    "update_sizes",
+    "update_spectrum",
     "vega_lite_version",
     "weight_histograms",
     "weight_matrix",
