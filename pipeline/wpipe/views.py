@@ -18,6 +18,8 @@ VIEW_FILES = (
     "30_weight_health.sql",
     "40_model_spectral_summary.sql",
     "50_compare.sql",
+    "55_identity.sql",
+    "60_lineage.sql",
 )
 
 
