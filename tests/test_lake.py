@@ -128,13 +128,16 @@ def test_data_files_no_commit_references_are_swept_by_the_next_ingest(folder, wa
     """A worker stopped by --file-timeout (or killed) leaves a data file that no commit names;
     the next ingest (holding the writer lock) deletes it, and nothing committed."""
     warehouse.ingest(folder)
-    stray = warehouse.lake / "weights" / "part-stopped-worker.parquet"
-    shutil.copy2(next((warehouse.lake / "weights").glob("part-*.parquet")), stray)
     lake = store.Lake.open(str(warehouse.lake))
-    assert lake.unreferenced("weights") == [stray.name]
+    rows = lake.dataset("weights").head(3)
+    stray = warehouse.lake / "weights" / store.write_data_file(lake.location, "weights", rows).name
+    # a copy the user made, named as wpipe names its files: not recorded as wpipe's, kept
+    copy = warehouse.lake / "weights" / f"part-{'0' * 32}.parquet"
+    shutil.copy2(stray, copy)
+    assert lake.unreferenced("weights") == sorted([stray.name, copy.name])
     committed = {t: sorted(DeltaTable(str(warehouse.lake / t)).file_uris()) for t in TABLES}
     warehouse.ingest(folder)  # unchanged files: nothing is read, the stray file is swept
-    assert not stray.exists()
+    assert not stray.exists() and copy.exists()
     assert {t: sorted(DeltaTable(str(warehouse.lake / t)).file_uris()) for t in TABLES} == committed
     assert_lake_equals_database(warehouse)
 
