@@ -44,5 +44,9 @@ def to_os(text: str) -> str:
     """The file name `stored` made `text` from (for opening it again)."""
     if not _ESCAPE.search(text):
         return text
-    return _ESCAPE.sub(lambda m: "\\" if m.group(1) == "\\" else chr(0xDC00 + int(m.group(1)[1:], 16)),
-                       text)  # fmt: skip
+    return _ESCAPE.sub(_unescape, text)
+
+
+def _unescape(match: re.Match) -> str:
+    escape = match.group(1)
+    return "\\" if escape == "\\" else chr(0xDC00 + int(escape[1:], 16))
