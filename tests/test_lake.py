@@ -265,6 +265,26 @@ def test_a_database_moved_with_its_lake_reads_it_there(folder, warehouse, tmp_pa
     assert_lake_equals_database(moved)
 
 
+def test_a_project_folder_copied_whole_reads_its_own_lake(folder, warehouse, tmp_path):
+    """The database and its lake copied together (`cp -r project copy`): the copy takes its
+    own lake (not "hold different ingests"), and stops reading the original's files."""
+    warehouse.ingest(folder)
+    before = warehouse.query("SELECT count(*), sum(l2) FROM units")
+    copy = Warehouse(tmp_path / "copy")
+    (tmp_path / "copy").mkdir()
+    shutil.copy2(warehouse.db_path, copy.db_path)
+    shutil.copytree(warehouse.lake, copy.lake)
+    report = copy.ingest(folder)
+    assert (report.ingested, report.unchanged) == (0, 3)
+    assert any("its lake is now read at" in w for w in report.warnings)
+    shutil.rmtree(warehouse.lake)  # the original's lake gone: the copy does not need it
+    assert (
+        api.connect(copy.db_path).execute("SELECT count(*), sum(l2) FROM units").fetchall()
+        == before
+    )
+    assert_lake_equals_database(copy)
+
+
 def test_a_database_without_its_lake_reads_the_files_again(folder, warehouse):
     # the database serves units, values, … from the lake's files: they went with it
     warehouse.ingest(folder)

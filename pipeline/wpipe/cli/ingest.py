@@ -155,7 +155,11 @@ def open_for_writing(path: Path, what: str) -> store.Database:
         fail(f"{path}: cannot open for writing ({exc.strerror or first_line(exc)})")
     try:
         if path.exists():
-            _check_ours(path)
+            try:
+                _check_ours(path)
+            except BaseException:  # not a wpipe database: no lock file left beside it
+                lock.discard()
+                raise
         return store.Database(path, lock=lock)
     except duckdb.Error as exc:
         lock.release()

@@ -88,6 +88,10 @@ def _reconcile(db: Database, lake: Lake) -> list[str]:
     db_models = db.con.execute("SELECT count(*) FROM models").fetchall()[0][0]
     if not recorded:
         lake_models = lake.dataset("models").count_rows()
+        if db_models and lake_models and _copied_here(db, lake, current):
+            db.record_versions(lake, current)  # re-points the views at this copy
+            notes.append(f"{db.path}: its lake is now read at {lake.location.root}")
+            return notes
         if db_models and lake_models:
             raise LakeMismatch(
                 f"{lake.location.root} and {db.path} hold different ingests; "
@@ -111,6 +115,20 @@ def _reconcile(db: Database, lake: Lake) -> list[str]:
     if ahead:
         db.record_versions(lake, {t: lake.restore(t, v) for t, v in ahead.items()})
     return notes
+
+
+def _copied_here(db: Database, lake: Lake, current: dict[str, int]) -> bool:
+    """The database recorded its lake at another path, and `lake` is that lake moved or
+    copied with it (a project folder copied whole): at the versions the database loaded,
+    with the same models."""
+    elsewhere = db.con.execute(
+        "SELECT table_name, version FROM lake_versions WHERE lake <> ?", [lake.location.root]
+    ).fetchall()
+    if not elsewhere or dict(elsewhere) != current:
+        return False
+    identity = pa.schema([schema.MODELS.arrow_schema.field(c) for c in IDENTITY])
+    theirs = lake.dataset("models").to_table(columns=list(IDENTITY)).cast(identity)
+    return _model_changes(db, theirs) == (set(), set())
 
 
 def migrate_partitions(db: Database, lake: Lake) -> bool:
