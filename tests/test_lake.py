@@ -256,8 +256,10 @@ def test_a_database_moved_with_its_lake_reads_it_there(folder, warehouse, tmp_pa
     (tmp_path / "moved").mkdir()
     shutil.move(warehouse.db_path, moved.db_path)
     shutil.move(warehouse.lake, moved.lake)
-    with pytest.raises(api.DatabaseError, match="files of its lake are missing"):
-        api.connect(moved.db_path)  # the views name the old place: one clear line
+    # a reader finds the lake beside the database (the stored views name the old place)
+    con = api.connect(moved.db_path)
+    assert con.execute("SELECT count(*), sum(l2) FROM units").fetchall() == before
+    con.close()
     report = moved.ingest(folder)
     assert (report.ingested, report.unchanged) == (0, 3)
     assert any("its lake is now read at" in w for w in report.warnings)
@@ -283,6 +285,20 @@ def test_a_project_folder_copied_whole_reads_its_own_lake(folder, warehouse, tmp
         == before
     )
     assert_lake_equals_database(copy)
+
+
+def test_a_reader_of_a_database_whose_lake_is_gone_gets_one_line(folder, warehouse):
+    warehouse.ingest(folder)
+    shutil.move(warehouse.lake, warehouse.lake.with_name("elsewhere"))
+    with pytest.raises(api.DatabaseError, match="files of its lake are missing"):
+        api.connect(warehouse.db_path)
+    # a lake beside it at other versions is not taken for it
+    shutil.copytree(warehouse.lake.with_name("elsewhere"), warehouse.lake)
+    warehouse.ingest(MODELS / "k2_uncompiled.h5")
+    shutil.move(warehouse.lake, warehouse.lake.with_name("newer"))
+    shutil.move(warehouse.lake.with_name("elsewhere"), warehouse.lake)
+    with pytest.raises(api.DatabaseError, match="files of its lake are missing"):
+        api.connect(warehouse.db_path)
 
 
 def test_a_database_without_its_lake_reads_the_files_again(folder, warehouse):
