@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
-from wpipe import filemap, schema, store
+from wpipe import api, filemap, schema, store
 from wpipe.cli import app
 from wpipe.ingest import commit_batch
 from wpipe.store import owned, sync
@@ -153,3 +153,10 @@ def test_a_data_file_wpipe_wrote_is_recorded_before_it_exists(tmp_path):
     writer.abort()  # deleted, and its record with it
     assert owned.recorded(lake.location, "weights") == []
     assert os.listdir(tmp_path / "lake" / "weights") == ["_delta_log"]
+
+
+def test_querying_a_folder_that_is_no_lake_writes_nothing_there(folder):
+    before = tree(folder)
+    with pytest.raises(LookupError, match="no wpipe lake here"):
+        api.connect_lake(folder)
+    assert tree(folder) == before and not (folder / "models").exists()

@@ -307,7 +307,10 @@ def _pull_shared(db: Database, lake: Lake) -> int:
 
 def lake_connection(lake: Lake) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection whose contract tables are the lake's Delta tables,
-    scanned in place through their Arrow datasets: no copy, no DuckDB extension."""
+    scanned in place through their Arrow datasets: no copy, no DuckDB extension. A folder
+    that is no wpipe lake is LookupError (reading it would create tables there)."""
+    if _shared_table(lake, schema.MODELS) is None:
+        raise LookupError(f"{lake.location.root}: no wpipe lake here (no models table)")
     con = duckdb.connect()
     for table in schema.MODEL_TABLES:
         con.register(table.name, lake.dataset(table.name))
