@@ -160,3 +160,12 @@ def test_querying_a_folder_that_is_no_lake_writes_nothing_there(folder):
     with pytest.raises(LookupError, match="no wpipe lake here"):
         api.connect_lake(folder)
     assert tree(folder) == before and not (folder / "models").exists()
+
+
+def test_the_refusal_is_one_line_whatever_the_users_file_is_named(tmp_path, folder):
+    lake = tmp_path / "mine"
+    plant(lake, ["a\nb [bold]c\x1b[2J.txt"])
+    result = cli("ingest", str(folder), "--db", str(tmp_path / "w.duckdb"), "--lake", str(lake))
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, lines
+    assert "'a\\nb [bold]c\\x1b[2J.txt'" in lines[0]

@@ -61,9 +61,9 @@ def claim(location: LakeLocation) -> None:
     else:
         foreign = _foreign(fs, root)
         if foreign is not None:
-            raise LakeNotOwned(
+            raise LakeNotOwned(  # the name as repr: one line whatever it holds
                 f"{display(location.root)}: holds files wpipe did not write "
-                f"({display(foreign)}); give --lake a new or empty folder"
+                f"({foreign!r}); give --lake a new or empty folder"
             )
         _adopt(location, fs, root)
     fs.create_dir(f"{root}/{OWN}", recursive=True)
