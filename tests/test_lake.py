@@ -287,6 +287,29 @@ def test_a_project_folder_copied_whole_reads_its_own_lake(folder, warehouse, tmp
     assert_lake_equals_database(copy)
 
 
+def test_a_project_moved_whole_finds_a_lake_of_its_own_name_beside_the_database(folder, tmp_path):
+    from typer.testing import CliRunner
+    from wpipe.cli import app
+
+    project = tmp_path / "project"
+    project.mkdir()
+    ingest = ["ingest", str(folder), "-q", "--db"]
+    result = CliRunner().invoke(app, [*ingest, str(project / "w.duckdb"), "--lake",
+                                      str(project / "runs-lake")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    shutil.move(project, tmp_path / "moved")
+    moved = Warehouse(tmp_path / "moved")
+    con = api.connect(moved.db_path)  # a reader finds it too
+    assert con.execute("SELECT count(*) FROM units").fetchone()[0] > 0
+    con.close()
+    result = CliRunner().invoke(app, [*ingest, str(moved.db_path)])  # no --lake
+    assert result.exit_code == 0, result.output
+    assert not moved.lake.exists()  # not a new, empty <db>.lake
+    moved.lake = tmp_path / "moved" / "runs-lake"
+    assert moved.query("SELECT count(*) FROM models") == [(3,)]
+    assert_lake_equals_database(moved)
+
+
 def test_a_reader_of_a_database_whose_lake_is_gone_gets_one_line(folder, warehouse):
     warehouse.ingest(folder)
     shutil.move(warehouse.lake, warehouse.lake.with_name("elsewhere"))

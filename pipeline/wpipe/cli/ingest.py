@@ -79,8 +79,8 @@ def ingest_command(
     if missing:
         fail(f"no such file or folder: {', '.join(missing)}")
     db_path = db or api.default_db()
-    lake_path = lake or store.default_lake(db_path)
     database = open_for_writing(Path(db_path), "wpipe ingest")
+    lake_path = lake or database.lake_beside() or store.default_lake(db_path)
     progress = Progress(
         TextColumn("[bold]{task.fields[phase]}"),
         BarColumn(),
@@ -244,7 +244,7 @@ def compact_command(db: str | None = DbOption, lake: str | None = LakeOption) ->
     """Merge the lake's small data files and delete the merged ones (only files wpipe wrote)."""
     db_path = db or api.default_db()
     database = open_for_writing(Path(db_path), "wpipe compact")
-    lake_path = lake or store.default_lake(db_path)
+    lake_path = lake or database.lake_beside() or store.default_lake(db_path)
     try:
         handle = remote.open_lake(lake_path)
         handle.claim()  # before file_count creates tables in a folder that is not a lake

@@ -378,6 +378,16 @@ class Database:
             table.arrow_schema, (b.cast(table.arrow_schema) for b in reader)
         )
 
+    def lake_beside(self) -> str | None:
+        """The lake this database recorded, found beside it under the same name (a project
+        folder moved or copied whole, its lake not named `<db>.lake`); None when there is
+        no wpipe lake there (the default then applies)."""
+        rows = self.con.execute("SELECT DISTINCT lake FROM lake_versions").fetchall()
+        if len(rows) != 1 or "://" in rows[0][0]:
+            return None
+        folder = Path(os.path.abspath(self.path)).parent / Path(rows[0][0]).name
+        return str(folder) if (folder / "models" / "_delta_log").is_dir() else None
+
     def lake_versions(self, lake: Lake) -> dict[str, int]:
         """table -> lake version this database holds (empty: never loaded from this lake)."""
         rows = self.con.execute(
