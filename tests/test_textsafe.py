@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -73,3 +74,12 @@ def test_the_two_names_are_one_safe_line_each_in_the_cli(tmp_path):
     assert len(rows) == 3 and len(result.output.splitlines()) == 3 + 5  # title, rules, header
     names = sorted(row.split("\u2502")[1].strip() for row in rows)
     assert names == ["bad\\\\xff", "bad\\xff", "new line"]
+
+
+def test_a_model_under_a_folder_named_with_raw_bytes_is_named_relative_to_it(tmp_path):
+    root = Path(os.fsdecode(os.fsencode(tmp_path) + b"/r\xe9sultats"))
+    (root / "lr1").mkdir(parents=True)
+    shutil.copy2(MODELS / "k2_uncompiled.h5", root / "lr1" / "e05.h5")
+    w = Warehouse(tmp_path)
+    w.ingest(root)
+    assert w.query("SELECT name FROM models") == [("lr1/e05",)]
