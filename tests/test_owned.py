@@ -169,3 +169,9 @@ def test_the_refusal_is_one_line_whatever_the_users_file_is_named(tmp_path, fold
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1, lines
     assert "'a\\nb [bold]c\\x1b[2J.txt'" in lines[0]
+
+
+def test_the_spectra_cache_folder_is_known_as_wpipes():
+    from wpipe.spectra_tables import CACHE_FOLDER
+
+    assert owned._CACHE == CACHE_FOLDER  # a lake holding one is still taken as wpipe's
