@@ -9,8 +9,11 @@ import subprocess
 import sys
 import time
 
+import duckdb
 import pytest
+from typer.testing import CliRunner
 from wpipe import store
+from wpipe.cli import app
 
 from tests.conftest import MODELS
 
@@ -65,3 +68,23 @@ def test_a_bad_wait_is_one_line(db_path):
     reader = models_command(db_path, "soon")
     out, err = reader.communicate(timeout=120)
     assert reader.returncode == 2 and out == "" and err.startswith("error: WPIPE_WAIT='soon'")
+
+
+@pytest.mark.parametrize("command", [["ingest", "{zoo}"], ["compact"], ["sync", "--lake", "{zoo}"]])
+def test_a_file_that_is_no_wpipe_database_gets_no_lock_file_beside_it(tmp_path, command):
+    """`--db mlp.h5` (a model file), or another program's DuckDB file: refused, and nothing
+    is written beside it (no `mlp.h5.lock`, no lake)."""
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    shutil.copy2(MODELS / "k2_conv2d.h5", zoo / "mlp.h5")
+    other = duckdb.connect(str(tmp_path / "other.duckdb"))
+    other.execute("CREATE TABLE invoices (id INT)")
+    other.close()
+    for target in (zoo / "mlp.h5", tmp_path / "other.duckdb"):
+        before = sorted(p.name for p in target.parent.iterdir())
+        stamp = (target.read_bytes(), target.stat().st_mtime_ns)
+        args = [a.format(zoo=zoo) for a in command]
+        result = CliRunner().invoke(app, [*args, "--db", str(target)])
+        assert result.exit_code == 2, result.output
+        assert sorted(p.name for p in target.parent.iterdir()) == before
+        assert (target.read_bytes(), target.stat().st_mtime_ns) == stamp

@@ -128,13 +128,16 @@ def test_data_files_no_commit_references_are_swept_by_the_next_ingest(folder, wa
     """A worker stopped by --file-timeout (or killed) leaves a data file that no commit names;
     the next ingest (holding the writer lock) deletes it, and nothing committed."""
     warehouse.ingest(folder)
-    stray = warehouse.lake / "weights" / "part-stopped-worker.parquet"
-    shutil.copy2(next((warehouse.lake / "weights").glob("part-*.parquet")), stray)
     lake = store.Lake.open(str(warehouse.lake))
-    assert lake.unreferenced("weights") == [stray.name]
+    rows = lake.dataset("weights").head(3)
+    stray = warehouse.lake / "weights" / store.write_data_file(lake.location, "weights", rows).name
+    # a copy the user made, named as wpipe names its files: not recorded as wpipe's, kept
+    copy = warehouse.lake / "weights" / f"part-{'0' * 32}.parquet"
+    shutil.copy2(stray, copy)
+    assert lake.unreferenced("weights") == sorted([stray.name, copy.name])
     committed = {t: sorted(DeltaTable(str(warehouse.lake / t)).file_uris()) for t in TABLES}
     warehouse.ingest(folder)  # unchanged files: nothing is read, the stray file is swept
-    assert not stray.exists()
+    assert not stray.exists() and copy.exists()
     assert {t: sorted(DeltaTable(str(warehouse.lake / t)).file_uris()) for t in TABLES} == committed
     assert_lake_equals_database(warehouse)
 
@@ -253,13 +256,72 @@ def test_a_database_moved_with_its_lake_reads_it_there(folder, warehouse, tmp_pa
     (tmp_path / "moved").mkdir()
     shutil.move(warehouse.db_path, moved.db_path)
     shutil.move(warehouse.lake, moved.lake)
-    with pytest.raises(api.DatabaseError, match="files of its lake are missing"):
-        api.connect(moved.db_path)  # the views name the old place: one clear line
+    # a reader finds the lake beside the database (the stored views name the old place)
+    con = api.connect(moved.db_path)
+    assert con.execute("SELECT count(*), sum(l2) FROM units").fetchall() == before
+    con.close()
     report = moved.ingest(folder)
     assert (report.ingested, report.unchanged) == (0, 3)
     assert any("its lake is now read at" in w for w in report.warnings)
     assert moved.query("SELECT count(*), sum(l2) FROM units") == before
     assert_lake_equals_database(moved)
+
+
+def test_a_project_folder_copied_whole_reads_its_own_lake(folder, warehouse, tmp_path):
+    """The database and its lake copied together (`cp -r project copy`): the copy takes its
+    own lake (not "hold different ingests"), and stops reading the original's files."""
+    warehouse.ingest(folder)
+    before = warehouse.query("SELECT count(*), sum(l2) FROM units")
+    copy = Warehouse(tmp_path / "copy")
+    (tmp_path / "copy").mkdir()
+    shutil.copy2(warehouse.db_path, copy.db_path)
+    shutil.copytree(warehouse.lake, copy.lake)
+    report = copy.ingest(folder)
+    assert (report.ingested, report.unchanged) == (0, 3)
+    assert any("its lake is now read at" in w for w in report.warnings)
+    shutil.rmtree(warehouse.lake)  # the original's lake gone: the copy does not need it
+    assert (
+        api.connect(copy.db_path).execute("SELECT count(*), sum(l2) FROM units").fetchall()
+        == before
+    )
+    assert_lake_equals_database(copy)
+
+
+def test_a_project_moved_whole_finds_a_lake_of_its_own_name_beside_the_database(folder, tmp_path):
+    from typer.testing import CliRunner
+    from wpipe.cli import app
+
+    project = tmp_path / "project"
+    project.mkdir()
+    ingest = ["ingest", str(folder), "-q", "--db"]
+    result = CliRunner().invoke(app, [*ingest, str(project / "w.duckdb"), "--lake",
+                                      str(project / "runs-lake")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    shutil.move(project, tmp_path / "moved")
+    moved = Warehouse(tmp_path / "moved")
+    con = api.connect(moved.db_path)  # a reader finds it too
+    assert con.execute("SELECT count(*) FROM units").fetchone()[0] > 0
+    con.close()
+    result = CliRunner().invoke(app, [*ingest, str(moved.db_path)])  # no --lake
+    assert result.exit_code == 0, result.output
+    assert not moved.lake.exists()  # not a new, empty <db>.lake
+    moved.lake = tmp_path / "moved" / "runs-lake"
+    assert moved.query("SELECT count(*) FROM models") == [(3,)]
+    assert_lake_equals_database(moved)
+
+
+def test_a_reader_of_a_database_whose_lake_is_gone_gets_one_line(folder, warehouse):
+    warehouse.ingest(folder)
+    shutil.move(warehouse.lake, warehouse.lake.with_name("elsewhere"))
+    with pytest.raises(api.DatabaseError, match="files of its lake are missing"):
+        api.connect(warehouse.db_path)
+    # a lake beside it at other versions is not taken for it
+    shutil.copytree(warehouse.lake.with_name("elsewhere"), warehouse.lake)
+    warehouse.ingest(MODELS / "k2_uncompiled.h5")
+    shutil.move(warehouse.lake, warehouse.lake.with_name("newer"))
+    shutil.move(warehouse.lake.with_name("elsewhere"), warehouse.lake)
+    with pytest.raises(api.DatabaseError, match="files of its lake are missing"):
+        api.connect(warehouse.db_path)
 
 
 def test_a_database_without_its_lake_reads_the_files_again(folder, warehouse):

@@ -17,6 +17,7 @@ from pathlib import Path
 import duckdb
 
 from wpipe import dblock, schema, store, views
+from wpipe.store.duck import serve_moved
 
 DEFAULT_DB = "wpipe.duckdb"
 
@@ -151,7 +152,9 @@ def _temporary_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
             "`wpipe ingest` on it once to upgrade it"
         ) from None
     except duckdb.IOException:  # a served table's lake files (store.SERVED)
-        raise DatabaseError(_LAKE_MISSING.format(path=path)) from None
+        if serve_moved(con, path) is None:  # moved with the database: read it there
+            raise DatabaseError(_LAKE_MISSING.format(path=path)) from None
+        views.apply(con, temporary=True)
 
 
 _LAKE_MISSING = (

@@ -42,8 +42,10 @@ class WriterLock:
         self.db = str(db_path)
         self.path = lock_path(db_path)
         self._fd: int | None = None
+        self.created = False  # this lock made the file (discard() removes it again)
         if fcntl is None:
             return
+        self.created = not os.path.lexists(self.path)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -66,6 +68,15 @@ class WriterLock:
             _HELD.discard(self._fd)
             os.close(self._fd)
             self._fd = None
+
+    def discard(self) -> None:
+        """Release, and remove the lock file if this lock made it: `path` turned out not to be
+        a wpipe database (a model file given as --db), and no lock file stays beside it. Safe
+        while held: a writer that opened the file meanwhile was refused by the lock."""
+        if self._fd is not None and self.created:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+        self.release()
 
     def __enter__(self) -> WriterLock:
         return self

@@ -228,6 +228,7 @@ class DriftTracker:
         local = local or job.previous  # where the previous file is read (a local copy)
         if job.previous is None or local is None:
             return
+        local = to_os(local)  # as stored (textsafe), or a local copy's path
         if held is not None and held.path == job.previous:
             if _plain(model) and held.hdf5:  # as _direct: by dataset path
                 self.held, self.by_source = held, True

@@ -548,8 +548,8 @@ def _prune(
         if remote.is_url(path):
             under = any(path == u or path.startswith(f"{u}/") for u in prefixes)
             return under and path not in present
-        p = Path(path)
-        return any(p == r or r in p.parents for r in roots) and not os.path.lexists(to_os(path))
+        p = Path(to_os(path))  # as stored (textsafe): the roots are names on disk
+        return any(p == r or r in p.parents for r in roots) and not os.path.lexists(p)
 
     stale = {model_id for model_id, (path, *_) in db.known_files_by_id().items() if gone(path)}
     if stale:

@@ -19,6 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from wpipe.tags import strip_model_suffix
+from wpipe.textsafe import stored
 
 
 def _root_of(path: PurePath, roots: Iterable[PurePath]) -> PurePath | None:
@@ -47,7 +48,9 @@ def assign_names(
 ) -> dict[str, str]:
     """key -> name for each newcomer (key -> absolute path), given the names already taken
     (name -> path). Newcomers that want the same name all widen; a taken name never moves."""
-    roots = [PurePath(r) for r in roots]
+    # a Path is a name on disk, spelled here as the paths are stored (textsafe); a str is
+    # stored already (or a URL)
+    roots = [PurePath(stored(str(r)) if isinstance(r, Path) else r) for r in roots]
     paths = {k: PurePath(p) for k, p in newcomers.items()}
     siblings: dict[tuple[PurePath, str], int] = {}
     for p in [*paths.values(), *(PurePath(p) for p in taken.values())]:

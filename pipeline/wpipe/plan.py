@@ -17,7 +17,7 @@ from wpipe.readers.safefile import stat_problem
 from wpipe.store.lake import Lake
 from wpipe.tables import file_stem, model_id_for
 from wpipe.tags import parse_tags
-from wpipe.textsafe import display, to_os
+from wpipe.textsafe import display, stored, to_os
 from wpipe.walk import Skipped
 
 # Small files are read a chunk per task (few tasks, one data file per table per chunk, the
@@ -98,7 +98,7 @@ class Plan:
 
 
 def key_of(found: Path | remote.RemoteSave) -> str:
-    return found.url if isinstance(found, remote.RemoteSave) else display(str(found))
+    return found.url if isinstance(found, remote.RemoteSave) else stored(str(found))
 
 
 def make_plan(
@@ -115,7 +115,7 @@ def make_plan(
         if isinstance(path, remote.RemoteSave):  # listed with its size and LastModified
             key, size, mtime = path.url, path.size, path.mtime
         else:
-            key = display(str(path))  # as stored: undecodable bytes spelled \xHH (textsafe)
+            key = stored(str(path))  # one spelling per name: undecodable bytes \xHH (textsafe)
             try:
                 size, mtime = fingerprint(path)
             except OSError as exc:  # vanished or changed kind since the walk
@@ -158,7 +158,10 @@ def record_skipped(
     entry: Skipped, db: store.Database, report: Report, on_done: Callable[[Outcome], None] | None
 ) -> None:
     """A path the walk found but could not read (a FIFO, a dangling symlink): its row."""
-    key, message = display(str(entry.path)), display(entry.message)
+    raw, key = str(entry.path), stored(str(entry.path))
+    # the message names the file as it is stored (and so as its row and other lines do)
+    message = display(key + entry.message[len(raw) :] if entry.message.startswith(raw) else
+                      entry.message)  # fmt: skip
     outcome = Outcome(key, model_id_for(key), "failed", error=entry.code, message=message)
     db.record_error(key, entry.code, message, entry.size, entry.mtime)
     report.failed.append(outcome)

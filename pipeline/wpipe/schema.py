@@ -65,7 +65,7 @@ MODELS = Table(
             "path relative to the ingested folder without suffix; never changes "
             "(README: Model names)",
         ),
-        _c("path", STR, "absolute path of the file"),
+        _c("path", STR, "absolute path of the file, one spelling a file (README: The lake)"),
         _c("sha256", STR, "SHA-256 of the file's bytes"),
         _c("file_bytes", I64, "file size in bytes"),
         _c("mtime", F64, "file modification time (seconds since the epoch) when ingested"),
@@ -454,7 +454,7 @@ INGEST_ERRORS = Table(
     "ingest_errors",
     "file that could not be read",
     (
-        _c("path", STR, "absolute path of the file"),
+        _c("path", STR, "absolute path of the file, one spelling a file (README: The lake)"),
         _c("error", STR, "short reason code: empty-file, not-hdf5, truncated, not-keras, ..."),
         _c("message", STR, "one line naming the file and the reason"),
         _c("at", TS, "when the failure was recorded"),

@@ -100,7 +100,7 @@ class ValuesMode:
 
 
 def model_id_for(path: str) -> str:
-    # of the stored path: undecodable bytes spelled as wpipe stores them (textsafe)
+    # of the stored path (textsafe.stored: one spelling per name, so one id per file)
     return hashlib.sha1(display(path).encode("utf-8")).hexdigest()[:16]
 
 
@@ -303,8 +303,10 @@ def _config_columns(config: dict | None) -> dict:
 
 
 def file_stem(path: str) -> str:
-    """File name without its model suffix: `e05` for `e05.h5`, `m` for `m.weights.h5`."""
-    name = path.replace("\\", "/").rsplit("/", 1)[-1]
+    """File name without its model suffix: `e05` for `e05.h5`, `m` for `m.weights.h5`. A
+    backslash is a separator only in a Windows path (one without `/`): elsewhere it is part of
+    a name (`bad\\\\xff.h5` as stored, see textsafe)."""
+    name = path.rsplit("/" if "/" in path else "\\", 1)[-1]
     return strip_model_suffix(name) or name
 
 

@@ -34,6 +34,7 @@ class Case:
     expect: str = "any"  # "error" | "ok" | "any"
     code: str | None = None
     slow: bool = False  # only in the full run (big files, long generation)
+    models: int | None = None  # models its folder must give (None: not counted)
 
 
 # ------------------------------------------------------------------ random damage of real files
@@ -439,8 +440,15 @@ def layer_named(name: str) -> Callable[[Path], None]:
     return make
 
 
+def colliding_names(folder: Path) -> None:
+    """The byte 0xff in one name, the four characters `\\xff` in the other: two models."""
+    copy_as(b"bad\xff.h5")(folder)
+    shutil.copy2(MODELS / "k2_conv2d.h5", os.fsencode(folder) + b"/bad\\xff.h5")
+
+
 def name_cases() -> Iterator[Case]:
     fam = "names"
+    yield Case(fam, "a raw byte name and its escaped spelling", colliding_names, "ok", models=2)
     yield Case(fam, "markup in the file name", copy_as("[bold]x[red].h5"), "ok")
     yield Case(fam, "non-UTF-8 file name", copy_as(b"caf\xe9\xff.h5"), "ok")
     yield Case(

@@ -4,8 +4,11 @@ Cases are ingested in batches: each batch is one folder holding its cases' folde
 good files, ingested by `wpipe ingest` in a subprocess whose process tree's RSS is sampled.
 For every batch: exit code 0/1 as the failures say, no traceback, one `failed:` line per
 ingest_errors row naming its file, no `internal-error`, the good files ingested, no orphaned
-lake partitions, the database still opens, wall time and peak RSS within bounds; for every
-case: its expected outcome (`error` with its code, or `ok`), and in any case a clean one.
+lake partitions, the database still opens, no file in the models folder (nor the user's file
+beside the database) deleted or changed, wall time and peak RSS within bounds; for every
+case: its expected outcome (`error` with its code, or `ok`, with as many models as it says),
+and in any case a clean one. With --full, the special runs too: kill -9, concurrency, a
+full disk, and the user's files around the lake (lake_cases.py).
 
     python -m tests.fuzz.runner [--full] [--damage N] [--batch N]   (make fuzz: --full)
 """
@@ -31,6 +34,7 @@ from wpipe.store.lake import TABLES
 from wpipe.textsafe import display
 
 from tests.conftest import MODELS
+from tests.fuzz import lake_cases
 from tests.fuzz.cases import Case, all_cases
 
 GOOD = ("k2_uncompiled.h5", "k3_conv2d.keras")
@@ -62,9 +66,13 @@ def run_batch(cases: list[Case], root: Path, jobs: int = 2) -> BatchResult:
         folders[case.name] = folder
     db, lake = root / "out" / "w.duckdb", root / "out" / "w.lake"
     db.parent.mkdir()
+    (db.parent / "notes.txt").write_text("the user's file beside the database\n")
     command = [sys.executable, "-m", "wpipe.cli", "ingest", str(models), "--db", str(db),
                "-j", str(jobs), "--file-timeout", str(FILE_TIMEOUT), "--no-drift"]  # fmt: skip
+    before = lake_cases.snapshot(models) | lake_cases.stamps([db.parent / "notes.txt"])
     stdout, stderr, code = _watched(command, result)
+    after = lake_cases.snapshot(models) | lake_cases.stamps([db.parent / "notes.txt"])
+    result.problems += [f"damage: {c}" for c in lake_cases.changes(before, after)]
     _check_run(result, stdout, stderr, code, db, lake, models, folders)
     return result
 
@@ -142,6 +150,9 @@ def _check_run(result, stdout, stderr, code, db, lake, models, folders) -> None:
         prefix = display(f"{folders[case.name]}/")
         if case.expect == "ok" and not any(p.startswith(prefix) for p in paths):
             problems.append(f"{case.family}/{case.name}: expected ok, but nothing was ingested")
+        found = sum(p.startswith(prefix) for p in paths)
+        if case.models is not None and found != case.models:
+            problems.append(f"{case.family}/{case.name}: {found} models, not {case.models}")
 
 
 def orphaned(lake: Path, ids: set[str]) -> list[str]:
@@ -379,8 +390,23 @@ def _disk_full_problems(run, out: Path, n_big: int) -> list[str]:
     return problems
 
 
+def run_lake(root: Path) -> BatchResult:
+    """The user's files around the lake (tests/fuzz/lake_cases.py), each scenario in a
+    folder of its own: refused in one line, or never deleted nor changed."""
+    result = BatchResult(lake_cases.lake_cases())
+    started = time.monotonic()
+    for i, case in enumerate(result.cases):
+        problems = lake_cases.SCENARIOS[case.name](root / f"lake{i}")
+        result.outcome[case.name] = "error:unsafe" if problems else "ok"
+        result.problems += [f"{case.name}: {p}" for p in problems]
+        shutil.rmtree(root / f"lake{i}", ignore_errors=True)
+    result.wall = time.monotonic() - started
+    return result
+
+
 def classify(problem: str) -> str:
-    for kind, marks in (("hangs", ("hang:", "timeout")), ("blowups", ("blowup:",)),
+    for kind, marks in (("damage", ("damage:", ": deleted ", ": changed ", ": added ")),
+                        ("hangs", ("hang:", "timeout")), ("blowups", ("blowup:",)),
                         ("tracebacks", ("traceback", "Traceback")),
                         ("orphans", ("orphaned",)), ("internal", ("internal-error",))):  # fmt: skip
         if any(m in problem for m in marks):
@@ -388,7 +414,7 @@ def classify(problem: str) -> str:
     return "unclear"
 
 
-KINDS = ("hangs", "blowups", "tracebacks", "orphans", "internal", "unclear")
+KINDS = ("damage", "hangs", "blowups", "tracebacks", "orphans", "internal", "unclear")
 
 
 def table(results: list[BatchResult]) -> str:
@@ -420,13 +446,13 @@ def main() -> int:
     parser.add_argument("--damage", type=int, default=None, help="random-damage cases")
     parser.add_argument("--batch", type=int, default=12, help="cases per ingest run")
     parser.add_argument("--family", default=None, help="only this family's cases (also: "
-                        "concurrency, 'kill -9', 'disk full')")  # fmt: skip
+                        "concurrency, 'kill -9', 'disk full', lake)")  # fmt: skip
     parser.add_argument("--kills", type=int, default=20, help="kill -9 points (with --full)")
     args = parser.parse_args()
     os.environ.setdefault("COLUMNS", "200")
     started = time.monotonic()
     special = {"concurrency": run_concurrency, "kill -9": lambda r: run_kills(args.kills, r),
-               "disk full": run_disk_full}  # fmt: skip
+               "disk full": run_disk_full, "lake": run_lake}  # fmt: skip
     results = []
     if args.family not in special:
         results = run(args.full, args.damage, args.batch, family=args.family)

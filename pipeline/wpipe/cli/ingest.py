@@ -19,6 +19,7 @@ from wpipe.extras import MissingExtra
 from wpipe.ingest import Outcome, Report, StoreFailed, ingest
 from wpipe.spectra import SpectraOptions
 from wpipe.store import space, sync
+from wpipe.store.owned import LakeNotOwned
 from wpipe.store.sync import LakeMismatch
 from wpipe.tables import DEFAULT_VALUES, ValuesMode
 from wpipe.tags import check_pattern
@@ -78,8 +79,8 @@ def ingest_command(
     if missing:
         fail(f"no such file or folder: {', '.join(missing)}")
     db_path = db or api.default_db()
-    lake_path = lake or store.default_lake(db_path)
     database = open_for_writing(Path(db_path), "wpipe ingest")
+    lake_path = lake or database.lake_beside() or store.default_lake(db_path)
     progress = Progress(
         TextColumn("[bold]{task.fields[phase]}"),
         BarColumn(),
@@ -119,7 +120,7 @@ def ingest_command(
                 file_timeout=file_timeout or None,
                 dask=dask,
             )
-    except (LakeMismatch, MissingExtra, remote.StorageError, ConnectionError) as exc:
+    except (LakeMismatch, LakeNotOwned, MissingExtra, remote.StorageError, ConnectionError) as exc:
         fail(str(exc))
     except StoreFailed as exc:
         fail(
@@ -154,7 +155,11 @@ def open_for_writing(path: Path, what: str) -> store.Database:
         fail(f"{path}: cannot open for writing ({exc.strerror or first_line(exc)})")
     try:
         if path.exists():
-            _check_ours(path)
+            try:
+                _check_ours(path)
+            except BaseException:  # not a wpipe database: no lock file left beside it
+                lock.discard()
+                raise
         return store.Database(path, lock=lock)
     except duckdb.Error as exc:
         lock.release()
@@ -236,14 +241,17 @@ class IngestProgress:
 
 
 def compact_command(db: str | None = DbOption, lake: str | None = LakeOption) -> None:
-    """Merge the lake's small data files and delete unreferenced ones."""
+    """Merge the lake's small data files and delete the merged ones (only files wpipe wrote)."""
     db_path = db or api.default_db()
     database = open_for_writing(Path(db_path), "wpipe compact")
-    lake_path = lake or store.default_lake(db_path)
+    lake_path = lake or database.lake_beside() or store.default_lake(db_path)
     try:
         handle = remote.open_lake(lake_path)
+        handle.claim()  # before file_count creates tables in a folder that is not a lake
         before = sum(handle.file_count().values())
         after = sync.compact(database, handle)
+    except LakeNotOwned as exc:
+        fail(str(exc))
     finally:
         database.close()
     say(

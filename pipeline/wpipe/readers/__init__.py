@@ -67,14 +67,14 @@ def model_files(path: Path) -> list[Path]:
 def open_model(
     path: str | os.PathLike, where: str | None = None, layouts: h5layout.Layouts | None = None
 ) -> Iterator[Model]:
-    """Open a model save (by its name on disk or as stored, see textsafe); tensors load
-    lazily while the context is open. Messages name the save as `where` (default: the path),
-    e.g. its URL when `path` is a local copy. `layouts`: small HDF5 files' layouts read
-    before, matched and learned (h5layout)."""
+    """Open a model save (a str: its path as stored, see textsafe; a Path: its name on disk);
+    tensors load lazily while the context is open. Messages name the save as `where`
+    (default: the path), e.g. its URL when `path` is a local copy. `layouts`: small HDF5
+    files' layouts read before, matched and learned (h5layout)."""
     where = where or display(str(path))
-    p = Path(path)
-    if not os.path.lexists(p):
-        p = Path(to_os(str(path)))
+    # never a guess between the two spellings: `bad\\xff.h5` as stored names the file with
+    # the byte 0xff even where one literally named so exists
+    p = Path(to_os(path)) if isinstance(path, str) else Path(path)
     with ExitStack() as stack:
         try:
             model = stack.enter_context(_open(p, where, layouts))

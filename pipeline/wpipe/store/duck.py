@@ -146,6 +146,34 @@ def _select_files(table: schema.Table, files: list[str]) -> str:
     return f"SELECT {columns} FROM read_parquet([{quoted}], union_by_name = true)"
 
 
+def serve_moved(con: duckdb.DuckDBPyConnection, db_path: str | os.PathLike) -> str | None:
+    """For a reader of a database whose lake's files are gone from the recorded place: the
+    lake moved with the database (beside it under the same name, or `<db>.lake`) and still at
+    the versions the database loaded serves the SERVED tables through TEMP views (nothing is
+    written; the next ingest re-points the stored ones). Returns that lake's folder, or None."""
+    try:
+        recorded = con.execute("SELECT lake, table_name, version FROM lake_versions").fetchall()
+    except duckdb.CatalogException:  # a database of an older wpipe
+        return None
+    if not recorded or "://" in recorded[0][0]:
+        return None
+    db = Path(os.path.abspath(db_path))
+    versions = {t: v for _, t, v in recorded}
+    for folder in dict.fromkeys([db.parent / Path(recorded[0][0]).name, default_lake(db)]):
+        if str(folder) == recorded[0][0] or not all(
+            (folder / t / "_delta_log").is_dir() for t in versions
+        ):
+            continue  # reading a table that is not there would create it
+        lake = Lake.open(str(folder))
+        if {t: lake.table(t).version() for t in versions} != versions:
+            continue
+        for table in SERVED:
+            select = _select_files(table, lake.current_local_paths(table.name))
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {table.name} AS {select}")
+        return str(folder)
+    return None
+
+
 def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     query = "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'"
     return bool(con.execute(query, [name]).fetchone()[0])
@@ -350,6 +378,16 @@ class Database:
         return pa.RecordBatchReader.from_batches(
             table.arrow_schema, (b.cast(table.arrow_schema) for b in reader)
         )
+
+    def lake_beside(self) -> str | None:
+        """The lake this database recorded, found beside it under the same name (a project
+        folder moved or copied whole, its lake not named `<db>.lake`); None when there is
+        no wpipe lake there (the default then applies)."""
+        rows = self.con.execute("SELECT DISTINCT lake FROM lake_versions").fetchall()
+        if len(rows) != 1 or "://" in rows[0][0]:
+            return None
+        folder = Path(os.path.abspath(self.path)).parent / Path(rows[0][0]).name
+        return str(folder) if (folder / "models" / "_delta_log").is_dir() else None
 
     def lake_versions(self, lake: Lake) -> dict[str, int]:
         """table -> lake version this database holds (empty: never loaded from this lake)."""

@@ -7,6 +7,8 @@ conflicts). A commit that replaces models removes their old files in the same tr
 (rewriting a shared file without them), so a reader sees either the old rows or the new ones.
 Nothing is renamed, so the lake can live on object storage: the location is a path or URI plus
 deltalake `storage_options`, and data files go through a pyarrow filesystem.
+The lake's folder is wpipe's (`owned`): each data file is recorded as wpipe's before it is
+written, and only recorded files are ever deleted.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from deltalake.exceptions import TableNotFoundError
 from deltalake.transaction import AddAction, PostCommitHookProperties, RemoveAction
 
 from wpipe import schema
+from wpipe.store import owned
 
 TABLES = {t.name: t for t in schema.MODEL_TABLES}  # a model's rows: committed per batch
 # every contract table by name: the shared ones (drift, errors, names) are overwritten whole
@@ -123,6 +126,8 @@ class DataFileWriter:
     def __init__(self, location: LakeLocation, table: str) -> None:
         self.table = table
         self.name = f"part-{uuid.uuid4().hex}.parquet"
+        self._location = location
+        owned.record(location, table, self.name)  # first: a kill after it leaves a swept name
         fs, root = location.filesystem()
         self._fs = fs
         self._path = f"{root.rstrip('/')}/{table}/{self.name}"
@@ -167,11 +172,12 @@ class DataFileWriter:
         return DataFile(self.table, self.name, size, self.num_rows, ids[0], ids[-1])
 
     def abort(self) -> None:
-        """Best effort: an uncommitted file left behind is invisible and vacuumed later."""
+        """Best effort: an uncommitted file left behind is invisible and swept later."""
         for step in (
             self._writer.close,
             self._sink.close,
             lambda: self._fs.delete_file(self._path),
+            lambda: owned.forget(self._location, self.table, [self.name]),
         ):
             with contextlib.suppress(OSError, ValueError):
                 step()
@@ -184,11 +190,6 @@ def _one_ahead(items: Iterator[T]) -> Iterator[T]:
         while (item := future.result()) is not None:
             future = pool.submit(next, items, None)
             yield item
-
-
-def _age(info: pafs.FileInfo) -> float:
-    mtime = info.mtime
-    return time.time() - mtime.timestamp() if mtime is not None else float("inf")
 
 
 def write_data_file(location: LakeLocation, table: str, rows: pa.Table) -> DataFile:
@@ -215,6 +216,11 @@ class Lake:
     @cached_property
     def _fs(self) -> tuple[pafs.FileSystem, str]:
         return self.location.filesystem()
+
+    def claim(self) -> None:
+        """Take the lake's folder for wpipe, or refuse one that holds files wpipe did not write
+        (owned.LakeNotOwned). Before anything is written or deleted there."""
+        owned.claim(self.location)
 
     def table(self, name: str) -> DeltaTable:
         """The Delta table `name`, created empty (with the contract's schema) if missing."""
@@ -388,7 +394,7 @@ class Lake:
         order, so a merged file covers a narrow id range and a later replacement opens few.
         pyarrow streams it a row group at a time: deltalake's optimize grew the driver by
         ~130 MB at 10,000 small models whatever the target size (48 MB for `layers`' 370 KB).
-        Not z-ordered: a sort holds whole tables. Merged-away files stay until `vacuum`."""
+        Not z-ordered: a sort holds whole tables. Merged-away files stay until `sweep`."""
         for name in TABLES:
             bins = self._bins(name)
             merged: list[DataFile] = []
@@ -442,40 +448,46 @@ class Lake:
                 parquet = pq.ParquetFile(source, read_dictionary=dictionary)
                 yield from parquet.iter_batches(batch_size=STREAM_BATCH_ROWS)
 
-    def unreferenced(self, name: str, min_age: float = 0.0) -> list[str]:
-        """Data files in table `name`'s folder that its current version does not reference:
-        files a killed or failed run wrote but never committed, and files older commits
-        dropped (the lake keeps no history); only those last modified `min_age` seconds ago
-        or earlier. Names relative to the table's folder."""
+    def unreferenced(self, name: str) -> list[str]:
+        """Files in table `name`'s folder named as wpipe names data files that its current
+        version does not reference (what a sweep leaves: nothing wpipe recorded). Names
+        relative to the table's folder."""
         fs, root = self._fs
         folder = f"{root.rstrip('/')}/{name}"
         try:
             listed = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
         except (FileNotFoundError, NotADirectoryError):
             return []
-        current = set(self.current_files(name))
+        current = {unquote(f) for f in self.current_files(name)}
         return sorted(
             info.base_name
             for info in listed
             if info.type == pafs.FileType.File
-            and info.base_name.endswith(".parquet")
+            and owned.DATA_NAME.match(info.base_name)
             and info.base_name not in current
-            and (not min_age or _age(info) >= min_age)
         )
 
-    def sweep(self, min_age: float = 0.0) -> int:
-        """Delete every table's unreferenced data files (`unreferenced`) without a commit, so
-        the versions the database recorded stay current; returns how many. Only for a writer
-        holding the lock, after `sync.reconcile` rolled back what a killed run committed; a
-        lake other machines may be writing keeps files younger than `min_age` (theirs may
-        be on their way to a commit)."""
+    def sweep(self, min_age: float = 0.0, tables: Iterable[str] = TABLES) -> int:
+        """Delete the data files wpipe recorded as written (`owned`) that no current version
+        references — files a killed or failed run wrote but never committed, and files later
+        commits dropped (the lake keeps no history) — without a commit, so the versions the
+        database recorded stay current; returns how many. Never a file wpipe did not record.
+        Only for a writer holding the lock, after `sync.reconcile` rolled back what a killed
+        run committed; a lake other machines may be writing keeps files recorded less than
+        `min_age` seconds ago (theirs may be on their way to a commit)."""
         fs, root = self._fs
         swept = 0
-        for name in TABLES:
-            for file in self.unreferenced(name, min_age):
+        for name in tables:
+            written = owned.recorded(self.location, name, min_age)
+            if not written:
+                continue
+            current = {unquote(f) for f in self.current_files(name)}
+            gone = [f for f in written if f not in current]
+            for file in gone:
                 with contextlib.suppress(FileNotFoundError):
                     fs.delete_file(f"{root.rstrip('/')}/{name}/{file}")
                     swept += 1
+            owned.forget(self.location, name, gone)
         return swept
 
     def delete_uncommitted(self, files: Iterable[DataFile]) -> None:
@@ -486,17 +498,9 @@ class Lake:
             by_table.setdefault(f.table, []).append(f)
         for name, group in by_table.items():
             with contextlib.suppress(Exception):  # a full disk or a dead store: next run's sweep
-                current = set(self.current_files(name))
-                for f in group:
-                    if f.name not in current:
-                        with contextlib.suppress(OSError):
-                            fs.delete_file(f"{root.rstrip('/')}/{name}/{f.name}")
-
-    def vacuum(self) -> None:
-        """Delete files that no current commit references: ones older commits dropped and
-        ones a killed run wrote but never committed. Old versions stop being readable."""
-        for name in TABLES:
-            dt = self.table(name)
-            dt.vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False,
-                      full=True)  # fmt: skip
-            dt.update_incremental()
+                current = {unquote(f) for f in self.current_files(name)}
+                gone = [f.name for f in group if f.name not in current]
+                for file in gone:
+                    with contextlib.suppress(OSError):
+                        fs.delete_file(f"{root.rstrip('/')}/{name}/{file}")
+                owned.forget(self.location, name, gone)

@@ -15,8 +15,8 @@ read the logs.
 
 from __future__ import annotations
 
+import contextlib
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +45,10 @@ def reconcile(db: Database, lake: Lake) -> list[str]:
     - a lake without its database loads the database; a database without its lake writes it;
     - the database serves the tables of many rows a model from a local lake's files, and
       holds copies of them for a lake elsewhere (Database.serve_from).
+    The lake's folder is claimed first (owned.claim: a folder holding files wpipe did not
+    write is refused, LakeNotOwned).
     """
+    lake.claim()
     if not lake.local:  # copies, before anything loads them
         db.serve_from(lake)
     notes = _find_lake(db, lake) if db.lost_lake else []
@@ -85,6 +88,10 @@ def _reconcile(db: Database, lake: Lake) -> list[str]:
     db_models = db.con.execute("SELECT count(*) FROM models").fetchall()[0][0]
     if not recorded:
         lake_models = lake.dataset("models").count_rows()
+        if db_models and lake_models and _copied_here(db, lake, current):
+            db.record_versions(lake, current)  # re-points the views at this copy
+            notes.append(f"{db.path}: its lake is now read at {lake.location.root}")
+            return notes
         if db_models and lake_models:
             raise LakeMismatch(
                 f"{lake.location.root} and {db.path} hold different ingests; "
@@ -110,25 +117,43 @@ def _reconcile(db: Database, lake: Lake) -> list[str]:
     return notes
 
 
+def _copied_here(db: Database, lake: Lake, current: dict[str, int]) -> bool:
+    """The database recorded its lake at another path, and `lake` is that lake moved or
+    copied with it (a project folder copied whole): at the versions the database loaded,
+    with the same models."""
+    elsewhere = db.con.execute(
+        "SELECT table_name, version FROM lake_versions WHERE lake <> ?", [lake.location.root]
+    ).fetchall()
+    if not elsewhere or dict(elsewhere) != current:
+        return False
+    identity = pa.schema([schema.MODELS.arrow_schema.field(c) for c in IDENTITY])
+    theirs = lake.dataset("models").to_table(columns=list(IDENTITY)).cast(identity)
+    return _model_changes(db, theirs) == (set(), set())
+
+
 def migrate_partitions(db: Database, lake: Lake) -> bool:
     """A lake of the older layout (`<lake>/<model_id>/<table>.parquet`) becomes Delta tables
-    holding the same rows; the old folders are removed afterwards."""
+    holding the same rows; the old files are removed afterwards (only those: a folder left
+    with anything else in it stays)."""
     root = Path(lake.location.root)
     if "://" in lake.location.root or not root.is_dir():
         return False
     old = [p for p in root.iterdir() if p.is_dir() and _OLD_PARTITION.match(p.name)]
     if not old:
         return False
-    versions = {}
+    versions, migrated = {}, []
     for name, table in TABLES.items():
         files = [str(p / f"{name}.parquet") for p in old if (p / f"{name}.parquet").is_file()]
+        migrated += files
         rows = pads.dataset(files, schema=table.arrow_schema, format="parquet")
         reader = pa.RecordBatchReader.from_batches(table.arrow_schema, rows.to_batches())
         versions[name] = lake.overwrite(name, reader)
     db.record_versions(lake, versions)
-    for p in old:
-        shutil.rmtree(p)
-    shutil.rmtree(root / ".tmp", ignore_errors=True)
+    for file in migrated:
+        Path(file).unlink(missing_ok=True)
+    for folder in [*old, root / ".tmp"]:
+        with contextlib.suppress(OSError):  # not empty: what is left is not wpipe's
+            folder.rmdir()
     return True
 
 
@@ -144,12 +169,14 @@ MODELS_BATCH = 1024  # models a batch (a row group) when `models` is written who
 
 
 def compact(db: Database, lake: Lake) -> dict[str, int]:
-    """Merge the lake's small files and delete unreferenced ones; the database records the
-    new versions before any file is deleted (a kill in between leaves nothing to restore)."""
+    """Merge the lake's small files and delete the merged ones (and any other data file wpipe
+    wrote that no commit names: Lake.sweep); the database records the new versions before
+    any file is deleted (a kill in between leaves nothing to restore)."""
+    lake.claim()
     db.release_memory()  # DuckDB's cache of the drift and tag queries, not needed meanwhile
     lake.compact()
     db.record_versions(lake, lake.versions())
-    lake.vacuum()
+    lake.sweep()
     return lake.file_count()
 
 
@@ -177,9 +204,7 @@ def push_shared(db: Database, lake: Lake) -> None:
         lake.overwrite(table.name, db.stream(table))
         # one file per shared table: the overwritten ones are deleted at once (as compaction
         # does for the model tables)
-        lake.table(table.name).vacuum(
-            retention_hours=0, dry_run=False, enforce_retention_duration=False
-        )
+        lake.sweep(tables=[table.name])
 
 
 def _shared_table(lake: Lake, table: schema.Table) -> DeltaTable | None:
@@ -282,7 +307,10 @@ def _pull_shared(db: Database, lake: Lake) -> int:
 
 def lake_connection(lake: Lake) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection whose contract tables are the lake's Delta tables,
-    scanned in place through their Arrow datasets: no copy, no DuckDB extension."""
+    scanned in place through their Arrow datasets: no copy, no DuckDB extension. A folder
+    that is no wpipe lake is LookupError (reading it would create tables there)."""
+    if _shared_table(lake, schema.MODELS) is None:
+        raise LookupError(f"{lake.location.root}: no wpipe lake here (no models table)")
     con = duckdb.connect()
     for table in schema.MODEL_TABLES:
         con.register(table.name, lake.dataset(table.name))
