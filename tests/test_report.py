@@ -87,7 +87,7 @@ def test_report_has_every_section_in_its_table_of_contents(page):
     for caption in ("Largest |w|", "Most near-zero", "Non-finite values", "Layer classes"):
         assert caption in page
     for caption in (
-        "Flagged tensors per model and flag",
+        "Findings per model and flag",
         "drift across the 2 checkpoints of zoo#",
         "val_accuracy vs ",
         "thresholds (the settings table)",

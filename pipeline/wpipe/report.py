@@ -128,21 +128,15 @@ def _summary(b: Builder) -> None:
 
 def _findings_summary(b: Builder) -> str:
     """One sentence per kind of finding: health flags, checkpoint series, metrics."""
-    counts = ", ".join(
-        f"count(*) FILTER (WHERE {column}), count(DISTINCT model_id) FILTER (WHERE {column})"
-        for _, column, _ in charts.HEALTH_FLAGS
-    )
-    _, found = b.query(f"SELECT {counts} FROM weight_health WHERE list_contains($ids, model_id)")
-    flags = [
-        (flag, found[0][2 * k], found[0][2 * k + 1])
-        for k, (flag, _, _) in enumerate(charts.HEALTH_FLAGS)
-        if found[0][2 * k]
-    ]
+    flags = charts.flag_counts(b.con, b.ids)
     if flags:
-        found = "; ".join(f"{esc(f)} in {esc(m)} models ({esc(n)} tensors)" for f, n, m in flags)
+        found = "; ".join(
+            f"{esc(f)} in {esc(m)} models ({esc(n)} {'finding' if n == 1 else 'findings'})"
+            for f, n, m in flags
+        )
         health = f'<a href="#health">Health findings</a>: {found}.'
     else:
-        health = "No health findings: no tensor crosses a threshold."
+        health = "No health findings: no tensor or layer output crosses a threshold."
     series = charts.drift_series(b.con, b.ids)
     drift = f' <a href="#drift">{len(series)} checkpoint series</a> with drift.' if series else ""
     metrics = charts.metrics(b.con, b.ids)
@@ -300,13 +294,15 @@ def _figures(b: Builder) -> None:
 def _health(b: Builder) -> None:
     s = b.section("health", "Health findings")
     s.parts.append(
-        "<p>Tensors whose weights cross a threshold of the <code>settings</code> table "
+        "<p>Tensors and layer outputs that cross a threshold of the <code>settings</code> table "
         "(README: Weight health), worst first: <code>nan_or_inf</code> (NaN or ±inf), "
         "<code>exploding</code> (a huge |w|, absolutely or against the tensor's robust spread), "
         "<code>dead_units</code> (units, filters or BatchNorm channels whose weights are all "
         "near 0), <code>saturating_forget_gate</code> (an LSTM forget gate pinned open or shut), "
         "<code>sparse</code> (mostly near-zero weights) and <code>stale</code> (unchanged since "
-        "the previous checkpoint). These are findings about weights, not verdicts: validation "
+        "the previous checkpoint of a series); after <code>wpipe activations</code>, layer "
+        "outputs flagged <code>dead_units_by_activation</code> (a ReLU layer whose units mostly "
+        "never fire on an input set). These are findings, not verdicts: validation "
         "performance decides.</p>"
     )
     _, count = b.query(
@@ -321,7 +317,7 @@ def _health(b: Builder) -> None:
             "SELECT * EXCLUDE (model_id, severity) FROM health_findings "
             f"WHERE list_contains($ids, model_id) LIMIT {MAX_FINDINGS}"
         )
-        b.figure(s, charts.health_overview, "Flagged tensors per model and flag", models=b.ids)
+        b.figure(s, charts.health_overview, "Findings per model and flag", models=b.ids)
         shown = f"the first {len(rows)} of " if len(rows) < n_findings else ""
         caption = f"{shown}{n_findings} findings in {n_models} models, worst first"
         s.parts.append(html_table(columns, rows, caption))

@@ -54,7 +54,7 @@ from wpipe.charts.drift import (
 )
 from wpipe.charts.esd import spectral_density, spectral_density_layers
 from wpipe.charts.filters import filter_images
-from wpipe.charts.health import HEALTH_FLAGS, health_overview
+from wpipe.charts.health import HEALTH_FLAGS, flag_counts, health_overview
 from wpipe.charts.matrix import weight_matrix
 from wpipe.charts.metrics import MODEL_STATS, metric_scatter, metrics, rank_correlations
 from wpipe.charts.saving import (
@@ -125,6 +125,7 @@ __all__ = [
     "drift_series",
     "filter_images",
     "filter_norms",
+    "flag_counts",
     "gate_histograms",
     "health_overview",
     "javascript_bundle",
