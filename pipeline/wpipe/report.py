@@ -373,8 +373,10 @@ def _drift(b: Builder) -> None:
         return
     s = b.section("drift", "Checkpoint drift")
     s.parts.append(
-        "<p>Models of one architecture in one folder form a checkpoint series, ordered by their "
-        "epoch or step tag (else by name). For each consecutive pair, the relative change "
+        "<p>Models of one architecture, folder and format form a checkpoint series where "
+        "something says they were saved in training order: epoch or step tags, "
+        "ModelCheckpoint-like names, or a training log in the folder (README: Series and "
+        "drift). For each consecutive pair, the relative change "
         "||B − A|| / ||A|| of each layer's weights (<code>layer_drift</code>); a layer that did "
         "not change at all is flagged <code>stale</code>.</p>"
     )
