@@ -37,8 +37,11 @@ def build_report(
     *,
     models: Sequence[str] | None = None,
     title: str = "wpipe report",
+    input_set: str | None = None,
 ) -> str:
-    """The report as one HTML document (models: names, paths or id prefixes; default all)."""
+    """The report as one HTML document (models: names, paths or id prefixes; default all;
+    input_set: the `wpipe activations` set of the layer-output figures, default each set of
+    real data)."""
     ids = charts.model_ids(con, models)
     b = Builder(con, ids)
     # A summary first, then the figures; the long tables come last and are bounded (the
@@ -48,7 +51,7 @@ def build_report(
     if ids:
         _figures(b)
         _health(b)
-        activations_section(b)
+        activations_section(b, input_set)
         _drift(b)
         _metrics(b)
         _comparisons(b)
@@ -63,10 +66,11 @@ def write_report(
     path: str | os.PathLike,
     *,
     models: Sequence[str] | None = None,
+    input_set: str | None = None,
 ) -> Path:
     """Write `build_report(con)` to `path`, atomically (a temporary file, then a rename)."""
     path = Path(path)
-    text = build_report(con, models=models)
+    text = build_report(con, models=models, input_set=input_set)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)

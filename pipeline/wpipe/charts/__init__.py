@@ -22,7 +22,13 @@ from collections.abc import Callable
 import altair as alt
 
 from wpipe.charts import notebook
-from wpipe.charts.activations import activation_histograms, dead_unit_heatmap, unit_activity
+from wpipe.charts.activations import (
+    activation_histograms,
+    dead_unit_heatmap,
+    input_set_of,
+    input_sets,
+    unit_activity,
+)
 from wpipe.charts.anatomy import (
     GATE_TITLES,
     GRU_GATES,
@@ -128,6 +134,8 @@ __all__ = [
     "flag_counts",
     "gate_histograms",
     "health_overview",
+    "input_set_of",
+    "input_sets",
     "javascript_bundle",
     "metric_scatter",
     "metrics",
