@@ -21,6 +21,7 @@ CHART_OPTION_NAMES = {
     "series": "--series",
     "metric": "--metric",
     "input_set": "--input-set",
+    "shared_scale": "--shared-scale",
 }
 
 INPUT_SET_HELP = (
@@ -81,6 +82,11 @@ def chart_command(
     input_set: str | None = typer.Option(
         None, "--input-set", help=INPUT_SET_HELP + " For act-histogram, dead-units, unit-activity."
     ),
+    shared_scale: bool = typer.Option(
+        False,
+        "--shared-scale",
+        help="matrix, filters: one colour scale for every model \\[default: one per model].",
+    ),
     list_charts: bool = typer.Option(False, "--list", help="List the charts, one a line."),
     db: str | None = DbOption,
 ) -> None:
@@ -109,6 +115,7 @@ def chart_command(
     model = resolve(con, model) or None  # globs and names become model_ids
     given = {"models": model, "layers": layer, "roles": role, "weight": weight, "stat": stat}
     given.update(bins=bins, series=series, metric=metric, input_set=input_set)
+    given.update(shared_scale=shared_scale)
     kwargs: dict[str, Any] = {}
     for key, value in given.items():
         if not value:
