@@ -272,7 +272,7 @@ def _figures(b: Builder) -> None:
         b.figure(
             s,
             charts.weight_matrix,
-            "a kernel as a matrix (the layer most models have, the largest)",
+            "a kernel as a matrix (the layer with the most parameters), a colour scale per model",
             models=ids,
         )
         if charts.conv_models(b.con, ids):
