@@ -5,7 +5,6 @@ the derived tables `drift`, `model_tags` and `model_metrics`."""
 from __future__ import annotations
 
 import csv
-import re
 from collections.abc import Callable
 from contextlib import ExitStack
 from itertools import combinations, pairwise
@@ -15,6 +14,7 @@ import duckdb
 import pyarrow as pa
 
 from wpipe import schema
+from wpipe.checkpoints import Save, has_training_log, name_series, series_of
 from wpipe.drift import drift_row, symmetric_distance, tensor_drift
 from wpipe.readers import Model, ModelReadError
 from wpipe.remote import is_url, open_save
@@ -22,11 +22,6 @@ from wpipe.store import insert_arrow
 from wpipe.tags import parse_tags
 
 LOG_NAMES = ("training.log",)  # CSVLogger's usual name besides *.csv
-
-
-def natural_key(text: str) -> list:
-    """`e2` before `e10`: digit runs compare as numbers."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
 
 def refresh_tags(con: duckdb.DuckDBPyConnection, pattern: str | None = None) -> None:
@@ -49,24 +44,26 @@ def folder_of(path: str) -> str:
 
 
 def series(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
-    """Checkpoint series: models of one arch_id in one folder (two or more), in order of their
-    epoch/step tag when every member has one, else of their names (naturally)."""
+    """Checkpoint series: models of one arch_id, folder and format (two or more) with evidence
+    of training order, in that order (README: Checkpoint series; wpipe.checkpoints)."""
     rows = con.execute(
-        "SELECT m.model_id, m.path, m.arch_id, m.name, e.value FROM models AS m "
-        "LEFT JOIN model_tags AS e ON e.model_id = m.model_id AND e.key IN ('epoch', 'step')"
+        "SELECT m.model_id, m.path, m.arch_id, m.name, coalesce(e.value, s.value), m.sha256 "
+        "FROM models AS m "
+        "LEFT JOIN model_tags AS e ON e.model_id = m.model_id AND e.key = 'epoch' "
+        "LEFT JOIN model_tags AS s ON s.model_id = m.model_id AND s.key = 'step'"
     ).fetchall()
-    groups: dict[tuple[str, str], list[tuple]] = {}
-    for model_id, path, arch, name, order in rows:
-        groups.setdefault((folder_of(path), arch), []).append((model_id, name, order))
-    out = {}
-    for (folder, arch), members in sorted(groups.items()):
-        if len(members) < 2:
-            continue
-        tagged = all(order is not None for _, _, order in members)
-        members.sort(key=lambda m: (m[2], natural_key(m[1])) if tagged else natural_key(m[1]))
-        label = folder if len({a for (f, a) in groups if f == folder}) == 1 else f"{folder}#{arch}"
-        out[label] = [model_id for model_id, _, _ in members]
-    return out
+    groups: dict[tuple[str, str], list[Save]] = {}
+    for model_id, path, arch, name, order, sha in rows:
+        groups.setdefault((folder_of(path), arch), []).append(
+            Save(model_id, path, name, order, sha)
+        )
+    logged = {folder: has_training_log(folder) for folder, _ in groups}
+    found = {
+        (folder, arch): series_of(saves, logged[folder])
+        for (folder, arch), saves in groups.items()
+        if len(saves) > 1
+    }
+    return {name: [s.key for s in chain] for name, chain in name_series(found).items()}
 
 
 def _file_of(con: duckdb.DuckDBPyConnection, model_id: str) -> tuple[str, str]:

@@ -11,12 +11,12 @@ from itertools import pairwise
 from pathlib import Path
 
 from wpipe import compare, remote, store
+from wpipe.checkpoints import Save, has_training_log, series_of, step_tag
 from wpipe.filemap import FileJob, Outcome, Settings
 from wpipe.readers import ModelReadError, model_files, sharded
 from wpipe.readers.safefile import stat_problem
 from wpipe.store.lake import Lake
 from wpipe.tables import file_stem, model_id_for
-from wpipe.tags import parse_tags
 from wpipe.textsafe import display, stored, to_os
 from wpipe.walk import Skipped
 
@@ -64,29 +64,22 @@ def fingerprint_or_none(stored: str) -> tuple[int, float]:
 
 
 def predecessors(paths: list[str], pattern: str | None) -> dict[str, tuple[str, str]]:
-    """path -> (previous checkpoint's path, series label) within each folder, in the order
-    compare.series uses (epoch/step tags when every file has one, else natural names). The
-    series pass after the map checks architectures and fixes what this guess got wrong."""
-    folders: dict[str, list[str]] = {}
+    """path -> (previous checkpoint's path, series label) within each folder and format, by
+    the rule of compare.series (wpipe.checkpoints) before architectures and hashes are known.
+    The series pass after the map checks architectures and fixes what this guess got wrong."""
+    folders: dict[str, list[Save]] = {}
     for path in paths:
-        folders.setdefault(compare.folder_of(path), []).append(path)
+        save = Save(path, path, file_stem(path), step_tag(path, pattern))
+        folders.setdefault(compare.folder_of(path), []).append(save)
     out = {}
     for folder, members in folders.items():
         if len(members) < 2:
             continue
-        order = {p: _order_tag(p, pattern) for p in members}
-        if all(v is not None for v in order.values()):
-            members.sort(key=lambda p: (order[p], compare.natural_key(file_stem(p))))
-        else:
-            members.sort(key=lambda p: compare.natural_key(file_stem(p)))
-        for a, b in pairwise(members):
-            out[b] = (a, folder)
+        logged = has_training_log(folder)
+        for chain in series_of(members, logged).values():
+            for a, b in pairwise(chain):
+                out[b.key] = (a.key, folder)
     return out
-
-
-def _order_tag(path: str, pattern: str | None) -> float | None:
-    tags = parse_tags(path, pattern)
-    return tags.get("epoch", tags.get("step"))
 
 
 @dataclass

@@ -37,8 +37,11 @@ def build_report(
     *,
     models: Sequence[str] | None = None,
     title: str = "wpipe report",
+    input_set: str | None = None,
 ) -> str:
-    """The report as one HTML document (models: names, paths or id prefixes; default all)."""
+    """The report as one HTML document (models: names, paths or id prefixes; default all;
+    input_set: the `wpipe activations` set of the layer-output figures, default each set of
+    real data)."""
     ids = charts.model_ids(con, models)
     b = Builder(con, ids)
     # A summary first, then the figures; the long tables come last and are bounded (the
@@ -48,7 +51,7 @@ def build_report(
     if ids:
         _figures(b)
         _health(b)
-        activations_section(b)
+        activations_section(b, input_set)
         _drift(b)
         _metrics(b)
         _comparisons(b)
@@ -63,10 +66,11 @@ def write_report(
     path: str | os.PathLike,
     *,
     models: Sequence[str] | None = None,
+    input_set: str | None = None,
 ) -> Path:
     """Write `build_report(con)` to `path`, atomically (a temporary file, then a rename)."""
     path = Path(path)
-    text = build_report(con, models=models)
+    text = build_report(con, models=models, input_set=input_set)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
@@ -128,21 +132,15 @@ def _summary(b: Builder) -> None:
 
 def _findings_summary(b: Builder) -> str:
     """One sentence per kind of finding: health flags, checkpoint series, metrics."""
-    counts = ", ".join(
-        f"count(*) FILTER (WHERE {column}), count(DISTINCT model_id) FILTER (WHERE {column})"
-        for _, column, _ in charts.HEALTH_FLAGS
-    )
-    _, found = b.query(f"SELECT {counts} FROM weight_health WHERE list_contains($ids, model_id)")
-    flags = [
-        (flag, found[0][2 * k], found[0][2 * k + 1])
-        for k, (flag, _, _) in enumerate(charts.HEALTH_FLAGS)
-        if found[0][2 * k]
-    ]
+    flags = charts.flag_counts(b.con, b.ids)
     if flags:
-        found = "; ".join(f"{esc(f)} in {esc(m)} models ({esc(n)} tensors)" for f, n, m in flags)
+        found = "; ".join(
+            f"{esc(f)} in {esc(m)} models ({esc(n)} {'finding' if n == 1 else 'findings'})"
+            for f, n, m in flags
+        )
         health = f'<a href="#health">Health findings</a>: {found}.'
     else:
-        health = "No health findings: no tensor crosses a threshold."
+        health = "No health findings: no tensor or layer output crosses a threshold."
     series = charts.drift_series(b.con, b.ids)
     drift = f' <a href="#drift">{len(series)} checkpoint series</a> with drift.' if series else ""
     metrics = charts.metrics(b.con, b.ids)
@@ -274,7 +272,7 @@ def _figures(b: Builder) -> None:
         b.figure(
             s,
             charts.weight_matrix,
-            "a kernel as a matrix (the layer most models have, the largest)",
+            "a kernel as a matrix (the layer with the most parameters), a colour scale per model",
             models=ids,
         )
         if charts.conv_models(b.con, ids):
@@ -300,13 +298,15 @@ def _figures(b: Builder) -> None:
 def _health(b: Builder) -> None:
     s = b.section("health", "Health findings")
     s.parts.append(
-        "<p>Tensors whose weights cross a threshold of the <code>settings</code> table "
+        "<p>Tensors and layer outputs that cross a threshold of the <code>settings</code> table "
         "(README: Weight health), worst first: <code>nan_or_inf</code> (NaN or ±inf), "
         "<code>exploding</code> (a huge |w|, absolutely or against the tensor's robust spread), "
         "<code>dead_units</code> (units, filters or BatchNorm channels whose weights are all "
         "near 0), <code>saturating_forget_gate</code> (an LSTM forget gate pinned open or shut), "
         "<code>sparse</code> (mostly near-zero weights) and <code>stale</code> (unchanged since "
-        "the previous checkpoint). These are findings about weights, not verdicts: validation "
+        "the previous checkpoint of a series); after <code>wpipe activations</code>, layer "
+        "outputs flagged <code>dead_units_by_activation</code> (a ReLU layer whose units mostly "
+        "never fire on an input set). These are findings, not verdicts: validation "
         "performance decides.</p>"
     )
     _, count = b.query(
@@ -321,7 +321,7 @@ def _health(b: Builder) -> None:
             "SELECT * EXCLUDE (model_id, severity) FROM health_findings "
             f"WHERE list_contains($ids, model_id) LIMIT {MAX_FINDINGS}"
         )
-        b.figure(s, charts.health_overview, "Flagged tensors per model and flag", models=b.ids)
+        b.figure(s, charts.health_overview, "Findings per model and flag", models=b.ids)
         shown = f"the first {len(rows)} of " if len(rows) < n_findings else ""
         caption = f"{shown}{n_findings} findings in {n_models} models, worst first"
         s.parts.append(html_table(columns, rows, caption))
@@ -377,8 +377,10 @@ def _drift(b: Builder) -> None:
         return
     s = b.section("drift", "Checkpoint drift")
     s.parts.append(
-        "<p>Models of one architecture in one folder form a checkpoint series, ordered by their "
-        "epoch or step tag (else by name). For each consecutive pair, the relative change "
+        "<p>Models of one architecture, folder and format form a checkpoint series where "
+        "something says they were saved in training order: epoch or step tags, "
+        "ModelCheckpoint-like names, or a training log in the folder (README: Series and "
+        "drift). For each consecutive pair, the relative change "
         "||B − A|| / ||A|| of each layer's weights (<code>layer_drift</code>); a layer that did "
         "not change at all is flagged <code>stale</code>.</p>"
     )

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 from wpipe import charts
-from wpipe.report_page import Builder, html_table
+from wpipe.report_page import Builder, esc, html_table
 
 MAX_RUN_ROWS = 100  # rows of the runs table
 MAX_STATUS_ROWS = 50  # rows of the layers-that-could-not-run table
+MAX_INPUT_SETS = 3  # input sets of real data that get their own figures
 
 
-def activations_section(b: Builder) -> None:
+def chosen_sets(b: Builder, input_set: str | None) -> list[tuple[str, str, str]]:
+    """(input_set, name, source) of the sets the figures show: the one asked for, else the
+    sets of real data (most recent first, at most MAX_INPUT_SETS), else the latest probe."""
+    found = charts.input_sets(b.con, b.ids)
+    if input_set is not None:
+        wanted = charts.input_set_of(b.con, b.ids, input_set)  # NoData names the stored ones
+        return [s for s in found if s[0] == wanted]
+    real = [s for s in found if s[2] != "random"]
+    return real[:MAX_INPUT_SETS] or found[:1]
+
+
+def activations_section(b: Builder, input_set: str | None = None) -> None:
     _, count = b.query("SELECT count(*) FROM activation_runs WHERE list_contains($ids, model_id)")
     if not count[0][0]:
         return
@@ -31,11 +43,32 @@ def activations_section(b: Builder) -> None:
         f"WHERE list_contains($ids, r.model_id) ORDER BY m.name, r.input_name LIMIT {MAX_RUN_ROWS}"
     )
     s.parts.append(html_table(columns, rows, "forward passes: model × input set"))
-    b.figure(s, charts.dead_unit_heatmap, "Dead-unit fraction per ReLU layer and model",
-             models=b.ids)  # fmt: skip
-    b.figure(s, charts.unit_activity, "Per-unit activity of the layer with the most dead units",
-             models=b.ids[: charts.MAX_SERIES])  # fmt: skip
-    b.figure(s, charts.activation_histograms, "Output histograms of one layer across models")
+    sets = chosen_sets(b, input_set)
+    left = [name for _, name, _ in charts.input_sets(b.con, b.ids) if name not in
+            {n for _, n, _ in sets}]  # fmt: skip
+    if left:
+        s.parts.append(
+            f'<p class="note">Figures of {esc(", ".join(n for _, n, _ in sets))}; not drawn: '
+            f"{esc(', '.join(left))} (<code>wpipe report --input-set NAME</code>).</p>"
+        )
+    for chosen, name, source in sets:
+        _, ran = b.query(
+            "SELECT list(model_id ORDER BY model_id) FROM activation_runs "
+            "WHERE list_contains($ids, model_id) AND input_set = $set",
+            set=chosen,
+        )
+        ids = [i for i in b.ids if i in set(ran[0][0] or [])]
+        probe = " (a random probe, not data)" if source == "random" else ""
+        s.parts.append(f"<h3>On input set {esc(name)}{esc(probe)}</h3>")
+        kw = {"input_set": chosen, "models": ids}
+        b.figure(s, charts.dead_unit_heatmap, f"Dead-unit fraction per ReLU layer and model, "
+                 f"on {name}", **kw)  # fmt: skip
+        b.figure(s, charts.unit_activity, f"Per-unit activity of the layer with the most dead "
+                 f"units, on {name}", input_set=chosen,
+                 models=ids[: charts.MAX_SERIES])  # fmt: skip
+        # not `models=`: named models are overlaid whatever their architecture
+        b.figure(s, charts.activation_histograms, f"Output histograms of one layer across "
+                 f"models, on {name}", input_set=chosen)  # fmt: skip
     columns, rows = b.query(
         "SELECT m.name AS model, s.layer_path, s.class_name, s.status, s.reason "
         "FROM activation_status AS s JOIN models AS m USING (model_id) "

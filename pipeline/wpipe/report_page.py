@@ -139,15 +139,20 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin:
 h1 { margin: 1.5rem 0 .2rem; } h2 { margin-top: 2.5rem; border-bottom: 1px solid #ddd; }
 .meta, .note { color: #666; }
 nav ol { columns: 2; max-width: 720px; }
+nav li { break-inside: avoid; }
+p, code { overflow-wrap: anywhere; }
+section { min-width: 0; }
 table { border-collapse: collapse; margin: .5rem 0 1.5rem; font-size: 12.5px; }
 caption { text-align: left; color: #666; padding: .2rem 0; }
-div.table { overflow-x: auto; }
+div.table { overflow-x: auto; max-width: 100%; }
 th, td { border-bottom: 1px solid #e5e5e5; padding: .2rem .6rem; text-align: left;
-         vertical-align: top; white-space: nowrap; }
-td.long { white-space: normal; min-width: 30rem; overflow-wrap: anywhere; }
+         vertical-align: top; }
+td { white-space: normal; overflow-wrap: anywhere; max-width: 24rem; }
+td.num { white-space: nowrap; }
+td.long { min-width: 16rem; max-width: 36rem; }
 th { background: #f6f6f6; position: sticky; top: 0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-figure { margin: 1rem 0 2rem; overflow-x: auto; }
+figure { margin: 1rem 0 2rem; overflow-x: auto; max-width: 100%; }
 figcaption { color: #555; margin-top: .3rem; }
 .failed { color: #b00; }
 """

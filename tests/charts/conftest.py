@@ -37,8 +37,8 @@ ZOO = [
 
 
 # Charts of checkpoint series, metrics and health findings draw on the demo zoo's sweep (three
-# learning rates × five epochs, with Keras's history.csv), a checkpoint saved twice (e06 is a
-# copy of e05: every tensor stale) and the two models made sick on purpose.
+# learning rates × five epochs, with Keras's history.csv), a checkpoint saved twice (e06 holds
+# e05's weights: every tensor stale) and the two models made sick on purpose.
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "models"
 RUNS = ["cnn_lr1e-2", "cnn_lr1e-3", "cnn_lr3e-1"]
 SWEEP_CHARTS = ["drift", "distance", "metric", "health"]
@@ -118,6 +118,8 @@ def sweep_zoo(tmp_path_factory) -> Path:
     for run in RUNS:
         shutil.copytree(DEMO / run, zoo / run)
     shutil.copy2(zoo / "cnn_lr1e-2" / "e05.h5", zoo / "cnn_lr1e-2" / "e06.h5")
+    with h5py.File(zoo / "cnn_lr1e-2" / "e06.h5", "r+") as f:  # saved again, not a byte copy
+        f.attrs["saved_again"] = "epoch 6"
     result = Warehouse(root).ingest(zoo)
     assert result.ingested == 18 and not result.failed
     return zoo

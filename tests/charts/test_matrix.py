@@ -32,6 +32,9 @@ def test_matrix_cells_are_the_weights_and_conv_kernels_are_kh_kw_in_by_out(con):
         assert r["mean"] == pytest.approx(matrix[r["row_start"], r["col_start"]], rel=1e-6)
     assert "drawn as (3 × 3 × 4) × 6" in json.dumps(spec["title"], ensure_ascii=False)
     scale = spec["spec"]["layer"][0]["encoding"]["color"]["scale"]
+    assert scale["domainMid"] == 0 and "domain" not in scale  # its own scale, centred at 0
+    shared = charts.weight_matrix(con, models=["k2_conv2d"], layer="conv2", shared_scale=True)
+    scale = shared.to_dict()["spec"]["layer"][0]["encoding"]["color"]["scale"]
     assert scale["domain"] == [-np.abs(matrix).max(), np.abs(matrix).max()]  # centred at 0
 
 

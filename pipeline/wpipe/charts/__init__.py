@@ -22,7 +22,13 @@ from collections.abc import Callable
 import altair as alt
 
 from wpipe.charts import notebook
-from wpipe.charts.activations import activation_histograms, dead_unit_heatmap, unit_activity
+from wpipe.charts.activations import (
+    activation_histograms,
+    dead_unit_heatmap,
+    input_set_of,
+    input_sets,
+    unit_activity,
+)
 from wpipe.charts.anatomy import (
     GATE_TITLES,
     GRU_GATES,
@@ -54,7 +60,7 @@ from wpipe.charts.drift import (
 )
 from wpipe.charts.esd import spectral_density, spectral_density_layers
 from wpipe.charts.filters import filter_images
-from wpipe.charts.health import HEALTH_FLAGS, health_overview
+from wpipe.charts.health import HEALTH_FLAGS, flag_counts, health_overview
 from wpipe.charts.lineage import update_agreement, update_sizes, update_spectrum
 from wpipe.charts.matrix import weight_matrix
 from wpipe.charts.metrics import MODEL_STATS, metric_scatter, metrics, rank_correlations
@@ -129,8 +135,11 @@ __all__ = [
     "drift_series",
     "filter_images",
     "filter_norms",
+    "flag_counts",
     "gate_histograms",
     "health_overview",
+    "input_set_of",
+    "input_sets",
     "javascript_bundle",
     "metric_scatter",
     "metrics",

@@ -14,9 +14,21 @@ from wpipe.charts.base import DEFAULT_BINS, MAX_BINS, MAX_SERIES, NoData, model_
 from wpipe.charts.distributions import common_range, histogram_figure, merged_histogram_sql
 
 
+def input_sets(con: duckdb.DuckDBPyConnection, ids: list[str]) -> list[tuple[str, str, str]]:
+    """(input_set, name, source) of the sets the models ran on, the default first: real data
+    before random probes (`--random`: not data), then the most recent."""
+    return con.execute(
+        "SELECT input_set, coalesce(any_value(input_name), input_set), any_value(source) "
+        "FROM activation_runs WHERE list_contains($ids, model_id) AND status <> 'failed' "
+        "GROUP BY input_set ORDER BY bool_or(source = 'random'), max(computed_at) DESC, "
+        "count(*) DESC, input_set",
+        {"ids": ids},
+    ).fetchall()
+
+
 def input_set_of(con: duckdb.DuckDBPyConnection, ids: list[str], input_set: str | None) -> str:
-    """The input_set id named by `input_set` (its name or an id prefix), else the one most of
-    the models were run on (latest on a tie)."""
+    """The input_set id named by `input_set` (its name or an id prefix), else the default of
+    `input_sets`: the most recent set of real data."""
     if input_set is not None:
         row = con.execute(
             "SELECT input_set FROM activation_runs WHERE (input_name = $ref "
@@ -25,17 +37,27 @@ def input_set_of(con: duckdb.DuckDBPyConnection, ids: list[str], input_set: str 
             {"ref": input_set, "ids": ids},
         ).fetchall()
         if not row:
-            raise NoData(f"no activations of the selected models on input set {input_set!r}")
+            known = ", ".join(name for _, name, _ in input_sets(con, ids)) or "none"
+            raise NoData(
+                f"no activations of the selected models on input set {input_set!r}; stored: {known}"
+            )
         return row[0][0]
-    row = con.execute(
-        "SELECT input_set FROM activation_runs WHERE list_contains($ids, model_id) "
-        "AND status <> 'failed' GROUP BY input_set ORDER BY count(*) DESC, max(computed_at) DESC "
-        "LIMIT 1",
-        {"ids": ids},
-    ).fetchall()
-    if not row:
+    found = input_sets(con, ids)
+    if not found:
         raise NoData("no layer outputs stored: run `wpipe activations` first")
-    return row[0][0]
+    return found[0][0]
+
+
+def set_note(con: duckdb.DuckDBPyConnection, ids: list[str], input_set: str) -> str:
+    """The subtitle naming the input set a figure shows, and the others it could show."""
+    found = input_sets(con, ids)
+    name, source = next(((n, src) for i, n, src in found if i == input_set), (input_set, None))
+    note = f"input set {name}" + (" (a random probe, not data)" if source == "random" else "")
+    others = [n for i, n, _ in found if i != input_set]
+    if others:
+        note += f"; also stored: {', '.join(others[:4])}{', …' if len(others) > 4 else ''}"
+        note += " (--input-set NAME)"
+    return note
 
 
 def _input_name(con: duckdb.DuckDBPyConnection, input_set: str) -> str:
@@ -100,7 +122,8 @@ def activation_histograms(
         f"on {_input_name(con, params['set'])}: {bins} common bins merged from the stored "
         "histograms"
     )
-    return histogram_figure(rows, names, bins, layer, "output", how, selection.note, others,
+    return histogram_figure(rows, names, bins, layer, "output", how,
+                            set_note(con, ids, params["set"]), selection.note, others,
                             what="outputs")  # fmt: skip
 
 
@@ -172,6 +195,7 @@ def dead_unit_heatmap(
             f"units that never fire on {_input_name(con, params['set'])}",
             "fraction of each layer's units with output ≤ 0 on every sample and position; "
             "outlined: dead_units_by_activation",
+            set_note(con, ids, params["set"]),
             selection.note,
         ),
     )
@@ -217,33 +241,48 @@ def unit_activity(
         params,
     )
     names = base.model_names(con, selection.ids)
-    bars = (
-        alt.Chart(alt.Data(values=rows))
-        .mark_bar()
-        .encode(
-            x=alt.X("unit:O", title="unit"),
-            y=alt.Y(
-                "active_frac:Q",
-                title="active (output > 0)",
-                axis=alt.Axis(format="%"),
-                scale=alt.Scale(domain=[0, 1]),
-            ),
-            color=alt.condition(alt.datum.dead, alt.value("#b22222"), alt.value("#4c78a8")),
-            tooltip=[
-                "model:N",
-                "unit:O",
-                alt.Tooltip("active_frac:Q", format=".1%"),
-                alt.Tooltip("mean:Q", format=".4g"),
-                alt.Tooltip("max:Q", format=".4g"),
-                "dead:N",
-            ],
-        )
-        .properties(width=max(120, min(700, 14 * n_units)), height=90)
+    frame = alt.Chart(alt.Data(values=rows)).encode(
+        x=alt.X("unit:O", title="unit"),
+        tooltip=[
+            "model:N",
+            "unit:O",
+            alt.Tooltip("active_frac:Q", format=".1%"),
+            alt.Tooltip("mean:Q", format=".4g"),
+            alt.Tooltip("max:Q", format=".4g"),
+            "dead:N",
+        ],
     )
-    return bars.facet(row=alt.Row("model:N", sort=names, title=None)).properties(
+    share = alt.Scale(domain=[0, 1])
+    # A dead unit's bar has no height: a full-height red cell marks it, so a layer where 15
+    # of 16 units died reads as red, not as an empty panel.
+    dead = (
+        frame.transform_filter(alt.datum.dead)
+        .transform_calculate(whole="1")
+        .mark_bar(color="#b22222", opacity=0.35)
+        .encode(y=alt.Y("whole:Q", scale=share, title="active (output > 0)"))
+    )
+    bars = frame.mark_bar().encode(
+        y=alt.Y(
+            "active_frac:Q", title="active (output > 0)", axis=alt.Axis(format="%"), scale=share
+        ),
+        color=alt.condition(alt.datum.dead, alt.value("#b22222"), alt.value("#4c78a8")),
+    )
+    cross = (
+        frame.transform_filter(alt.datum.dead)
+        .transform_calculate(middle="0.5")
+        .mark_text(text="×", color="#b22222", fontSize=13, fontWeight="bold")
+        .encode(y=alt.Y("middle:Q", scale=share))
+    )
+    panel = alt.layer(dead, bars, cross).properties(
+        width=max(120, min(700, 14 * n_units)), height=90
+    )
+    n_dead = sum(1 for r in rows if r["dead"])
+    return panel.facet(row=alt.Row("model:N", sort=names, title=None)).properties(
         title=base.title(
             f"{layer}: per-unit activity on {_input_name(con, params['set'])}",
-            "red: dead (never above 0 on the input set)",
+            f"red cell with ×: a dead unit (never above 0 on the input set); {n_dead} of "
+            f"{len(rows)} units drawn are dead",
+            set_note(con, ids, params["set"]),
             selection.note,
         )
     )

@@ -31,12 +31,23 @@ GRU_CELLS = ("GRU", "CuDNNGRU")
 _CONV_CLASSES = r"(Conv[123]D|Convolution[123]D|SeparableConv[12]D|Conv[123]DTranspose)"
 
 
+#: Past this many models the parameters chart draws one bar per architecture group.
+GROUP_MODELS_ABOVE = 40
+
+
 def param_counts(
     con: duckdb.DuckDBPyConnection,
     *,
     models: Sequence[str] | None = None,
+    grouped: bool | None = None,
 ) -> alt.Chart:
-    """Parameter count per model, stacked by layer class."""
+    """Parameter count per model, stacked by layer class, on a log axis.
+
+    Past GROUP_MODELS_ABOVE models (or with `grouped=True`), one bar per architecture group
+    (its models have the same weight shapes, so the same count), labelled with how many
+    models it holds; largest count first. A log axis keeps a hundred small models readable
+    beside one large one.
+    """
     ids = model_ids(con, models)
     classes = con.execute(
         "SELECT DISTINCT coalesce(class_name, '(no architecture)') FROM layers "
@@ -49,32 +60,49 @@ def param_counts(
         "SELECT DISTINCT model_id FROM layers WHERE list_contains($ids, model_id) AND n_params > 0",
         {"ids": ids},
     ).fetchall()
-    selection = base.keep(ids, {r[0] for r in having}, base.ROW_BUDGET // len(classes))
-    rows = base.records(
-        con,
-        """
-        SELECT m.name AS model, coalesce(l.class_name, '(no architecture)') AS class_name,
-               sum(l.n_params)::BIGINT AS n_params, sum(l.n_trainable)::BIGINT AS n_trainable,
-               count(*)::BIGINT AS n_layers, any_value(m.n_params) AS model_params
-        FROM layers AS l JOIN models AS m USING (model_id)
-        WHERE list_contains($ids, l.model_id) AND l.n_params > 0
-        GROUP BY ALL ORDER BY m.name, class_name
-        """,
-        {"ids": selection.ids},
-    )
-    names = base.model_names(con, selection.ids)
+    with_weights = [i for i in ids if i in {r[0] for r in having}]
+    if grouped is None:
+        grouped = len(with_weights) > GROUP_MODELS_ABOVE
+    if grouped:
+        rows, order, note = _param_groups(con, with_weights, len(classes))
+    else:
+        selection = base.keep(ids, set(with_weights), base.ROW_BUDGET // len(classes))
+        rows = base.records(
+            con,
+            """
+            SELECT m.name AS model, coalesce(l.class_name, '(no architecture)') AS class_name,
+                   sum(l.n_params)::BIGINT AS n_params, sum(l.n_trainable)::BIGINT AS n_trainable,
+                   count(*)::BIGINT AS n_layers, any_value(m.n_params) AS model_params,
+                   1 AS models
+            FROM layers AS l JOIN models AS m USING (model_id)
+            WHERE list_contains($ids, l.model_id) AND l.n_params > 0
+            GROUP BY ALL ORDER BY m.name, class_name
+            """,
+            {"ids": selection.ids},
+        )
+        order, note = base.model_names(con, selection.ids), selection.note
     pick = alt.selection_point(fields=["class_name"], bind="legend")
+    what = "architecture group (models)" if grouped else "model"
     return (
         alt.Chart(alt.Data(values=rows))
         .mark_bar()
         .encode(
             y=alt.Y(
                 "model:N",
-                sort=names,
+                sort=order,
                 title=None,
-                axis=alt.Axis(labels=len(names) <= 150, labelLimit=220),
+                axis=alt.Axis(labels=len(order) <= 150, labelLimit=320),
             ),
-            x=alt.X("sum(n_params):Q", title="parameters", stack="zero"),
+            # stacked on a log axis, largest class first: that segment runs from 1 (clamped)
+            # and holds most of the bar, the bar's end is the model's total
+            order=alt.Order("n_params:Q", sort="descending"),
+            x=alt.X(
+                "sum(n_params):Q",
+                title="parameters (log scale)",
+                stack="zero",
+                scale=alt.Scale(type="log", domainMin=1, clamp=True),
+                axis=alt.Axis(format="~s"),
+            ),
             color=alt.Color(
                 "class_name:N",
                 title="layer class (click to pick)",
@@ -82,7 +110,8 @@ def param_counts(
             ),
             opacity=alt.condition(pick, alt.value(1.0), alt.value(0.2)),
             tooltip=[
-                alt.Tooltip("model:N"),
+                alt.Tooltip("model:N", title=what),
+                alt.Tooltip("models:Q", title="models"),
                 alt.Tooltip("class_name:N", title="class"),
                 alt.Tooltip("n_params:Q", format=",", title="parameters"),
                 alt.Tooltip("n_trainable:Q", format=",", title="trainable"),
@@ -93,10 +122,55 @@ def param_counts(
         .add_params(pick)
         .properties(
             width=520,
-            height=alt.Step(base.step(len(names), largest=16, room=1400)),
-            title=base.title("Parameters per model by layer class", selection.note),
+            height=alt.Step(base.step(len(order), largest=16, room=1400)),
+            title=base.title(
+                "Parameters per model by layer class"
+                + (": one bar per architecture group" if grouped else ""),
+                "log axis: a bar ends at the model's total; segments largest class first"
+                + (
+                    "; a group's models have the same weight shapes, the label counts them"
+                    if grouped
+                    else ""
+                ),
+                note,
+            ),
         )
     )
+
+
+def _param_groups(
+    con: duckdb.DuckDBPyConnection, ids: list[str], n_classes: int
+) -> tuple[list[dict], list[str], str]:
+    """Rows of the grouped parameters chart (one bar per arch_id, labelled by its first model
+    and count), the bars in order (most parameters first) and a note."""
+    groups = con.execute(
+        "SELECT arch_id, count(*) AS n, min(name) AS first, any_value(n_params) AS params "
+        "FROM models WHERE list_contains($ids, model_id) GROUP BY arch_id "
+        "ORDER BY params DESC, n DESC, first",
+        {"ids": ids},
+    ).fetchall()
+    kept = groups[: max(1, base.ROW_BUDGET // n_classes)]
+    label = {a: f"{first}{' …' if n > 1 else ''} ({n} model{'s' if n > 1 else ''})"
+             for a, n, first, _ in kept}  # fmt: skip
+    rows = base.records(
+        con,
+        """
+        WITH one AS (SELECT arch_id, arg_min(model_id, name) AS model_id, count(*) AS models
+                     FROM models WHERE list_contains($ids, model_id) GROUP BY arch_id)
+        SELECT one.arch_id, one.models,
+               coalesce(l.class_name, '(no architecture)') AS class_name,
+               sum(l.n_params)::BIGINT AS n_params, sum(l.n_trainable)::BIGINT AS n_trainable,
+               count(*)::BIGINT AS n_layers, any_value(m.n_params) AS model_params
+        FROM one JOIN layers AS l USING (model_id) JOIN models AS m USING (model_id)
+        WHERE l.n_params > 0 AND list_contains($arch, one.arch_id)
+        GROUP BY ALL ORDER BY one.arch_id, class_name
+        """,
+        {"ids": ids, "arch": [a for a, *_ in kept]},
+    )
+    for r in rows:
+        r["model"] = label[r.pop("arch_id")]
+    note = f"the {len(kept)} largest of {len(groups)} groups" if len(kept) < len(groups) else ""
+    return rows, [label[a] for a, *_ in kept], note
 
 
 # ----------------------------------------------------------------------------- gates

@@ -32,7 +32,8 @@ def weight_histograms(
     """Histograms of one tensor (layer, weight) overlaid across models on common bins.
 
     Without `models`, the models of one architecture: the largest group (same `arch_id`)
-    holding the tensor. `layer` defaults to the layer holding `weight` in the most models.
+    holding the tensor. `layer` defaults to the layer of the largest architecture group with
+    the most parameters (not the small output layer).
     The bins span a robust common range (`common_range`): one model with far larger weights
     does not squeeze the others into one bin; its values outside the range are counted in
     overflow markers at the ends. `source` is `values` (bin `weight_values` exactly; a
@@ -48,9 +49,13 @@ def weight_histograms(
     params: dict[str, Any] = {"ids": ids, "weight": weight}
     if layer is None:
         found = con.execute(
-            "SELECT layer_path FROM weights WHERE list_contains($ids, model_id) "
-            "AND weight_name = $weight AND size > 0 GROUP BY layer_path "
-            "ORDER BY count(*) DESC, avg(size) DESC, min(weight_index), layer_path LIMIT 1",
+            "WITH t AS (SELECT w.*, m.arch_id FROM weights AS w JOIN models AS m "
+            "USING (model_id) WHERE list_contains($ids, w.model_id) "
+            "AND w.weight_name = $weight AND w.size > 0), "
+            "g AS (SELECT arch_id FROM t GROUP BY arch_id "
+            "      ORDER BY count(DISTINCT model_id) DESC, arch_id LIMIT 1) "
+            "SELECT layer_path FROM t WHERE arch_id = (SELECT arch_id FROM g) GROUP BY layer_path "
+            "ORDER BY max(size) DESC, min(weight_index), layer_path LIMIT 1",
             params,
         ).fetchone()
         if found is None:
@@ -122,9 +127,14 @@ def histogram_figure(
     pick = alt.selection_point(fields=["model"], bind="legend")
     zoom = alt.selection_interval(bind="scales", encodings=["x"])
     inside = alt.FieldRangePredicate(field="bin", range=[0, bins - 1])
+    # The y axis is the in-range bins' (a model with half its values beyond the range would
+    # otherwise flatten every line): an overflow marker above it sits at the top (clamped)
+    # and is labelled with its fraction.
+    top = max((r["fraction"] for r in rows if 0 <= r["bin"] < bins), default=0.0) or 1.0
+    y_scale = alt.Scale(domain=[0, top * 1.05], clamp=True, nice=False)
     frame = alt.Chart(alt.Data(values=rows)).encode(
         x=alt.X("x:Q", title=f"{weight} value", scale=alt.Scale(padding=8)),
-        y=alt.Y("fraction:Q", title="fraction of values", axis=alt.Axis(format="%")),
+        y=alt.Y("fraction:Q", title="fraction of values", axis=alt.Axis(format="%"), scale=y_scale),
         color=base.model_color(names, pick),
         opacity=alt.condition(pick, alt.value(0.95), alt.value(0.12)),
         tooltip=[
@@ -136,14 +146,17 @@ def histogram_figure(
         ],
     )
     line = frame.transform_filter(inside).mark_line(interpolate="step", strokeWidth=1.6)
-    below = frame.transform_filter(alt.datum.bin == -1).mark_point(
-        shape="triangle-left", filled=True, size=70
-    )
-    above = frame.transform_filter(alt.datum.bin == bins).mark_point(
-        shape="triangle-right", filled=True, size=70
-    )
+    markers = []
+    for end, shape, align in ((-1, "triangle-left", "left"), (bins, "triangle-right", "right")):
+        over = frame.transform_filter(alt.datum.bin == end)
+        markers.append(over.mark_point(shape=shape, filled=True, size=70))
+        markers.append(
+            over.transform_filter(alt.datum.fraction > top * 1.05)
+            .mark_text(align=align, dx=-8 if align == "right" else 8, dy=8, fontSize=10)
+            .encode(text=alt.Text("fraction:Q", format=".0%"))
+        )
     return (
-        alt.layer(line, below, above)
+        alt.layer(line, *markers)
         .add_params(pick, zoom)
         .properties(
             width=560,
@@ -301,16 +314,39 @@ def stat_heatmap(
         "AND (len($roles) = 0 OR list_contains($roles, w.role))"
     )
     params = {"ids": ids, "roles": roles, **base.layer_params(layers)}
-    tensors = con.execute(
-        f"SELECT {label} AS tensor FROM weights AS w WHERE {where} "
-        f"GROUP BY tensor ORDER BY avg(w.weight_index), tensor LIMIT {base.ROW_BUDGET}",
+    # Rows grouped by architecture (largest group first), each group's tensors in network
+    # order; a tensor name an earlier group has already placed stays where it is. Columns:
+    # the models in the same groups.
+    placed = con.execute(
+        f"SELECT {label} AS tensor, m.arch_id, min(w.weight_index) "
+        "FROM weights AS w JOIN models AS m USING (model_id) "
+        f"WHERE {where} GROUP BY ALL",
         params,
     ).fetchall()
-    order = [t[0] for t in tensors]
+    sizes = dict(
+        con.execute(
+            "SELECT m.arch_id, count(DISTINCT w.model_id) FROM weights AS w "
+            f"JOIN models AS m USING (model_id) WHERE {where} GROUP BY ALL",
+            params,
+        ).fetchall()
+    )
+    home: dict[str, tuple] = {}  # tensor -> its place in its largest group
+    for tensor, arch, index in placed:
+        key = (-sizes[arch], arch, index, tensor)
+        home[tensor] = min(home.get(tensor, key), key)
+    tensors = sorted(home, key=home.__getitem__)[: base.ROW_BUDGET]
+    order = list(tensors)
     if not order:
         raise NoData("no weight tensor matches the filters")
-    having = con.execute(f"SELECT DISTINCT w.model_id FROM weights AS w WHERE {where}", params)
-    selection = base.keep(ids, {r[0] for r in having.fetchall()}, base.ROW_BUDGET // len(order))
+    having = con.execute(
+        f"SELECT w.model_id, m.arch_id FROM weights AS w JOIN models AS m USING (model_id) "
+        f"WHERE {where} GROUP BY ALL",
+        params,
+    ).fetchall()
+    arch_of = dict(having)
+    position = {m: k for k, m in enumerate(ids)}
+    grouped = sorted(arch_of, key=lambda m: (-sizes[arch_of[m]], arch_of[m], position[m]))
+    selection = base.keep(grouped, set(arch_of), base.ROW_BUDGET // len(order))
     params["ids"] = selection.ids
     params["tensors"] = order
     rows = base.records(

@@ -33,12 +33,14 @@ def drift_series(
 
 def series_labels(names: Sequence[str]) -> dict[str, str]:
     """Short labels for series names (a folder, `folder#arch_id` when one folder holds two
-    architectures): the fewest trailing folder names that keep the labels apart."""
+    architectures, `folder#.keras` or `folder#arch_id.keras` when it holds series of two
+    formats): the fewest trailing folder names that keep the labels apart."""
     split = {}
     for name in names:
         folder, _, arch = name.partition("#")
         parts = [p for p in folder.replace("\\", "/").split("/") if p] or [folder]
-        split[name] = (parts, f"#{arch[:8]}" if arch else "")
+        arch, dot, fmt = arch.partition(".")  # arch ids are hex: a dot starts the format
+        split[name] = (parts, f"#{arch[:8]}{dot}{fmt}" if arch or fmt else "")
     depth = dict.fromkeys(names, 1)
     while True:
         labels = {n: "/".join(p[-depth[n] :]) + s for n, (p, s) in split.items()}

@@ -41,9 +41,11 @@ def filter_images(
     *,
     models: Sequence[str] | None = None,
     layer: str | None = None,
+    shared_scale: bool = False,
 ) -> alt.FacetChart:
     """The first conv layer's filters as images: RGB when it has 3 input channels, else one
-    tile per channel; one grid per model, one colour scale for all (0 is mid-grey / white).
+    tile per channel; one grid per model with its own colour scale (0 is mid-grey / white),
+    or one for all with `shared_scale=True`.
 
     Filters that stayed noise or died show at a glance. Without `models`, the largest
     architecture group; `layer` picks another 2-D convolution.
@@ -71,15 +73,15 @@ def filter_images(
     drawn = 1 if rgb else min(channels, MAX_CHANNELS)
     per_filter = kh * kw * (3 if rgb else drawn)
     shown = max(1, min(n_filters, base.ROW_BUDGET // (len(kernels) * per_filter)))
-    params.update(ids=selection.ids, layers=[k[2] for k in kernels], filters=shown, channels=drawn)
+    params.update(ids=selection.ids, layers=[k[2] for k in kernels], filters=shown, channels=drawn,
+                  shared=shared_scale)  # fmt: skip
     high = base.run(con, f"SELECT max(abs(t.mean)) FROM ({_PIXELS}) AS t", params).fetchone()[0]
     if high is None:
         raise NoData("no finite weights in the first conv kernels")
-    params["high"] = high or 1.0
     rows = base.records(con, _RGB if rgb else _CHANNEL_TILES, params)
     names = base.model_names(con, selection.ids)
-    columns = math.ceil(math.sqrt(shown)) if rgb else drawn
-    return _figure(rows, names, kernels, shown, n_filters, rgb, columns, selection.note, others)
+    layout = (shown, n_filters, rgb, shared_scale)
+    return _figure(rows, names, kernels, layout, selection.note, others)
 
 
 # Every weight of the chosen kernels with its pixel (i, j), channel c and filter f; the
@@ -102,20 +104,27 @@ def _channel(c: int) -> str:
 
 
 def _byte(c: int) -> str:
-    # -$high .. $high onto 0 .. 255, 0 at mid-grey; a missing (non-finite) value is grey
-    return f"round(255 * greatest(0, least(1, 0.5 + 0.5 * coalesce({_channel(c)}, 0) / $high)))"
+    # -high .. high onto 0 .. 255, 0 at mid-grey (high: the model's largest |w|, or every
+    # model's with $shared); a missing (non-finite) value is grey
+    return (
+        f"round(255 * greatest(0, least(1, 0.5 + 0.5 * coalesce({_channel(c)}, 0) "
+        "/ any_value(s.high))))"
+    )
 
 
 # One pixel per (filter, i, j): channels 0, 1, 2 as red, green, blue.
 _RGB = f"""
 WITH p AS ({_PIXELS}),
-grid AS (SELECT ceil(sqrt($filters))::INTEGER AS n)
+grid AS (SELECT ceil(sqrt($filters))::INTEGER AS n),
+s AS (SELECT model, coalesce(nullif(CASE WHEN $shared THEN max(max(abs(mean))) OVER ()
+                                         ELSE max(abs(mean)) END, 0), 1) AS high
+      FROM p GROUP BY model)
 SELECT model, f AS filter, i, j,
        (f % grid.n) * (any_value(kw) + 1) + j AS x, (f // grid.n) * (any_value(kh) + 1) + i AS y,
        printf('#%02x%02x%02x', {_byte(0)}::INTEGER, {_byte(1)}::INTEGER, {_byte(2)}::INTEGER)
            AS rgb,
        {_channel(0)} AS r, {_channel(1)} AS g, {_channel(2)} AS b
-FROM p, grid GROUP BY model, f, i, j, grid.n ORDER BY model, f, i, j
+FROM p JOIN s USING (model), grid GROUP BY model, f, i, j, grid.n ORDER BY model, f, i, j
 """
 
 # One tile per (filter, channel): filters down, channels across.
@@ -131,12 +140,11 @@ def _figure(
     rows: list[dict[str, Any]],
     names: list[str],
     kernels: list[tuple],
-    shown: int,
-    n_filters: int,
-    rgb: bool,
-    columns: int,
+    layout: tuple[int, int, bool, bool],
     *notes: str,
 ) -> alt.FacetChart:
+    """`layout`: filters shown, filters in all, RGB or not, one shared colour scale."""
+    shown, n_filters, rgb, shared = layout
     _, _, layer, (kh, kw, channels, _) = kernels[0]
     layers = sorted({k[2] for k in kernels})
     x_max = max(r["x"] for r in rows) + 1
@@ -151,7 +159,10 @@ def _figure(
         color = alt.Color(
             "value:Q",
             title="weight",
-            scale=alt.Scale(scheme="redblue", reverse=True, domain=[-high, high]),
+            scale=alt.Scale(scheme="redblue", reverse=True, domain=[-high, high])
+            if shared
+            else alt.Scale(scheme="redblue", reverse=True, domainMid=0),
+            legend=alt.Legend(orient="bottom", gradientLength=120),
         )
         tooltip = [alt.Tooltip("channel:Q"), alt.Tooltip("value:Q", format=".4g")]
         drawn = min(channels, MAX_CHANNELS)
@@ -172,13 +183,16 @@ def _figure(
     )
     cut = f"the first {shown} of {n_filters} filters (row budget)" if shown < n_filters else ""
     where = layer if len(layers) == 1 else ", ".join(layers)
-    return chart.facet(
-        facet=alt.Facet("model:N", sort=names, title=None), columns=min(3, len(names))
-    ).properties(
-        title=base.title(
-            f"{where}: first convolution filters ({kh}×{kw}, {channels} input channels)",
-            how + "; one colour scale for every model",
-            cut,
-            *notes,
+    scales = "one colour scale for every model" if shared else "each model its own colour scale"
+    return (
+        chart.facet(facet=alt.Facet("model:N", sort=names, title=None), columns=min(3, len(names)))
+        .resolve_scale(color="shared" if shared or rgb else "independent")
+        .properties(
+            title=base.title(
+                f"{where}: first convolution filters ({kh}×{kw}, {channels} input channels)",
+                f"{how}; {scales}",
+                cut,
+                *notes,
+            )
         )
     )

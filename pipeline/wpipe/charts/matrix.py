@@ -43,14 +43,17 @@ def weight_matrix(
     layer: str | None = None,
     weight: str = "kernel",
     stat: str = "mean",
+    shared_scale: bool = False,
 ) -> alt.FacetChart:
     """A tensor as a heatmap of its matrix (conv kernels as (kh·kw·in) × out), one panel per model.
 
     LSTM (i, f, c, o) and GRU (z, r, h) kernels get gate separators and labels along their
     columns, a Bidirectional layer one panel per half. Large tensors are mean-pooled
-    (`stat="peak"`: each cell's largest-|w| value). One diverging colour scale centred at 0
-    for every panel. Without `models`, the largest architecture group holding the tensor;
-    `layer` defaults to the one with the most models, then the largest.
+    (`stat="peak"`: each cell's largest-|w| value). A diverging colour scale centred at 0
+    per panel, with its own legend (models' magnitudes differ: one scale for all blanks the
+    small ones); `shared_scale=True` gives every panel one. Without `models`, the largest
+    architecture group holding the tensor; `layer` defaults to that group's layer with the
+    most parameters (not the small output layer).
     """
     if stat not in POOLS:
         raise ValueError(f"stat must be one of {', '.join(POOLS)} for matrix; not {stat!r}")
@@ -58,9 +61,12 @@ def weight_matrix(
     params: dict[str, Any] = {"ids": ids, "weight": weight}
     if layer is None:
         found = con.execute(
-            f"SELECT layer_path FROM ({_TENSORS}) GROUP BY layer_path "
-            "ORDER BY count(DISTINCT model_id) DESC, max(size) DESC, min(layer_index), layer_path "
-            "LIMIT 1",
+            f"WITH t AS (SELECT t.*, m.arch_id FROM ({_TENSORS}) AS t JOIN models AS m "
+            "USING (model_id)), "
+            "g AS (SELECT arch_id FROM t GROUP BY arch_id "
+            "      ORDER BY count(DISTINCT model_id) DESC, arch_id LIMIT 1) "
+            "SELECT layer_path FROM t WHERE arch_id = (SELECT arch_id FROM g) "
+            "GROUP BY layer_path ORDER BY max(size) DESC, min(layer_index), layer_path LIMIT 1",
             params,
         ).fetchone()
         if found is None:
@@ -98,7 +104,12 @@ def weight_matrix(
     for (model_id, _, weight_name, _, _), marks in zip(kept, gates, strict=True):
         panel = _panel(names[model_id], weight_name, weight)
         rows += [{**mark, "panel": panel} for mark in marks]
-    return _figure(rows, kept, names, layer, weight, stat, params["k"], selection.note, others)
+    look = (layer, weight, stat, params["k"], shared_scale)
+    return _figure(rows, kept, names, look, selection.note, others)
+
+
+# Rows and columns are whole numbers: no 0.5 ticks on a narrow matrix.
+_INTEGER_AXIS = alt.Axis(tickMinStep=1, format="d")
 
 
 def _weight_match(column: str) -> str:
@@ -162,12 +173,11 @@ def _figure(
     rows: list[dict[str, Any]],
     kept: list[tuple],
     names: dict[str, str],
-    layer: str,
-    weight: str,
-    stat: str,
-    k: int,
+    look: tuple[str, str, str, int, bool],
     *notes: str,
 ) -> alt.FacetChart:
+    """`look`: layer, weight, stat, the pooling k and whether panels share a colour scale."""
+    layer, weight, stat, k, shared = look
     cells = [r for r in rows if r["kind"] == "cell"]
     if not cells:
         raise NoData(f"no finite weights in {layer!r} / {weight!r}")
@@ -191,18 +201,29 @@ def _figure(
         frame.transform_filter(alt.datum.kind == "cell")
         .mark_rect()
         .encode(
-            x=alt.X("col_start:Q", title="column (last axis)", scale=alt.Scale(nice=False)),
+            x=alt.X(
+                "col_start:Q",
+                title="column (last axis)",
+                scale=alt.Scale(nice=False),
+                axis=_INTEGER_AXIS,
+            ),
             x2="col_end:Q",
             y=alt.Y(
                 "row_start:Q",
                 title="row (other axes, C order)",
                 scale=alt.Scale(nice=False, reverse=True),
+                axis=_INTEGER_AXIS,
             ),
             y2="row_end:Q",
             color=alt.Color(
                 f"{stat}:Q",
                 title="weight" if stat == "mean" else "largest |w|, signed",
-                scale=alt.Scale(scheme="redblue", reverse=True, domain=[-high, high]),
+                scale=(
+                    alt.Scale(scheme="redblue", reverse=True, domain=[-high, high])
+                    if shared
+                    else alt.Scale(scheme="redblue", reverse=True, domainMid=0)
+                ),
+                legend=alt.Legend(orient="bottom", gradientLength=160),
             ),
             tooltip=[
                 alt.Tooltip("panel:N", title="model"),
@@ -234,14 +255,18 @@ def _figure(
             facet=alt.Facet("panel:N", sort=order, title=None, header=alt.Header(labelPadding=20)),
             columns=min(3, len(order)),
         )
-        .resolve_scale(x="independent", y="independent")
+        .resolve_scale(
+            x="independent", y="independent", color="shared" if shared else "independent"
+        )
         .properties(
             title=base.title(
                 f"{layer} · {weight}: the weight matrix",
                 how,
                 pooled + (f", pooled again {k} × {k} for the row budget" if k > 1 else ""),
                 "gates i, f, c, o (LSTM) / z, r, h (GRU) along the columns" if gated else "",
-                "one colour scale for every panel, centred at 0",
+                "one colour scale for every panel, centred at 0"
+                if shared
+                else "each panel its own colour scale (legend below it), centred at 0",
                 *notes,
             )
         )

@@ -20,7 +20,14 @@ CHART_OPTION_NAMES = {
     "bins": "--bins",
     "series": "--series",
     "metric": "--metric",
+    "input_set": "--input-set",
+    "shared_scale": "--shared-scale",
 }
+
+INPUT_SET_HELP = (
+    "Input set of `wpipe activations` to draw (its name or an id prefix) "
+    r"\[default: the most recent real data, not a --random probe]."
+)
 
 
 def chart_command(
@@ -72,6 +79,14 @@ def chart_command(
     bins: int | None = typer.Option(
         None, min=1, max=1000, help=r"Bins for histogram and gates \[default: 40]."
     ),
+    input_set: str | None = typer.Option(
+        None, "--input-set", help=INPUT_SET_HELP + " For act-histogram, dead-units, unit-activity."
+    ),
+    shared_scale: bool = typer.Option(
+        False,
+        "--shared-scale",
+        help="matrix, filters: one colour scale for every model \\[default: one per model].",
+    ),
     list_charts: bool = typer.Option(False, "--list", help="List the charts, one a line."),
     db: str | None = DbOption,
 ) -> None:
@@ -99,7 +114,8 @@ def chart_command(
     con = connect(db)
     model = resolve(con, model) or None  # globs and names become model_ids
     given = {"models": model, "layers": layer, "roles": role, "weight": weight, "stat": stat}
-    given.update(bins=bins, series=series, metric=metric)
+    given.update(bins=bins, series=series, metric=metric, input_set=input_set)
+    given.update(shared_scale=shared_scale)
     kwargs: dict[str, Any] = {}
     for key, value in given.items():
         if not value:
@@ -134,6 +150,9 @@ def report_command(
         "-m",
         help=MODELS_HELP + r"; repeat for more \[default: all].",
     ),
+    input_set: str | None = typer.Option(
+        None, "--input-set", help=INPUT_SET_HELP + " Default: each real set, up to 3."
+    ),
     db: str | None = DbOption,
 ) -> None:
     """Write one self-contained HTML report of the tables and figures; it opens offline."""
@@ -142,7 +161,7 @@ def report_command(
     con = connect(db)
     ids = resolve(con, model) or None
     try:
-        path = report.write_report(con, output, models=ids)
+        path = report.write_report(con, output, models=ids, input_set=input_set)
     except LookupError as exc:
         fail(str(exc))
     except OSError as exc:
