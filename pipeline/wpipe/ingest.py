@@ -89,7 +89,7 @@ class _Silent:
 
 # What a file's rows hold: raised when a release changes them (new tables or columns, new role
 # rules), so that files ingested by an older wpipe are read again rather than kept half-filled.
-ROWS_VERSION = 3
+ROWS_VERSION = 4  # 4: structure and roles of weights files without architecture
 
 
 def ingest_options(options: StatsOptions, values: ValuesMode, spectra: SpectraOptions) -> str:
