@@ -74,10 +74,19 @@ def _fits(class_name: str, variables: Sequence[tuple[str, Shape]]) -> bool:
     roles = {r for r, _ in variables}
     known = ROLES.get(class_name)
     if known is not None:
-        return roles <= set(known)
+        kernel = dict(variables).get("kernel")
+        return roles <= set(known) and (kernel is None or _rank_fits(class_name, len(kernel)))
     if class_name in RECURRENT:
         return roles <= {"kernel", "recurrent_kernel", "bias"}
     return True  # wrappers, attention, weightless layers: their own scopes say the rest
+
+
+def _rank_fits(class_name: str, rank: int) -> bool:
+    """A Dense kernel is 2-D, a ConvND(Transpose) kernel (N+2)-D; others say nothing."""
+    conv = re.search(r"Conv(\d)D", class_name)
+    if conv:
+        return rank == int(conv.group(1)) + 2
+    return rank == 2 if class_name == "Dense" else True
 
 
 def class_from_variables(name: str, variables: Sequence[tuple[str, Shape]]) -> str | None:
