@@ -87,12 +87,13 @@ def test_no_unknown_roles_and_no_missing_classes(wild):
     roles = {r for (r,) in wild.query("SELECT DISTINCT role FROM weights")}
     assert roles <= ROLES, roles - ROLES
     # every layer has a class but the Hugging Face layers that own variables directly
-    # (ViT's embeddings, ConvNeXt's layer scale): no Keras class is theirs
+    # (ViT's embeddings, ConvNeXt's layer scale, BERT's MLM output bias): no Keras class is theirs
     nulls = wild.query(
         "SELECT m.path, l.layer_path FROM layers l JOIN models m USING (model_id) "
         "WHERE l.class_name IS NULL ORDER BY 1, 2"
     )
     assert [(p.rsplit("/", 2)[-2], lp) for p, lp in nulls] == [
+        ("hf_bert_pretraining", "mlm___cls/predictions"),  # the output bias alone
         ("hf_convnext", "convnext/encoder/stages.0/layers.0"),
         ("hf_convnext", "convnext/encoder/stages.1/layers.0"),
         ("hf_vit", "vit/embeddings"),
@@ -122,6 +123,23 @@ def test_tied_embedding_is_counted_once_with_its_other_places(wild):
     layers = {p for (p,) in wild.query("SELECT layer_path FROM layers WHERE model_id = ?",
                                        [model_id(wild, "hf_t5/tf_model.h5")])}  # fmt: skip
     assert not {p for p in layers if p.endswith("/shared")}  # no layer only listing it
+
+
+def test_mlm_head_listing_the_embeddings_layer_again_is_counted_once(wild):
+    # TFBertForPreTraining's MLM head holds BERT's embeddings layer (its decoder is the word
+    # embeddings): every variable of it, LayerNorm's constant beta included, is one variable
+    tied = wild.query(
+        "SELECT layer_path, weight_name FROM weights WHERE model_id = ? "
+        "AND tied_sources IS NOT NULL ORDER BY weight_index",
+        [model_id(wild, "hf_bert_pretraining/tf_model.h5")],
+    )
+    assert tied == [
+        ("bert/embeddings/word_embeddings", "embeddings"),
+        ("bert/embeddings/token_type_embeddings", "embeddings"),
+        ("bert/embeddings/position_embeddings", "embeddings"),
+        ("bert/embeddings/LayerNorm", "gamma"),
+        ("bert/embeddings/LayerNorm", "beta"),
+    ]
 
 
 def test_hugging_face_config_beside_is_recorded(wild):
