@@ -171,14 +171,11 @@ def _sublayers(
 def _listings(
     layers: list[Layer], group_path: str, name: str, weight_names: list[str]
 ) -> Iterator[tied.Listing]:
-    """How one group lists its tensors: by which stored name, and whether it is foreign to
-    the group (see tied.py)."""
-    own = {w for w in weight_names if scopes.below_own_scope(name, w.split("/")[:-1])
-           != w.split("/")[:-1]}  # fmt: skip
+    """How one group lists its tensors: by which stored name (see tied.py)."""
     for layer in layers:
         for tensor in layer.tensors:
             stored = tensor.source_name.removeprefix(group_path + "/")
-            yield tied.Listing(layer, tensor, stored, bool(own) and stored not in own)
+            yield tied.Listing(layer, tensor, stored, name, weight_names)
 
 
 def _leaf(

@@ -11,6 +11,7 @@ sub-layer. Format-neutral: any reader whose variables are named by `/`-joined sc
 
 from __future__ import annotations
 
+import functools
 import re
 
 # Scopes inside one layer: an RNN cell (`lstm_cell`, `cell`), Bidirectional's halves.
@@ -42,8 +43,7 @@ def below_own_scope(group_name: str, scopes: list[str]) -> list[str]:
     """The scopes after the group's own name (`tf_bert_model/bert/…` in group `bert`), and
     after its repeats (`shared/shared/…`, TF1's `predictions/predictions_1/…`); all of them
     when the name does not appear (tf_keras names a nested model's variables by its layers)."""
-    own = group_name.split("/")
-    last = re.compile(re.escape(own[-1]) + r"(_\d+)?")
+    own, last = _own(group_name)
     k = len(own)
     for i in range(len(scopes) - k + 1):
         if scopes[i : i + k - 1] == own[:-1] and last.fullmatch(scopes[i + k - 1]):
@@ -52,6 +52,13 @@ def below_own_scope(group_name: str, scopes: list[str]) -> list[str]:
                 j += 1
             return scopes[j:]
     return scopes
+
+
+@functools.lru_cache(maxsize=256)
+def _own(group_name: str) -> tuple[list[str], re.Pattern]:
+    """The group name's scopes, and a matcher of its last one with TF's `_<n>` suffix."""
+    own = group_name.split("/")
+    return own, re.compile(re.escape(own[-1]) + r"(_\d+)?")
 
 
 def variable_name(component: str) -> str:

@@ -15,11 +15,13 @@ variables do: T5's encoder listing the shared table).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from wpipe.readers.base import Layer, Tensor
+from wpipe.readers.scopes import below_own_scope
 
 SLAB_ELEMENTS = 1 << 20  # compared a slab of rows at a time: two slabs in memory, never more
 
@@ -31,7 +33,19 @@ class Listing:
     layer: Layer
     tensor: Tensor
     stored: str  # the variable's name as its group's weight_names lists it
-    foreign: bool  # the group's own variables carry its name, this one does not
+    group_name: str
+    group_names: list[str]  # every name the group lists
+
+    def foreign(self) -> bool:
+        """The group's own variables carry its name, this one does not (asked of repeats
+        only: most files list no variable twice)."""
+        own = {w for w in self.group_names if _carries(self.group_name, w)}
+        return bool(own) and self.stored not in own
+
+
+def _carries(group_name: str, stored: str) -> bool:
+    scopes = stored.split("/")[:-1]
+    return below_own_scope(group_name, scopes) != scopes
 
 
 def join(listings: list[Listing]) -> set[int]:
@@ -53,14 +67,14 @@ def join(listings: list[Listing]) -> set[int]:
     return emptied
 
 
-def _same_variable(a: Tensor, b: Tensor, foreign: bool) -> bool:
+def _same_variable(a: Tensor, b: Tensor, foreign: Callable[[], bool]) -> bool:
     if a.status != "ok" or b.status != "ok":
         return False
     da, db = getattr(a.load, "dataset", None), getattr(b.load, "dataset", None)
     if da is None or db is None:
         return False
     equal, constant = _compare(da, db, a.shape)
-    return equal and (foreign or not constant)
+    return equal and (not constant or foreign())
 
 
 def _compare(da, db, shape: tuple[int, ...]) -> tuple[bool, bool]:
