@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from wpipe.readers import open_model
-from wpipe.readers.inferred import infer_class, role_from_name
+from wpipe.readers.inferred import infer_class, layer_class, role_from_name, wrapped_config
 from wpipe.readers.scopes import split_by_scope
 
 from tests.conftest import write_legacy_h5
@@ -72,6 +72,13 @@ def test_nested_model_without_its_own_scope_splits_by_its_layers():
 )
 def test_class_from_default_name_or_variables(name, variables, cls):
     assert infer_class(name, variables) == cls
+
+
+def test_user_named_bidirectional_from_its_halves():
+    gru = (("kernel", (4, 9)), ("recurrent_kernel", (3, 9)), ("bias", (2, 9)))
+    halves = [(f"{d}/{r}", r, s) for d in ("forward", "backward") for r, s in gru]
+    assert layer_class("bigru", halves) == "Bidirectional"
+    assert wrapped_config("Bidirectional", halves) == {"layer": {"class_name": "GRU", "config": {}}}
 
 
 @pytest.mark.parametrize(

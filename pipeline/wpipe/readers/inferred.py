@@ -153,6 +153,15 @@ def _ranked(stem: str, kernel: Shape) -> str | None:
     return f"{stem}{rank - 2}D" if rank in (3, 4) else None
 
 
+def layer_class(name: str, variables: Sequence[tuple[str, str, Shape]]) -> str | None:
+    """infer_class from (weight name, role, shape); a user-named layer whose variables all
+    sit in forward/backward halves is a Bidirectional."""
+    halves = {weight_name.split("/", 1)[0] for weight_name, _, _ in variables}
+    if variables and halves == {"forward", "backward"}:
+        return "Bidirectional"
+    return infer_class(name, [(role, shape) for _, role, shape in variables])
+
+
 def wrapped_config(
     class_name: str | None, variables: Sequence[tuple[str, str, Shape]]
 ) -> dict | None:

@@ -274,7 +274,7 @@ def _inferred_class(
     default name and its variables' roles and shapes (inferred.py)."""
     named = [(*_named(canonical_weight_name(p, name, None), name, f["shape"]), f["shape"])
              for p, f in zip(parts, fields, strict=True)]  # fmt: skip
-    class_name = inferred.infer_class(name, [(role, shape) for _, role, shape in named])
+    class_name = inferred.layer_class(name, named)
     return class_name, inferred.wrapped_config(class_name, named)
 
 
