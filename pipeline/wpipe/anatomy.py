@@ -91,7 +91,7 @@ def slice_groups(
         return [_along(array, head_axis, "head")] if array.ndim > head_axis else []
     if cls in NORMALIZATION:
         return [_along(array.reshape(-1), 0, "channel")] if role in NORMALIZATION_ROLES else []
-    if role == "bias" and array.ndim == 1:
+    if role == "bias" and sum(d > 1 for d in array.shape) <= 1:  # (u,) or GPT-2's (1, u)
         return []  # one value per unit/filter/channel (recurrent and attention biases above)
     if cls == "Embedding" and role == "embeddings" and array.ndim == 2:
         rows = evenly_spaced(array.shape[0], MAX_EMBEDDING_ROWS)

@@ -89,7 +89,7 @@ class _Silent:
 
 # What a file's rows hold: raised when a release changes them (new tables or columns, new role
 # rules), so that files ingested by an older wpipe are read again rather than kept half-filled.
-ROWS_VERSION = 4
+ROWS_VERSION = 4  # 4: content hashes, compute per layer, structure of weights files
 
 
 def ingest_options(options: StatsOptions, values: ValuesMode, spectra: SpectraOptions) -> str:

@@ -102,6 +102,12 @@ MODELS = Table(
         _c("training_config", STR, "training config JSON, verbatim"),
         _c("ingested_at", TS, "when this file was ingested"),
         _c("ingest_options", STR, "options the rows were computed with; changing one re-reads"),
+        _c(
+            "source_config",
+            STR,
+            "a Hugging Face config.json beside a weights-only file, verbatim (model_type, "
+            "sizes); NULL if none (README: Weights files without architecture)",
+        ),
     ),
 )
 
@@ -195,6 +201,13 @@ WEIGHTS = Table(
             STR,
             "Keras quantization mode of the layer (int8, int4; NULL if none); a quantized "
             "kernel's statistics are of its dequantized values (README: Quantized layers)",
+        ),
+        _c(
+            "tied_sources",
+            pa.list_(STR),
+            "other places the file lists this same variable (a weight tied across layers, "
+            "e.g. T5's shared embedding under encoder and decoder): counted once, here; "
+            "NULL if none (README: Weights files without architecture)",
         ),
     ),
 )

@@ -179,6 +179,7 @@ def build_tables(
                 "layout": tensor.layout,
                 "quantization": tensor.quantization,
                 "status": tensor.status,
+                "tied_sources": list(tensor.tied_sources) or None,
             }
             weight_index += 1
             if tensor.status != "ok":  # kept, not analysed: never a silent cast
@@ -241,6 +242,7 @@ def build_tables(
         "loss": model.loss,
         "model_config": model.model_config,
         "training_config": model.training_config,
+        "source_config": model.source_config,
         "ingested_at": datetime.now(timezone.utc),
         "ingest_options": info.ingest_options,
     }

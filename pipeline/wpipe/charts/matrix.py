@@ -70,10 +70,7 @@ def weight_matrix(
             params,
         ).fetchone()
         if found is None:
-            raise NoData(
-                f"no {weight!r} tensor of 2 or more dimensions in weight_tiles "
-                "(a database from an older wpipe: ingest again)"
-            )
+            raise NoData(_why_none(con, params))
         layer = found[0]
     params["layer"] = layer
     tensors = con.execute(
@@ -110,6 +107,21 @@ def weight_matrix(
 
 # Rows and columns are whole numbers: no 0.5 ticks on a narrow matrix.
 _INTEGER_AXIS = alt.Axis(tickMinStep=1, format="d")
+
+
+def _why_none(con: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> str:
+    """Why no tensor qualifies: none of that name in the models, or (only then the hint to
+    ingest again) tensors without weight_tiles, which an older wpipe did not compute."""
+    weight = params["weight"]
+    untiled = con.execute(
+        "SELECT count(*) FROM weights WHERE list_contains($ids, model_id) AND len(shape) >= 2 "
+        f"AND size > 0 AND ({_weight_match('weight_name')})",
+        params,
+    ).fetchone()[0]
+    if untiled:
+        return (f"no {weight!r} tensor of 2 or more dimensions in weight_tiles "
+                "(a database from an older wpipe: ingest again)")  # fmt: skip
+    return f"no {weight!r} tensor of 2 or more dimensions in these models (--weight names one)"
 
 
 def _weight_match(column: str) -> str:

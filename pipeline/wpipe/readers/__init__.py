@@ -12,6 +12,7 @@ from pathlib import Path
 from wpipe.readers import (
     h5layout,
     h5safe,
+    hf_config,
     keras0,
     keras_dir,
     keras_zip,
@@ -132,14 +133,14 @@ def _open(p: Path, where: str, layouts: h5layout.Layouts | None = None) -> Itera
         raise ModelReadError("not-hdf5", f"{where}: not a Keras model file (not HDF5 or ZIP)")
     read = layouts.read(p, size, where) if layouts is not None else None
     if read is not None and (model := layouts.match(read, where)) is not None:
-        yield model
+        yield hf_config.annotated(model, p, where)
         return
     learn = read is not None and layouts.wants(read)
     with _open_hdf5(p, where) as f:
         model = _read_hdf5(f, where)
         if learn:
             layouts.learn(f, model, read, p)
-        yield model
+        yield hf_config.annotated(model, p, where)
 
 
 def _open_hdf5(p: Path, where: str) -> h5py.File:

@@ -37,6 +37,9 @@ class Tensor:
     # "ok", or "<code>: <reason>" for a tensor that is kept but not analysed (complex, string,
     # enum, compound dtypes; a dataset never written): weights gets a row without statistics.
     status: str = "ok"
+    # Other places the file lists this same variable (a weight tied across layers: T5's shared
+    # embedding under `encoder` and `decoder`); the variable is counted once, here.
+    tied_sources: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:
@@ -67,6 +70,7 @@ class Model:
     n_optimizer_params: int = 0
     model_config: str | None = None  # raw JSON text, kept verbatim
     training_config: str | None = None
+    source_config: str | None = None  # a Hugging Face config.json beside the file (hf_config)
 
 
 def from_cudnn(values: np.ndarray, role: str, n_gates: int) -> np.ndarray:

@@ -158,6 +158,8 @@ def _layout_of(f: h5py.File, model: Model, data: bytes) -> _Layout | None:
     for layer in model.layers:
         places.append([])
         for tensor in layer.tensors:
+            if tensor.tied_sources:
+                return None  # tied: decided on the values of copies a layout does not compare
             ds = getattr(tensor.load, "dataset", None)  # set by h5safe.lazy_array
             place = _place(ds, tensor.status, data) if ds is not None else None
             if place is None:

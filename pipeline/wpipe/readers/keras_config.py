@@ -172,6 +172,8 @@ def canonical_weight_name(parts: list[str], layer_name: str, class_name: str | N
     own = next((i for i, scope in enumerate(scopes) if own_scope.fullmatch(scope)), None)
     if own is not None:
         scopes = scopes[own + 1 :]
+        while scopes and own_scope.fullmatch(scopes[0]):  # `shared/shared/…`, TF1's repeats
+            scopes = scopes[1:]
     if not scopes and last.startswith(layer_name + "_"):
         last = last[len(layer_name) + 1 :]
     out: list[str] = []

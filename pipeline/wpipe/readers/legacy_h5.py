@@ -12,12 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from wpipe.readers import h5safe, quantized
+from wpipe.readers import h5safe, inferred, quantized, scopes, tied
 from wpipe.readers import lazy_h5py as h5py
 from wpipe.readers.base import Layer, Model, ModelReadError, Tensor
 from wpipe.readers.keras_config import (
     LayerSpec,
     canonical_weight_name,
+    inner_config,
     is_trainable,
     model_tree,
     parse_json,
@@ -55,22 +56,26 @@ def read(f: h5py.File, where: str) -> Model:
 
     by_name = {spec.name: spec for spec in specs}
     layers: list[Layer] = []
+    listings: list[tied.Listing] = []
     for name in layer_names:
         group = h5safe.child(weights_root, name, where)
         weight_names = h5safe.name_list(group, "weight_names") or []
         spec = by_name.get(name)
+        start = len(layers)
         if spec is not None and spec.children is not None:
             layers.extend(_nested(group, weight_names, spec, name, True, where))
-        elif spec is None and _sublayers(weight_names, name):
-            layers.extend(_nested(group, weight_names, _unknown_model(name, weight_names),
-                                  name, True, where))  # fmt: skip
+        elif spec is None and (owned := _scoped(name, weight_names)):
+            layers.extend(_sublayers(group, owned, name, where))
         else:
             layers.append(_leaf(group, weight_names, name, name, spec, True, where))
+        listings.extend(_listings(layers[start:], group.name, name, weight_names))
     if "top_level_model_weights" in weights_root:
         group = h5safe.child(weights_root, "top_level_model_weights", where)
         names = h5safe.name_list(group, "weight_names") or []
         if names:
             layers.append(_leaf(group, names, "top_level_model_weights", "", None, True, where))
+    emptied = tied.join(listings)
+    layers = [x for x in layers if id(x) not in emptied]
 
     n_opt_tensors, n_opt_params = _optimizer_counts(f)
     keras_version = h5safe.attr(weights_root, "keras_version") or h5safe.attr(f, "keras_version")
@@ -145,19 +150,32 @@ def _nested(
         yield _leaf(group, orphans, prefix, spec.name, None, trainable, where)
 
 
-def _sublayers(weight_names: list[str], name: str) -> list[str]:
-    """The sublayer scopes of a nested model's group in a file without architecture: tf_keras
-    names a nested model's variables by its sublayers (`enc_d1/kernel:0`), never by itself."""
-    own = re.compile(re.escape(name) + r"(_\d+)?")
-    scopes = [w.split("/", 1)[0] for w in weight_names if "/" in w]
-    if not scopes or len(scopes) < len(weight_names) or any(own.fullmatch(s) for s in scopes):
-        return []
-    return list(dict.fromkeys(scopes))
+def _scoped(name: str, weight_names: list[str]) -> dict[str, scopes.Owned] | None:
+    """A group without architecture split into its sub-layers by its variables' scopes,
+    unless its name is a Keras layer class's (a Bidirectional's or an RNN's scopes are its
+    own); None when it is one layer."""
+    cls = inferred.group_class(name)
+    if cls is not None and cls not in inferred.MODEL_CLASSES:
+        return None
+    return scopes.split_by_scope(name, weight_names)
 
 
-def _unknown_model(name: str, weight_names: list[str]) -> LayerSpec:
-    children = [LayerSpec(s, "", {}, True, None) for s in _sublayers(weight_names, name)]
-    return LayerSpec(name, "", {}, True, children)
+def _sublayers(
+    group: h5py.Group, owned: dict[str, scopes.Owned], prefix: str, where: str
+) -> Iterator[Layer]:
+    for sub, pairs in owned.items():
+        path = f"{prefix}/{sub}" if sub else prefix
+        yield _layer(group, pairs, path, path.rsplit("/", 1)[-1], None, True, where)
+
+
+def _listings(
+    layers: list[Layer], group_path: str, name: str, weight_names: list[str]
+) -> Iterator[tied.Listing]:
+    """How one group lists its tensors: by which stored name (see tied.py)."""
+    for layer in layers:
+        for tensor in layer.tensors:
+            stored = tensor.source_name.removeprefix(group_path + "/")
+            yield tied.Listing(layer, tensor, stored, name, weight_names)
 
 
 def _leaf(
@@ -184,30 +202,36 @@ def _layer(
 ) -> Layer:
     """One leaf layer; `pairs` are (stored name, its components relative to the layer)."""
     class_name = (spec.class_name or None) if spec else None
+    config = spec.config if spec else None
     mode = quantization_mode(spec.config) if spec else None
     layer_trainable = enclosing_trainable and (spec.trainable if spec else True)
     if spec and spec.inner is not spec.config and spec.inner.get("trainable") is False:
         layer_trainable = False
+    found = [(parts, h5safe.dataset(group, full, where), full) for full, parts in pairs]
+    fields = [h5safe.tensor_fields(ds, where) for _, ds, _ in found]
+    if spec is None:  # the file names no class: the layer's name and variables may
+        class_name, config = _inferred_class(name, [p for p, _, _ in found], fields)
     tensors: list[Tensor] = []
     seen: set[str] = set()
-    for full, parts in pairs:
-        ds = h5safe.dataset(group, full, where)
+    for (parts, _, full), field in zip(found, fields, strict=True):
         weight_name = canonical_weight_name(parts, name, class_name)
+        role = role_of(weight_name)
+        if spec is None:
+            weight_name, role = _named(weight_name, name, field["shape"])
         unique, n = weight_name, 1
         while unique in seen:
             unique, n = f"{weight_name}_{n}", n + 1
         seen.add(unique)
-        role = role_of(weight_name)
         tensors.append(
             Tensor(
                 weight_name=unique,
                 role=role,
                 trainable=is_trainable(role, class_name, layer_trainable, mode),
                 source_name=f"{group.name}/{full}",
-                **h5safe.tensor_fields(ds, where),
+                **field,
             )
         )
-    layout = _layout(spec)
+    layout = _layout(class_name, config)
     tensors = _fuse_keras1_gates(tensors)
     tensors = quantized.saved_order(tensors, mode)
     quantized.dequantize(tensors, mode, spec.config if spec else None)
@@ -218,7 +242,7 @@ def _layer(
         layer_path=path,
         layer_name=name,
         class_name=class_name,
-        config=spec.config if spec else None,
+        config=config,
         trainable=layer_trainable,
         tensors=tensors,
     )
@@ -232,15 +256,36 @@ _GATE_NAME = re.compile(
 )
 
 
-def _layout(spec: LayerSpec | None) -> str:
-    if spec is None:
-        return "keras"
-    wrapped = spec.config.get("layer") if isinstance(spec.config.get("layer"), dict) else {}
-    if spec.class_name in CUDNN_CLASSES or wrapped.get("class_name") in CUDNN_CLASSES:
+def _layout(class_name: str | None, config: dict | None) -> str:
+    config = config or {}
+    wrapped = config.get("layer") if isinstance(config.get("layer"), dict) else {}
+    if class_name in CUDNN_CLASSES or wrapped.get("class_name") in CUDNN_CLASSES:
         return "cudnn"
-    if "onvolution" in spec.class_name and spec.inner.get("dim_ordering") == "th":
+    theano = inner_config(config).get("dim_ordering") == "th"
+    if class_name and "onvolution" in class_name and theano:
         return "theano"
     return "keras"
+
+
+def _inferred_class(
+    name: str, parts: list[list[str]], fields: list[dict]
+) -> tuple[str | None, dict | None]:
+    """(class, the wrapper config it implies) of a layer the file gives no class: from its
+    default name and its variables' roles and shapes (inferred.py)."""
+    named = [(*_named(canonical_weight_name(p, name, None), name, f["shape"]), f["shape"])
+             for p, f in zip(parts, fields, strict=True)]  # fmt: skip
+    class_name = inferred.layer_class(name, named)
+    return class_name, inferred.wrapped_config(class_name, named)
+
+
+def _named(weight_name: str, layer_name: str, shape: tuple[int, ...]) -> tuple[str, str]:
+    """(weight name, role) where only the names say what a variable is (Hugging Face's
+    `weight`, `cls_token`, ...): inferred.role_from_name; else the usual role."""
+    scope, _, last = weight_name.rpartition("/")
+    if last != inferred.GENERIC and last not in inferred.NAMED_ROLES:
+        return weight_name, role_of(weight_name)
+    renamed, role = inferred.role_from_name(layer_name, last, shape)
+    return f"{scope}/{renamed}" if scope else renamed, role
 
 
 def _fuse_keras1_gates(tensors: list[Tensor]) -> list[Tensor]:

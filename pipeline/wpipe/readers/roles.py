@@ -53,7 +53,8 @@ QUANTIZED_EMBEDDING_ROLES = {
 QUANTIZABLE = {"Dense", "EinsumDense"}
 # Layer classes whose snake_case name Keras gives their group in a native weights file.
 OTHER_CLASSES = (
-    "LSTM", "GRU", "SimpleRNN", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "Bidirectional",
+    "LSTM", "GRU", "SimpleRNN", "CuDNNLSTM", "CuDNNGRU", "Model", "ConvLSTM1D", "ConvLSTM2D",
+    "ConvLSTM3D", "Bidirectional",
     "TimeDistributed", "MultiHeadAttention", "InputLayer", "Sequential", "Functional",
     "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
     "GaussianDropout", "AlphaDropout", "Activation", "ReLU", "LeakyReLU", "ELU", "Softmax",
@@ -77,6 +78,7 @@ def to_snake_case(name: str) -> str:
 
 
 KNOWN_CLASSES = {to_snake_case(c): c for c in (*ROLES, *OTHER_CLASSES)}
+KNOWN_CLASSES["input"] = "InputLayer"  # Keras 2 names an InputLayer `input_1`
 
 
 def class_of_group(snake_name: str | None) -> str | None:

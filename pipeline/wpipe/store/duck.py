@@ -34,6 +34,7 @@ _DUCK_TYPES = {
     pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
     pa.list_(pa.int64()): "BIGINT[]",
     pa.list_(pa.float64()): "DOUBLE[]",
+    pa.list_(pa.string()): "VARCHAR[]",
 }
 
 
