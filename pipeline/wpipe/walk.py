@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wpipe.dblock import Protected
-from wpipe.readers import ModelReadError, keras_dir, saved_model, sharded, sniff, tf_bundle, unsupported
+from wpipe.readers import (
+    ModelReadError,
+    keras_dir,
+    saved_model,
+    sharded,
+    sniff,
+    tf_bundle,
+    unsupported,
+)
 from wpipe.readers.safefile import stat_problem
 from wpipe.tags import MODEL_SUFFIXES
 

@@ -59,7 +59,9 @@ def read(folder: Path, where: str) -> Model:
     verify = {t.source_name for layer in layers for t in layer.tensors}
     tf_checkpoint.verify_unused(bundle, verify)
     n_tensors, n_params = tf_checkpoint.optimizer_counts(bundle, graph.optimizer_keys)
-    training = root.get("training_config") if isinstance(root.get("training_config"), dict) else None
+    training = (
+        root.get("training_config") if isinstance(root.get("training_config"), dict) else None
+    )
     optimizer, loss = _training_summary(training)
     return Model(
         path=where,

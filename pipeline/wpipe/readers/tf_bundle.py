@@ -157,7 +157,7 @@ class Bundle:
     def _bytes(
         self, key: str, entry: tf_protos.BundleEntry, keep: bool = True, checked: bool = True
     ) -> np.ndarray:
-        shard, size = self._place(key, entry)
+        shard = self._place(key, entry)
         crc = 0
         out = np.empty(entry.size if keep else 0, np.uint8)
         with open_regular(shard, self.where) as fh:
@@ -182,7 +182,7 @@ class Bundle:
                 f"(stored {entry.crc32c:#010x}, computed {mask(crc):#010x})"
             )  # fmt: skip
 
-    def _place(self, key: str, entry: tf_protos.BundleEntry) -> tuple[Path, int]:
+    def _place(self, key: str, entry: tf_protos.BundleEntry) -> Path:
         if not 0 <= entry.shard_id < len(self.shards):
             raise ModelReadError(
                 "corrupt", f"{self.where}: {key} names shard {entry.shard_id} of {len(self.shards)}"
@@ -198,7 +198,7 @@ class Bundle:
                 "truncated", f"{self.where}: {key} lies at {entry.offset:,}+{entry.size:,}, "
                 f"past the end of {self.shards[entry.shard_id].name} ({size:,} bytes)"
             )  # fmt: skip
-        return self.shards[entry.shard_id], size
+        return self.shards[entry.shard_id]
 
 
 def _extend(crc: int, part: np.ndarray) -> int:
@@ -254,9 +254,7 @@ def _entries(data: memoryview, where: str) -> dict[str, memoryview]:
                 raise ModelReadError("corrupt", f"{where}: key {name!r} appears twice")
             out[name] = entry
             if len(out) > MAX_ENTRIES:
-                raise ModelReadError(
-                    "too-many-objects", f"{where}: over {MAX_ENTRIES:,} entries"
-                )
+                raise ModelReadError("too-many-objects", f"{where}: over {MAX_ENTRIES:,} entries")
     return out
 
 

@@ -92,8 +92,23 @@ def read_graph(bundle: tf_bundle.Bundle) -> Graph:
     for node in nodes:
         optimizer |= _reachable(nodes, node.slot_variables)
     layers = _model_layers(nodes, where, optimizer)
-    keys = [k for i in sorted(optimizer) for k in _keys(nodes, i)]
+    keys = [k for i in sorted(_optimizer_state(nodes)) for k in _keys(nodes, i)]
     return Graph(nodes, layers, keys)
+
+
+def _optimizer_state(nodes: list[tf_protos.TrackableNode]) -> set[int]:
+    """The variables Keras's `optimizer.variables` lists (what a `.h5` stores as
+    optimizer_weights): Keras 2.11+ optimizers track them as `_variables/N`; the legacy ones
+    as `iter` plus slot variables. Hyperparameter variables (`_learning_rate`, `beta_1`) are
+    not optimizer state."""
+    optimizer = [c for n, c in nodes[0].children if n == "optimizer"]
+    listed = [c for o in optimizer for n, c in nodes[o].children if n == "_variables"]
+    if listed:
+        return _reachable(nodes, listed)
+    state = {c for o in optimizer for n, c in nodes[o].children if n == "iter"}
+    for node in nodes:
+        state.update(node.slot_variables)
+    return state
 
 
 def _reachable(nodes: list[tf_protos.TrackableNode], start: list[int]) -> set[int]:
@@ -152,7 +167,9 @@ def _model_layers(
     return root.children or []
 
 
-def _variables(nodes: list[tf_protos.TrackableNode], start: int, claimed: set[int]) -> list[Variable]:
+def _variables(
+    nodes: list[tf_protos.TrackableNode], start: int, claimed: set[int]
+) -> list[Variable]:
     """A leaf layer's variables, depth first in the order Keras tracked them."""
     out: list[Variable] = []
     stack = [start]

@@ -71,7 +71,9 @@ def fields(data: bytes | memoryview, what: str, where: str) -> Fields:
             raise ModelReadError("corrupt", f"{where}: {what} has wire type {kind}")
         count += 1
         if count > MAX_FIELDS:
-            raise ModelReadError("too-many-objects", f"{where}: {what} has over {MAX_FIELDS:,} fields")
+            raise ModelReadError(
+                "too-many-objects", f"{where}: {what} has over {MAX_FIELDS:,} fields"
+            )
         out.setdefault(number, []).append(value)
     return out
 
