@@ -99,8 +99,21 @@ def _metadata(folder: Path, where: str) -> dict[str, dict]:
     for path, text in pairs:
         value = jsonsafe.loads(text, f"Keras metadata of {path}", where)
         if isinstance(value, dict):
-            out[path] = value
+            out[path] = _decoded(value)
     return out
+
+
+def _decoded(value: Any) -> Any:
+    """What Keras's own loader reads the metadata as (tf_keras json_utils._decode_helper): its
+    legacy encoder wrote a tuple as {"class_name": "__tuple__", "items": [...]}, which a `.h5`
+    config holds as a plain list. Depth is bounded by jsonsafe (MAX_DEPTH)."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__tuple__" and isinstance(value.get("items"), list):
+            return [_decoded(v) for v in value["items"]]
+        return {k: _decoded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decoded(v) for v in value]
+    return value
 
 
 def _read(path: Path, limit: int, where: str) -> bytes:

@@ -110,6 +110,7 @@ class Bundle:
         entry = self.entries[key]
         dtype = np.dtype("uint16" if entry.dtype == 14 else DTYPES[entry.dtype])
         shape = entry.shape or ()
+        self._place(key, entry)  # bounds first: a lying size is named as such
         expected = math.prod(shape) * dtype.itemsize
         if entry.size != expected:
             raise ModelReadError(

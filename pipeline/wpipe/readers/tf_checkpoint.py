@@ -173,10 +173,12 @@ def _variables(
     """A leaf layer's variables, depth first in the order Keras tracked them."""
     out: list[Variable] = []
     stack = [start]
+    seen: set[int] = set()
     while stack:
         node = stack.pop()
-        if node != start and node in claimed:
+        if node in seen or (node != start and node in claimed):
             continue
+        seen.add(node)
         claimed.add(node)
         for name, full, key in nodes[node].attributes:
             if name == VARIABLE_VALUE and key:
