@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 
 import numpy as np
 import pytest
+from wpipe.walk import walk
 
 from tests.conftest import EXPECTED, MODELS
-from wpipe.walk import walk
 
 TF = MODELS / "tf"
 
@@ -40,8 +41,8 @@ def test_a_checkpoint_folder_is_walked_and_every_model_in_it_found():
 
 def test_a_savedmodel_folder_is_one_model():
     found, _ = walk([TF / "savedmodel"])
-    assert sorted(p.name for p in found) == [f"k2_{n}" for n in
-                                             ("bigru", "cnn_bn", "lstm", "mlp", "nested")]  # fmt: skip
+    names = ("bigru", "cnn_bn", "lstm", "mlp", "nested")
+    assert sorted(p.name for p in found) == [f"k2_{n}" for n in names]
 
 
 def test_a_bundle_series_is_named_by_its_steps(series):
@@ -78,7 +79,7 @@ def test_bundle_drift_is_the_change_keras_held_between_epochs(series):
     with np.load(EXPECTED / "tf" / "series.npz") as npz:
         arrays = dict(npz)
     drift = drift_by(w, "series_bundle")
-    for before, after in zip(epochs, epochs[1:], strict=False):
+    for before, after in itertools.pairwise(epochs):
         for wa, wb in zip(before["weights"], after["weights"], strict=True):
             layer, weight = wa["name"].split(":")[0].split("/", 1)
             a = arrays[wa["key"]].astype("f8")
