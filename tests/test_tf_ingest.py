@@ -13,6 +13,7 @@ from wpipe.walk import walk
 from tests.conftest import EXPECTED, MODELS
 
 TF = MODELS / "tf"
+NAMES = ("bigru", "cnn_bn", "lstm", "mlp", "nested", "subclassed")
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +34,14 @@ def test_a_checkpoint_folder_is_walked_and_every_model_in_it_found():
     found, skipped = walk([TF / "bundles"])
     names = sorted(p.name for p in found)
     assert names == sorted(
-        [f"k2_{n}.index" for n in ("mlp", "cnn_bn", "lstm", "bigru", "nested")]
-        + [f"k2_{n}.weights_only.h5" for n in ("mlp", "cnn_bn", "lstm", "bigru", "nested")]
+        [f"k2_{n}.index" for n in NAMES] + [f"k2_{n}.weights_only.h5" for n in NAMES]
     )
     assert not skipped
 
 
 def test_a_savedmodel_folder_is_one_model():
     found, _ = walk([TF / "savedmodel"])
-    names = ("bigru", "cnn_bn", "lstm", "mlp", "nested")
-    assert sorted(p.name for p in found) == [f"k2_{n}" for n in names]
+    assert sorted(p.name for p in found) == [f"k2_{n}" for n in NAMES]
 
 
 def test_a_bundle_series_is_named_by_its_steps(series):

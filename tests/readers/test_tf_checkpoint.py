@@ -16,6 +16,7 @@ from tests.readers import tf_write
 
 TF = MODELS / "tf"
 NAMES = ("mlp", "cnn_bn", "lstm", "bigru", "nested")
+ALL = (*NAMES, "subclassed")  # tf_keras writes no .h5 of a subclassed model
 
 
 def keras_says(name: str) -> tuple[dict, dict[str, np.ndarray]]:
@@ -57,7 +58,7 @@ def weighted(layers) -> dict[str, list]:
     return {path.rsplit("/", 1)[-1]: tensors for path, _, _, _, tensors in layers if tensors}
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ALL)
 def test_savedmodel_gives_what_keras_held(name):
     info, arrays = keras_says(name)
     _, layers, _ = rows(TF / "savedmodel" / f"k2_{name}")
@@ -172,3 +173,17 @@ def test_a_checkpoint_without_object_graph_is_named(tmp_path):
     with pytest.raises(ModelReadError) as err, open_model(tmp_path / "m.index"):
         pass
     assert err.value.code == "unsupported-format" and "object graph" in err.value.message
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bundle_layers_are_keras_layers_by_name_and_value(name):
+    info, arrays = keras_says(name)
+    _, layers, _ = rows(TF / "bundles" / f"k2_{name}.index")
+    got = weighted(layers)
+    want = {layer["name"]: layer["weights"] for layer in info["layers"] if layer["weights"]}
+    assert list(got) == list(want)
+    for layer, weights in want.items():
+        assert [t[1] for t in got[layer]] == [w["name"].split(":")[0].rsplit("/", 1)[-1]
+                                              for w in weights]  # fmt: skip
+        for tensor, weight in zip(got[layer], weights, strict=True):
+            np.testing.assert_array_equal(np.array(tensor[6], "f4"), arrays[weight["key"]])

@@ -21,7 +21,7 @@ from typing import Any
 
 from wpipe.readers import jsonsafe, tf_bundle, tf_checkpoint, tf_protos
 from wpipe.readers.base import Layer, Model, ModelReadError
-from wpipe.readers.keras_config import LayerSpec, model_tree
+from wpipe.readers.keras_config import LayerSpec, is_trainable, model_tree
 from wpipe.readers.legacy_h5 import _training_summary
 from wpipe.readers.safefile import open_regular, require_regular
 
@@ -50,12 +50,13 @@ def read(folder: Path, where: str) -> Model:
     graph = tf_checkpoint.read_graph(bundle)
     metadata = _metadata(folder, where)
     root = metadata.get("root", {})
+    by_node = _by_node(graph.nodes, metadata)
     model_config = root.get("model_config") if isinstance(root.get("model_config"), dict) else None
     model_class, specs = model_tree(model_config) if model_config else (None, [])
-    if model_config is None:
-        layers = tf_checkpoint.bundle_layers(bundle, graph)
+    if not specs:  # a subclassed model (no layer list): each layer's own metadata
+        layers = _described(tf_checkpoint.bundle_layers(bundle, graph), graph, by_node)
     else:
-        layers = _layers(bundle, graph, specs, metadata)
+        layers = _layers(bundle, graph, specs, by_node)
     verify = {t.source_name for layer in layers for t in layer.tensors}
     tf_checkpoint.verify_unused(bundle, verify)
     n_tensors, n_params = tf_checkpoint.optimizer_counts(bundle, graph.optimizer_keys)
@@ -130,11 +131,11 @@ def _layers(
     bundle: tf_bundle.Bundle,
     graph: tf_checkpoint.Graph,
     specs: list[LayerSpec],
-    metadata: dict[str, dict],
+    by_node: dict[int, dict],
 ) -> list[Layer]:
     """Every layer of the architecture (weightless ones included, as in a `.h5`), each with
     the variables of the object-graph layer Keras's metadata names like it."""
-    by_name = _graph_layers_by_name(graph.layers, metadata)
+    by_name = _graph_layers_by_name(graph.layers, by_node)
     out: list[Layer] = []
     # (specs still to place, their path prefix, their enclosing trainable flag)
     stack: list[tuple[list[LayerSpec], str, bool]] = [(list(reversed(specs)), "", True)]
@@ -170,20 +171,64 @@ def _layers(
 
 
 def _graph_layers_by_name(
-    layers: list[tf_checkpoint.GraphLayer], metadata: dict[str, dict]
+    layers: list[tf_checkpoint.GraphLayer], by_node: dict[int, dict]
 ) -> dict[str, tf_checkpoint.GraphLayer]:
     """`encoder/enc_d1` -> its object-graph layer, names from Keras's metadata by node path
     (a layer the metadata does not name is named by its variables)."""
     out = {}
+    own = tf_checkpoint.layer_names(layers)
     for outer, leaf in tf_checkpoint.leaves(layers):
-        names = [_name(o, metadata) for o in outer]
-        name = _name(leaf, metadata) or leaf.own_name
+        names = [_name(o, by_node) for o in outer]
+        name = _name(leaf, by_node) or own.get(leaf.node)
         if name and all(names):
             out["/".join([*names, name])] = leaf
     return out
 
 
-def _name(layer: tf_checkpoint.GraphLayer, metadata: dict[str, dict]) -> str | None:
-    meta = metadata.get(layer.path)
+def _name(layer: tf_checkpoint.GraphLayer, by_node: dict[int, dict]) -> str | None:
+    meta = by_node.get(layer.node)
     name = meta.get("name") if meta else None
     return name if isinstance(name, str) else None
+
+
+def _by_node(nodes: list, metadata: dict[str, dict]) -> dict[int, dict]:
+    """Object-graph node -> its Keras metadata: each metadata path (`root.layer-2`,
+    `root.d1`: Keras picks one of an object's names) followed from the root, name by name."""
+    out: dict[int, dict] = {}
+    for path, meta in metadata.items():
+        parts = path.split(".")
+        if parts[0] != "root":
+            continue
+        node = 0
+        for part in parts[1:]:
+            node = next((c for n, c in nodes[node].children if n == part), None)
+            if node is None:
+                break
+        if node is not None:
+            out.setdefault(node, meta)
+    return out
+
+
+def _described(
+    layers: list[Layer], graph: tf_checkpoint.Graph, by_node: dict[int, dict]
+) -> list[Layer]:
+    """A model without a layer list (subclassed): each layer's class, config and trainable
+    flag from its own metadata, when Keras wrote one for it."""
+    nodes = {layer.layer_path: leaf.node for layer, (_, leaf) in
+             zip(layers, _weighted_leaves(graph), strict=True)}  # fmt: skip
+    for layer in layers:
+        meta = by_node.get(nodes[layer.layer_path], {})
+        class_name = meta.get("class_name")
+        if not isinstance(class_name, str):
+            continue
+        layer.class_name = class_name
+        layer.config = meta.get("config") if isinstance(meta.get("config"), dict) else None
+        layer.trainable = meta.get("trainable") is not False
+        for tensor in layer.tensors:
+            tensor.trainable = is_trainable(tensor.role, class_name, layer.trainable)
+    return layers
+
+
+def _weighted_leaves(graph: tf_checkpoint.Graph) -> list:
+    """The leaves bundle_layers turns into layers (those with variables), in its order."""
+    return [(o, leaf) for o, leaf in tf_checkpoint.leaves(graph.layers) if leaf.variables]

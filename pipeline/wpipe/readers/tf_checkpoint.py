@@ -58,10 +58,38 @@ class GraphLayer:
     children: list[GraphLayer] | None = None  # set for a nested model
 
     @property
-    def own_name(self) -> str | None:
-        """The layer's name from its variables' full names (`dense_1/kernel` -> `dense_1`)."""
-        firsts = {v.full_name.split("/", 1)[0] for v in self.variables if "/" in v.full_name}
-        return firsts.pop() if len(firsts) == 1 else None
+    def scope(self) -> list[str]:
+        """The name scopes all its variables share (`lstm/lstm_cell/kernel`, `…/bias` ->
+        `lstm`, `lstm_cell`)."""
+        scopes = [v.full_name.split("/")[:-1] for v in self.variables]
+        if not scopes:
+            return []
+        shared = scopes[0]
+        for scope in scopes[1:]:
+            shared = _common(shared, scope)
+        return shared
+
+
+def _common(a: list[str], b: list[str]) -> list[str]:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
+def layer_names(layers: list[GraphLayer]) -> dict[int, str]:
+    """Leaf node -> its layer's name, from its variables' full names: the first scope after
+    the scopes every layer shares (a subclassed model names its variables
+    `my_model/dense/kernel`, a Functional one `dense/kernel`); else its place in the graph."""
+    found = [leaf for _, leaf in leaves(layers) if leaf.variables]
+    scopes = {leaf.node: leaf.scope for leaf in found}
+    shared: list[str] = []
+    if len(found) > 1:
+        shared = scopes[found[0].node]
+        for leaf in found[1:]:
+            shared = _common(shared, scopes[leaf.node])
+    return {leaf.node: scopes[leaf.node][len(shared)] if len(scopes[leaf.node]) > len(shared)
+            else leaf.local for leaf in found}  # fmt: skip
 
 
 @dataclass
@@ -278,8 +306,9 @@ def _elements(shape: tuple[int, ...] | None) -> int:
 def bundle_layers(bundle: tf_bundle.Bundle, graph: Graph) -> list[Layer]:
     """A bare bundle's layers: leaf layers that hold variables, named by their variables."""
     layers = []
+    names = layer_names(graph.layers)
     for outer, leaf in leaves(graph.layers):
-        name = leaf.own_name or leaf.local
+        name = names.get(leaf.node, leaf.local)
         path = "/".join([*(o.local for o in outer), name])
         tensors = [tensor(bundle, v, name, None, True) for v in leaf.variables]
         if tensors:
