@@ -13,7 +13,7 @@ from wpipe.walk import walk
 from tests.conftest import EXPECTED, MODELS
 
 TF = MODELS / "tf"
-NAMES = ("bigru", "cnn_bn", "lstm", "mlp", "nested", "subclassed")
+NAMES = ("bigru", "cnn_bn", "lstm", "lstm_legacy_adam", "mlp", "nested", "subclassed")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from tests.conftest import EXPECTED, MODELS
 from tests.readers import tf_write
 
 TF = MODELS / "tf"
-NAMES = ("mlp", "cnn_bn", "lstm", "bigru", "nested")
+NAMES = ("mlp", "cnn_bn", "lstm", "bigru", "nested", "lstm_legacy_adam")
 ALL = (*NAMES, "subclassed")  # tf_keras writes no .h5 of a subclassed model
 
 
@@ -125,8 +125,9 @@ def test_bundle_names_a_nested_models_layers_by_its_place():
     ]  # fmt: skip
 
 
-def test_optimizer_slots_are_optimizer_state_never_layers():
-    with open_model(TF / "bundles" / "k2_lstm.index") as model:
+@pytest.mark.parametrize("name", ["lstm", "lstm_legacy_adam"])  # `_variables` list, slots
+def test_optimizer_slots_are_optimizer_state_never_layers(name):
+    with open_model(TF / "bundles" / f"k2_{name}.index") as model:
         sources = [t.source_name for layer in model.layers for t in layer.tensors]
         assert not any(s.startswith("optimizer") or ".OPTIMIZER_SLOT" in s for s in sources)
         # Adam: iterations + m and v of each of the 5 variables
