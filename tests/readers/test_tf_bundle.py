@@ -154,3 +154,17 @@ def test_a_missing_shard_is_named(tmp_path):
 def test_expected_files_were_written_by_keras_2():
     info = json.loads((MODELS.parent / "expected" / "tf" / "k2_mlp.json").read_text())
     assert info["keras_version"].startswith("2.")
+
+
+def test_a_saved_tensor_of_unknown_dimension_is_refused(tmp_path):
+    tf_write.dense_bundle(tmp_path / "m", lie(1, (-1, 3)))
+    with pytest.raises(ModelReadError) as err:
+        tf_bundle.open_bundle(tmp_path / "m.index", "m")
+    assert err.value.code == "corrupt" and "[-1, 3]" in err.value.message
+
+
+def test_a_tensor_declaring_an_exabyte_is_refused_when_the_model_opens(tmp_path):
+    tf_write.dense_bundle(tmp_path / "m", lie(1, (1 << 30, 1 << 30)))
+    with pytest.raises(ModelReadError) as err, open_model(tmp_path / "m.index"):
+        pass
+    assert err.value.code == "oversized-tensor"

@@ -188,3 +188,14 @@ def test_bundle_layers_are_keras_layers_by_name_and_value(name):
                                               for w in weights]  # fmt: skip
         for tensor, weight in zip(got[layer], weights, strict=True):
             np.testing.assert_array_equal(np.array(tensor[6], "f4"), arrays[weight["key"]])
+
+
+def test_an_object_graph_past_its_reference_budget_is_refused(tmp_path, monkeypatch):
+    from wpipe.readers import tf_protos
+
+    monkeypatch.setattr(tf_protos, "MAX_GRAPH_REFS", 1000)  # the rule, not the real budget
+    wide = tf_write.node([("x", 0)] * 1001)
+    tf_write.write_bundle(tmp_path / "m", {}, [wide])
+    with pytest.raises(ModelReadError) as err, open_model(tmp_path / "m.index"):
+        pass
+    assert err.value.code == "too-many-objects"

@@ -29,7 +29,7 @@ FORMAT = "tf-savedmodel"
 KERAS_METADATA = "keras_metadata.pb"
 SAVED_MODEL = "saved_model.pb"
 VARIABLES = Path("variables") / "variables.index"
-MAX_METADATA_BYTES = 64 << 20  # keras_metadata.pb: KB to a few MB
+MAX_METADATA_BYTES = 32 << 20  # keras_metadata.pb: KB to a few MB (ResNet50's: ~1 MB)
 MAX_SAVED_MODEL_BYTES = 256 << 20  # read only for TF 2.0-2.4 saves, which lack keras_metadata.pb
 
 

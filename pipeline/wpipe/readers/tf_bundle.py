@@ -37,7 +37,7 @@ TRAILER_BYTES = 5  # compression type + masked crc32c
 MAX_INDEX_BYTES = 256 << 20  # ~100 bytes per tensor: millions of tensors
 MAX_ENTRIES = 2_000_000
 MAX_SHARDS = 10_000
-MAX_STRING_BYTES = 64 << 20  # a string tensor we decode (the object graph: KB to a few MB)
+MAX_STRING_BYTES = 16 << 20  # a string tensor we decode (the object graph: KB to a few MB)
 CHUNK_BYTES = 16 << 20  # checksums are taken over at most this much at a time
 HEADER_KEY = ""
 
@@ -103,6 +103,12 @@ class Bundle:
             return f"not-real: {self.dtype_name(entry)}"
         if entry.sliced:
             return "unsupported: a partitioned variable (slices under other keys)"
+        declared = math.prod(entry.shape or ()) * np.dtype(DTYPES[entry.dtype]).itemsize
+        if declared > MAX_TENSOR_BYTES:  # before any size is planned with
+            raise ModelReadError(
+                "oversized-tensor",
+                f"{self.where}: {key} declares {declared:,} bytes (limit {MAX_TENSOR_BYTES:,})",
+            )
         return "ok"
 
     def read(self, key: str) -> np.ndarray:

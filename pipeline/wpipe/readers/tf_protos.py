@@ -21,6 +21,9 @@ from wpipe.readers.base import ModelReadError
 
 MAX_FIELDS = 1_000_000  # fields of one message (a 10,000-variable model has ~40,000 nodes)
 MAX_RANK = 64
+# children and variables of all nodes of one object graph (a 10,000-variable model has
+# ~100,000): each becomes a Python tuple, so the total is what bounds the graph's memory
+MAX_GRAPH_REFS = 1_000_000
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
 
 Fields = dict[int, list]  # field number -> its values in order (int, or memoryview for LENGTH)
@@ -147,7 +150,10 @@ def tensor_shape(data: memoryview, where: str) -> tuple[int, ...] | None:
     dims = _messages(f, 2)
     if len(dims) > MAX_RANK:
         raise ModelReadError("corrupt", f"{where}: a tensor of rank {len(dims)} (limit {MAX_RANK})")
-    return tuple(_signed(_int(fields(d, "tensor dim", where), 1)) for d in dims)
+    shape = tuple(_signed(_int(fields(d, "tensor dim", where), 1)) for d in dims)
+    if any(d < 0 for d in shape):  # -1: unknown, never in a saved tensor
+        raise ModelReadError("corrupt", f"{where}: a saved tensor of shape {list(shape)}")
+    return shape
 
 
 # ---- trackable_object_graph.proto -----------------------------------------------------------
@@ -163,8 +169,15 @@ class TrackableNode:
 def object_graph(data: bytes | memoryview, where: str) -> list[TrackableNode]:
     """TrackableObjectGraph: its nodes, numbered by position (node 0 is the root)."""
     nodes = []
+    refs = 0
     for raw in _messages(fields(data, "object graph", where), 1):
         f = fields(raw, "object graph node", where)
+        refs += 1 + len(f.get(1, ())) + len(f.get(2, ())) + len(f.get(3, ()))
+        if refs > MAX_GRAPH_REFS:
+            raise ModelReadError(
+                "too-many-objects",
+                f"{where}: object graph has over {MAX_GRAPH_REFS:,} nodes and references",
+            )
         node = TrackableNode()
         for ref in _messages(f, 1):
             r = fields(ref, "object reference", where)
