@@ -84,6 +84,10 @@ def cyclic_graph() -> list[bytes]:
             tf_write.node([("loop", 1)], attributes=[("d/kernel", "k")])]  # fmt: skip
 
 
+def wide_graph() -> list[bytes]:
+    return [tf_write.node([("x", 0)] * 500_001)]
+
+
 def lie(field: int, value):
     def edit(key, fields):
         if key.endswith("kernel/.ATTRIBUTES/VARIABLE_VALUE"):
@@ -112,6 +116,8 @@ def bundle_cases(n: int) -> Iterator[Case]:
                "checksum-mismatch")  # fmt: skip
     yield Case(fam, "object graph 50,000 models deep", crafted(deep_graph), "error", "corrupt")
     yield Case(fam, "cyclic object graph", crafted(cyclic_graph), "ok")
+    yield Case(fam, "object graph of 500,001 references", crafted(wide_graph), "error",
+               "too-many-objects", slow=True)  # fmt: skip
     yield Case(fam, "entry past its shard's end", crafted(edit=lie(2, 10**12)), "error",
                "truncated")  # fmt: skip
     yield Case(fam, "entry of a terabyte", crafted(edit=lie(3, 1 << 40)), "error",

@@ -23,7 +23,7 @@ MAX_FIELDS = 1_000_000  # fields of one message (a 10,000-variable model has ~40
 MAX_RANK = 64
 # children and variables of all nodes of one object graph (a 10,000-variable model has
 # ~100,000): each becomes a Python tuple, so the total is what bounds the graph's memory
-MAX_GRAPH_REFS = 1_000_000
+MAX_GRAPH_REFS = 500_000
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
 
 Fields = dict[int, list]  # field number -> its values in order (int, or memoryview for LENGTH)
@@ -43,8 +43,9 @@ def varint(buf: memoryview, pos: int, where: str) -> tuple[int, int]:
     raise ModelReadError("corrupt", f"{where}: truncated or overlong varint")
 
 
-def fields(data: bytes | memoryview, what: str, where: str) -> Fields:
-    """One message's fields (not its sub-messages' fields)."""
+def fields(data: bytes | memoryview, what: str, where: str, limit: int = MAX_FIELDS) -> Fields:
+    """One message's fields (not its sub-messages' fields); at most `limit` of them (each is
+    a Python object of ~100-200 bytes)."""
     buf = memoryview(data)
     out: Fields = {}
     pos, count = 0, 0
@@ -73,10 +74,8 @@ def fields(data: bytes | memoryview, what: str, where: str) -> Fields:
         else:  # groups (3, 4) are not used by any of these messages
             raise ModelReadError("corrupt", f"{where}: {what} has wire type {kind}")
         count += 1
-        if count > MAX_FIELDS:
-            raise ModelReadError(
-                "too-many-objects", f"{where}: {what} has over {MAX_FIELDS:,} fields"
-            )
+        if count > limit:
+            raise ModelReadError("too-many-objects", f"{where}: {what} has over {limit:,} fields")
         out.setdefault(number, []).append(value)
     return out
 
@@ -170,9 +169,10 @@ def object_graph(data: bytes | memoryview, where: str) -> list[TrackableNode]:
     """TrackableObjectGraph: its nodes, numbered by position (node 0 is the root)."""
     nodes = []
     refs = 0
-    for raw in _messages(fields(data, "object graph", where), 1):
-        f = fields(raw, "object graph node", where)
-        refs += 1 + len(f.get(1, ())) + len(f.get(2, ())) + len(f.get(3, ()))
+    for raw in _messages(fields(data, "object graph", where, MAX_GRAPH_REFS), 1):
+        what = f"object graph (over {MAX_GRAPH_REFS:,} nodes and references): a node"
+        f = fields(raw, what, where, MAX_GRAPH_REFS - refs)
+        refs += 1 + sum(len(values) for values in f.values())
         if refs > MAX_GRAPH_REFS:
             raise ModelReadError(
                 "too-many-objects",
