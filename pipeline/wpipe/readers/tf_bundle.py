@@ -69,7 +69,11 @@ def crc32c(data: np.ndarray | bytes) -> int:
 
 def is_index(path: Path) -> bool:
     """A bundle's `.index` with at least one data shard beside it."""
-    return path.name.endswith(".index") and any(path.parent.glob(f"{_glob_safe(path.stem)}.data-*"))
+    if not path.name.endswith(".index"):
+        return False
+    if os.path.lexists(path.parent / shard_name(path.stem, 0, 1)):  # the usual single shard
+        return True  # (without listing a folder of a thousand checkpoints per index)
+    return any(path.parent.glob(f"{_glob_safe(path.stem)}.data-*"))
 
 
 def _glob_safe(name: str) -> str:
