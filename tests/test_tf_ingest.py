@@ -41,7 +41,7 @@ def test_a_checkpoint_folder_is_walked_and_every_model_in_it_found():
 
 def test_a_savedmodel_folder_is_one_model():
     found, _ = walk([TF / "savedmodel"])
-    assert sorted(p.name for p in found) == [f"k2_{n}" for n in NAMES]
+    assert sorted(p.name for p in found) == sorted([*(f"k2_{n}" for n in NAMES), "k2_mlp_tf24"])
 
 
 def test_a_bundle_series_is_named_by_its_steps(series):

@@ -199,3 +199,10 @@ def test_an_object_graph_past_its_reference_budget_is_refused(tmp_path, monkeypa
     with pytest.raises(ModelReadError) as err, open_model(tmp_path / "m.index"):
         pass
     assert err.value.code == "too-many-objects"
+
+
+def test_savedmodel_of_tf_2_4_layout_gives_what_keras_metadata_gives():
+    """TF 2.0-2.4 kept Keras's metadata in saved_model.pb (the fixture's copy moved it there
+    with TensorFlow's own protobuf classes) and wrote no keras_metadata.pb."""
+    assert not (TF / "savedmodel" / "k2_mlp_tf24" / "keras_metadata.pb").exists()
+    assert rows(TF / "savedmodel" / "k2_mlp_tf24") == rows(TF / "savedmodel" / "k2_mlp")
