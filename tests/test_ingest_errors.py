@@ -166,8 +166,8 @@ CASES = {
     "noweights.keras": (make_archive_without_weights, "missing-member", "without model.weights"),
     "npz.keras": (make_npz_archive, "unsupported-format", "pickled objects"),
     "linked.keras": (make_archive_with_external_link, "external-link", "external link"),
-    "ckpt.index": (make_tf_checkpoint, "unsupported-format", "TF checkpoint"),
-    "saved": (make_saved_model, "unsupported-format", "TF SavedModel — not readable"),
+    "ckpt.index": (make_tf_checkpoint, "truncated", "shorter than a table footer"),
+    "saved": (make_saved_model, "truncated", "shorter than a table footer"),
     "orbax_run": (make_orbax, "unsupported-format", "Orbax checkpoint"),
     "x.weights.json": (make_escaping_shard_index, "unsafe-archive", "outside the folder"),
 }

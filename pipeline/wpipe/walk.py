@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wpipe.dblock import Protected
-from wpipe.readers import ModelReadError, keras_dir, sharded, sniff, unsupported
+from wpipe.readers import (
+    ModelReadError,
+    keras_dir,
+    saved_model,
+    sharded,
+    sniff,
+    tf_bundle,
+    unsupported,
+)
 from wpipe.readers.safefile import stat_problem
 from wpipe.tags import MODEL_SUFFIXES
 
@@ -43,7 +51,9 @@ def walk(
     file counts when its content starts like HDF5 or ZIP, its name ends like a Keras file, or it
     is a recognisable unreadable save (reported, not silently skipped). A folder that is itself
     a save (unzipped .keras, SavedModel, …) counts as one model; shards listed by a
-    `.weights.json` index belong to that index. Hidden folders are not entered.
+    `.weights.json` index belong to that index, and a TF checkpoint's `.data-*` shards to its
+    `.index` (each `.index` is one model; the folder around it is walked as usual). Hidden
+    folders are not entered.
     """
     protected = protected or Protected([])
     found: list[Path] = []
@@ -75,6 +85,8 @@ def _walk(root: Path, protected: Protected, found: list[Path], skipped: list[Ski
         regular = [name for name in sorted(files) if _regular(here / name, protected, skipped)]
         shards = {n for index in regular if sharded.is_index(here / index)
                   for n in _shards_of(here / index)}  # fmt: skip
+        shards |= {p.name for index in regular if tf_bundle.is_index(here / index)
+                   for p in tf_bundle.bundle_files(here / index)[1:]}  # fmt: skip
         for name in regular:
             candidate = here / name
             if name in shards:
@@ -111,7 +123,9 @@ def _named_like_model(name: str) -> bool:
 
 
 def _is_save_folder(path: Path) -> bool:
-    return path.is_dir() and (keras_dir.claims(path) or unsupported.identify(path) is not None)
+    return path.is_dir() and (
+        keras_dir.claims(path) or saved_model.claims(path) or unsupported.identify(path) is not None
+    )
 
 
 def _shards_of(index: Path) -> list[str]:

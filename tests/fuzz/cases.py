@@ -479,7 +479,15 @@ FAMILIES: dict[str, Callable[[int], Iterator[Case]]] = {
     "shards": lambda n: shard_cases(),
     "walk": lambda n: walk_cases(),
     "names": lambda n: name_cases(),
+    "tf-bundles": lambda n: _tf_cases().bundle_cases(n),
+    "tf-savedmodel": lambda n: _tf_cases().saved_model_cases(n),
 }
+
+
+def _tf_cases():
+    from tests.fuzz import tf_cases  # builds on Case above: imported once this module is
+
+    return tf_cases
 
 
 def all_cases(full: bool, damage: int | None = None, per_family: int | None = None) -> list[Case]:

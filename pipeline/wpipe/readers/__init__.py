@@ -18,7 +18,10 @@ from wpipe.readers import (
     keras_zip,
     legacy_h5,
     native,
+    saved_model,
     sharded,
+    tf_bundle,
+    tf_checkpoint,
     unsupported,
 )
 from wpipe.readers import lazy_h5py as h5py
@@ -61,6 +64,8 @@ def model_files(path: Path) -> list[Path]:
             return [path]
         shards = (path.parent / n for n in names)
         return [path, *(s for s in shards if stat_problem(s, "") is None)]
+    if tf_bundle.is_index(path):
+        return [p for p in tf_bundle.bundle_files(path) if stat_problem(p, "") is None]
     return [path]
 
 
@@ -112,6 +117,10 @@ def _open(p: Path, where: str, layouts: h5layout.Layouts | None = None) -> Itera
     if reason:
         raise ModelReadError("unsupported-format", f"{where}: {reason}")
     if p.is_dir():
+        if saved_model.claims(p):
+            with saved_model.open_folder(p, where) as model:
+                yield model
+            return
         if not keras_dir.claims(p):
             raise ModelReadError("not-keras", f"{where}: folder is not a Keras save")
         with keras_dir.open_folder(p, where) as model:
@@ -122,6 +131,10 @@ def _open(p: Path, where: str, layouts: h5layout.Layouts | None = None) -> Itera
         raise ModelReadError("empty-file", f"{where}: file is empty (0 bytes)")
     if sharded.is_index(p):
         with sharded.open_shards(p, where) as model:
+            yield model
+        return
+    if tf_bundle.is_index(p):
+        with tf_checkpoint.open_checkpoint(p, where) as model:
             yield model
         return
     kind = sniff(p)

@@ -10,21 +10,15 @@ ORBAX_MARKERS = ("orbax.checkpoint", "pytree.orbax-checkpoint", "checkpoint_meta
 
 
 def identify(path: Path) -> str | None:
-    """Why `path` is a known unreadable kind, or None."""
+    """Why `path` is a known unreadable kind, or None. TF SavedModel folders and TF
+    checkpoints (`.index` + `.data-*`) are read (saved_model, tf_checkpoint); a folder that
+    holds a checkpoint is walked like any other."""
     if path.is_dir():
-        if (path / "saved_model.pb").is_file():
-            return f"TF SavedModel — not readable without TensorFlow; {RESAVE}"
         if any((path / m).exists() for m in ORBAX_MARKERS):
             return f"Orbax checkpoint — not readable without Orbax; {RESAVE}"
-        if (path / "checkpoint").is_file() and any(path.glob("*.index")):
-            return f"TF checkpoint folder — not readable without TensorFlow; {RESAVE}"
         return None
     if path.name == "saved_model.pb":
-        return f"TF SavedModel graph — not readable without TensorFlow; {RESAVE}"
-    if path.suffix == ".index" and any(path.parent.glob(f"{path.stem}.data-*")):
-        return (
-            f"TF checkpoint (save_weights without .h5) — not readable without TensorFlow; {RESAVE}"
-        )
+        return "TF SavedModel graph file — give its folder, which is read as a whole"
     if path.suffix == ".npz":
         return f"NumPy .npz weights (Keras stores pickled objects in them) — not read; {RESAVE}"
     return None
