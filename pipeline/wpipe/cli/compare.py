@@ -18,7 +18,13 @@ from wpipe.cli.common import (
     resolve,
     say,
 )
-from wpipe.cli.render import emit
+from wpipe.cli.render import Layout, emit
+
+COMPARE_LAYOUT = Layout(
+    key=("model", "path_a", "path_b"),
+    numbers=("rel_l2", "cosine", "std_a", "std_b", "max_abs_a", "max_abs_b"),
+)
+CORRELATE_LAYOUT = Layout(key=("statistic",), numbers=("n_models", "spearman_rho"))
 
 # Per aligned layer: sizes and statistics always; drift and cosine only where the layers are
 # comparable (one class, the same weight roles and shapes).
@@ -84,7 +90,11 @@ def compare_command(
             con.unregister("pair_drift_rows")
     except OSError as exc:  # a model file moved or deleted since it was ingested
         fail(f"cannot read the model files again: {exc.strerror or first_line(exc)}")
-    emit(columns, out_rows, fmt, title=f"compared with {names[ids[0]]}")
+    title = f"compared with {names[ids[0]]}"
+    if fmt is Format.table and len(ids) == 2:  # one model against A: it is the title
+        columns, out_rows = columns[1:], [r[1:] for r in out_rows]
+        title = f"{names[ids[1]]} {title}"
+    emit(columns, out_rows, fmt, title=title, layout=COMPARE_LAYOUT)
 
 
 def _verdict(
@@ -124,7 +134,13 @@ def _matrix(con, ids: list[str], names: dict[str, str], fmt: Format) -> None:
         cells.update({(a, a): 0.0 for a in having})  # only a model that has the layer
         grid = [(names[a], *[cells.get((a, b)) for b in ids]) for a in ids]
         missing = [names[m] for m in ids if m not in having]
-        emit(["model", *[names[b] for b in ids]], grid, fmt, title=f"{layer_path}: distance")
+        emit(
+            ["model", *[names[b] for b in ids]],
+            grid,
+            fmt,
+            title=f"{layer_path}: distance",
+            layout=Layout(key=("model",), numbers=tuple(names[b] for b in ids)),
+        )
         if missing:  # a table only: csv and json carry no diagonal for them
             say(f"{layer_path}: not in (or shaped otherwise in) {', '.join(missing)}: –")
 
@@ -184,4 +200,10 @@ def correlate_command(
             f"warning: only {n_models} models have {metric}; rank correlations over fewer "
             "than ~8 models are mostly noise"
         )
-    emit(["statistic", "n_models", "spearman_rho"], rows[:top], fmt, title=f"vs {metric}")
+    emit(
+        ["statistic", "n_models", "spearman_rho"],
+        rows[:top],
+        fmt,
+        title=f"vs {metric}",
+        layout=CORRELATE_LAYOUT,
+    )
