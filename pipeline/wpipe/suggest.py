@@ -7,21 +7,28 @@ import difflib
 from collections.abc import Iterable
 
 MAX_SUGGESTIONS = 3
+CUTOFF = 0.6  # difflib's ratio below which a name is not suggested
 MAX_LISTED = 20  # names listed in full before the rest are counted
 
 
 def close_to(word: str, known: Iterable[str]) -> list[str]:
-    """Up to three known names like `word` (difflib's ratio, best first); the last path part
-    is compared too, so `e5` finds `cnn_lr1e-2/e05`."""
+    """Up to three known names like `word`, best first: difflib's ratio at least 0.6 and
+    within a tenth of the best (names sharing a long prefix are all 'close'); the last path
+    part is compared too, so `e5` finds `cnn_lr1e-2/e05`."""
     known = list(dict.fromkeys(known))
-    found = difflib.get_close_matches(word, known, n=MAX_SUGGESTIONS, cutoff=0.6)
-    if len(found) < MAX_SUGGESTIONS and "/" not in word:
-        by_leaf: dict[str, list[str]] = {}
+    scored = {name: _ratio(word, name) for name in known}
+    if "/" not in word:
         for name in known:
-            by_leaf.setdefault(name.rsplit("/", 1)[-1], []).append(name)
-        for leaf in difflib.get_close_matches(word, list(by_leaf), n=MAX_SUGGESTIONS, cutoff=0.75):
-            found += [n for n in by_leaf[leaf] if n not in found]
+            scored[name] = max(scored[name], _ratio(word, name.rsplit("/", 1)[-1]))
+    best = max(scored.values(), default=0.0)
+    found = sorted((n for n, r in scored.items() if r >= max(CUTOFF, 0.9 * best)),
+                   key=lambda n: -scored[n])  # fmt: skip
     return found[:MAX_SUGGESTIONS]
+
+
+def _ratio(a: str, b: str) -> float:
+    matcher = difflib.SequenceMatcher(None, a, b)
+    return matcher.ratio() if matcher.real_quick_ratio() >= CUTOFF else 0.0
 
 
 def did_you_mean(word: str, known: Iterable[str]) -> str:
