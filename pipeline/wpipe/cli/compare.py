@@ -21,7 +21,7 @@ from wpipe.cli.common import (
 from wpipe.cli.render import Layout, emit
 
 COMPARE_LAYOUT = Layout(
-    key=("model", "path_a", "path_b"),
+    key=("model", "layer", "path_a", "path_b"),
     numbers=("rel_l2", "cosine", "std_a", "std_b", "max_abs_a", "max_abs_b"),
 )
 CORRELATE_LAYOUT = Layout(key=("statistic",), numbers=("n_models", "spearman_rho"))
@@ -91,10 +91,23 @@ def compare_command(
     except OSError as exc:  # a model file moved or deleted since it was ingested
         fail(f"cannot read the model files again: {exc.strerror or first_line(exc)}")
     title = f"compared with {names[ids[0]]}"
-    if fmt is Format.table and len(ids) == 2:  # one model against A: it is the title
-        columns, out_rows = columns[1:], [r[1:] for r in out_rows]
-        title = f"{names[ids[1]]} {title}"
+    if fmt is Format.table:
+        columns, out_rows, title = _for_terminal(columns, out_rows, title, names[ids[1]], len(ids))
     emit(columns, out_rows, fmt, title=title, layout=COMPARE_LAYOUT)
+
+
+def _for_terminal(
+    columns: list[str], rows: list[tuple], title: str, b_name: str, n_models: int
+) -> tuple[list[str], list[tuple], str]:
+    """The table without what it would repeat on every row: the model when one is compared
+    with A (it goes in the title), path_b when every layer has the same path in both."""
+    if n_models == 2:
+        columns, rows, title = columns[1:], [r[1:] for r in rows], f"{b_name} {title}"
+    a, b = columns.index("path_a"), columns.index("path_b")
+    if rows and all(r[a] == r[b] for r in rows):
+        columns = [("layer" if c == "path_a" else c) for c in columns if c != "path_b"]
+        rows = [tuple(v for i, v in enumerate(r) if i != b) for r in rows]
+    return columns, rows, title
 
 
 def _verdict(

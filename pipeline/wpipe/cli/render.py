@@ -5,7 +5,7 @@ key (the columns that name a row) and the numbers it is about. At any width a ta
 key and the numbers; the other columns (paths, long text, ids) fill what room is left, numbers
 before short text before long text, and a text column may be shortened with an ellipsis. The
 table says which columns it left out. Where even the key and the numbers do not fit, headers
-fold at an underscore (`n_non_` over `trainable`), and if that is not enough the rows are
+fold at underscores and slashes (`n_non_` over `trainable`), and if that is not enough the rows are
 printed as records (one block per row), which also says so."""
 
 from __future__ import annotations
@@ -96,14 +96,23 @@ def cell(value: Any) -> str:
     return " ".join(str(value).split())  # newlines and tabs would break the row
 
 
-def folded(name: str) -> str:
-    """A header on two lines, split after the underscore nearest its middle (`n_non_` over
-    `trainable`); a name without one stays whole."""
-    cuts = [i + 1 for i, c in enumerate(name[:-1]) if c == "_"]
-    if not cuts:
-        return name
-    cut = min(cuts, key=lambda i: max(i, len(name) - i))
-    return f"{name[:cut]}\n{name[cut:]}"
+def folded(name: str, fit: int = 0) -> str:
+    """A header on as few lines as keep it within `fit` characters (or its longest part),
+    each line ending at an underscore or a slash (`n_non_` over `trainable`; `cnn_`,
+    `lr1e-2/`, `e05`); a name without one stays whole."""
+    parts, start = [], 0
+    for i, c in enumerate(name[:-1]):
+        if c in "_/":
+            parts.append(name[start : i + 1])
+            start = i + 1
+    parts.append(name[start:])
+    room = max(fit, *(len(p) for p in parts))
+    lines = [""]
+    for part in parts:
+        if lines[-1] and len(lines[-1]) + len(part) > room:
+            lines.append("")
+        lines[-1] += part
+    return "\n".join(lines)
 
 
 @dataclass
@@ -126,7 +135,7 @@ class _Column:
     def header(self, fold: bool) -> str:
         """The header, folded (when asked) only where it is wider than every value."""
         longest = max((len(c) for c in self.cells), default=0)
-        return folded(self.name) if fold and len(self.name) > longest else self.name
+        return folded(self.name, longest) if fold and len(self.name) > longest else self.name
 
     def need(self, fold: bool) -> int:
         longest = max((len(c) for c in self.cells), default=0)
