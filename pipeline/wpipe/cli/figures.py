@@ -125,7 +125,6 @@ def chart_command(
         try:
             chart = draw(con, **kwargs)
         except charts.NoData as exc:
-            step("done", "")
             say(f"nothing to draw: {exc}")
             raise typer.Exit(1) from None
         except (LookupError, ValueError) as exc:
