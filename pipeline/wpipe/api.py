@@ -18,6 +18,7 @@ import duckdb
 
 from wpipe import dblock, schema, store, views
 from wpipe.store.duck import serve_moved
+from wpipe.suggest import did_you_mean
 
 DEFAULT_DB = "wpipe.duckdb"
 
@@ -168,37 +169,65 @@ def _first_line(text: str) -> str:
 
 
 def resolve_model(con: duckdb.DuckDBPyConnection, ref: str) -> str:
-    """model_id of the model named `ref` by name, path, or unique model_id prefix."""
-    absolute = str(Path(ref).resolve())
-    rows = con.execute(
-        "SELECT model_id FROM models WHERE name = ? OR path = ? OR path = ?",
-        [ref, ref, absolute],
-    ).fetchall()
-    if not rows:
-        rows = con.execute(
-            "SELECT model_id FROM models WHERE starts_with(model_id, ?)", [ref.lower()]
-        ).fetchall()
-    if len(rows) == 1:
-        return rows[0][0]
-    if not rows:
-        raise LookupError(f"no model is named {ref!r} (try `wpipe models`)")
-    raise LookupError(f"{ref!r} names {len(rows)} models; use a longer name or the path")
+    """model_id of the one model `ref` names: by name, path, unique model_id prefix, or a
+    glob over names and paths that matches one model (resolve_models' rules)."""
+    found = resolve_models(con, [ref])
+    if len(found) > 1:
+        raise LookupError(f"{ref!r} names {len(found)} models; use a longer name or the path")
+    return found[0]
 
 
 def resolve_models(con: duckdb.DuckDBPyConnection, refs: list[str]) -> list[str]:
     """model_ids of models named by name, path, model_id prefix or a glob over names and
-    paths (`cnn_lr1e-2/*`, `*/e05`); in the order given, each once. A glob matching nothing
-    is an error, like an unknown name."""
+    paths (`cnn_lr1e-2/*`, `*/e05`); in the order given, each once. A model's exact name or
+    path comes first, so a name holding `*?[` is found as itself; then a glob; then a
+    model_id prefix. A ref matching nothing is an error that suggests the closest names."""
     out: list[str] = []
     for ref in refs:
-        if any(c in ref for c in "*?["):
+        found = _exact(con, ref)
+        if not found and any(c in ref for c in "*?["):
             found = _glob(con, ref)
             if not found:
-                raise LookupError(f"no model matches {ref!r} (try `wpipe models`)")
-        else:
-            found = [resolve_model(con, ref)]
+                raise LookupError(
+                    f"no model matches {ref!r}{_suggest(con, ref)}; `wpipe models` lists them"
+                )
+        elif not found:
+            found = _by_id_prefix(con, ref)
         out += [m for m in found if m not in out]
     return out
+
+
+def _exact(con: duckdb.DuckDBPyConnection, ref: str) -> list[str]:
+    """The model whose name or path is `ref` (a relative path too); a name wins over another
+    model's path."""
+    try:
+        absolute = str(Path(ref).resolve())
+    except (OSError, ValueError):  # a NUL byte, a loop of symlinks: no file of ours
+        absolute = ref
+    rows = con.execute(
+        "SELECT model_id FROM models WHERE name = $ref OR path = $ref OR path = $absolute "
+        "ORDER BY name = $ref DESC LIMIT 1",
+        {"ref": ref, "absolute": absolute},
+    ).fetchall()
+    return [rows[0][0]] if rows else []
+
+
+def _by_id_prefix(con: duckdb.DuckDBPyConnection, ref: str) -> list[str]:
+    rows = con.execute(
+        "SELECT model_id FROM models WHERE starts_with(model_id, ?)", [ref.lower()]
+    ).fetchall()
+    if not rows:
+        raise LookupError(
+            f"no model is named {ref!r}{_suggest(con, ref)}; `wpipe models` lists them"
+        )
+    if len(rows) > 1:
+        raise LookupError(f"{ref!r} names {len(rows)} models; use a longer name or the path")
+    return [rows[0][0]]
+
+
+def _suggest(con: duckdb.DuckDBPyConnection, ref: str) -> str:
+    names = [name for (name,) in con.execute("SELECT name FROM models").fetchall()]
+    return did_you_mean(ref, names)
 
 
 def _glob(con: duckdb.DuckDBPyConnection, pattern: str) -> list[str]:

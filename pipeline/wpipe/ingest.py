@@ -200,6 +200,9 @@ def ingest(
         db.release_memory()  # DuckDB's cache of the drift rows
     if prune:
         report.pruned = _prune(db, lake, roots, urls, {key_of(f) for f in files})
+    else:  # said, not done: the paths as the run began (known) spare a query
+        gone = _is_gone(roots, urls, {key_of(f) for f in files})
+        report.missing = sum(1 for path in known if gone(path))
     _finish(db, lake, driver, tag_pattern, drift, progress, [*roots, *urls])
     # what workers stopped by --file-timeout or killed had written, and files this run's
     # commits replaced: every worker is stopped and the lock is held (a run that read and
@@ -542,6 +545,19 @@ def _prune(
 ) -> int:
     """Drop models (and recorded failures) whose files under `roots` no longer exist, or that
     were not listed under `urls` this time."""
+    gone = _is_gone(roots, urls, present)
+    stale = {model_id for model_id, (path, *_) in db.known_files_by_id().items() if gone(path)}
+    if stale:
+        versions = {t.name: lake.replace(t.name, stale, [])
+                    for t in (*schema.MODEL_TABLES[1:], schema.MODELS)}  # fmt: skip
+        db.load_batch(lake, {}, stale, versions)
+    db.clear_errors(p for p in db.known_failures() if gone(p))
+    return len(stale)
+
+
+def _is_gone(roots: list[Path], urls: list[str], present: set[str]) -> Callable[[str], bool]:
+    """Whether a stored path's file is gone: under `roots` and no longer there, or under
+    `urls` and not listed this time."""
     prefixes = [u.rstrip("/") for u in urls]
 
     def gone(path: str) -> bool:
@@ -551,13 +567,7 @@ def _prune(
         p = Path(to_os(path))  # as stored (textsafe): the roots are names on disk
         return any(p == r or r in p.parents for r in roots) and not os.path.lexists(p)
 
-    stale = {model_id for model_id, (path, *_) in db.known_files_by_id().items() if gone(path)}
-    if stale:
-        versions = {t.name: lake.replace(t.name, stale, [])
-                    for t in (*schema.MODEL_TABLES[1:], schema.MODELS)}  # fmt: skip
-        db.load_batch(lake, {}, stale, versions)
-    db.clear_errors(p for p in db.known_failures() if gone(p))
-    return len(stale)
+    return gone
 
 
 def _release(db: store.Database) -> None:

@@ -39,6 +39,7 @@ class Report:
     copied: int = 0
     failed: list[Outcome] = field(default_factory=list)
     pruned: int = 0
+    missing: int = 0  # models under the paths whose files are gone, kept (no --prune)
     n_tensors: int = 0
     n_params: int = 0
     bytes_read: int = 0

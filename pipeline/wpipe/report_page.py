@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -15,6 +16,17 @@ from altair.utils.schemapi import debug_mode
 
 import wpipe
 from wpipe import charts
+
+# Who follows the report's progress (`wpipe report`'s progress line): step(phase, detail)
+# with phase query, render or write. None: nobody.
+ON_STEP: ContextVar[Callable[[str, str], None] | None] = ContextVar("wpipe_report_step",
+                                                                    default=None)  # fmt: skip
+
+
+def step(phase: str, detail: str = "") -> None:
+    hook = ON_STEP.get()
+    if hook is not None:
+        hook(phase, detail)
 
 
 def esc(value: Any) -> str:
@@ -70,6 +82,7 @@ class Builder:
         self.specs: list[dict] = []
 
     def section(self, id_: str, title: str) -> Section:
+        step("query", title)
         self.sections.append(Section(id_, title))
         return self.sections[-1]
 
@@ -83,6 +96,7 @@ class Builder:
         self, section: Section, draw: Callable[..., alt.TopLevelMixin], caption: str, **kw: Any
     ) -> bool:
         """Draw a chart into `section`; a chart with nothing to draw leaves a note instead."""
+        step("render", f"figure {len(self.specs) + 1}: {caption}")
         try:
             # Altair validates every object it builds (thousands of data rows each) unless
             # told not to; the charts' tests validate their specs, so the report does not
@@ -160,6 +174,7 @@ figcaption { color: #555; margin-top: .3rem; }
 
 def page(b: Builder, title: str) -> str:
     """The whole HTML document of the sections and figures `b` collected."""
+    step("write", f"{len(b.sections)} sections, {len(b.specs)} figures")
     database = b.con.execute(
         "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
     ).fetchone()

@@ -102,8 +102,8 @@ notebook.enable()
 
 
 def summary(name: str) -> str:
-    """The first line of a chart function's docstring."""
-    return (CHARTS[name].__doc__ or "").strip().splitlines()[0]
+    """The first paragraph of a chart function's docstring, on one line."""
+    return " ".join((CHARTS[name].__doc__ or "").strip().split("\n\n")[0].split())
 
 
 __all__ = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import duckdb
 import typer
 
-from wpipe import api, schema
+from wpipe import schema
 from wpipe.cli.common import (
     DbOption,
     Format,
@@ -17,7 +17,23 @@ from wpipe.cli.common import (
     resolve,
     say,
 )
-from wpipe.cli.render import emit
+from wpipe.cli.render import Layout, emit
+
+# What each table keeps at any width (render.Layout): the columns naming a row and the numbers.
+MODELS_LAYOUT = Layout(key=("name",), numbers=("n_layers", "n_params", "n_trainable"))
+LAYERS_LAYOUT = Layout(
+    key=("model", "layer_path", "class_name"), numbers=("n_params", "n_trainable", "macs")
+)
+SCHEMA_LAYOUT = Layout(key=("table", "column"), wrap=("meaning",))
+HEALTH_LAYOUT = Layout(
+    key=("model", "layer_path", "weight_name", "flags"),
+    numbers=("dead", "nonfinite_count", "max_abs", "max_abs_ratio", "near_zero_frac",
+             "forget_bias_mean"),
+)  # fmt: skip
+SPECTRA_LAYOUT = Layout(
+    key=("model", "layer_path", "weight_name", "matrix"),
+    numbers=("alpha", "alpha_weighted", "log_norm", "stable_rank"),
+)
 
 
 def models_command(db: str | None = DbOption, fmt: Format = FormatOption) -> None:
@@ -27,27 +43,36 @@ def models_command(db: str | None = DbOption, fmt: Format = FormatOption) -> Non
         "SELECT name, format, keras_version, model_class, n_layers, n_params, n_trainable, "
         "n_non_trainable, arch_id, model_id FROM models ORDER BY name"
     )
-    emit([d[0] for d in result.description], result.fetchall(), fmt, title="models")
+    emit(
+        [d[0] for d in result.description],
+        result.fetchall(),
+        fmt,
+        title="models",
+        layout=MODELS_LAYOUT,
+    )
 
 
 def layers_command(
-    model: str = typer.Argument(..., help="Model name, path, or model_id prefix."),
+    model: str = typer.Argument(
+        ..., help="Model name, path, model_id prefix, or a glob (then a model column too)."
+    ),
     db: str | None = DbOption,
     fmt: Format = FormatOption,
 ) -> None:
-    """List one model's layers with their classes, parameters, multiply-adds and shapes."""
+    """List a model's layers with their classes, parameters, multiply-adds and shapes."""
     con = connect(db)
-    try:
-        model_id = api.resolve_model(con, model)
-    except LookupError as exc:
-        fail(str(exc))
+    ids = resolve(con, [model])
     result = con.execute(
-        "SELECT layer_index, layer_path, class_name, trainable, n_params, n_trainable, "
-        "n_tensors, macs, output_shape, activation, units, filters, kernel_size FROM layers "
-        "WHERE model_id = ? ORDER BY layer_index",
-        [model_id],
+        "SELECT m.name AS model, l.layer_index, l.layer_path, l.class_name, l.trainable, "
+        "l.n_params, l.n_trainable, l.n_tensors, l.macs, l.output_shape, l.activation, "
+        "l.units, l.filters, l.kernel_size FROM layers AS l JOIN models AS m USING (model_id) "
+        "WHERE list_contains(?::VARCHAR[], model_id) ORDER BY m.name, l.layer_index",
+        [ids],
     )
-    emit([d[0] for d in result.description], result.fetchall(), fmt, title=model)
+    columns, rows = [d[0] for d in result.description], result.fetchall()
+    if len(ids) == 1:  # one model: it is the title, not a column
+        columns, rows = columns[1:], [r[1:] for r in rows]
+    emit(columns, rows, fmt, title=model, layout=LAYERS_LAYOUT)
 
 
 def query_command(
@@ -85,7 +110,13 @@ def schema_command(fmt: Format = FormatOption) -> None:
         for table in schema.ALL_TABLES
         for column in table.columns
     ]
-    emit(["table", "column", "type", "meaning"], rows, fmt, title="wpipe tables")
+    emit(
+        ["table", "column", "type", "meaning"],
+        rows,
+        fmt,
+        title="wpipe tables",
+        layout=SCHEMA_LAYOUT,
+    )
 
 
 def health_command(
@@ -105,7 +136,9 @@ def health_command(
     if fmt is Format.table and not rows:
         say("no findings: no tensor crosses a threshold in the settings table")
         return
-    emit([d[0] for d in result.description], rows, fmt, title="health findings")
+    emit(
+        [d[0] for d in result.description], rows, fmt, title="health findings", layout=HEALTH_LAYOUT
+    )
 
 
 SPECTRA_SQL = """
@@ -148,6 +181,6 @@ def spectra_command(
     if fmt is Format.table and not summary:  # what fits a terminal; csv and json get all
         keep = [columns.index(c) for c in SPECTRA_TABLE_COLUMNS]
         columns, rows = SPECTRA_TABLE_COLUMNS, [tuple(r[i] for i in keep) for r in rows]
-    emit(columns, rows, fmt, title="spectra")
+    emit(columns, rows, fmt, title="spectra", layout=SPECTRA_LAYOUT)
     if fmt is Format.table and not rows:
         say("no spectra: ingest with --spectra auto or all (the default is auto)")

@@ -18,7 +18,13 @@ from wpipe.cli.common import (
     resolve,
     say,
 )
-from wpipe.cli.render import emit
+from wpipe.cli.render import Layout, emit
+
+COMPARE_LAYOUT = Layout(
+    key=("model", "layer", "path_a", "path_b"),
+    numbers=("rel_l2", "cosine", "std_a", "std_b", "max_abs_a", "max_abs_b"),
+)
+CORRELATE_LAYOUT = Layout(key=("statistic",), numbers=("n_models", "spearman_rho"))
 
 # Per aligned layer: sizes and statistics always; drift and cosine only where the layers are
 # comparable (one class, the same weight roles and shapes).
@@ -84,7 +90,24 @@ def compare_command(
             con.unregister("pair_drift_rows")
     except OSError as exc:  # a model file moved or deleted since it was ingested
         fail(f"cannot read the model files again: {exc.strerror or first_line(exc)}")
-    emit(columns, out_rows, fmt, title=f"compared with {names[ids[0]]}")
+    title = f"compared with {names[ids[0]]}"
+    if fmt is Format.table:
+        columns, out_rows, title = _for_terminal(columns, out_rows, title, names[ids[1]], len(ids))
+    emit(columns, out_rows, fmt, title=title, layout=COMPARE_LAYOUT)
+
+
+def _for_terminal(
+    columns: list[str], rows: list[tuple], title: str, b_name: str, n_models: int
+) -> tuple[list[str], list[tuple], str]:
+    """The table without what it would repeat on every row: the model when one is compared
+    with A (it goes in the title), path_b when every layer has the same path in both."""
+    if n_models == 2:
+        columns, rows, title = columns[1:], [r[1:] for r in rows], f"{b_name} {title}"
+    a, b = columns.index("path_a"), columns.index("path_b")
+    if rows and all(r[a] == r[b] for r in rows):
+        columns = [("layer" if c == "path_a" else c) for c in columns if c != "path_b"]
+        rows = [tuple(v for i, v in enumerate(r) if i != b) for r in rows]
+    return columns, rows, title
 
 
 def _verdict(
@@ -124,7 +147,13 @@ def _matrix(con, ids: list[str], names: dict[str, str], fmt: Format) -> None:
         cells.update({(a, a): 0.0 for a in having})  # only a model that has the layer
         grid = [(names[a], *[cells.get((a, b)) for b in ids]) for a in ids]
         missing = [names[m] for m in ids if m not in having]
-        emit(["model", *[names[b] for b in ids]], grid, fmt, title=f"{layer_path}: distance")
+        emit(
+            ["model", *[names[b] for b in ids]],
+            grid,
+            fmt,
+            title=f"{layer_path}: distance",
+            layout=Layout(key=("model",), numbers=tuple(names[b] for b in ids)),
+        )
         if missing:  # a table only: csv and json carry no diagonal for them
             say(f"{layer_path}: not in (or shaped otherwise in) {', '.join(missing)}: –")
 
@@ -184,4 +213,10 @@ def correlate_command(
             f"warning: only {n_models} models have {metric}; rank correlations over fewer "
             "than ~8 models are mostly noise"
         )
-    emit(["statistic", "n_models", "spearman_rho"], rows[:top], fmt, title=f"vs {metric}")
+    emit(
+        ["statistic", "n_models", "spearman_rho"],
+        rows[:top],
+        fmt,
+        title=f"vs {metric}",
+        layout=CORRELATE_LAYOUT,
+    )

@@ -6,9 +6,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import typer
+from rich.console import Console
+from rich.table import Table
 
+from wpipe.cli import render
 from wpipe.cli.common import MODELS_HELP, DbOption, connect, fail, resolve, say
+from wpipe.cli.progress import phases
+from wpipe.suggest import did_you_mean, listing
 
 # Options of `wpipe chart`, by the chart function parameter they fill.
 CHART_OPTION_NAMES = {
@@ -96,13 +102,15 @@ def chart_command(
     from wpipe import charts  # imported here: Altair adds 0.3 s to every command's start
 
     if list_charts:
-        for chart_name in charts.CHARTS:
-            sys.stdout.write(f"{chart_name:<13} {charts.summary(chart_name)}\n")
+        _list_charts(charts)
         return
     if name is None:
         fail("name the chart to draw (`wpipe chart --list` lists them)")
     if name not in charts.CHARTS:
-        fail(f"no chart is named {name!r}; one of: {', '.join(charts.CHARTS)}")
+        fail(
+            f"no chart is named {name!r}{did_you_mean(name, charts.CHARTS)}; one of: "
+            f"{', '.join(charts.CHARTS)}"
+        )
     if output is None:
         fail("give the file to write: -o FILE (.vl.json, .json, .html, .png, .svg)")
     if not output.name.lower().endswith(charts.SAVE_FORMATS):
@@ -128,18 +136,66 @@ def chart_command(
             kwargs[key] = value
         else:
             fail(f"chart {name} takes no {CHART_OPTION_NAMES[key]}")
-    try:
-        chart = draw(con, **kwargs)
-    except charts.NoData as exc:
-        say(f"nothing to draw: {exc}")
-        raise typer.Exit(1) from None
-    except (LookupError, ValueError) as exc:
-        fail(str(exc))
-    try:
-        charts.save_chart(chart, output)
-    except OSError as exc:
-        fail(f"cannot write {output}: {exc.strerror or exc}")
+    _check_layers(con, layer or [], model or [])
+    with phases("query", name) as step:
+        try:
+            chart = draw(con, **kwargs)
+        except charts.NoData as exc:
+            say(f"nothing to draw: {exc}")
+            raise typer.Exit(1) from None
+        except (LookupError, ValueError) as exc:
+            fail(str(exc))
+        step("render", f"{output}")
+        try:
+            charts.save_chart(chart, output)
+        except OSError as exc:
+            fail(f"cannot write {output}: {exc.strerror or exc}")
     say(f"wrote {output}")
+
+
+def _check_layers(con: duckdb.DuckDBPyConnection, patterns: list[str], ids: list[str]) -> None:
+    """A --layer that is no layer of the models drawn (all, if none named) is a usage error
+    that lists their layers, closest first, so a typo never reads as "nothing to draw"."""
+    for pattern in patterns:
+        (found,) = con.execute(
+            "SELECT count(*) FROM layers WHERE (len($ids) = 0 OR list_contains($ids, model_id)) "
+            "AND layer_path GLOB $pattern",
+            {"ids": ids, "pattern": pattern},
+        ).fetchone()
+        if found:
+            continue
+        known = [path for (path,) in con.execute(
+            "SELECT layer_path FROM layers WHERE len($ids) = 0 OR list_contains($ids, model_id) "
+            "GROUP BY layer_path ORDER BY min(layer_index), layer_path",
+            {"ids": ids},
+        ).fetchall()]  # fmt: skip
+        whose = "the models drawn" if ids else "any model"
+        if len(ids) == 1:
+            (name,) = con.execute("SELECT name FROM models WHERE model_id = ?", ids).fetchone()
+            whose = name
+        fail(
+            f"no layer {pattern!r} in {whose}{did_you_mean(pattern, known)}; "
+            + (f"layers: {listing(known)}" if known else "it has no layers")
+        )
+
+
+def _list_charts(charts: Any) -> None:
+    """One chart a line (piped), or its description wrapped at word boundaries under the
+    terminal's width, never cut."""
+    lines = [(name, charts.summary(name)) for name in charts.CHARTS]
+    if render.width() >= render.PIPED_WIDTH:
+        pad = max(len(name) for name, _ in lines)
+        sys.stdout.writelines(f"{name:<{pad}}  {text}\n" for name, text in lines)
+        return
+    table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 2, 0, 0))
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
+    for name, text in lines:
+        table.add_row(name, text)
+    console = Console(width=render.width(), markup=False, highlight=False, emoji=False)
+    with console.capture() as captured:
+        console.print(table)
+    sys.stdout.writelines(line.rstrip() + "\n" for line in captured.get().splitlines())
 
 
 def report_command(
@@ -156,14 +212,19 @@ def report_command(
     db: str | None = DbOption,
 ) -> None:
     """Write one self-contained HTML report of the tables and figures; it opens offline."""
-    from wpipe import report  # imported here: Altair adds 0.3 s to every command's start
+    # imported here: Altair adds 0.3 s to every command's start
+    from wpipe import report, report_page
 
     con = connect(db)
     ids = resolve(con, model) or None
-    try:
-        path = report.write_report(con, output, models=ids, input_set=input_set)
-    except LookupError as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(f"cannot write {output}: {exc.strerror or exc}")
+    with phases("query", "summary") as step:
+        following = report_page.ON_STEP.set(step)
+        try:
+            path = report.write_report(con, output, models=ids, input_set=input_set)
+        except LookupError as exc:
+            fail(str(exc))
+        except OSError as exc:
+            fail(f"cannot write {output}: {exc.strerror or exc}")
+        finally:
+            report_page.ON_STEP.reset(following)
     say(f"wrote {path}")

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from wpipe import api, dblock, remote, store, workers
 from wpipe.analysis import StatsOptions
 from wpipe.cli.common import EXIT_FAILED_FILES, DbOption, err, fail, first_line, say, waiting
+from wpipe.cli.hints import ingest_hints
 from wpipe.extras import MissingExtra
 from wpipe.ingest import Outcome, Report, StoreFailed, ingest
 from wpipe.spectra import SpectraOptions
@@ -135,6 +136,8 @@ def ingest_command(
         with contextlib.suppress(duckdb.Error):  # a connection a full disk invalidated
             database.close()
     _summary(report, quiet, prune, db_path)
+    for hint in ingest_hints(paths, report):
+        say(f"hint: {hint}")
     raise typer.Exit(EXIT_FAILED_FILES if report.failed else 0)
 
 

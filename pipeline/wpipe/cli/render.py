@@ -1,8 +1,12 @@
 """Printing results: CSV, JSON, one record per row, or a terminal table that fits its width.
 
-A table never breaks a number or a name across lines: it keeps the columns that fit (the
-first always), shortens long text with an ellipsis, prints numbers with four significant
-digits, and says which columns it left out and how to see them."""
+A table never breaks a number or a name across lines. Each command declares its `Layout`: the
+key (the columns that name a row) and the numbers it is about. At any width a table keeps the
+key and the numbers; the other columns (paths, long text, ids) fill what room is left, numbers
+before short text before long text, and a text column may be shortened with an ellipsis. The
+table says which columns it left out. Where even the key and the numbers do not fit, headers
+fold at underscores and slashes (`n_non_` over `trainable`), and if that is not enough the rows are
+printed as records (one block per row), which also says so."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from enum import Enum
 from typing import Any
 
 from rich.console import Console
@@ -23,11 +28,37 @@ from wpipe.cli.common import Format, say
 
 MAX_TEXT = 40  # widest text column; longer values end in an ellipsis
 MIN_TEXT = 10  # a text column is shortened to no less than this (or its header)
+MIN_WRAP = 24  # narrowest a wrapped text column may get
 SIGNIFICANT = 4
 PIPED_WIDTH = 10_000  # piped output (no COLUMNS): scripts and logs get whole tables
 
 
-def emit(columns: list[str], rows: list[tuple], fmt: Format, title: str | None = None) -> None:
+@dataclass(frozen=True)
+class Layout:
+    """What a command's table keeps at any width: `key` (the columns that name a row) and
+    `numbers`; `wrap`: text worth reading whole, wrapped at word boundaries (schema's
+    meanings). Names a result does not have are ignored; without a layout the first column
+    is the key."""
+
+    key: tuple[str, ...] = ()
+    numbers: tuple[str, ...] = ()
+    wrap: tuple[str, ...] = ()
+
+
+class Role(Enum):
+    KEY = "key"
+    NUMBER = "number"
+    WRAP = "wrap"
+    OTHER = "other"
+
+
+def emit(
+    columns: list[str],
+    rows: list[tuple],
+    fmt: Format,
+    title: str | None = None,
+    layout: Layout | None = None,
+) -> None:
     """Print rows as a table, CSV, JSON (a list of objects) or records."""
     if fmt is Format.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
@@ -39,7 +70,7 @@ def emit(columns: list[str], rows: list[tuple], fmt: Format, title: str | None =
     elif fmt is Format.records:
         _records(columns, rows, title)
     else:
-        _table(columns, rows, title, width())
+        _table(columns, rows, title, width(), layout or Layout(key=tuple(columns[:1])))
 
 
 def width() -> int:
@@ -65,73 +96,161 @@ def cell(value: Any) -> str:
     return " ".join(str(value).split())  # newlines and tabs would break the row
 
 
+def folded(name: str, fit: int = 0) -> str:
+    """A header on as few lines as keep it within `fit` characters (or its longest part),
+    each line ending at an underscore or a slash (`n_non_` over `trainable`; `cnn_`,
+    `lr1e-2/`, `e05`); a name without one stays whole."""
+    parts, start = [], 0
+    for i, c in enumerate(name[:-1]):
+        if c in "_/":
+            parts.append(name[start : i + 1])
+            start = i + 1
+    parts.append(name[start:])
+    room = max(fit, *(len(p) for p in parts))
+    lines = [""]
+    for part in parts:
+        if lines[-1] and len(lines[-1]) + len(part) > room:
+            lines.append("")
+        lines[-1] += part
+    return "\n".join(lines)
+
+
 @dataclass
 class _Column:
     name: str
     cells: list[str]
-    numeric: bool
-    whole: bool = False  # the first column names the row: never shortened if it fits
+    numeric: bool  # every value a number: right-aligned, never shortened
+    role: Role
     piped: bool = False  # no terminal: text is never shortened
 
     @property
-    def need(self) -> int:
-        longest = max((len(c) for c in self.cells), default=0)
-        full = max(len(self.name), longest)
-        if self.numeric or self.whole or self.piped:
-            return full
-        return min(full, max(MAX_TEXT, len(self.name)))
+    def empty(self) -> bool:
+        """No row has a value: the column is left out first."""
+        return all(c == "–" for c in self.cells)
 
     @property
-    def least(self) -> int:
-        return self.need if self.numeric else min(self.need, max(MIN_TEXT, len(self.name)))
+    def required(self) -> bool:
+        return self.role is not Role.OTHER and not self.empty
+
+    def header(self, fold: bool) -> str:
+        """The header, folded (when asked) only where it is wider than every value."""
+        longest = max((len(c) for c in self.cells), default=0)
+        return folded(self.name, longest) if fold and len(self.name) > longest else self.name
+
+    def need(self, fold: bool) -> int:
+        longest = max((len(c) for c in self.cells), default=0)
+        head = max(len(line) for line in self.header(fold).split("\n"))
+        full = max(head, longest)
+        if self.numeric or self.role in (Role.KEY, Role.NUMBER) or self.piped:
+            return full
+        if self.role is Role.WRAP:
+            return min(full, max(MIN_WRAP, head))
+        return min(full, max(MAX_TEXT, head))
+
+    def full(self, fold: bool) -> int:
+        """A wrapped column's width with every value on one line."""
+        head = max(len(line) for line in self.header(fold).split("\n"))
+        return max([head, *(len(c) for c in self.cells)])
+
+    def least(self, fold: bool) -> int:
+        if self.numeric or self.role is not Role.OTHER:
+            return self.need(fold)
+        head = max(len(line) for line in self.header(fold).split("\n"))
+        return min(self.need(fold), max(MIN_TEXT, head))
 
 
-def fit(columns: list[_Column], space: int) -> list[tuple[_Column, int]]:
-    """The columns that fit in `space` characters, in order, with their widths: each gets what
-    it needs where it can, text columns give way down to their least, the rest are left out."""
-    chosen: list[tuple[_Column, int]] = []
-    used = 1  # the table's left border
-    for i, column in enumerate(columns):
-        room = space - used - 3  # a cell's padding and border
-        if column.need <= room or i == 0:
-            width = max(1, min(column.need, room))
-        elif column.least <= room:
-            width = room
-        else:
+@dataclass
+class Plan:
+    """The columns a table shows, in the result's order, with their widths."""
+
+    chosen: list[tuple[_Column, int]]
+    fold: bool
+
+
+def _others_first(column: _Column) -> tuple:
+    """The order in which columns outside the key and numbers get room: numbers, then short
+    text before long text (paths, messages); empty columns last."""
+    return (column.empty, not column.numeric, column.need(False))
+
+
+def fit(columns: list[_Column], space: int) -> Plan | None:
+    """What fits in `space` characters: the key, the numbers and the wrapped text (at their
+    least) first, then the other columns while there is room; the wrapped text takes what is
+    left. None when the required columns do not fit even with folded headers."""
+    required = [c for c in columns if c.required]
+    others = sorted((c for c in columns if not c.required), key=_others_first)
+    for fold in (False, True):
+        widths = {id(c): c.need(fold) for c in required}
+        used = 1 + sum(w + 3 for w in widths.values())  # the left border; padding and border
+        if used > space:
             continue
-        chosen.append((column, width))
-        used += width + 3
-    return chosen
+        for column in others:
+            room = space - used - 3
+            if column.need(fold) <= room:
+                widths[id(column)] = column.need(fold)
+            elif column.least(fold) <= room:
+                widths[id(column)] = room
+            else:
+                continue
+            used += widths[id(column)] + 3
+        for column in (c for c in required if c.role is Role.WRAP):
+            grow = min(column.full(fold) - widths[id(column)], space - used)
+            widths[id(column)] += max(0, grow)
+            used += max(0, grow)
+        return Plan([(c, widths[id(c)]) for c in columns if id(c) in widths], fold)
+    return None
 
 
-def _table(names: list[str], rows: list[tuple], title: str | None, space: int) -> None:
+def _role(name: str, layout: Layout) -> Role:
+    if name in layout.key:
+        return Role.KEY
+    if name in layout.numbers:
+        return Role.NUMBER
+    if name in layout.wrap:
+        return Role.WRAP
+    return Role.OTHER
+
+
+def _table(
+    names: list[str], rows: list[tuple], title: str | None, space: int, layout: Layout
+) -> None:
     columns = [
         _Column(
             name,
             [cell(r[i]) for r in rows],
             all(isinstance(r[i], int | float | Decimal) or r[i] is None for r in rows)
             and any(r[i] is not None for r in rows),
-            whole=i == 0,
+            _role(name, layout),
             piped=space >= PIPED_WIDTH,
         )
         for i, name in enumerate(names)
     ]
-    chosen = fit(columns, space)
+    plan = fit(columns, space)
+    if plan is None:
+        required = [c for c in columns if c.required]
+        least = 1 + sum(c.need(True) + 3 for c in required)
+        say(
+            f"{', '.join(c.name for c in required)} need {least} columns, the terminal has "
+            f"{space}: one block per row instead (a wider terminal shows a table)"
+        )
+        _records(names, rows, title)
+        return
     table = Table(title=title, header_style="bold", title_justify="left")
-    for column, w in chosen:
+    for column, w in plan.chosen:
+        wrap = column.role is Role.WRAP
         table.add_column(
-            column.name,
-            justify="right" if column.numeric else "left",
-            no_wrap=True,
-            overflow="ellipsis",
+            column.header(plan.fold),
+            justify="right" if column.numeric or column.role is Role.NUMBER else "left",
+            no_wrap=not wrap,
+            overflow="fold" if wrap else "ellipsis",
             min_width=w,
             max_width=w,
         )
     for r in range(len(rows)):
-        table.add_row(*(column.cells[r] for column, _ in chosen))
+        table.add_row(*(column.cells[r] for column, _ in plan.chosen))
     console = Console(width=space, markup=False, highlight=False, emoji=False)
     console.print(table)
-    left_out = [c.name for c in columns if all(c is not k for k, _ in chosen)]
+    left_out = [c.name for c in columns if all(c is not k for k, _ in plan.chosen)]
     if left_out:
         say(
             f"{len(left_out)} of {len(columns)} columns left out to fit {space} columns: "
