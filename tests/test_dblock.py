@@ -88,3 +88,10 @@ def test_a_file_that_is_no_wpipe_database_gets_no_lock_file_beside_it(tmp_path, 
         assert result.exit_code == 2, result.output
         assert sorted(p.name for p in target.parent.iterdir()) == before
         assert (target.read_bytes(), target.stat().st_mtime_ns) == stamp
+
+
+def test_the_api_leaves_no_lock_file_beside_a_model_file(tmp_path):
+    shutil.copy2(MODELS / "k2_conv2d.h5", tmp_path / "mlp.h5")
+    with pytest.raises(duckdb.Error):
+        store.Database(tmp_path / "mlp.h5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.h5"]

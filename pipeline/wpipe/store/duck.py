@@ -199,9 +199,12 @@ class Database:
             self.lost_lake = not read_only and not ensure_schema(self.con)
             self.served = _served_views(self.con)
         except BaseException:
-            if getattr(self, "con", None) is not None:
+            opened = getattr(self, "con", None) is not None
+            if opened:
                 self.con.close()
-            self._release()
+            # DuckDB would not open it (a model file given as the database): no lock file
+            # is left beside it
+            self._release(discard=not opened)
             raise
 
     def close(self) -> None:
@@ -210,9 +213,12 @@ class Database:
         finally:  # the lock goes last, whatever closing the connection met
             self._release()
 
-    def _release(self) -> None:
+    def _release(self, discard: bool = False) -> None:
         if self._lock is not None:
-            self._lock.release()
+            if discard:
+                self._lock.discard()
+            else:
+                self._lock.release()
             self._lock = None
 
     def release_memory(self) -> None:
