@@ -271,15 +271,21 @@ _HIST_MERGED = merged_histogram_sql(
 # ----------------------------------------------------------------------------- heatmap
 
 
-def _tensor_label(single_role: bool) -> str:
+def _tensor_label(single_role: bool, layer: str = "w.layer_path") -> str:
     # With one role the weight name adds nothing for plain layers ("conv1"), but tells the
     # halves of a Bidirectional or the projections of an attention layer apart.
     if single_role:
         return (
-            "CASE WHEN w.weight_name = w.role THEN w.layer_path "
-            "ELSE w.layer_path || ' · ' || w.weight_name END"
+            f"CASE WHEN w.weight_name = w.role THEN {layer} "
+            f"ELSE {layer} || ' · ' || w.weight_name END"
         )
-    return "w.layer_path || ' · ' || w.weight_name"
+    return f"{layer} || ' · ' || w.weight_name"
+
+
+# a model's layer as the first model's layer it is paired with (compare.paired_paths)
+_PAIRED_JOIN = (
+    "LEFT JOIN _paired_layers AS p ON p.model_id = w.model_id AND p.layer_path = w.layer_path"
+)
 
 
 def stat_heatmap(
@@ -293,38 +299,48 @@ def stat_heatmap(
     """Layer × model heatmap of one `weights` statistic (std, l2, near_zero_frac, max_abs, …)."""
     if stat not in STATS:
         raise ValueError(f"stat must be one of {', '.join(STATS)}; not {stat!r}")
+    from wpipe.compare import paired_paths
+
     roles = list(roles or ())
     ids = model_ids(con, models)
-    label = _tensor_label(len(roles) == 1)
+    # rows are the first model's layers: a fine-tune whose layers Keras named otherwise
+    # (`conv1d` for `conv1d_1`) lands on the row of the layer it is paired with
+    label = _tensor_label(len(roles) == 1, "coalesce(p.ref_path, w.layer_path)")
     where = (
         f"list_contains($ids, w.model_id) AND {base.layer_filter(layers, 'w.layer_path')} "
         "AND (len($roles) = 0 OR list_contains($roles, w.role))"
     )
     params = {"ids": ids, "roles": roles, **base.layer_params(layers)}
-    tensors = con.execute(
-        f"SELECT {label} AS tensor FROM weights AS w WHERE {where} "
-        f"GROUP BY tensor ORDER BY avg(w.weight_index), tensor LIMIT {base.ROW_BUDGET}",
-        params,
-    ).fetchall()
-    order = [t[0] for t in tensors]
-    if not order:
-        raise NoData("no weight tensor matches the filters")
-    having = con.execute(f"SELECT DISTINCT w.model_id FROM weights AS w WHERE {where}", params)
-    selection = base.keep(ids, {r[0] for r in having.fetchall()}, base.ROW_BUDGET // len(order))
-    params["ids"] = selection.ids
-    params["tensors"] = order
-    rows = base.records(
-        con,
-        f"""
-        SELECT m.name AS model, {label} AS tensor, w.layer_path AS layer, w.weight_name AS weight,
-               l.class_name, w.shape::VARCHAR AS shape, w."{stat}"::DOUBLE AS value
-        FROM weights AS w JOIN models AS m USING (model_id)
-        LEFT JOIN layers AS l USING (model_id, layer_path)
-        WHERE {where} AND list_contains($tensors, {label})
-        ORDER BY m.name, w.weight_index
-        """,
-        params,
-    )
+    con.register("_paired_layers", paired_paths(con, ids))
+    try:
+        tensors = con.execute(
+            f"SELECT {label} AS tensor FROM weights AS w {_PAIRED_JOIN} WHERE {where} "
+            f"GROUP BY tensor ORDER BY avg(w.weight_index), tensor LIMIT {base.ROW_BUDGET}",
+            params,
+        ).fetchall()
+        order = [t[0] for t in tensors]
+        if not order:
+            raise NoData("no weight tensor matches the filters")
+        having = con.execute(f"SELECT DISTINCT w.model_id FROM weights AS w WHERE {where}", params)
+        selection = base.keep(ids, {r[0] for r in having.fetchall()}, base.ROW_BUDGET // len(order))
+        params["ids"] = selection.ids
+        params["tensors"] = order
+        rows = base.records(
+            con,
+            f"""
+            SELECT m.name AS model, {label} AS tensor, w.layer_path AS layer,
+                   w.weight_name AS weight, l.class_name, w.shape::VARCHAR AS shape,
+                   w."{stat}"::DOUBLE AS value
+            FROM weights AS w JOIN models AS m USING (model_id)
+            LEFT JOIN layers AS l USING (model_id, layer_path)
+            {_PAIRED_JOIN}
+            WHERE {where} AND list_contains($tensors, {label})
+            ORDER BY m.name, w.weight_index
+            """,
+            params,
+        )
+    finally:
+        con.unregister("_paired_layers")
     names = base.model_names(con, selection.ids)
     scale = (
         alt.Scale(scheme="redblue", domainMid=0, reverse=True)
