@@ -159,7 +159,8 @@ LEFT JOIN metrics AS x USING (model_id)
 ORDER BY m.name;
 
 -- layer_compare: one row per weighted layer and model with its key numbers, long form (pivot
--- on `model` or on `layer_path`; models of one arch_id align by layer_path).
+-- on `model` or on `layer_path`; where two models name their layers otherwise, e.g. a
+-- fine-tune saved in another session, align_layers pairs them).
 CREATE OR REPLACE VIEW layer_compare AS
 WITH
 stats AS (

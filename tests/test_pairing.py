@@ -63,6 +63,9 @@ def test_matrix_pairs_the_same_layers(paired):
         row = got[want["path_a"]]
         assert row["certain"] is True
         assert row["distance"] == pytest.approx(want["distance"], rel=1e-9)
+    table = runner.invoke(app, ["compare", "shifted/base", "shifted/tuned", "--matrix", "--db",
+                                str(paired.db_path)], env={"COLUMNS": "200"})  # fmt: skip
+    assert "conv1d_1: paired with conv1d in shifted/tuned" in table.output
 
 
 def test_user_names_pair_by_name_across_architectures(paired):

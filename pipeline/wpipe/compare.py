@@ -8,7 +8,7 @@ import csv
 import re
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations, pairwise
 from pathlib import Path
 
@@ -286,11 +286,13 @@ def distance_matrix(con: duckdb.DuckDBPyConnection, model_ids: list[str]) -> lis
 class Distances:
     """distance_matrix's rows; per layer of the first model, the models that have a layer
     paired with it (align_layers, comparable: only those are compared; a model is at distance
-    0 from itself only on a layer it has) and those among them whose pair is uncertain."""
+    0 from itself only on a layer it has), those among them whose pair is uncertain, and the
+    path of the paired layer in the models that name it otherwise."""
 
     rows: list[tuple]
     members: dict[str, list[str]]
     uncertain: dict[str, list[str]]
+    renamed: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> its path
 
 
 def distance_table(con: duckdb.DuckDBPyConnection, model_ids: list[str]) -> Distances:
@@ -314,6 +316,8 @@ def distance_table(con: duckdb.DuckDBPyConnection, model_ids: list[str]) -> Dist
                 path, certain = pairs[i].get(layer.layer_path, (None, True))
                 if path is not None and path in layers[i]:
                     mine[i] = layers[i][path]
+                    if path != layer.layer_path:  # named otherwise in that model
+                        out.renamed.setdefault(layer.layer_path, {})[model_ids[i]] = path
                     if not certain:
                         out.uncertain.setdefault(layer.layer_path, []).append(model_ids[i])
             out.members[layer.layer_path] = [model_ids[i] for i in mine]

@@ -141,6 +141,9 @@ def _matrix(con, ids: list[str], names: dict[str, str], fmt: Format) -> None:
         emit(["model", *[names[b] for b in ids]], grid, fmt, title=f"{layer_path}: distance")
         if missing:  # a table only: csv and json carry no diagonal for them
             say(f"{layer_path}: not in (or shaped otherwise in) {', '.join(missing)}: –")
+        if found.renamed.get(layer_path):
+            other = ", ".join(f"{p} in {names[m]}" for m, p in found.renamed[layer_path].items())
+            say(f"{layer_path}: paired with {other}")
         if uncertain.get(layer_path):
             guessed = ", ".join(names[m] for m in uncertain[layer_path])
             say(f"{layer_path}: paired with an uncertain match in {guessed} (align_layers)")
