@@ -115,6 +115,22 @@ def test_the_series_pass_pairs_by_position(paired, tmp_path):
     con.close()
 
 
+def test_the_python_position_pairs_are_align_layers_pairs(paired):
+    # ingest drift and the series pass pair in Python (no query per pair): the same pairs
+    from wpipe.drift import position_pairs
+    from wpipe.readers import open_model
+
+    con = wpipe.connect(paired.db_path)
+    (a, path_a), (b, path_b) = con.execute(
+        "SELECT model_id, path FROM models WHERE name LIKE 'shifted/%' ORDER BY name"
+    ).fetchall()
+    sql = compare.comparable_layers(con, a, b)
+    con.close()
+    with open_model(path_a) as model_a, open_model(path_b) as model_b:
+        assert position_pairs(model_a, model_b) == sql
+    assert sql == {p["path_a"]: p["path_b"] for p in TRUTH["shifted"]["pairs"]}
+
+
 def test_heatmap_rows_are_the_first_models_layers(paired):
     con = wpipe.connect(paired.db_path)
     spec = charts.stat_heatmap(con, models=["shifted/base", "shifted/tuned"], stat="std")

@@ -16,7 +16,7 @@ import duckdb
 import pyarrow as pa
 
 from wpipe import schema
-from wpipe.drift import drift_row, symmetric_distance, tensor_drift
+from wpipe.drift import drift_row, position_pairs, symmetric_distance, tensor_drift
 from wpipe.readers import Model, ModelReadError
 from wpipe.remote import is_url, open_save
 from wpipe.store import insert_arrow
@@ -228,7 +228,8 @@ def series_drift(
                 model_b = stack_b.enter_context(open_save(files[b][0]))
                 shas = (files[a][1], files[b][1])
                 try:
-                    pairs = comparable_layers(con, a, b)
+                    # a series is one arch_id: align_layers pairs it by position
+                    pairs = position_pairs(held[1], model_b)
                     rows += _drift_rows(held[1], model_b, (a, b), shas, name, pairs)
                 except BaseException:
                     stack_b.close()

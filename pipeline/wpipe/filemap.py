@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from wpipe import remote, schema
 from wpipe.analysis import StatsOptions
-from wpipe.drift import drift_row
+from wpipe.drift import drift_row, positions, weighted_layers
 from wpipe.readers import (
     Model,
     ModelReadError,
@@ -204,19 +204,6 @@ class Held:
     by_source: dict[str, tuple[tuple, str, np.ndarray]] = field(default_factory=dict)
     by_position: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
     nbytes: int = 0
-
-
-def weighted_layers(model: Model) -> tuple[str, ...]:
-    return tuple(layer.layer_path for layer in model.layers if layer.tensors)
-
-
-def positions(model: Model) -> dict[tuple[str, str], tuple[int, int]]:
-    """(layer path, weight name) -> (place among the weighted layers, place in its layer):
-    how two models of one arch_id pair their tensors (align_layers' `position` pairs), whatever
-    names a session's layer counters gave them."""
-    weighted = [layer for layer in model.layers if layer.tensors]
-    return {(layer.layer_path, t.weight_name): (i, j) for i, layer in enumerate(weighted)
-            for j, t in enumerate(layer.tensors)}  # fmt: skip
 
 
 class DriftTracker:
