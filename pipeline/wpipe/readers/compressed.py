@@ -32,6 +32,7 @@ OPENERS = {  # each reads from an open file object
 }
 COMMANDS = {"gzip": "gunzip -k", "bzip2": "bunzip2 -k", "xz": "unxz -k"}
 CHUNK = 16 << 20
+RESERVE = 1 << 30  # free space a decompressed copy leaves in the temporary folder
 SMALL = 1 << 20  # below this, a stream may inflate to 1 MB whatever its ratio (headers, configs)
 
 
@@ -70,34 +71,38 @@ def limit(kind: str, path: Path, where: str) -> int:
 
 def inflate(path: Path, where: str, kind: str) -> IO[bytes]:
     """`path` decompressed into an anonymous temporary file (the caller closes it), refused
-    as soon as it passes `limit`."""
+    as soon as it passes `limit`; it never leaves less than RESERVE free beside it."""
     cap = limit(kind, path, where)
     folder = tempfile.gettempdir()
-    if shutil.disk_usage(folder).free < min(cap, path.stat().st_size * 10) + (1 << 30):
-        raise ModelReadError(
-            "io-error", f"{where}: not enough space in {folder} to decompress it; "
-            f"{how_to_decompress(kind, path)}"
-        )  # fmt: skip
     out = tempfile.TemporaryFile(prefix="wpipe-")  # noqa: SIM115 (the caller closes it)
     written = 0
     try:
         with open_regular(path, where) as raw, OPENERS[kind](raw) as stream:
-            while chunk := stream.read(CHUNK):
+            while chunk := _read(stream, kind, where):
                 written += len(chunk)
                 if written > cap:
                     raise _bomb(where, kind, "inflates past", cap)
+                if shutil.disk_usage(folder).free < len(chunk) + RESERVE:
+                    raise ModelReadError(
+                        "io-error", f"{where}: not enough space in {folder} to decompress it "
+                        f"({written:,} bytes so far); {how_to_decompress(kind, path)}"
+                    )  # fmt: skip
                 out.write(chunk)
-    except (OSError, EOFError, lzma.LZMAError, ValueError) as exc:
-        out.close()
-        raise ModelReadError(
-            "bad-compression", f"{where}: damaged {kind} stream ({exc}); {COMMANDS[kind]} "
-            "says more"
-        ) from None  # fmt: skip
     except BaseException:
         out.close()
         raise
     out.seek(0, os.SEEK_SET)
     return out
+
+
+def _read(stream: IO[bytes], kind: str, where: str) -> bytes:
+    try:
+        return stream.read(CHUNK)
+    except (OSError, EOFError, lzma.LZMAError, ValueError) as exc:
+        raise ModelReadError(
+            "bad-compression", f"{where}: damaged {kind} stream ({exc}); {COMMANDS[kind]} "
+            "says more"
+        ) from None  # fmt: skip
 
 
 def _bomb(where: str, kind: str, what: str, cap: int) -> ModelReadError:
