@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from wpipe import charts, compare, plan
 from wpipe.cli import app
 
+from tests.charts.conftest import data_rows
 from tests.conftest import EXPECTED, MODELS, Warehouse, dense_config, write_legacy_h5
 
 runner = CliRunner()
@@ -135,16 +136,20 @@ def test_heatmap_rows_are_the_first_models_layers(paired):
     con = wpipe.connect(paired.db_path)
     spec = charts.stat_heatmap(con, models=["shifted/base", "shifted/tuned"], stat="std")
     con.close()
-    rows = [r for r in _data(spec.to_dict()) if r["model"] == "shifted/tuned"]
+    rows = [r for r in data_rows(spec.to_dict()) if r["model"] == "shifted/tuned"]
     labels = {r["layer"]: r["tensor"] for r in rows}
     kernels = {p["path_b"]: p["path_a"] for p in TRUTH["shifted"]["pairs"]
                if not p["path_a"].startswith("batch")}  # fmt: skip
     assert labels == kernels
 
 
-def _data(spec: dict) -> list[dict]:
-    values = spec.get("data", {}).get("values")
-    return values if values is not None else next(iter(spec["datasets"].values()))
+def test_box_panels_are_the_first_models_layers(paired):
+    con = wpipe.connect(paired.db_path)
+    spec = charts.distribution_boxes(con, models=["shifted/base", "shifted/tuned"])
+    con.close()
+    rows = {(r["model"], r["tensor"]): r["p50"] for r in data_rows(spec.to_dict())}
+    kernels = [p["path_a"] for p in TRUTH["shifted"]["pairs"] if not p["path_a"].startswith("b")]
+    assert set(rows) == {(m, k) for m in ("shifted/base", "shifted/tuned") for k in kernels}
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import altair as alt
@@ -282,10 +283,25 @@ def _tensor_label(single_role: bool, layer: str = "w.layer_path") -> str:
     return f"{layer} || ' · ' || w.weight_name"
 
 
-# a model's layer as the first model's layer it is paired with (compare.paired_paths)
+# a model's layer as the first model's layer it is paired with (compare.paired_paths): a
+# fine-tune whose layers Keras named otherwise (`conv1d` for `conv1d_1`) lands on the row or
+# panel of the layer it is paired with
 _PAIRED_JOIN = (
     "LEFT JOIN _paired_layers AS p ON p.model_id = w.model_id AND p.layer_path = w.layer_path"
 )
+_PAIRED_LAYER = "coalesce(p.ref_path, w.layer_path)"
+
+
+@contextmanager
+def _paired(con: duckdb.DuckDBPyConnection, ids: list[str]) -> Iterator[None]:
+    """`_paired_layers` (for _PAIRED_JOIN) registered while the block runs."""
+    from wpipe.compare import paired_paths
+
+    con.register("_paired_layers", paired_paths(con, ids))
+    try:
+        yield
+    finally:
+        con.unregister("_paired_layers")
 
 
 def stat_heatmap(
@@ -299,20 +315,15 @@ def stat_heatmap(
     """Layer × model heatmap of one `weights` statistic (std, l2, near_zero_frac, max_abs, …)."""
     if stat not in STATS:
         raise ValueError(f"stat must be one of {', '.join(STATS)}; not {stat!r}")
-    from wpipe.compare import paired_paths
-
     roles = list(roles or ())
     ids = model_ids(con, models)
-    # rows are the first model's layers: a fine-tune whose layers Keras named otherwise
-    # (`conv1d` for `conv1d_1`) lands on the row of the layer it is paired with
-    label = _tensor_label(len(roles) == 1, "coalesce(p.ref_path, w.layer_path)")
+    label = _tensor_label(len(roles) == 1, _PAIRED_LAYER)
     where = (
         f"list_contains($ids, w.model_id) AND {base.layer_filter(layers, 'w.layer_path')} "
         "AND (len($roles) = 0 OR list_contains($roles, w.role))"
     )
     params = {"ids": ids, "roles": roles, **base.layer_params(layers)}
-    con.register("_paired_layers", paired_paths(con, ids))
-    try:
+    with _paired(con, ids):
         tensors = con.execute(
             f"SELECT {label} AS tensor FROM weights AS w {_PAIRED_JOIN} WHERE {where} "
             f"GROUP BY tensor ORDER BY avg(w.weight_index), tensor LIMIT {base.ROW_BUDGET}",
@@ -339,8 +350,6 @@ def stat_heatmap(
             """,
             params,
         )
-    finally:
-        con.unregister("_paired_layers")
     names = base.model_names(con, selection.ids)
     scale = (
         alt.Scale(scheme="redblue", domainMid=0, reverse=True)
@@ -397,7 +406,7 @@ def distribution_boxes(
     """
     roles = list(roles or ())
     ids = model_ids(con, models)
-    label = _tensor_label(len(roles) == 1)
+    label = _tensor_label(len(roles) == 1, _PAIRED_LAYER)
     where = (
         f"list_contains($ids, w.model_id) AND {base.layer_filter(layers, 'w.layer_path')} "
         "AND (len($roles) = 0 OR list_contains($roles, w.role)) AND w.p50 IS NOT NULL"
@@ -410,29 +419,31 @@ def distribution_boxes(
     ).fetchall()
     qualifying, others = base.one_architecture(dict(having), explicit=bool(models))
     params["ids"] = [i for i in ids if i in qualifying]
-    tensors = con.execute(
-        f"SELECT {label} AS tensor FROM weights AS w WHERE {where} "
-        "GROUP BY tensor ORDER BY avg(w.weight_index), tensor",
-        params,
-    ).fetchall()
-    order = [t[0] for t in tensors][:MAX_PANELS]
-    if not order:
-        raise NoData("no weight tensor matches the filters")
-    limit = min(MAX_SERIES, base.ROW_BUDGET // len(order))
-    selection = base.keep(ids, qualifying, limit)
-    params["ids"] = selection.ids
-    params["tensors"] = order
-    rows = base.records(
-        con,
-        f"""
-        SELECT m.name AS model, {label} AS tensor, w.shape::VARCHAR AS shape,
-               w.p01, w.p05, w.p25, w.p50, w.p75, w.p95, w.p99
-        FROM weights AS w JOIN models AS m USING (model_id)
-        WHERE {where} AND list_contains($tensors, {label})
-        ORDER BY m.name, w.weight_index
-        """,
-        params,
-    )
+    with _paired(con, params["ids"]):
+        tensors = con.execute(
+            f"SELECT {label} AS tensor FROM weights AS w {_PAIRED_JOIN} WHERE {where} "
+            "GROUP BY tensor ORDER BY avg(w.weight_index), tensor",
+            params,
+        ).fetchall()
+        order = [t[0] for t in tensors][:MAX_PANELS]
+        if not order:
+            raise NoData("no weight tensor matches the filters")
+        limit = min(MAX_SERIES, base.ROW_BUDGET // len(order))
+        selection = base.keep(ids, qualifying, limit)
+        params["ids"] = selection.ids
+        params["tensors"] = order
+        rows = base.records(
+            con,
+            f"""
+            SELECT m.name AS model, {label} AS tensor, w.shape::VARCHAR AS shape,
+                   w.p01, w.p05, w.p25, w.p50, w.p75, w.p95, w.p99
+            FROM weights AS w JOIN models AS m USING (model_id)
+            {_PAIRED_JOIN}
+            WHERE {where} AND list_contains($tensors, {label})
+            ORDER BY m.name, w.weight_index
+            """,
+            params,
+        )
     names = base.model_names(con, selection.ids)
     pick = alt.selection_point(fields=["model"], bind="legend")
     tooltip = [alt.Tooltip("model:N"), alt.Tooltip("tensor:N", title="layer")] + [
