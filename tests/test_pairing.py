@@ -152,6 +152,20 @@ def test_box_panels_are_the_first_models_layers(paired):
     assert set(rows) == {(m, k) for m in ("shifted/base", "shifted/tuned") for k in kernels}
 
 
+def test_histograms_of_a_layer_take_its_pair_in_each_model(paired):
+    # base's first Conv1D (conv1d_1, a 3x4x8 kernel) is tuned's conv1d; tuned's own conv1d_1
+    # is its second Conv1D (3x8x8): by name the counts would be 96 and 192
+    con = wpipe.connect(paired.db_path)
+    spec = charts.weight_histograms(con, models=["shifted/base", "shifted/tuned"],
+                                    layer="conv1d_1")  # fmt: skip
+    con.close()
+    counts: dict[str, float] = {}
+    for r in data_rows(spec.to_dict()):
+        if "count" in r and "bin" in r:
+            counts[r["model"]] = counts.get(r["model"], 0) + r["count"]
+    assert counts == {"shifted/base": 96, "shifted/tuned": 96}
+
+
 @pytest.mark.parametrize(
     ("name", "class_name", "default"),
     [

@@ -114,11 +114,12 @@ PAIRED_SCHEMA = pa.schema([("model_id", pa.string()), ("layer_path", pa.string()
 
 
 def paired_paths(con: duckdb.DuckDBPyConnection, model_ids: list[str]) -> pa.Table:
-    """(model_id, layer_path, ref_path, certain): each model's weighted layers named by the
-    layer of the first model that align_layers pairs them with, so figures put a model and its
-    fine-tune saved in another session (`conv1d` vs `conv1d_1`) on one row. A model of the
-    first's arch_id with the same layer paths is paired with itself without asking (position
-    and path agree); an unpaired layer keeps its own path."""
+    """(model_id, layer_path, ref_path, certain): the weighted layers of each model of the first
+    model's arch_id named by the first model's layer in the same place (align_layers pairs one
+    arch_id by position), so figures put a model and its fine-tune saved in another session
+    (`conv1d` vs `conv1d_1`) on one row. Models of other architectures keep their own paths:
+    pairing each of them would cost a query, and a figure across architectures compares by
+    name only (compare A B pairs them)."""
     if not model_ids:
         return PAIRED_SCHEMA.empty_table()
     listing = con.execute(
@@ -128,31 +129,15 @@ def paired_paths(con: duckdb.DuckDBPyConnection, model_ids: list[str]) -> pa.Tab
         {"ids": model_ids},
     ).fetchall()
     layers = {m: (arch, paths) for m, arch, paths in listing}
-    first = model_ids[0]
+    first_arch, first_paths = layers.get(model_ids[0], (None, []))
     out: dict[str, list] = {name: [] for name in PAIRED_SCHEMA.names}
-
-    def add(model_id: str, path: str, ref: str, certain: bool) -> None:
-        for name, value in zip(PAIRED_SCHEMA.names, (model_id, path, ref, certain), strict=True):
-            out[name].append(value)
-
     for model_id in model_ids:
-        if model_id not in layers:
-            continue
-        if model_id == first or layers[model_id] == layers.get(first):
-            for path in layers[model_id][1]:
-                add(model_id, path, path, True)
-            continue
-        pairs = con.execute(
-            "SELECT path_a, path_b, certain FROM align_layers(?, ?) WHERE path_b IS NOT NULL",
-            [first, model_id],
-        ).fetchall()
-        taken = {path_a for path_a, _, _ in pairs if path_a is not None}
-        for path_a, path_b, certain in pairs:
-            # an unpaired layer named like one of the first's layers paired with another
-            if path_a is None and path_b in taken:
-                add(model_id, path_b, f"{path_b} (unpaired)", True)
-            else:
-                add(model_id, path_b, path_a or path_b, bool(certain) or path_a is None)
+        arch, paths = layers.get(model_id, (None, []))
+        same = arch == first_arch and len(paths) == len(first_paths)
+        refs = first_paths if same else paths
+        for path, ref in zip(paths, refs, strict=True):
+            for name, value in zip(PAIRED_SCHEMA.names, (model_id, path, ref, True), strict=True):
+                out[name].append(value)
     return pa.table(out, schema=PAIRED_SCHEMA)
 
 

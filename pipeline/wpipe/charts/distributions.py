@@ -46,12 +46,28 @@ def weight_histograms(
     if not 1 <= bins <= MAX_BINS:
         raise ValueError(f"bins must be between 1 and {MAX_BINS}")
     ids = model_ids(con, models)
+    with _paired(con, ids):  # `layer` names the first model's layer, paired in the others
+        return _histograms(con, ids, layer, weight, bins, source, explicit=bool(models))
+
+
+# a tensor of the layer paired with the first model's `$layer` (the `_paired_layers` relation)
+_AT_LAYER = (
+    "(model_id, layer_path) IN (SELECT (model_id, layer_path) FROM _paired_layers "
+    "WHERE ref_path = $layer)"
+)
+
+
+def _histograms(
+    con: duckdb.DuckDBPyConnection, ids: list[str], layer: str | None, weight: str, bins: int,
+    source: str, explicit: bool,
+) -> alt.LayerChart:  # fmt: skip
     params: dict[str, Any] = {"ids": ids, "weight": weight}
     if layer is None:
         found = con.execute(
-            "SELECT layer_path FROM weights WHERE list_contains($ids, model_id) "
-            "AND weight_name = $weight AND size > 0 GROUP BY layer_path "
-            "ORDER BY count(*) DESC, avg(size) DESC, min(weight_index), layer_path LIMIT 1",
+            f"SELECT {_PAIRED_LAYER} AS layer FROM weights AS w {_PAIRED_JOIN} "
+            "WHERE list_contains($ids, w.model_id) AND w.weight_name = $weight AND w.size > 0 "
+            "GROUP BY layer "
+            "ORDER BY count(*) DESC, avg(w.size) DESC, min(w.weight_index), layer LIMIT 1",
             params,
         ).fetchone()
         if found is None:
@@ -60,11 +76,11 @@ def weight_histograms(
     params["layer"] = layer
     having = con.execute(
         "SELECT w.model_id, m.arch_id FROM weights AS w JOIN models AS m USING (model_id) "
-        "WHERE list_contains($ids, w.model_id) AND w.layer_path = $layer "
+        f"WHERE list_contains($ids, w.model_id) AND {_AT_LAYER} "
         "AND w.weight_name = $weight AND w.size > 0",
         params,
     ).fetchall()
-    qualifying, others = base.one_architecture(dict(having), explicit=bool(models))
+    qualifying, others = base.one_architecture(dict(having), explicit=explicit)
     limit = min(MAX_SERIES, base.ROW_BUDGET // (bins + 2))
     selection = base.keep(ids, qualifying, limit)
     if not selection.ids:
@@ -73,9 +89,9 @@ def weight_histograms(
     params["bins"] = bins
     stored, expected = con.execute(
         "SELECT (SELECT count(*) FROM weight_values WHERE list_contains($ids, model_id) "
-        "AND layer_path = $layer AND weight_name = $weight), "
+        f"AND {_AT_LAYER} AND weight_name = $weight), "
         "(SELECT sum(size) FROM weights WHERE list_contains($ids, model_id) "
-        "AND layer_path = $layer AND weight_name = $weight)",
+        f"AND {_AT_LAYER} AND weight_name = $weight)",
         {k: params[k] for k in ("ids", "layer", "weight")},
     ).fetchone()
     if source == "auto":
@@ -84,7 +100,7 @@ def weight_histograms(
         raise NoData(f"no weight_values stored for {layer!r} / {weight!r}")
     spread = con.execute(
         "SELECT min, max, p05, p95 FROM weights WHERE list_contains($ids, model_id) "
-        "AND layer_path = $layer AND weight_name = $weight AND min IS NOT NULL",
+        f"AND {_AT_LAYER} AND weight_name = $weight AND min IS NOT NULL",
         {k: params[k] for k in ("ids", "layer", "weight")},
     ).fetchall()
     if not spread:
@@ -192,7 +208,7 @@ def _median(values: Sequence[float]) -> float:
 _HIST_FROM_VALUES = """
 WITH v AS (
     SELECT model_id, value::DOUBLE AS x FROM weight_values
-    WHERE list_contains($ids, model_id) AND layer_path = $layer AND weight_name = $weight
+    WHERE list_contains($ids, model_id) AND {at_layer} AND weight_name = $weight
       AND isfinite(value)
 ),
 c AS (
@@ -218,7 +234,7 @@ JOIN models AS m USING (model_id)
 LEFT JOIN c USING (model_id, bin)
 WHERE g.bin BETWEEN 0 AND $bins - 1 OR c.count > 0
 ORDER BY m.name, g.bin
-"""
+""".replace("{at_layer}", _AT_LAYER)
 
 # Merge: each stored bin [lo, hi) gives its count to the common bins in proportion to overlap
 # (values are taken as uniform within a stored bin); the parts beyond [$lo, $hi] go to the
@@ -264,7 +280,7 @@ def merged_histogram_sql(source: str) -> str:
 
 _HIST_MERGED = merged_histogram_sql(
     "SELECT model_id, lo, hi, count FROM histograms "
-    "WHERE list_contains($ids, model_id) AND layer_path = $layer AND weight_name = $weight "
+    f"WHERE list_contains($ids, model_id) AND {_AT_LAYER} AND weight_name = $weight "
     "AND count > 0"
 )
 
