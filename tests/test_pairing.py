@@ -166,6 +166,15 @@ def test_histograms_of_a_layer_take_its_pair_in_each_model(paired):
     assert counts == {"shifted/base": 96, "shifted/tuned": 96}
 
 
+def test_the_matrix_panels_show_the_paired_layer(paired):
+    con = wpipe.connect(paired.db_path)
+    spec = charts.weight_matrix(con, models=["shifted/base", "shifted/tuned"], layer="conv1d_1")
+    con.close()
+    # base's conv1d_1 and tuned's conv1d: 3x4x8 kernels, 12 rows in their matrix view
+    rows = {(r["model"], r["rows"]) for r in data_rows(spec.to_dict()) if r.get("kind") == "cell"}
+    assert rows == {("shifted/base", 12), ("shifted/tuned", 12)}
+
+
 @pytest.mark.parametrize(
     ("name", "class_name", "default"),
     [

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import altair as alt
@@ -46,15 +45,8 @@ def weight_histograms(
     if not 1 <= bins <= MAX_BINS:
         raise ValueError(f"bins must be between 1 and {MAX_BINS}")
     ids = model_ids(con, models)
-    with _paired(con, ids):  # `layer` names the first model's layer, paired in the others
+    with base.paired_layers(con, ids):  # `layer` names the first model's layer
         return _histograms(con, ids, layer, weight, bins, source, explicit=bool(models))
-
-
-# a tensor of the layer paired with the first model's `$layer` (the `_paired_layers` relation)
-_AT_LAYER = (
-    "(model_id, layer_path) IN (SELECT (model_id, layer_path) FROM _paired_layers "
-    "WHERE ref_path = $layer)"
-)
 
 
 def _histograms(
@@ -64,7 +56,7 @@ def _histograms(
     params: dict[str, Any] = {"ids": ids, "weight": weight}
     if layer is None:
         found = con.execute(
-            f"SELECT {_PAIRED_LAYER} AS layer FROM weights AS w {_PAIRED_JOIN} "
+            f"SELECT {base.PAIRED_LAYER} AS layer FROM weights AS w {base.PAIRED_JOIN} "
             "WHERE list_contains($ids, w.model_id) AND w.weight_name = $weight AND w.size > 0 "
             "GROUP BY layer "
             "ORDER BY count(*) DESC, avg(w.size) DESC, min(w.weight_index), layer LIMIT 1",
@@ -76,7 +68,7 @@ def _histograms(
     params["layer"] = layer
     having = con.execute(
         "SELECT w.model_id, m.arch_id FROM weights AS w JOIN models AS m USING (model_id) "
-        f"WHERE list_contains($ids, w.model_id) AND {_AT_LAYER} "
+        f"WHERE list_contains($ids, w.model_id) AND {base.AT_PAIRED_LAYER} "
         "AND w.weight_name = $weight AND w.size > 0",
         params,
     ).fetchall()
@@ -89,9 +81,9 @@ def _histograms(
     params["bins"] = bins
     stored, expected = con.execute(
         "SELECT (SELECT count(*) FROM weight_values WHERE list_contains($ids, model_id) "
-        f"AND {_AT_LAYER} AND weight_name = $weight), "
+        f"AND {base.AT_PAIRED_LAYER} AND weight_name = $weight), "
         "(SELECT sum(size) FROM weights WHERE list_contains($ids, model_id) "
-        f"AND {_AT_LAYER} AND weight_name = $weight)",
+        f"AND {base.AT_PAIRED_LAYER} AND weight_name = $weight)",
         {k: params[k] for k in ("ids", "layer", "weight")},
     ).fetchone()
     if source == "auto":
@@ -100,7 +92,7 @@ def _histograms(
         raise NoData(f"no weight_values stored for {layer!r} / {weight!r}")
     spread = con.execute(
         "SELECT min, max, p05, p95 FROM weights WHERE list_contains($ids, model_id) "
-        f"AND {_AT_LAYER} AND weight_name = $weight AND min IS NOT NULL",
+        f"AND {base.AT_PAIRED_LAYER} AND weight_name = $weight AND min IS NOT NULL",
         {k: params[k] for k in ("ids", "layer", "weight")},
     ).fetchall()
     if not spread:
@@ -234,7 +226,7 @@ JOIN models AS m USING (model_id)
 LEFT JOIN c USING (model_id, bin)
 WHERE g.bin BETWEEN 0 AND $bins - 1 OR c.count > 0
 ORDER BY m.name, g.bin
-""".replace("{at_layer}", _AT_LAYER)
+""".replace("{at_layer}", base.AT_PAIRED_LAYER)
 
 # Merge: each stored bin [lo, hi) gives its count to the common bins in proportion to overlap
 # (values are taken as uniform within a stored bin); the parts beyond [$lo, $hi] go to the
@@ -280,7 +272,7 @@ def merged_histogram_sql(source: str) -> str:
 
 _HIST_MERGED = merged_histogram_sql(
     "SELECT model_id, lo, hi, count FROM histograms "
-    f"WHERE list_contains($ids, model_id) AND {_AT_LAYER} AND weight_name = $weight "
+    f"WHERE list_contains($ids, model_id) AND {base.AT_PAIRED_LAYER} AND weight_name = $weight "
     "AND count > 0"
 )
 
@@ -299,27 +291,6 @@ def _tensor_label(single_role: bool, layer: str = "w.layer_path") -> str:
     return f"{layer} || ' · ' || w.weight_name"
 
 
-# a model's layer as the first model's layer it is paired with (compare.paired_paths): a
-# fine-tune whose layers Keras named otherwise (`conv1d` for `conv1d_1`) lands on the row or
-# panel of the layer it is paired with
-_PAIRED_JOIN = (
-    "LEFT JOIN _paired_layers AS p ON p.model_id = w.model_id AND p.layer_path = w.layer_path"
-)
-_PAIRED_LAYER = "coalesce(p.ref_path, w.layer_path)"
-
-
-@contextmanager
-def _paired(con: duckdb.DuckDBPyConnection, ids: list[str]) -> Iterator[None]:
-    """`_paired_layers` (for _PAIRED_JOIN) registered while the block runs."""
-    from wpipe.compare import paired_paths
-
-    con.register("_paired_layers", paired_paths(con, ids))
-    try:
-        yield
-    finally:
-        con.unregister("_paired_layers")
-
-
 def stat_heatmap(
     con: duckdb.DuckDBPyConnection,
     *,
@@ -333,15 +304,15 @@ def stat_heatmap(
         raise ValueError(f"stat must be one of {', '.join(STATS)}; not {stat!r}")
     roles = list(roles or ())
     ids = model_ids(con, models)
-    label = _tensor_label(len(roles) == 1, _PAIRED_LAYER)
+    label = _tensor_label(len(roles) == 1, base.PAIRED_LAYER)
     where = (
         f"list_contains($ids, w.model_id) AND {base.layer_filter(layers, 'w.layer_path')} "
         "AND (len($roles) = 0 OR list_contains($roles, w.role))"
     )
     params = {"ids": ids, "roles": roles, **base.layer_params(layers)}
-    with _paired(con, ids):
+    with base.paired_layers(con, ids):
         tensors = con.execute(
-            f"SELECT {label} AS tensor FROM weights AS w {_PAIRED_JOIN} WHERE {where} "
+            f"SELECT {label} AS tensor FROM weights AS w {base.PAIRED_JOIN} WHERE {where} "
             f"GROUP BY tensor ORDER BY avg(w.weight_index), tensor LIMIT {base.ROW_BUDGET}",
             params,
         ).fetchall()
@@ -360,7 +331,7 @@ def stat_heatmap(
                    w."{stat}"::DOUBLE AS value
             FROM weights AS w JOIN models AS m USING (model_id)
             LEFT JOIN layers AS l USING (model_id, layer_path)
-            {_PAIRED_JOIN}
+            {base.PAIRED_JOIN}
             WHERE {where} AND list_contains($tensors, {label})
             ORDER BY m.name, w.weight_index
             """,
@@ -422,7 +393,7 @@ def distribution_boxes(
     """
     roles = list(roles or ())
     ids = model_ids(con, models)
-    label = _tensor_label(len(roles) == 1, _PAIRED_LAYER)
+    label = _tensor_label(len(roles) == 1, base.PAIRED_LAYER)
     where = (
         f"list_contains($ids, w.model_id) AND {base.layer_filter(layers, 'w.layer_path')} "
         "AND (len($roles) = 0 OR list_contains($roles, w.role)) AND w.p50 IS NOT NULL"
@@ -435,9 +406,9 @@ def distribution_boxes(
     ).fetchall()
     qualifying, others = base.one_architecture(dict(having), explicit=bool(models))
     params["ids"] = [i for i in ids if i in qualifying]
-    with _paired(con, params["ids"]):
+    with base.paired_layers(con, params["ids"]):
         tensors = con.execute(
-            f"SELECT {label} AS tensor FROM weights AS w {_PAIRED_JOIN} WHERE {where} "
+            f"SELECT {label} AS tensor FROM weights AS w {base.PAIRED_JOIN} WHERE {where} "
             "GROUP BY tensor ORDER BY avg(w.weight_index), tensor",
             params,
         ).fetchall()
@@ -454,7 +425,7 @@ def distribution_boxes(
             SELECT m.name AS model, {label} AS tensor, w.shape::VARCHAR AS shape,
                    w.p01, w.p05, w.p25, w.p50, w.p75, w.p95, w.p99
             FROM weights AS w JOIN models AS m USING (model_id)
-            {_PAIRED_JOIN}
+            {base.PAIRED_JOIN}
             WHERE {where} AND list_contains($tensors, {label})
             ORDER BY m.name, w.weight_index
             """,
