@@ -66,7 +66,7 @@ def test_a_checkpoint_saved_twice_has_no_drift(tmp_path):
                                  "--db", str(w.db_path), "-f", "json"])  # fmt: skip
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
-    assert rows and all(r["matched_by"] == "path" for r in rows)
+    assert rows and all(r["matched_by"] == "position" for r in rows)  # one arch_id
     assert all(r["rel_l2"] == 0 and r["cosine"] == pytest.approx(1) for r in rows)
     assert all(r["comparable"] == "yes" for r in rows)
     assert w.query("SELECT count(*) FROM drift") == [(0,)]  # compare stores nothing

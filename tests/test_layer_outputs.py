@@ -142,3 +142,35 @@ def test_dead_units_by_activation_flags_the_sick_run_only(tmp_path) -> None:
     assert flagged == [("cnn_lr3e-1/e05",)]
     health = runner.invoke(app, ["health", "--db", db, "-f", "json"])
     assert any(r["flags"] == "dead_units_by_activation" for r in json.loads(health.output))
+
+
+def test_random_ids_for_an_embedding_whatever_the_input_dtype(tmp_path) -> None:
+    # tf_keras made this Sequential text model's InputLayer float32 (asserted by
+    # make_float_ids_fixture.py): --random still feeds integer ids in [0, input_dim)
+    from wpipe.forward import graph_of
+    from wpipe.readers import open_model
+
+    want = np.load(FORWARD_MODELS.parent / "expected" / "k2_float_ids.npz")
+    with open_model(str(FORWARD_MODELS / "k2_float_ids.h5")) as model:
+        graph = graph_of(model)
+    (ids,) = lo.random_inputs(graph, 64, seed=3).arrays.values()
+    vocab = want["embeddings"].shape[0]
+    assert ids.dtype.kind == "i" and ids.min() >= 0 and ids.max() < vocab
+    assert len(np.unique(ids)) > vocab // 2  # spread over the vocabulary, not 0/1 only
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    shutil.copy2(FORWARD_MODELS / "k2_float_ids.h5", zoo)
+    db = str(tmp_path / "t.duckdb")
+    assert runner.invoke(app, ["ingest", str(zoo), "--db", db, "-j", "1"]).exit_code == 0
+    probe = runner.invoke(app, ["activations", "--random", "16", "--db", db, "-f", "json"])
+    assert probe.exit_code == 0, probe.output
+    assert _query(db, "SELECT source, status FROM activation_runs") == [("random", "complete")]
+    # Keras's own ids, given as a file of integers: Keras's predictions
+    np.save(tmp_path / "ids.npy", want["ids"])
+    run = runner.invoke(app, ["activations", "--input", str(tmp_path / "ids.npy"), "--db", db,
+                              "-f", "json"])  # fmt: skip
+    assert run.exit_code == 0, run.output
+    (mean,) = _query(db, "SELECT a.mean FROM activations AS a JOIN activation_runs AS r "
+                         "USING (model_id, input_set) WHERE r.source = 'file' "
+                         "AND a.class_name = 'Dense'")[0]  # fmt: skip
+    assert mean == pytest.approx(float(want["predictions"].astype(np.float64).mean()), rel=1e-5)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from itertools import combinations, pairwise
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pyarrow as pa
 
 from wpipe import schema
 from wpipe.checkpoints import Save, has_training_log, name_series, series_of
-from wpipe.drift import drift_row, symmetric_distance, tensor_drift
+from wpipe.drift import drift_row, position_pairs, symmetric_distance, tensor_drift
 from wpipe.readers import Model, ModelReadError
 from wpipe.remote import is_url, open_save
 from wpipe.store import insert_arrow
@@ -72,34 +73,69 @@ def _file_of(con: duckdb.DuckDBPyConnection, model_id: str) -> tuple[str, str]:
 
 def _drift_rows(
     model_a: Model, model_b: Model, ids: tuple[str, str], shas: tuple[str, str],
-    series_name: str | None, renamed: dict[str, str] | None,
+    series_name: str | None, pairs: dict[str, str],
 ) -> list[dict]:  # fmt: skip
-    """Drift of every tensor of A with a same-named, same-shaped tensor in B's layer of the
-    same path (or the path `renamed` maps A's to; with `renamed` given, only those layers)."""
-    tensors_b = {(layer.layer_path, t.weight_name): t for layer in model_b.layers
-                 for t in layer.tensors}  # fmt: skip
+    """Drift of every tensor of A's layers in `pairs` (A's layer path -> B's, as
+    comparable_layers gives them) against the tensor in the same place of B's layer, keyed by
+    B's layer path and weight name."""
+    layers_b = {layer.layer_path: layer for layer in model_b.layers}
     rows = []
     for layer in model_a.layers:
-        if renamed is not None and layer.layer_path not in renamed:
+        other = layers_b.get(pairs.get(layer.layer_path, ""))
+        if other is None or len(other.tensors) != len(layer.tensors):
             continue
-        path_b = (renamed or {}).get(layer.layer_path, layer.layer_path)
-        for t in layer.tensors:
-            other = tensors_b.get((path_b, t.weight_name))
+        for t, u in zip(layer.tensors, other.tensors, strict=True):
             # both analysable: a complex or string tensor on either side is never cast
-            if other is None or other.shape != t.shape or (t.status, other.status) != ("ok", "ok"):
+            if u.shape != t.shape or (t.status, u.status) != ("ok", "ok"):
                 continue
-            key = (layer.layer_path, t.weight_name)
-            rows.append(drift_row(ids, key, t.load(), other.load(), series_name, shas))
+            key = (other.layer_path, u.weight_name)
+            rows.append(drift_row(ids, key, t.load(), u.load(), series_name, shas))
     return rows
 
 
 def comparable_layers(con: duckdb.DuckDBPyConnection, a: str, b: str) -> dict[str, str]:
-    """A's layer path -> B's, for the layers align_layers finds comparable: matched, of one
-    class, with the same weight roles and shapes."""
-    rows = con.execute(
-        "SELECT path_a, path_b FROM align_layers(?, ?) WHERE comparable", [a, b]
+    """A's layer path -> B's, for the layers align_layers (the one pairing every comparison
+    uses) finds comparable: paired, of one class, with the same weight roles and shapes."""
+    return {path_a: path_b for path_a, path_b, _ in layer_pairs(con, a, b)}
+
+
+def layer_pairs(con: duckdb.DuckDBPyConnection, a: str, b: str) -> list[tuple[str, str, bool]]:
+    """(A's layer path, B's, certain) for the comparable pairs of align_layers, in A's order."""
+    return con.execute(
+        "SELECT path_a, path_b, certain FROM align_layers(?, ?) WHERE comparable", [a, b]
     ).fetchall()
-    return dict(rows)
+
+
+PAIRED_SCHEMA = pa.schema([("model_id", pa.string()), ("layer_path", pa.string()),
+                           ("ref_path", pa.string()), ("certain", pa.bool_())])  # fmt: skip
+
+
+def paired_paths(con: duckdb.DuckDBPyConnection, model_ids: list[str]) -> pa.Table:
+    """(model_id, layer_path, ref_path, certain): the weighted layers of each model of the first
+    model's arch_id named by the first model's layer in the same place (align_layers pairs one
+    arch_id by position), so figures put a model and its fine-tune saved in another session
+    (`conv1d` vs `conv1d_1`) on one row. Models of other architectures keep their own paths:
+    pairing each of them would cost a query, and a figure across architectures compares by
+    name only (compare A B pairs them)."""
+    if not model_ids:
+        return PAIRED_SCHEMA.empty_table()
+    listing = con.execute(
+        "SELECT l.model_id, any_value(m.arch_id), list(l.layer_path ORDER BY l.layer_index) "
+        "FROM layers AS l JOIN models AS m USING (model_id) "
+        "WHERE list_contains($ids, l.model_id) AND l.n_tensors > 0 GROUP BY l.model_id",
+        {"ids": model_ids},
+    ).fetchall()
+    layers = {m: (arch, paths) for m, arch, paths in listing}
+    first_arch, first_paths = layers.get(model_ids[0], (None, []))
+    out: dict[str, list] = {name: [] for name in PAIRED_SCHEMA.names}
+    for model_id in model_ids:
+        arch, paths = layers.get(model_id, (None, []))
+        same = arch == first_arch and len(paths) == len(first_paths)
+        refs = first_paths if same else paths
+        for path, ref in zip(paths, refs, strict=True):
+            for name, value in zip(PAIRED_SCHEMA.names, (model_id, path, ref, True), strict=True):
+                out[name].append(value)
+    return pa.table(out, schema=PAIRED_SCHEMA)
 
 
 def pair_drift(con: duckdb.DuckDBPyConnection, a: str, b: str) -> pa.Table:
@@ -174,7 +210,9 @@ def series_drift(
                 model_b = stack_b.enter_context(open_save(files[b][0]))
                 shas = (files[a][1], files[b][1])
                 try:
-                    rows += _drift_rows(held[1], model_b, (a, b), shas, name, None)
+                    # a series is one arch_id: align_layers pairs it by position
+                    pairs = position_pairs(held[1], model_b)
+                    rows += _drift_rows(held[1], model_b, (a, b), shas, name, pairs)
                 except BaseException:
                     stack_b.close()
                     raise
@@ -224,41 +262,56 @@ def _label_series(con: duckdb.DuckDBPyConnection, labels: dict[tuple[str, str], 
 def distance_matrix(con: duckdb.DuckDBPyConnection, model_ids: list[str]) -> list[tuple]:
     """(layer_path, model_a, model_b, distance) for every pair: ‖A−B‖ / mean(‖A‖, ‖B‖)
     over the layer's tensors, for the models whose layer is comparable with the first's."""
-    return distance_table(con, model_ids)[0]
+    return distance_table(con, model_ids).rows
 
 
-def distance_table(
-    con: duckdb.DuckDBPyConnection, model_ids: list[str]
-) -> tuple[list[tuple], dict[str, list[str]]]:
-    """distance_matrix's rows, and per layer of the first model the models that have it with
-    the same tensors and shapes (only those are compared; a model is at distance 0 from
-    itself only on a layer it has)."""
+@dataclass
+class Distances:
+    """distance_matrix's rows; per layer of the first model, the models that have a layer
+    paired with it (align_layers, comparable: only those are compared; a model is at distance
+    0 from itself only on a layer it has), those among them whose pair is uncertain, and the
+    path of the paired layer in the models that name it otherwise."""
+
+    rows: list[tuple]
+    members: dict[str, list[str]]
+    uncertain: dict[str, list[str]]
+    renamed: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> its path
+
+
+def distance_table(con: duckdb.DuckDBPyConnection, model_ids: list[str]) -> Distances:
+    """Every model's layers paired with the first model's by align_layers, then the distance
+    of every two models' layers paired with the same layer of the first."""
     paths = [
         con.execute("SELECT path FROM models WHERE model_id = ?", [m]).fetchone()[0]
         for m in model_ids
     ]
-    out: list[tuple] = []
-    members: dict[str, list[str]] = {}
+    first = model_ids[0]
+    pairs = [{}] + [
+        {a: (b, certain) for a, b, certain in layer_pairs(con, first, m)} for m in model_ids[1:]
+    ]
+    out = Distances([], {}, {})
     with ExitStack() as stack:
         models = [stack.enter_context(open_save(p)) for p in paths]
-        tensors = [
-            {(layer.layer_path, t.weight_name): t for layer in m.layers for t in layer.tensors}
-            for m in models
-        ]
-        for layer_path in [layer.layer_path for layer in models[0].layers if layer.tensors]:
-            keys = [k for k in tensors[0] if k[0] == layer_path]
-            having = [
-                i for i, t in enumerate(tensors)
-                if all(k in t and t[k].shape == tensors[0][k].shape for k in keys)
-            ]  # fmt: skip
-            members[layer_path] = [model_ids[i] for i in having]
-            arrays = {i: [tensors[i][k].load() for k in keys] for i in having}
-            for i, j in combinations(having, 2):
+        layers = [{layer.layer_path: layer for layer in m.layers} for m in models]
+        for layer in [layer for layer in models[0].layers if layer.tensors]:
+            mine = {0: layer}  # the layer of each model paired with the first's
+            for i in range(1, len(models)):
+                path, certain = pairs[i].get(layer.layer_path, (None, True))
+                if path is not None and path in layers[i]:
+                    mine[i] = layers[i][path]
+                    if path != layer.layer_path:  # named otherwise in that model
+                        out.renamed.setdefault(layer.layer_path, {})[model_ids[i]] = path
+                    if not certain:
+                        out.uncertain.setdefault(layer.layer_path, []).append(model_ids[i])
+            out.members[layer.layer_path] = [model_ids[i] for i in mine]
+            arrays = {i: [t.load() for t in other.tensors] for i, other in mine.items()}
+            for i, j in combinations(mine, 2):
                 parts = [tensor_drift(x, y) for x, y in zip(arrays[i], arrays[j], strict=True)]
                 l2 = [sum((p[f] or 0.0) ** 2 for p in parts) ** 0.5 for f in
                       ("l2_a", "l2_b", "l2_diff")]  # fmt: skip
-                out.append((layer_path, model_ids[i], model_ids[j], symmetric_distance(*l2)))
-    return out, members
+                distance = symmetric_distance(*l2)
+                out.rows.append((layer.layer_path, model_ids[i], model_ids[j], distance))
+    return out
 
 
 class MetricsError(ValueError):

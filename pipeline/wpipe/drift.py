@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from wpipe.readers.base import Model
 
 CHUNK = 1 << 18
 
@@ -74,3 +78,24 @@ def drift_row(
         "model_a": ids[0], "model_b": ids[1], "layer_path": key[0], "weight_name": key[1],
         **tensor_drift(a, b), "series": series, "sha256_a": shas[0], "sha256_b": shas[1],
     }  # fmt: skip
+
+
+def weighted_layers(model: Model) -> tuple[str, ...]:
+    """The paths of the layers that hold weights, in the model's order."""
+    return tuple(layer.layer_path for layer in model.layers if layer.tensors)
+
+
+def position_pairs(model_a: Model, model_b: Model) -> dict[str, str]:
+    """A's layer path -> B's for two models of one arch_id: the k-th weighted layer with the
+    k-th, whatever names a session's layer counters gave them (align_layers' `position`
+    pass, without a query per pair)."""
+    a, b = weighted_layers(model_a), weighted_layers(model_b)
+    return dict(zip(a, b, strict=True)) if len(a) == len(b) else {}  # else: a changed file
+
+
+def positions(model: Model) -> dict[tuple[str, str], tuple[int, int]]:
+    """(layer path, weight name) -> (place among the weighted layers, place in its layer):
+    how two models of one arch_id pair their tensors (align_layers' `position` pairs)."""
+    weighted = [layer for layer in model.layers if layer.tensors]
+    return {(layer.layer_path, t.weight_name): (i, j) for i, layer in enumerate(weighted)
+            for j, t in enumerate(layer.tensors)}  # fmt: skip

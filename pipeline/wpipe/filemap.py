@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from wpipe import remote, schema
 from wpipe.analysis import StatsOptions
-from wpipe.drift import drift_row
+from wpipe.drift import drift_row, positions, weighted_layers
 from wpipe.readers import (
     Model,
     ModelReadError,
@@ -193,23 +193,27 @@ class TableSink:
 @dataclass
 class Held:
     """A processed file's tensors, kept for the drift of the next checkpoint of its series:
-    by dataset path (with shape and dtype, as the direct read compares them) and by
-    (layer path, weight name) (as the reader path does, for the same architecture)."""
+    by dataset path (with shape and dtype, as the direct read compares them) and by position
+    (as the reader path does, for the same architecture). `layers`: its weighted layers' paths
+    in order (the direct read pairs by position only where the next file's are the same)."""
 
     path: str
     arch: str
     hdf5: bool  # an HDF5 file: a next file of plain Keras layout compares by dataset path
+    layers: tuple[str, ...] = ()
     by_source: dict[str, tuple[tuple, str, np.ndarray]] = field(default_factory=dict)
-    by_key: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    by_position: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
     nbytes: int = 0
 
 
 class DriftTracker:
-    """Drift of each tensor against the same tensor of the previous checkpoint (same layer
-    path, weight name and shape). The series pass after the map drops pairs whose models turn
-    out not to share an architecture. `local`: where the previous file is read; `held`: its
-    tensors, already in memory; `keep`: where this file is read, to hold its tensors for the
-    next one (`self.kept`)."""
+    """Drift of each tensor against the tensor in the same place of the previous checkpoint
+    (same position among the weighted layers and in its layer, same shape: the pairing of
+    align_layers for one arch_id, so layers whose auto-generated names differ between two
+    sessions still pair). The series pass after the map drops pairs whose models turn out not
+    to share an architecture. `local`: where the previous file is read; `held`: its tensors,
+    already in memory; `keep`: where this file is read, to hold its tensors for the next one
+    (`self.kept`). Rows carry this (the later) model's layer path and weight name."""
 
     def __init__(
         self, job: FileJob, model: Model, stack: ExitStack, local: str | None = None,
@@ -219,44 +223,51 @@ class DriftTracker:
         self.ids = (model_id_for(job.previous or ""), model_id_for(job.path))
         self.series = job.series
         self.where = job.previous or ""
+        self.position = positions(model)
         self.file: h5py.File | None = None  # the previous file, read by dataset path
-        self.tensors: dict[tuple[str, str], Tensor] = {}  # or its tensors, read by a reader
+        self.tensors: dict[tuple[int, int], Tensor] = {}  # or its tensors, read by a reader
         self.held: Held | None = None  # or its tensors, in memory
         self.by_source = False  # held tensors looked up by dataset path
+        layers = weighted_layers(model)
         # this file's tensors, for the next one (`keep`: where this file is read)
-        self.kept = Held(job.path, arch_id(model), _is_hdf5(keep)) if keep else None
+        self.kept = Held(job.path, arch_id(model), _is_hdf5(keep), layers) if keep else None
         local = local or job.previous  # where the previous file is read (a local copy)
         if job.previous is None or local is None:
             return
         local = to_os(local)  # as stored (textsafe), or a local copy's path
         if held is not None and held.path == job.previous:
-            if _plain(model) and held.hdf5:  # as _direct: by dataset path
+            # by dataset path only where the layers have the same names in the same order
+            # (then a dataset path is a position); else by position in one architecture
+            if _plain(model) and held.hdf5 and held.layers == layers:
                 self.held, self.by_source = held, True
             elif held.arch == arch_id(model):
                 self.held, self.by_source = held, False
             return
         try:
             if _direct(local, model):
-                self.file = stack.enter_context(h5py.File(local, "r", locking=False))
-                return
+                file = stack.enter_context(h5py.File(local, "r", locking=False))
+                if _same_paths(file, model):
+                    self.file = file
+                    return
             previous = stack.enter_context(open_model(local, where=job.previous))
         except (ModelReadError, OSError):
             return  # the driver's series pass reports what it cannot read
         if arch_id(previous) == arch_id(model):
-            self.tensors = {(layer.layer_path, t.weight_name): t for layer in previous.layers
-                            for t in layer.tensors}  # fmt: skip
+            self.tensors = {positions(previous)[(layer.layer_path, t.weight_name)]: t
+                            for layer in previous.layers for t in layer.tensors}  # fmt: skip
 
     def visit(self, layer_path: str, tensor: Tensor, array: np.ndarray) -> None:
         key = (layer_path, tensor.weight_name)
-        self._keep(key, tensor, array)
+        place = self.position[key]
+        self._keep(place, tensor, array)
         try:
-            before = self._before(key, tensor)
+            before = self._before(place, tensor)
         except (ModelReadError, OSError, ValueError):
             before = None
         if before is not None:
             self.rows.append(drift_row(self.ids, key, before, array, self.series, (None, None)))
 
-    def _keep(self, key: tuple[str, str], tensor: Tensor, array: np.ndarray) -> None:
+    def _keep(self, place: tuple[int, int], tensor: Tensor, array: np.ndarray) -> None:
         kept = self.kept
         if kept is None:
             return
@@ -265,28 +276,39 @@ class DriftTracker:
             self.kept = None
             return
         kept.by_source[tensor.source_name] = (tuple(tensor.shape), tensor.dtype, array)
-        kept.by_key[key] = array
+        kept.by_position[place] = array
 
-    def _before(self, key: tuple[str, str], tensor: Tensor) -> np.ndarray | None:
+    def _before(self, place: tuple[int, int], tensor: Tensor) -> np.ndarray | None:
         if self.held is not None:
-            return self._held_before(key, tensor)
+            return self._held_before(place, tensor)
         if self.file is not None:
             ds = h5safe.dataset(self.file, tensor.source_name, self.where)
             same = ds.shape == tensor.shape and h5safe.logical_dtype(ds) == tensor.dtype
             return h5safe.read_array(ds) if same else None
-        other = self.tensors.get(key)
+        other = self.tensors.get(place)
         if other is None or other.shape != tensor.shape:
             return None
         return other.load()
 
-    def _held_before(self, key: tuple[str, str], tensor: Tensor) -> np.ndarray | None:
+    def _held_before(self, place: tuple[int, int], tensor: Tensor) -> np.ndarray | None:
         held = self.held
         if self.by_source:  # as the direct read: same dataset path, shape and dtype
             shape, dtype, array = held.by_source.get(tensor.source_name, ((), "", None))
             same = shape == tuple(tensor.shape) and dtype == tensor.dtype
             return array if same else None
-        array = held.by_key.get(key)
+        array = held.by_position.get(place)
         return array if array is not None and array.shape == tuple(tensor.shape) else None
+
+
+def _same_paths(file: h5py.File, model: Model) -> bool:
+    """Whether every tensor's dataset path is in the previous file: where a session's layer
+    counters named the layers otherwise (`conv1d` vs `conv1d_1`), some path is missing and the
+    previous file is read by position instead. (A permutation of names among layers of one
+    shape would still pair by name here; Keras's counters only shift.)"""
+    try:
+        return all(t.source_name in file for layer in model.layers for t in layer.tensors)
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def _direct(previous: str, model: Model) -> bool:

@@ -23,7 +23,7 @@ import pyarrow as pa
 from wpipe import schema, store
 from wpipe.analysis import StatsOptions, tensor_stats
 from wpipe.forward import LayerOutput, Stopped, Unsupported, forward, graph_of
-from wpipe.forward.graph import Graph
+from wpipe.forward.graph import Graph, Ref
 from wpipe.readers import ModelReadError, open_model
 
 UNKNOWN_DIM = 8  # length used for a None dimension (sequence length) of random inputs
@@ -102,6 +102,7 @@ def arrange(graph: Graph, inputs: InputSet) -> list[np.ndarray]:
             raise InputError(f"{inputs.name}: the model has {len(names)} inputs; use an .npz")
         arrays = list(inputs.arrays)
     out = []
+    embedded = embedding_inputs(graph)
     for name, array in zip(names, arrays, strict=True):
         shape = graph.input_shapes.get(name)
         if shape is not None and (
@@ -115,25 +116,62 @@ def arrange(graph: Graph, inputs: InputSet) -> list[np.ndarray]:
                 f"{['N' if d is None else d for d in shape]}"
             )
         dtype = graph.input_dtypes.get(name, "float32")
-        out.append(array.astype(np.int64 if "int" in dtype else np.float32, copy=False))
+        # integer ids for an Embedding stay integers whatever the InputLayer says: a float32
+        # cast would round ids above 2**24
+        ids = array.dtype.kind in "iu" and name in embedded
+        out.append(array.astype(np.int64 if "int" in dtype or ids else np.float32, copy=False))
     return out
 
 
 def random_inputs(graph: Graph, n: int, seed: int = 0) -> InputSet:
-    """Seeded standard-normal floats, or integers in [0, vocabulary) for integer inputs."""
+    """Seeded standard-normal floats; integer ids in [0, input_dim) for an input an Embedding
+    reads, whatever dtype its InputLayer declares (a Keras 2 Sequential text model's says
+    float32), and in [0, the smallest vocabulary) for other integer inputs."""
     rng = np.random.default_rng(seed)
     vocab = _smallest_vocabulary(graph) or 2
+    embedded = embedding_inputs(graph)
     arrays = {}
     for ref in graph.inputs:
         shape = graph.input_shapes.get(ref.layer)
         if shape is None:
             raise InputError("the architecture records no input shape: give --input")
         dims = (n, *(UNKNOWN_DIM if d is None else d for d in shape[1:]))
-        if "int" in graph.input_dtypes.get(ref.layer, "float32"):
+        if ref.layer in embedded:
+            arrays[ref.layer] = rng.integers(0, embedded[ref.layer], size=dims).astype(np.int64)
+        elif "int" in graph.input_dtypes.get(ref.layer, "float32"):
             arrays[ref.layer] = rng.integers(0, vocab, size=dims).astype(np.int64)
         else:
             arrays[ref.layer] = rng.standard_normal(dims).astype(np.float32)
     return InputSet(f"random:{n}", "random", None, arrays)
+
+
+def embedding_inputs(graph: Graph) -> dict[str, int]:
+    """Input name -> the smallest `input_dim` of the Embedding layers that read it directly
+    (or through a nested model whose own input an Embedding reads)."""
+    names = {ref.layer for ref in graph.inputs}
+    out: dict[str, int] = {}
+    for layer in graph.layers:
+        if layer.sub is not None:
+            inner = embedding_inputs(layer.sub)
+            dim = min(inner.values()) if len(layer.sub.inputs) == 1 and inner else None
+        elif layer.class_name == "Embedding" and isinstance(layer.config.get("input_dim"), int):
+            dim = layer.config["input_dim"]
+        else:
+            continue
+        for ref in (r for node in layer.nodes for r in _refs(node.args)):
+            if ref.layer in names and dim is not None:
+                out[ref.layer] = min(dim, out.get(ref.layer, dim))
+    return out
+
+
+def _refs(args: list) -> list[Ref]:
+    found = []
+    for arg in args:
+        if isinstance(arg, Ref):
+            found.append(arg)
+        elif isinstance(arg, (list, tuple)):
+            found += _refs(list(arg))
+    return found
 
 
 def _smallest_vocabulary(graph: Graph) -> int | None:

@@ -242,8 +242,8 @@ DRIFT = Table(
     "(`wpipe compare` computes its pairs on demand and stores them nowhere)",
     (
         *PAIR_KEY,
-        _c("layer_path", STR, "layer path (the same in both models)"),
-        _c("weight_name", STR, "weight name (the same in both models)"),
+        _c("layer_path", STR, "B's layer path (A's is the layer align_layers pairs with it)"),
+        _c("weight_name", STR, "B's weight name (A's tensor is in the same place of A's layer)"),
         _c("size", I64, "elements in the tensor"),
         _c("rel_l2", F64, "relative change ||B-A|| / ||A|| (NULL when ||A|| = 0)"),
         _c("cosine", F64, "cosine similarity A.B / (||A|| ||B||)"),

@@ -20,6 +20,7 @@ from pathlib import Path
 from wpipe.dblock import Protected
 from wpipe.readers import (
     ModelReadError,
+    compressed,
     keras_dir,
     saved_model,
     sharded,
@@ -48,9 +49,11 @@ def walk(
     """Model saves under `paths`, and the paths that look like models but cannot be read.
 
     Named files or folders count as given; folders are walked recursively. In a walk a regular
-    file counts when its content starts like HDF5 or ZIP, its name ends like a Keras file, or it
-    is a recognisable unreadable save (reported, not silently skipped). A folder that is itself
-    a save (unzipped .keras, SavedModel, …) counts as one model; shards listed by a
+    file counts when its content starts like HDF5 or ZIP, its name ends like a Keras file (or
+    a Keras file compressed whole: `model.h5.gz`, `.bz2`, `.xz`), or it is a recognisable
+    unreadable save (reported, not silently skipped). When a walk finds no save at all but
+    other compressed files (`model.gz`), each is reported: it may be a model. A folder that is
+    itself a save (unzipped .keras, SavedModel, …) counts as one model; shards listed by a
     `.weights.json` index belong to that index, and a TF checkpoint's `.data-*` shards to its
     `.index` (each `.index` is one model; the folder around it is walked as usual). Hidden
     folders are not entered.
@@ -58,6 +61,7 @@ def walk(
     protected = protected or Protected([])
     found: list[Path] = []
     skipped: list[Skipped] = []
+    packed: list[Path] = []  # compressed files not named like a save
     for raw in paths:
         given = Path(os.path.abspath(raw))
         problem = None if os.path.isdir(given) else stat_problem(given, str(given))
@@ -67,13 +71,26 @@ def walk(
         elif root in protected:
             continue
         elif root.is_dir() and not _is_save_folder(root):
-            _walk(root, protected, found, skipped)
+            _walk(root, protected, found, skipped, packed)
         else:
             found.append(root)
+    if not found:  # a folder of compressed files only must not look empty
+        skipped += [_skipped(p, _compressed_problem(p)) for p in packed]
     return list(dict.fromkeys(found)), skipped
 
 
-def _walk(root: Path, protected: Protected, found: list[Path], skipped: list[Skipped]) -> None:
+def _compressed_problem(path: Path) -> ModelReadError:
+    kind = compressed.SUFFIXES[path.suffix.lower()]
+    return ModelReadError(
+        "compressed-file",
+        f"{path}: a {kind} file not named like a Keras save (wpipe reads model.h5.gz, "
+        f".hdf5.bz2, .keras.xz); if it holds a model, {compressed.how_to_decompress(kind, path)}",
+    )
+
+
+def _walk(
+    root: Path, protected: Protected, found: list[Path], skipped: list[Skipped], packed: list[Path]
+) -> None:
     for folder, dirs, files in os.walk(root):
         here = Path(folder)
         if here in protected:
@@ -97,6 +114,8 @@ def _walk(root: Path, protected: Protected, found: list[Path], skipped: list[Ski
                 or _looks_like_model(candidate)
             ):
                 found.append(candidate)
+            elif candidate.suffix.lower() in compressed.SUFFIXES:
+                packed.append(candidate)
 
 
 def _regular(path: Path, protected: Protected, skipped: list[Skipped]) -> bool:
@@ -119,7 +138,8 @@ def _skipped(path: Path, problem: ModelReadError) -> Skipped:
 
 
 def _named_like_model(name: str) -> bool:
-    return name.lower().endswith(MODEL_SUFFIXES)
+    # a save compressed whole (`model.h5.gz`) is read through bounded decompression
+    return name.lower().endswith(MODEL_SUFFIXES) or compressed.named_like_save(name)
 
 
 def _is_save_folder(path: Path) -> bool:

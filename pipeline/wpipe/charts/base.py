@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,3 +169,30 @@ def one_architecture(arch_of: dict[str, str], explicit: bool) -> tuple[set[str],
 def ids_names(con: duckdb.DuckDBPyConnection, ids: list[str]) -> list[tuple[str, str]]:
     """(model_id, name) pairs, in the order of `ids`."""
     return list(zip(ids, model_names(con, ids), strict=True))
+
+
+# Layers of one arch_id named by the first model's layer in the same place (compare.
+# paired_paths): a fine-tune whose layers Keras named otherwise (`conv1d` for `conv1d_1`)
+# lands on the row, panel or histogram of the layer it is paired with. Inside
+# `paired_layers(con, ids)`, on a relation aliased `w`: join PAIRED_JOIN and label with
+# PAIRED_LAYER; AT_PAIRED_LAYER keeps the rows (model_id, layer_path) paired with `$layer`.
+PAIRED_JOIN = (
+    "LEFT JOIN _paired_layers AS p ON p.model_id = w.model_id AND p.layer_path = w.layer_path"
+)
+PAIRED_LAYER = "coalesce(p.ref_path, w.layer_path)"
+AT_PAIRED_LAYER = (
+    "(model_id, layer_path) IN (SELECT (model_id, layer_path) FROM _paired_layers "
+    "WHERE ref_path = $layer)"
+)
+
+
+@contextmanager
+def paired_layers(con: duckdb.DuckDBPyConnection, ids: list[str]) -> Iterator[None]:
+    """`_paired_layers` registered while the block runs (the first of `ids` is the reference)."""
+    from wpipe.compare import paired_paths
+
+    con.register("_paired_layers", paired_paths(con, ids))
+    try:
+        yield
+    finally:
+        con.unregister("_paired_layers")

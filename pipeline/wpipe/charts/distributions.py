@@ -46,16 +46,22 @@ def weight_histograms(
     if not 1 <= bins <= MAX_BINS:
         raise ValueError(f"bins must be between 1 and {MAX_BINS}")
     ids = model_ids(con, models)
+    with base.paired_layers(con, ids):  # `layer` names the first model's layer
+        return _histograms(con, ids, layer, weight, bins, source, explicit=bool(models))
+
+
+def _histograms(
+    con: duckdb.DuckDBPyConnection, ids: list[str], layer: str | None, weight: str, bins: int,
+    source: str, explicit: bool,
+) -> alt.LayerChart:  # fmt: skip
     params: dict[str, Any] = {"ids": ids, "weight": weight}
     if layer is None:
         found = con.execute(
-            "WITH t AS (SELECT w.*, m.arch_id FROM weights AS w JOIN models AS m "
-            "USING (model_id) WHERE list_contains($ids, w.model_id) "
-            "AND w.weight_name = $weight AND w.size > 0), "
-            "g AS (SELECT arch_id FROM t GROUP BY arch_id "
-            "      ORDER BY count(DISTINCT model_id) DESC, arch_id LIMIT 1) "
-            "SELECT layer_path FROM t WHERE arch_id = (SELECT arch_id FROM g) GROUP BY layer_path "
-            "ORDER BY max(size) DESC, min(weight_index), layer_path LIMIT 1",
+            f"SELECT {base.PAIRED_LAYER} AS layer FROM weights AS w {base.PAIRED_JOIN} "
+            "WHERE list_contains($ids, w.model_id) AND w.weight_name = $weight AND w.size > 0 "
+            "GROUP BY layer "
+            "ORDER BY count(DISTINCT w.model_id) DESC, max(w.size) DESC, min(w.weight_index), "
+            "layer LIMIT 1",
             params,
         ).fetchone()
         if found is None:
@@ -64,11 +70,11 @@ def weight_histograms(
     params["layer"] = layer
     having = con.execute(
         "SELECT w.model_id, m.arch_id FROM weights AS w JOIN models AS m USING (model_id) "
-        "WHERE list_contains($ids, w.model_id) AND w.layer_path = $layer "
+        f"WHERE list_contains($ids, w.model_id) AND {base.AT_PAIRED_LAYER} "
         "AND w.weight_name = $weight AND w.size > 0",
         params,
     ).fetchall()
-    qualifying, others = base.one_architecture(dict(having), explicit=bool(models))
+    qualifying, others = base.one_architecture(dict(having), explicit=explicit)
     limit = min(MAX_SERIES, base.ROW_BUDGET // (bins + 2))
     selection = base.keep(ids, qualifying, limit)
     if not selection.ids:
@@ -77,9 +83,9 @@ def weight_histograms(
     params["bins"] = bins
     stored, expected = con.execute(
         "SELECT (SELECT count(*) FROM weight_values WHERE list_contains($ids, model_id) "
-        "AND layer_path = $layer AND weight_name = $weight), "
+        f"AND {base.AT_PAIRED_LAYER} AND weight_name = $weight), "
         "(SELECT sum(size) FROM weights WHERE list_contains($ids, model_id) "
-        "AND layer_path = $layer AND weight_name = $weight)",
+        f"AND {base.AT_PAIRED_LAYER} AND weight_name = $weight)",
         {k: params[k] for k in ("ids", "layer", "weight")},
     ).fetchone()
     if source == "auto":
@@ -88,7 +94,7 @@ def weight_histograms(
         raise NoData(f"no weight_values stored for {layer!r} / {weight!r}")
     spread = con.execute(
         "SELECT min, max, p05, p95 FROM weights WHERE list_contains($ids, model_id) "
-        "AND layer_path = $layer AND weight_name = $weight AND min IS NOT NULL",
+        f"AND {base.AT_PAIRED_LAYER} AND weight_name = $weight AND min IS NOT NULL",
         {k: params[k] for k in ("ids", "layer", "weight")},
     ).fetchall()
     if not spread:
@@ -204,7 +210,7 @@ def _median(values: Sequence[float]) -> float:
 _HIST_FROM_VALUES = """
 WITH v AS (
     SELECT model_id, value::DOUBLE AS x FROM weight_values
-    WHERE list_contains($ids, model_id) AND layer_path = $layer AND weight_name = $weight
+    WHERE list_contains($ids, model_id) AND {at_layer} AND weight_name = $weight
       AND isfinite(value)
 ),
 c AS (
@@ -230,7 +236,7 @@ JOIN models AS m USING (model_id)
 LEFT JOIN c USING (model_id, bin)
 WHERE g.bin BETWEEN 0 AND $bins - 1 OR c.count > 0
 ORDER BY m.name, g.bin
-"""
+""".replace("{at_layer}", base.AT_PAIRED_LAYER)
 
 # Merge: each stored bin [lo, hi) gives its count to the common bins in proportion to overlap
 # (values are taken as uniform within a stored bin); the parts beyond [$lo, $hi] go to the
@@ -276,7 +282,7 @@ def merged_histogram_sql(source: str) -> str:
 
 _HIST_MERGED = merged_histogram_sql(
     "SELECT model_id, lo, hi, count FROM histograms "
-    "WHERE list_contains($ids, model_id) AND layer_path = $layer AND weight_name = $weight "
+    f"WHERE list_contains($ids, model_id) AND {base.AT_PAIRED_LAYER} AND weight_name = $weight "
     "AND count > 0"
 )
 
@@ -284,15 +290,15 @@ _HIST_MERGED = merged_histogram_sql(
 # ----------------------------------------------------------------------------- heatmap
 
 
-def _tensor_label(single_role: bool) -> str:
+def _tensor_label(single_role: bool, layer: str = "w.layer_path") -> str:
     # With one role the weight name adds nothing for plain layers ("conv1"), but tells the
     # halves of a Bidirectional or the projections of an attention layer apart.
     if single_role:
         return (
-            "CASE WHEN w.weight_name = w.role THEN w.layer_path "
-            "ELSE w.layer_path || ' · ' || w.weight_name END"
+            f"CASE WHEN w.weight_name = w.role THEN {layer} "
+            f"ELSE {layer} || ' · ' || w.weight_name END"
         )
-    return "w.layer_path || ' · ' || w.weight_name"
+    return f"{layer} || ' · ' || w.weight_name"
 
 
 def stat_heatmap(
@@ -308,7 +314,7 @@ def stat_heatmap(
         raise ValueError(f"stat must be one of {', '.join(STATS)}; not {stat!r}")
     roles = list(roles or ())
     ids = model_ids(con, models)
-    label = _tensor_label(len(roles) == 1)
+    label = _tensor_label(len(roles) == 1, base.PAIRED_LAYER)
     where = (
         f"list_contains($ids, w.model_id) AND {base.layer_filter(layers, 'w.layer_path')} "
         "AND (len($roles) = 0 OR list_contains($roles, w.role))"
@@ -316,51 +322,53 @@ def stat_heatmap(
     params = {"ids": ids, "roles": roles, **base.layer_params(layers)}
     # Rows grouped by architecture (largest group first), each group's tensors in network
     # order; a tensor name an earlier group has already placed stays where it is. Columns:
-    # the models in the same groups.
-    placed = con.execute(
-        f"SELECT {label} AS tensor, m.arch_id, min(w.weight_index) "
-        "FROM weights AS w JOIN models AS m USING (model_id) "
-        f"WHERE {where} GROUP BY ALL",
-        params,
-    ).fetchall()
-    sizes = dict(
-        con.execute(
-            "SELECT m.arch_id, count(DISTINCT w.model_id) FROM weights AS w "
-            f"JOIN models AS m USING (model_id) WHERE {where} GROUP BY ALL",
+    # the models in the same groups. Layers named as the first model's they pair with.
+    with base.paired_layers(con, ids):
+        placed = con.execute(
+            f"SELECT {label} AS tensor, m.arch_id, min(w.weight_index) "
+            f"FROM weights AS w JOIN models AS m USING (model_id) {base.PAIRED_JOIN} "
+            f"WHERE {where} GROUP BY ALL",
             params,
         ).fetchall()
-    )
-    home: dict[str, tuple] = {}  # tensor -> its place in its largest group
-    for tensor, arch, index in placed:
-        key = (-sizes[arch], arch, index, tensor)
-        home[tensor] = min(home.get(tensor, key), key)
-    tensors = sorted(home, key=home.__getitem__)[: base.ROW_BUDGET]
-    order = list(tensors)
-    if not order:
-        raise NoData("no weight tensor matches the filters")
-    having = con.execute(
-        f"SELECT w.model_id, m.arch_id FROM weights AS w JOIN models AS m USING (model_id) "
-        f"WHERE {where} GROUP BY ALL",
-        params,
-    ).fetchall()
-    arch_of = dict(having)
-    position = {m: k for k, m in enumerate(ids)}
-    grouped = sorted(arch_of, key=lambda m: (-sizes[arch_of[m]], arch_of[m], position[m]))
-    selection = base.keep(grouped, set(arch_of), base.ROW_BUDGET // len(order))
-    params["ids"] = selection.ids
-    params["tensors"] = order
-    rows = base.records(
-        con,
-        f"""
-        SELECT m.name AS model, {label} AS tensor, w.layer_path AS layer, w.weight_name AS weight,
-               l.class_name, w.shape::VARCHAR AS shape, w."{stat}"::DOUBLE AS value
-        FROM weights AS w JOIN models AS m USING (model_id)
-        LEFT JOIN layers AS l USING (model_id, layer_path)
-        WHERE {where} AND list_contains($tensors, {label})
-        ORDER BY m.name, w.weight_index
-        """,
-        params,
-    )
+        sizes = dict(
+            con.execute(
+                "SELECT m.arch_id, count(DISTINCT w.model_id) FROM weights AS w "
+                f"JOIN models AS m USING (model_id) WHERE {where} GROUP BY ALL",
+                params,
+            ).fetchall()
+        )
+        home: dict[str, tuple] = {}  # tensor -> its place in its largest group
+        for tensor, arch, index in placed:
+            key = (-sizes[arch], arch, index, tensor)
+            home[tensor] = min(home.get(tensor, key), key)
+        order = sorted(home, key=home.__getitem__)[: base.ROW_BUDGET]
+        if not order:
+            raise NoData("no weight tensor matches the filters")
+        having = con.execute(
+            f"SELECT w.model_id, m.arch_id FROM weights AS w JOIN models AS m USING (model_id) "
+            f"WHERE {where} GROUP BY ALL",
+            params,
+        ).fetchall()
+        arch_of = dict(having)
+        position = {m: k for k, m in enumerate(ids)}
+        grouped = sorted(arch_of, key=lambda m: (-sizes[arch_of[m]], arch_of[m], position[m]))
+        selection = base.keep(grouped, set(arch_of), base.ROW_BUDGET // len(order))
+        params["ids"] = selection.ids
+        params["tensors"] = order
+        rows = base.records(
+            con,
+            f"""
+            SELECT m.name AS model, {label} AS tensor, w.layer_path AS layer,
+                   w.weight_name AS weight, l.class_name, w.shape::VARCHAR AS shape,
+                   w."{stat}"::DOUBLE AS value
+            FROM weights AS w JOIN models AS m USING (model_id)
+            LEFT JOIN layers AS l USING (model_id, layer_path)
+            {base.PAIRED_JOIN}
+            WHERE {where} AND list_contains($tensors, {label})
+            ORDER BY m.name, w.weight_index
+            """,
+            params,
+        )
     names = base.model_names(con, selection.ids)
     scale = (
         alt.Scale(scheme="redblue", domainMid=0, reverse=True)
@@ -417,7 +425,7 @@ def distribution_boxes(
     """
     roles = list(roles or ())
     ids = model_ids(con, models)
-    label = _tensor_label(len(roles) == 1)
+    label = _tensor_label(len(roles) == 1, base.PAIRED_LAYER)
     where = (
         f"list_contains($ids, w.model_id) AND {base.layer_filter(layers, 'w.layer_path')} "
         "AND (len($roles) = 0 OR list_contains($roles, w.role)) AND w.p50 IS NOT NULL"
@@ -430,29 +438,31 @@ def distribution_boxes(
     ).fetchall()
     qualifying, others = base.one_architecture(dict(having), explicit=bool(models))
     params["ids"] = [i for i in ids if i in qualifying]
-    tensors = con.execute(
-        f"SELECT {label} AS tensor FROM weights AS w WHERE {where} "
-        "GROUP BY tensor ORDER BY avg(w.weight_index), tensor",
-        params,
-    ).fetchall()
-    order = [t[0] for t in tensors][:MAX_PANELS]
-    if not order:
-        raise NoData("no weight tensor matches the filters")
-    limit = min(MAX_SERIES, base.ROW_BUDGET // len(order))
-    selection = base.keep(ids, qualifying, limit)
-    params["ids"] = selection.ids
-    params["tensors"] = order
-    rows = base.records(
-        con,
-        f"""
-        SELECT m.name AS model, {label} AS tensor, w.shape::VARCHAR AS shape,
-               w.p01, w.p05, w.p25, w.p50, w.p75, w.p95, w.p99
-        FROM weights AS w JOIN models AS m USING (model_id)
-        WHERE {where} AND list_contains($tensors, {label})
-        ORDER BY m.name, w.weight_index
-        """,
-        params,
-    )
+    with base.paired_layers(con, params["ids"]):
+        tensors = con.execute(
+            f"SELECT {label} AS tensor FROM weights AS w {base.PAIRED_JOIN} WHERE {where} "
+            "GROUP BY tensor ORDER BY avg(w.weight_index), tensor",
+            params,
+        ).fetchall()
+        order = [t[0] for t in tensors][:MAX_PANELS]
+        if not order:
+            raise NoData("no weight tensor matches the filters")
+        limit = min(MAX_SERIES, base.ROW_BUDGET // len(order))
+        selection = base.keep(ids, qualifying, limit)
+        params["ids"] = selection.ids
+        params["tensors"] = order
+        rows = base.records(
+            con,
+            f"""
+            SELECT m.name AS model, {label} AS tensor, w.shape::VARCHAR AS shape,
+                   w.p01, w.p05, w.p25, w.p50, w.p75, w.p95, w.p99
+            FROM weights AS w JOIN models AS m USING (model_id)
+            {base.PAIRED_JOIN}
+            WHERE {where} AND list_contains($tensors, {label})
+            ORDER BY m.name, w.weight_index
+            """,
+            params,
+        )
     names = base.model_names(con, selection.ids)
     pick = alt.selection_point(fields=["model"], bind="legend")
     tooltip = [alt.Tooltip("model:N"), alt.Tooltip("tensor:N", title="layer")] + [

@@ -23,12 +23,14 @@ POOLS = {"mean": "mean", "peak": "peak"}  # --stat: the mean of a cell, or its l
 
 # The tensors of one layer: the weight itself or, in a Bidirectional layer, both halves
 # (forward/kernel, backward/kernel); the cell class behind a wrapper is in its config.
-_TENSORS = """
+_TENSORS = f"""
 SELECT w.model_id, w.layer_path, w.weight_name, w.shape, w.size, w.role, l.layer_index,
        CASE WHEN l.class_name IN ('Bidirectional', 'TimeDistributed')
             THEN json_extract_string(l.config, '$.layer.class_name')
-            ELSE l.class_name END AS cell
+            ELSE l.class_name END AS cell,
+       {base.PAIRED_LAYER} AS ref_path
 FROM weights AS w JOIN layers AS l USING (model_id, layer_path)
+{base.PAIRED_JOIN}
 WHERE list_contains($ids, w.model_id) AND len(w.shape) >= 2 AND w.size > 0
   AND (w.weight_name = $weight OR w.weight_name LIKE '%/' || $weight)
   AND EXISTS (SELECT 1 FROM weight_tiles AS t WHERE t.model_id = w.model_id
@@ -58,15 +60,20 @@ def weight_matrix(
     if stat not in POOLS:
         raise ValueError(f"stat must be one of {', '.join(POOLS)} for matrix; not {stat!r}")
     ids = model_ids(con, models)
+    with base.paired_layers(con, ids):  # `layer` names the first model's layer
+        return _matrix(con, ids, layer, weight, stat, explicit=bool(models))
+
+
+def _matrix(
+    con: duckdb.DuckDBPyConnection, ids: list[str], layer: str | None, weight: str, stat: str,
+    explicit: bool,
+) -> alt.FacetChart:  # fmt: skip
     params: dict[str, Any] = {"ids": ids, "weight": weight}
     if layer is None:
         found = con.execute(
-            f"WITH t AS (SELECT t.*, m.arch_id FROM ({_TENSORS}) AS t JOIN models AS m "
-            "USING (model_id)), "
-            "g AS (SELECT arch_id FROM t GROUP BY arch_id "
-            "      ORDER BY count(DISTINCT model_id) DESC, arch_id LIMIT 1) "
-            "SELECT layer_path FROM t WHERE arch_id = (SELECT arch_id FROM g) "
-            "GROUP BY layer_path ORDER BY max(size) DESC, min(layer_index), layer_path LIMIT 1",
+            f"SELECT ref_path FROM ({_TENSORS}) GROUP BY ref_path "
+            "ORDER BY count(DISTINCT model_id) DESC, max(size) DESC, min(layer_index), ref_path "
+            "LIMIT 1",
             params,
         ).fetchone()
         if found is None:
@@ -75,12 +82,12 @@ def weight_matrix(
     params["layer"] = layer
     tensors = con.execute(
         f"SELECT t.model_id, m.arch_id, t.weight_name, t.shape, t.cell FROM ({_TENSORS}) AS t "
-        "JOIN models AS m USING (model_id) WHERE t.layer_path = $layer ORDER BY t.weight_name",
+        "JOIN models AS m USING (model_id) WHERE t.ref_path = $layer ORDER BY t.weight_name",
         params,
     ).fetchall()
     if not tensors:
         raise NoData(f"no model has a {weight!r} tensor in layer {layer!r} in weight_tiles")
-    qualifying, others = base.one_architecture({t[0]: t[1] for t in tensors}, explicit=bool(models))
+    qualifying, others = base.one_architecture({t[0]: t[1] for t in tensors}, explicit=explicit)
     per_model = Counter(t[0] for t in tensors)  # one or two (Bidirectional halves) a model
     halves = max(per_model[m] for m in qualifying)
     selection = base.keep(ids, qualifying, max(1, MAX_FACETS // halves))
@@ -89,7 +96,7 @@ def weight_matrix(
     params["ids"] = selection.ids
     n_cells = con.execute(
         f"SELECT count(*) FROM weight_tiles WHERE list_contains($ids, model_id) "
-        f"AND layer_path = $layer AND ({_weight_match('weight_name')})",
+        f"AND {base.AT_PAIRED_LAYER} AND ({_weight_match('weight_name')})",
         params,
     ).fetchone()[0]
     gates = [_gate_marks(t) for t in kept]
@@ -148,7 +155,7 @@ SELECT m.name AS model, t.weight_name, 'cell' AS kind,
        any_value(t.rows) AS rows, any_value(t.cols) AS cols,
        (max(t.row_end) - min(t.row_start)) * (max(t.col_end) - min(t.col_start)) AS weights
 FROM weight_tiles AS t JOIN models AS m USING (model_id)
-WHERE list_contains($ids, t.model_id) AND t.layer_path = $layer
+WHERE list_contains($ids, t.model_id) AND {base.AT_PAIRED_LAYER}
   AND ({_weight_match("t.weight_name")})
 GROUP BY m.name, t.weight_name, t.tile_row // $k, t.tile_col // $k
 ORDER BY m.name, t.weight_name, row_start, col_start

@@ -36,7 +36,7 @@ SELECT al.position_a, al.path_a, al.path_b, al.class_name,
             WHEN al.path_a IS NULL THEN 'only in B'
             WHEN al.same_shapes THEN 'no: class differs'
             ELSE 'no: shapes differ'
-       END AS comparable, al.matched_by,
+       END AS comparable, al.matched_by, al.certain,
        sqrt(sum(d.l2_diff ^ 2)) / nullif(sqrt(sum(d.l2_a ^ 2)), 0) AS rel_l2,
        sum(d.l2_a * d.l2_b * d.cosine) / nullif(sqrt(sum(d.l2_a ^ 2) * sum(d.l2_b ^ 2)), 0)
            AS cosine,
@@ -49,7 +49,7 @@ LEFT JOIN (SELECT layer_path, sqrt(sum(size * std ^ 2) / sum(size)) AS std,
 LEFT JOIN (SELECT layer_path, sqrt(sum(size * std ^ 2) / sum(size)) AS std,
                   max(max_abs) AS max_abs FROM weights WHERE model_id = $b GROUP BY ALL) AS sb
        ON sb.layer_path = al.path_b
-LEFT JOIN pair_drift_rows AS d ON al.comparable AND d.layer_path = al.path_a
+LEFT JOIN pair_drift_rows AS d ON al.comparable AND d.layer_path = al.path_b
 GROUP BY ALL)
 ORDER BY coalesce(position_a, 1e9), path_b
 """
@@ -85,8 +85,12 @@ def compare_command(
             rows = result.fetchall()
             out_rows += [(names[other], *row) for row in rows]
             flags = [r[columns.index("comparable") - 1] for r in rows]
-            if fmt is Format.table:  # scripts read the comparable column instead
+            guessed = [r[columns.index("path_a") - 1] for r in rows
+                       if r[columns.index("certain") - 1] is False]  # fmt: skip
+            if fmt is Format.table:  # scripts read the comparable and certain columns instead
                 say(_verdict(con, ids[0], other, names, flags))
+                if guessed:
+                    say(_guessed(guessed))
             con.unregister("pair_drift_rows")
     except OSError as exc:  # a model file moved or deleted since it was ingested
         fail(f"cannot read the model files again: {exc.strerror or first_line(exc)}")
@@ -133,13 +137,23 @@ def _verdict(
     )
 
 
+def _guessed(paths: list[str]) -> str:
+    shown = ", ".join(paths[:6]) + (", …" if len(paths) > 6 else "")
+    return (
+        f"uncertain pairs ({len(paths)}: {shown}): other layers of the same class and shapes, "
+        "or only a Keras auto-generated name, could be the match (column certain)"
+    )
+
+
 def _matrix(con, ids: list[str], names: dict[str, str], fmt: Format) -> None:
     from wpipe import compare
 
-    rows, members = compare.distance_table(con, ids)
+    found = compare.distance_table(con, ids)
+    rows, members, uncertain = found.rows, found.members, found.uncertain
     if fmt is not Format.table:
-        emit(["layer_path", "model_a", "model_b", "distance"],
-             [(p, names[a], names[b], d) for p, a, b, d in rows], fmt)  # fmt: skip
+        emit(["layer_path", "model_a", "model_b", "distance", "certain"],
+             [(p, names[a], names[b], d, not {a, b} & set(uncertain.get(p, [])))
+              for p, a, b, d in rows], fmt)  # fmt: skip
         return
     for layer_path, having in members.items():
         cells = {(a, b): d for p, a, b, d in rows if p == layer_path}
@@ -156,6 +170,12 @@ def _matrix(con, ids: list[str], names: dict[str, str], fmt: Format) -> None:
         )
         if missing:  # a table only: csv and json carry no diagonal for them
             say(f"{layer_path}: not in (or shaped otherwise in) {', '.join(missing)}: –")
+        if found.renamed.get(layer_path):
+            other = ", ".join(f"{p} in {names[m]}" for m, p in found.renamed[layer_path].items())
+            say(f"{layer_path}: paired with {other}")
+        if uncertain.get(layer_path):
+            guessed = ", ".join(names[m] for m in uncertain[layer_path])
+            say(f"{layer_path}: paired with an uncertain match in {guessed} (align_layers)")
 
 
 MAX_PROBLEMS = 5  # lines of a refused metrics file shown before the count of the rest

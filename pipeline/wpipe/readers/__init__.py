@@ -10,6 +10,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from wpipe.readers import (
+    compressed,
     h5layout,
     h5safe,
     hf_config,
@@ -137,6 +138,11 @@ def _open(p: Path, where: str, layouts: h5layout.Layouts | None = None) -> Itera
         with tf_checkpoint.open_checkpoint(p, where) as model:
             yield model
         return
+    packed = compressed.kind_of(p, where)
+    if packed is not None:
+        with _open_compressed(p, where, packed) as model:
+            yield model
+        return
     kind = sniff(p)
     if kind == "zip":
         with keras_zip.open_archive(str(p), where) as model:
@@ -154,6 +160,27 @@ def _open(p: Path, where: str, layouts: h5layout.Layouts | None = None) -> Itera
         if learn:
             layouts.learn(f, model, read, p)
         yield hf_config.annotated(model, p, where)
+
+
+@contextmanager
+def _open_compressed(p: Path, where: str, kind: str) -> Iterator[Model]:
+    """A save compressed whole (compressed.py): the HDF5 file it holds, read from an anonymous
+    temporary file while the model is open."""
+    with compressed.inflate(p, where, kind) as fh:
+        if not h5safe.is_hdf5(fh.read(8)):
+            raise ModelReadError(
+                "not-hdf5", f"{where}: this {kind} file holds no HDF5 model file; "
+                f"{compressed.how_to_decompress(kind, p)}"
+            )  # fmt: skip
+        fh.seek(0)
+        try:
+            f = h5py.File(fh, "r")
+        except OSError as exc:
+            raise ModelReadError(
+                "corrupt", f"{where}: what it decompresses to is not a readable HDF5 file ({exc})"
+            ) from None
+        with f:
+            yield _read_hdf5(f, where)
 
 
 def _open_hdf5(p: Path, where: str) -> h5py.File:
