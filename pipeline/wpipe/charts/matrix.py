@@ -61,12 +61,12 @@ def weight_matrix(
         raise ValueError(f"stat must be one of {', '.join(POOLS)} for matrix; not {stat!r}")
     ids = model_ids(con, models)
     with base.paired_layers(con, ids):  # `layer` names the first model's layer
-        return _matrix(con, ids, layer, weight, stat, explicit=bool(models))
+        return _matrix(con, ids, layer, weight, stat, explicit=bool(models), shared=shared_scale)
 
 
 def _matrix(
     con: duckdb.DuckDBPyConnection, ids: list[str], layer: str | None, weight: str, stat: str,
-    explicit: bool,
+    explicit: bool, shared: bool,
 ) -> alt.FacetChart:  # fmt: skip
     params: dict[str, Any] = {"ids": ids, "weight": weight}
     if layer is None:
@@ -108,7 +108,7 @@ def _matrix(
     for (model_id, _, weight_name, _, _), marks in zip(kept, gates, strict=True):
         panel = _panel(names[model_id], weight_name, weight)
         rows += [{**mark, "panel": panel} for mark in marks]
-    look = (layer, weight, stat, params["k"], shared_scale)
+    look = (layer, weight, stat, params["k"], shared)
     return _figure(rows, kept, names, look, selection.note, others)
 
 
