@@ -32,12 +32,14 @@ def input_set_of(
     input_set: str | None,
     drawable: str | None = None,
 ) -> str:
-    """The input_set id named by `input_set` (its name or an id prefix), else the default of
+    """The input_set id named by `input_set` (its name, with or without .npy/.npz, or an id
+    prefix), else the default of
     `input_sets`: the most recent set of real data (of those with an `activation_health` row
     meeting the SQL condition `drawable`, when given and one has)."""
     if input_set is not None:
         row = con.execute(
             "SELECT input_set FROM activation_runs WHERE (input_name = $ref "
+            "OR regexp_replace(input_name, '\\.np[yz]$', '') = $ref "  # `blobs` for blobs.npy
             "OR starts_with(input_set, $ref)) AND list_contains($ids, model_id) "
             "GROUP BY input_set ORDER BY count(*) DESC LIMIT 1",
             {"ref": input_set, "ids": ids},
