@@ -154,16 +154,16 @@ h1 { margin: 1.5rem 0 .2rem; } h2 { margin-top: 2.5rem; border-bottom: 1px solid
 .meta, .note { color: #666; }
 nav ol { columns: 2; max-width: 720px; }
 nav li { break-inside: avoid; }
-p, code { overflow-wrap: anywhere; }
+p, code { overflow-wrap: break-word; }
 section { min-width: 0; }
 table { border-collapse: collapse; margin: .5rem 0 1.5rem; font-size: 12.5px; }
 caption { text-align: left; color: #666; padding: .2rem 0; }
 div.table { overflow-x: auto; max-width: 100%; }
 th, td { border-bottom: 1px solid #e5e5e5; padding: .2rem .6rem; text-align: left;
          vertical-align: top; }
-td { white-space: normal; overflow-wrap: anywhere; max-width: 24rem; }
+td { white-space: normal; overflow-wrap: break-word; max-width: 24rem; }
 td.num { white-space: nowrap; }
-td.long { min-width: 16rem; max-width: 36rem; }
+td.long { min-width: 16rem; max-width: 36rem; overflow-wrap: anywhere; }
 th { background: #f6f6f6; position: sticky; top: 0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 1rem 0 2rem; overflow-x: auto; max-width: 100%; }

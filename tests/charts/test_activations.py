@@ -163,6 +163,10 @@ def test_input_set_option_is_refused_where_it_means_nothing_and_checked(probed, 
                                   "-o", out])  # fmt: skip
     assert unknown.exit_code != 0
     assert "stored: half.npy, blobs.npy, random:8" in unknown.output
+    by_stem = runner.invoke(app, ["chart", "dead-units", "--input-set", "blobs", "--db", probed,
+                                  "-o", out])  # fmt: skip
+    assert by_stem.exit_code == 0, by_stem.output  # blobs.npy without its suffix
+    assert "input set blobs.npy;" in (tmp_path / "x.vl.json").read_text()
 
 
 def test_report_draws_each_real_set_or_the_one_asked_for(probed, tmp_path):

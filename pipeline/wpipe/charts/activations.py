@@ -26,12 +26,20 @@ def input_sets(con: duckdb.DuckDBPyConnection, ids: list[str]) -> list[tuple[str
     ).fetchall()
 
 
-def input_set_of(con: duckdb.DuckDBPyConnection, ids: list[str], input_set: str | None) -> str:
-    """The input_set id named by `input_set` (its name or an id prefix), else the default of
-    `input_sets`: the most recent set of real data."""
+def input_set_of(
+    con: duckdb.DuckDBPyConnection,
+    ids: list[str],
+    input_set: str | None,
+    drawable: str | None = None,
+) -> str:
+    """The input_set id named by `input_set` (its name, with or without .npy/.npz, or an id
+    prefix), else the default of
+    `input_sets`: the most recent set of real data (of those with an `activation_health` row
+    meeting the SQL condition `drawable`, when given and one has)."""
     if input_set is not None:
         row = con.execute(
             "SELECT input_set FROM activation_runs WHERE (input_name = $ref "
+            "OR regexp_replace(input_name, '\\.np[yz]$', '') = $ref "  # `blobs` for blobs.npy
             "OR starts_with(input_set, $ref)) AND list_contains($ids, model_id) "
             "GROUP BY input_set ORDER BY count(*) DESC LIMIT 1",
             {"ref": input_set, "ids": ids},
@@ -45,6 +53,11 @@ def input_set_of(con: duckdb.DuckDBPyConnection, ids: list[str], input_set: str 
     found = input_sets(con, ids)
     if not found:
         raise NoData("no layer outputs stored: run `wpipe activations` first")
+    if drawable:
+        usable = {r[0] for r in con.execute(
+            f"SELECT DISTINCT input_set FROM activation_health WHERE {drawable} "
+            "AND list_contains($ids, model_id)", {"ids": ids}).fetchall()}  # fmt: skip
+        found = [s for s in found if s[0] in usable] or found
     return found[0][0]
 
 
@@ -141,7 +154,8 @@ def dead_unit_heatmap(
     Outlined cells carry the `dead_units_by_activation` flag.
     """
     ids = model_ids(con, models)
-    params: dict[str, Any] = {"ids": ids, "set": input_set_of(con, ids, input_set)}
+    drawable = "rectifier AND n_units > 0" if rectifiers_only else None
+    params: dict[str, Any] = {"ids": ids, "set": input_set_of(con, ids, input_set, drawable)}
     present = _present(con, "activation_health", params)
     layers = con.execute(
         "SELECT count(DISTINCT layer_path) FROM activation_health WHERE input_set = $set "
@@ -162,7 +176,10 @@ def dead_unit_heatmap(
         params,
     )  # fmt: skip
     if not rows:
-        raise NoData("no ReLU layer outputs: pass rectifiers_only=False for every layer")
+        raise NoData(
+            f"no ReLU layer outputs on {_input_name(con, params['set'])} (pass "
+            "rectifiers_only=False for every layer); " + set_note(con, ids, params["set"])
+        )
     names = base.model_names(con, selection.ids)
     order = [r[0] for r in base.run(con, "SELECT layer_path FROM activations WHERE input_set = "
              "$set AND list_contains($ids, model_id) GROUP BY layer_path ORDER BY "
