@@ -68,7 +68,7 @@ def test_thresholds_live_in_the_settings_table(loaded):
         assert before and flagged(loaded, "exploding") == set()
     finally:
         loaded.query("UPDATE settings SET value = 100 WHERE name = 'explode_abs'")
-        loaded.query("UPDATE settings SET value = 50 WHERE name = 'explode_ratio'")
+        loaded.query("UPDATE settings SET value = 1000 WHERE name = 'explode_ratio'")
 
 
 def test_lstm_gate_slices_equal_numpy_slices_of_keras_arrays(loaded):

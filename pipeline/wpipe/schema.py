@@ -411,7 +411,14 @@ ACTIVATION_UNITS = Table(
         _c("mean", F64, "mean over samples × positions"),
         _c("max", F64, "largest value over samples × positions"),
         _c("active_frac", F64, "fraction of samples × positions with output > 0"),
-        _c("dead", BOOL, "never active (output ≤ 0 everywhere) on the input set"),
+        _c("dead", BOOL, "never active (every output finite and ≤ 0) on the input set"),
+        _c(
+            "saturated_frac",
+            F64,
+            "fraction of samples × positions on a rail of the layer's bounded activation "
+            "(tanh, softsign: |a| > 0.99; sigmoid, hard_sigmoid: |2a − 1| > 0.99); NULL for "
+            "other layers, recurrent layers and the model's outputs",
+        ),
     ),
 )
 
