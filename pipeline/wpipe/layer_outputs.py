@@ -28,6 +28,7 @@ from wpipe.forward.graph import Graph
 from wpipe.readers import ModelReadError, open_model
 
 UNKNOWN_DIM = 8  # length used for a None dimension (sequence length) of random inputs
+FLUSHED = float(np.finfo(np.float32).tiny)  # below: a subnormal float32, flushed to 0 by TF
 RAIL = 0.99  # a bounded unit is on a rail beyond this share of its half-range (tanh: |a| > 0.99)
 # bounded activations: (centre, half-range) of their output interval
 BOUNDED = {"tanh": (0.0, 1.0), "softsign": (0.0, 1.0), "sigmoid": (0.5, 0.5),
@@ -308,7 +309,9 @@ class RowCollector:
         flat = np.moveaxis(array, axis, -1).reshape(-1, array.shape[axis]).astype(np.float64)
         is_finite = np.isfinite(flat)
         finite = np.where(is_finite, flat, np.nan)
-        active = np.mean(flat > 0, axis=0)
+        # a subnormal output is no activity: TensorFlow's CPU kernels flush it to 0 (an
+        # L2-collapsed layer's 1e-38 weights give Keras zeros and numpy 1e-38 otherwise)
+        active = np.mean(flat > FLUSHED, axis=0)
         dead = (active == 0) & is_finite.all(axis=0)
         n = flat.shape[1]
         if rails is None:

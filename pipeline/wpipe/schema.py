@@ -410,7 +410,12 @@ ACTIVATION_UNITS = Table(
         _c("unit", I64, "index along the unit axis"),
         _c("mean", F64, "mean over samples × positions"),
         _c("max", F64, "largest value over samples × positions"),
-        _c("active_frac", F64, "fraction of samples × positions with output > 0"),
+        _c(
+            "active_frac",
+            F64,
+            "fraction of samples × positions with output > 0 (above the subnormal float32 "
+            "range, which TensorFlow flushes to 0)",
+        ),
         _c("dead", BOOL, "never active (every output finite and ≤ 0) on the input set"),
         _c(
             "saturated_frac",
