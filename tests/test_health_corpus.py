@@ -45,9 +45,10 @@ def wild(tmp_path_factory) -> Warehouse:
     w = Warehouse(tmp_path_factory.mktemp("wild"))
     assert not w.ingest(WILD).failed
     result = CliRunner().invoke(
-        app, ["activations", "--input", str(HELDOUT), "--db", str(w.db_path)]
+        app, ["activations", "--input", str(HELDOUT), "--db", str(w.db_path), "-f", "json"]
     )
     assert result.exit_code == 0, result.output
+    w.passes = {r["model"]: r for r in json.loads(result.output)}
     return w
 
 
@@ -107,6 +108,15 @@ def test_saturated_units_equal_the_keras_measured_fractions(wild):
             [model_name(rel)],
         )
         assert [r for (r,) in rows] == pytest.approx(truth["rail_frac_per_unit"], abs=0.01)
+
+
+def test_the_activations_command_names_the_flagged_layers(wild):
+    """`wpipe activations` lists each pass's flagged layers with their unit counts."""
+    for rel in SICK:
+        for flag in OUTPUT_FLAGS:
+            layers = sorted(s["layer_path"] for s in TRUTH[rel]["sick"] if s["flag"] == flag)
+            shown = wild.passes[model_name(rel)][flag]
+            assert [p.split(" ")[0] for p in shown.split(", ")] == layers if layers else not shown
 
 
 # (the L2-collapsed layer's outputs are 1e-38 sums of subnormals, where TensorFlow's flushing
