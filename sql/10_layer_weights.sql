@@ -1,3 +1,9 @@
+-- is_statistic: roles that are running statistics or quantization parameters, not learned
+-- weights (a BatchNorm moving variance is no model's largest weight; README: Weight health).
+CREATE OR REPLACE MACRO is_statistic(role) AS
+    role IN ('moving_mean', 'moving_variance', 'mean', 'variance', 'count',
+             'kernel_scale', 'kernel_zero', 'g_idx', 'embeddings_scale', 'embeddings_zero');
+
 -- layer_weights: one row per weight tensor with its layer's class and its model's name,
 -- the usual starting point for comparing one layer or role across models.
 CREATE OR REPLACE VIEW layer_weights AS

@@ -16,7 +16,9 @@ ORDER BY original, name;
 
 -- model_summary: one row per model with its size, the spread of its weights, and whole-model
 -- statistics over all its trainable weights taken as one set of numbers (trainable_mean,
--- _std (population), _abs_mean, _l2), which compare even unrelated architectures.
+-- _std (population), _abs_mean, _l2), which compare even unrelated architectures. max_abs,
+-- zero_frac and near_zero_frac are over learned weights (running statistics and quantization
+-- parameters left out: is_statistic); nonfinite_count is over every tensor.
 CREATE OR REPLACE VIEW model_summary AS
 SELECT
     m.name AS model,
@@ -31,9 +33,11 @@ SELECT
     m.n_non_trainable,
     m.macs,
     round(m.file_bytes / 1e6, 3) AS file_mb,
-    max(w.max_abs) AS max_abs,
-    sum(w.zero_count) / nullif(sum(w.size), 0) AS zero_frac,
-    sum(w.near_zero_frac * w.size) / nullif(sum(w.size), 0) AS near_zero_frac,
+    max(w.max_abs) FILTER (WHERE NOT is_statistic(w.role)) AS max_abs,
+    sum(w.zero_count) FILTER (WHERE NOT is_statistic(w.role))
+        / nullif(sum(w.size) FILTER (WHERE NOT is_statistic(w.role)), 0) AS zero_frac,
+    sum(w.near_zero_frac * w.size) FILTER (WHERE NOT is_statistic(w.role))
+        / nullif(sum(w.size) FILTER (WHERE NOT is_statistic(w.role)), 0) AS near_zero_frac,
     sum(w.nan_count + w.inf_count) AS nonfinite_count,
     sum(w.size * w.mean) FILTER (WHERE w.trainable)
         / nullif(sum(w.size) FILTER (WHERE w.trainable), 0) AS trainable_mean,

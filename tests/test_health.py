@@ -68,7 +68,7 @@ def test_thresholds_live_in_the_settings_table(loaded):
         assert before and flagged(loaded, "exploding") == set()
     finally:
         loaded.query("UPDATE settings SET value = 100 WHERE name = 'explode_abs'")
-        loaded.query("UPDATE settings SET value = 50 WHERE name = 'explode_ratio'")
+        loaded.query("UPDATE settings SET value = 1000 WHERE name = 'explode_ratio'")
 
 
 def test_lstm_gate_slices_equal_numpy_slices_of_keras_arrays(loaded):
@@ -139,3 +139,27 @@ def test_health_command_lists_findings_worst_first(loaded):
                               "csv"])  # fmt: skip
     assert one.exit_code == 0 and one.output.count("\n") == 2
     assert "saturating_forget_gate" in one.output
+
+
+def test_a_changed_default_reaches_old_databases_but_a_users_value_stays(loaded):
+    """explode_ratio's default went from 50 to 1000 (docs/health.md): a database still at the
+    old default and text takes the new one when the views are applied; a user's value stays."""
+    from wpipe import store, views
+
+    old_doc = (
+        "or when max |w| exceeds this many robust standard deviations (IQR / 1.349) of its tensor"
+    )
+    db = store.Database(loaded.db_path)
+    try:
+        con = db.con
+        for value, want in ((50.0, 1000.0), (77.0, 77.0)):
+            con.execute(
+                "UPDATE settings SET value = ?, doc = ? WHERE name = 'explode_ratio'",
+                [value, old_doc],
+            )
+            views.apply(con)
+            got = con.execute("SELECT value FROM settings WHERE name = 'explode_ratio'").fetchone()
+            assert got == (want,)
+        con.execute("UPDATE settings SET value = 1000 WHERE name = 'explode_ratio'")
+    finally:
+        db.close()

@@ -285,6 +285,18 @@ def test_every_tensor_has_a_row_and_every_skip_a_reason(loaded):
     assert ok == [(0,)]
 
 
+def test_an_exploded_kernel_is_skipped_not_an_ingest_failure():
+    """An exploding run's kernel (|w| ~ 1e29, tests/fixtures/models/wild/sick/k2_exploding.h5)
+    squares past float32 in its Gram matrix, where LAPACK failed to converge and the whole
+    file was an ingest error; it is skipped with the reason, and a large finite one is not."""
+    w = np.random.default_rng(0).normal(size=(64, 24)).astype(np.float32)
+    [huge] = plan("Dense", {}, "kernel", "kernel", "keras", w * 1e29, SpectraOptions("all"))
+    assert huge.skip == "skipped: values above 1e+15 (its Gram matrix overflows)"
+    [large] = spectra.tensor_spectra("Dense", {}, "kernel", "kernel", "keras", w * 1e6,
+                                     SpectraOptions("all"))  # fmt: skip
+    assert large.metrics["lambda_max"] > 0
+
+
 def test_auto_budget_skips_costly_matrices_with_the_reason():
     big = np.broadcast_to(np.float32(0.5), (5000, 4100))  # a view: no memory
     assert spectra.cost_seconds(1, 5000, 4100) > spectra.AUTO_BUDGET

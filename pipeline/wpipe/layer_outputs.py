@@ -10,6 +10,7 @@ SHA-256 is not computed again.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,6 +28,11 @@ from wpipe.forward.graph import Graph, Ref
 from wpipe.readers import ModelReadError, open_model
 
 UNKNOWN_DIM = 8  # length used for a None dimension (sequence length) of random inputs
+FLUSHED = float(np.finfo(np.float32).tiny)  # below: a subnormal float32, flushed to 0 by TF
+RAIL = 0.99  # a bounded unit is on a rail beyond this share of its half-range (tanh: |a| > 0.99)
+# bounded activations: (centre, half-range) of their output interval
+BOUNDED = {"tanh": (0.0, 1.0), "softsign": (0.0, 1.0), "sigmoid": (0.5, 0.5),
+           "hard_sigmoid": (0.5, 0.5)}  # fmt: skip
 STAT_COLUMNS = (
     "mean", "std", "min", "max", "abs_mean", "near_zero_frac", "near_zero_threshold",
     "nan_count", "inf_count", "p01", "p05", "p25", "p50", "p75", "p95", "p99", "skew",
@@ -219,7 +225,7 @@ def compute(
         run["input_set"] = run["input_set"] or set_id(_as_list(inputs))
         status = [_status_row(run, None, None, "failed", reason)]
         return Outcome(run, {"activation_status": _table(schema.ACTIVATION_STATUS, status)})
-    rows = RowCollector(run["model_id"], run["input_set"], options)
+    rows = RowCollector(run["model_id"], run["input_set"], options, bounded_outputs(graph))
     for out in outputs:
         rows.add(out)
     status = []
@@ -267,12 +273,45 @@ def _joined(parts: dict[tuple, list[LayerOutput]], complete: bool) -> Iterator[L
         yield LayerOutput(*key[:1], first.class_name, key[1], key[2], array, first.channels_first)
 
 
+def bounded_outputs(graph: Graph, prefix: str = "") -> dict[str, tuple[float, float]]:
+    """Layer path -> (centre, half-range) of its output for layers whose own activation is
+    bounded (tanh, sigmoid, ...): where a saturated unit can be seen. Recurrent layers (their
+    output is gated) and the model's own outputs (a confident prediction sits near 0 or 1 by
+    design) are left out."""
+    outputs = {ref.layer for ref in graph.outputs} if not prefix else set()
+    found = {}
+    for layer in graph.layers:
+        if layer.sub is not None:
+            found.update(bounded_outputs(layer.sub, prefix + layer.name + "/"))
+            continue
+        name = _activation_name(layer.config.get("activation"))
+        if (
+            name in BOUNDED
+            and "recurrent_activation" not in layer.config
+            and (layer.name not in outputs)
+        ):
+            found[prefix + layer.name] = BOUNDED[name]
+    return found
+
+
+def _activation_name(spec: Any) -> str | None:
+    """A built-in activation's short name from a config entry (a string or, in Keras 3, a
+    serialized object)."""
+    if isinstance(spec, dict):
+        spec = spec.get("config") if isinstance(spec.get("config"), str) else spec.get("class_name")
+    return spec.rsplit(">", 1)[-1].lower() if isinstance(spec, str) else None
+
+
 class RowCollector:
     """Rows of activations, activation_histograms and activation_units, output by output."""
 
-    def __init__(self, model_id: str, input_set: str, options: StatsOptions) -> None:
+    def __init__(
+        self, model_id: str, input_set: str, options: StatsOptions,
+        bounded: dict[str, tuple[float, float]] | None = None,
+    ) -> None:  # fmt: skip
         self.key = {"model_id": model_id, "input_set": input_set}
         self.options = options
+        self.bounded = bounded or {}
         self.stats: list[dict] = []
         self.hist: list[dict] = []
         self.units: dict[str, list] = {c: [] for c in schema.ACTIVATION_UNITS.column_names}
@@ -286,7 +325,8 @@ class RowCollector:
                "size": int(array.size)}  # fmt: skip
         row.update({c: stats.get(c) for c in STAT_COLUMNS})
         row["zero_frac"] = stats["zero_count"] / array.size if array.size else None
-        dead, n_units = self._units(key, array, out.channels_first)
+        dead, n_units = self._units(key, array, out.channels_first,
+                                    self.bounded.get(out.layer_path))  # fmt: skip
         row.update(n_units=n_units, dead_units=dead)
         self.stats.append(row)
         if hist is not None:
@@ -294,23 +334,42 @@ class RowCollector:
                 self.hist.append({**key, "bin": i, "lo": float(hist.edges[i]),
                                   "hi": float(hist.edges[i + 1]), "count": int(count)})  # fmt: skip
 
-    def _units(self, key: dict, array: np.ndarray, channels_first: bool) -> tuple[int, int]:
-        """Per unit: mean, max and active fraction over every other axis."""
+    def _units(
+        self, key: dict, array: np.ndarray, channels_first: bool,
+        rails: tuple[float, float] | None,
+    ) -> tuple[int, int]:  # fmt: skip
+        """Per unit: mean, max, active fraction and (bounded layers) the fraction on a rail,
+        over every other axis. A unit with a non-finite output is not dead: that is the
+        output's nan_or_inf, one cause with one flag."""
         if array.ndim < 2 or array.dtype.kind not in "fiu":
             return 0, 0
         axis = 1 if channels_first and array.ndim > 2 else array.ndim - 1
         flat = np.moveaxis(array, axis, -1).reshape(-1, array.shape[axis]).astype(np.float64)
-        finite = np.where(np.isfinite(flat), flat, np.nan)
-        active = np.mean(flat > 0, axis=0)
+        is_finite = np.isfinite(flat)
+        finite = np.where(is_finite, flat, np.nan)
+        # a subnormal output is no activity: TensorFlow's CPU kernels flush it to 0 (an
+        # L2-collapsed layer's 1e-38 weights give Keras zeros and numpy 1e-38 otherwise)
+        active = np.mean(flat > FLUSHED, axis=0)
+        dead = (active == 0) & is_finite.all(axis=0)
         n = flat.shape[1]
+        if rails is None:
+            saturated = np.full(n, np.nan)
+        else:
+            centre, half = rails
+            saturated = np.mean(np.abs(flat - centre) > RAIL * half, axis=0)
+        with warnings.catch_warnings():  # an all-NaN unit has no mean or max (NULL)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means, maxes = np.nanmean(finite, axis=0), np.nanmax(finite, axis=0)
         for name, values in (
-            ("unit", np.arange(n)), ("mean", np.nanmean(finite, axis=0)),
-            ("max", np.nanmax(finite, axis=0)), ("active_frac", active), ("dead", active == 0),
+            ("unit", np.arange(n)), ("mean", means), ("max", maxes), ("active_frac", active),
+            ("dead", dead), ("saturated_frac", saturated),
         ):  # fmt: skip
-            self.units[name].extend(values.tolist())
+            self.units[name].extend(
+                [None if isinstance(v, float) and np.isnan(v) else v for v in values.tolist()]
+            )
         for name, value in key.items():
             self.units[name].extend([value] * n)
-        return int(np.count_nonzero(active == 0)), n
+        return int(np.count_nonzero(dead)), n
 
     def tables(self) -> dict[str, pa.Table]:
         return {

@@ -31,14 +31,20 @@ def activations_section(b: Builder, input_set: str | None = None) -> None:
         "no TensorFlow, no code from the file). A unit is <em>dead</em> on an input set when its "
         "output is never above 0; <code>dead_units_by_activation</code> flags ReLU layers where "
         "most units are dead (threshold <code>dead_activation_frac</code> in "
-        "<code>settings</code>). Units die through their activations, which weights alone "
-        "cannot show. Random probe inputs (source <code>random</code>) are not data.</p>"
+        "<code>settings</code>); <code>saturated_units</code> flags tanh/sigmoid layers whose "
+        "units mostly sit on a rail (<code>saturated_sample_frac</code>, "
+        "<code>saturated_unit_frac</code>). Units die and saturate through their activations, "
+        "which weights alone cannot show. Random probe inputs (source <code>random</code>) are "
+        "not data.</p>"
     )
     columns, rows = b.query(
         "SELECT m.name AS model, r.input_name, r.source, r.n_samples, r.status, r.n_outputs, "
         "(SELECT string_agg(h.layer_path || ' ' || h.dead_units || '/' || h.n_units, ', ' "
         "ORDER BY h.layer_path) FROM activation_health AS h WHERE h.model_id = r.model_id "
-        "AND h.input_set = r.input_set AND h.dead_units_by_activation) AS flagged, r.reason "
+        "AND h.input_set = r.input_set AND h.dead_units_by_activation) AS flagged, "
+        "(SELECT string_agg(h.layer_path || ' ' || h.saturated_units || '/' || h.n_units, ', ' "
+        "ORDER BY h.layer_path) FROM activation_health AS h WHERE h.model_id = r.model_id "
+        "AND h.input_set = r.input_set AND h.saturated) AS saturated, r.reason "
         "FROM activation_runs AS r JOIN models AS m USING (model_id) "
         f"WHERE list_contains($ids, r.model_id) ORDER BY m.name, r.input_name LIMIT {MAX_RUN_ROWS}"
     )

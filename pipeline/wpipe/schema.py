@@ -445,8 +445,20 @@ ACTIVATION_UNITS = Table(
         _c("unit", I64, "index along the unit axis"),
         _c("mean", F64, "mean over samples × positions"),
         _c("max", F64, "largest value over samples × positions"),
-        _c("active_frac", F64, "fraction of samples × positions with output > 0"),
-        _c("dead", BOOL, "never active (output ≤ 0 everywhere) on the input set"),
+        _c(
+            "active_frac",
+            F64,
+            "fraction of samples × positions with output > 0 (above the subnormal float32 "
+            "range, which TensorFlow flushes to 0)",
+        ),
+        _c("dead", BOOL, "never active (every output finite and ≤ 0) on the input set"),
+        _c(
+            "saturated_frac",
+            F64,
+            "fraction of samples × positions on a rail of the layer's bounded activation "
+            "(tanh, softsign: |a| > 0.99; sigmoid, hard_sigmoid: |2a − 1| > 0.99); NULL for "
+            "other layers, recurrent layers and the model's outputs",
+        ),
     ),
 )
 

@@ -46,6 +46,9 @@ ENTROPY_EPSILON = 1e-10  # added to each p and to the rank in the entropy (Weigh
 AUTO_BUDGET = 2.0
 AUTO_RATE = 4e10
 AUTO_SKIP = "skipped: above the auto budget; --spectra all analyses it"
+# |w| beyond this (an exploded training run's weights) squares past float32 in a Gram matrix
+# of a few thousand rows, and LAPACK then fails to converge: such a tensor is skipped
+GRAM_LIMIT = 1e15
 SETTLED_FIT = 1e3  # a fit whose xmin is within this × the eigenvalues' error bound is redone
 CONV_RESCALE = 0.5  # eigenvalue factor of pooled convolution slices: W/√2 (WW conv2d_norm)
 OVER_TRAINED_BELOW = 2.0
@@ -122,6 +125,9 @@ def plan(
         return [Planned("full", None, skip=matrices)]
     if not math.isfinite(float(array.sum(dtype=np.float64))):  # any NaN or ±inf, no mask copy
         return [Planned(label, None, skip="skipped: non-finite values") for label, *_ in matrices]
+    if max(float(array.max()), -float(array.min())) > GRAM_LIMIT:  # exploded: Gram overflows
+        return [Planned(label, None, skip=f"skipped: values above {GRAM_LIMIT:g} (its Gram "
+                        "matrix overflows)") for label, *_ in matrices]  # fmt: skip
     return [_limit(p, options) for p in _planned(matrices)]
 
 

@@ -69,7 +69,7 @@ def activations_command(
     for model_id, model_name, path, sha in rows:
         inputs = file_inputs or _random_for(path, random or 0, seed, name)
         if isinstance(inputs, str):
-            report.append((model_name, name or f"random:{random}", "failed", 0, None, inputs))
+            report.append((model_name, name or f"random:{random}", "failed", 0, None, None, inputs))
             failed += 1
             continue
         outcome = lo.compute(
@@ -77,18 +77,19 @@ def activations_command(
             skip=lambda s, mid=model_id, sha=sha: lo.stored_sha(con, mid, s) == sha,
         )  # fmt: skip
         if outcome is None:
-            report.append((model_name, inputs.name, "unchanged", None, None, None))
+            report.append((model_name, inputs.name, "unchanged", None, None, None, None))
             continue
         lo.save(con, outcome)
         run = outcome.run
         failed += run["status"] == "failed"
         if run["status"] == "failed":
             say(f"{path}: {run['reason']}")
-        flagged = _flagged(con, model_id, run["input_set"])
-        report.append(
-            (model_name, inputs.name, run["status"], run["n_outputs"], flagged, run["reason"])
-        )
-    columns = ["model", "input_set", "status", "outputs", "dead_units_by_activation", "reason"]
+        dead = _flagged(con, model_id, run["input_set"], "dead_units_by_activation", "dead_units")
+        saturated = _flagged(con, model_id, run["input_set"], "saturated", "saturated_units")
+        report.append((model_name, inputs.name, run["status"], run["n_outputs"], dead, saturated,
+                       run["reason"]))  # fmt: skip
+    columns = ["model", "input_set", "status", "outputs", "dead_units_by_activation",
+               "saturated_units", "reason"]  # fmt: skip
     emit(columns, report, fmt, title="layer outputs")
     if failed:
         raise typer.Exit(1)
@@ -105,11 +106,12 @@ def _random_for(path: str, n: int, seed: int, name: str | None) -> lo.InputSet |
     return inputs
 
 
-def _flagged(con, model_id: str, input_set: str) -> str | None:
-    """Flagged layer outputs, e.g. `conv2 15/16, fc 15/16` (activation_health)."""
+def _flagged(con, model_id: str, input_set: str, flag: str, count: str) -> str | None:
+    """Layer outputs with an activation_health flag and its unit count, e.g.
+    `conv2 15/16, fc 15/16`."""
     rows = con.execute(
-        "SELECT layer_path, dead_units, n_units FROM activation_health WHERE model_id = ? "
-        "AND input_set = ? AND dead_units_by_activation ORDER BY layer_path",
+        f"SELECT layer_path, {count}, n_units FROM activation_health WHERE model_id = ? "
+        f"AND input_set = ? AND {flag} ORDER BY layer_path",
         [model_id, input_set],
     ).fetchall()
     return ", ".join(f"{p} {d}/{n}" for p, d, n in rows) or None
