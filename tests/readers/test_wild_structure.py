@@ -18,9 +18,9 @@ from wpipe.cli import app
 
 from tests.conftest import EXPECTED, MODELS, Warehouse
 
-WILD = MODELS / "wild"
+WILD = MODELS / "wild_structure"
 SPECS = {p.name.removesuffix(".json").replace("__", "/"): p
-         for p in sorted((EXPECTED / "wild").glob("*.json"))}  # fmt: skip
+         for p in sorted((EXPECTED / "wild_structure").glob("*.json"))}  # fmt: skip
 STATS = ("size", "mean", "std", "min", "max", "l2")
 # Roles wpipe documents (schema: weights.role); a raw framework name is none of them.
 ROLES = {"kernel", "recurrent_kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance",

@@ -195,4 +195,7 @@ def paired_layers(con: duckdb.DuckDBPyConnection, ids: list[str]) -> Iterator[No
     try:
         yield
     finally:
+        # a result left half-read (fetchone) holds the connection: close it before the
+        # view goes, or DuckDB refuses to unregister ("unfinished result")
+        con.execute("SELECT 1").fetchall()
         con.unregister("_paired_layers")
