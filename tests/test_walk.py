@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -160,3 +161,91 @@ def test_an_ingest_of_a_hostile_tree_finishes_and_reports_each_file(tmp_path, jo
         str(root / "dangling.h5"): "dangling-symlink",
         str(root / "loop.h5"): "symlink-loop",
     }
+
+
+def nest(top: Path, name: str, levels: int, model_at: dict[int, str]) -> None:
+    """`levels` folders named `name`, each inside the last, under `top`; a copy of GOOD named
+    `model_at[level]` in the folder at each such level. Built through directory descriptors,
+    one level at a time: the deepest paths are longer than the system accepts (PATH_MAX)."""
+    data = GOOD.read_bytes()
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for level in range(1, levels + 1):
+            os.mkdir(name, dir_fd=fd)
+            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+            if level in model_at:
+                out = os.open(model_at[level], os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+                os.write(out, data)
+                os.close(out)
+    finally:
+        os.close(fd)
+
+
+def unnest(top: Path, name: str) -> None:
+    """Remove what `nest` made, without recursion (shutil.rmtree, and so pytest's clean-up,
+    recurses once per level) and with short paths: the chain is lifted one level at a time."""
+    while (top / name).is_dir():
+        first = top / name
+        if (first / name).is_dir():
+            os.rename(first / name, top / "lifted")
+        for entry in os.listdir(first):
+            os.unlink(first / entry)
+        os.rmdir(first)
+        if (top / "lifted").is_dir():
+            os.rename(top / "lifted", first)
+
+
+@pytest.fixture
+def deep():
+    """A folder `runs` with GOOD as good.h5 in it, for `nest` to build in; removed after by
+    `unnest`. Outside pytest's own temporary folders: pytest removes old ones recursively,
+    and one left deep by a killed test would break every later session's clean-up."""
+    where = Path(tempfile.mkdtemp(prefix="wpipe-deep-"))
+    top = where / "runs"
+    top.mkdir()
+    shutil.copy2(GOOD, top / "good.h5")
+    yield top
+    for name in os.listdir(top):
+        if (top / name).is_dir():
+            unnest(top, name)
+    shutil.rmtree(where)
+
+
+def test_a_folder_nested_1200_deep_is_walked_to_the_depth_limit_and_reported(deep):
+    from wpipe.walk import MAX_DEPTH
+
+    top = deep
+    nest(top, "d", 1200, {50: "mid.h5", MAX_DEPTH: "last.h5", MAX_DEPTH + 1: "beyond.h5"})
+    found, skipped = discover([top])
+    chain = Path(*["d"] * MAX_DEPTH)
+    assert found == [top / "good.h5", top / Path(*["d"] * 50) / "mid.h5", top / chain / "last.h5"]
+    [deep] = skipped
+    assert (deep.path, deep.code) == (top / chain / "d", "too-deep")
+    assert str(deep.path) in deep.message and f"more than {MAX_DEPTH} levels" in deep.message
+
+
+def test_a_folder_whose_path_is_longer_than_path_max_is_reported_and_the_rest_walked(deep):
+    top = deep
+    name = "n" * 250  # 20 levels: ~5 KB of path, past Linux's 4096-byte PATH_MAX
+    nest(top, name, 20, {3: "reachable.h5", 19: "unreachable.h5"})
+    found, skipped = discover([top])
+    assert found == [top / "good.h5", top / Path(*[name] * 3) / "reachable.h5"]
+    [long] = skipped
+    assert long.code == "io-error" and len(os.fsencode(long.path)) > 4096 > len(
+        os.fsencode(long.path.parent)
+    )
+    assert "longer than the system accepts" in long.message
+
+
+def test_an_ingest_of_a_deep_folder_stores_the_good_files_and_one_error_row(deep, warehouse):
+    from wpipe.walk import MAX_DEPTH
+
+    top = deep
+    nest(top, "d", 1200, {1100: "lost.h5"})
+    report = warehouse.ingest(top, drift=False)
+    assert report.ingested == 1 and [o.error for o in report.failed] == ["too-deep"]
+    assert warehouse.query("SELECT path FROM models") == [(str(top / "good.h5"),)]
+    deeper = top / Path(*["d"] * (MAX_DEPTH + 1))
+    assert warehouse.query("SELECT path, error FROM ingest_errors") == [(str(deeper), "too-deep")]
