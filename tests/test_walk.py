@@ -20,6 +20,7 @@ from wpipe.dblock import DatabaseBusy, Protected, WriterLock, protected_paths
 from wpipe.walk import walk as discover
 
 from tests.conftest import MODELS
+from tests.fuzz.deep import nest, remove_tree
 
 GOOD = MODELS / "k2_uncompiled.h5"
 WPIPE = [sys.executable, "-m", "wpipe.cli"]
@@ -163,61 +164,28 @@ def test_an_ingest_of_a_hostile_tree_finishes_and_reports_each_file(tmp_path, jo
     }
 
 
-def nest(top: Path, name: str, levels: int, model_at: dict[int, str]) -> None:
-    """`levels` folders named `name`, each inside the last, under `top`; a copy of GOOD named
-    `model_at[level]` in the folder at each such level. Built through directory descriptors,
-    one level at a time: the deepest paths are longer than the system accepts (PATH_MAX)."""
-    data = GOOD.read_bytes()
-    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for level in range(1, levels + 1):
-            os.mkdir(name, dir_fd=fd)
-            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = inner
-            if level in model_at:
-                out = os.open(model_at[level], os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
-                os.write(out, data)
-                os.close(out)
-    finally:
-        os.close(fd)
-
-
-def unnest(top: Path, name: str) -> None:
-    """Remove what `nest` made, without recursion (shutil.rmtree, and so pytest's clean-up,
-    recurses once per level) and with short paths: the chain is lifted one level at a time."""
-    while (top / name).is_dir():
-        first = top / name
-        if (first / name).is_dir():
-            os.rename(first / name, top / "lifted")
-        for entry in os.listdir(first):
-            os.unlink(first / entry)
-        os.rmdir(first)
-        if (top / "lifted").is_dir():
-            os.rename(top / "lifted", first)
-
-
 @pytest.fixture
 def deep():
-    """A folder `runs` with GOOD as good.h5 in it, for `nest` to build in; removed after by
-    `unnest`. Outside pytest's own temporary folders: pytest removes old ones recursively,
-    and one left deep by a killed test would break every later session's clean-up."""
+    """A folder `runs` with GOOD as good.h5 in it, for `nest` to build in. Outside pytest's
+    own temporary folders (pytest removes old ones recursively: one left deep by a killed
+    test would break every later session's clean-up), removed by `remove_tree`."""
     where = Path(tempfile.mkdtemp(prefix="wpipe-deep-"))
     top = where / "runs"
     top.mkdir()
     shutil.copy2(GOOD, top / "good.h5")
     yield top
-    for name in os.listdir(top):
-        if (top / name).is_dir():
-            unnest(top, name)
-    shutil.rmtree(where)
+    remove_tree(where)
+
+
+def with_good(levels: dict[int, str]) -> dict[int, tuple[str, bytes]]:
+    return {level: (name, GOOD.read_bytes()) for level, name in levels.items()}
 
 
 def test_a_folder_nested_1200_deep_is_walked_to_the_depth_limit_and_reported(deep):
     from wpipe.walk import MAX_DEPTH
 
     top = deep
-    nest(top, "d", 1200, {50: "mid.h5", MAX_DEPTH: "last.h5", MAX_DEPTH + 1: "beyond.h5"})
+    nest(top, "d", 1200, with_good({50: "mid.h5", MAX_DEPTH: "last.h5", MAX_DEPTH + 1: "x.h5"}))
     found, skipped = discover([top])
     chain = Path(*["d"] * MAX_DEPTH)
     assert found == [top / "good.h5", top / Path(*["d"] * 50) / "mid.h5", top / chain / "last.h5"]
@@ -229,7 +197,7 @@ def test_a_folder_nested_1200_deep_is_walked_to_the_depth_limit_and_reported(dee
 def test_a_folder_whose_path_is_longer_than_path_max_is_reported_and_the_rest_walked(deep):
     top = deep
     name = "n" * 250  # 20 levels: ~5 KB of path, past Linux's 4096-byte PATH_MAX
-    nest(top, name, 20, {3: "reachable.h5", 19: "unreachable.h5"})
+    nest(top, name, 20, with_good({3: "reachable.h5", 19: "unreachable.h5"}))
     found, skipped = discover([top])
     assert found == [top / "good.h5", top / Path(*[name] * 3) / "reachable.h5"]
     [long] = skipped
@@ -243,7 +211,7 @@ def test_an_ingest_of_a_deep_folder_stores_the_good_files_and_one_error_row(deep
     from wpipe.walk import MAX_DEPTH
 
     top = deep
-    nest(top, "d", 1200, {1100: "lost.h5"})
+    nest(top, "d", 1200, with_good({1100: "lost.h5"}))
     report = warehouse.ingest(top, drift=False)
     assert report.ingested == 1 and [o.error for o in report.failed] == ["too-deep"]
     assert warehouse.query("SELECT path FROM models") == [(str(top / "good.h5"),)]
