@@ -118,7 +118,7 @@ def _listing(folder: Path, skipped: list[Skipped]) -> tuple[list[str], list[str]
         if exc.errno == errno.ENAMETOOLONG:
             message = (f"{folder}: not searched: its path is longer than the system accepts "
                        f"({len(os.fsencode(folder))} bytes)")  # fmt: skip
-            skipped.append(Skipped(folder, "io-error", message, 0, 0.0))
+            skipped.append(_skipped(folder, ModelReadError("io-error", message)))
         return None
     return sorted(dirs), sorted(files)
 
@@ -134,7 +134,7 @@ def _too_deep(first: Path, count: int) -> Skipped:
     others = f" (and {count - 1} other folder(s) beside it)" if count > 1 else ""
     message = (f"{first}: not searched: folders nested more than {MAX_DEPTH} levels below the "
                f"folder given are not entered{others}")  # fmt: skip
-    return Skipped(first, "too-deep", message, 0, 0.0)
+    return _skipped(first, ModelReadError("too-deep", message))
 
 
 def _regular(path: Path, protected: Protected, skipped: list[Skipped]) -> bool:
