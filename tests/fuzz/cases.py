@@ -174,6 +174,9 @@ def bomb_cases() -> Iterator[Case]:
                "too-many-objects", slow=True)  # fmt: skip
     yield Case(fam, "20,000 tiny groups (native)", native_with(many_groups(20_000)), "ok",
                slow=True)  # fmt: skip
+    # refused from the group's own member count, before the walk reads and sorts them all
+    yield Case(fam, "2 million tiny groups (native)", native_with(many_groups(2_000_000)),
+               "error", "too-many-objects", slow=True)  # fmt: skip
     yield Case(fam, "NaN-filled 400 MB tensor", nan_tensor(100_000), "ok", slow=True)
 
 
