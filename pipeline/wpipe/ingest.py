@@ -476,6 +476,7 @@ class _Driver:
                       for t in self.drift]  # fmt: skip
         self.pending, self.shared, self.held = [], [], 0
         self.since = time.monotonic()
+        self.progress.phase("read", 0)
 
     def copy_duplicates(self) -> None:
         """Files identical to another model: that model's rows under their own id and path."""
