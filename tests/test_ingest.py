@@ -293,3 +293,20 @@ def test_drift_is_stored_batch_by_batch_as_in_one_batch(tmp_path, monkeypatch):
     }  # fmt: skip
     assert all(row[-1] for row in rows)  # sha256_a: the previous checkpoint's own
     assert rows == _drift_rows(whole)
+
+
+def test_drift_a_no_drift_run_left_out_is_completed_by_the_next_run(tmp_path, warehouse):
+    """Series A ingested with drift, then series B with --no-drift: the next run changes no
+    file, yet completes B's four consecutive pairs (the database's drift mark)."""
+    runs = tmp_path / "runs"
+    for name in ("cnn_lr1e-3", "cnn_lr1e-2"):
+        shutil.copytree(EXAMPLES / name, runs / name)
+    warehouse.ingest(runs / "cnn_lr1e-3", file_timeout=None)
+    warehouse.ingest(runs, drift=False, file_timeout=None)
+    pairs = "SELECT count(DISTINCT (model_a, model_b)) FROM drift"
+    assert warehouse.query(pairs) == [(4,)]
+    report = warehouse.ingest(runs, file_timeout=None)
+    assert report.ingested == 0 and report.unchanged == 10
+    assert warehouse.query(pairs) == [(8,)]  # 5 checkpoints a series: 4 pairs each
+    again = warehouse.ingest(runs, file_timeout=None)
+    assert again.drift_pairs == 0  # the mark is cleared once drift is complete

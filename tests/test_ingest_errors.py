@@ -213,3 +213,81 @@ def test_a_file_that_breaks_later_keeps_no_stale_or_partial_rows(tmp_path, wareh
     # the previous good version stays until the file is readable again; nothing is duplicated
     assert warehouse.query("SELECT count(*) FROM models") == [(1,)]
     assert warehouse.query("SELECT count(*) FROM weights") == [(2,)]
+
+
+def archive_with_config(path, edit) -> int:
+    """A copy of a real .keras whose config.json `edit` changed; returns the config's bytes."""
+    config = json.loads(real_member("config.json"))
+    text = edit(config)
+    keras_archive(path, {"config.json": text.encode(),
+                         "model.weights.h5": real_member("model.weights.h5")})  # fmt: skip
+    return len(text)
+
+
+def ten_million_zeros(config: dict) -> str:
+    """The model's layer list replaced by 10 million zeros: ~20 MB, under the 32 MB limit."""
+    marker = '"LAYERS"'
+    text = json.dumps({**config, "config": {**config["config"], "layers": "LAYERS"}})
+    return text.replace(marker, "[" + "0," * 9_999_999 + "0]")
+
+
+def long_vocabulary(config: dict) -> str:
+    """A legitimate config of ~7 MB: a layer carrying a vocabulary of 600,000 words (as
+    TextVectorization does)."""
+    config["config"]["layers"][-1]["config"]["vocabulary"] = [f"w{i:07d}" for i in range(600_000)]
+    return json.dumps(config)
+
+
+def test_a_config_listing_ten_million_layers_is_refused_in_its_worker(tmp_path, warehouse):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    assert 19 << 20 < archive_with_config(folder / "zeros.keras", ten_million_zeros) < 32 << 20
+    make_good(folder / "good.h5")
+    report = warehouse.ingest(folder, drift=False, file_timeout=None)  # read in this process
+    assert report.ingested == 1 and [o.error for o in report.failed] == ["too-many-objects"]
+    assert "10,000,000 layers" in report.failed[0].message
+    again = warehouse.ingest(folder, drift=False, file_timeout=None)
+    assert again.unchanged == 1 and [o.error for o in again.failed] == ["unchanged-failure"]
+
+
+def test_a_batch_too_large_for_the_writers_memory_is_loaded_with_more(
+    tmp_path, warehouse, monkeypatch
+):
+    """The writer's memory lowered to 16 MB, as a 29 MB config meets the real 64 MB: the
+    load runs out of it and is tried again under LOAD_RETRY_LIMIT."""
+    from wpipe.store import duck
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    size = archive_with_config(folder / "vocab.keras", long_vocabulary)
+    monkeypatch.setattr(duck, "WRITER_MEMORY_LIMIT", "16MB")
+    report = warehouse.ingest(folder, drift=False, file_timeout=None)
+    assert report.ingested == 1 and not report.failed
+    assert warehouse.query("SELECT length(model_config) FROM models") == [(size,)]
+
+
+def test_a_batch_the_database_cannot_load_is_rolled_back_and_recorded(
+    tmp_path, warehouse, monkeypatch
+):
+    """Where the retry fails too (both limits lowered to 16 MB), the lake is rolled back,
+    both files of the batch get a `load-failed` row and the run ends normally; the next run
+    (the real limits) reads them again and loads them."""
+    from wpipe.store import duck
+    from wpipe.store.lake import Lake
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    archive_with_config(folder / "vocab.keras", long_vocabulary)
+    make_good(folder / "good.h5")
+    monkeypatch.setattr(duck, "WRITER_MEMORY_LIMIT", "16MB")
+    monkeypatch.setattr(duck, "LOAD_RETRY_LIMIT", "16MB")
+    report = warehouse.ingest(folder, drift=False, file_timeout=None)
+    assert report.ingested == 0 and [o.error for o in report.failed] == ["load-failed"] * 2
+    assert "OutOfMemoryException" in report.failed[0].message
+    assert warehouse.query("SELECT count(*) FROM models") == [(0,)]
+    assert warehouse.query("SELECT count(*), min(error) FROM ingest_errors") == [(2, "load-failed")]
+    assert Lake.open(str(warehouse.lake)).dataset("models").count_rows() == 0  # rolled back
+    monkeypatch.undo()
+    again = warehouse.ingest(folder, drift=False, file_timeout=None)
+    assert again.ingested == 2 and not again.failed
+    assert warehouse.query("SELECT count(*) FROM ingest_errors") == [(0,)]

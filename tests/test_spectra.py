@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -419,3 +420,23 @@ def test_spectra_command_and_ingest_option(loaded, tmp_path):
     assert none.output.splitlines()[1] == "0"
     bad = runner.invoke(app, ["ingest", str(MODELS), "--db", none_db, "--spectra", "some"])
     assert bad.exit_code == 2 and "auto, all or none" in bad.output
+
+
+@pytest.mark.parametrize(
+    "scale, dtype, status",
+    [
+        (1e153, "f8", "skipped: numerical trouble (numpy: overflow encountered in reduce)"),
+        (1e20, "f4", "skipped: the eigenvalue solver did not converge (Eigenvalues did not"),
+    ],
+)
+def test_overflow_and_a_solver_that_gives_up_are_the_matrix_status(scale, dtype, status):
+    """Huge weights: squares past the float range (numpy itself warns on them) or a Gram of
+    infinities (LAPACK gives up on it): a status, never a warning line nor the file's
+    failure (warnings are errors here)."""
+    a = (np.random.default_rng(0).standard_normal((64, 32)) * scale).astype(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        [s] = spectra.tensor_spectra("Dense", {}, "kernel", "kernel", "keras", a,
+                                     SpectraOptions())  # fmt: skip
+    assert s.metrics["status"].startswith(status) and s.evals is None
+    assert s.metrics["N"] == 64 and s.metrics["M"] == 32

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from wpipe.dblock import DatabaseBusy, Protected, WriterLock, protected_paths
 from wpipe.walk import walk as discover
 
 from tests.conftest import MODELS
+from tests.fuzz.deep import nest, remove_tree
 
 GOOD = MODELS / "k2_uncompiled.h5"
 WPIPE = [sys.executable, "-m", "wpipe.cli"]
@@ -160,3 +162,58 @@ def test_an_ingest_of_a_hostile_tree_finishes_and_reports_each_file(tmp_path, jo
         str(root / "dangling.h5"): "dangling-symlink",
         str(root / "loop.h5"): "symlink-loop",
     }
+
+
+@pytest.fixture
+def deep():
+    """A folder `runs` with GOOD as good.h5 in it, for `nest` to build in. Outside pytest's
+    own temporary folders (pytest removes old ones recursively: one left deep by a killed
+    test would break every later session's clean-up), removed by `remove_tree`."""
+    where = Path(tempfile.mkdtemp(prefix="wpipe-deep-"))
+    top = where / "runs"
+    top.mkdir()
+    shutil.copy2(GOOD, top / "good.h5")
+    yield top
+    remove_tree(where)
+
+
+def with_good(levels: dict[int, str]) -> dict[int, tuple[str, bytes]]:
+    return {level: (name, GOOD.read_bytes()) for level, name in levels.items()}
+
+
+def test_a_folder_nested_1200_deep_is_walked_to_the_depth_limit_and_reported(deep):
+    from wpipe.walk import MAX_DEPTH
+
+    top = deep
+    nest(top, "d", 1200, with_good({50: "mid.h5", MAX_DEPTH: "last.h5", MAX_DEPTH + 1: "x.h5"}))
+    found, skipped = discover([top])
+    chain = Path(*["d"] * MAX_DEPTH)
+    assert found == [top / "good.h5", top / Path(*["d"] * 50) / "mid.h5", top / chain / "last.h5"]
+    [deep] = skipped
+    assert (deep.path, deep.code) == (top / chain / "d", "too-deep")
+    assert str(deep.path) in deep.message and f"more than {MAX_DEPTH} levels" in deep.message
+
+
+def test_a_folder_whose_path_is_longer_than_path_max_is_reported_and_the_rest_walked(deep):
+    top = deep
+    name = "n" * 250  # 20 levels: ~5 KB of path, past Linux's 4096-byte PATH_MAX
+    nest(top, name, 20, with_good({3: "reachable.h5", 19: "unreachable.h5"}))
+    found, skipped = discover([top])
+    assert found == [top / "good.h5", top / Path(*[name] * 3) / "reachable.h5"]
+    [long] = skipped
+    assert long.code == "io-error" and len(os.fsencode(long.path)) > 4096 > len(
+        os.fsencode(long.path.parent)
+    )
+    assert "longer than the system accepts" in long.message
+
+
+def test_an_ingest_of_a_deep_folder_stores_the_good_files_and_one_error_row(deep, warehouse):
+    from wpipe.walk import MAX_DEPTH
+
+    top = deep
+    nest(top, "d", 1200, with_good({1100: "lost.h5"}))
+    report = warehouse.ingest(top, drift=False)
+    assert report.ingested == 1 and [o.error for o in report.failed] == ["too-deep"]
+    assert warehouse.query("SELECT path FROM models") == [(str(top / "good.h5"),)]
+    deeper = top / Path(*["d"] * (MAX_DEPTH + 1))
+    assert warehouse.query("SELECT path, error FROM ingest_errors") == [(str(deeper), "too-deep")]

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -137,7 +138,7 @@ def ingest(
     on_done: Callable[[Outcome], None] | None = None,
     spectra: SpectraOptions | None = None,
     progress: ProgressSink | None = None,
-    file_timeout: float | None = workers.DEFAULT_FILE_TIMEOUT,
+    file_timeout: workers.TimeLimit = workers.DEFAULT_FILE_TIMEOUT,
     dask: str | None = None,
 ) -> Report:
     """Bring the database and lake up to date with the model files under `paths` (local paths
@@ -145,7 +146,8 @@ def ingest(
     checkpoints, and complete series drift. `lake` is a folder or a URL (`s3://…`).
 
     Each file is read in a worker process and stopped after `file_timeout` seconds (None: no
-    limit, and with jobs=1 the files are read in this process); `dask` (`local` or a
+    limit, and with jobs=1 the files are read in this process; `workers.AUTO`: a limit scaled
+    with the task's bytes, `workers.scaled_limit`); `dask` (`local` or a
     scheduler address) runs the per-file map on Dask distributed instead."""
     started = time.perf_counter()
     memory.tune_malloc()
@@ -228,7 +230,7 @@ class _Pool:
     is read again one file per task, so only the culprit fails. Files on object storage are
     one task each (each is fetched to a temporary copy by the worker that reads it)."""
 
-    def __init__(self, jobs: int, file_timeout: float | None, dask: str | None = None) -> None:
+    def __init__(self, jobs: int, file_timeout: workers.TimeLimit, dask: str | None = None) -> None:
         self.jobs, self.timeout, self.dask = jobs, file_timeout, dask
         self.stack = ExitStack()
         self.client = None  # one Dask client (and LocalCluster) for both phases
@@ -239,9 +241,13 @@ class _Pool:
     def __exit__(self, *exc: object) -> None:
         self.stack.close()
 
-    def _map(self, function: Callable, items: list, name: Callable) -> Iterator:
+    def _map(self, function: Callable, items: list, name: Callable, sizes: Callable) -> Iterator:
+        """`sizes(item)`: the bytes of the item's files (for the default time limit)."""
         if self.dask is None:
-            return workers.map_files(function, items, self.jobs, self.timeout, name=name,
+            limit = self.timeout
+            if limit == workers.AUTO:
+                limit = lambda item: workers.scaled_limit(sizes(item))  # noqa: E731
+            return workers.map_files(function, items, self.jobs, limit, name=name,
                                      preload=[__name__])  # fmt: skip
         if self.client is None and items:
             self.client = self.stack.enter_context(
@@ -251,7 +257,9 @@ class _Pool:
 
     def hashes(self, jobs: list[FileJob]) -> Iterator[tuple[str, str | None, str | None]]:
         chunks = chunked([j.path for j in jobs], [j.size for j in jobs], self.jobs)
-        for chunk, result in self._map(hash_files, chunks, lambda c: c[0]):
+        size = {j.path: j.size for j in jobs}
+        sizes = lambda chunk: [size[p] for p in chunk]  # noqa: E731
+        for chunk, result in self._map(hash_files, chunks, lambda c: c[0], sizes):
             if isinstance(result, workers.WorkerFailure):
                 for path in chunk:
                     yield path, None, result.message
@@ -266,7 +274,8 @@ class _Pool:
         jobs = series_order(jobs)
         chunks = chunked(jobs, [j.size for j in jobs], self.jobs)
         again: list[FileJob] = []
-        for chunk, result in self._map(process_chunk, chunks, lambda c: c[0].path):
+        sizes = lambda chunk: [j.size for j in chunk]  # noqa: E731
+        for chunk, result in self._map(process_chunk, chunks, lambda c: c[0].path, sizes):
             if not isinstance(result, workers.WorkerFailure):
                 yield result
             elif len(chunk) > 1:
@@ -277,7 +286,8 @@ class _Pool:
             yield ChunkOutcome([outcome], [])
 
     def outcomes(self, jobs: list[FileJob]) -> Iterator[Outcome]:
-        for job, result in self._map(process_file, jobs, lambda job: job.path):
+        for job, result in self._map(process_file, jobs, lambda job: job.path,
+                                     lambda job: [job.size]):  # fmt: skip
             if isinstance(result, workers.WorkerFailure):
                 result = _failure(job, result)
             yield result
@@ -423,11 +433,14 @@ class _Driver:
                                    self.known_ids.intersection(ids))  # fmt: skip
                 _release(self.db)  # bounded whatever the number of batches
             except Exception as exc:
-                if not space.is_full(exc):
+                if space.is_full(exc):
+                    # commits the database did not load are rolled back by the next run
+                    self.discard_pending()
+                    raise StoreFailed(space.full_reason(exc)) from None
+                if not isinstance(exc, duckdb.Error):
                     raise
-                # commits the database did not load are rolled back by the next run
-                self.discard_pending()
-                raise StoreFailed(space.full_reason(exc)) from None
+                self._unloadable(exc)
+                return
             self.known_ids.update(ids)
             self.store_drift(self.sha_by_id)
             self.progress.advance(len(self.pending))
@@ -435,6 +448,38 @@ class _Driver:
             self.held = 0
             self.progress.phase("read", 0)  # back to the read phase, its count kept
         self.since = time.monotonic()
+
+    def _unloadable(self, exc: duckdb.Error) -> None:
+        """The database refused the batch (after its retry under a higher memory limit): its
+        lake commits are rolled back and each of its files is recorded as `load-failed`, so
+        the run goes on and the next one neither meets a lake ahead of its database nor takes
+        the batch for ingested. A batch of several files is read again next time (which one
+        was at fault is not known); a file alone in its batch is a failure until it changes."""
+        sync.reconcile(self.db, self.lake)  # restores the versions the database holds
+        failed = {o.model_id for o in self.pending}
+        alone = len(self.pending) == 1
+        for outcome in self.pending:
+            self.report.ingested -= 1
+            self.report.copied -= outcome.status == "copied"
+            self.shas.pop(outcome.path, None)
+            self.sha_by_id.pop(outcome.model_id, None)
+            job = self.jobs.get(outcome.path)
+            size, mtime = (job.size, job.mtime) if job and alone else (-1, 0.0)
+            message = (f"{outcome.path}: its rows could not be loaded into the database "
+                       f"({type(exc).__name__}: {space.first_line(exc)}); not stored")  # fmt: skip
+            self.db.record_error(outcome.path, "load-failed", message, size, mtime)
+            failure = Outcome(outcome.path, outcome.model_id, "failed", error="load-failed",
+                              message=message)  # fmt: skip
+            self.report.failed.append(failure)
+            if self.on_done:
+                self.on_done(failure)
+        self.by_sha = {sha: m for sha, m in self.by_sha.items() if m not in failed}
+        self._hold_drift()
+        self.drift = [t.filter(pc.invert(pc.is_in(t.column("model_b"), pa.array(list(failed)))))
+                      for t in self.drift]  # fmt: skip
+        self.pending, self.shared, self.held = [], [], 0
+        self.since = time.monotonic()
+        self.progress.phase("read", 0)
 
     def copy_duplicates(self) -> None:
         """Files identical to another model: that model's rows under their own id and path."""
@@ -588,11 +633,13 @@ def _finish(db, lake: Lake, driver: _Driver, tag_pattern, drift: bool, progress,
     if changed:
         report.warnings += compare.attach_training_logs(db.con)
     no_drift = db.con.execute("SELECT count(*) = 0 FROM drift").fetchall()[0][0]
-    if drift and (changed or no_drift):
+    # pending: models were loaded by a run killed before this point, or run with --no-drift
+    if drift and (changed or no_drift or db.drift_pending()):
         progress.phase("drift", 0)
         pairs, problems = compare.series_drift(db.con, progress.advance)
         report.drift_pairs += pairs
         report.warnings += problems
+        db.drift_done()
     if renamed or changed or driver.touched:  # names are given (and mtimes touched) here
         _release(db)
         sync.push_models(db, lake)

@@ -330,7 +330,12 @@ SPECTRA = Table(
         _c("alpha_weighted", F64, "alpha · log10 λmax"),
         _c("log_alpha_norm", F64, "log10 Σ λ^alpha"),
         _c("warning", STR, "over-trained (alpha < 2), under-trained (alpha > 6), else NULL"),
-        _c("status", STR, "ok, or 'skipped: <reason>' (the columns that could be computed are)"),
+        _c(
+            "status",
+            STR,
+            "ok, or 'skipped: <reason>' (the columns that could be computed are; "
+            "numpy's overflow warnings and a solver that does not converge are reasons too)",
+        ),
         _c("method_version", STR, "version of the definitions that produced the row"),
     ),
 )

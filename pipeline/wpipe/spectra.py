@@ -16,6 +16,7 @@ small-sample rule). bench/compare_weightwatcher.py checks the numbers against We
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,7 +124,9 @@ def plan(
     matrices = _rules(cls, weight_name, role, layout, array, options)
     if isinstance(matrices, str):
         return [Planned("full", None, skip=matrices)]
-    if not math.isfinite(float(array.sum(dtype=np.float64))):  # any NaN or ±inf, no mask copy
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: the answer, not a warning
+        total = float(array.sum(dtype=np.float64))
+    if not math.isfinite(total):  # any NaN or ±inf, no mask copy
         return [Planned(label, None, skip="skipped: non-finite values") for label, *_ in matrices]
     if max(float(array.max()), -float(array.min())) > GRAM_LIMIT:  # exploded: Gram overflows
         return [Planned(label, None, skip=f"skipped: values above {GRAM_LIMIT:g} (its Gram "
@@ -340,6 +343,23 @@ def analyse(p: Planned) -> Spectrum:
                "method_version": METHOD_VERSION}  # fmt: skip
     if p.skip is not None:
         return Spectrum(p.label, {**metrics, "status": p.skip}, None)
+    # numpy's warnings (overflow of a Gram of huge weights) and a solver that gives up are
+    # this matrix's status, never a line on stderr nor the file's failure
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result, evals = _computed(p)
+        except np.linalg.LinAlgError as exc:
+            reason = f"skipped: the eigenvalue solver did not converge ({exc})"
+            return Spectrum(p.label, {**metrics, "status": reason}, None)
+    trouble = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    if trouble:
+        reason = f"skipped: numerical trouble (numpy: {trouble[0].message})"
+        return Spectrum(p.label, {**metrics, "status": reason}, None)
+    return Spectrum(p.label, {**metrics, **result}, evals)
+
+
+def _computed(p: Planned) -> tuple[dict, np.ndarray]:
     esd = spectrum(p.slices)
     evals = esd.evals * p.rescale
     result = esd_metrics(evals, p.n, esd.total * p.rescale)
@@ -347,7 +367,7 @@ def analyse(p: Planned) -> Spectrum:
         esd = spectrum(p.slices, exact=True)
         evals = esd.evals * p.rescale
         result = esd_metrics(evals, p.n, esd.total * p.rescale)
-    return Spectrum(p.label, {**metrics, **result}, evals)
+    return result, evals
 
 
 def _unsettled(metrics: dict, evals: np.ndarray, noise: float) -> bool:

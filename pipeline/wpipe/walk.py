@@ -11,6 +11,7 @@ DuckDB's lock.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterable
@@ -30,6 +31,10 @@ from wpipe.readers import (
 )
 from wpipe.readers.safefile import stat_problem
 from wpipe.tags import MODEL_SUFFIXES
+
+# Folder levels below a folder given that the walk enters: real trees of runs and checkpoints
+# are a dozen deep; a folder nested thousands deep is hostile (see `_walk`).
+MAX_DEPTH = 100
 
 
 @dataclass(frozen=True)
@@ -91,15 +96,24 @@ def _compressed_problem(path: Path) -> ModelReadError:
 def _walk(
     root: Path, protected: Protected, found: list[Path], skipped: list[Skipped], packed: list[Path]
 ) -> None:
-    for folder, dirs, files in os.walk(root):
-        here = Path(folder)
+    """Depth first, folders in name order, with an explicit stack (a folder nested thousands
+    of levels deep cannot exhaust Python's recursion); a folder deeper than MAX_DEPTH levels
+    below `root`, or one the system cannot list (a path longer than PATH_MAX), is not entered
+    and is reported instead. Compressed files not named like a save go to `packed`."""
+    stack = [(root, 0)]
+    while stack:
+        here, depth = stack.pop()
         if here in protected:
-            dirs[:] = []
             continue
+        listed = _listing(here, skipped)
+        if listed is None:
+            continue
+        dirs, files = listed
         saves = [d for d in dirs if _is_save_folder(here / d) and here / d not in protected]
-        found.extend(here / d for d in sorted(saves))
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in saves)
-        regular = [name for name in sorted(files) if _regular(here / name, protected, skipped)]
+        found.extend(here / d for d in saves)
+        enter = [d for d in dirs if not d.startswith(".") and d not in saves
+                 and not os.path.islink(here / d)]  # fmt: skip
+        regular = [name for name in files if _regular(here / name, protected, skipped)]
         shards = {n for index in regular if sharded.is_index(here / index)
                   for n in _shards_of(here / index)}  # fmt: skip
         shards |= {p.name for index in regular if tf_bundle.is_index(here / index)
@@ -116,6 +130,42 @@ def _walk(
                 found.append(candidate)
             elif candidate.suffix.lower() in compressed.SUFFIXES:
                 packed.append(candidate)
+        if enter and depth >= MAX_DEPTH:
+            skipped.append(_too_deep(here / enter[0], len(enter)))
+            continue
+        stack.extend((here / d, depth + 1) for d in reversed(enter))
+
+
+def _listing(folder: Path, skipped: list[Skipped]) -> tuple[list[str], list[str]] | None:
+    """(subfolders, other entries) of `folder`, sorted; None when it cannot be listed. A
+    folder that vanished or may not be read is passed over as `os.walk` did; one whose path
+    the system refuses (ENAMETOOLONG) is reported: the models in it are out of reach."""
+    dirs, files = [], []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                (dirs if _is_dir(entry) else files).append(entry.name)
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            message = (f"{folder}: not searched: its path is longer than the system accepts "
+                       f"({len(os.fsencode(folder))} bytes)")  # fmt: skip
+            skipped.append(_skipped(folder, ModelReadError("io-error", message)))
+        return None
+    return sorted(dirs), sorted(files)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _too_deep(first: Path, count: int) -> Skipped:
+    others = f" (and {count - 1} other folder(s) beside it)" if count > 1 else ""
+    message = (f"{first}: not searched: folders nested more than {MAX_DEPTH} levels below the "
+               f"folder given are not entered{others}")  # fmt: skip
+    return _skipped(first, ModelReadError("too-deep", message))
 
 
 def _regular(path: Path, protected: Protected, skipped: list[Skipped]) -> bool:
@@ -143,9 +193,14 @@ def _named_like_model(name: str) -> bool:
 
 
 def _is_save_folder(path: Path) -> bool:
-    return path.is_dir() and (
-        keras_dir.claims(path) or saved_model.claims(path) or unsupported.identify(path) is not None
-    )
+    try:
+        return path.is_dir() and (
+            keras_dir.claims(path)
+            or saved_model.claims(path)
+            or unsupported.identify(path) is not None
+        )
+    except OSError:  # a path longer than the system accepts: `_listing` reports it
+        return False
 
 
 def _shards_of(index: Path) -> list[str]:

@@ -45,10 +45,19 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pebble
+import pebble.pool.process
 
-# Seconds one file may take (read, analyse, write its partition) before it is stopped; the
-# biggest real checkpoints we measured take well under a minute per GB on one core.
-DEFAULT_FILE_TIMEOUT = 600.0
+# The default time limit of a task (its files read, analysed, written), scaled with its size:
+# a base for the task (a worker's start, a small file's spectra), a second per file and a rate
+# for its bytes eight times slower than the slowest we measured (the biggest real checkpoints
+# take well under a minute per GB on one core): 11 s for a small file, ~9 min for a GB. A file
+# that makes the HDF5 library loop is stopped in seconds, not after ten minutes.
+AUTO = "auto"
+AUTO_BASE_SECONDS = 10.0
+AUTO_SECONDS_PER_FILE = 1.0
+AUTO_BYTES_PER_SECOND = 2 << 20
+DEFAULT_FILE_TIMEOUT = AUTO
+TimeLimit = float | None | str  # seconds, no limit, or AUTO
 WINDOW_PER_WORKER = 4
 
 Item = TypeVar("Item")
@@ -67,12 +76,13 @@ def map_files(
     function: Callable[[Item], Result],
     items: Iterable[Item],
     jobs: int = 1,
-    timeout: float | None = DEFAULT_FILE_TIMEOUT,
+    timeout: float | Callable[[Item], float] | None = 600.0,
     name: Callable[[Item], str] = str,
     preload: Sequence[str] = (),
 ) -> Iterator[tuple[Item, Result | WorkerFailure]]:
     """Yield `(item, function(item))` for every item, in completion order; a file that timed
-    out, killed its worker or raised yields a `WorkerFailure` instead (named by `name(item)`)."""
+    out, killed its worker or raised yields a `WorkerFailure` instead (named by `name(item)`).
+    `timeout`: seconds per item, None (no limit), or a function of the item (`scaled_limit`)."""
     items = list(items)
     if not items:
         return
@@ -80,7 +90,7 @@ def map_files(
         for item in items:
             yield item, _call(function, item, name)
         return
-    with pebble.ProcessPool(max_workers=max(1, jobs), context=_context(preload)) as pool:
+    with _OrderlyPool(max_workers=max(1, jobs), context=_context(preload)) as pool:
         try:
             yield from _windowed(pool, function, items, jobs, timeout, name)
         finally:
@@ -88,36 +98,63 @@ def map_files(
             pool.join()
 
 
+def scaled_limit(sizes: Sequence[int]) -> float:
+    """The default time limit of a task reading files of these sizes (see AUTO_*)."""
+    return (AUTO_BASE_SECONDS + AUTO_SECONDS_PER_FILE * len(sizes)
+            + sum(sizes) / AUTO_BYTES_PER_SECOND)  # fmt: skip
+
+
+class _OrderlyStop(pebble.pool.process.PoolManager):
+    """pebble's pool manager stopping its workers before it closes their channels. pebble
+    closes first, which unlinks the channels' named semaphores: a worker still starting (the
+    second of two workers, when one read every file) then fails to unpickle its channel and
+    prints a `SemLock._rebuild` FileNotFoundError traceback on the user's terminal. A worker
+    stopped first dies quietly, wherever it is in its start."""
+
+    def stop(self) -> None:
+        self.worker_manager.force_stop_workers()
+        self.worker_manager.close_channels()
+
+
+class _OrderlyPool(pebble.ProcessPool):
+    def __init__(self, max_workers: int, context: Any) -> None:
+        super().__init__(max_workers=max_workers, context=context)
+        self._pool_manager = _OrderlyStop(self._context, context)
+
+
 def _windowed(
     pool: pebble.ProcessPool,
     function: Callable[[Any], Any],
     items: list[Any],
     jobs: int,
-    timeout: float | None,
+    timeout: float | Callable[[Any], float] | None,
     name: Callable[[Any], str],
 ) -> Iterator[tuple[Any, Any]]:
     todo = iter(items)
-    running: dict[Future, Any] = {}
+    running: dict[Future, tuple[Any, float | None]] = {}
     window = max(1, jobs) * WINDOW_PER_WORKER
     while True:
         for item in todo:
-            running[pool.schedule(function, args=(item,), timeout=timeout)] = item
+            limit = timeout(item) if callable(timeout) else timeout
+            running[pool.schedule(function, args=(item,), timeout=limit)] = (item, limit)
             if len(running) >= window:
                 break
         if not running:
             return
         done, _ = wait(running, return_when=FIRST_COMPLETED)
         for future in done:
-            item = running.pop(future)
-            yield item, _result(future, name(item), timeout)
+            item, limit = running.pop(future)
+            yield item, _result(future, name(item), limit, callable(timeout))
 
 
-def _result(future: Future, label: str, timeout: float | None) -> Any:
+def _result(future: Future, label: str, limit: float | None, scaled: bool) -> Any:
     try:
         return future.result()
     except FutureTimeout:
+        why = ("the default limit for its size; --file-timeout sets another" if scaled
+               else "--file-timeout")  # fmt: skip
         return WorkerFailure(
-            "timeout", f"{label}: stopped after {timeout:g} s (--file-timeout); the file may be "
+            "timeout", f"{label}: stopped after {limit:.0f} s ({why}); the file may be "
             "damaged in a way that makes the HDF5 library loop"
         )  # fmt: skip
     except pebble.ProcessExpired as exc:

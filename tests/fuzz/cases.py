@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 
 from tests.conftest import MODELS, dense_config, write_legacy_h5
+from tests.fuzz.deep import nest
 
 SOURCES = ("k2_conv2d.h5", "k3_lstm.h5", "k3_conv2d.keras", "k2_mha.weights.h5",
            "k2_dense_bn_frozen.weights_only.h5")  # fmt: skip
@@ -174,6 +175,9 @@ def bomb_cases() -> Iterator[Case]:
                "too-many-objects", slow=True)  # fmt: skip
     yield Case(fam, "20,000 tiny groups (native)", native_with(many_groups(20_000)), "ok",
                slow=True)  # fmt: skip
+    # refused from the group's own member count, before the walk reads and sorts them all
+    yield Case(fam, "2 million tiny groups (native)", native_with(many_groups(2_000_000)),
+               "error", "too-many-objects", slow=True)  # fmt: skip
     yield Case(fam, "NaN-filled 400 MB tensor", nan_tensor(100_000), "ok", slow=True)
 
 
@@ -411,8 +415,22 @@ def walk_cases() -> Iterator[Case]:
                shutil.copy2(MODELS / "k2_uncompiled.h5", d / "m.h5")), "ok")  # fmt: skip
     yield Case(fam, "unzipped save, weights -> /dev/zero", unzipped(
         {"model.weights.h5": "/dev/zero"}), "error", "not-a-regular-file")  # fmt: skip
+    yield Case(fam, "folder nested 1,200 deep", deep_folder("d", 1200), "error", "too-deep")
+    yield Case(fam, "folder path past PATH_MAX", deep_folder("n" * 250, 20), "error", "io-error")
     yield Case(fam, "symlink to a good file", lambda d: os.symlink(
         MODELS / "k2_uncompiled.h5", d / "l.h5"), "ok")  # fmt: skip
+
+
+def deep_folder(name: str, levels: int) -> Callable[[Path], None]:
+    """A good model beside a chain of `levels` folders named `name` with a model at its end
+    (deeper than the walk's limit, or past PATH_MAX)."""
+
+    def make(folder: Path) -> None:
+        good = (MODELS / "k2_uncompiled.h5").read_bytes()
+        shutil.copy2(MODELS / "k2_uncompiled.h5", folder / "top.h5")
+        nest(folder, name, levels, {levels: ("bottom.h5", good)})
+
+    return make
 
 
 def make_socket(folder: Path) -> None:
@@ -468,6 +486,22 @@ def name_cases() -> Iterator[Case]:
     yield Case(fam, "control characters in a folder name", copy_as(b"e\x07\x1b[2J/m.h5"), "ok")
 
 
+# ------------------------------------------------------------------ HDF5 loops
+
+# Seeds of `damaged` whose small file (20-40 KB) makes the HDF5 library loop in its own walk
+# (found by scanning 3,000 seeds; each still ran after 90 s): stopped by the default time
+# limit for its size in seconds, recorded as `timeout`.
+LOOP_SEEDS = (34, 1127, 1494, 1835)
+
+
+def loop_cases() -> Iterator[Case]:
+    """Slow (each holds a worker for its whole time limit); tests/test_workers.py stops one."""
+    for seed in LOOP_SEEDS:
+        source = SOURCES[seed % len(SOURCES)]
+        yield Case("hdf5-loops", f"{source}#{seed}", damaged(source, seed), "error", "timeout",
+                   slow=True)  # fmt: skip
+
+
 # ------------------------------------------------------------------ all families
 
 FAMILIES: dict[str, Callable[[int], Iterator[Case]]] = {
@@ -481,6 +515,7 @@ FAMILIES: dict[str, Callable[[int], Iterator[Case]]] = {
     "names": lambda n: name_cases(),
     "tf-bundles": lambda n: _tf_cases().bundle_cases(n),
     "tf-savedmodel": lambda n: _tf_cases().saved_model_cases(n),
+    "hdf5-loops": lambda n: loop_cases(),
 }
 
 

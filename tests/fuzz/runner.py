@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,9 +37,13 @@ from wpipe.textsafe import display
 from tests.conftest import MODELS
 from tests.fuzz import lake_cases
 from tests.fuzz.cases import Case, all_cases
+from tests.fuzz.deep import remove_tree
+from tests.fuzz.late_kills import run_late_kills
+from tests.fuzz.pool_races import run_pool_races
 
 GOOD = ("k2_uncompiled.h5", "k3_conv2d.keras")
-FILE_TIMEOUT = 120  # seconds per file in the fuzz runs: a hang shows as a `timeout` row
+# No --file-timeout: the default limit, scaled with each file's size, stops a hang (a
+# `timeout` row) in seconds, as it does for a user
 MAX_WALL = 900.0  # one batch
 MAX_RSS = 3 << 30  # the whole process tree of one ingest
 
@@ -68,7 +73,7 @@ def run_batch(cases: list[Case], root: Path, jobs: int = 2) -> BatchResult:
     db.parent.mkdir()
     (db.parent / "notes.txt").write_text("the user's file beside the database\n")
     command = [sys.executable, "-m", "wpipe.cli", "ingest", str(models), "--db", str(db),
-               "-j", str(jobs), "--file-timeout", str(FILE_TIMEOUT), "--no-drift"]  # fmt: skip
+               "-j", str(jobs), "--no-drift"]  # fmt: skip
     before = lake_cases.snapshot(models) | lake_cases.stamps([db.parent / "notes.txt"])
     stdout, stderr, code = _watched(command, result)
     after = lake_cases.snapshot(models) | lake_cases.stamps([db.parent / "notes.txt"])
@@ -107,10 +112,22 @@ def _tree_rss(parent: psutil.Process) -> int:
     return total
 
 
+# What `wpipe ingest` may print on stderr: a line per failed file, warnings, its summary.
+EXPECTED_STDERR = re.compile(r"^(failed: |failed earlier, unchanged: |warning: |"
+                             r"\d[\d,]* files: \d)")  # fmt: skip
+
+
+def stray_lines(stderr: str) -> list[str]:
+    """stderr lines no wpipe message explains (a worker's traceback, a numpy warning)."""
+    return [line for line in stderr.splitlines() if line and not EXPECTED_STDERR.match(line)]
+
+
 def _check_run(result, stdout, stderr, code, db, lake, models, folders) -> None:
     problems = result.problems
     if "Traceback" in stdout + stderr:
         problems.append("traceback printed")
+    elif stray_lines(stderr):
+        problems.append(f"stray stderr line: {stray_lines(stderr)[0][:200]}")
     if result.peak_rss > MAX_RSS:
         problems.append(f"blowup: peak RSS {result.peak_rss / 2**30:.1f} GiB")
     try:
@@ -199,7 +216,7 @@ def run(
     with tempfile.TemporaryDirectory(prefix="wpipe-fuzz-") as tmp:
         for i, chunk in enumerate(chunks):
             results.append(run_batch(chunk, Path(tmp) / f"batch{i:04d}", jobs))
-            shutil.rmtree(Path(tmp) / f"batch{i:04d}", ignore_errors=True)
+            remove_tree(Path(tmp) / f"batch{i:04d}")  # its deep folders: no recursion
     return results
 
 
@@ -404,10 +421,21 @@ def run_lake(root: Path) -> BatchResult:
     return result
 
 
+def run_races(rounds: int) -> BatchResult:
+    """Worker pools started and stopped `rounds` times beside two busy processes: nothing
+    on stderr (pool_races.py)."""
+    result = BatchResult([Case("pool races", f"{rounds} starts and stops", lambda d: None)])
+    stderr = run_pool_races(rounds, busy_processes=2, limit=MAX_WALL)
+    if stderr:
+        result.problems.append(f"stray stderr line: {stderr.splitlines()[0][:200]}")
+    result.outcome[result.cases[0].name] = "error:stderr" if stderr else "ok"
+    return result
+
+
 def classify(problem: str) -> str:
     for kind, marks in (("damage", ("damage:", ": deleted ", ": changed ", ": added ")),
                         ("hangs", ("hang:", "timeout")), ("blowups", ("blowup:",)),
-                        ("tracebacks", ("traceback", "Traceback")),
+                        ("tracebacks", ("traceback", "Traceback", "stray stderr")),
                         ("orphans", ("orphaned",)), ("internal", ("internal-error",))):  # fmt: skip
         if any(m in problem for m in marks):
             return kind
@@ -446,13 +474,19 @@ def main() -> int:
     parser.add_argument("--damage", type=int, default=None, help="random-damage cases")
     parser.add_argument("--batch", type=int, default=12, help="cases per ingest run")
     parser.add_argument("--family", default=None, help="only this family's cases (also: "
-                        "concurrency, 'kill -9', 'disk full', lake)")  # fmt: skip
+                        "concurrency, 'kill -9', 'disk full', lake, 'late kills', "
+                        "'pool races')")  # fmt: skip
     parser.add_argument("--kills", type=int, default=20, help="kill -9 points (with --full)")
+    parser.add_argument("--late-kills", type=int, default=12,
+                        help="kill -9 points of the drift check (with --full)")  # fmt: skip
+    parser.add_argument("--races", type=int, default=300, help="pool starts and stops")
     args = parser.parse_args()
     os.environ.setdefault("COLUMNS", "200")
     started = time.monotonic()
     special = {"concurrency": run_concurrency, "kill -9": lambda r: run_kills(args.kills, r),
-               "disk full": run_disk_full, "lake": run_lake}  # fmt: skip
+               "disk full": run_disk_full, "lake": run_lake,
+               "late kills": lambda r: run_late_kills(args.late_kills, r),
+               "pool races": lambda r: run_races(args.races)}  # fmt: skip
     results = []
     if args.family not in special:
         results = run(args.full, args.damage, args.batch, family=args.family)

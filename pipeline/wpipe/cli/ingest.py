@@ -57,11 +57,12 @@ def ingest_command(
         help="Spectral metrics per weight matrix: auto (matrices up to the size limit in the "
         "README), all, or none.",
     ),
-    file_timeout: float = typer.Option(
-        workers.DEFAULT_FILE_TIMEOUT,
+    file_timeout: float | None = typer.Option(
+        None,
         min=0.0,
         help="Seconds one file may take before it is stopped and recorded as `timeout` "
-        "(0: no limit).",
+        "(0: no limit; default: scaled with the file's size, 11 s for a small file, ~9 min "
+        "a GB).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     dask: str | None = typer.Option(
@@ -118,7 +119,7 @@ def ingest_command(
                 on_done=done,
                 progress=sink,
                 spectra=spectra_options,
-                file_timeout=file_timeout or None,
+                file_timeout=workers.AUTO if file_timeout is None else file_timeout or None,
                 dask=dask,
             )
     except (LakeMismatch, LakeNotOwned, MissingExtra, remote.StorageError, ConnectionError) as exc:

@@ -12,6 +12,9 @@ from wpipe.readers.base import ModelReadError
 from wpipe.readers.safefile import open_regular
 
 MODEL_CLASSES = {"Sequential", "Functional", "Model"}
+# Entries of one model's layer list, as h5safe.MAX_NAMES bounds the weights file's layer names:
+# a 20 MB config of 10 million zeros is refused here, before it is walked, stored and loaded.
+MAX_LAYERS = 100_000
 
 # Variables Keras creates non-trainable, whatever the layer's `trainable` flag says
 # (quantization parameters included: Keras's quantized layers create them trainable=False).
@@ -87,11 +90,13 @@ def read_json_file(path: Path, what: str, where: str) -> dict[str, Any]:
 
 
 def model_tree(
-    model_config: dict[str, Any], raw: str | None = None
+    model_config: dict[str, Any], raw: str | None = None, where: str = ""
 ) -> tuple[str | None, list[LayerSpec]]:
     """The model's class name and its top-level layer specs (nested models expanded).
     `raw`: the config's JSON text, when at hand: a text that never spells shared_object_id
-    (nor any \\u escape, which could) has none to drop (no walk over the whole config)."""
+    (nor any \\u escape, which could) has none to drop (no walk over the whole config).
+    A layer list longer than MAX_LAYERS is a `too-many-objects` ModelReadError."""
+    _check_layer_lists(model_config, where)
     if not isinstance(raw, str) or OBJECT_ID in raw or "\\u" in raw:
         model_config = _without_object_ids(model_config)
     spec = _spec(model_config, "model")
@@ -99,6 +104,20 @@ def model_tree(
 
 
 OBJECT_ID = "shared_object_id"
+
+
+def _check_layer_lists(entry: Any, where: str) -> None:
+    """Every (nested) model's layer list within MAX_LAYERS, walked without recursion."""
+    todo = [entry]
+    while todo:
+        config = todo.pop().get("config")
+        layers = config.get("layers") if isinstance(config, dict) else config
+        if not isinstance(layers, list):
+            continue
+        if len(layers) > MAX_LAYERS:
+            raise ModelReadError("too-many-objects", f"{where}: its architecture lists "
+                                 f"{len(layers):,} layers (limit {MAX_LAYERS:,})")  # fmt: skip
+        todo += [e for e in layers if isinstance(e, dict)]
 
 
 def _without_object_ids(value: Any) -> Any:

@@ -46,7 +46,7 @@ def read(f: h5py.File, where: str) -> Model:
     full = model_json is not None or "model_weights" in f
     weights_root = h5safe.child(f, "model_weights", where) if full else f
     model_class, specs = _parsed(model_json, "model_config", where,
-                                 lambda config: model_tree(config, model_json) if config
+                                 lambda config: model_tree(config, model_json, where) if config
                                  else (None, []))  # fmt: skip
     training_json = h5safe.attr(f, "training_config")
     optimizer, loss = _parsed(training_json, "training_config", where, _training_summary)

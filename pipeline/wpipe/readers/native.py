@@ -70,7 +70,7 @@ def read(
 ) -> Model:
     groups = collect_vars(files, where)
     container = _container(groups)
-    model_class, specs = model_tree(config) if config else (None, [])
+    model_class, specs = model_tree(config, where=where) if config else (None, [])
     if not specs:  # no architecture, or one without a layer list (subclassed, keras-hub)
         specs = _guess_specs(groups, container) + _attribute_specs(groups)
     layers: list[Layer] = []

@@ -45,6 +45,12 @@ LAKE_VERSIONS_DDL = (
     "(lake VARCHAR, table_name VARCHAR, version BIGINT, PRIMARY KEY (lake, table_name))"
 )
 
+# Facts about the database's state. `drift-pending`: set in the transaction that loads models,
+# cleared once series drift is complete; a run killed in between (or run with --no-drift)
+# leaves it, and the next run completes drift although every file is unchanged.
+STATE_DDL = "CREATE TABLE IF NOT EXISTS ingest_state (name VARCHAR PRIMARY KEY, value VARCHAR)"
+DRIFT_PENDING = "drift-pending"
+
 
 # Tables a database with a local lake reads from the lake's files in place.
 SERVED = (schema.HISTOGRAMS, schema.WEIGHT_VALUES, schema.UNITS, schema.EIGENVALUES,
@@ -80,6 +86,10 @@ MEMORY_LIMIT = "512MB"
 # insert held up to ~100 MB above the driver's floor at 512 MB (10,000 small checkpoints:
 # peak 355-365 MB at 512 MB, 332-333 at 64 MB, 319 at 32 MB for 40 % more driver CPU).
 WRITER_MEMORY_LIMIT = "64MB"
+# A batch that does not fit the writer's limit is loaded again under this one: a model's
+# largest text (its config, a layer's config: within jsonsafe's 32 MB) needs about four times
+# its size while it is inserted (a 20 MB config failed at 64 MB).
+LOAD_RETRY_LIMIT = "512MB"
 STREAM_ROWS = 1 << 16  # rows a batch (a data file's row group) when a table is read out whole
 
 
@@ -102,6 +112,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> bool:
         con.execute(_ddl(table))
         _add_missing_columns(con, table)
     con.execute(LAKE_VERSIONS_DDL)
+    con.execute(STATE_DDL)
     if not had_names:
         naming.adopt(con)  # a database from before model_names keeps the names it had
     if not _lake_files_present(con, served):
@@ -261,9 +272,21 @@ class Database:
         """Swap the rows of `model_ids` for those of the just committed lake `files` (table ->
         file names), and record the lake versions now loaded, all in one transaction.
         `replaced`: the ids that may have rows here already (None: any of them); the others
-        cost no delete (a scan of every table per batch, the bulk of a large first ingest)."""
-        ids = list(model_ids)
-        gone = pa.table({"model_id": pa.array(ids if replaced is None else list(replaced),
+        cost no delete (a scan of every table per batch, the bulk of a large first ingest).
+        A batch that runs out of the writer's memory is loaded again under LOAD_RETRY_LIMIT."""
+        model_ids = list(model_ids)
+        replaced = None if replaced is None else list(replaced)
+        try:
+            self._load_batch(lake, files, model_ids, versions, replaced)
+        except duckdb.OutOfMemoryException:
+            self.con.execute(f"SET memory_limit = '{LOAD_RETRY_LIMIT}'")
+            try:
+                self._load_batch(lake, files, model_ids, versions, replaced)
+            finally:
+                self.con.execute(f"SET memory_limit = '{self.memory_limit}'")
+
+    def _load_batch(self, lake, files, ids: list[str], versions, replaced) -> None:
+        gone = pa.table({"model_id": pa.array(ids if replaced is None else replaced,
                                               pa.string())})  # fmt: skip
         self.con.execute("BEGIN TRANSACTION")
         self.con.register("batch_ids", pa.table({"model_id": pa.array(ids, pa.string())}))
@@ -282,6 +305,7 @@ class Database:
                 "WHERE model_id IN (SELECT model_id FROM batch_ids))"
             )
             self._record_versions(lake, versions)
+            self._set_drift_pending()
             self.con.execute("COMMIT")
         except BaseException:
             self._rollback()
@@ -316,6 +340,7 @@ class Database:
                 self.con.execute(f"DELETE FROM {table.name}")
                 insert_arrow(self.con, table, lake.dataset(table.name))
             self._record_versions(lake, lake.versions())
+            self._set_drift_pending()
             self.con.execute("COMMIT")
         except BaseException:
             self._rollback()
@@ -425,6 +450,17 @@ class Database:
                 )
             finally:
                 self.con.unregister("loaded_versions")
+
+    def _set_drift_pending(self) -> None:
+        self.con.execute("INSERT OR REPLACE INTO ingest_state VALUES (?, 'yes')", [DRIFT_PENDING])
+
+    def drift_pending(self) -> bool:
+        """Models were loaded since series drift was last completed (`drift_done`)."""
+        query = "SELECT count(*) FROM ingest_state WHERE name = ?"
+        return bool(self.con.execute(query, [DRIFT_PENDING]).fetchone()[0])
+
+    def drift_done(self) -> None:
+        self.con.execute("DELETE FROM ingest_state WHERE name = ?", [DRIFT_PENDING])
 
     def touch_model(self, path: str, mtime: float) -> None:
         self.con.execute("UPDATE models SET mtime = ? WHERE path = ?", [mtime, path])
