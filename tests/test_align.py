@@ -92,3 +92,33 @@ def test_architectures_outside_chains_are_named_not_guessed(name, reason):
     result = _aligned(MODELS / name, MODELS / name)
     assert result.status != "ok" and reason in result.status
     assert result.aligned is None
+
+
+def test_compare_aligned_adds_the_aligned_distance_beside_the_raw_one(tmp_path):
+    import json as _json
+
+    from typer.testing import CliRunner
+    from wpipe.cli import app
+
+    from tests.conftest import Warehouse
+
+    models = tmp_path / "m"
+    shutil.copytree(ALIGN, models)
+    w = Warehouse(tmp_path)
+    assert not w.ingest(models).failed
+    db = ["--db", str(w.db_path)]
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["compare", "mlp_seed1", "mlp_seed2", "--aligned", "-f", "json", *db]
+    )
+    assert result.exit_code == 0, result.output
+    rows = [r for r in _json.loads(result.stdout) if r["rel_l2"] is not None]
+    direct = _aligned(ALIGN / "mlp_seed1.h5", ALIGN / "mlp_seed2.h5")
+    hidden = {r["path_a"]: r["rel_l2_aligned"] for r in rows}
+    assert set(hidden) == {"h1", "bn", "h2", "out"}
+    assert all(hidden[la] < r["rel_l2"] for r in rows for la in [r["path_a"]])
+    matrix = runner.invoke(
+        app, ["compare", "mlp_seed1", "mlp_seed2", "cnn_seed1", "--matrix", "--aligned", *db]
+    )
+    assert matrix.exit_code == 0, matrix.output
+    assert f"{direct.aligned:.4g}" in matrix.output and "not aligned" in matrix.output

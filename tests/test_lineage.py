@@ -169,3 +169,25 @@ def test_the_command_line(family):
 def test_tensor_update_of_a_vector_has_no_spectrum():
     row = tensor_update(np.ones(4), np.ones(4) * 2)
     assert row["rank"] is None and row["rel_update"] == pytest.approx(1.0)
+
+
+def test_compare_against_a_base_equals_numpy(family):
+    w, _ = family
+    args = ["tunes/low_digits", "tunes/high_digits", "--base", "series/e5", "-f", "json"]
+    result = runner.invoke(app, ["compare", *args, "--db", str(w.db_path)])
+    assert result.exit_code == 0, result.output
+    rows = {r["layer_path"]: r for r in json.loads(result.stdout)}
+    base, a, b = (_arrays(n) for n in ("series/e5", "tunes/low_digits", "tunes/high_digits"))
+    for layer in LAYERS:
+        keys = [(layer, "kernel"), (layer, "bias")]
+        ta = np.concatenate([(a[k] - base[k]).ravel() for k in keys])
+        tb = np.concatenate([(b[k] - base[k]).ravel() for k in keys])
+        norm = np.sqrt(sum((base[k] ** 2).sum() for k in keys))
+        both = (ta != 0) & (tb != 0)
+        assert rows[layer]["rel_update_a"] == pytest.approx(np.linalg.norm(ta) / norm)
+        assert rows[layer]["cosine"] == pytest.approx(
+            ta @ tb / (np.linalg.norm(ta) * np.linalg.norm(tb))
+        )
+        assert rows[layer]["sign_conflict_rate"] == pytest.approx(
+            np.count_nonzero(both & (np.sign(ta) != np.sign(tb))) / both.sum()
+        )

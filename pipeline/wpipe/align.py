@@ -212,6 +212,8 @@ def _distances(
                 "layer_path": layer.layer_path, "weight_name": tensor.weight_name,
                 "raw_rel_l2": float(raw / scale) if scale else 0.0,
                 "aligned_rel_l2": float(aligned / scale) if scale else 0.0,
+                "l2_a": float(na), "l2_b": float(nb), "l2_diff": float(raw),
+                "l2_diff_aligned": float(aligned),
             })  # fmt: skip
             sums["raw"] += raw**2
             sums["aligned"] += aligned**2

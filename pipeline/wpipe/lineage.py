@@ -61,7 +61,7 @@ def set_base(
 
 def clear_base(con: duckdb.DuckDBPyConnection, child: str) -> bool:
     """Forget `child`'s base and its computed rows; False if it had none."""
-    had = con.execute("SELECT count(*) FROM lineage WHERE child_id = ?", [child]).fetchone()[0]
+    had = con.execute("SELECT count(*) FROM lineage WHERE child_id = ?", [child]).fetchall()[0][0]
     con.execute("BEGIN TRANSACTION")
     con.execute("DELETE FROM lineage WHERE child_id = ?", [child])
     con.execute("DELETE FROM updates WHERE child_id = ?", [child])
@@ -199,3 +199,47 @@ def _features(con: duckdb.DuckDBPyConnection, ids: list[str]):
         return None, None
     vectors = np.array([[x if x is not None else 0.0 for x in cells[m]] for m in ids])
     return vectors, np.array([ages[m] for m in ids])
+
+
+def compare_updates(
+    con: duckdb.DuckDBPyConnection, base: str, a: str, b: str
+) -> list[tuple]:  # fmt: skip
+    """Per layer of `base`: how far A and B moved it (‖τ‖/‖W_base‖), the cosine of their
+    updates and the share of weights both changed that they pushed apart; computed from the
+    files now, stored nowhere (`wpipe compare A B --base BASE`)."""
+    import numpy as np
+
+    layers_a, layers_b = comparable_layers(con, base, a), comparable_layers(con, base, b)
+    paths = _paths(con, [base, a, b])
+    out = []
+    with ExitStack() as stack:
+        models = {m: stack.enter_context(open_save(paths[m])) for m in paths}
+        for layer in (la for la in models[base].layers if la.tensors):
+            path = layer.layer_path
+            if path not in layers_a or path not in layers_b:
+                continue
+            ta, tb = _tensors(models[a], layers_a[path]), _tensors(models[b], layers_b[path])
+            sums = dict.fromkeys(("base", "a", "b", "dot", "both", "conflicts"), 0.0)
+            for name, tensor in _tensors(models[base], path).items():
+                if name not in ta or name not in tb:
+                    continue
+                w = tensor.load().astype(np.float64)
+                wa, wb = ta[name].load(), tb[name].load()
+                if wa.shape != w.shape or wb.shape != w.shape:
+                    continue
+                pair = update_pair(w, wa, wb)
+                sums["base"] += float(np.sum(w * w))
+                sums["a"] += float(np.sum((wa - w) ** 2))
+                sums["b"] += float(np.sum((wb - w) ** 2))
+                sums["dot"] += pair["dot"]
+                sums["both"] += pair["both_changed"]
+                sums["conflicts"] += pair["sign_conflicts"]
+            norm = sums["base"] ** 0.5
+            out.append((
+                path,
+                sums["a"] ** 0.5 / norm if norm else None,
+                sums["b"] ** 0.5 / norm if norm else None,
+                sums["dot"] / (sums["a"] * sums["b"]) ** 0.5 if sums["a"] and sums["b"] else None,
+                sums["conflicts"] / sums["both"] if sums["both"] else None,
+            ))  # fmt: skip
+    return out

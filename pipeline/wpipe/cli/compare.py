@@ -22,7 +22,12 @@ from wpipe.cli.render import Layout, emit
 
 COMPARE_LAYOUT = Layout(
     key=("model", "layer", "path_a", "path_b"),
-    numbers=("rel_l2", "cosine", "std_a", "std_b", "max_abs_a", "max_abs_b"),
+    numbers=("rel_l2", "rel_l2_aligned", "cosine", "std_a", "std_b", "max_abs_a", "max_abs_b"),
+)
+ALIGNED_LAYOUT = Layout(key=("model_a", "model_b"), numbers=("distance", "distance_aligned"))
+BASE_LAYOUT = Layout(
+    key=("model", "layer_path"),
+    numbers=("rel_update_a", "rel_update_b", "cosine", "sign_conflict_rate"),
 )
 CORRELATE_LAYOUT = Layout(key=("statistic",), numbers=("n_models", "spearman_rho"))
 
@@ -62,6 +67,18 @@ def compare_command(
     matrix: bool = typer.Option(
         False, "--matrix", help="Model x model distance per layer (same-architecture models)."
     ),
+    aligned: bool = typer.Option(
+        False,
+        "--aligned",
+        help="Also the distance after matching hidden units (weight matching; chains of "
+        "Dense/Conv layers): a column rel_l2_aligned, or with --matrix a whole-model matrix.",
+    ),
+    base: str | None = typer.Option(
+        None,
+        "--base",
+        help="A common base model: compare what the models changed relative to it (the "
+        "cosine and sign conflicts of their updates) instead of their weights.",
+    ),
     db: str | None = DbOption,
     fmt: Format = FormatOption,
 ) -> None:
@@ -74,8 +91,13 @@ def compare_command(
         fail("compare needs at least two models")
     names = dict(con.execute("SELECT model_id, name FROM models").fetchall())
     try:
+        if base is not None:
+            _against_base(con, ids, resolve(con, [base]), names, fmt)
+            return
         if matrix:
             _matrix(con, ids, names, fmt)
+            if aligned:
+                _aligned_matrix(con, ids, names, fmt)
             return
         out_rows, columns = [], []
         for other in ids[1:]:
@@ -83,6 +105,8 @@ def compare_command(
             result = con.execute(COMPARE_SQL, {"a": ids[0], "b": other})
             columns = ["model", *[d[0] for d in result.description]]
             rows = result.fetchall()
+            if aligned:
+                columns, rows = _with_aligned(con, ids[0], other, names, columns, rows, fmt)
             out_rows += [(names[other], *row) for row in rows]
             flags = [r[columns.index("comparable") - 1] for r in rows]
             guessed = [r[columns.index("path_a") - 1] for r in rows
@@ -98,6 +122,64 @@ def compare_command(
     if fmt is Format.table:
         columns, out_rows, title = _for_terminal(columns, out_rows, title, names[ids[1]], len(ids))
     emit(columns, out_rows, fmt, title=title, layout=COMPARE_LAYOUT)
+
+
+def _with_aligned(
+    con: duckdb.DuckDBPyConnection, a: str, b: str, names: dict[str, str],
+    columns: list[str], rows: list[tuple], fmt: Format,
+) -> tuple[list[str], list[tuple]]:  # fmt: skip
+    """The pair's rows with rel_l2_aligned after rel_l2 (NULL where not aligned), and one line
+    with the whole-model distances or why the architecture is not aligned."""
+    from wpipe.aligned import aligned_pair, per_layer
+
+    result = aligned_pair(con, a, b)
+    layers = per_layer(result) if result.status == "ok" else {}
+    at = columns.index("rel_l2") - 1  # rows lack the model column
+    path = columns.index("path_a") - 1
+    rows = [(*r[: at + 1], layers.get(r[path], {}).get("rel_l2_aligned"), *r[at + 1 :])
+            for r in rows]  # fmt: skip
+    columns = [*columns[: at + 2], "rel_l2_aligned", *columns[at + 2 :]]
+    if result.status == "ok":
+        say(f"{names[b]} vs {names[a]}: whole-model distance {result.raw:.4g} raw, "
+            f"{result.aligned:.4g} after matching hidden units")  # fmt: skip
+    else:
+        say(f"{names[b]} vs {names[a]}: not aligned: {result.status}")
+    return columns, rows
+
+
+def _aligned_matrix(
+    con: duckdb.DuckDBPyConnection, ids: list[str], names: dict[str, str], fmt: Format
+) -> None:
+    from wpipe.aligned import aligned_matrix
+
+    rows, refused = aligned_matrix(con, ids)
+    listed = [(names[a], names[b], raw, al) for a, b, raw, al in rows]
+    title = "whole model: before and after matching hidden units"
+    columns = ["model_a", "model_b", "distance", "distance_aligned"]
+    emit(columns, listed, fmt, title=title, layout=ALIGNED_LAYOUT)
+    for (a, b), reason in refused.items():
+        say(f"{names[a]} / {names[b]}: not aligned: {reason}")
+
+
+def _against_base(
+    con: duckdb.DuckDBPyConnection, ids: list[str], base: list[str], names: dict[str, str],
+    fmt: Format,
+) -> None:  # fmt: skip
+    from wpipe.lineage import compare_updates
+
+    if len(base) != 1:
+        fail("--base names one model")
+    if base[0] in ids:
+        fail("--base must not be one of the models compared")
+    out = []
+    for other in ids[1:]:
+        out += [(names[other], *row) for row in compare_updates(con, base[0], ids[0], other)]
+    columns = ["model", "layer_path", "rel_update_a", "rel_update_b", "cosine",
+               "sign_conflict_rate"]  # fmt: skip
+    if not out:
+        fail(f"no layer of {names[base[0]]} pairs with both models")
+    title = f"updates from {names[base[0]]}, A = {names[ids[0]]}"
+    emit(columns, out, fmt, title=title, layout=BASE_LAYOUT)
 
 
 def _for_terminal(

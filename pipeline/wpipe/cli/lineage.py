@@ -25,7 +25,7 @@ def _one(con: duckdb.DuckDBPyConnection, ref: str) -> str:
 
 
 def _name(con: duckdb.DuckDBPyConnection, model_id: str) -> str:
-    return con.execute("SELECT name FROM models WHERE model_id = ?", [model_id]).fetchone()[0]
+    return con.execute("SELECT name FROM models WHERE model_id = ?", [model_id]).fetchall()[0][0]
 
 
 def _set(con: duckdb.DuckDBPyConnection, child: str, base: str, source: str) -> None:
