@@ -258,6 +258,7 @@ def _groups(b: Builder) -> list[tuple[str, list[str]]]:
 def _figures(b: Builder) -> None:
     s = b.section("parameters", "Parameters")
     b.figure(s, charts.param_counts, "Parameters per model, stacked by layer class", models=b.ids)
+    b.figure(s, charts.compute_costs, "Parameters and multiply-adds per sample", models=b.ids)
 
     for k, (label, ids) in enumerate(_groups(b), start=1):
         s = b.section(f"group-{k}", f"Layers: {label}")

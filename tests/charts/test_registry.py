@@ -53,6 +53,7 @@ def test_chart_list_names_every_chart_with_a_summary():
         "heatmap",
         "boxes",
         "params",
+        "compute",
         "gates",
         "filter-norms",
         "matrix",
@@ -107,6 +108,8 @@ def test_charts_over_500_models_stay_under_the_row_budget(name, many_db):
         assert len(drawn) > 250
     elif name == "params":  # past 40 models one bar per architecture group: 4 originals
         assert sorted(drawn) == sorted(spec["encoding"]["y"]["sort"])
+        assert len(drawn) == 4 and all(b.endswith("(125 models)") for b in drawn)
+    elif name == "compute":  # one bar per architecture past 40 models: 4 originals
         assert len(drawn) == 4 and all(b.endswith("(125 models)") for b in drawn)
     elif name == "metric":  # every model having the best-ranked statistic (2 of 4 kinds or more)
         assert len(drawn) >= 250

@@ -10,7 +10,7 @@ Model filters accept what the CLI accepts: a model's name, its path, or a unique
 prefix. Layer filters are `layer_path` values or glob patterns (`encoder/*`).
 
 One module per family of figures (distributions, anatomy, drift, metrics, health, matrix,
-filters, esd, activations, lineage); the model
+filters, esd, activations, lineage, compute); the model
 selection, row budget and query helpers they share are in `base`, writing files in `saving`.
 Importing the package makes Altair draw in Jupyter without the internet (`notebook`).
 """
@@ -49,6 +49,7 @@ from wpipe.charts.base import (
     NoData,
     model_ids,
 )
+from wpipe.charts.compute import compute_costs
 from wpipe.charts.distributions import STATS, distribution_boxes, stat_heatmap, weight_histograms
 from wpipe.charts.drift import (
     MAX_DISTANCE_MODELS,
@@ -79,6 +80,7 @@ CHARTS: dict[str, Callable[..., alt.TopLevelMixin]] = {
     "heatmap": stat_heatmap,
     "boxes": distribution_boxes,
     "params": param_counts,
+    "compute": compute_costs,
     "gates": gate_histograms,
     "filter-norms": filter_norms,
     "drift": checkpoint_drift,
@@ -128,6 +130,7 @@ __all__ = [
     "activation_histograms",
     "chart_html",
     "checkpoint_drift",
+    "compute_costs",
     "conv_models",
     "dead_unit_heatmap",
     "distance_heatmap",
