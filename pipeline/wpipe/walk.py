@@ -6,7 +6,8 @@ or looping symlink, or a special file, whose name looks like a model is reported
 then an `ingest_errors` row) rather than raised; other such entries are passed over silently.
 The database, its WAL, its lock file and the lake are never candidates, wherever they live
 (`dblock.Protected`, by device and inode): opening and closing the database would drop
-DuckDB's lock.
+DuckDB's lock. Folders are walked with an explicit stack, at most MAX_DEPTH levels deep: what
+lies deeper, and a folder whose path the system refuses (PATH_MAX), is reported (`Skipped`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def walk(
 ) -> tuple[list[Path], list[Skipped]]:
     """Model saves under `paths`, and the paths that look like models but cannot be read.
 
-    Named files or folders count as given; folders are walked recursively. In a walk a regular
+    Named files or folders count as given; folders are walked (`_walk`). In a walk a regular
     file counts when its content starts like HDF5 or ZIP, its name ends like a Keras file (or
     a Keras file compressed whole: `model.h5.gz`, `.bz2`, `.xz`), or it is a recognisable
     unreadable save (reported, not silently skipped). When a walk finds no save at all but
