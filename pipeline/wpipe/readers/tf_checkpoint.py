@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wpipe.readers import tf_bundle, tf_protos
+from wpipe.readers import inferred, tf_bundle, tf_protos
 from wpipe.readers.base import Layer, Model, ModelReadError, Tensor
 from wpipe.readers.keras_config import canonical_weight_name, is_trainable, role_of
 
@@ -311,8 +311,16 @@ def bundle_layers(bundle: tf_bundle.Bundle, graph: Graph) -> list[Layer]:
         name = names.get(leaf.node, leaf.local)
         path = "/".join([*(o.local for o in outer), name])
         tensors = [tensor(bundle, v, name, None, True) for v in leaf.variables]
-        if tensors:
-            layers.append(Layer(path, name, None, None, True, unique_names(tensors)))
+        if not tensors:
+            continue
+        # no class is stored: Keras's default name and the variables tell it, as they do for
+        # a weights-only .h5 (inferred.py), so a bundle and its .h5 twin share an arch_id
+        named = [(t.weight_name, t.role, tuple(t.shape)) for t in tensors]
+        class_name = inferred.layer_class(name, named)
+        if class_name is not None:
+            tensors = [tensor(bundle, v, name, class_name, True) for v in leaf.variables]
+        config = inferred.wrapped_config(class_name, named)
+        layers.append(Layer(path, name, class_name, config, True, unique_names(tensors)))
     return layers
 
 
