@@ -111,14 +111,14 @@ def test_an_empty_folder_says_why_nothing_was_found(tmp_path):
     assert f"hint: 0 model files found in {empty}: the folder is empty" in result.output
     packed = tmp_path / "packed"
     (packed / ".cache").mkdir(parents=True)
-    (packed / "model.h5.bz2").write_bytes(b"BZh9")
+    (packed / "models.tar").write_bytes(b"\0" * 1024)
     (packed / "readme.txt").write_text("weights inside")
     shutil.copy2(MODELS / "k2_conv2d.h5", packed / ".cache" / "m.h5")  # not searched
     result = runner.invoke(app, ["ingest", str(packed), "--db", db])
     assert result.exit_code == 0
     text = " ".join(result.output.split())
     assert f"0 model files found in {packed}: none of its 2 files is a Keras save" in text
-    assert "compressed files (.bz2) are not read: decompress them first" in text
+    assert "archives and compressed files (.tar) are not opened: unpack them first" in text
     hidden = tmp_path / "hidden"
     (hidden / ".runs").mkdir(parents=True)
     shutil.copy2(MODELS / "k2_conv2d.h5", hidden / ".runs" / "m.h5")

@@ -24,10 +24,17 @@ PAIRS = MODELS / "pairing"
 TRUTH = json.loads((EXPECTED / "pairing.json").read_text())
 
 
+def as_a_run(folder) -> None:
+    """The fine-tune saved after its base, told as Keras's CSVLogger would: a series needs
+    evidence of training order (checkpoints.py), and base/tuned carry no epoch."""
+    (folder / "training.log").write_text("epoch,loss\n0,1.0\n1,0.9\n")
+
+
 @pytest.fixture(scope="module")
 def paired(tmp_path_factory):
     root = tmp_path_factory.mktemp("pairing")
     shutil.copytree(PAIRS, root / "models")
+    as_a_run(root / "models" / "shifted")
     w = Warehouse(root)
     report = w.ingest(root / "models")
     assert not report.failed
@@ -96,6 +103,7 @@ def expect_series_drift(drift: dict[str, float]) -> None:
 @pytest.mark.parametrize("held", [True, False], ids=["held-in-memory", "read-from-file"])
 def test_series_drift_at_ingest_pairs_by_position(tmp_path, monkeypatch, held):
     shutil.copytree(PAIRS / "shifted", tmp_path / "run")
+    as_a_run(tmp_path / "run")
     if not held:  # one chunk per file: the second reads the first from its file
         monkeypatch.setattr(plan, "CHUNKS_PER_WORKER", 1)
     w = Warehouse(tmp_path)

@@ -429,11 +429,18 @@ def test_spectra_command_and_ingest_option(loaded, tmp_path):
         (1e20, "f4", "skipped: the eigenvalue solver did not converge (Eigenvalues did not"),
     ],
 )
-def test_overflow_and_a_solver_that_gives_up_are_the_matrix_status(scale, dtype, status):
+def test_overflow_and_a_solver_that_gives_up_are_the_matrix_status(
+    scale, dtype, status, monkeypatch
+):
     """Huge weights: squares past the float range (numpy itself warns on them) or a Gram of
     infinities (LAPACK gives up on it): a status, never a warning line nor the file's
-    failure (warnings are errors here)."""
+    failure (warnings are errors here). Such weights are refused before any Gram is formed
+    (GRAM_LIMIT, checked below); lifted here to reach the solver's own guards."""
     a = (np.random.default_rng(0).standard_normal((64, 32)) * scale).astype(dtype)
+    [guarded] = spectra.tensor_spectra("Dense", {}, "kernel", "kernel", "keras", a,
+                                       SpectraOptions())  # fmt: skip
+    assert guarded.metrics["status"].startswith("skipped: values above 1e+15")
+    monkeypatch.setattr(spectra, "GRAM_LIMIT", float("inf"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         [s] = spectra.tensor_spectra("Dense", {}, "kernel", "kernel", "keras", a,

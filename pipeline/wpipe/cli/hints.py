@@ -9,8 +9,10 @@ from pathlib import Path
 from wpipe import remote
 from wpipe.plan import Report
 
-# Suffixes of compressed files and archives: a model saved inside one is not read as is.
-COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".7z", ".rar", ".tar", ".tgz")
+# Suffixes of archives and compressions wpipe does not open (gzip, bzip2 and xz files are
+# read when named like a save, and reported by the walk otherwise): a model inside one is
+# not read as is.
+COMPRESSED = (".zst", ".lz4", ".7z", ".rar", ".tar", ".tgz")
 SCAN_LIMIT = 100_000  # folder entries looked at to explain an empty run
 SUFFIXES_SHOWN = 5
 KERAS_NAMES = ".h5, .hdf5, .keras, .weights.h5, .weights.json"
@@ -53,8 +55,8 @@ def why_empty(path: str) -> str:
     compressed = sorted(s for s in suffixes if s in COMPRESSED)
     if compressed:
         text += (
-            f"; compressed files ({', '.join(compressed)}) are not read: decompress them "
-            "first (e.g. `gunzip model.h5.gz`, `bunzip2 model.h5.bz2`)"
+            f"; archives and compressed files ({', '.join(compressed)}) are not opened: "
+            "unpack them first (e.g. `tar -xf models.tar`, `zstd -d model.h5.zst`)"
         )
     return text
 
