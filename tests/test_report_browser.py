@@ -30,7 +30,10 @@ sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed (pip install -e '.[browser]')"
 )
 
+import duckdb  # noqa: E402
 import wpipe  # noqa: E402
+from wpipe.report_page import Builder, html_table  # noqa: E402
+from wpipe.report_page import page as page_html  # noqa: E402
 
 from tests.charts.conftest import many_models  # noqa: E402
 
@@ -166,12 +169,9 @@ def databases(request, tmp_path_factory):
     return get
 
 
-@pytest.fixture(scope="module", params=REPORTS)
-def shown(request, browser, databases, tmp_path_factory) -> dict:
-    """A report opened in Chromium after every figure settled: what the page shows."""
-    name = request.param
-    db = databases(name)
-    path = wpipe_report(db, tmp_path_factory.mktemp(f"report-{name}") / "report.html")
+def open_page(browser, path: Path, name: str) -> dict:
+    """A page opened in Chromium after every figure settled: what it shows (a screenshot in
+    tests/artefacts/)."""
     page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -183,16 +183,10 @@ def shown(request, browser, databases, tmp_path_factory) -> dict:
         f"window.__wpipe.settled === {n_figures}", timeout=DRAW_TIMEOUT_MS, polling=100
     )
     ARTEFACTS.mkdir(exist_ok=True)
-    screenshot = ARTEFACTS / f"report-{name}.png"
+    screenshot = ARTEFACTS / f"{name}.png"
     page.screenshot(path=str(screenshot), full_page=True)
-    print(f"screenshot of the {name} report: {screenshot}")
-    con = wpipe.connect(db)
-    try:
-        findings = con.execute("SELECT model_id, flags FROM health_findings").fetchall()
-    finally:
-        con.close()
-    result = {
-        "name": name,
+    print(f"screenshot of {name}: {screenshot}")
+    shown = {
         "n_figures": n_figures,
         "failed": page.evaluate("window.__wpipe.failed"),
         "figures": page.evaluate(FIGURES),
@@ -200,13 +194,27 @@ def shown(request, browser, databases, tmp_path_factory) -> dict:
         "page": page.evaluate(PAGE),
         "health_table": page.evaluate(HEALTH_TABLE),
         "errors": errors,
-        "screenshot": screenshot,
+    }
+    page.close()
+    return shown
+
+
+@pytest.fixture(scope="module", params=REPORTS)
+def shown(request, browser, databases, tmp_path_factory) -> dict:
+    """A report of `wpipe report` as Chromium shows it, with its database's findings."""
+    db = databases(request.param)
+    path = wpipe_report(db, tmp_path_factory.mktemp(request.param) / "report.html")
+    con = wpipe.connect(db)
+    try:
+        findings = con.execute("SELECT model_id, flags FROM health_findings").fetchall()
+    finally:
+        con.close()
+    return {
+        **open_page(browser, path, f"report-{request.param}"),
         "expected": per_flag(findings),
         "n_findings": len(findings),
         "n_models": len({model for model, _ in findings}),
     }
-    page.close()
-    return result
 
 
 def per_flag(findings: list[tuple[str, str]]) -> dict[str, tuple[int, int]]:
@@ -224,12 +232,35 @@ def count(text: str) -> int:
     return int(text.replace(",", ""))
 
 
-def test_every_figure_is_drawn_with_marks(shown):
-    assert shown["n_figures"] >= 3 and not shown["failed"], shown["failed"]
+def figure_problems(shown: dict) -> list[str]:
+    """Figures that failed or drew no data mark with an extent (an empty grid)."""
+    problems = [f"failed: {reason}" for reason in shown["failed"]]
     for figure in shown["figures"]:
-        assert not figure["failed"], figure["id"]
-        assert min(figure["size"]) > 0, figure
-        assert figure["visible"] > 0, f"{figure['id']} in #{figure['section']} is an empty grid"
+        where = f"{figure['id']} in #{figure['section']}"
+        if figure["failed"] or min(figure.get("size", [0])) <= 0:
+            problems.append(f"{where} is not drawn")
+        elif not figure["visible"]:
+            problems.append(f"{where} is an empty grid")
+    return problems
+
+
+def overflow_problems(shown: dict) -> list[str]:
+    """Tables wider than their box that do not scroll inside it, boxes past the page's edge,
+    and a page wider than the window."""
+    page = shown["page"]
+    problems = [f"the page is {page['scroll']} px wide"] if page["scroll"] > page["client"] else []
+    for table in shown["tables"]:
+        where = f"{table['caption']!r} in #{table['section']}"
+        if table["table"] > table["box"] and not table["scrolls"]:
+            problems.append(f"{where} overflows its box")
+        if table["left"] < 0 or table["right"] > page["client"]:
+            problems.append(f"{where} goes past the page")
+    return problems
+
+
+def test_every_figure_is_drawn_with_marks(shown):
+    assert shown["n_figures"] >= 3
+    assert figure_problems(shown) == []
 
 
 def test_no_console_error(shown):
@@ -237,13 +268,33 @@ def test_no_console_error(shown):
 
 
 def test_no_table_overflows_the_page(shown):
-    page = shown["page"]
-    assert page["scroll"] <= page["client"], page
     assert shown["tables"]
-    for table in shown["tables"]:
-        where = f"{table['caption']!r} in #{table['section']}"
-        assert table["table"] <= table["box"] or table["scrolls"], where
-        assert table["left"] >= 0 and table["right"] <= page["client"], where
+    assert overflow_problems(shown) == []
+
+
+def test_the_checks_see_an_empty_figure_an_overflow_and_a_console_error(browser, tmp_path):
+    """The checks above on a page made to fail them, built by the report's own page code."""
+    b = Builder(duckdb.connect(), [])
+    s = b.section("broken", "Broken on purpose")
+    empty = {"data": {"values": []}, "mark": "point",
+             "encoding": {"x": {"field": "a", "type": "quantitative"}}}  # fmt: skip
+    b.specs += [empty, {"mark": "no-such-mark"}]
+    wide = html_table([f"column {k}" for k in range(40)], [tuple(range(40))])
+    s.parts += [
+        '<figure id="figure-1"><div class="vis" data-spec="spec-0"></div></figure>',
+        '<figure id="figure-2"><div class="vis" data-spec="spec-1"></div></figure>',
+        wide.replace('<div class="table">', '<div class="table" style="overflow-x: visible">'),
+        '<script>console.error("an error on purpose")</script>',
+    ]
+    path = tmp_path / "broken.html"
+    path.write_text(page_html(b, "broken"), encoding="utf-8")
+    shown = open_page(browser, path, "broken-on-purpose")
+    figures = figure_problems(shown)
+    assert "figure-1 in #broken is an empty grid" in figures
+    assert "figure-2 in #broken is not drawn" in figures and len(figures) == 3  # + its reason
+    overflows = overflow_problems(shown)
+    assert overflows[0].startswith("the page is") and "'' in #broken overflows its box" in overflows
+    assert "an error on purpose" in shown["errors"]
 
 
 def test_summary_chart_and_table_agree_on_the_findings(shown):
