@@ -5,6 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CORE   := $(VENV)/.installed-core
 DEV    := $(VENV)/.installed-dev
+BROWSER := $(VENV)/.installed-browser
 
 .PHONY: demo test test-browser test-scale test-large fixtures-large corpus test-corpus bench fuzz lint format clean
 
@@ -40,8 +41,11 @@ test: $(DEV)
 # report. Chromium comes from the system (Debian: `apt-get install chromium`), driven by the
 # `browser` extra's playwright; screenshots go to tests/artefacts/ (paths printed). Without
 # Chromium or playwright `make test` skips it.
-test-browser: $(DEV)
+$(BROWSER): $(DEV)
 	$(BIN)/pip install --quiet -e '.[browser]'
+	touch $@
+
+test-browser: $(BROWSER)
 	$(BIN)/pytest -q -rP tests/test_report_browser.py
 
 # The scale-out tests with their slower end-to-end cases (a Dask worker killed mid-ingest,
