@@ -78,7 +78,8 @@ TRACK_EMBEDS = """
 """
 
 # Per figure: its marks' items (data marks only, not axes, legends or titles) and how many
-# of them have a visible extent; the datums of the health chart's cells.
+# of them are visible (an extent, a fill or stroke, not fully transparent); the datums of the
+# health chart's cells.
 FIGURES = """
 () => Array.from(document.querySelectorAll("div.vis")).map((el) => {
   const view = el.__view;
@@ -94,7 +95,11 @@ FIGURES = """
     for (const item of node.items) {
       out.items += 1;
       const b = item.bounds;
-      if (b && (b.x2 > b.x1 || b.y2 > b.y1)) out.visible += 1;
+      const extent = b && (b.x2 > b.x1 || b.y2 > b.y1);
+      const paint = (c) => c !== undefined && c !== null && c !== "none" && c !== "transparent";
+      const painted = (paint(item.fill) && item.fillOpacity !== 0)
+                      || (paint(item.stroke) && item.strokeOpacity !== 0);
+      if (extent && painted && item.opacity !== 0) out.visible += 1;
       if (item.datum && "flag" in item.datum && "findings" in item.datum)
         out.datums.push({ model: item.datum.model, flag: item.datum.flag,
                           findings: item.datum.findings });
@@ -274,16 +279,21 @@ def test_no_table_overflows_the_page(shown):
 
 
 def test_the_checks_see_an_empty_figure_an_overflow_and_a_console_error(browser, tmp_path):
-    """The checks above on a page made to fail them, built by the report's own page code."""
+    """The checks above on a page made to fail them, built by the report's own page code:
+    a figure without data, one that fails, one whose marks are transparent, a table that
+    does not scroll inside its box, a console error."""
     b = Builder(duckdb.connect(), [])
     s = b.section("broken", "Broken on purpose")
     empty = {"data": {"values": []}, "mark": "point",
              "encoding": {"x": {"field": "a", "type": "quantitative"}}}  # fmt: skip
-    b.specs += [empty, {"mark": "no-such-mark"}]
+    unseen = {**empty, "data": {"values": [{"a": 1}, {"a": 2}]},
+              "mark": {"type": "point", "opacity": 0}}  # fmt: skip
+    b.specs += [empty, {"mark": "no-such-mark"}, unseen]
     wide = html_table([f"column {k}" for k in range(40)], [tuple(range(40))])
     s.parts += [
         '<figure id="figure-1"><div class="vis" data-spec="spec-0"></div></figure>',
         '<figure id="figure-2"><div class="vis" data-spec="spec-1"></div></figure>',
+        '<figure id="figure-3"><div class="vis" data-spec="spec-2"></div></figure>',
         wide.replace('<div class="table">', '<div class="table" style="overflow-x: visible">'),
         '<script>console.error("an error on purpose")</script>',
     ]
@@ -292,7 +302,8 @@ def test_the_checks_see_an_empty_figure_an_overflow_and_a_console_error(browser,
     shown = open_page(browser, path, "broken-on-purpose")
     figures = figure_problems(shown)
     assert "figure-1 in #broken is an empty grid" in figures
-    assert "figure-2 in #broken is not drawn" in figures and len(figures) == 3  # + its reason
+    assert "figure-2 in #broken is not drawn" in figures  # and the reason it failed
+    assert "figure-3 in #broken is an empty grid" in figures and len(figures) == 4
     overflows = overflow_problems(shown)
     assert overflows[0].startswith("the page is") and "'' in #broken overflows its box" in overflows
     assert "an error on purpose" in shown["errors"]
@@ -308,7 +319,7 @@ def test_summary_chart_and_table_agree_on_the_findings(shown):
             r"(\w+) in ([\d,]+) models \(([\d,]+) findings?\)", shown["page"]["summary"]
         )
     }
-    assert said == expected
+    assert said == expected, "the summary counts other findings than health_findings"
     # the chart: one cell per model and flag, drawn with its count
     (health,) = [f for f in shown["figures"] if f["section"] == "health"]
     cells = {(d["model"], d["flag"]): d["findings"] for d in health["datums"]}
@@ -317,7 +328,7 @@ def test_summary_chart_and_table_agree_on_the_findings(shown):
         if n:
             drawn[flag][0] += n
             drawn[flag][1] += 1
-    assert {flag: tuple(v) for flag, v in drawn.items()} == expected
+    assert {flag: tuple(v) for flag, v in drawn.items()} == expected, "the health chart"
     # the table: every finding listed, or the first ones and the total in its caption
     table = shown["health_table"]
     n_total, n_models = map(count, re.search(r"([\d,]+) findings in ([\d,]+) models",
@@ -326,7 +337,7 @@ def test_summary_chart_and_table_agree_on_the_findings(shown):
     assert n_models == len({model for (model, _), n in cells.items() if n})
     listed = per_flag(table["rows"])
     if len(table["rows"]) == n_total:
-        assert listed == expected
+        assert listed == expected, "the health table"
     else:  # the first rows, worst first: no flag counted more often than it occurs
         assert table["caption"].startswith(f"the first {len(table['rows'])} of")
         assert all(listed[f][0] <= expected[f][0] for f in listed) and set(listed) <= set(expected)
