@@ -4,7 +4,7 @@
 Checked: the summary, the health chart and the health table count the same findings per flag
 as `health_findings` in the database; every figure is drawn with marks (no empty grid, no
 "figure failed"); every table fits its box or scrolls inside it and the page has no horizontal
-overflow; the console has no error. A screenshot of each report is kept in tests/artefacts/
+overflow; the console has no error and nothing is fetched from the network. A screenshot of each report is kept in tests/artefacts/
 (git-ignored; the path is printed).
 
 Needs the `browser` extra (playwright) and a Chromium at /usr/bin/chromium (Debian:
@@ -182,6 +182,9 @@ def open_page(browser, path: Path, name: str) -> dict:
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
+    fetched: list[str] = []  # the report is self-contained: nothing but itself and data: URLs
+    page.on("request", lambda r: None if r.url.startswith(("file:", "data:", "blob:"))
+            else fetched.append(r.url))  # fmt: skip
     page.add_init_script(TRACK_EMBEDS)
     page.goto(path.as_uri(), wait_until="load")
     n_figures = page.locator("div.vis").count()
@@ -200,6 +203,7 @@ def open_page(browser, path: Path, name: str) -> dict:
         "page": page.evaluate(PAGE),
         "health_table": page.evaluate(HEALTH_TABLE),
         "errors": errors,
+        "fetched": fetched,
     }
     page.close()
     return shown
@@ -273,6 +277,10 @@ def test_no_console_error(shown):
     assert shown["errors"] == []
 
 
+def test_nothing_is_fetched_from_the_network(shown):
+    assert shown["fetched"] == []
+
+
 def test_no_table_overflows_the_page(shown):
     assert shown["tables"]
     assert overflow_problems(shown) == []
@@ -281,7 +289,7 @@ def test_no_table_overflows_the_page(shown):
 def test_the_checks_see_an_empty_figure_an_overflow_and_a_console_error(browser, tmp_path):
     """The checks above on a page made to fail them, built by the report's own page code:
     a figure without data, one that fails, one whose marks are transparent, a table that
-    does not scroll inside its box, a console error."""
+    does not scroll inside its box, a console error, an image from the network."""
     b = Builder(duckdb.connect(), [])
     s = b.section("broken", "Broken on purpose")
     empty = {"data": {"values": []}, "mark": "point",
@@ -296,6 +304,7 @@ def test_the_checks_see_an_empty_figure_an_overflow_and_a_console_error(browser,
         '<figure id="figure-3"><div class="vis" data-spec="spec-2"></div></figure>',
         wide.replace('<div class="table">', '<div class="table" style="overflow-x: visible">'),
         '<script>console.error("an error on purpose")</script>',
+        '<img src="https://example.invalid/pixel.png" alt="">',
     ]
     path = tmp_path / "broken.html"
     path.write_text(page_html(b, "broken"), encoding="utf-8")
@@ -307,6 +316,7 @@ def test_the_checks_see_an_empty_figure_an_overflow_and_a_console_error(browser,
     overflows = overflow_problems(shown)
     assert overflows[0].startswith("the page is") and "'' in #broken overflows its box" in overflows
     assert "an error on purpose" in shown["errors"]
+    assert shown["fetched"] == ["https://example.invalid/pixel.png"]
 
 
 def test_summary_chart_and_table_agree_on_the_findings(shown):
