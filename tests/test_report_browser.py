@@ -4,8 +4,8 @@
 Checked: the summary, the health chart and the health table count the same findings per flag
 as `health_findings` in the database; every figure is drawn with marks (no empty grid, no
 "figure failed"); every table fits its box or scrolls inside it and the page has no horizontal
-overflow; the console has no error and nothing is fetched from the network. A screenshot of each report is kept in tests/artefacts/
-(git-ignored; the path is printed).
+overflow; the console has no error and nothing is fetched from the network. A screenshot of
+each report is kept in tests/artefacts/ (git-ignored; the path is printed).
 
 Needs the `browser` extra (playwright) and a Chromium at /usr/bin/chromium (Debian:
 `apt-get install chromium`; Playwright's own browser download is never used); without either
