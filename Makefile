@@ -5,8 +5,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CORE   := $(VENV)/.installed-core
 DEV    := $(VENV)/.installed-dev
+BROWSER := $(VENV)/.installed-browser
 
-.PHONY: demo test test-scale test-large fixtures-large corpus test-corpus bench fuzz lint format clean
+.PHONY: demo test test-browser test-scale test-large fixtures-large corpus test-corpus bench fuzz lint format clean
 
 $(CORE): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +36,17 @@ demo: $(CORE)
 
 test: $(DEV)
 	$(BIN)/pytest -q
+
+# The report opened in Chromium (tests/test_report_browser.py): the demo's and a 300-model
+# report. Chromium comes from the system (Debian: `apt-get install chromium`), driven by the
+# `browser` extra's playwright; screenshots go to tests/artefacts/ (paths printed). Without
+# Chromium or playwright `make test` skips it.
+$(BROWSER): $(DEV)
+	$(BIN)/pip install --quiet -e '.[browser]'
+	touch $@
+
+test-browser: $(BROWSER)
+	$(BIN)/pytest -q -rP tests/test_report_browser.py
 
 # The scale-out tests with their slower end-to-end cases (a Dask worker killed mid-ingest,
 # `--dask local` from the CLI); `make test` runs the rest of tests/scale.

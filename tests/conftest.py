@@ -8,7 +8,10 @@ in tests/fixtures/models, written by tests/fixtures/make_fixtures.py.
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -23,6 +26,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 MODELS = FIXTURES / "models"
 EXPECTED = FIXTURES / "expected"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "models"  # the demo's models
+REPO = Path(__file__).resolve().parents[1]
 
 
 class Warehouse:
@@ -110,3 +114,29 @@ def expected(name: str) -> tuple[dict, dict[str, np.ndarray]]:
     spec = json.loads((EXPECTED / f"{name}.json").read_text())
     with np.load(EXPECTED / f"{name}.npz", allow_pickle=False) as arrays:
         return spec, {k: arrays[k] for k in arrays.files}
+
+
+WRITERS = ("ingest", "activations", "metrics")  # the demo's commands that change its database
+
+
+def demo_commands() -> list[list[str]]:
+    """The `wpipe` commands of the Makefile's demo target that write demo.duckdb, as argv."""
+    text = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    recipe = text.split("\ndemo:", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    commands = [shlex.split(line.strip()) for line in recipe if line.startswith("\t")]
+    return [c for c in commands if c[0] == "$(BIN)/wpipe" and c[1] in WRITERS]
+
+
+@pytest.fixture(scope="session")
+def demo_db(tmp_path_factory) -> Path:
+    """demo.duckdb as `make demo` writes it (built once a session: the notebooks and the
+    browser test read it)."""
+    db = tmp_path_factory.mktemp("demo") / "demo.duckdb"
+    wpipe = Path(sys.executable).with_name("wpipe")
+    commands = demo_commands()
+    assert [c[1] for c in commands][:1] == ["ingest"] and len(commands) >= 2
+    for argv in commands:
+        argv = [str(wpipe), *[str(db) if a == "demo.duckdb" else a for a in argv[1:]]]
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (argv, done.stderr)
+    return db

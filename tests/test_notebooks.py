@@ -1,12 +1,10 @@
 """The notebooks: saved without outputs, each runs top to bottom in a fresh kernel on the demo
-database alone (what `make demo` writes: its writer commands are read from the Makefile and run
-here), and the executed notebook draws its figures offline (no script comes from the network)."""
+database alone (what `make demo` writes: the `demo_db` fixture of tests/conftest.py runs its
+writer commands), and the executed notebook draws its figures offline (no script comes from the
+network)."""
 
 from __future__ import annotations
 
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -17,28 +15,6 @@ from tests.charts.test_notebook import REMOTE_SCRIPT
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-WRITERS = ("ingest", "activations", "metrics")  # the demo's commands that change its database
-
-
-def demo_commands() -> list[list[str]]:
-    """The `wpipe` commands of the Makefile's demo target that write demo.duckdb, as argv."""
-    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
-    recipe = text.split("\ndemo:", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
-    commands = [shlex.split(line.strip()) for line in recipe if line.startswith("\t")]
-    return [c for c in commands if c[0] == "$(BIN)/wpipe" and c[1] in WRITERS]
-
-
-@pytest.fixture(scope="module")
-def demo_db(tmp_path_factory) -> Path:
-    db = tmp_path_factory.mktemp("demo") / "demo.duckdb"
-    wpipe = Path(sys.executable).with_name("wpipe")
-    commands = demo_commands()
-    assert [c[1] for c in commands][:1] == ["ingest"] and len(commands) >= 2
-    for argv in commands:
-        argv = [str(wpipe), *[str(db) if a == "demo.duckdb" else a for a in argv[1:]]]
-        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, (argv, done.stderr)
-    return db
 
 
 def test_the_notebooks_read_no_test_fixture():
