@@ -34,8 +34,9 @@ demo: $(CORE)
 	$(BIN)/wpipe report --db demo.duckdb -o report.html
 	@echo "report: report.html"
 
+# Two workers (the machines have 2 cores), each test file on one worker (its fixtures built once).
 test: $(DEV)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 # The report opened in Chromium (tests/test_report_browser.py): the demo's and a 300-model
 # report. Chromium comes from the system (Debian: `apt-get install chromium`), driven by the

@@ -8,6 +8,7 @@ in tests/fixtures/models, written by tests/fixtures/make_fixtures.py.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -21,6 +22,11 @@ from wpipe import store
 from wpipe.analysis import StatsOptions
 from wpipe.ingest import Report, ingest
 from wpipe.tables import ValuesMode
+
+# A test sees no terminal size unless it sets one, as under CI (pytest-xdist's workers export
+# the controller's COLUMNS and LINES, which would make piped output look like a terminal's).
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MODELS = FIXTURES / "models"
