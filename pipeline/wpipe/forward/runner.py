@@ -138,7 +138,10 @@ def _call(layer: GraphLayer, args, kwargs, book: WeightBook, major: int, prefix:
     call = Call(layer.class_name, layer.config, {}, major, kwargs)
     try:
         call.weights = book.arrays(path)
-        result = REGISTRY[layer.class_name](call, flat)
+        # an exploded model's outputs overflow to inf or NaN: its statistics count them
+        # (nan_or_inf), numpy's warning is no line for the user
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            result = REGISTRY[layer.class_name](call, flat)
     except Unsupported as exc:
         raise _Stop(Stopped(path, layer.class_name, exc.reason)) from None
     except (ValueError, IndexError, TypeError, KeyError) as exc:
