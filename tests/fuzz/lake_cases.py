@@ -35,10 +35,25 @@ AROUND = ("mine.csv", "notes/keep.txt", "layers/mine.csv", "layers/part-mine.par
           "{data}weights/part-" + "0" * 32 + ".parquet")  # fmt: skip
 
 
+SNAPSHOT_DEPTH = 64  # levels looked into: the walk family's 1,200-deep folder is not a place
+# wpipe writes to, and os.walk would recurse once per level (RecursionError)
+
+
 def snapshot(root: Path) -> dict[str, tuple]:
-    """Every entry under `root`: its kind, size, mtime (ns) and, for small files, bytes."""
-    return stamps(os.path.join(folder, name) for folder, dirs, files in os.walk(root)
-                  for name in [*dirs, *files])  # fmt: skip
+    """Every entry under `root` (SNAPSHOT_DEPTH levels deep at most, with an explicit stack):
+    its kind, size, mtime (ns) and, for small files, bytes."""
+    paths, stack = [], [(str(root), 0)]
+    while stack:
+        folder, depth = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:  # gone, unreadable, or past PATH_MAX
+            continue
+        for entry in entries:
+            paths.append(entry.path)
+            if depth < SNAPSHOT_DEPTH and entry.is_dir(follow_symlinks=False):
+                stack.append((entry.path, depth + 1))
+    return stamps(paths)
 
 
 def stamps(paths) -> dict[str, tuple]:
@@ -48,7 +63,7 @@ def stamps(paths) -> dict[str, tuple]:
     for path in paths:
         try:
             st = os.lstat(path)
-        except FileNotFoundError:
+        except OSError:  # gone, or a path past PATH_MAX
             continue
         small = stat.S_ISREG(st.st_mode) and st.st_size < 1 << 20
         body = Path(path).read_bytes() if small else None
