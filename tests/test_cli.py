@@ -164,3 +164,27 @@ def test_a_notebook_connection_does_not_lock_readers_out(db):
     finally:
         holder.kill()
         holder.wait()
+
+
+HEAVY = ("numpy", "pyarrow", "duckdb", "deltalake", "altair", "numba", "h5py", "pandas")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["ingest", "--help"]])
+def test_help_and_version_load_no_part_of_the_pipeline(args):
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nfrom wpipe.cli import app\n"
+        f"try:\n    app({args!r})\nexcept SystemExit:\n    pass\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_cli_default_of_values_is_the_pipelines():
+    from wpipe import tables
+    from wpipe.cli import ingest as cli_ingest
+
+    assert cli_ingest.DEFAULT_VALUES == tables.DEFAULT_VALUES

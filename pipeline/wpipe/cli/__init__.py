@@ -20,7 +20,6 @@ from typer.core import TyperGroup
 
 from wpipe.cli import activations, browse, compare, figures, ingest, lineage
 from wpipe.cli.common import EXIT_BUG, close_all, fail
-from wpipe.views import ViewsMissing
 
 # click's base of usage errors, whether Typer vendors click or depends on it
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -33,12 +32,12 @@ class GuardedGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except ViewsMissing as exc:
-            fail(str(exc), EXIT_BUG)
         except BrokenPipeError:
             raise  # click's main() ends quietly when the output's reader went away
         except Exception as exc:
             # Typer/click control flow (usage errors, --help, typer.Exit) is not an error here
+            if _views_missing(exc):  # a broken install (wpipe.views is loaded if it raised)
+                fail(str(exc), EXIT_BUG)
             if ctx.params.get("debug") or isinstance(exc, _CLICK_ERROR | typer.Exit | typer.Abort):
                 raise
             command = ctx.invoked_subcommand or "wpipe"
@@ -49,6 +48,11 @@ class GuardedGroup(TyperGroup):
             )
         finally:
             close_all()
+
+
+def _views_missing(exc: Exception) -> bool:
+    views = sys.modules.get("wpipe.views")
+    return views is not None and isinstance(exc, views.ViewsMissing)
 
 
 app = typer.Typer(

@@ -4,11 +4,10 @@ outputs); a writer, like ingest."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from wpipe import layer_outputs as lo
-from wpipe.analysis import StatsOptions
 from wpipe.cli.common import (
     DbOption,
     Format,
@@ -20,8 +19,9 @@ from wpipe.cli.common import (
     say,
 )
 from wpipe.cli.render import emit
-from wpipe.forward import Unsupported, graph_of
-from wpipe.readers import ModelReadError, open_model
+
+if TYPE_CHECKING:  # numpy and the forward pass load when the command runs
+    from wpipe import layer_outputs as lo
 
 
 def activations_command(
@@ -46,6 +46,9 @@ def activations_command(
 ) -> None:
     """Run each model's layers in numpy (no TensorFlow, no code from the file) on sample inputs
     and store per-layer output statistics, histograms and per-unit activity."""
+    from wpipe import layer_outputs as lo
+    from wpipe.analysis import StatsOptions
+
     if (input_file is None) == (random is None):
         fail("give exactly one of --input FILE or --random N")
     file_inputs = None
@@ -97,6 +100,10 @@ def activations_command(
 
 def _random_for(path: str, n: int, seed: int, name: str | None) -> lo.InputSet | str:
     """Random inputs shaped for this model, or the reason they cannot be made."""
+    from wpipe import layer_outputs as lo
+    from wpipe.forward import Unsupported, graph_of
+    from wpipe.readers import ModelReadError, open_model
+
     try:
         with open_model(path) as model:
             inputs = lo.random_inputs(graph_of(model), n, seed)

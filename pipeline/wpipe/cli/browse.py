@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import duckdb
 import typer
 
-from wpipe import schema
 from wpipe.cli.common import (
     DbOption,
     Format,
@@ -89,6 +87,8 @@ def query_command(
     """Run SQL against the database (read-only unless --write) and print the result."""
     if not sql.strip():
         fail('no SQL given: write a query, e.g. wpipe query "SELECT * FROM model_summary"')
+    import duckdb
+
     con = connect(db, read_only=not write)
     try:
         result = con.execute(sql)
@@ -105,6 +105,8 @@ def query_command(
 
 def schema_command(fmt: Format = FormatOption) -> None:
     """Describe every table and column of the database contract."""
+    from wpipe import schema
+
     rows = [
         (table.name, column.name, str(column.type), column.doc)
         for table in schema.ALL_TABLES

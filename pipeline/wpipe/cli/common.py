@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import sys
 from enum import Enum
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-import duckdb
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from wpipe import api
+if TYPE_CHECKING:  # DuckDB, Arrow and numpy load with the first command that opens a database
+    import duckdb
 
 EXIT_FAILED_FILES = 1
 EXIT_USAGE = 2
@@ -62,6 +62,8 @@ _OPEN: list[duckdb.DuckDBPyConnection] = []
 
 def waiting(why: str) -> None:
     """The one line a command prints when it starts waiting for a writer to finish."""
+    from wpipe import api
+
     wait = api.default_wait()
     say(f"waiting up to {wait:g} s ({api.WAIT_ENV}): {why}")
 
@@ -69,6 +71,8 @@ def waiting(why: str) -> None:
 def connect(db: str | None, read_only: bool = True) -> duckdb.DuckDBPyConnection:
     """The command's connection; closed when the command ends (close_all). While an ingest
     writes the database, waits up to WPIPE_WAIT seconds (saying so), then reads."""
+    from wpipe import api
+
     try:
         con = api.connect(db, read_only=read_only, wait=api.default_wait(), on_wait=waiting)
     except (FileNotFoundError, api.DatabaseError) as exc:
@@ -86,6 +90,8 @@ def close_all() -> None:
 
 def resolve(con: duckdb.DuckDBPyConnection, refs: list[str] | None) -> list[str]:
     """model_ids for `refs` (names, paths, id prefixes, globs); [] for none given."""
+    from wpipe import api
+
     try:
         return api.resolve_models(con, list(refs or []))
     except LookupError as exc:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
 import typer
 
 from wpipe.cli.common import (
@@ -19,6 +19,9 @@ from wpipe.cli.common import (
     say,
 )
 from wpipe.cli.render import Layout, emit
+
+if TYPE_CHECKING:  # DuckDB loads with the command's connection
+    import duckdb
 
 COMPARE_LAYOUT = Layout(
     key=("model", "layer", "path_a", "path_b"),

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -15,6 +14,9 @@ from wpipe.cli import render
 from wpipe.cli.common import MODELS_HELP, DbOption, connect, fail, resolve, say
 from wpipe.cli.progress import phases
 from wpipe.suggest import did_you_mean, listing
+
+if TYPE_CHECKING:  # DuckDB loads with the command's connection
+    import duckdb
 
 # Options of `wpipe chart`, by the chart function parameter they fill.
 CHART_OPTION_NAMES = {

@@ -5,25 +5,21 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
 import typer
-from deltalake.exceptions import DeltaError
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from wpipe import api, dblock, remote, store, workers
-from wpipe.analysis import StatsOptions
 from wpipe.cli.common import EXIT_FAILED_FILES, DbOption, err, fail, first_line, say, waiting
-from wpipe.cli.hints import ingest_hints
 from wpipe.extras import MissingExtra
-from wpipe.ingest import Outcome, Report, StoreFailed, ingest
-from wpipe.spectra import SpectraOptions
-from wpipe.store import space, sync
-from wpipe.store.owned import LakeNotOwned
-from wpipe.store.sync import LakeMismatch
-from wpipe.tables import DEFAULT_VALUES, ValuesMode
 from wpipe.tags import check_pattern
+
+if TYPE_CHECKING:  # the pipeline (numpy, Arrow, DuckDB, deltalake) loads when a command runs
+    from wpipe import store
+    from wpipe.ingest import Outcome, Report
+
+DEFAULT_VALUES = "auto"  # tables.DEFAULT_VALUES, without loading the pipeline (a test checks)
 
 LakeOption = typer.Option(
     None, help=r"Delta lake folder or s3:// URL \[default: the database path with suffix .lake]"
@@ -70,6 +66,17 @@ def ingest_command(
     ),
 ) -> None:
     """Read every Keras model file under PATHS into the Delta lake and the database."""
+    import duckdb
+
+    from wpipe import api, remote, store, workers
+    from wpipe.analysis import StatsOptions
+    from wpipe.cli.hints import ingest_hints
+    from wpipe.ingest import StoreFailed, ingest
+    from wpipe.spectra import SpectraOptions
+    from wpipe.store.owned import LakeNotOwned
+    from wpipe.store.sync import LakeMismatch
+    from wpipe.tables import ValuesMode
+
     try:
         mode = ValuesMode.parse(values)
         spectra_options = SpectraOptions.parse(spectra)
@@ -147,6 +154,11 @@ def open_for_writing(path: Path, what: str) -> store.Database:
     writer lock, refused at once) or a lock held by another process (waited for up to
     WPIPE_WAIT seconds) is one line. The writer lock comes first: nothing touches the
     database, its WAL or the lake before it is held."""
+    import duckdb
+
+    from wpipe import dblock, store
+    from wpipe.store import space
+
     if path.is_dir():
         fail(f"{path}: is a folder, not a database file")
     if not path.exists() and not path.parent.is_dir():
@@ -181,6 +193,8 @@ def open_for_writing(path: Path, what: str) -> store.Database:
 
 def _check_ours(path: Path) -> None:
     """Refuse another program's DuckDB file; wait (WPIPE_WAIT) while another process has it."""
+    from wpipe import api
+
     try:
         con = api.open_waiting(path, False, api.default_wait(), waiting)
     except api.DatabaseError as exc:
@@ -246,6 +260,10 @@ class IngestProgress:
 
 def compact_command(db: str | None = DbOption, lake: str | None = LakeOption) -> None:
     """Merge the lake's small data files and delete the merged ones (only files wpipe wrote)."""
+    from wpipe import api, remote, store
+    from wpipe.store import sync
+    from wpipe.store.owned import LakeNotOwned
+
     db_path = db or api.default_db()
     database = open_for_writing(Path(db_path), "wpipe compact")
     lake_path = lake or database.lake_beside() or store.default_lake(db_path)
@@ -269,6 +287,11 @@ def sync_command(
     db: str | None = DbOption,
 ) -> None:
     """Bring the database up to date from a lake other runs wrote: only what changed."""
+    from deltalake.exceptions import DeltaError
+
+    from wpipe import api, remote
+    from wpipe.store import sync
+
     db_path = db or api.default_db()
     database = open_for_writing(Path(db_path), "wpipe sync")
     try:

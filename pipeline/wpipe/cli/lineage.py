@@ -3,13 +3,15 @@ and the bases the weights suggest (a writer for set, clear and suggest --accept)
 
 from __future__ import annotations
 
-import duckdb
+from typing import TYPE_CHECKING
+
 import typer
 
-from wpipe import lineage
 from wpipe.cli.common import DbOption, Format, FormatOption, connect, fail, resolve, say
 from wpipe.cli.render import emit
-from wpipe.readers import ModelReadError
+
+if TYPE_CHECKING:  # DuckDB loads with the command's connection
+    import duckdb
 
 app = typer.Typer(
     help="Fine-tunes against their base: name bases, compare updates, see suggestions.",
@@ -29,6 +31,9 @@ def _name(con: duckdb.DuckDBPyConnection, model_id: str) -> str:
 
 
 def _set(con: duckdb.DuckDBPyConnection, child: str, base: str, source: str) -> None:
+    from wpipe import lineage
+    from wpipe.readers import ModelReadError
+
     try:
         n_updates, n_pairs = lineage.set_base(con, child, base, source)
     except ValueError as exc:
@@ -56,6 +61,8 @@ def clear_command(
     db: str | None = DbOption,
 ) -> None:
     """Forget CHILD's base and its computed updates."""
+    from wpipe import lineage
+
     con = connect(db, read_only=False)
     if not lineage.clear_base(con, _one(con, child)):
         say(f"{child}: no base was named")
@@ -108,6 +115,8 @@ def suggest_command(
     fmt: Format = FormatOption,
 ) -> None:
     """The likely base of each model without one, from the weights alone."""
+    from wpipe import lineage
+
     con = connect(db, read_only=not accept)
     rows = [r for r in lineage.suggest(con) if r["confidence"] >= min_confidence]
     names = dict(con.execute("SELECT model_id, name FROM models").fetchall())
