@@ -50,11 +50,10 @@ import pebble.pool.process
 # The default time limit of a task (its files read, analysed, written), scaled with its size:
 # a base for the task (a worker's start, a small file's spectra), a second per file and a rate
 # for its bytes eight times slower than the slowest we measured (the biggest real checkpoints
-# take well under a minute per GB on one core): 6 s for a small file, ~9 min for a GB. A file
-# that makes the HDF5 library loop is stopped in seconds, not after ten minutes: its loop
-# allocates memory as it goes (a damaged 30 KB file, ~1 GiB in 11 s), so the base is short.
+# take well under a minute per GB on one core): 11 s for a small file, ~9 min for a GB. A file
+# that makes the HDF5 library loop is stopped in seconds, not after ten minutes.
 AUTO = "auto"
-AUTO_BASE_SECONDS = 5.0
+AUTO_BASE_SECONDS = 10.0
 AUTO_SECONDS_PER_FILE = 1.0
 AUTO_BYTES_PER_SECOND = 2 << 20
 DEFAULT_FILE_TIMEOUT = AUTO

@@ -57,7 +57,7 @@ def ingest_command(
         None,
         min=0.0,
         help="Seconds one file may take before it is stopped and recorded as `timeout` "
-        "(0: no limit; default: scaled with the file's size, 6 s for a small file, ~9 min "
+        "(0: no limit; default: scaled with the file's size, 11 s for a small file, ~9 min "
         "a GB).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
