@@ -96,3 +96,41 @@ def test_workers_of_an_ingest_get_its_malloc_settings() -> None:
     got = ast.literal_eval(out.strip())  # in the order the workers answered
     assert got == {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "16777216",
                    "MALLOC_TRIM_THRESHOLD_": "4194304"}  # fmt: skip
+
+
+def _allocate_in_a_bound(gib: float) -> str:
+    import numpy as np
+    from wpipe import memory
+
+    try:
+        with memory.bounded(30_000):  # a 30 KB file
+            np.ones(int(gib * (1 << 30)), dtype=np.uint8)
+    except MemoryError:
+        return "refused"
+    return "allocated"
+
+
+def _reserve_after_a_bound() -> str:
+    import numpy as np
+    from wpipe import memory
+
+    with memory.bounded(30_000):
+        pass
+    np.empty(4 << 30, dtype=np.uint8)  # address space only: raises if the limit stayed
+    return "reserved"
+
+
+def test_a_worker_reading_a_small_file_cannot_take_gigabytes():
+    import multiprocessing
+
+    from wpipe import memory
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(_allocate_in_a_bound, (4.0,)) == "refused"
+        assert pool.apply(_allocate_in_a_bound, (0.25,)) == "allocated"  # within its base
+        assert pool.apply(_reserve_after_a_bound) == "reserved"  # the limit is lifted after
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    with memory.bounded(30_000):  # the driver (no parent process): unchanged
+        assert resource.getrlimit(resource.RLIMIT_AS) == before

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from wpipe import remote, schema
+from wpipe import memory, remote, schema
 from wpipe.analysis import StatsOptions
 from wpipe.drift import drift_row, positions, weighted_layers
 from wpipe.readers import (
@@ -365,6 +365,7 @@ def _process(
         info = FileInfo(model_id, job.path, sha, job.size, job.mtime, job.settings.text)
         sinks = {t.name: TableSink(job.lake, t) for t in schema.MODEL_TABLES}
         with ExitStack() as stack:
+            stack.enter_context(memory.bounded(job.size))
             model = stack.enter_context(open_model(local, where=job.path, layouts=LAYOUTS))
             drift = DriftTracker(job, model, stack, previous, held, local if keep else None)
             s = job.settings
@@ -386,6 +387,12 @@ def _process(
         kept = drift.kept
     except ModelReadError as exc:
         outcome.error, outcome.message = exc.code, exc.message
+    except MemoryError:  # past memory.bounded's limit for a file of its size
+        outcome.error = "memory-limit"
+        outcome.message = display(
+            f"{job.path}: reading it needs more memory than a file of {job.size:,} bytes may "
+            "take (a damaged file the HDF5 library loops on, or a compression bomb)"
+        )
     except OSError as exc:  # a full disk while writing its rows stops the run (store.space)
         outcome.error = "disk-full" if space.is_full(exc) else "io-error"
         outcome.message = display(f"{job.path}: {exc.strerror or exc}")

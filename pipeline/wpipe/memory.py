@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pyarrow as pa
 
@@ -52,3 +53,49 @@ def give_back() -> None:
     trim = _libc_function("malloc_trim")
     if trim is not None:
         trim(0)
+
+
+# What one file may add to a pool worker's address space (RLIMIT_AS) while it is read: a base
+# for the libraries' own work (a first JIT compile, BLAS and spectra threads' stacks and
+# arenas) plus a multiple of the file's bytes (its tensors as float64, the previous
+# checkpoint's for drift, the statistics' buffers). A damaged 30 KB file on which the HDF5
+# library loops allocated ~2 GiB in its first seconds: now its allocations fail, and the file
+# is one `memory-limit` row.
+FILE_MEMORY_BASE = 1536 << 20
+FILE_MEMORY_FACTOR = 12
+
+
+@contextmanager
+def bounded(file_bytes: int) -> Iterator[None]:
+    """In a pool worker (a child process), bound what reading one file may allocate; in the
+    driver (one-process ingests, tests) nothing changes."""
+    import multiprocessing
+
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        yield
+        return
+    if multiprocessing.parent_process() is None:
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = _address_space() + FILE_MEMORY_BASE + FILE_MEMORY_FACTOR * max(file_bytes, 0)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    if soft != resource.RLIM_INFINITY:
+        limit = min(limit, soft)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _address_space() -> int:
+    """The process's virtual size now (bytes), from /proc; 0 where there is none."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
