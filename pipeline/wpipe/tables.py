@@ -142,7 +142,8 @@ def build_tables(
     # the background's room: the largest tensor, at float32
     spectra_out = SpectraCollector(spectra or SpectraOptions(), 4 * max(sizes, default=0))
     weight_index = 0
-    cost = costs_of(model)
+    arch = arch_id(model)
+    cost = costs_of(model, arch)
     tile_budget = TileBudget([t.shape for layer in model.layers for t in layer.tensors])
     for layer_index, layer in enumerate(model.layers):
         layer_rows.append(
@@ -227,7 +228,7 @@ def build_tables(
         "keras_version": model.keras_version,
         "backend": model.backend,
         "model_class": model.model_class,
-        "arch_id": arch_id(model),
+        "arch_id": arch,
         "weights_sha": model_sha(layer_shas),
         "n_layers": len(model.layers),
         "n_tensors": len(tensors),
@@ -273,9 +274,9 @@ CONFIG_COLUMNS_KEEP = 4096
 _COSTS: dict[str, ModelCost] = {}
 
 
-def costs_of(model: Model) -> ModelCost:
-    """model_cost(model), remembered by architecture text and weight shapes."""
-    key = hashlib.sha256(f"{model.model_config}|{arch_id(model)}".encode()).hexdigest()
+def costs_of(model: Model, arch: str) -> ModelCost:
+    """model_cost(model), remembered by architecture text and `arch` (its arch_id)."""
+    key = hashlib.sha256(f"{model.model_config}|{arch}".encode()).hexdigest()
     if key not in _COSTS:
         if len(_COSTS) >= 64:
             _COSTS.clear()

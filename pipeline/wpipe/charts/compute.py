@@ -9,9 +9,9 @@ import altair as alt
 import duckdb
 
 from wpipe.charts import base
+from wpipe.charts.anatomy import GROUP_MODELS_ABOVE  # as the parameters chart groups
 from wpipe.charts.base import NoData, model_ids
 
-GROUP_MODELS_ABOVE = 40  # past this, one bar per architecture (its models cost the same)
 MEASURES = ("parameters", "multiply-adds per sample")
 
 
