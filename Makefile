@@ -7,7 +7,7 @@ CORE   := $(VENV)/.installed-core
 DEV    := $(VENV)/.installed-dev
 BROWSER := $(VENV)/.installed-browser
 
-.PHONY: demo test test-browser test-scale test-large fixtures-large corpus test-corpus bench fuzz lint format clean
+.PHONY: demo docs test test-browser test-scale test-large fixtures-large corpus test-corpus bench fuzz lint format clean
 
 $(CORE): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ demo: $(CORE)
 	$(BIN)/wpipe correlate val_accuracy --top 5 --db demo.duckdb
 	$(BIN)/wpipe report --db demo.duckdb -o report.html
 	@echo "report: report.html"
+
+# The documentation site, into site/ (mkdocs.yml; strict: a broken link or a missing page
+# fails). Its figures are drawn from demo.duckdb, so `make demo` runs first where it is missing;
+# `make test` builds the site too (tests/test_docs.py), with every example of its pages.
+docs: $(DEV)
+	test -f demo.duckdb || $(MAKE) demo
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # Two workers (the machines have 2 cores), each test file on one worker (its fixtures built once).
 test: $(DEV)
@@ -95,4 +102,4 @@ format: $(DEV)
 	$(BIN)/ruff format pipeline tests bench
 
 clean:
-	rm -rf $(VENV) demo.duckdb demo.lake report.html .pytest_cache
+	rm -rf $(VENV) demo.duckdb demo.lake report.html .pytest_cache site docs/figures
