@@ -94,12 +94,12 @@ bench: $(DEV)
 	done
 
 lint: $(DEV)
-	$(BIN)/ruff check pipeline tests bench
-	$(BIN)/ruff format --check pipeline tests bench
+	$(BIN)/ruff check pipeline tests bench docs/_gen
+	$(BIN)/ruff format --check pipeline tests bench docs/_gen
 
 format: $(DEV)
-	$(BIN)/ruff check --fix pipeline tests bench
-	$(BIN)/ruff format pipeline tests bench
+	$(BIN)/ruff check --fix pipeline tests bench docs/_gen
+	$(BIN)/ruff format pipeline tests bench docs/_gen
 
 clean:
 	rm -rf $(VENV) demo.duckdb demo.lake report.html .pytest_cache site docs/figures
