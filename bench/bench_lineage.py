@@ -30,7 +30,7 @@ from wpipe import lineage, store  # noqa: E402
 from tests.conftest import Warehouse  # noqa: E402
 
 FAMILY = ROOT / "tests" / "fixtures" / "lineage_tree"
-REPEATS = 5
+REPEATS = 7
 
 
 def baseline(con) -> list[dict]:

@@ -202,6 +202,15 @@ def test_a_named_base_is_kept_and_serves_the_rules(tree):
     assert rows["a/low_then_012"] == "a/low" and rows["a/low_b"] == "a/ckpt5"
 
 
+def test_a_suggestion_never_closes_a_loop_with_a_named_base():
+    # two related models; the user named the less trained one's base: the other one, whose
+    # only older relative is then its own descendant, gets no suggestion
+    tree = _Tree(np.array([[0.0, 1.0], [0.0, 2.0]]), np.array([0.0, 1.0]), [(1, 2)])
+    assert list(tree.grow({0: 1})) == []
+    assert [(r["child"], r["base"]) for r in _Tree(tree.vectors, np.array([0.0, 1.0]),
+            [(1, 2)]).grow({})] == [(1, 0)]  # fmt: skip
+
+
 def test_spread_is_the_participation_ratio_of_the_singular_values():
     rng = np.random.default_rng(0)
     u, _ = np.linalg.qr(rng.normal(size=(12, 12)))

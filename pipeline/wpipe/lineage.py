@@ -226,7 +226,10 @@ class _Tree:
             )
             if child in known:
                 self.parent[child] = known[child]
-            elif older.size:
+                continue
+            if known:  # a named base may be younger: never suggest a descendant (a loop)
+                older = np.array([m for m in older if not self._descends(m, child)], dtype=int)
+            if older.size:
                 row = self._choose(int(child), older)
                 self.parent[child] = row["base"]
                 yield row
@@ -242,7 +245,7 @@ class _Tree:
         second = self.dist[child, ranked[1]] if ranked.size > 1 else np.inf
         confidence = 1 - self.dist[child, base] / second if second > 0 else 0.0
         grand = int(self.parent[base])
-        if grand >= 0 and self.rel[child, grand] < UNRELATED_DISTANCE:
+        if grand >= 0 and grand != child and self.rel[child, grand] < UNRELATED_DISTANCE:
             ratio = self._spread(child, base) / max(self._spread(child, grand), 1e-12)
             if ratio > SIBLING_SPREAD:
                 base, rule, confidence = grand, "sibling", 1 - SIBLING_SPREAD / ratio
@@ -250,6 +253,15 @@ class _Tree:
         return {"child": child, "base": base, "distance": float(self.rel[child, base]),
                 "confidence": float(confidence), "rule": rule,
                 "angle_at_base": None if np.isnan(angle) else float(angle)}  # fmt: skip
+
+    def _descends(self, model: int, ancestor: int) -> bool:
+        for _ in range(len(self.parent)):  # bounded: named bases never form a loop
+            model = int(self.parent[model])
+            if model < 0:
+                return False
+            if model == ancestor:
+                return True
+        return False
 
     def _angles_at(self, bases, child: int):
         """The angle grandparent-base-child at each base, in degrees (law of cosines); NaN
