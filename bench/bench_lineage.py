@@ -44,17 +44,26 @@ def baseline(con) -> list[dict]:
     out = []
     for _, ids in groups:
         vectors, ages, _ = lineage._features(con, ids)
-        sq = (vectors**2).sum(axis=1)
-        dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * vectors @ vectors.T, 0))
-        scale = (np.sqrt(sq)[:, None] + np.sqrt(sq)[None, :]) / 2
-        rel = np.divide(dist, scale, out=np.full_like(dist, np.inf), where=scale > 0)
-        for i, child in enumerate(ids):
-            older = np.flatnonzero(ages < ages[i])
-            if child in named or not older.size:
-                continue
-            order = older[np.argsort(rel[i, older])]
-            out.append({"child_id": child, "base_id": ids[order[0]]})
+        out += [{"child_id": ids[i], "base_id": ids[b]}
+                for i, b in baseline_tree(vectors, ages) if ids[i] not in named]  # fmt: skip
     return out
+
+
+def baseline_tree(vectors, ages) -> list[tuple[int, int]]:
+    sq = (vectors**2).sum(axis=1)
+    dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * vectors @ vectors.T, 0))
+    scale = (np.sqrt(sq)[:, None] + np.sqrt(sq)[None, :]) / 2
+    rel = np.divide(dist, scale, out=np.full_like(dist, np.inf), where=scale > 0)
+    out = []
+    for i in range(len(ages)):
+        older = np.flatnonzero(ages < ages[i])
+        if older.size:
+            out.append((i, int(older[np.argsort(rel[i, older])][0])))
+    return out
+
+
+def new_tree(vectors, kurtosis, shapes) -> list[dict]:
+    return list(lineage._Tree(vectors, kurtosis, shapes).grow({}))
 
 
 def build(folder: Path, copies: int) -> Warehouse:
@@ -80,18 +89,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         w = build(Path(tmp), copies)
         db = store.Database(w.db_path, read_only=True)
-        n = db.con.execute("SELECT count(*) FROM models").fetchall()[0][0]
-        best = {"baseline": np.inf, "suggest": np.inf}
+        ids = [m for (m,) in db.con.execute("SELECT model_id FROM models").fetchall()]
+        features = lineage._features(db.con, ids)
+        cases = {
+            "baseline": lambda: baseline(db.con),
+            "suggest": lambda: lineage.suggest(db.con),
+            "baseline tree": lambda: baseline_tree(*features[:2]),
+            "new tree": lambda: new_tree(*features),
+        }
+        best = dict.fromkeys(cases, np.inf)
         for _ in range(REPEATS):
-            for name, function in (("baseline", baseline), ("suggest", lineage.suggest)):
+            for name, function in cases.items():
                 start = time.perf_counter()
-                function(db.con)
+                function()
                 best[name] = min(best[name], time.perf_counter() - start)
         db.close()
-    print(f"{n} models of one architecture, best of {REPEATS}:")
-    print(f"  before #27.3 (nearest lower-kurtosis model): {best['baseline']:.3f} s")
-    print(f"  suggest (families, age order, angle rule):  {best['suggest']:.3f} s "
+    print(f"{len(ids)} models of one architecture ({features[0].shape[1]} cells), "
+          f"best of {REPEATS}:")  # fmt: skip
+    print(f"  whole, before #27.3 (nearest lower-kurtosis model): {best['baseline']:.3f} s")
+    print(f"  whole, suggest now: {best['suggest']:.3f} s "
           f"({best['suggest'] / best['baseline']:.2f}x)")  # fmt: skip
+    print(f"  numpy only, before: {best['baseline tree']:.3f} s; now: {best['new tree']:.3f} s "
+          f"({best['new tree'] / best['baseline tree']:.2f}x)")  # fmt: skip
     print(f"load average after: {os.getloadavg()}")
 
 

@@ -189,7 +189,7 @@ class _Tree:
     def __init__(self, vectors, kurtosis, shapes: list[tuple[int, int]]) -> None:
         import numpy as np
 
-        self.vectors, self.shapes = vectors, shapes
+        self.vectors, self.groups = vectors, _shape_groups(shapes)
         sq = (vectors**2).sum(axis=1)
         dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * vectors @ vectors.T, 0))
         np.fill_diagonal(dist, 0.0)
@@ -279,19 +279,33 @@ class _Tree:
     def _spread(self, child: int, base: int) -> float:
         """How spread the update base → child is: the participation ratio of each matrix's
         singular values, (Σσ²)² / Σσ⁴ (1 for a rank-1 update), averaged over the matrices it
-        changed."""
+        changed; the matrices of one shape in one batched product."""
         import numpy as np
 
         update = self.vectors[child] - self.vectors[base]
-        ratios, start = [], 0
-        for rows, cols in self.shapes:
-            matrix = update[start : start + rows * cols].reshape(rows, cols)
-            start += rows * cols
-            gram = matrix.T @ matrix if cols <= rows else matrix @ matrix.T
-            total = np.trace(gram)
-            if total > 0:
-                ratios.append(total**2 / np.sum(gram * gram))
-        return float(np.mean(ratios)) if ratios else 0.0
+        ratios = []
+        for (rows, cols), cells in self.groups.items():
+            stack = update[cells].reshape(-1, rows, cols)
+            if cols > rows:
+                stack = stack.transpose(0, 2, 1)
+            gram = stack.transpose(0, 2, 1) @ stack  # the smaller side's Gram matrices
+            total = np.einsum("kii->k", gram)  # Σσ²
+            fourth = np.einsum("kij,kij->k", gram, gram)  # Σσ⁴
+            changed = total > 0
+            ratios.append(total[changed] ** 2 / fourth[changed])
+        ratios = np.concatenate(ratios) if ratios else np.empty(0)
+        return float(ratios.mean()) if ratios.size else 0.0
+
+
+def _shape_groups(shapes: list[tuple[int, int]]) -> dict:
+    """Cell indices of the matrices of each (rows, cols) shape, matrix after matrix."""
+    import numpy as np
+
+    groups, start = {}, 0
+    for rows, cols in shapes:
+        groups.setdefault((rows, cols), []).append(np.arange(start, start + rows * cols))
+        start += rows * cols
+    return {shape: np.concatenate(parts) for shape, parts in groups.items()}
 
 
 def _features(con: duckdb.DuckDBPyConnection, ids: list[str]):
