@@ -30,7 +30,7 @@ from wpipe import lineage, store  # noqa: E402
 from tests.conftest import Warehouse  # noqa: E402
 
 FAMILY = ROOT / "tests" / "fixtures" / "lineage_tree"
-REPEATS = 7
+REPEATS = 15
 
 
 def baseline(con) -> list[dict]:

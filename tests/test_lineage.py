@@ -220,8 +220,8 @@ def test_spread_is_the_participation_ratio_of_the_singular_values():
     vectors = np.stack([np.zeros(96), update.ravel(), np.outer(u[:, 0], v[:, 0]).ravel()])
     tree = _Tree(vectors, np.zeros(3), [(12, 8)])
     expected = (sigma**2).sum() ** 2 / (sigma**4).sum()
-    assert tree._spread(1, 0) == pytest.approx(expected, rel=1e-12)
-    assert tree._spread(2, 0) == pytest.approx(1.0, rel=1e-12)  # rank 1
+    assert tree._spreads(0, [1, 2]) == pytest.approx([expected, 1.0], rel=1e-12)  # 2: rank 1
+    assert tree._spreads(0, [0]) == [0.0]  # no update
 
 
 def test_the_command_line(family):

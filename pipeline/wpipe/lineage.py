@@ -246,10 +246,12 @@ class _Tree:
         confidence = 1 - self.dist[child, base] / second if second > 0 else 0.0
         grand = int(self.parent[base])
         if grand >= 0 and grand != child and self.rel[child, grand] < UNRELATED_DISTANCE:
-            ratio = self._spread(child, base) / max(self._spread(child, grand), 1e-12)
+            spread_base, spread_grand = self._spreads(child, [base, grand])
+            ratio = spread_base / max(spread_grand, 1e-12)
             if ratio > SIBLING_SPREAD:
                 base, rule, confidence = grand, "sibling", 1 - SIBLING_SPREAD / ratio
-        angle = self._angles_at(np.array([base]), child)[0]
+        at = older == base
+        angle = angles[at][0] if at.any() else self._angles_at(np.array([base]), child)[0]
         return {"child": child, "base": base, "distance": float(self.rel[child, base]),
                 "confidence": float(confidence), "rule": rule,
                 "angle_at_base": None if np.isnan(angle) else float(angle)}  # fmt: skip
@@ -276,25 +278,25 @@ class _Tree:
         cos[(grand < 0) | (a == 0) | (b == 0)] = np.nan
         return np.degrees(np.arccos(np.clip(cos, -1, 1)))
 
-    def _spread(self, child: int, base: int) -> float:
-        """How spread the update base → child is: the participation ratio of each matrix's
+    def _spreads(self, child: int, bases: list[int]):
+        """How spread each update base → child is: the participation ratio of each matrix's
         singular values, (Σσ²)² / Σσ⁴ (1 for a rank-1 update), averaged over the matrices it
         changed; the matrices of one shape in one batched product."""
         import numpy as np
 
-        update = self.vectors[child] - self.vectors[base]
-        ratios = []
+        updates = self.vectors[child] - self.vectors[bases]
+        sums, counts = np.zeros(len(bases)), np.zeros(len(bases))
         for (rows, cols), cells in self.groups.items():
-            stack = update[cells].reshape(-1, rows, cols)
+            stack = updates[:, cells].reshape(len(bases), -1, rows, cols)
             if cols > rows:
-                stack = stack.transpose(0, 2, 1)
-            gram = stack.transpose(0, 2, 1) @ stack  # the smaller side's Gram matrices
-            total = np.einsum("kii->k", gram)  # Σσ²
-            fourth = np.einsum("kij,kij->k", gram, gram)  # Σσ⁴
+                stack = stack.swapaxes(2, 3)
+            gram = stack.swapaxes(2, 3) @ stack  # the smaller side's Gram matrices
+            total = (stack**2).sum(axis=(2, 3))  # Σσ²
+            fourth = (gram**2).sum(axis=(2, 3))  # Σσ⁴
             changed = total > 0
-            ratios.append(total[changed] ** 2 / fourth[changed])
-        ratios = np.concatenate(ratios) if ratios else np.empty(0)
-        return float(ratios.mean()) if ratios.size else 0.0
+            sums += np.where(changed, total**2 / np.where(changed, fourth, 1), 0).sum(axis=1)
+            counts += changed.sum(axis=1)
+        return np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
 
 
 def _shape_groups(shapes: list[tuple[int, int]]) -> dict:
