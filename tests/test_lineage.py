@@ -2,7 +2,9 @@
 
 Expected values are numpy on the arrays h5py reads from the Keras files; the family (a run's
 checkpoints and four fine-tunes of its last one) was trained by tf_keras
-(tests/fixtures/make_lineage_fixtures.py), whose truth.json names each file's real base.
+(tests/fixtures/make_lineage_fixtures.py), whose truth.json names each file's real base. The
+suggestions are also scored on a larger family (two unrelated runs, 20 known bases) from
+tests/fixtures/make_lineage_tree_fixtures.py, against the truth.json that script wrote.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 from wpipe import store
 from wpipe.cli import app
-from wpipe.lineage import set_base, suggest
+from wpipe.lineage import _Tree, set_base, suggest
 from wpipe.updates import tensor_update
 
 from tests.conftest import FIXTURES, Warehouse
@@ -134,7 +136,7 @@ def test_agreement_of_the_fine_tunes_equals_numpy(family):
     assert untouched == [("tunes/frozen_h1", 2)]  # its frozen layer's kernel and bias
 
 
-def test_suggestions_recover_the_checkpoints_and_most_fine_tunes(family):
+def test_suggestions_recover_the_first_family(family):
     w, ids = family
     db = _db(w)
     try:
@@ -146,9 +148,80 @@ def test_suggestions_recover_the_checkpoints_and_most_fine_tunes(family):
     truth = {c: b for c, b in TRUTH.items() if b is not None}
     right = [c for c in truth if found.get(c) == truth[c]]
     assert "series/e1" not in found  # the least trained: no base
-    assert {c for c in right if c.startswith("series/")} == {f"series/e{i}" for i in range(2, 6)}
-    # near-twin siblings (one task, two seeds) look like each other's base: 6 of 8 today
-    assert len(right) >= 6
+    # the near-twin siblings (one task, two seeds) and the frozen-layer sibling included
+    assert sorted(right) == sorted(truth), found
+    assert found["tunes/lowrank"] == "series/e5"  # the update built on purpose
+
+
+TREE = FIXTURES / "lineage_tree"
+TREE_TRUTH = json.loads((TREE / "truth.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """The larger family: two independent runs, 22 models (make_lineage_tree_fixtures.py)."""
+    root = tmp_path_factory.mktemp("lineage_tree")
+    w = Warehouse(root)
+    assert not w.ingest(TREE).failed
+    names = dict(w.query("SELECT model_id, name FROM models"))
+    return w, names
+
+
+def test_suggestions_recover_at_least_nine_in_ten_bases_of_the_larger_family(tree):
+    w, names = tree
+    db = _db(w)
+    try:
+        rows = {names[r["child_id"]]: r for r in suggest(db.con)}
+    finally:
+        db.close()
+    truth = {c: b for c, b in TREE_TRUTH.items() if b is not None}
+    right = [c for c in truth if c in rows and names[rows[c]["base_id"]] == truth[c]]
+    assert len(truth) == 20 and len(right) / len(truth) >= 0.9, {
+        c: names[r["base_id"]] for c, r in rows.items()
+    }
+    assert "a/ckpt1" not in rows and "b/ckpt1" not in rows  # two unrelated runs: two roots
+    assert all(c.split("/")[0] == names[r["base_id"]].split("/")[0] for c, r in rows.items())
+    # a checkpoint's update continues its base's: the path bends little at the base
+    assert all(rows[f"{run}/ckpt{k}"]["angle_at_base"] > 120 for run in "ab" for k in (3, 4, 5))
+    assert rows["a/ckpt2"]["angle_at_base"] is None  # its base is a root
+    assert {rows[c]["rule"] for c in ("a/low", "a/low_b")} == {"nearest", "sibling"}
+
+
+def test_a_named_base_is_kept_and_serves_the_rules(tree):
+    w, names = tree
+    ids = {n: m for m, n in names.items()}
+    db = _db(w)
+    try:
+        db.con.execute("INSERT INTO lineage (child_id, base_id, source) VALUES (?, ?, 'user')",
+                       [ids["a/low"], ids["a/ckpt5"]])  # fmt: skip
+        rows = {names[r["child_id"]]: names[r["base_id"]] for r in suggest(db.con)}
+        db.con.execute("DELETE FROM lineage")
+    finally:
+        db.close()
+    assert "a/low" not in rows
+    assert rows["a/low_then_012"] == "a/low" and rows["a/low_b"] == "a/ckpt5"
+
+
+def test_a_suggestion_never_closes_a_loop_with_a_named_base():
+    # two related models; the user named the less trained one's base: the other one, whose
+    # only older relative is then its own descendant, gets no suggestion
+    tree = _Tree(np.array([[0.0, 1.0], [0.0, 2.0]]), np.array([0.0, 1.0]), [(1, 2)])
+    assert list(tree.grow({0: 1})) == []
+    assert [(r["child"], r["base"]) for r in _Tree(tree.vectors, np.array([0.0, 1.0]),
+            [(1, 2)]).grow({})] == [(1, 0)]  # fmt: skip
+
+
+def test_spread_is_the_participation_ratio_of_the_singular_values():
+    rng = np.random.default_rng(0)
+    u, _ = np.linalg.qr(rng.normal(size=(12, 12)))
+    v, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    sigma = np.array([3.0, 2.0, 1.0, 0.5])
+    update = (u[:, :4] * sigma) @ v[:, :4].T  # singular values 3, 2, 1, 0.5 exactly
+    vectors = np.stack([np.zeros(96), update.ravel(), np.outer(u[:, 0], v[:, 0]).ravel()])
+    tree = _Tree(vectors, np.zeros(3), [(12, 8)])
+    expected = (sigma**2).sum() ** 2 / (sigma**4).sum()
+    assert tree._spreads(0, [1, 2]) == pytest.approx([expected, 1.0], rel=1e-12)  # 2: rank 1
+    assert tree._spreads(0, [0]) == [0.0]  # no update
 
 
 def test_the_command_line(family):
@@ -162,7 +235,10 @@ def test_the_command_line(family):
     assert any(r["model"] == "tunes/high_digits" for r in json.loads(shown.output))
     agreement = runner.invoke(app, ["lineage", "agreement", "series/e5", "-f", "csv", *db])
     assert agreement.exit_code == 0 and "cosine" in agreement.output
-    assert runner.invoke(app, ["lineage", "suggest", *db]).exit_code == 0
+    suggested = runner.invoke(app, ["lineage", "suggest", "-f", "json", *db])
+    assert suggested.exit_code == 0, suggested.output
+    assert {"model", "suggested_base", "distance", "confidence", "kurtosis_gap",
+            "angle_at_base", "rule"} <= set(json.loads(suggested.stdout)[0])  # fmt: skip
     assert runner.invoke(app, ["lineage", "clear", "tunes/high_digits", *db]).exit_code == 0
 
 

@@ -133,20 +133,36 @@ def _table(table: schema.Table, rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=table.arrow_schema)
 
 
-# Suggestions: a model's most likely base, from the weights alone (Horwitz et al., "On the
-# Origin of Llamas: Model Tree Heritage Recovery", 2024): the nearest model of its architecture
-# (distance over the tensors' tile means, the same cells in every model of one arch_id) among
-# those that look less trained (lower mean excess kurtosis of the kernels: training grows heavy
-# tails, so kurtosis rises along a run and through a fine-tune).
+# Suggestions: a model's most likely base, from the weights alone (after Horwitz et al., "On the
+# Origin of Llamas: Model Tree Heritage Recovery", 2024), over the tensors' tile means (the same
+# cells in every model of one arch_id). Models closer than UNRELATED_DISTANCE form a family
+# whose root is its least trained model (lowest mean excess kurtosis of the kernels: training
+# grows heavy tails); a model's age is its distance from that root (training moves weights away
+# from where they started; kurtosis is too flat to order a fine-tune against its base). With
+# edges only from older to younger models, the minimum directed spanning tree (Chu-Liu/Edmonds)
+# is each model's cheapest incoming edge: its nearest older model, taken in order of age. Two
+# rules tell a child from a close sibling, using the base's own base (the grandparent):
+# - a child lies beyond its base: the angle grandparent-base-child at the base is obtuse (at a
+#   sibling, such as a fine-tune beside one that froze a layer, it is about 90° or less);
+# - an update is a training step, concentrated in a few directions per matrix; the difference
+#   of two fine-tunes of one base on the same data (another seed) is spread like noise. When
+#   the update from the nearest candidate is SIBLING_SPREAD times more spread (participation
+#   ratio of its singular values) than the update from the candidate's base, the model is that
+#   candidate's sibling: its base is the candidate's base.
 SUGGEST_MAX_MODELS = 2000  # per architecture: the most recently ingested
+UNRELATED_DISTANCE = 1.0  # relative distance; unrelated weights of equal norm are ~1.41 apart
+# On the test families a true base's update is at most 1.1 times as spread as the update from
+# its base's base; a same-recipe twin's is 2.2-2.8 times: the threshold sits between.
+SIBLING_SPREAD = 1.5
 
 
 def suggest(con: duckdb.DuckDBPyConnection) -> list[dict]:
     """One row per model of a shared architecture without a named base: its likely base,
-    the relative distance, and a confidence (1 − nearest / second nearest distance)."""
-    import numpy as np
-
-    named = {c for (c,) in con.execute("SELECT child_id FROM lineage").fetchall()}
+    the relative distance, a confidence (0-1, below), the kurtosis gap, the angle
+    grandparent-base-child at the base in degrees (None when the base is a root) and the rule
+    that chose it: `nearest` (confidence 1 − nearest / second nearest candidate distance) or
+    `sibling` (placed beside a same-recipe twin; confidence 1 − SIBLING_SPREAD / spread ratio)."""
+    named = dict(con.execute("SELECT child_id, base_id FROM lineage").fetchall())
     groups = con.execute(
         "SELECT arch_id, list(model_id ORDER BY ingested_at DESC) FROM models "
         "GROUP BY arch_id HAVING count(*) > 1"
@@ -154,32 +170,150 @@ def suggest(con: duckdb.DuckDBPyConnection) -> list[dict]:
     out = []
     for _, ids in groups:
         ids = ids[:SUGGEST_MAX_MODELS]
-        vectors, ages = _features(con, ids)
+        vectors, kurtosis, shapes = _features(con, ids)
         if vectors is None:
             continue
-        sq = (vectors**2).sum(axis=1)
-        dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * vectors @ vectors.T, 0))
-        scale = (np.sqrt(sq)[:, None] + np.sqrt(sq)[None, :]) / 2
-        rel = np.divide(dist, scale, out=np.full_like(dist, np.inf), where=scale > 0)
-        for i, child in enumerate(ids):
-            if child in named:
-                continue
-            older = np.flatnonzero(ages < ages[i])
-            if not older.size:
-                continue  # the least trained of its architecture: a root
-            order = older[np.argsort(rel[i, older])]
-            best = order[0]
-            second = rel[i, order[1]] if order.size > 1 else np.inf
-            out.append({
-                "child_id": child, "base_id": ids[best], "distance": float(rel[i, best]),
-                "confidence": float(1 - rel[i, best] / second) if np.isfinite(second) else 1.0,
-                "kurtosis_gap": float(ages[i] - ages[best]),
-            })  # fmt: skip
+        index = {m: i for i, m in enumerate(ids)}
+        known = {index[c]: index[b] for c, b in named.items() if c in index and b in index}
+        for row in _Tree(vectors, kurtosis, shapes).grow(known):
+            child, base = row.pop("child"), row.pop("base")
+            if ids[child] not in named:
+                out.append({"child_id": ids[child], "base_id": ids[base], **row,
+                            "kurtosis_gap": float(kurtosis[child] - kurtosis[base])})  # fmt: skip
     return out
 
 
+class _Tree:
+    """The suggested tree of one architecture's models (the comment above)."""
+
+    def __init__(self, vectors, kurtosis, shapes: list[tuple[int, int]]) -> None:
+        import numpy as np
+
+        self.vectors, self.groups = vectors, _shape_groups(shapes)
+        sq = (vectors**2).sum(axis=1)
+        dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * vectors @ vectors.T, 0))
+        np.fill_diagonal(dist, 0.0)
+        scale = (np.sqrt(sq)[:, None] + np.sqrt(sq)[None, :]) / 2
+        self.dist = dist
+        self.rel = np.divide(dist, scale, out=np.full_like(dist, np.inf), where=scale > 0)
+        self.ages = self._ages(kurtosis)
+        self.parent = np.full(len(kurtosis), -1)
+
+    def _ages(self, kurtosis):
+        """Each model's distance from the least trained model of its family (the models
+        linked by relative distances below UNRELATED_DISTANCE)."""
+        import numpy as np
+        from scipy.sparse import csr_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        linked = csr_matrix(self.rel < UNRELATED_DISTANCE)
+        _, family = connected_components(linked, directed=False)
+        ages = np.empty(len(kurtosis))
+        for f in np.unique(family):
+            members = np.flatnonzero(family == f)
+            root = members[np.argmin(kurtosis[members])]
+            ages[members] = self.dist[root, members]
+        return ages
+
+    def grow(self, known: dict[int, int]):
+        """One row per model with an older relative, in order of age; `known` bases are
+        kept and serve as their children's base in the rules."""
+        import numpy as np
+
+        for child in np.argsort(self.ages, kind="stable"):
+            older = np.flatnonzero(
+                (self.ages < self.ages[child]) & (self.rel[child] < UNRELATED_DISTANCE)
+            )
+            if child in known:
+                self.parent[child] = known[child]
+                continue
+            if known:  # a named base may be younger: never suggest a descendant (a loop)
+                older = np.array([m for m in older if not self._descends(m, child)], dtype=int)
+            if older.size:
+                row = self._choose(int(child), older)
+                self.parent[child] = row["base"]
+                yield row
+
+    def _choose(self, child: int, older) -> dict:
+        import numpy as np
+
+        angles = self._angles_at(older, child)
+        beyond = older[~(angles <= 90)]  # NaN (no grandparent) passes
+        pool = beyond if beyond.size else older
+        ranked = pool[np.argsort(self.dist[child, pool], kind="stable")]
+        base, rule = int(ranked[0]), "nearest"
+        second = self.dist[child, ranked[1]] if ranked.size > 1 else np.inf
+        confidence = 1 - self.dist[child, base] / second if second > 0 else 0.0
+        grand = int(self.parent[base])
+        if grand >= 0 and grand != child and self.rel[child, grand] < UNRELATED_DISTANCE:
+            spread_base, spread_grand = self._spreads(child, [base, grand])
+            ratio = spread_base / max(spread_grand, 1e-12)
+            if ratio > SIBLING_SPREAD:
+                base, rule, confidence = grand, "sibling", 1 - SIBLING_SPREAD / ratio
+        at = older == base
+        angle = angles[at][0] if at.any() else self._angles_at(np.array([base]), child)[0]
+        return {"child": child, "base": base, "distance": float(self.rel[child, base]),
+                "confidence": float(confidence), "rule": rule,
+                "angle_at_base": None if np.isnan(angle) else float(angle)}  # fmt: skip
+
+    def _descends(self, model: int, ancestor: int) -> bool:
+        for _ in range(len(self.parent)):  # bounded: named bases never form a loop
+            model = int(self.parent[model])
+            if model < 0:
+                return False
+            if model == ancestor:
+                return True
+        return False
+
+    def _angles_at(self, bases, child: int):
+        """The angle grandparent-base-child at each base, in degrees (law of cosines); NaN
+        where the base has no base, or coincides with its base or the child."""
+        import numpy as np
+
+        grand = self.parent[bases]
+        a, b = self.dist[grand, bases], self.dist[bases, child]
+        c = self.dist[grand, child]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cos = (a**2 + b**2 - c**2) / (2 * a * b)
+        cos[(grand < 0) | (a == 0) | (b == 0)] = np.nan
+        return np.degrees(np.arccos(np.clip(cos, -1, 1)))
+
+    def _spreads(self, child: int, bases: list[int]):
+        """How spread each update base → child is: the participation ratio of each matrix's
+        singular values, (Σσ²)² / Σσ⁴ (1 for a rank-1 update), averaged over the matrices it
+        changed; the matrices of one shape in one batched product."""
+        import numpy as np
+
+        updates = self.vectors[child] - self.vectors[bases]
+        sums, counts = np.zeros(len(bases)), np.zeros(len(bases))
+        for (rows, cols), cells in self.groups.items():
+            stack = updates[:, cells].reshape(len(bases), -1, rows, cols)
+            if cols > rows:
+                stack = stack.swapaxes(2, 3)
+            gram = stack.swapaxes(2, 3) @ stack  # the smaller side's Gram matrices
+            total = (stack**2).sum(axis=(2, 3))  # Σσ²
+            fourth = (gram**2).sum(axis=(2, 3))  # Σσ⁴
+            changed = total > 0
+            sums += np.where(changed, total**2 / np.where(changed, fourth, 1), 0).sum(axis=1)
+            counts += changed.sum(axis=1)
+        return np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+
+
+def _shape_groups(shapes: list[tuple[int, int]]) -> dict:
+    """Cell indices of the matrices of each (rows, cols) shape, matrix after matrix."""
+    import numpy as np
+
+    groups, start = {}, 0
+    for rows, cols in shapes:
+        groups.setdefault((rows, cols), []).append(np.arange(start, start + rows * cols))
+        start += rows * cols
+    return {shape: np.concatenate(parts) for shape, parts in groups.items()}
+
+
 def _features(con: duckdb.DuckDBPyConnection, ids: list[str]):
-    """(models × cells) tile means in one cell order, and each model's mean kernel kurtosis."""
+    """(models × cells) tile means in one cell order, each model's mean kernel kurtosis, and
+    the (rows, cols) of each tensor's cells in that order; (None, None, None) unless every
+    model has the same cells."""
     import numpy as np
 
     rows = con.execute(
@@ -194,11 +328,17 @@ def _features(con: duckdb.DuckDBPyConnection, ids: list[str]):
         "AND role IN ('kernel', 'depthwise_kernel', 'pointwise_kernel', 'recurrent_kernel', "
         "'embeddings') GROUP BY model_id", [ids]
     ).fetchall())  # fmt: skip
+    shapes = con.execute(
+        "SELECT max(t.tile_row) + 1, max(t.tile_col) + 1 FROM weight_tiles AS t "
+        "JOIN weights AS w USING (model_id, layer_path, weight_name) WHERE t.model_id = ? "
+        "GROUP BY w.weight_index ORDER BY w.weight_index", [ids[0]]
+    ).fetchall()  # fmt: skip
     lengths = {len(v) for v in cells.values()}
-    if len(cells) != len(ids) or len(lengths) != 1 or any(ages.get(m) is None for m in ids):
-        return None, None
+    if (len(cells) != len(ids) or len(lengths) != 1 or any(ages.get(m) is None for m in ids)
+            or sum(r * c for r, c in shapes) != lengths.pop()):  # fmt: skip
+        return None, None, None
     vectors = np.array([[x if x is not None else 0.0 for x in cells[m]] for m in ids])
-    return vectors, np.array([ages[m] for m in ids])
+    return vectors, np.array([ages[m] for m in ids]), shapes
 
 
 def compare_updates(

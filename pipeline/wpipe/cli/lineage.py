@@ -121,9 +121,9 @@ def suggest_command(
     rows = [r for r in lineage.suggest(con) if r["confidence"] >= min_confidence]
     names = dict(con.execute("SELECT model_id, name FROM models").fetchall())
     table = [(names[r["child_id"]], names[r["base_id"]], r["distance"], r["confidence"],
-              r["kurtosis_gap"]) for r in rows]  # fmt: skip
-    emit(["model", "suggested_base", "distance", "confidence", "kurtosis_gap"], table, fmt,
-         title="suggested bases")  # fmt: skip
+              r["kurtosis_gap"], r["angle_at_base"], r["rule"]) for r in rows]  # fmt: skip
+    emit(["model", "suggested_base", "distance", "confidence", "kurtosis_gap", "angle_at_base",
+          "rule"], table, fmt, title="suggested bases")  # fmt: skip
     if accept:
         for r in rows:
             _set(con, r["child_id"], r["base_id"], "suggested")
