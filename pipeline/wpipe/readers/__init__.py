@@ -14,6 +14,7 @@ from wpipe.readers import (
     h5layout,
     h5safe,
     hf_config,
+    hf_safetensors,
     keras0,
     keras_dir,
     keras_zip,
@@ -58,7 +59,7 @@ def model_files(path: Path) -> list[Path]:
             for name in names
             if stat_problem(Path(folder) / name, "") is None
         )
-    if sharded.is_index(path):
+    if sharded.is_index(path) or hf_safetensors.is_index(path):
         try:
             names = sharded.shard_names(path, str(path))
         except ModelReadError:
@@ -132,6 +133,14 @@ def _open(p: Path, where: str, layouts: h5layout.Layouts | None = None) -> Itera
         raise ModelReadError("empty-file", f"{where}: file is empty (0 bytes)")
     if sharded.is_index(p):
         with sharded.open_shards(p, where) as model:
+            yield model
+        return
+    if hf_safetensors.is_index(p):
+        with hf_safetensors.open_index(p, where) as model:
+            yield model
+        return
+    if hf_safetensors.claims(p):
+        with hf_safetensors.open_file(p, where) as model:
             yield model
         return
     if tf_bundle.is_index(p):
