@@ -23,12 +23,12 @@ EXPORT_OF = {"gpt2": "gpt2", "llama": "llama", "llama_sharded": "llama"}
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory) -> Warehouse:
-    """The three exports and the two .keras twins, ingested once."""
+    """The four exports and the two .keras twins, ingested once."""
     root = tmp_path_factory.mktemp("safetensors")
     shutil.copytree(EXPORTS, root / "exports")
     w = Warehouse(root)
     report = w.ingest(root / "exports")
-    assert not report.failed and report.ingested == 5
+    assert not report.failed and report.ingested == 6
     return w
 
 
@@ -146,6 +146,26 @@ def test_sharded_export_equals_the_single_file(lake):
     assert rows[0][4] == "LlamaForCausalLM"
 
 
+def test_a_tied_head_written_twice_is_counted_once(lake):
+    """export_to_transformers writes a GPT2CausalLM's tied head again as lm_head.weight:
+    Keras counts the variable once, and so does wpipe (the head is the embedding's tied
+    source); the other tensors are the backbone's export."""
+    model_id = _model_id(lake, "gpt2_lm_head", "safetensors")
+    [(n_params,)] = lake.query("SELECT n_params FROM models WHERE model_id = ?", [model_id])
+    assert n_params == TRUTH["gpt2"]["count_params"]
+    assert "lm_head.weight" in json.loads(
+        (EXPECTED / "safetensors" / "gpt2_lm_head.json").read_text())["tensors"]  # fmt: skip
+    rows = lake.query("SELECT source_name, tied_sources FROM weights WHERE model_id = ? "
+                      "AND tied_sources IS NOT NULL", [model_id])  # fmt: skip
+    assert rows == [("transformer.wte.weight", ["lm_head.weight"])]
+    assert _weights(lake, model_id) == _weights(lake, _model_id(lake, "gpt2", "safetensors"))
+
+
+def test_an_untied_head_is_its_own_tensor(lake):
+    weights = _weights(lake, _model_id(lake, "llama", "safetensors"))
+    assert weights["lm_head.weight"][:2] == ("lm_head", "kernel")
+
+
 def test_the_config_beside_is_recorded(lake):
     [(config,)] = lake.query("SELECT source_config FROM models WHERE path LIKE '%/gpt2/%' "
                              "AND format = 'safetensors'")  # fmt: skip
@@ -179,6 +199,7 @@ def test_a_sharded_export_is_one_model_and_its_shards_are_not_walked_alone():
     assert names == [
         "gpt2/gpt2.keras",
         "gpt2/model.safetensors",
+        "gpt2_lm_head/model.safetensors",
         "llama/llama.keras",
         "llama/model.safetensors",
         "llama_sharded/model.safetensors.index.json",

@@ -57,6 +57,11 @@ OTHER_BITS = {"BF16": 16, "BOOL": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "
 # Hugging Face model types whose projections are GPT-2's Conv1D (weight (in, out), as Keras).
 CONV1D_MODEL_TYPES = {"gpt2", "openai-gpt", "imagegpt", "decision_transformer"}
 _CONV1D_NAME = re.compile(r"(^|\.)c_(attn|fc|proj)\.weight$")
+# An output head tied to the input embedding, and the embedding tables it may repeat.
+TIED_HEAD = "lm_head.weight"
+EMBEDDING_TABLES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight",
+                    "shared.weight", "embed_in.weight")  # fmt: skip
+COMPARE_CHUNK = 16 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,12 +218,15 @@ def _opened(stack: ExitStack, header: Header) -> Any:
 
 @dataclasses.dataclass
 class Stored:
-    """A tensor to place: its full name, entry, source name and loader."""
+    """A tensor to place: its full name, entry, source name, loader, and the header (file)
+    it is in; `tied`: the sources of copies of it dropped as tied (`_untied`)."""
 
     name: str
     entry: Entry
     source: str
     load: Callable[[], np.ndarray]
+    header: Header
+    tied: tuple[str, ...] = ()
 
 
 def _natural(name: str) -> list:
@@ -266,6 +274,7 @@ def _layer(path: str, name: str, parts: list[tuple[Stored, list[str]]], conv1d: 
             load=s.load,
             layout=layout,
             status=_status(s.entry.code),
+            tied_sources=s.tied,
         )
         for s, weight_name, role, layout in named
     ]
@@ -301,12 +310,45 @@ def _conv1d(config: dict | None, names: list[str]) -> bool:
 # --- models ------------------------------------------------------------------------------------
 
 
+def _untied(stored: list[Stored]) -> list[Stored]:
+    """KerasHub writes a causal LM's output head tied to its input embedding twice:
+    `lm_head.weight` holds the embedding's bytes again (transformers' own save keeps one).
+    Keras's `count_params()` counts the variable once: so does wpipe, the head becoming the
+    embedding's `tied_sources` (tied.py's rule: same shape, dtype and bytes)."""
+    by_name = {s.name: s for s in stored}
+    dropped = set()
+    for head in (s for s in stored if s.name.endswith(TIED_HEAD)):
+        twin = next((s for s in stored if s is not head and s.name.endswith(EMBEDDING_TABLES)
+                     and _same_bytes(s, head)), None)  # fmt: skip
+        if twin is not None:
+            by_name[twin.name] = dataclasses.replace(twin, tied=(*twin.tied, head.source))
+            dropped.add(head.name)
+    return [by_name[s.name] for s in stored if s.name not in dropped]
+
+
+def _same_bytes(a: Stored, b: Stored) -> bool:
+    """Same dtype, shape and stored bytes, compared a chunk at a time."""
+    if (a.entry.code, a.entry.shape) != (b.entry.code, b.entry.shape):
+        return False
+    with open_regular(a.header.path, a.header.where) as fa, \
+            open_regular(b.header.path, b.header.where) as fb:  # fmt: skip
+        fa.seek(a.entry.begin)
+        fb.seek(b.entry.begin)
+        left = a.entry.end - a.entry.begin
+        while left > 0:
+            n = min(left, COMPARE_CHUNK)
+            if fa.read(n) != fb.read(n):
+                return False
+            left -= n
+    return True
+
+
 def _model(path: Path, where: str, fmt: str, stored: list[Stored]) -> Model:
     if not stored:
         raise ModelReadError("not-keras", f"{where}: safetensors without tensors (no weights)")
     found = hf_config.read_beside(path, where)
     config = found[1] if found else None
-    layers = build_layers(stored, _conv1d(config, [s.name for s in stored]))
+    layers = build_layers(_untied(stored), _conv1d(config, [s.name for s in stored]))
     return Model(
         path=where,
         format=fmt,
@@ -325,7 +367,7 @@ def open_file(path: Path, where: str) -> Iterator[Model]:
     header = read_header(path, where)
     with ExitStack() as stack:
         opened = _opened(stack, header)
-        stored = [Stored(e.name, e, e.name, _loader(opened, header, e))
+        stored = [Stored(e.name, e, e.name, _loader(opened, header, e), header)
                   for e in header.entries.values()]  # fmt: skip
         yield _model(path, where, FORMAT, stored)
 
@@ -353,7 +395,7 @@ def open_index(index: Path, where: str) -> Iterator[Model]:
                 raise ModelReadError("missing-object", f"{where}: the index puts {tensor!r} "
                                      f"in {shard}, which does not hold it")  # fmt: skip
             load = _loader(opened, header, entry)
-            stored.append(Stored(tensor, entry, f"{shard}:{tensor}", load))
+            stored.append(Stored(tensor, entry, f"{shard}:{tensor}", load, header))
         yield _model(index, where, SHARDED_FORMAT, stored)
 
 
