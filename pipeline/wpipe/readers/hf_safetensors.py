@@ -62,6 +62,7 @@ TIED_HEAD = "lm_head.weight"
 EMBEDDING_TABLES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight",
                     "shared.weight", "embed_in.weight")  # fmt: skip
 COMPARE_CHUNK = 16 << 20
+SHOWN = 80  # characters of a name or value a message repeats (a header may hold 32 MB)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +82,6 @@ class Header:
     path: Path
     where: str
     entries: dict[str, Entry]
-    metadata: dict[str, Any] | None
 
 
 def is_index(path: Path) -> bool:
@@ -118,29 +118,36 @@ def read_header(path: Path, where: str) -> Header:
     start = LENGTH_BYTES + length
     entries = {name: _entry(name, spec, start, where) for name, spec in parsed.items()}
     _check_tiling(list(entries.values()), start, size, where)
-    return Header(path, where, entries, metadata)
+    return Header(path, where, entries)
 
 
 def _entry(name: str, spec: Any, start: int, where: str) -> Entry:
+    tensor = f"{where}: tensor {_shown(name)}"
     if not isinstance(spec, dict):
-        raise ModelReadError("bad-json", f"{where}: safetensors entry {name!r} is not an object")
+        raise ModelReadError("bad-json", f"{tensor}: its header entry is not an object")
     code, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
-    if code not in NUMPY and code not in OTHER_BITS:
-        raise ModelReadError("corrupt", f"{where}: tensor {name!r} has unknown dtype {code!r}")
+    if not isinstance(code, str) or (code not in NUMPY and code not in OTHER_BITS):
+        raise ModelReadError("corrupt", f"{tensor} has unknown dtype {_shown(code)}")
     if not _ints(shape, len(shape) if isinstance(shape, list) else 0) or len(shape) > MAX_RANK:
-        raise ModelReadError("corrupt", f"{where}: tensor {name!r} has shape {shape!r}")
+        raise ModelReadError("corrupt", f"{tensor} has shape {_shown(shape)}")
     if not _ints(offsets, 2) or offsets[0] > offsets[1]:
-        raise ModelReadError("corrupt", f"{where}: tensor {name!r} has data_offsets {offsets!r}")
+        raise ModelReadError("corrupt", f"{tensor} has data_offsets {_shown(offsets)}")
     bits = np.dtype(NUMPY[code]).itemsize * 8 if code in NUMPY else OTHER_BITS[code]
     needed = (math.prod(shape) * bits + 7) // 8
     held = offsets[1] - offsets[0]
     if needed != held:
-        raise ModelReadError("corrupt", f"{where}: tensor {name!r} is {code} {shape}, "
-                             f"{needed:,} bytes, but its data_offsets hold {held:,}")  # fmt: skip
+        raise ModelReadError("corrupt", f"{tensor} is {code} {_shown(shape)}, {needed:,} "
+                             f"bytes, but its data_offsets hold {held:,}")  # fmt: skip
     if needed > MAX_TENSOR_BYTES:
-        raise ModelReadError("oversized-tensor", f"{where}: tensor {name!r} declares "
-                             f"{needed:,} bytes (limit {MAX_TENSOR_BYTES:,})")  # fmt: skip
+        raise ModelReadError("oversized-tensor", f"{tensor} declares {needed:,} bytes "
+                             f"(limit {MAX_TENSOR_BYTES:,})")  # fmt: skip
     return Entry(name, code, tuple(shape), start + offsets[0], start + offsets[1])
+
+
+def _shown(value: Any) -> str:
+    """A file's name or value for a one-line message: repr, at most SHOWN characters."""
+    text = repr(value)
+    return text if len(text) <= SHOWN else text[: SHOWN - 1] + "…"
 
 
 def _ints(value: Any, n: int) -> bool:
@@ -153,13 +160,14 @@ def _check_tiling(entries: list[Entry], start: int, size: int, where: str) -> No
     """Byte ranges inside the file, back to back from the header's end: no gap, no overlap."""
     at = start
     for entry in sorted(entries, key=lambda e: (e.begin, e.end)):
+        tensor = f"{where}: tensor {_shown(entry.name)}"
         if entry.end > size:
-            raise ModelReadError("truncated", f"{where}: tensor {entry.name!r} ends at byte "
-                                 f"{entry.end:,} of a {size:,}-byte file")  # fmt: skip
+            raise ModelReadError("truncated", f"{tensor} ends at byte {entry.end:,} of a "
+                                 f"{size:,}-byte file")  # fmt: skip
         if entry.begin != at:
             what = "overlaps the one before" if entry.begin < at else "leaves a gap before it"
-            raise ModelReadError("corrupt", f"{where}: tensor {entry.name!r} {what} "
-                                 f"(bytes {entry.begin:,}-{entry.end:,})")  # fmt: skip
+            raise ModelReadError("corrupt", f"{tensor} {what} (bytes {entry.begin:,}-"
+                                 f"{entry.end:,})")  # fmt: skip
         at = entry.end
     if at != size:
         raise ModelReadError("corrupt", f"{where}: {size - at:,} bytes after the last tensor")
@@ -194,7 +202,7 @@ def _loader(opened: Any, header: Header, entry: Entry) -> Callable[[], np.ndarra
             raise ModelReadError("out-of-memory", f"{header.where}: not enough memory") from None
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelReadError(
-                "corrupt", f"{header.where}: cannot read {entry.name} ({exc})"
+                "corrupt", f"{header.where}: cannot read {_shown(entry.name)} ({exc})"
             ) from None
 
     return load
@@ -392,8 +400,8 @@ def open_index(index: Path, where: str) -> Iterator[Model]:
             header, opened = headers[shard]
             entry = header.entries.get(tensor)
             if entry is None:
-                raise ModelReadError("missing-object", f"{where}: the index puts {tensor!r} "
-                                     f"in {shard}, which does not hold it")  # fmt: skip
+                raise ModelReadError("missing-object", f"{where}: the index puts "
+                                     f"{_shown(tensor)} in {shard}, which lacks it")  # fmt: skip
             load = _loader(opened, header, entry)
             stored.append(Stored(tensor, entry, f"{shard}:{tensor}", load, header))
         yield _model(index, where, SHARDED_FORMAT, stored)
