@@ -23,8 +23,8 @@ from wpipe.dblock import Protected
 from wpipe.readers import (
     ModelReadError,
     compressed,
-    hf_safetensors,
     keras_dir,
+    lists_shards,
     saved_model,
     sharded,
     sniff,
@@ -116,7 +116,7 @@ def _walk(
         enter = [d for d in dirs if not d.startswith(".") and d not in saves
                  and not os.path.islink(here / d)]  # fmt: skip
         regular = [name for name in files if _regular(here / name, protected, skipped)]
-        shards = {n for index in regular if _lists_shards(here / index)
+        shards = {n for index in regular if lists_shards(here / index)
                   for n in _shards_of(here / index)}  # fmt: skip
         shards |= {p.name for index in regular if tf_bundle.is_index(here / index)
                    for p in tf_bundle.bundle_files(here / index)[1:]}  # fmt: skip
@@ -203,11 +203,6 @@ def _is_save_folder(path: Path) -> bool:
         )
     except OSError:  # a path longer than the system accepts: `_listing` reports it
         return False
-
-
-def _lists_shards(path: Path) -> bool:
-    """A Keras `.weights.json` or a Hugging Face `.safetensors.index.json` (one weight map)."""
-    return sharded.is_index(path) or hf_safetensors.is_index(path)
 
 
 def _shards_of(index: Path) -> list[str]:

@@ -353,3 +353,25 @@ def test_a_header_length_is_checked_before_any_byte_of_it_is_read(tmp_path):
     with pytest.raises(ModelReadError) as err, open_model(path):
         pass
     assert err.value.code == "oversized-metadata"
+
+
+def test_a_sharded_export_is_fingerprinted_and_hashed_with_its_shards(tmp_path):
+    """A changed shard is a changed model: the files of the save are the index and its
+    shards (the config beside is not part of it)."""
+    from wpipe.filemap import sha256_of
+    from wpipe.plan import fingerprint
+    from wpipe.readers import model_files
+
+    shutil.copytree(EXPORTS / "llama_sharded", tmp_path / "m")
+    index = tmp_path / "m" / "model.safetensors.index.json"
+    files = sorted(p.name for p in model_files(index))
+    assert files == [f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)] + [
+        "model.safetensors.index.json"]  # fmt: skip
+    size = sum((index.parent / f).stat().st_size for f in files)
+    assert fingerprint(index)[0] == size
+    before = sha256_of(str(index))
+    shard = index.parent / "model-00003-of-00004.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1
+    shard.write_bytes(bytes(data))
+    assert sha256_of(str(index)) != before
