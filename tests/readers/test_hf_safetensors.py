@@ -166,6 +166,44 @@ def test_an_untied_head_is_its_own_tensor(lake):
     assert weights["lm_head.weight"][:2] == ("lm_head", "kernel")
 
 
+def _layouts(path) -> dict[str, str]:
+    with open_model(path) as model:
+        return {t.source_name: t.layout for layer in model.layers for t in layer.tensors
+                if t.role == "kernel"}  # fmt: skip
+
+
+def test_gpt2_conv1d_kernels_are_in_out_and_its_untied_head_out_in(tmp_path):
+    """GPT-2's c_attn/c_fc/c_proj are Conv1D, (in, out); its lm_head is a Linear, (out, in):
+    here untied (one byte of the head changed), with and without the config beside."""
+    data = bytearray((EXPORTS / "gpt2_lm_head" / "model.safetensors").read_bytes())
+    header, _ = sw.split(bytes(data))
+    begin = 8 + int.from_bytes(data[:8], "little") + header["lm_head.weight"]["data_offsets"][0]
+    data[begin] ^= 0x01
+    sw.write(tmp_path / "model.safetensors", bytes(data))
+    for with_config in (True, False):
+        if with_config:
+            shutil.copy2(EXPORTS / "gpt2_lm_head" / "config.json", tmp_path / "config.json")
+        else:
+            (tmp_path / "config.json").unlink()
+        layouts = _layouts(tmp_path / "model.safetensors")
+        assert layouts.pop("lm_head.weight") == "out_in"
+        assert set(layouts.values()) == {"keras"} and len(layouts) == 8
+
+
+def test_llama_kernels_are_out_in_without_the_config_too(tmp_path):
+    shutil.copy2(EXPORTS / "llama" / "model.safetensors", tmp_path / "model.safetensors")
+    layouts = _layouts(tmp_path / "model.safetensors")
+    assert set(layouts.values()) == {"out_in"} and len(layouts) == 15
+
+
+def test_a_model_type_that_names_linear_layers_c_attn_keeps_them_out_in(tmp_path):
+    """Qwen 1 calls its nn.Linear layers c_attn and c_proj: the config's type decides."""
+    shutil.copy2(EXPORTS / "gpt2" / "model.safetensors", tmp_path / "model.safetensors")
+    config = json.loads((EXPORTS / "gpt2" / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "qwen"}))
+    assert set(_layouts(tmp_path / "model.safetensors").values()) == {"out_in"}
+
+
 def test_the_config_beside_is_recorded(lake):
     [(config,)] = lake.query("SELECT source_config FROM models WHERE path LIKE '%/gpt2/%' "
                              "AND format = 'safetensors'")  # fmt: skip
@@ -244,6 +282,10 @@ def _body():
 
 
 TERABYTE_TENSOR = {"w": {"dtype": "U8", "shape": [1 << 40], "data_offsets": [0, 1 << 40]}}
+TWO_SPELLINGS = {
+    "a.b.weight": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+    "a/b.weight": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]},
+}
 LONG_NAME = {"n" * 1_000_000: {"dtype": "??"}}
 HOSTILE = {
     "header length of a terabyte": (
@@ -264,6 +306,7 @@ HOSTILE = {
     "file cut inside a tensor": (lambda: sw.join(*_body())[:-100], "truncated"),
     "tensor of 2**40 bytes": (lambda: sw.join(TERABYTE_TENSOR, b""), "oversized-tensor"),
     "a name of a megabyte, bad dtype": (lambda: sw.join(LONG_NAME, b""), "corrupt"),
+    "a.b and a/b": (lambda: sw.join(TWO_SPELLINGS, b"\0" * 8), "duplicate-name"),
     "no tensors": (lambda: sw.join({"__metadata__": {"format": "pt"}}, b""), "not-keras"),
     "metadata not an object": (lambda: sw.join({"__metadata__": [1]}, b""), "bad-json"),
 }

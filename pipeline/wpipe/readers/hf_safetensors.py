@@ -56,7 +56,7 @@ OTHER_BITS = {"BF16": 16, "BOOL": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "
               "F6_E3M2": 6, "F4": 4, "C64": 64}  # fmt: skip
 # Hugging Face model types whose projections are GPT-2's Conv1D (weight (in, out), as Keras).
 CONV1D_MODEL_TYPES = {"gpt2", "openai-gpt", "imagegpt", "decision_transformer"}
-_CONV1D_NAME = re.compile(r"(^|\.)c_(attn|fc|proj)\.weight$")
+_CONV1D_NAME = re.compile(r"(^|\.)(c_attn|q_attn|c_fc|c_proj)\.weight$")  # their modules
 # An output head tied to the input embedding, and the embedding tables it may repeat.
 TIED_HEAD = "lm_head.weight"
 EMBEDDING_TABLES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight",
@@ -242,10 +242,14 @@ def _natural(name: str) -> list:
     return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split(".")]
 
 
-def build_layers(stored: list[Stored], conv1d: bool) -> list[Layer]:
-    """Leaf layers by the names' scopes (dots are PyTorch's scope separator)."""
+def build_layers(stored: list[Stored], conv1d: set[str], where: str) -> list[Layer]:
+    """Leaf layers by the names' scopes (dots are PyTorch's scope separator); `conv1d`: the
+    names of GPT-2 Conv1D weights, kept (in, out)."""
     stored = sorted(stored, key=lambda s: _natural(s.name))
     by_scoped = {s.name.replace(".", "/"): s for s in stored}
+    if len(by_scoped) != len(stored):  # `a.b` and `a/b`: one place, two tensors
+        raise ModelReadError("duplicate-name", f"{where}: two tensors are named alike once "
+                             "their scopes are split at dots and slashes")  # fmt: skip
     owned = scopes.split_by_scope("", list(by_scoped)) or {"": [(n, n.split("/")) for n in
                                                                by_scoped]}  # fmt: skip
     layers = []
@@ -257,7 +261,7 @@ def build_layers(stored: list[Stored], conv1d: bool) -> list[Layer]:
     return layers
 
 
-def _layer(path: str, name: str, parts: list[tuple[Stored, list[str]]], conv1d: bool) -> Layer:
+def _layer(path: str, name: str, parts: list[tuple[Stored, list[str]]], conv1d: set) -> Layer:
     named = []
     for s, rest in parts:
         last = rest[-1]
@@ -266,7 +270,7 @@ def _layer(path: str, name: str, parts: list[tuple[Stored, list[str]]], conv1d: 
         else:
             renamed, role = last, role_of(last)
         weight_name = "/".join([*rest[:-1], renamed])
-        out_in = last == inferred.GENERIC and role == "kernel" and not conv1d
+        out_in = last == inferred.GENERIC and role == "kernel" and s.name not in conv1d
         named.append((s, weight_name, role, "out_in" if out_in else "keras"))
     named = _norm_shift(named)
     variables = [(w, r, _keras_shape(s.entry.shape, lay)) for s, w, r, lay in named]
@@ -307,12 +311,13 @@ def _keras_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
     return (*shape[2:], shape[1], shape[0])
 
 
-def _conv1d(config: dict | None, names: list[str]) -> bool:
-    """True when 2-D `weight`s are GPT-2's Conv1D (in, out): by the config's model type, or,
-    without a config, by GPT-2's module names."""
-    if config is not None:
-        return config.get("model_type") in CONV1D_MODEL_TYPES
-    return any(_CONV1D_NAME.search(n) for n in names)
+def _conv1d(config: dict | None, names: list[str]) -> set[str]:
+    """The weights of GPT-2's Conv1D modules, (in, out) as Keras's: named so in a model whose
+    config says a GPT-2 family type, or that has no config (its head, a Linear, is (out, in);
+    Qwen 1 names Linear layers c_attn too, hence the model type)."""
+    if config is not None and config.get("model_type") not in CONV1D_MODEL_TYPES:
+        return set()
+    return {n for n in names if _CONV1D_NAME.search(n)}
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -356,7 +361,8 @@ def _model(path: Path, where: str, fmt: str, stored: list[Stored]) -> Model:
         raise ModelReadError("not-keras", f"{where}: safetensors without tensors (no weights)")
     found = hf_config.read_beside(path, where)
     config = found[1] if found else None
-    layers = build_layers(_untied(stored), _conv1d(config, [s.name for s in stored]))
+    conv1d = _conv1d(config, [s.name for s in stored])
+    layers = build_layers(_untied(stored), conv1d, where)
     return Model(
         path=where,
         format=fmt,
