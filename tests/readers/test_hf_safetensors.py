@@ -17,18 +17,18 @@ from tests.readers import safetensors_write as sw
 
 EXPORTS = sw.EXPORTS
 TRUTH = {name: json.loads((EXPECTED / "safetensors" / f"{name}.json").read_text())
-         for name in ("gpt2", "llama")}  # fmt: skip
-EXPORT_OF = {"gpt2": "gpt2", "llama": "llama", "llama_sharded": "llama"}
+         for name in ("gpt2", "llama", "llama_bf16")}  # fmt: skip
+EXPORT_OF = {"gpt2": "gpt2", "llama": "llama", "llama_sharded": "llama", "llama_bf16": "llama_bf16"}
 
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory) -> Warehouse:
-    """The four exports and the two .keras twins, ingested once."""
+    """The five exports and the two .keras twins, ingested once."""
     root = tmp_path_factory.mktemp("safetensors")
     shutil.copytree(EXPORTS, root / "exports")
     w = Warehouse(root)
     report = w.ingest(root / "exports")
-    assert not report.failed and report.ingested == 6
+    assert not report.failed and report.ingested == 7
     return w
 
 
@@ -49,7 +49,7 @@ def _weights(lake: Warehouse, model_id: str) -> dict[str, tuple]:
 
 
 EXPORTED = [("gpt2", "safetensors"), ("llama", "safetensors"),
-            ("llama_sharded", "safetensors-sharded")]  # fmt: skip
+            ("llama_sharded", "safetensors-sharded"), ("llama_bf16", "safetensors")]  # fmt: skip
 
 
 @pytest.mark.parametrize(("folder", "fmt"), EXPORTED)
@@ -116,6 +116,19 @@ def test_layers_classes_roles_and_layout_from_the_hugging_face_names(lake, folde
     assert {lay for *_, lay in weights} <= {"keras", "out_in"}
 
 
+def test_a_bfloat16_export_is_read_as_bfloat16_widened_exactly(lake):
+    """Keras's bfloat16 values, widened to float64 by numpy (the truth), are the ones read:
+    float32 holds every bfloat16 exactly, so sums agree to float64 rounding."""
+    model_id = _model_id(lake, "llama_bf16", "safetensors")
+    rows = lake.query("SELECT DISTINCT dtype FROM weights WHERE model_id = ?", [model_id])
+    assert rows == [("bfloat16",)]
+    truth = TRUTH["llama_bf16"]["tensors"]
+    sums = dict(lake.query("SELECT source_name, mean * size FROM weights WHERE model_id = ?",
+                           [model_id]))  # fmt: skip
+    for name, want in truth.items():
+        assert sums[name] == pytest.approx(want["sum"], rel=1e-9, abs=1e-9), name
+
+
 def test_units_of_a_pytorch_kernel_are_its_outputs(lake):
     """down_proj is (out=16, in=24) as stored: 16 units of 24 weights (Keras's axis -1 of
     its (24, 16) kernel); each unit's mean is numpy's over Keras's column."""
@@ -140,7 +153,8 @@ def test_sharded_export_equals_the_single_file(lake):
     assert shards == single
     rows = lake.query(
         "SELECT format, weights_sha, arch_id, n_layers, model_class FROM models "
-        "WHERE path LIKE '%llama%' AND format LIKE 'safetensors%' ORDER BY format"
+        "WHERE (path LIKE '%/llama/%' OR path LIKE '%/llama_sharded/%') "
+        "AND format LIKE 'safetensors%' ORDER BY format"
     )
     assert len(rows) == 2 and rows[0][1:] == rows[1][1:]
     assert rows[0][4] == "LlamaForCausalLM"
@@ -240,6 +254,7 @@ def test_a_sharded_export_is_one_model_and_its_shards_are_not_walked_alone():
         "gpt2_lm_head/model.safetensors",
         "llama/llama.keras",
         "llama/model.safetensors",
+        "llama_bf16/model.safetensors",
         "llama_sharded/model.safetensors.index.json",
     ]
     assert not skipped
