@@ -34,6 +34,9 @@ MAX_SLICES = 4096
 # would repeat the value, which `weights`/`weight_values` already hold.
 NORMALIZATION_ROLES = {"gamma"}
 ROW_CHUNK = 1 << 16  # elements per accumulation step of per-slice statistics
+# Layouts whose kernels hold the output axis first: Keras 1 'th' (filters, in, *k), PyTorch's
+# (out, in, *k) in a safetensors export.
+OUTPUT_FIRST = {"theano", "out_in"}
 
 
 @dataclass
@@ -102,10 +105,10 @@ def slice_groups(
     if cls in CONV_TRANSPOSE and role == "kernel":
         return [_along(array, -2, "filter")]
     if cls in CONV | CONV_TRANSPOSE | SEPARABLE:
-        axis = 0 if layout == "theano" and role == "kernel" else -1
+        axis = 0 if layout in OUTPUT_FIRST and role == "kernel" else -1
         return [_along(array, axis, "filter")]
     if cls in DENSE:
-        return [_along(array, -1, "unit")]
+        return [_along(array, 0 if layout == "out_in" else -1, "unit")]
     return []
 
 

@@ -34,6 +34,7 @@ from wpipe.readers import (
     Tensor,
     h5layout,
     h5safe,
+    lists_shards,
     model_files,
     open_model,
     sharded,
@@ -128,7 +129,7 @@ def sha256_of(path: str) -> str:
 
 
 def _member_problems(base: Path) -> list[str]:
-    if not sharded.is_index(base):
+    if not lists_shards(base):
         return []
     try:
         names = sharded.shard_names(base, str(base))

@@ -13,8 +13,12 @@ from collections.abc import Iterable
 import numpy as np
 
 
-def tensor_sha(array: np.ndarray) -> str:
-    """SHA-256 (hex) of `array`'s dtype, shape and values, independent of the stored layout."""
+def tensor_sha(array: np.ndarray, layout: str = "keras") -> str:
+    """SHA-256 (hex) of `array`'s dtype, shape and values, independent of the stored layout.
+    A PyTorch (out, in, *k) weight (`layout` out_in) is hashed in Keras's (*k, in, out)
+    order: a Keras kernel exported to safetensors by transposing it keeps its hash."""
+    if layout == "out_in" and array.ndim >= 2:
+        array = np.moveaxis(array, (0, 1), (-1, -2))
     dtype = array.dtype
     if dtype.byteorder == ">" or (dtype.byteorder == "=" and np.little_endian is False):
         dtype = dtype.newbyteorder("<")

@@ -13,7 +13,7 @@ from pathlib import Path
 from wpipe import compare, remote, store
 from wpipe.checkpoints import Save, has_training_log, series_of, step_tag
 from wpipe.filemap import FileJob, Outcome, Settings
-from wpipe.readers import ModelReadError, model_files, sharded
+from wpipe.readers import ModelReadError, lists_shards, model_files
 from wpipe.readers.safefile import stat_problem
 from wpipe.store.lake import Lake
 from wpipe.tables import file_stem, model_id_for
@@ -50,7 +50,7 @@ class Report:
 
 def fingerprint(path: Path) -> tuple[int, float]:
     """(total bytes, newest mtime) of the files a save consists of."""
-    if path.is_file() and not sharded.is_index(path):
+    if path.is_file() and not lists_shards(path):
         st = path.stat()  # the common case: one stat
         return st.st_size, st.st_mtime
     stats = [p.stat() for p in model_files(path)]

@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from wpipe import extras
-from wpipe.readers import sharded
+from wpipe.readers import lists_shards
 from wpipe.store.lake import Lake
 from wpipe.tags import MODEL_SUFFIXES
 
@@ -127,7 +127,7 @@ def _shadow(fs: Any, parent: PurePosixPath, listed: dict[str, dict], base: Path)
         local = base / (key if str(parent) == "." else PurePosixPath(key).relative_to(parent))
         local.parent.mkdir(parents=True, exist_ok=True)
         content = b""
-        if sharded.is_index(local) and info.get("size", 0) <= INDEX_LIMIT:
+        if lists_shards(local) and info.get("size", 0) <= INDEX_LIMIT:
             content = fs.cat_file(key)
             requests += 1
         elif not local.name.lower().endswith(MODEL_SUFFIXES) and info.get("size", 0):

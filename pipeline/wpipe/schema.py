@@ -180,7 +180,12 @@ WEIGHTS = Table(
             "SHA-256 of dtype, shape and values (little-endian, C order): equal for equal "
             "tensors whatever the file, format or name",
         ),
-        _c("layout", STR, "keras; theano (Keras 1 'th' conv kernel); cudnn (CuDNNLSTM/GRU)"),
+        _c(
+            "layout",
+            STR,
+            "keras; theano (Keras 1 'th' conv kernel); cudnn (CuDNNLSTM/GRU); "
+            "out_in (PyTorch's (out, in, *k) weight in a safetensors export)",
+        ),
         _c(
             "status",
             STR,

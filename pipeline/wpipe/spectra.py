@@ -177,7 +177,7 @@ def _conv_or_matrix(prefix: str, array: np.ndarray, layout: str, pool: bool, res
     WeightWatcher's conv2d_norm: W·√(count/2), count = 1 pooled, rf one slice at a time."""
     if array.ndim == 2:
         return [((prefix or "full"), array[None], 1.0)]
-    if layout == "theano":  # (filters, in, *k) -> (k..., in, filters)
+    if layout in ("theano", "out_in"):  # (filters, in, *k) -> (k..., in, filters)
         array = np.moveaxis(array, (0, 1), (-1, -2))
     kernel = array.shape[:-2]
     slices = array.reshape(-1, *array.shape[-2:])

@@ -189,7 +189,7 @@ def build_tables(
                 continue
             array = tensor.load()
             stats, hist = tensor_stats(array, options)
-            row["content_sha"] = tensor_sha(array)
+            row["content_sha"] = tensor_sha(array, tensor.layout)
             layer_shas[-1].append(row["content_sha"])
             weight_rows.append({**row, **stats})
             if hist is not None:

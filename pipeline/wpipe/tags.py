@@ -14,7 +14,8 @@ _NUMBER = re.compile(rf"^{NUMBER}$")
 _SPLIT = re.compile(r"[_\s]+|(?<![eE])-|=|\.(?!\d)")
 ALIASES = {"e": "epoch", "ep": "epoch", "epoch": "epoch", "epochs": "epoch", "s": "step",
            "step": "step", "it": "step", "iter": "step"}  # fmt: skip
-MODEL_SUFFIXES = (".weights.json", ".weights.h5", ".h5", ".hdf5", ".keras", ".index")
+MODEL_SUFFIXES = (".weights.json", ".weights.h5", ".h5", ".hdf5", ".keras", ".index",
+                  ".safetensors.index.json", ".safetensors")  # fmt: skip
 
 
 def strip_model_suffix(name: str) -> str:

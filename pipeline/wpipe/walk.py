@@ -24,6 +24,7 @@ from wpipe.readers import (
     ModelReadError,
     compressed,
     keras_dir,
+    lists_shards,
     saved_model,
     sharded,
     sniff,
@@ -60,9 +61,9 @@ def walk(
     unreadable save (reported, not silently skipped). When a walk finds no save at all but
     other compressed files (`model.gz`), each is reported: it may be a model. A folder that is
     itself a save (unzipped .keras, SavedModel, …) counts as one model; shards listed by a
-    `.weights.json` index belong to that index, and a TF checkpoint's `.data-*` shards to its
-    `.index` (each `.index` is one model; the folder around it is walked as usual). Hidden
-    folders are not entered.
+    `.weights.json` or `.safetensors.index.json` index belong to that index, and a TF
+    checkpoint's `.data-*` shards to its `.index` (each `.index` is one model; the folder
+    around it is walked as usual). Hidden folders are not entered.
     """
     protected = protected or Protected([])
     found: list[Path] = []
@@ -115,7 +116,7 @@ def _walk(
         enter = [d for d in dirs if not d.startswith(".") and d not in saves
                  and not os.path.islink(here / d)]  # fmt: skip
         regular = [name for name in files if _regular(here / name, protected, skipped)]
-        shards = {n for index in regular if sharded.is_index(here / index)
+        shards = {n for index in regular if lists_shards(here / index)
                   for n in _shards_of(here / index)}  # fmt: skip
         shards |= {p.name for index in regular if tf_bundle.is_index(here / index)
                    for p in tf_bundle.bundle_files(here / index)[1:]}  # fmt: skip

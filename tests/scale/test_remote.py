@@ -73,3 +73,14 @@ def test_without_the_extra_an_s3_path_is_one_line_naming_the_pip_command(module,
             "except extras.MissingExtra as exc:\n    print(exc)\n")  # fmt: skip
     line = python_line(code)
     assert line.endswith(f"pip install 'wpipe[{extra}]'") and "s3:// paths" in line
+
+
+def test_a_sharded_safetensors_export_on_s3_is_one_save_with_its_shards(s3, bucket, tmp_path):
+    """The Hugging Face index is fetched for its shard names, as a Keras .weights.json."""
+    source = MODELS / "safetensors" / "llama_sharded"
+    upload(s3, source, f"s3://{bucket}/hf/llama_sharded")
+    [save] = remote.discover([f"s3://{bucket}/hf/"], discover).saves
+    assert save.url.endswith("/llama_sharded/model.safetensors.index.json")
+    assert len(save.members) == 5  # the index and its four shards (config.json is beside)
+    assert save.size == sum(p.stat().st_size for p in source.iterdir() if p.suffix != ".json") + (
+        source / "model.safetensors.index.json").stat().st_size  # fmt: skip

@@ -14,6 +14,7 @@ from wpipe.readers import (
     h5layout,
     h5safe,
     hf_config,
+    hf_safetensors,
     keras0,
     keras_dir,
     keras_zip,
@@ -30,7 +31,8 @@ from wpipe.readers.base import Layer, Model, ModelReadError, Tensor
 from wpipe.readers.safefile import open_regular, require_regular, stat_problem
 from wpipe.textsafe import display, to_os
 
-__all__ = ["Layer", "Model", "ModelReadError", "Tensor", "model_files", "open_model", "sniff"]
+__all__ = ["Layer", "Model", "ModelReadError", "Tensor", "lists_shards", "model_files",
+           "open_model", "sniff"]  # fmt: skip
 
 ZIP_SIGNATURE = b"PK\x03\x04"
 WEIGHTS_H5 = "weights-h5"
@@ -48,6 +50,12 @@ def sniff(path: str | os.PathLike) -> str | None:
     return None
 
 
+def lists_shards(path: Path) -> bool:
+    """A Keras `.weights.json` or a Hugging Face `.safetensors.index.json`: an index whose
+    `weight_map` names the shard files beside it (sharded.shard_names reads either)."""
+    return sharded.is_index(path) or hf_safetensors.is_index(path)
+
+
 def model_files(path: Path) -> list[Path]:
     """The regular files a save consists of: the file, a folder's files (symlinked folders not
     entered), or an index and its shards. A special file or a broken symlink is not one."""
@@ -58,7 +66,7 @@ def model_files(path: Path) -> list[Path]:
             for name in names
             if stat_problem(Path(folder) / name, "") is None
         )
-    if sharded.is_index(path):
+    if lists_shards(path):
         try:
             names = sharded.shard_names(path, str(path))
         except ModelReadError:
@@ -132,6 +140,14 @@ def _open(p: Path, where: str, layouts: h5layout.Layouts | None = None) -> Itera
         raise ModelReadError("empty-file", f"{where}: file is empty (0 bytes)")
     if sharded.is_index(p):
         with sharded.open_shards(p, where) as model:
+            yield model
+        return
+    if hf_safetensors.is_index(p):
+        with hf_safetensors.open_index(p, where) as model:
+            yield model
+        return
+    if hf_safetensors.claims(p):
+        with hf_safetensors.open_file(p, where) as model:
             yield model
         return
     if tf_bundle.is_index(p):

@@ -33,11 +33,16 @@ def annotated(model: Model, path: Path, where: str) -> Model:
     if found is None:
         return model
     text, config = found
-    architectures = config.get("architectures")
-    model_class = model.model_class
-    if model_class is None and isinstance(architectures, list) and architectures:
-        model_class = architectures[0] if isinstance(architectures[0], str) else None
+    model_class = model.model_class or architecture(config)
     return dataclasses.replace(model, source_config=text, model_class=model_class)
+
+
+def architecture(config: dict) -> str | None:
+    """The model class a config names first in `architectures` (`LlamaForCausalLM`)."""
+    architectures = config.get("architectures")
+    if isinstance(architectures, list) and architectures and isinstance(architectures[0], str):
+        return architectures[0]
+    return None
 
 
 def read_beside(path: Path, where: str) -> tuple[str, dict] | None:
