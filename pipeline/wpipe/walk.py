@@ -24,6 +24,7 @@ from wpipe.readers import (
     ModelReadError,
     compressed,
     keras_dir,
+    orbax,
     saved_model,
     sharded,
     sniff,
@@ -198,6 +199,7 @@ def _is_save_folder(path: Path) -> bool:
         return path.is_dir() and (
             keras_dir.claims(path)
             or saved_model.claims(path)
+            or orbax.claims(path)
             or unsupported.identify(path) is not None
         )
     except OSError:  # a path longer than the system accepts: `_listing` reports it
