@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import duckdb
 import numpy as np
 import pytest
 from wpipe.readers import ModelReadError, open_model
@@ -128,22 +129,33 @@ def test_the_steps_are_named_by_their_step_and_form_a_series_with_drift(series):
         assert got[key] == pytest.approx(value, rel=1e-6)
 
 
-def test_without_tensorstore_the_step_is_one_line_naming_the_extra(tmp_path):
-    """A fresh interpreter where `import tensorstore` fails, as it does when it is absent."""
-    blocker = tmp_path / "tensorstore.py"
-    blocker.write_text("raise ImportError('No module named tensorstore')\n")
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1])\n"
-        "from wpipe.readers import ModelReadError, open_model\n"
-        "try:\n    open_model(sys.argv[2]).__enter__()\n"
-        "except ModelReadError as e:\n    print(e.code); print(e.message)\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path), str(step_folder("mlp", 2))],
-        capture_output=True, text=True, cwd=REPO, check=True,
-    ).stdout.splitlines()  # fmt: skip
-    assert out[0] == "missing-extra"
-    assert len(out) == 2 and "pip install 'wpipe[orbax]'" in out[1] and "ckpt/2" in out[1]
+def test_without_tensorstore_each_step_is_one_line_and_one_row_naming_the_extra(tmp_path):
+    """An ingest in a fresh interpreter where `import tensorstore` fails, as when it is
+    absent; the .keras beside the steps is still read."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "tensorstore.py").write_text("raise ImportError('No module named tensorstore')\n")
+    shutil.copytree(ORBAX / "mlp", tmp_path / "mlp")
+    db = tmp_path / "w.duckdb"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO / "pipeline")])}
+    run = subprocess.run(
+        [sys.executable, "-m", "wpipe.cli", "ingest", str(tmp_path / "mlp"), "--db", str(db)],
+        capture_output=True, text=True, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    lines = [line for line in (run.stdout + run.stderr).splitlines() if "wpipe[orbax]" in line]
+    assert sorted(line.split(": ", 2)[1] for line in lines) == [
+        str(tmp_path / "mlp" / "ckpt" / str(s)) for s in STEPS
+    ]
+    assert all(line.endswith("pip install 'wpipe[orbax]'") for line in lines)
+    assert "Traceback" not in run.stdout + run.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        errors = con.execute("SELECT path, error FROM ingest_errors ORDER BY path").fetchall()
+        models = con.execute("SELECT format FROM models").fetchall()
+    finally:
+        con.close()
+    assert errors == [(str(tmp_path / "mlp" / "ckpt" / str(s)), "missing-extra") for s in STEPS]
+    assert models == [("keras-zip",)]
 
 
 @pytest.fixture
@@ -212,3 +224,40 @@ def test_a_step_saved_with_weights_only_names_layers_by_their_variables(step):
         got = [(layer.layer_name, [t.weight_name for t in layer.tensors]) for layer in model.layers]
         assert model.model_class is None
     assert got == [("hidden", ["kernel", "bias"]), ("out", ["kernel", "bias"])]
+
+
+def test_an_empty_collection_in_the_tree_holds_no_array(step):
+    """A model without non-trainable variables: Orbax records `non_trainable_variables: {}`
+    as an entry of type Dict with nothing stored (seen in a real save of a Dense stack)."""
+    path = step / "pytree" / "_METADATA"
+    meta = json.loads(path.read_text())
+    meta["tree_metadata"]["('non_trainable_variables',)"] = {
+        "key_metadata": [{"key": "non_trainable_variables", "key_type": 2}],
+        "value_metadata": {"value_type": "Dict", "skip_deserialize": True},
+    }
+    path.write_text(json.dumps(meta))
+    with open_model(step) as model:
+        assert sum(t.size for layer in model.layers for t in layer.tensors) == 75
+
+
+def test_a_tree_key_spelling_a_path_is_only_a_key_in_the_store(step):
+    path = step / "pytree" / "_METADATA"
+    meta = json.loads(path.read_text())
+    keys = ["trainable_variables", "..", "..", "..", "etc", "passwd"]
+    meta["tree_metadata"]["x"] = {
+        "key_metadata": [{"key": k, "key_type": 2} for k in keys],
+        "value_metadata": {"value_type": "jax.Array", "skip_deserialize": False},
+    }
+    path.write_text(json.dumps(meta))
+    error = refused(step)
+    assert error.code == "corrupt" and repr(".".join(keys)) in error.message
+
+
+def test_an_unfinished_step_is_reported_not_read(tmp_path):
+    run = tmp_path / "ckpt"
+    shutil.copytree(step_folder("mlp", 2), run / "2")
+    shutil.copytree(step_folder("mlp", 4), run / "4.orbax-checkpoint-tmp")
+    found, skipped = walk([run])
+    assert found == [run / "2", run / "4.orbax-checkpoint-tmp"] and not skipped
+    error = refused(run / "4.orbax-checkpoint-tmp")
+    assert error.code == "unsupported-format" and "never finished" in error.message

@@ -19,6 +19,8 @@ def identify(path: Path) -> str | None:
     if path.is_dir():
         if orbax.claims(path):  # a step of Keras's OrbaxCheckpoint is read (orbax.py)
             return None
+        if orbax.unfinished(path):
+            return "an Orbax checkpoint step that was never finished (its save was interrupted)"
         if any((path / m).exists() for m in ORBAX_MARKERS):
             return f"Orbax checkpoint — not readable without Orbax; {RESAVE}"
         return None
