@@ -516,6 +516,7 @@ FAMILIES: dict[str, Callable[[int], Iterator[Case]]] = {
     "names": lambda n: name_cases(),
     "tf-bundles": lambda n: _tf_cases().bundle_cases(n),
     "tf-savedmodel": lambda n: _tf_cases().saved_model_cases(n),
+    "orbax": lambda n: _orbax_cases().orbax_cases(n),
     "hdf5-loops": lambda n: loop_cases(),
 }
 
@@ -524,6 +525,12 @@ def _tf_cases():
     from tests.fuzz import tf_cases  # builds on Case above: imported once this module is
 
     return tf_cases
+
+
+def _orbax_cases():
+    from tests.fuzz import orbax_cases  # as _tf_cases
+
+    return orbax_cases
 
 
 def all_cases(full: bool, damage: int | None = None, per_family: int | None = None) -> list[Case]:

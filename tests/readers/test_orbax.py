@@ -182,17 +182,31 @@ def test_a_deeply_nested_metadata_is_refused_before_parsing(step):
     assert refused(step).code == "bad-json"
 
 
-def test_a_huge_declared_shape_is_refused_before_reading(step):
-    """The array's own zarr.json (inside the OCDBT store) declares 10^12 floats."""
+def set_shape(step, name: str, shape: list[int]) -> None:
+    """Rewrite the array's own zarr.json inside the step's OCDBT store, with tensorstore."""
     import tensorstore as ts
 
-    name = "trainable_variables.mlp.hidden.kernel"
     store = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{step / 'pytree'}/"}).result()
     meta = json.loads(store.read(f"{name}/zarr.json").result().value)
-    meta["shape"] = [1_000_000, 1_000_000]
+    meta["shape"] = shape
     store.write(f"{name}/zarr.json", json.dumps(meta).encode()).result()
+
+
+def test_a_huge_declared_shape_is_refused_before_reading(step):
+    """The array's own zarr.json (inside the OCDBT store) declares 10^12 floats."""
+    name = "trainable_variables.mlp.hidden.kernel"
+    set_shape(step, name, [1_000_000, 1_000_000])
     error = refused(step)
     assert error.code == "oversized-tensor" and name in error.message
+
+
+def test_arrays_declaring_far_more_than_the_folder_stores_are_refused_before_reading(step):
+    """Each array within 4 GiB, together a thousand times the folder's bytes (an array never
+    written reads as its fill value)."""
+    name = "trainable_variables.mlp.hidden.kernel"
+    set_shape(step, name, [1 << 14, 1 << 14])  # 1 GiB of float32
+    error = refused(step)
+    assert error.code == "compression-bomb"
 
 
 def test_a_symlink_out_of_the_checkpoint_is_never_followed(step, tmp_path):

@@ -30,7 +30,12 @@ import numpy as np
 from wpipe import extras
 from wpipe.readers import inferred
 from wpipe.readers.base import Layer, Model, ModelReadError, Tensor
-from wpipe.readers.h5safe import MAX_OBJECTS, MAX_TENSOR_BYTES
+from wpipe.readers.h5safe import (
+    COMPRESSION_CHECK_BYTES,
+    MAX_COMPRESSION,
+    MAX_OBJECTS,
+    MAX_TENSOR_BYTES,
+)
 from wpipe.readers.keras_config import (
     LayerSpec,
     canonical_weight_name,
@@ -95,7 +100,7 @@ def open_step(folder: Path, where: str) -> Iterator[Model]:
 
 
 def read(folder: Path, where: str) -> Model:
-    _check_tree(folder, where)
+    stored = _check_tree(folder, where)
     leaves = tree_leaves(folder / TREE, where)
     config, config_text = _model_config(folder, where)
     store = ArrayStore(folder / TREE, where)
@@ -104,6 +109,7 @@ def read(folder: Path, where: str) -> Model:
                  and keys[0] in MODEL_VARIABLES and keys[-1] != RNG_STATE]  # fmt: skip
     layers = layers_from(specs, variables, store) if specs else guessed_layers(variables, store)
     optimizer_shapes = [store.shape(name) for keys, name in leaves if keys[0] == OPTIMIZER]
+    store.check_declared(stored)
     optimizer, loss = compile_fields(config)
     return Model(
         path=where,
@@ -120,12 +126,12 @@ def read(folder: Path, where: str) -> Model:
     )
 
 
-def _check_tree(folder: Path, where: str) -> None:
-    """Every file of the step folder is a regular file (a FIFO would block tensorstore's read
-    forever), no symlink leads out of the folder (tensorstore's file store follows them), and
-    the folder holds at most MAX_OBJECTS entries."""
+def _check_tree(folder: Path, where: str) -> int:
+    """The bytes the step folder's files hold, once checked: each a regular file (a FIFO
+    would block tensorstore's read forever), no symlink leading out of the folder
+    (tensorstore's file store follows them), at most MAX_OBJECTS entries."""
     root = os.path.realpath(folder)
-    count = 0
+    count = stored = 0
     for here, dirs, files in os.walk(folder):
         count += len(dirs) + len(files)
         if count > MAX_OBJECTS:
@@ -142,6 +148,8 @@ def _check_tree(folder: Path, where: str) -> None:
             problem = stat_problem(Path(here, name), where)
             if problem is not None:
                 raise problem
+            stored += os.stat(Path(here, name)).st_size
+    return stored
 
 
 Leaf = tuple[tuple[str, ...], str]  # (tree keys, the array's name in the store)
@@ -208,6 +216,7 @@ class ArrayStore:
                                    "data_copy_concurrency": {"limit": 1}})  # fmt: skip
         self.base = {"driver": "file", "path": str(tree.resolve()) + "/"}
         self._opened: dict[str, Any] = {}
+        self.declared = 0  # bytes of the arrays opened so far, as their metadata declares
 
     def _open(self, name: str) -> Any:
         if name not in self._opened:
@@ -236,6 +245,16 @@ class ArrayStore:
             if size > MAX_TENSOR_BYTES:
                 raise ModelReadError("oversized-tensor", f"{self.where}: array {name!r} "
                                      f"declares{what} {size:,} bytes")  # fmt: skip
+        self.declared += math.prod(shape) * itemsize
+
+    def check_declared(self, stored: int) -> None:
+        """The arrays declare at most MAX_COMPRESSION times the bytes the folder stores (an
+        array never written reads as its fill value: a small file could declare 4 GiB)."""
+        if self.declared > COMPRESSION_CHECK_BYTES and self.declared > stored * MAX_COMPRESSION:
+            raise ModelReadError(
+                "compression-bomb", f"{self.where}: its arrays declare {self.declared:,} bytes "
+                f"in {stored:,} stored (over {MAX_COMPRESSION}x)"
+            )  # fmt: skip
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(int(d) for d in self._open(name).shape)
