@@ -62,8 +62,9 @@ def walk(
     other compressed files (`model.gz`), each is reported: it may be a model. A folder that is
     itself a save (unzipped .keras, SavedModel, …) counts as one model; shards listed by a
     `.weights.json` index belong to that index, and a TF checkpoint's `.data-*` shards to its
-    `.index` (each `.index` is one model; the folder around it is walked as usual). Hidden
-    folders are not entered.
+    `.index` (each `.index` is one model; the folder around it is walked as usual), and each
+    step folder of an Orbax checkpoint is one model (`ckpt/200`). Hidden folders are not
+    entered.
     """
     protected = protected or Protected([])
     found: list[Path] = []
