@@ -22,9 +22,10 @@ from tests.conftest import EXPECTED, MODELS, REPO
 pytest.importorskip("tensorstore")  # the `orbax` extra, in the dev extras
 
 ORBAX = MODELS / "orbax"
-NAMES = ("mlp", "cnn_bn", "lstm", "nested")  # nested: a frozen layer, MHA, a Bidirectional GRU
+# nested: a frozen layer, MHA, a Bidirectional GRU; tf_cnn_bn: saved on the TensorFlow backend
+# (numpy arrays and Python scalars in the tree); both one step
+NAMES = ("mlp", "cnn_bn", "lstm", "nested", "tf_cnn_bn")
 STEPS = (2, 4, 6)
-SAVED = [(name, step) for name in NAMES for step in (STEPS if name != "nested" else (2,))]
 
 
 def truth(name: str) -> dict:
@@ -33,6 +34,9 @@ def truth(name: str) -> dict:
 
 def step_folder(name: str, step: int):
     return ORBAX / name / "ckpt" / str(step)
+
+
+SAVED = [(name, int(step)) for name in NAMES for step in truth(name)["steps"]]
 
 
 def rows(path) -> tuple:
