@@ -134,6 +134,12 @@ def test_the_steps_are_named_by_their_step_and_form_a_series_with_drift(series):
         assert got[key] == pytest.approx(value, rel=1e-6)
 
 
+def test_the_last_step_and_the_keras_save_are_recognisably_the_same_weights(series):
+    shas = dict(series.query("SELECT name, weights_sha FROM models"))
+    assert shas["cnn_bn/ckpt/6"] == shas["cnn_bn/cnn_bn"] is not None
+    assert len({shas[f"cnn_bn/ckpt/{s}"] for s in STEPS}) == 3
+
+
 def test_without_tensorstore_each_step_is_one_line_and_one_row_naming_the_extra(tmp_path):
     """An ingest in a fresh interpreter where `import tensorstore` fails, as when it is
     absent; the .keras beside the steps is still read."""
