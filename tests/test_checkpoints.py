@@ -32,6 +32,8 @@ def keys(found: dict) -> dict[str, list[str]]:
         ("ckpt_0010.keras", ("ckpt_", 10)),
         ("model-3.h5", ("model-", 3)),
         ("model.07-val_loss0.31.weights.h5", ("model.", 7)),
+        ("200", ("", 200)),  # an Orbax step folder
+        ("3.h5", ("", 3)),
         ("m1.h5", None),  # no separator: a model named m1, not a counter
         ("final.h5", None),
         ("resnet50.keras", None),

@@ -5,7 +5,7 @@ known) and the series pass after it (compare.series) apply the same rule.
 Files are a series only where something says they were saved in training order:
 - every one has an epoch or step tag (`e05.h5`, `step_200.keras`; README: Tags), or
 - every name is ModelCheckpoint-like, one prefix then a counter (`weights.05-0.42.h5`,
-  `ckpt_0010.keras`, `model-3.h5`), or
+  `ckpt_0010.keras`, `model-3.h5`), or a bare counter (Orbax's step folders `ckpt/200`), or
 - the folder holds a training log (`history.csv`, `training.log`); then names order them.
 Files of one architecture side by side with none of these (`a.h5`, `b.h5`) are not a series:
 their weights did not follow one another, so a "stale" layer between them would mean nothing.
@@ -57,8 +57,12 @@ def format_of(path: str) -> str:
 
 
 def checkpoint_number(path: str) -> tuple[str, int] | None:
-    """(prefix, counter) of a ModelCheckpoint-like file name, else None."""
-    match = _CHECKPOINT_NAME.match(strip_model_suffix(PurePath(path).name))
+    """(prefix, counter) of a ModelCheckpoint-like file name, else None. A bare counter
+    (`3.h5`; Orbax's step folders `ckpt/200`) has the empty prefix."""
+    name = strip_model_suffix(PurePath(path).name)
+    if name.isascii() and name.isdigit():
+        return "", int(name)
+    match = _CHECKPOINT_NAME.match(name)
     return (match.group("prefix"), int(match.group("n"))) if match else None
 
 

@@ -1,4 +1,5 @@
-"""Optional extras (`wpipe[s3]`, `wpipe[dask]`): a one-line error when one is missing."""
+"""Optional extras (`wpipe[s3]`, `wpipe[dask]`, `wpipe[orbax]`): a one-line error when one is
+missing."""
 
 from __future__ import annotations
 

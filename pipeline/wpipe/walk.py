@@ -25,6 +25,7 @@ from wpipe.readers import (
     compressed,
     keras_dir,
     lists_shards,
+    orbax,
     saved_model,
     sharded,
     sniff,
@@ -61,9 +62,10 @@ def walk(
     unreadable save (reported, not silently skipped). When a walk finds no save at all but
     other compressed files (`model.gz`), each is reported: it may be a model. A folder that is
     itself a save (unzipped .keras, SavedModel, …) counts as one model; shards listed by a
-    `.weights.json` or `.safetensors.index.json` index belong to that index, and a TF
-    checkpoint's `.data-*` shards to its `.index` (each `.index` is one model; the folder
-    around it is walked as usual). Hidden folders are not entered.
+    `.weights.json` or `.safetensors.index.json` index belong to that index, a TF checkpoint's
+    `.data-*` shards to its `.index` (each `.index` is one model; the folder around it is
+    walked as usual), and each step folder of an Orbax checkpoint is one model (`ckpt/200`).
+    Hidden folders are not entered.
     """
     protected = protected or Protected([])
     found: list[Path] = []
@@ -199,6 +201,7 @@ def _is_save_folder(path: Path) -> bool:
         return path.is_dir() and (
             keras_dir.claims(path)
             or saved_model.claims(path)
+            or orbax.claims(path)
             or unsupported.identify(path) is not None
         )
     except OSError:  # a path longer than the system accepts: `_listing` reports it

@@ -517,6 +517,7 @@ FAMILIES: dict[str, Callable[[int], Iterator[Case]]] = {
     "tf-bundles": lambda n: _tf_cases().bundle_cases(n),
     "tf-savedmodel": lambda n: _tf_cases().saved_model_cases(n),
     "safetensors": lambda n: _safetensors_cases().safetensors_cases(n),
+    "orbax": lambda n: _orbax_cases().orbax_cases(n),
     "hdf5-loops": lambda n: loop_cases(),
 }
 
@@ -531,6 +532,12 @@ def _safetensors_cases():
     from tests.fuzz import safetensors_cases  # builds on Case, as tf_cases
 
     return safetensors_cases
+
+
+def _orbax_cases():
+    from tests.fuzz import orbax_cases  # as _tf_cases
+
+    return orbax_cases
 
 
 def all_cases(full: bool, damage: int | None = None, per_family: int | None = None) -> list[Case]:

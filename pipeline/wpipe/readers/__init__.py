@@ -20,6 +20,7 @@ from wpipe.readers import (
     keras_zip,
     legacy_h5,
     native,
+    orbax,
     saved_model,
     sharded,
     tf_bundle,
@@ -126,6 +127,10 @@ def _open(p: Path, where: str, layouts: h5layout.Layouts | None = None) -> Itera
     if reason:
         raise ModelReadError("unsupported-format", f"{where}: {reason}")
     if p.is_dir():
+        if orbax.claims(p):
+            with orbax.open_step(p, where) as model:
+                yield model
+            return
         if saved_model.claims(p):
             with saved_model.open_folder(p, where) as model:
                 yield model

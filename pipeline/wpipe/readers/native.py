@@ -90,26 +90,34 @@ def read(
         if p.startswith("optimizer")
         for ds in g.datasets.values()
     ]
-    compile_config = (config or {}).get("compile_config") or {}
-    optimizer = compile_config.get("optimizer")
-    if isinstance(optimizer, dict):
-        optimizer = optimizer.get("class_name")
-    loss = compile_config.get("loss")
-    if loss is not None and not isinstance(loss, str):
-        loss = json.dumps(loss, sort_keys=True)
+    optimizer, loss = compile_fields(config)
     return Model(
         path=where,
         format=fmt,
         keras_version=(metadata or {}).get("keras_version"),
         backend=(metadata or {}).get("backend"),
         model_class=model_class,
-        optimizer=optimizer if isinstance(optimizer, str) else None,
+        optimizer=optimizer,
         loss=loss,
         layers=layers,
         n_optimizer_tensors=len(optimizer_sizes),
         n_optimizer_params=int(sum(optimizer_sizes)),
         model_config=json.dumps(config) if config else None,
     )
+
+
+def compile_fields(config: dict | None) -> tuple[str | None, str | None]:
+    """(optimizer class, loss) from a Keras 3 config's `compile_config`."""
+    compile_config = (config or {}).get("compile_config") or {}
+    if not isinstance(compile_config, dict):
+        return None, None
+    optimizer = compile_config.get("optimizer")
+    if isinstance(optimizer, dict):
+        optimizer = optimizer.get("class_name")
+    loss = compile_config.get("loss")
+    if loss is not None and not isinstance(loss, str):
+        loss = json.dumps(loss, sort_keys=True)
+    return (optimizer if isinstance(optimizer, str) else None), loss
 
 
 def _guess_specs(groups: dict[str, VarsGroup], prefix: str) -> list[LayerSpec]:
