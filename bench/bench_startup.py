@@ -1,0 +1,182 @@
+"""`make bench`, start-up case: how long a command takes from the shell, against the bare
+interpreter (`python -c pass`) measured in the same run.
+
+Cases (targets from issue #28, as seconds added to the interpreter's start-up):
+  --version, --help         +0.15 s and below 40 MB peak RSS;
+  models, query             on a 10,000-model database, +0.6 s;
+  ingest one                one small file (88 KB demo CNN) into a new database, +1.5 s;
+  re-ingest (no-op)         the same file again, nothing changed, +0.8 s.
+Every run is a fresh process, started as a user starts it (the `wpipe` script of the venv);
+the cases take turns, REPEATS rounds, and each case's median is reported with its peak RSS
+(the largest of the process and the workers it waited for) and its CPU seconds, which say how
+much of the wall time was the machine's load. The load average is printed before and after.
+
+The 10,000-model database is made once (cached in bench/_data/startup10k.duckdb): the demo
+CNN ingested with `--values none` (weight_values would be 20,000 rows a model), then its rows
+copied under 10,000 model ids and paths in one lake commit per table, loaded by the store's
+own `load_batch` — a database as an ingest makes it, with fewer data files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "bench" / "_data"
+SEED_MODEL = ROOT / "examples" / "models" / "cnn_lr1e-3" / "e01.h5"
+BIG_DB = DATA / "startup10k.duckdb"
+BIG_MODELS = 10_000
+REPEATS = int(os.environ.get("WPIPE_BENCH_REPEATS", "5"))
+WPIPE = str(Path(sys.executable).parent / "wpipe")
+
+# case: (seconds over the interpreter, peak RSS in MB or None)
+TARGETS = {
+    "--version": (0.15, 40),
+    "--help": (0.15, 40),
+    "models (10k)": (0.6, None),
+    "query (10k)": (0.6, None),
+    "ingest one file": (1.5, None),
+    "no-op re-ingest": (0.8, None),
+}
+
+
+def run(argv: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak RSS MB) of one process, its output discarded."""
+    started = time.perf_counter()
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    errors = child.stderr.read().decode(errors="replace")
+    child.stderr.close()
+    if child.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)}: exit {child.returncode}\n{errors}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def build_big_db(n: int = BIG_MODELS) -> None:
+    """The cached n-model database (see the module's docstring)."""
+    if BIG_DB.exists():
+        return
+    DATA.mkdir(parents=True, exist_ok=True)
+    tmp = DATA / "startup10k.tmp.duckdb"
+    lake = tmp.with_suffix(".lake")
+    for path in (tmp, lake, tmp.with_suffix(".duckdb.wal"), tmp.with_suffix(".duckdb.lock")):
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    subprocess.run([WPIPE, "ingest", str(SEED_MODEL), "--db", str(tmp), "--values", "none",
+                    "-j", "1", "-q"], check=True, cwd=ROOT)  # fmt: skip
+    subprocess.run([sys.executable, __file__, "--replicate", str(tmp), str(n)], check=True)
+    tmp.rename(BIG_DB)
+    lake.rename(BIG_DB.with_suffix(".lake"))
+    tmp.with_suffix(".duckdb.lock").unlink(missing_ok=True)  # the builder's writer lock
+
+
+def replicate(db_path: str, n: int) -> None:
+    """Copy the one model of `db_path` under n model ids, one lake commit per table."""
+    import numpy as np
+    from wpipe import remote, schema, store
+    from wpipe.tables import file_stem, model_id_for
+
+    database = store.Database(db_path)
+    lake = remote.open_lake(database.lake_beside())
+    (seed,) = [row[0] for row in database.con.execute("SELECT model_id FROM models").fetchall()]
+    paths = [f"/bench/startup/run{k // 10:04d}/e{k % 10 + 1:02d}.h5" for k in range(n)]
+    ids = [model_id_for(p) for p in paths]
+    files, versions = {}, {}
+    for table in (*schema.MODEL_TABLES[1:], schema.MODELS):
+        rows = lake.rows_of(table.name, {seed})
+        if not rows.num_rows:
+            continue
+        many = rows.take(np.tile(np.arange(rows.num_rows), n))
+        many = _set(many, "model_id", np.repeat(ids, rows.num_rows))
+        if table is schema.MODELS:
+            many = _set(_set(many, "path", paths), "name", [file_stem(p) for p in paths])
+        added = store.write_data_file(lake.location, table.name, many)
+        versions[table.name] = lake.replace(table.name, {seed}, [added])
+        files[table.name] = [added.name]
+    database.load_batch(lake, files, ids, versions, [seed])
+    database.refresh_names()
+    database.close()
+    print(f"{db_path}: {n} models", file=sys.stderr)
+
+
+def _set(rows, name: str, values) -> object:
+    import pyarrow as pa
+
+    i = rows.schema.get_field_index(name)
+    return rows.set_column(i, name, pa.array(list(values), rows.schema.field(i).type))
+
+
+def cases(work: Path) -> dict[str, tuple[list[str], callable]]:
+    """case -> (argv, what to do before each run)."""
+    one = work / "one.duckdb"
+
+    def fresh() -> None:
+        shutil.rmtree(one.with_suffix(".lake"), ignore_errors=True)
+        one.unlink(missing_ok=True)
+
+    def ingested() -> None:
+        if not one.exists():
+            run([WPIPE, "ingest", str(SEED_MODEL), "--db", str(one), "-q"])
+
+    big = str(BIG_DB)
+    query = [WPIPE, "query", "SELECT count(*), sum(n_params) FROM models", "--db", big]
+    again = [WPIPE, "ingest", str(SEED_MODEL), "--db", str(one), "-q"]
+    return {
+        "python -c pass": ([sys.executable, "-c", "pass"], None),
+        "--version": ([WPIPE, "--version"], None),
+        "--help": ([WPIPE, "--help"], None),
+        "models (10k)": ([WPIPE, "models", "--db", big], None),
+        "query (10k)": (query, None),
+        "ingest one file": ([WPIPE, "ingest", str(SEED_MODEL), "--db", str(one), "-q"], fresh),
+        "no-op re-ingest": (again, ingested),
+    }
+
+
+def main() -> None:
+    build_big_db()
+    work = DATA / "startup"
+    work.mkdir(parents=True, exist_ok=True)
+    todo = cases(work)
+    times: dict[str, list[tuple[float, float, float]]] = {name: [] for name in todo}
+    load_before = os.getloadavg()
+    for _ in range(REPEATS):
+        for name, (argv, before) in todo.items():
+            if before is not None:
+                before()
+            times[name].append(run(argv))
+    load_after = os.getloadavg()
+    base = statistics.median(t[0] for t in times["python -c pass"])
+    print(f"\nstart-up: median of {REPEATS} runs, load average {_load(load_before)} before, "
+          f"{_load(load_after)} after; {os.cpu_count()} cores")  # fmt: skip
+    print(f"{'case':<18} {'median s':>9} {'- pass s':>9} {'target':>8} {'CPU s':>7} "
+          f"{'RSS MB':>7} {'RSS max':>8}  result")  # fmt: skip
+    for name, runs in times.items():
+        wall = statistics.median(r[0] for r in runs)
+        cpu = statistics.median(r[1] for r in runs)
+        rss = max(r[2] for r in runs)
+        target, rss_target = TARGETS.get(name, (None, None))
+        verdict = ""
+        if target is not None:
+            ok = wall - base <= target and (rss_target is None or rss <= rss_target)
+            verdict = "pass" if ok else "FAIL"
+        print(f"{name:<18} {wall:>9.3f} {wall - base:>+9.3f} "
+              f"{'+' + format(target, '.2f') if target else '':>8} {cpu:>7.2f} {rss:>7.0f} "
+              f"{rss_target or '':>8}  {verdict}")  # fmt: skip
+
+
+def _load(load: tuple[float, float, float]) -> str:
+    return "/".join(f"{x:.2f}" for x in load)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--replicate"]:
+        replicate(sys.argv[2], int(sys.argv[3]))
+    else:
+        main()
