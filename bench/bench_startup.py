@@ -19,6 +19,8 @@ own `load_batch` — a database as an ingest makes it, with fewer data files.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
 import statistics
@@ -47,34 +49,49 @@ TARGETS = {
 
 
 def run(argv: list[str]) -> tuple[float, float, float]:
-    """(wall seconds, CPU seconds, peak RSS MB) of one process, its output discarded."""
+    """(wall seconds, CPU seconds, peak RSS MB) of one command, its output discarded. The
+    CPU and RSS include the processes it started (a worker pool's server and workers, which
+    are reparented here when it ends: this process is their subreaper)."""
     started = time.perf_counter()
     child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    errors = child.stderr.read().decode(errors="replace")
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
-    errors = child.stderr.read().decode(errors="replace")
     child.stderr.close()
+    child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
         raise SystemExit(f"{' '.join(argv)}: exit {child.returncode}\n{errors}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    cpu, rss = usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+    while True:  # what the command left running, once it has ended (a pool's server)
+        try:
+            _, _, left = os.wait4(-1, 0)
+        except ChildProcessError:
+            break
+        cpu, rss = cpu + left.ru_utime + left.ru_stime, max(rss, left.ru_maxrss)
+    return wall, cpu, rss / 1024
+
+
+def _become_subreaper() -> None:
+    """Processes a command leaves behind are reparented to this one (Linux; elsewhere their
+    CPU is not counted)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 
 
 def build_big_db(n: int = BIG_MODELS) -> None:
-    """The cached n-model database (see the module's docstring)."""
-    if BIG_DB.exists():
+    """The cached n-model database (see the module's docstring), made where it stays (its
+    served views name its lake's files); a marker file says it is complete."""
+    done = BIG_DB.with_suffix(".complete")
+    if done.exists():
         return
     DATA.mkdir(parents=True, exist_ok=True)
-    tmp = DATA / "startup10k.tmp.duckdb"
-    lake = tmp.with_suffix(".lake")
-    for path in (tmp, lake, tmp.with_suffix(".duckdb.wal"), tmp.with_suffix(".duckdb.lock")):
+    beside = (".lake", ".duckdb.wal", ".duckdb.lock")
+    for path in (BIG_DB, *(BIG_DB.with_suffix(suffix) for suffix in beside)):
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-    subprocess.run([WPIPE, "ingest", str(SEED_MODEL), "--db", str(tmp), "--values", "none",
+    subprocess.run([WPIPE, "ingest", str(SEED_MODEL), "--db", str(BIG_DB), "--values", "none",
                     "-j", "1", "-q"], check=True, cwd=ROOT)  # fmt: skip
-    subprocess.run([sys.executable, __file__, "--replicate", str(tmp), str(n)], check=True)
-    tmp.rename(BIG_DB)
-    lake.rename(BIG_DB.with_suffix(".lake"))
-    tmp.with_suffix(".duckdb.lock").unlink(missing_ok=True)  # the builder's writer lock
+    subprocess.run([sys.executable, __file__, "--replicate", str(BIG_DB), str(n)], check=True)
+    done.touch()
 
 
 def replicate(db_path: str, n: int) -> None:
@@ -140,6 +157,7 @@ def cases(work: Path) -> dict[str, tuple[list[str], callable]]:
 
 
 def main() -> None:
+    _become_subreaper()
     build_big_db()
     work = DATA / "startup"
     work.mkdir(parents=True, exist_ok=True)

@@ -192,8 +192,9 @@ def _context(preload: Sequence[str]) -> Any:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    if preload:
-        context.set_forkserver_preload([*preload])
+    # `__main__` too: each worker would otherwise import the main script again (the `wpipe`
+    # script: the CLI, Typer and rich), where the server's import serves every worker
+    context.set_forkserver_preload(["__main__", *preload])
     return context
 
 

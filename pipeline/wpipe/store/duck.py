@@ -16,13 +16,17 @@ import os
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
-import pyarrow.dataset as pads
 
 from wpipe import dblock, naming, schema, views
-from wpipe.store.lake import Lake
+
+if TYPE_CHECKING:  # a reader (`wpipe models`) never loads the lake's Arrow datasets or Delta
+    import pyarrow.dataset as pads
+
+    from wpipe.store.lake import Lake
 
 _DUCK_TYPES = {
     pa.string(): "VARCHAR",
@@ -176,6 +180,8 @@ def serve_moved(con: duckdb.DuckDBPyConnection, db_path: str | os.PathLike) -> s
             (folder / t / "_delta_log").is_dir() for t in versions
         ):
             continue  # reading a table that is not there would create it
+        from wpipe.store.lake import Lake
+
         lake = Lake.open(str(folder))
         if {t: lake.table(t).version() for t in versions} != versions:
             continue
