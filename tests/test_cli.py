@@ -183,6 +183,26 @@ def test_help_and_version_load_no_part_of_the_pipeline(args):
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+# What reading the database needs: DuckDB, and Arrow for the contract's types; never the lake
+# (deltalake, Arrow's datasets), the readers, the kernels or the charts.
+NOT_FOR_READERS = ("deltalake", "pyarrow.dataset", "altair", "numba", "h5py", "pandas", "scipy")
+
+
+@pytest.mark.parametrize("command", [["models"], ["query", "SELECT count(*) FROM models"]])
+def test_reading_the_database_loads_neither_the_lake_nor_the_readers(db, command):
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nfrom wpipe.cli import app\n"
+        f"try:\n    app({[*command, '--db', db]!r})\nexcept SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        f"print(sorted(m for m in {NOT_FOR_READERS!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_the_cli_default_of_values_is_the_pipelines():
     from wpipe import tables
     from wpipe.cli import ingest as cli_ingest

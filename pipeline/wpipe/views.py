@@ -3,6 +3,7 @@ top-level `sql/` folder, shipped inside the package), applied in name order."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -44,6 +45,29 @@ def sql_files() -> list[Traversable]:
             f"(looked in {sql_dir()}); reinstall wpipe"
         )
     return [found[name] for name in sorted(found)]
+
+
+def fingerprint() -> str:
+    """SHA-256 of every view file's name and text: what a database records of its views."""
+    digest = hashlib.sha256()
+    for path in sql_files():
+        digest.update(f"{path.name}\n{path.read_text(encoding='utf-8')}\n".encode())
+    return digest.hexdigest()
+
+
+_NAMED = re.compile(r"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?(VIEW|MACRO)\s+(\w+)", re.I | re.M)
+
+
+def missing_objects(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """The views and macros of the view files that the database does not hold (lower case)."""
+    wanted = {m.group(2).lower() for path in sql_files()
+              for m in _NAMED.finditer(path.read_text(encoding="utf-8"))}  # fmt: skip
+    query = (
+        "SELECT lower(view_name) FROM duckdb_views() WHERE NOT temporary AND NOT internal "
+        "UNION ALL SELECT lower(function_name) FROM duckdb_functions() "
+        "WHERE function_type IN ('macro', 'table_macro') AND NOT internal"
+    )
+    return wanted - {name for (name,) in con.execute(query).fetchall()}
 
 
 def apply(con: duckdb.DuckDBPyConnection, temporary: bool = False) -> None:
