@@ -9,7 +9,10 @@ Cases (targets from issue #28, as seconds added to the interpreter's start-up):
 Every run is a fresh process, started as a user starts it (the `wpipe` script of the venv);
 the cases take turns, REPEATS rounds, and each case's median is reported with its peak RSS
 (the largest of the process and the workers it waited for) and its CPU seconds, which say how
-much of the wall time was the machine's load. The load average is printed before and after.
+much of the wall time was the machine's load (CPU counts the pool's server and workers too:
+this process is their subreaper). The load average is printed before and after.
+WPIPE_BENCH_AGAINST=<folder holding another checkout's `wpipe` package> measures that one in
+the same rounds (before/after a change, under the same load).
 
 The 10,000-model database is made once (cached in bench/_data/startup10k.duckdb): the demo
 CNN ingested with `--values none` (weight_values would be 20,000 rows a model), then its rows
@@ -27,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,12 +52,14 @@ TARGETS = {
 }
 
 
-def run(argv: list[str]) -> tuple[float, float, float]:
+def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
     """(wall seconds, CPU seconds, peak RSS MB) of one command, its output discarded. The
     CPU and RSS include the processes it started (a worker pool's server and workers, which
     are reparented here when it ends: this process is their subreaper)."""
     started = time.perf_counter()
-    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    child = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=env
+    )
     errors = child.stderr.read().decode(errors="replace")
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - started
@@ -130,9 +136,10 @@ def _set(rows, name: str, values) -> object:
     return rows.set_column(i, name, pa.array(list(values), rows.schema.field(i).type))
 
 
-def cases(work: Path) -> dict[str, tuple[list[str], callable]]:
-    """case -> (argv, what to do before each run)."""
+def cases(work: Path) -> dict[str, tuple[list[str], Callable[[], None] | None]]:
+    """case -> (argv, what to do before each run); `work`: this variant's own databases."""
     one = work / "one.duckdb"
+    ingest_one = [WPIPE, "ingest", str(SEED_MODEL), "--db", str(one), "-q"]
 
     def fresh() -> None:
         shutil.rmtree(one.with_suffix(".lake"), ignore_errors=True)
@@ -140,41 +147,66 @@ def cases(work: Path) -> dict[str, tuple[list[str], callable]]:
 
     def ingested() -> None:
         if not one.exists():
-            run([WPIPE, "ingest", str(SEED_MODEL), "--db", str(one), "-q"])
+            run(ingest_one, _ENV[work])
 
     big = str(BIG_DB)
     query = [WPIPE, "query", "SELECT count(*), sum(n_params) FROM models", "--db", big]
-    again = [WPIPE, "ingest", str(SEED_MODEL), "--db", str(one), "-q"]
     return {
         "python -c pass": ([sys.executable, "-c", "pass"], None),
         "--version": ([WPIPE, "--version"], None),
         "--help": ([WPIPE, "--help"], None),
         "models (10k)": ([WPIPE, "models", "--db", big], None),
         "query (10k)": (query, None),
-        "ingest one file": ([WPIPE, "ingest", str(SEED_MODEL), "--db", str(one), "-q"], fresh),
-        "no-op re-ingest": (again, ingested),
+        "ingest one file": (ingest_one, fresh),
+        "no-op re-ingest": (ingest_one, ingested),
     }
+
+
+_ENV: dict[Path, dict[str, str] | None] = {}  # a variant's environment, by its work folder
+
+
+def variants() -> dict[str, Path]:
+    """label -> work folder: this checkout, and with WPIPE_BENCH_AGAINST (a folder holding
+    another checkout's `wpipe` package, e.g. an older commit's pipeline/) that one too, its
+    runs taking turns with these (the same load for both)."""
+    found = {"this checkout": DATA / "startup"}
+    _ENV[found["this checkout"]] = None
+    other = os.environ.get("WPIPE_BENCH_AGAINST")
+    if other:
+        work = DATA / "startup_against"
+        found[f"against {other}"] = work
+        _ENV[work] = {**os.environ, "PYTHONPATH": other}
+    return found
 
 
 def main() -> None:
     _become_subreaper()
     build_big_db()
-    work = DATA / "startup"
-    work.mkdir(parents=True, exist_ok=True)
-    todo = cases(work)
-    times: dict[str, list[tuple[float, float, float]]] = {name: [] for name in todo}
+    todo = {}
+    for label, work in variants().items():
+        work.mkdir(parents=True, exist_ok=True)
+        for name, (argv, before) in cases(work).items():
+            todo[label, name] = (argv, before, _ENV[work])
+    times: dict[tuple[str, str], list[tuple[float, float, float]]] = {key: [] for key in todo}
     load_before = os.getloadavg()
     for _ in range(REPEATS):
-        for name, (argv, before) in todo.items():
+        for key, (argv, before, env) in todo.items():
             if before is not None:
                 before()
-            times[name].append(run(argv))
+            times[key].append(run(argv, env))
     load_after = os.getloadavg()
-    base = statistics.median(t[0] for t in times["python -c pass"])
     print(f"\nstart-up: median of {REPEATS} runs, load average {_load(load_before)} before, "
           f"{_load(load_after)} after; {os.cpu_count()} cores")  # fmt: skip
+    for label in variants():
+        _table(label, {name: runs for (of, name), runs in times.items() if of == label})
+
+
+def _table(label: str, times: dict[str, list[tuple[float, float, float]]]) -> None:
+    base = statistics.median(t[0] for t in times["python -c pass"])
+    base_cpu = statistics.median(t[1] for t in times["python -c pass"])
+    print(f"\n{label}")
     print(f"{'case':<18} {'median s':>9} {'- pass s':>9} {'target':>8} {'CPU s':>7} "
-          f"{'RSS MB':>7} {'RSS max':>8}  result")  # fmt: skip
+          f"{'- pass':>7} {'RSS MB':>7} {'RSS max':>8}  result")  # fmt: skip
     for name, runs in times.items():
         wall = statistics.median(r[0] for r in runs)
         cpu = statistics.median(r[1] for r in runs)
@@ -185,8 +217,8 @@ def main() -> None:
             ok = wall - base <= target and (rss_target is None or rss <= rss_target)
             verdict = "pass" if ok else "FAIL"
         print(f"{name:<18} {wall:>9.3f} {wall - base:>+9.3f} "
-              f"{'+' + format(target, '.2f') if target else '':>8} {cpu:>7.2f} {rss:>7.0f} "
-              f"{rss_target or '':>8}  {verdict}")  # fmt: skip
+              f"{'+' + format(target, '.2f') if target else '':>8} {cpu:>7.2f} "
+              f"{cpu - base_cpu:>+7.2f} {rss:>7.0f} {rss_target or '':>8}  {verdict}")  # fmt: skip
 
 
 def _load(load: tuple[float, float, float]) -> str:

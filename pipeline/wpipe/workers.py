@@ -90,7 +90,9 @@ def map_files(
         for item in items:
             yield item, _call(function, item, name)
         return
-    with _OrderlyPool(max_workers=max(1, jobs), context=_context(preload)) as pool:
+    # no more workers than items: pebble starts them all at once (one file: one worker)
+    workers = max(1, min(jobs, len(items)))
+    with _OrderlyPool(max_workers=workers, context=_context(preload)) as pool:
         try:
             yield from _windowed(pool, function, items, jobs, timeout, name)
         finally:
