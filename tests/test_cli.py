@@ -208,3 +208,18 @@ def test_the_cli_default_of_values_is_the_pipelines():
     from wpipe.cli import ingest as cli_ingest
 
     assert cli_ingest.DEFAULT_VALUES == tables.DEFAULT_VALUES
+
+
+def test_the_pool_starts_with_the_command_only_for_a_new_database_without_a_lake(tmp_path):
+    """`wpipe ingest` starts its readers' pool first only when every file will be read: a new
+    database whose lake does not exist either (a lake is loaded without reading files)."""
+    from wpipe.cli.ingest import reads_every_file
+
+    db = tmp_path / "new.duckdb"
+    assert reads_every_file(str(db), None)
+    db.with_suffix(".lake").mkdir()
+    assert not reads_every_file(str(db), None)
+    assert reads_every_file(str(db), str(tmp_path / "elsewhere.lake"))
+    assert not reads_every_file(str(db), "s3://bucket/lake")
+    db.write_bytes(b"")
+    assert not reads_every_file(str(db), str(tmp_path / "elsewhere.lake"))

@@ -11,11 +11,6 @@ from wpipe.filemap import ChunkOutcome, FileJob, Outcome, hash_files, process_ch
 from wpipe.plan import chunked, series_order
 from wpipe.tables import model_id_for
 
-# What a worker runs (the functions of the map are filemap's): imported once by the pool's
-# server (or each Dask worker) as it starts, not by every worker, and nothing of the driver's
-# (DuckDB, the lake's commits, the CLI).
-WORKER_MODULES = ["wpipe.filemap"]
-
 
 class FilePool:
     """The map's two phases (hash, read) through wpipe.workers, small files a chunk per task:
@@ -43,10 +38,10 @@ class FilePool:
             if limit == workers.AUTO:
                 limit = lambda item: workers.scaled_limit(sizes(item))  # noqa: E731
             return workers.map_files(function, items, self.jobs, limit, name=name,
-                                     preload=WORKER_MODULES)  # fmt: skip
+                                     preload=workers.READER_MODULES)  # fmt: skip
         if self.client is None and items:
-            self.client = self.stack.enter_context(
-                workers.dask_client(self.dask, self.jobs, preload=WORKER_MODULES))  # fmt: skip
+            client = workers.dask_client(self.dask, self.jobs, preload=workers.READER_MODULES)
+            self.client = self.stack.enter_context(client)
         keys = [workers.task_key((function.__name__, _identity(item))) for item in items]
         return workers.map_files_on_dask(function, items, self.client, self.jobs, keys, name)
 
