@@ -83,9 +83,9 @@ test-corpus: $(DEV)
 	$(BIN)/pytest -q tests/test_health_corpus.py
 
 # Every bench script by default; `make bench BENCH=scale` runs one (ingest, kernels, scale,
-# cluster, forward), and `make bench BENCH=scale CASES=tree` one case of bench_scale.py
+# cluster, forward, startup: each command's start against `python -c pass`), and `make bench BENCH=scale CASES=tree` one case of bench_scale.py
 # (tree, real).
-BENCH ?= ingest kernels scale cluster forward
+BENCH ?= ingest kernels scale cluster forward startup
 CASES ?=
 bench: $(DEV)
 	@for b in $(BENCH); do \

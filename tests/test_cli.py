@@ -171,8 +171,43 @@ def test_help_and_version_load_no_part_of_the_pipeline(args):
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+# What reading the database needs: DuckDB, and Arrow for the contract's types; never the lake
+# (deltalake, Arrow's datasets), the readers, the kernels or the charts.
+NOT_FOR_READERS = ("deltalake", "pyarrow.dataset", "altair", "numba", "h5py", "pandas", "scipy")
+
+
+@pytest.mark.parametrize("command", [["models"], ["query", "SELECT count(*) FROM models"]])
+def test_reading_the_database_loads_neither_the_lake_nor_the_readers(db, command):
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nfrom wpipe.cli import app\n"
+        f"try:\n    app({[*command, '--db', db]!r})\nexcept SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        f"print(sorted(m for m in {NOT_FOR_READERS!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_the_cli_default_of_values_is_the_pipelines():
     from wpipe import tables
     from wpipe.cli import ingest as cli_ingest
 
     assert cli_ingest.DEFAULT_VALUES == tables.DEFAULT_VALUES
+
+
+def test_the_pool_starts_with_the_command_only_for_a_new_database_without_a_lake(tmp_path):
+    """`wpipe ingest` starts its readers' pool first only when every file will be read: a new
+    database whose lake does not exist either (a lake is loaded without reading files)."""
+    from wpipe.cli.ingest import reads_every_file
+
+    db = tmp_path / "new.duckdb"
+    assert reads_every_file(str(db), None)
+    db.with_suffix(".lake").mkdir()
+    assert not reads_every_file(str(db), None)
+    assert reads_every_file(str(db), str(tmp_path / "elsewhere.lake"))
+    assert not reads_every_file(str(db), "s3://bucket/lake")
+    db.write_bytes(b"")
+    assert not reads_every_file(str(db), str(tmp_path / "elsewhere.lake"))

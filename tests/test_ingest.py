@@ -282,7 +282,7 @@ def test_drift_is_stored_batch_by_batch_as_in_one_batch(tmp_path, monkeypatch):
     real_series_drift = compare.series_drift
     monkeypatch.setattr(compare, "series_drift", series_drift)
     monkeypatch.setattr(plan, "CHUNK_FILES", 1)
-    monkeypatch.setattr(sys.modules["wpipe.ingest"], "BATCH_MODELS", 1)  # not wpipe.ingest()
+    monkeypatch.setattr(sys.modules["wpipe.batches"], "BATCH_MODELS", 1)
     batched = Warehouse(tmp_path / "batched")
     report = batched.ingest(models)
     assert (report.ingested, report.copied, report.drift_pairs) == (5, 1, 3)

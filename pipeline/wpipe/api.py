@@ -142,8 +142,9 @@ def lock_message(path: Path, duckdb_text: str, read_only: bool) -> str:
 def _temporary_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """Views as TEMP objects; contract tables an older wpipe did not make, as empty TEMP
     tables (an ingest adds them for good)."""
+    stored = views.stored_names(con)
     for table in schema.ALL_TABLES:
-        if not views.stored_table(con, table.name):
+        if table.name.lower() not in stored:
             con.execute(store._ddl(table).replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
     try:
         views.apply(con, temporary=True)

@@ -9,8 +9,6 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-import pyarrow as pa
-
 # glibc malloc's settings in an ingest's processes (name: (value, mallopt parameter)):
 # - arenas: glibc gives each thread that allocates an arena of its own (up to 8 per core) and
 #   keeps what was freed in it: DuckDB's, deltalake's, BLAS's and the spectra's threads made a
@@ -49,6 +47,8 @@ def give_back() -> None:
     """Return to the OS the memory Arrow's pool and glibc's heap hold freed: before a step
     that allocates afresh, so its peak does not stack on what earlier steps left (10,000
     small checkpoints: the driver peaked at 311-312 MB against 324 at the same CPU)."""
+    import pyarrow as pa  # here: the CLI sets the malloc settings before it loads Arrow
+
     pa.default_memory_pool().release_unused()
     trim = _libc_function("malloc_trim")
     if trim is not None:

@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +19,6 @@ import pyarrow as pa
 from wpipe import schema
 from wpipe.analysis import StatsOptions, sample_indices, tensor_stats
 from wpipe.anatomy import slice_columns, slice_groups
-from wpipe.forward.cost import LayerCost, ModelCost, model_cost
 from wpipe.identity import model_sha, tensor_sha
 from wpipe.readers import Model, Tensor
 from wpipe.readers.keras_config import layer_fields
@@ -27,6 +27,9 @@ from wpipe.spectra_tables import SpectraCollector
 from wpipe.tags import strip_model_suffix
 from wpipe.textsafe import display
 from wpipe.tiles import TileBudget, tile_columns
+
+if TYPE_CHECKING:  # the forward pass (every layer family's module) loads with a file's costs
+    from wpipe.forward.cost import LayerCost, ModelCost
 
 DIRECTIONS = ("forward", "backward")
 
@@ -278,6 +281,8 @@ def costs_of(model: Model, arch: str) -> ModelCost:
     """model_cost(model), remembered by architecture text and `arch` (its arch_id)."""
     key = hashlib.sha256(f"{model.model_config}|{arch}".encode()).hexdigest()
     if key not in _COSTS:
+        from wpipe.forward.cost import model_cost
+
         if len(_COSTS) >= 64:
             _COSTS.clear()
         _COSTS[key] = model_cost(model)

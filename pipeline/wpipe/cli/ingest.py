@@ -66,9 +66,17 @@ def ingest_command(
     ),
 ) -> None:
     """Read every Keras model file under PATHS into the Delta lake and the database."""
+    from wpipe import api
+
+    if (
+        reads_every_file(db or api.default_db(), lake)
+        and dask is None
+        and (jobs > 1 or file_timeout != 0)
+    ):
+        start_readers()  # by a pool: its server starts now
     import duckdb
 
-    from wpipe import api, remote, store, workers
+    from wpipe import remote, store, workers
     from wpipe.analysis import StatsOptions
     from wpipe.cli.hints import ingest_hints
     from wpipe.ingest import StoreFailed, ingest
@@ -147,6 +155,23 @@ def ingest_command(
     for hint in ingest_hints(paths, report):
         say(f"hint: {hint}")
     raise typer.Exit(EXIT_FAILED_FILES if report.failed else 0)
+
+
+def reads_every_file(db: str, lake: str | None) -> bool:
+    """A new database with no lake yet, on this machine (the lake's default place is
+    store.default_lake's): every model file will be read."""
+    lake = lake or str(Path(db).with_suffix(".lake"))
+    return not Path(db).exists() and "://" not in lake and not Path(lake).exists()
+
+
+def start_readers() -> None:
+    """The worker pool's server, started before this process loads the pipeline, so the two
+    load theirs at once (on a 2-core machine an ingest into a new database answered ~0.5 s
+    sooner); the malloc settings first, which the server and its workers inherit."""
+    from wpipe import memory, workers
+
+    memory.tune_malloc()
+    workers.start_server(workers.READER_MODULES)
 
 
 def open_for_writing(path: Path, what: str) -> store.Database:

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
+from functools import cached_property
 from typing import Any
 
+from rich.cells import cell_len, set_cell_size
 from rich.console import Console
 from rich.table import Table
 
@@ -31,6 +33,7 @@ MIN_TEXT = 10  # a text column is shortened to no less than this (or its header)
 MIN_WRAP = 24  # narrowest a wrapped text column may get
 SIGNIFICANT = 4
 PIPED_WIDTH = 10_000  # piped output (no COLUMNS): scripts and logs get whole tables
+FAST_ROWS = 2  # tables of this many rows or more: rows past the first drawn by wpipe
 
 
 @dataclass(frozen=True)
@@ -123,10 +126,15 @@ class _Column:
     role: Role
     piped: bool = False  # no terminal: text is never shortened
 
-    @property
+    @cached_property
     def empty(self) -> bool:
         """No row has a value: the column is left out first."""
         return all(c == "–" for c in self.cells)
+
+    @cached_property
+    def longest(self) -> int:
+        """The widest value's length (asked for at every step of the fit: kept)."""
+        return max((len(c) for c in self.cells), default=0)
 
     @property
     def required(self) -> bool:
@@ -134,13 +142,12 @@ class _Column:
 
     def header(self, fold: bool) -> str:
         """The header, folded (when asked) only where it is wider than every value."""
-        longest = max((len(c) for c in self.cells), default=0)
+        longest = self.longest
         return folded(self.name, longest) if fold and len(self.name) > longest else self.name
 
     def need(self, fold: bool) -> int:
-        longest = max((len(c) for c in self.cells), default=0)
         head = max(len(line) for line in self.header(fold).split("\n"))
-        full = max(head, longest)
+        full = max(head, self.longest)
         if self.numeric or self.role in (Role.KEY, Role.NUMBER) or self.piped:
             return full
         if self.role is Role.WRAP:
@@ -150,7 +157,7 @@ class _Column:
     def full(self, fold: bool) -> int:
         """A wrapped column's width with every value on one line."""
         head = max(len(line) for line in self.header(fold).split("\n"))
-        return max([head, *(len(c) for c in self.cells)])
+        return max(head, self.longest)
 
     def least(self, fold: bool) -> int:
         if self.numeric or self.role is not Role.OTHER:
@@ -246,16 +253,49 @@ def _table(
             min_width=w,
             max_width=w,
         )
-    for r in range(len(rows)):
-        table.add_row(*(column.cells[r] for column, _ in plan.chosen))
     console = Console(width=space, markup=False, highlight=False, emoji=False)
-    console.print(table)
+    if len(rows) >= FAST_ROWS and all(c.role is not Role.WRAP for c, _ in plan.chosen):
+        _print_rows_fast(console, table, plan, len(rows))
+    else:
+        for r in range(len(rows)):
+            table.add_row(*(column.cells[r] for column, _ in plan.chosen))
+        console.print(table)
     left_out = [c.name for c in columns if all(c is not k for k, _ in plan.chosen)]
     if left_out:
         say(
             f"{len(left_out)} of {len(columns)} columns left out to fit {space} columns: "
             f"{', '.join(left_out)}; see them with --format records, csv or json"
         )
+
+
+def _print_rows_fast(console: Console, table: Table, plan: Plan, n_rows: int) -> None:
+    """`table` with its rows, rich drawing the title, the header, the first row and the
+    bottom border, and this function the other rows in the same form: every column's width is
+    fixed by the plan and no cell wraps, so each row is one line of cells padded or cut to
+    their width. Rich laid out each row of a 10,000-model list for ~25 s of CPU."""
+    table.add_row(*(column.cells[0] for column, _ in plan.chosen))
+    with console.capture() as captured:
+        console.print(table)
+    lines = captured.get().splitlines(keepends=True)
+    right = [column.numeric or column.role is Role.NUMBER for column, _ in plan.chosen]
+    widths = [width for _, width in plan.chosen]
+    write = sys.stdout.write
+    write("".join(lines[:-1]))
+    for r in range(1, n_rows):
+        cells = [column.cells[r] for column, _ in plan.chosen]
+        parts = map(_fitted, cells, widths, right)
+        write(f"│ {' │ '.join(parts)} │\n")
+    write(lines[-1])
+
+
+def _fitted(text: str, width: int, right: bool) -> str:
+    """A cell as rich draws it in a no-wrap column: cut with an ellipsis, padded to `width`."""
+    length = cell_len(text)
+    if length > width:
+        text = set_cell_size(text, width - 1) + "…"
+        length = width
+    pad = " " * (width - length)
+    return pad + text if right else text + pad
 
 
 def _records(names: list[str], rows: list[tuple], title: str | None) -> None:

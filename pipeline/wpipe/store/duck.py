@@ -16,13 +16,17 @@ import os
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
-import pyarrow.dataset as pads
 
 from wpipe import dblock, naming, schema, views
-from wpipe.store.lake import Lake
+
+if TYPE_CHECKING:  # a reader (`wpipe models`) never loads the lake's Arrow datasets or Delta
+    import pyarrow.dataset as pads
+
+    from wpipe.store.lake import Lake
 
 _DUCK_TYPES = {
     pa.string(): "VARCHAR",
@@ -50,6 +54,7 @@ LAKE_VERSIONS_DDL = (
 # leaves it, and the next run completes drift although every file is unchanged.
 STATE_DDL = "CREATE TABLE IF NOT EXISTS ingest_state (name VARCHAR PRIMARY KEY, value VARCHAR)"
 DRIFT_PENDING = "drift-pending"
+VIEWS_SHA = "views-sha256"  # the fingerprint of the SQL files the stored views were made from
 
 
 # Tables a database with a local lake reads from the lake's files in place.
@@ -106,19 +111,36 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> bool:
     lake was moved or deleted) and the views were left as they were (sync.reconcile)."""
     had_names = _has_table(con, schema.MODEL_NAMES.name)
     served = _served_views(con)  # views: their columns are the contract's when re-pointed
+    present = _stored_columns(con)
     for table in schema.ALL_TABLES:
         if table.name in served:
             continue
-        con.execute(_ddl(table))
-        _add_missing_columns(con, table)
+        if table.name not in present:
+            con.execute(_ddl(table))
+        else:
+            _add_missing_columns(con, table, present[table.name])
     con.execute(LAKE_VERSIONS_DDL)
     con.execute(STATE_DDL)
     if not had_names:
         naming.adopt(con)  # a database from before model_names keeps the names it had
     if not _lake_files_present(con, served):
         return False
-    views.apply(con)
+    if not _views_current(con):
+        views.apply(con)
+        con.execute("INSERT OR REPLACE INTO ingest_state VALUES (?, ?)",
+                    [VIEWS_SHA, views.fingerprint()])  # fmt: skip
     return True
+
+
+def _views_current(con: duckdb.DuckDBPyConnection) -> bool:
+    """The views were made from this package's SQL files (their fingerprint is recorded) and
+    are all there: applying them again (every writer did, ~0.1 s of CPU and a WAL's writes)
+    would change nothing."""
+    query = "SELECT value FROM ingest_state WHERE name = ?"
+    recorded = con.execute(query, [VIEWS_SHA]).fetchall()
+    if not recorded or recorded[0][0] != views.fingerprint():
+        return False
+    return views.missing_objects(con) == set()
 
 
 def _lake_files_present(con: duckdb.DuckDBPyConnection, served: set[str]) -> bool:
@@ -131,10 +153,19 @@ def _lake_files_present(con: duckdb.DuckDBPyConnection, served: set[str]) -> boo
     return True
 
 
-def _add_missing_columns(con: duckdb.DuckDBPyConnection, table: schema.Table) -> None:
+def _stored_columns(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
+    """table -> its column names, for every table of the database's main schema."""
+    query = "SELECT table_name, column_name FROM duckdb_columns() WHERE schema_name = 'main'"
+    present: dict[str, set[str]] = {}
+    for table, column in con.execute(query).fetchall():
+        present.setdefault(table, set()).add(column)
+    return present
+
+
+def _add_missing_columns(
+    con: duckdb.DuckDBPyConnection, table: schema.Table, present: set[str]
+) -> None:
     """Columns added to the contract since an older wpipe made the table (NULL in old rows)."""
-    query = "SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND schema_name = 'main'"
-    present = {name for (name,) in con.execute(query, [table.name]).fetchall()}
     for column in table.columns:
         if column.name not in present:
             kind = _DUCK_TYPES[column.type]
@@ -176,6 +207,8 @@ def serve_moved(con: duckdb.DuckDBPyConnection, db_path: str | os.PathLike) -> s
             (folder / t / "_delta_log").is_dir() for t in versions
         ):
             continue  # reading a table that is not there would create it
+        from wpipe.store.lake import Lake
+
         lake = Lake.open(str(folder))
         if {t: lake.table(t).version() for t in versions} != versions:
             continue
