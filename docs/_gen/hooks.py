@@ -2,7 +2,8 @@
 
 A page asks for generated content with a marker line `<!-- generated: NAME -->` (NAME in
 GENERATED); figures are drawn from the demo database — `WPIPE_DOCS_DB`, else `demo.duckdb` at
-the repository's root (`make demo` writes it) — into docs/figures/*.svg (git-ignored).
+the repository's root (`make demo` writes it) — into docs/figures/*.svg (git-ignored but
+drift.svg, which the README shows: the build redraws it, so a change shows in `git status`).
 """
 
 from __future__ import annotations
