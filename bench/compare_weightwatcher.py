@@ -190,7 +190,7 @@ def main() -> None:
             line = f"{path.name:<24} {row['name']:<14} {shape:<14}"
             if (row["N"], row["M"], row["rf"]) != (mine["N"], mine["M"], mine["rf"]):
                 theirs = f"{mine['N']}×{mine['M']}×{mine['rf']}"
-                print(f"{line} another matrix in wpipe ({theirs}; README: Spectral health)")
+                print(f"{line} another matrix in wpipe ({theirs}; docs: spectral)")
                 continue
             for metric in METRICS:
                 diff = rel(row.get(metric), mine[metric])

@@ -1,4 +1,4 @@
-"""Evidence for the health rules' thresholds: writes docs/health.md (README: Weight health).
+"""Evidence for the health rules' thresholds: writes docs/health.md (docs: health-rules).
 
 Ingests the healthy and the sick populations with the real CLI into one scratch database, runs
 `wpipe activations` on the trained corpus's held-out inputs, and reports per rule the

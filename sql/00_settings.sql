@@ -1,4 +1,4 @@
--- settings: every threshold the health views use, kept in one place (README: Weight health).
+-- settings: every threshold the health views use, kept in one place (docs: health-rules).
 -- Change one with  UPDATE settings SET value = 0.8 WHERE name = 'sparse_frac';
 -- the change stays in the database: re-applying this file only adds missing names.
 CREATE TABLE IF NOT EXISTS settings (name VARCHAR PRIMARY KEY, value DOUBLE, doc VARCHAR);
@@ -30,7 +30,7 @@ INSERT INTO settings VALUES
     ('saturated_unit_frac', 0.5,
      'a tanh/sigmoid layer''s output has saturated_units when more than this fraction of its units is saturated')
 ON CONFLICT (name) DO NOTHING;
--- thresholds whose default changed (README: Weight health): a row still holding an older
+-- thresholds whose default changed (docs: health-rules): a row still holding an older
 -- wpipe's default and text takes the new one; a value the user set is kept
 INSERT INTO settings VALUES
     ('explode_ratio', 1000.0,

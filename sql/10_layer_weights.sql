@@ -1,5 +1,5 @@
 -- is_statistic: roles that are running statistics or quantization parameters, not learned
--- weights (a BatchNorm moving variance is no model's largest weight; README: Weight health).
+-- weights (a BatchNorm moving variance is no model's largest weight; docs: health-rules).
 CREATE OR REPLACE MACRO is_statistic(role) AS
     role IN ('moving_mean', 'moving_variance', 'mean', 'variance', 'count',
              'kernel_scale', 'kernel_zero', 'g_idx', 'embeddings_scale', 'embeddings_zero');

@@ -1,7 +1,7 @@
 -- weight_health: one row per weight tensor with the numbers behind each health flag and the
 -- flags themselves. Thresholds come from the settings table. Flags are findings about weights,
 -- not verdicts on a model: validation performance decides whether a model is good. Each tensor
--- is judged against what is normal for its role (README: Weight health; the evidence per rule
+-- is judged against what is normal for its role (docs: health-rules; the evidence per rule
 -- is docs/health.md): one cause, one flag, so a tensor with NaN or inf is only nan_or_inf.
 CREATE OR REPLACE VIEW weight_health AS
 WITH
@@ -10,7 +10,7 @@ t AS (SELECT * FROM (SELECT name, value FROM settings) PIVOT (first(value) FOR n
     'explode_spread_floor', 'explode_growth', 'forget_bias_high', 'forget_bias_low'))),
 dead AS (
     -- units: outgoing slices of kernels (Dense units, conv filters, depthwise channels) and
-    -- BatchNorm-style gammas; recurrent gate units are excluded (see README), and so are
+    -- BatchNorm-style gammas; recurrent gate units are excluded (docs: health-rules), and so are
     -- Embedding rows: a row is a token, and a padding or never-seen token's row is 0 by design
     SELECT model_id, layer_path, weight_name,
            count(*) AS n_units,

@@ -1,6 +1,5 @@
 -- model_spectral_summary: one row per model, WeightWatcher's get_summary(): the mean of each
--- spectral metric over the model's analysed matrices (spectra rows with status 'ok'; README:
--- Spectral health). Rows of vectors and biases are not matrices and are not counted as skipped.
+-- spectral metric over the model's analysed matrices (spectra rows with status 'ok'; docs: spectral). Rows of vectors and biases are not matrices and are not counted as skipped.
 CREATE OR REPLACE VIEW model_spectral_summary AS
 SELECT
     m.name AS model,

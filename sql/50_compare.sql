@@ -1,4 +1,4 @@
--- Comparison across models (README: Comparing models).
+-- Comparison across models (docs: comparing).
 
 -- keras_default_name(name, class_name): whether a layer name is one Keras gives by itself
 -- (`conv1d`, `conv1d_1`, `batch_normalization_3`, `cu_dnnlstm_1`: the class in snake case, as

@@ -1,5 +1,5 @@
 """wpipe.eigen's threads change nothing but time: a stack's slices split over threads give the
-eigenvalues of one thread (and of a float64 SVD, within README: Spectral health's bounds), the
+eigenvalues of one thread (and of a float64 SVD, within docs: spectral's bounds), the
 spectra collector's background thread gives the rows of the synchronous one in the same order,
 and a pinned section keeps one BLAS thread, nested contexts and other threads included."""
 

@@ -98,7 +98,7 @@ def test_lstm_gate_slices_equal_numpy_slices_of_keras_arrays(loaded):
         assert len(units) == 4 * u
         for gate, index, std in units:
             column = cols[:, "ifco".index(gate) * u + index]
-            # stored at the float32 weights' own precision (README: Values): half an ulp
+            # stored at the float32 weights' own precision (docs: values): half an ulp
             assert std == pytest.approx(column.std(), rel=2**-24, abs=1e-12)
 
 

@@ -1,4 +1,4 @@
-"""Health rules on trained models (README: Weight health; evidence in docs/health.md).
+"""Health rules on trained models (docs: health-rules; evidence in docs/health.md).
 
 The committed corpus (tests/fixtures/make_wild_corpus.py: models trained on scikit-learn's
 digits and on Zipf token sequences by tf_keras and Keras 3) holds healthy models, which must have

@@ -1,4 +1,4 @@
-"""The memory bound of an ingest (README: Memory): peak RSS ≤ 3 × the largest tensor + 300 MB.
+"""The memory bound of an ingest (docs: performance): peak RSS ≤ 3 × the largest tensor + 300 MB.
 
 Measured on a synthetic file holding one large tensor, ingested in a fresh process with
 every stage in that process (-j 1 without a time limit: reader, statistics, units, tiles,

@@ -1,4 +1,4 @@
-"""Spectral health (README: Spectral health): eigenvalues against full SVD and random-matrix
+"""Spectral health (docs: spectral): eigenvalues against full SVD and random-matrix
 theory, the power-law fit against known exponents and a literal transcription of
 WeightWatcher's fit, metrics against numpy on the arrays Keras returned, skip reasons, the
 content-hash cache, the view and the command."""
@@ -58,7 +58,7 @@ def test_gaussian_matrix_follows_marchenko_pastur_and_is_flagged_under_trained()
     metrics = esd_metrics(evals, n)
     assert metrics["status"] == "ok"
     assert metrics["alpha"] > 6 and metrics["warning"] == "under-trained"
-    # float32 Gram (N = 4M): the trace is exact to rounding, ~1e-8 (README: 1e-5 relative)
+    # float32 Gram (N = 4M): the trace is exact to rounding, ~1e-8 (docs: spectral: 1e-5 relative)
     assert metrics["norm"] == pytest.approx(float((w.astype(np.float64) ** 2).sum()), rel=1e-7)
 
 
@@ -111,7 +111,7 @@ def test_gram_path_agrees_with_full_svd():
 def test_float32_solver_agrees_with_full_svd_and_its_top_with_a_float64_solver(kind):
     # From F32_SOLVER_MIN columns (N >= 2M) the float32 solver: every eigenvalue within its
     # bound, λmax refined in float64 (as exact as a float64 solver of the same Gram), Σλ the
-    # float64 trace (README tolerance: 1e-5 relative; these keep ~1e-7 or better)
+    # float64 trace (docs' tolerance: 1e-5 relative; these keep ~1e-7 or better)
     rng = np.random.default_rng(11)
     n, m = 700, 300
     w = {"gaussian": lambda: rng.standard_normal((n, m)),
@@ -207,7 +207,8 @@ def test_fit_equals_wwfit_on_a_spectrum_without_a_power_law():
 
 
 def keras_matrices(cls: str, weight_name: str, a: np.ndarray):
-    """The README's matrix rules, written out for the fixture layers: label -> (slices, scale)."""
+    """The docs' matrix rules (docs: spectral), written out for the fixture layers:
+    label -> (slices, scale)."""
     role = weight_name.split("/")[-1]
     if cls == "Conv2D" and role == "kernel":
         kh, kw = a.shape[:2]
@@ -257,7 +258,7 @@ def test_norms_and_lambda_max_equal_numpy_on_keras_arrays(loaded, name):
             evals = np.sort(np.concatenate([svd_evals(m) for m in mats]))[::-1] * scale
             where = (weight["layer_path"], weight["weight_name"], label)
             n, m = oriented(mats[0]).shape
-            # README tolerance: 1e-5 relative; a float32 Gram (N >= 2M) keeps ~1e-8
+            # docs' tolerance: 1e-5 relative; a float32 Gram (N >= 2M) keeps ~1e-8
             assert rows[where] == pytest.approx((
                 evals[0], evals[0], evals.sum(), math.log10(evals.sum()), math.log10(evals[0]),
                 evals.sum() / evals[0], evals.size, n, m, len(mats)), rel=1e-7)  # fmt: skip

@@ -97,7 +97,7 @@ def test_a_models_tiles_units_and_histograms_hold_every_tensors_rows():
             continue  # a Dense bias has no units
         units = of(built["units"], layer_path, weight_name)
         columns = array.reshape(-1, array.shape[-1]).astype(np.float64)
-        # float32 tensors: per-slice figures rounded to float32 (README: Values)
+        # float32 tensors: per-slice figures rounded to float32 (docs: values)
         assert np.allclose(units["mean"].to_numpy(), columns.mean(axis=0), rtol=1e-6)
         assert np.allclose(units["l2"].to_numpy(), np.linalg.norm(columns, axis=0), rtol=1e-6)
         assert units["index"].to_pylist() == list(range(array.shape[-1]))

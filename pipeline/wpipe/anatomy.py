@@ -2,7 +2,7 @@
 gates, heads), per keras_formats.md §6, with statistics for each slice.
 
 Pure functions of (layer class, layer config, weight name, role, layout, array); they know
-nothing of files or storage. Rules are in docs form in the README ("Weight anatomy").
+nothing of files or storage. Rules are in docs form in docs: anatomy.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ SEPARABLE = {"SeparableConv1D", "SeparableConv2D"}
 NORMALIZATION = {"BatchNormalization", "LayerNormalization", "GroupNormalization"}
 DENSE = {"Dense", "EinsumDense"}
 MAX_EMBEDDING_ROWS = 4096  # larger vocabularies: this many evenly spaced rows
-# Per-slice rows of any other tensor: at most this many evenly spaced slices (README: units)
+# Per-slice rows of any other tensor: at most this many evenly spaced slices (docs: anatomy)
 MAX_SLICES = 4096
 # Normalisation vectors whose channels get rows: the scale (a dead channel has gamma ≈ 0).
 # A shift, a running statistic or a conv/dense bias is one value per channel: its "slice"
@@ -149,7 +149,7 @@ def _recurrent(gates: str, role: str, layout: str, array: np.ndarray) -> list[Sl
 def _to_weights_precision(dtype: np.dtype) -> Callable[[np.ndarray], np.ndarray]:
     """Per-slice statistics of float32 (or narrower) weights rounded to float32: no
     figure needs more digits than the weights have, and the unneeded low bytes cost the
-    units table ~40 % of its Parquet bytes (README: Values)."""
+    units table ~40 % of its Parquet bytes (docs: values)."""
     if np.dtype(dtype).itemsize > 4 or not np.issubdtype(dtype, np.floating):
         return lambda x: x
     return lambda x: x.astype(np.float32).astype(np.float64)

@@ -1,8 +1,8 @@
 """The Python API for notebooks and scripts; the CLI is a thin layer over it.
 
-DuckDB lets one process write a database file, or any number of processes read it (README:
-One writer). `connect()` opens read-only by default, so a notebook holding a connection never
-locks `wpipe models` out; ingest and `wpipe metrics add` are the writers.
+DuckDB lets one process write a database file, or any number of processes read it (docs:
+conventions, One writer). `connect()` opens read-only by default, so a notebook holding a
+connection never locks `wpipe models` out; ingest and `wpipe metrics add` are the writers.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""Which saves of one folder form a checkpoint series, and in what order (README: Checkpoint
-series). The ingest's guess (plan.predecessors, before architectures are
-known) and the series pass after it (compare.series) apply the same rule.
+"""Which saves of one folder form a checkpoint series, and in what order (docs:
+checkpoints). The ingest's guess (plan.predecessors, before architectures are known)
+and the series pass after it (compare.series) apply the same rule.
 
 Files are a series only where something says they were saved in training order:
-- every one has an epoch or step tag (`e05.h5`, `step_200.keras`; README: Tags), or
+- every one has an epoch or step tag (`e05.h5`, `step_200.keras`; docs: comparing), or
 - every name is ModelCheckpoint-like, one prefix then a counter (`weights.05-0.42.h5`,
   `ckpt_0010.keras`, `model-3.h5`), or a bare counter (Orbax's step folders `ckpt/200`), or
 - the folder holds a training log (`history.csv`, `training.log`); then names order them.
@@ -67,14 +67,14 @@ def checkpoint_number(path: str) -> tuple[str, int] | None:
 
 
 def step_tag(path: str, pattern: str | None) -> float | None:
-    """The epoch (else step) tag of a path (README: Tags)."""
+    """The epoch (else step) tag of a path (docs: comparing)."""
     tags = parse_tags(path, pattern)
     return tags.get("epoch", tags.get("step"))
 
 
 def order_keys(saves: Sequence[Save], logged: bool) -> dict[str, tuple] | None:
     """key -> sort key of each save where the evidence says they are in training order,
-    else None (README: Checkpoint series)."""
+    else None (docs: checkpoints)."""
     if all(s.step is not None for s in saves):
         return {s.key: (s.step,) for s in saves}
     numbers = {s.key: checkpoint_number(s.path) for s in saves}

@@ -46,7 +46,7 @@ def folder_of(path: str) -> str:
 
 def series(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
     """Checkpoint series: models of one arch_id, folder and format (two or more) with evidence
-    of training order, in that order (README: Checkpoint series; wpipe.checkpoints)."""
+    of training order, in that order (docs: checkpoints; wpipe.checkpoints)."""
     rows = con.execute(
         "SELECT m.model_id, m.path, m.arch_id, m.name, coalesce(e.value, s.value), m.sha256 "
         "FROM models AS m "

@@ -1,5 +1,5 @@
 """Eigenvalues of WₖᵀWₖ for the slices of a weight matrix (wpipe.spectra's ESD), fast and
-within the tolerances of README: Spectral health.
+within the tolerances of docs: spectral.
 
 The M×M Gram matrix is formed by a symmetric rank-k product (numpy's matmul calls BLAS syrk for
 AᵀA: half the multiply-adds of a general product), and diagonalised by LAPACK. Precision per

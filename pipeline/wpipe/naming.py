@@ -1,6 +1,6 @@
 """Model names: given once, when a model is first ingested, and never changed by other models.
 
-The rule (README: Model names): a model's name is its path relative to the folder named on the
+The rule (docs: model-names): a model's name is its path relative to the folder named on the
 `wpipe ingest` command line, without the Keras suffix (`wpipe ingest runs/` names
 `runs/lr1e-2/e05.h5` `lr1e-2/e05`; a file named on the command line is its own stem). Where
 that name is taken, the newcomer alone is widened with its parent folders, one at a time, until

@@ -300,7 +300,7 @@ def _health(b: Builder) -> None:
     s = b.section("health", "Health findings")
     s.parts.append(
         "<p>Tensors and layer outputs that cross a threshold of the <code>settings</code> table "
-        "(README: Weight health), worst first: <code>nan_or_inf</code> (NaN or ±inf), "
+        "(docs: health-rules), worst first: <code>nan_or_inf</code> (NaN or ±inf), "
         "<code>exploding</code> (a huge |w|, absolutely or against the tensor's robust spread), "
         "<code>dead_units</code> (units, filters or BatchNorm channels whose weights are all "
         "near 0), <code>saturating_forget_gate</code> (an LSTM forget gate pinned open or shut), "
@@ -380,8 +380,8 @@ def _drift(b: Builder) -> None:
     s.parts.append(
         "<p>Models of one architecture, folder and format form a checkpoint series where "
         "something says they were saved in training order: epoch or step tags, "
-        "ModelCheckpoint-like names, or a training log in the folder (README: Series and "
-        "drift). For each consecutive pair, the relative change "
+        "ModelCheckpoint-like names, or a training log in the folder (docs: checkpoints). "
+        "For each consecutive pair, the relative change "
         "||B − A|| / ||A|| of each layer's weights (<code>layer_drift</code>); a layer that did "
         "not change at all is flagged <code>stale</code>.</p>"
     )

@@ -63,9 +63,9 @@ MODELS = Table(
             "name",
             STR,
             "path relative to the ingested folder without suffix; never changes "
-            "(README: Model names)",
+            "(docs: model-names)",
         ),
-        _c("path", STR, "absolute path of the file, one spelling a file (README: The lake)"),
+        _c("path", STR, "absolute path of the file, one spelling a file (docs: lake)"),
         _c("sha256", STR, "SHA-256 of the file's bytes"),
         _c("file_bytes", I64, "file size in bytes"),
         _c("mtime", F64, "file modification time (seconds since the epoch) when ingested"),
@@ -91,7 +91,7 @@ MODELS = Table(
             "macs",
             I64,
             "multiply-adds of one sample's forward pass at the declared input shape "
-            "(README: Compute per layer); NULL with macs_status saying why",
+            "(docs: compute); NULL with macs_status saying why",
         ),
         _c("macs_status", STR, "ok, or why macs is NULL (no architecture, input shape unknown…)"),
         _c("n_optimizer_tensors", I64, "optimizer state tensors stored in the file"),
@@ -106,7 +106,7 @@ MODELS = Table(
             "source_config",
             STR,
             "a Hugging Face config.json beside a weights-only file, verbatim (model_type, "
-            "sizes); NULL if none (README: Weights files without architecture)",
+            "sizes); NULL if none (docs: file-formats)",
         ),
     ),
 )
@@ -164,7 +164,7 @@ HISTOGRAM_BIN = (
 
 WEIGHTS = Table(
     "weights",
-    "weight tensor; statistics in float64 over finite values (README: Statistics)",
+    "weight tensor; statistics in float64 over finite values (docs: statistics)",
     (
         *TENSOR_KEY,
         _c("weight_index", I32, "position of the tensor in the model's saved order, from 0"),
@@ -205,14 +205,14 @@ WEIGHTS = Table(
             "quantization",
             STR,
             "Keras quantization mode of the layer (int8, int4; NULL if none); a quantized "
-            "kernel's statistics are of its dequantized values (README: Quantized layers)",
+            "kernel's statistics are of its dequantized values (docs: file-formats)",
         ),
         _c(
             "tied_sources",
             pa.list_(STR),
             "other places the file lists this same variable (a weight tied across layers, "
             "e.g. T5's shared embedding under encoder and decoder): counted once, here; "
-            "NULL if none (README: Weights files without architecture)",
+            "NULL if none (docs: file-formats)",
         ),
     ),
 )
@@ -268,7 +268,7 @@ DRIFT = Table(
 
 MODEL_TAGS = Table(
     "model_tags",
-    "hyperparameter parsed from a model's folder and file names (README: Tags)",
+    "hyperparameter parsed from a model's folder and file names (docs: comparing)",
     (
         _c("model_id", STR, "models.model_id"),
         _c("key", STR, "tag name: lr, dropout, l2, epoch, step, ..."),
@@ -289,7 +289,7 @@ MODEL_METRICS = Table(
 
 UNITS = Table(
     "units",
-    "slice of a weight tensor along its meaningful axis (README: Weight anatomy)",
+    "slice of a weight tensor along its meaningful axis (docs: anatomy)",
     (
         *TENSOR_KEY,
         _c("role", STR, "weights.role of the tensor"),
@@ -311,7 +311,7 @@ UNITS = Table(
 SPECTRA = Table(
     "spectra",
     "matrix of a weight tensor: its eigenvalue spectrum's metrics, WeightWatcher-compatible "
-    "(README: Spectral health); every tensor has at least one row, skipped ones with the reason",
+    "(docs: spectral); every tensor has at least one row, skipped ones with the reason",
     (
         *TENSOR_KEY,
         _c("matrix", STR, "full (whole tensor), pooled (conv slices), gate:i, filters, slice:i,j"),
@@ -360,7 +360,7 @@ WEIGHT_TILES = Table(
     "weight_tiles",
     "cell of a tensor viewed as a matrix (leading axes × last axis): one weight, or the "
     "mean of a block when the tensor has more elements than its share of the model's cell "
-    "budget (README: Values; at most 32 × 32 cells, a model's first 4-D kernel whole up to "
+    "budget (docs: values; at most 32 × 32 cells, a model's first 4-D kernel whole up to "
     "16,384 weights); tensors of 2 or more dimensions, whatever --values kept",
     (
         *TENSOR_KEY,
@@ -400,7 +400,7 @@ ACTIVATION_KEY = (
 
 ACTIVATION_RUNS = Table(
     "activation_runs",
-    "forward pass of a model on an input set (README: Layer outputs)",
+    "forward pass of a model on an input set (docs: layer-outputs)",
     (
         _c("model_id", STR, "models.model_id"),
         _c("input_set", STR, "activations.input_set"),
@@ -489,7 +489,7 @@ INGEST_ERRORS = Table(
     "ingest_errors",
     "file that could not be read",
     (
-        _c("path", STR, "absolute path of the file, one spelling a file (README: The lake)"),
+        _c("path", STR, "absolute path of the file, one spelling a file (docs: lake)"),
         _c("error", STR, "short reason code: empty-file, not-hdf5, truncated, not-keras, ..."),
         _c("message", STR, "one line naming the file and the reason"),
         _c("at", TS, "when the failure was recorded"),
@@ -500,7 +500,7 @@ INGEST_ERRORS = Table(
 
 MODEL_NAMES = Table(
     "model_names",
-    "model: the name it was given when first ingested (README: Model names)",
+    "model: the name it was given when first ingested (docs: model-names)",
     (
         _c("model_id", STR, "models.model_id"),
         _c("name", STR, "the model's name (models.name is set from it)"),
@@ -511,7 +511,7 @@ MODEL_NAMES = Table(
 
 LINEAGE = Table(
     "lineage",
-    "model whose base the user named (`wpipe lineage set CHILD BASE`; README: Lineage)",
+    "model whose base the user named (`wpipe lineage set CHILD BASE`; docs: lineage)",
     (
         _c("child_id", STR, "models.model_id of the fine-tune"),
         _c("base_id", STR, "models.model_id of the model it was tuned from"),

@@ -1,5 +1,5 @@
 """analyse stage: the empirical spectral density (ESD) of a weight tensor's matrices and
-WeightWatcher-compatible metrics of it (README: Spectral health).
+WeightWatcher-compatible metrics of it (docs: spectral).
 
 Pure functions of (layer class, layer config, weight name, role, layout, array); they know
 nothing of files, caches or storage. `plan` says which matrices a tensor holds (or why it has
@@ -113,7 +113,7 @@ def plan(
     array: np.ndarray,
     options: SpectraOptions,
 ) -> list[Planned]:
-    """The matrices of one tensor (README: Spectral health, "Which matrices")."""
+    """The matrices of one tensor (docs: spectral, "Which matrices")."""
     if array.size == 0:
         return [Planned("full", None, skip="skipped: empty tensor")]
     if array.ndim < 2:
@@ -380,8 +380,8 @@ def _unsettled(metrics: dict, evals: np.ndarray, noise: float) -> bool:
 
 
 def esd_metrics(evals: np.ndarray, n: int, total: float | None = None) -> dict:
-    """Metrics of a descending ESD whose matrices have largest dimension `n` (README); `total`:
-    Σλ = ‖W‖²_F computed exactly (wpipe.eigen's Gram traces), else the eigenvalues' sum."""
+    """Metrics of a descending ESD whose matrices have largest dimension `n` (docs: spectral);
+    `total`: Σλ = ‖W‖²_F computed exactly (wpipe.eigen's Gram traces), else the eigenvalues' sum."""
     num = int(evals.size)
     lam = float(evals[0])
     out: dict = {"num_evals": num, "lambda_max": lam, "spectral_norm": lam}

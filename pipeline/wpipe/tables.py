@@ -44,7 +44,7 @@ class FileInfo:
     ingest_options: str = ""
 
 
-# Default --values (README: Values): sample:1024, and at most MODEL_VALUES values a model, so
+# Default --values (docs: values): sample:1024, and at most MODEL_VALUES values a model, so
 # what a large model stores stays a few % of its file whatever its number of tensors.
 DEFAULT_VALUES = "auto"
 AUTO_TENSOR_VALUES = 1024

@@ -1,5 +1,5 @@
 """Hyperparameters read from folder and file names: `runs/lr1e-2_dropout0.6/e05.h5` ->
-lr=0.01, dropout=0.6, epoch=5 (README: Tags). Pure functions."""
+lr=0.01, dropout=0.6, epoch=5 (docs: comparing). Pure functions."""
 
 from __future__ import annotations
 

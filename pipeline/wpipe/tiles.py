@@ -41,7 +41,7 @@ def block_edges(n: int, parts: int) -> np.ndarray:
 
 
 class TileBudget:
-    """How many cells each matrix of one model gets (README: weight_tiles)."""
+    """How many cells each matrix of one model gets (docs: values)."""
 
     def __init__(self, shapes: list[tuple[int, ...]]) -> None:
         matrices = [s for s in shapes if len(s) >= 2 and math.prod(s)]

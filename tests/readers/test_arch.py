@@ -3,7 +3,7 @@ against what Keras's API reported for the model in memory: parameter totals, the
 split, every tensor's name, role, shape, dtype and statistics, in every format each Keras
 writes; a quantized kernel's statistics against the kernel Keras dequantizes.
 
-What a format cannot know is spelled out here, once (README "What is read"):
+What a format cannot know is spelled out here, once (docs: file-formats):
 * a weights-only file has no layer order and no frozen flags (none of these models freezes);
 * the variables of a custom class are `0`, `1`, … in native files (Keras stores no names)
   and a custom layer's non-trainable variable cannot be told from a trainable one anywhere;

@@ -1,5 +1,4 @@
-"""Compute chart: parameters and multiply-adds per model, side by side (README: Compute per
-layer)."""
+"""Compute chart: parameters and multiply-adds per model, side by side (docs: compute)."""
 
 from __future__ import annotations
 
@@ -80,8 +79,7 @@ def compute_costs(
             title=base.title(
                 "Parameters and multiply-adds per sample"
                 + (": one bar per architecture" if grouped else ""),
-                "log axes; multiply-adds at the input shape the config declares "
-                "(README: Compute per layer)",
+                "log axes; multiply-adds at the input shape the config declares (docs: compute)",
                 note,
             )
         )

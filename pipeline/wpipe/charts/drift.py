@@ -80,7 +80,7 @@ def _pick_series(
 
 
 # Position of every checkpoint in its series: the drift pairs of a series form a chain
-# (consecutive checkpoints, README: Series and drift); k = 0 is the first checkpoint.
+# (consecutive checkpoints, docs: checkpoints); k = 0 is the first checkpoint.
 _CHAIN = """
 WITH RECURSIVE
 pairs AS (

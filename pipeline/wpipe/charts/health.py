@@ -58,7 +58,7 @@ def health_overview(
     """Health findings as a model × flag heatmap: findings per model and flag.
 
     From `health_findings` (weight tensors and, after `wpipe activations`, layer outputs;
-    thresholds in the settings table; README: Weight health), one column per flag that occurs.
+    thresholds in the settings table; docs: health-rules), one column per flag that occurs.
     Only models with a finding are drawn, worst first (by summed severity); when more than
     the row budget allows, the worst ones.
     """
@@ -158,7 +158,7 @@ def health_overview(
         height=alt.Step(base.step(len(order), largest=20, room=900)),
         title=base.title(
             "Health findings per model",
-            f"flagged tensors and layer outputs per flag (README: Weight health); {len(worst)} "
+            f"flagged tensors and layer outputs per flag (docs: health-rules); {len(worst)} "
             f"of {len(ids)} models have findings, the others are not drawn",
             shown,
         ),

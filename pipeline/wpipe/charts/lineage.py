@@ -1,6 +1,6 @@
 """Lineage charts: what fine-tunes changed relative to their base, and whether they agree.
 
-From `updates` and `update_pairs` (`wpipe lineage set CHILD BASE`; README: Lineage).
+From `updates` and `update_pairs` (`wpipe lineage set CHILD BASE`; docs: lineage).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def update_agreement(
         height=alt.Step(base.step(len(names), largest=48, room=700)),
         title=base.title(
             f"Agreement of the fine-tunes of {_name(con, base_id)}",
-            f"cosine of their weight updates τ = W_child − W_base ({scope}; README: Lineage)",
+            f"cosine of their weight updates τ = W_child − W_base ({scope}; docs: lineage)",
         ),
     )
 
@@ -204,6 +204,6 @@ def update_spectrum(
         title=base.title(
             f"Spectrum of the update of {pick[0]} · {pick[1]}",
             f"fine-tunes of {_name(con, base_id)}; a rank-r update falls to float32 noise "
-            "after σ_r (README: Lineage)",
+            "after σ_r (docs: lineage)",
         ),
     )

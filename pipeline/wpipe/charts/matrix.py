@@ -1,8 +1,8 @@
 """Matrix charts: a weight tensor drawn as a heatmap of its matrix view, one panel per model.
 
 From `weight_tiles` (computed at ingest, so it works with `--values none`): a tensor of shape
-(..., n) as the (prod(...), n) matrix, pooled to at most 64 × 64 cells when large (README:
-weight_tiles), and pooled again here in DuckDB when the panels would pass the row budget.
+(..., n) as the (prod(...), n) matrix, pooled to at most 64 × 64 cells when large (docs:
+values), and pooled again here in DuckDB when the panels would pass the row budget.
 """
 
 from __future__ import annotations

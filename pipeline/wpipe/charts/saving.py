@@ -26,7 +26,7 @@ def javascript_bundle() -> str:
     """Vega, Vega-Lite and vega-embed as one script (from vl-convert; no network).
 
     vl-convert builds the bundle in seconds, the same for one vl-convert and Vega-Lite
-    version, so it is kept in wpipe's cache folder (README: Report) and built once."""
+    version, so it is kept in wpipe's cache folder (docs: report) and built once."""
     import vl_convert
 
     version = vega_lite_version()

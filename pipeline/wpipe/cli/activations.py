@@ -1,5 +1,5 @@
-"""`wpipe activations`: layer outputs of ingested models on sample inputs (README: Layer
-outputs); a writer, like ingest."""
+"""`wpipe activations`: layer outputs of ingested models on sample inputs (docs:
+layer-outputs); a writer, like ingest."""
 
 from __future__ import annotations
 

@@ -513,6 +513,6 @@ class Database:
             self.con.execute("DELETE FROM ingest_errors WHERE path = ?", [path])
 
     def refresh_names(self, roots: Iterable[str | os.PathLike] = ()) -> int:
-        """Name the models ingested from `roots` that have no name yet (README: Model
-        names); the names of the others never change."""
+        """Name the models ingested from `roots` that have no name yet (docs:
+        model-names); the names of the others never change."""
         return naming.refresh(self.con, roots)
