@@ -23,6 +23,7 @@ import pyarrow.dataset as pads
 
 from wpipe import dblock, naming, schema, views
 from wpipe.store.lake import Lake
+from wpipe.tags import parse_tags
 
 _DUCK_TYPES = {
     pa.string(): "VARCHAR",
@@ -77,6 +78,20 @@ def insert_arrow(
         con.execute(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM incoming_rows")
     finally:
         con.unregister("incoming_rows")
+
+
+def refresh_tags(con: duckdb.DuckDBPyConnection, pattern: str | None = None) -> None:
+    """Re-derive model_tags for every model from its path (README: Tags)."""
+    rows = con.execute("SELECT model_id, path FROM models").fetchall()
+    tags = [
+        {"model_id": mid, "key": k, "value": v}
+        for mid, path in rows
+        for k, v in parse_tags(path, pattern).items()
+    ]
+    con.execute("BEGIN TRANSACTION")
+    con.execute("DELETE FROM model_tags")
+    insert_arrow(con, schema.MODEL_TAGS, pa.Table.from_pylist(tags, schema.MODEL_TAGS.arrow_schema))
+    con.execute("COMMIT")
 
 
 # DuckDB's own memory, spilled to disk past it: with Python and Arrow around it, keeps a
