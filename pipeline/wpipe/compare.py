@@ -20,23 +20,8 @@ from wpipe.drift import drift_row, position_pairs, symmetric_distance, tensor_dr
 from wpipe.readers import Model, ModelReadError
 from wpipe.remote import is_url, open_save
 from wpipe.store import insert_arrow
-from wpipe.tags import parse_tags
 
 LOG_NAMES = ("training.log",)  # CSVLogger's usual name besides *.csv
-
-
-def refresh_tags(con: duckdb.DuckDBPyConnection, pattern: str | None = None) -> None:
-    """Re-derive model_tags for every model from its path."""
-    rows = con.execute("SELECT model_id, path FROM models").fetchall()
-    tags = [
-        {"model_id": mid, "key": k, "value": v}
-        for mid, path in rows
-        for k, v in parse_tags(path, pattern).items()
-    ]
-    con.execute("BEGIN TRANSACTION")
-    con.execute("DELETE FROM model_tags")
-    insert_arrow(con, schema.MODEL_TAGS, pa.Table.from_pylist(tags, schema.MODEL_TAGS.arrow_schema))
-    con.execute("COMMIT")
 
 
 def folder_of(path: str) -> str:

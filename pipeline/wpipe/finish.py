@@ -11,6 +11,7 @@ from pathlib import Path
 from wpipe import compare, remote, schema, store
 from wpipe.batches import Driver, release
 from wpipe.store import sync
+from wpipe.store.duck import refresh_tags
 from wpipe.store.lake import Lake
 from wpipe.textsafe import to_os
 
@@ -55,7 +56,7 @@ def finish(db, lake: Lake, driver: Driver, tag_pattern, drift: bool, progress, r
     changed = report.ingested or report.pruned
     renamed = db.refresh_names(roots) if changed else 0  # names kept in model_names
     if changed or tag_pattern is not None:
-        compare.refresh_tags(db.con, tag_pattern)
+        refresh_tags(db.con, tag_pattern)
     if changed:
         report.warnings += compare.attach_training_logs(db.con)
     no_drift = db.con.execute("SELECT count(*) = 0 FROM drift").fetchall()[0][0]

@@ -5,7 +5,7 @@ SHA-256 and its weights), so a worker copies one save at a time to a local tempo
 reads it there and deletes it: one GET per object instead of one per HDF5 block, and the
 local disk holds at most one save per running task (measured in docs/scale.md).
 
-Which objects are saves is decided by the same rules as a local walk (`ingest.discover`),
+Which objects are saves is decided by the same rules as a local walk (`walk.walk`),
 applied to a shadow of the listing: an empty local file per object, except that a shard index
 gets its (small) content and a file whose name says nothing gets its first 8 bytes, which is
 all those rules read. Credentials and the endpoint come from the standard AWS settings
@@ -24,9 +24,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from wpipe import extras
+from wpipe.dblock import Protected
 from wpipe.readers import lists_shards
 from wpipe.store.lake import Lake
 from wpipe.tags import MODEL_SUFFIXES
+from wpipe.walk import walk
 
 # Saves fetched by one worker task land here (a fresh folder per task, removed afterwards).
 TMP_ENV = "WPIPE_TMPDIR"
@@ -102,6 +104,11 @@ def discover(urls: Iterable[str], walk: Callable[[list[Path]], list[Path]]) -> L
             for found in walk([base / PurePosixPath(root).name]):
                 saves.append(_save(protocol, parent, base, found, listed))
     return Listing(saves, objects, requests)
+
+
+def _local_saves(roots: list[Path]) -> list[Path]:
+    """The walk's model saves under `roots` (a listing's shadow holds no database to protect)."""
+    return walk(roots, Protected([]))[0]
 
 
 def _list(fs: Any, root: str) -> dict[str, dict]:
@@ -215,14 +222,13 @@ def fetched(save: RemoteSave) -> Iterator[Path]:
 @contextmanager
 def open_save(path: str) -> Iterator[Any]:
     """`readers.open_model` for a local path or a URL (read from a temporary local copy)."""
-    from wpipe.ingest import discover as walk
     from wpipe.readers import ModelReadError, open_model
 
     if not is_url(path):
         with open_model(path) as model:
             yield model
         return
-    saves = [s for s in discover([path], walk).saves if s.url == path.rstrip("/")]
+    saves = [s for s in discover([path], _local_saves).saves if s.url == path.rstrip("/")]
     if not saves:
         raise ModelReadError("missing-object", f"{path}: no such model save")
     with fetched(saves[0]) as local, open_model(local, where=path) as model:

@@ -22,6 +22,7 @@ import duckdb
 import pyarrow as pa
 
 from wpipe import dblock, naming, schema, views
+from wpipe.tags import parse_tags
 
 if TYPE_CHECKING:  # a reader (`wpipe models`) never loads the lake's Arrow datasets or Delta
     import pyarrow.dataset as pads
@@ -82,6 +83,20 @@ def insert_arrow(
         con.execute(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM incoming_rows")
     finally:
         con.unregister("incoming_rows")
+
+
+def refresh_tags(con: duckdb.DuckDBPyConnection, pattern: str | None = None) -> None:
+    """Re-derive model_tags for every model from its path (README: Tags)."""
+    rows = con.execute("SELECT model_id, path FROM models").fetchall()
+    tags = [
+        {"model_id": mid, "key": k, "value": v}
+        for mid, path in rows
+        for k, v in parse_tags(path, pattern).items()
+    ]
+    con.execute("BEGIN TRANSACTION")
+    con.execute("DELETE FROM model_tags")
+    insert_arrow(con, schema.MODEL_TAGS, pa.Table.from_pylist(tags, schema.MODEL_TAGS.arrow_schema))
+    con.execute("COMMIT")
 
 
 # DuckDB's own memory, spilled to disk past it: with Python and Arrow around it, keeps a

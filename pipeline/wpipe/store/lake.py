@@ -36,6 +36,7 @@ from deltalake.transaction import AddAction, PostCommitHookProperties, RemoveAct
 
 from wpipe import schema
 from wpipe.store import owned
+from wpipe.store.location import LakeLocation
 
 TABLES = {t.name: t for t in schema.MODEL_TABLES}  # a model's rows: committed per batch
 # every contract table by name: the shared ones (drift, errors, names) are overwritten whole
@@ -44,25 +45,6 @@ CONTRACT = {t.name: t for t in schema.ALL_TABLES}
 TARGET_FILE_BYTES = 128 << 20
 STREAM_BATCH_ROWS = 1 << 16  # rows a batch when files are merged
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class LakeLocation:
-    """Where a lake lives: a local folder or a URI, with deltalake storage options. Picklable,
-    so workers (local processes or a cluster) get it with their job."""
-
-    root: str
-    storage_options: dict[str, str] | None = None
-
-    def table_uri(self, table: str) -> str:
-        return f"{self.root.rstrip('/')}/{table}"
-
-    def filesystem(self) -> tuple[pafs.FileSystem, str]:
-        """(pyarrow filesystem, root path on it) for writing and reading data files."""
-        if "://" not in self.root:
-            return pafs.LocalFileSystem(), self.root
-        fs, path = pafs.FileSystem.from_uri(self.root)
-        return fs, path
 
 
 @dataclass(frozen=True)

@@ -19,15 +19,12 @@ import json
 import re
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
 
 from wpipe import schema
+from wpipe.store.location import LakeLocation
 from wpipe.textsafe import display
-
-if TYPE_CHECKING:
-    from wpipe.store.lake import LakeLocation
 
 OWN = "_wpipe"  # wpipe's own folder in a lake: the marker and the record of written files
 MARKER = f"{OWN}/lake.json"

@@ -26,8 +26,8 @@ import pyarrow.dataset as pads
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from wpipe import compare, schema, views
-from wpipe.store.duck import Database, insert_arrow
+from wpipe import schema, views
+from wpipe.store.duck import Database, insert_arrow, refresh_tags
 from wpipe.store.lake import TABLES, Lake
 
 _OLD_PARTITION = re.compile(r"^[0-9a-f]{16}$")
@@ -228,7 +228,7 @@ def pull(db: Database, lake: Lake) -> Pulled:
         else:
             db.load_lake(lake)
             out.models = db.con.execute("SELECT count(*) FROM models").fetchone()[0]
-        compare.refresh_tags(db.con, None)
+        refresh_tags(db.con, None)
     out.shared = _pull_shared(db, lake)
     out.up_to_date = not (out.models or out.removed or out.shared) and recorded == current
     return out
