@@ -9,6 +9,15 @@ computes from them, as keras/src/layers/core/dense.py does:
 * Embedding (keras/src/layers/core/embedding.py): the same with one scale per row (token);
   int4 packs, and sub-channel groups, along the output axis.
 
+* int4 before Keras 3.14 (keras_version of the file): Dense codes packed along the input axis
+  instead (kernel stored (ceil(in/2), units)); an odd input width left the last row's high
+  nibbles zero.
+* GPTQ / AWQ: codes transposed, (units, in), as uint8 (4-bit: packed two per byte along the
+  units axis, unsigned); kernel = ((codes - zero[g]) * scale[g]).T for the group g = g_idx[i]
+  of each input i, and AWQ divides each input row by its `awq_scales` entry.
+* float8: Keras keeps the float kernel and quantizes it on each call, so the stored kernel is
+  the kernel; its scales and amax histories are variables of their own.
+
 The tensor keeps its stored dtype and shape (`weights.dtype` int8; Keras counts the stored
 elements) while every statistic, histogram, unit and spectrum is of the dequantized kernel.
 """
@@ -19,23 +28,32 @@ from collections.abc import Callable
 
 import numpy as np
 
-from wpipe.readers.base import Tensor
+from wpipe.readers.base import Layer, Tensor
+from wpipe.readers.keras_config import quantization_bits
+from wpipe.readers.roles import QUANTIZED_ROLES
 
 Loader = Callable[[], np.ndarray]
+INT4_ALONG_OUTPUTS_SINCE = (3, 14)  # Keras 3.14 moved int4 packing to the output axis
 
 
-def dequantize(tensors: list[Tensor], mode: str | None, config: dict | None = None) -> None:
+def dequantize(
+    tensors: list[Tensor],
+    mode: str | None,
+    config: dict | None = None,
+    keras_version: str | None = None,
+) -> None:
     """Point each quantized kernel's (or embedding table's) loader at its dequantized values,
-    in place; the layer's config gives an EinsumDense's equation and an Embedding's width."""
-    if mode not in ("int8", "int4"):
+    in place; the layer's config gives an EinsumDense's equation, an Embedding's width and
+    GPTQ's bits, the file's Keras version the int4 packing axis."""
+    if mode not in QUANTIZED_ROLES:
         return
     config = config or {}
     by_name = {t.weight_name: t for t in tensors}
     for tensor in tensors:
         tensor.quantization = mode
-        if tensor.role == "embeddings":
+        if tensor.role == "embeddings" and mode in ("int8", "int4"):
             _embeddings(tensor, by_name, mode, config.get("output_dim"))
-        if tensor.role != "kernel":
+        if tensor.role != "kernel" or mode == "float8":
             continue
         scope = tensor.weight_name[: -len("kernel")]
         scale = by_name.get(f"{scope}kernel_scale")
@@ -43,14 +61,96 @@ def dequantize(tensors: list[Tensor], mode: str | None, config: dict | None = No
             continue
         zero, g_idx = by_name.get(f"{scope}kernel_zero"), by_name.get(f"{scope}g_idx")
         equation = config.get("equation")
-        if mode == "int8" and isinstance(equation, str):
+        if mode in ("gptq", "awq") and zero is not None and g_idx is not None:
+            bits = quantization_bits(config) or (4 if mode == "awq" else None)
+            tensor.load = _transposed_grouped(
+                tensor.load, (scale.load, zero.load, g_idx.load), bits,
+                _awq_scales(by_name.get(f"{scope}awq_scales")),
+            )  # fmt: skip
+        elif mode == "int8" and isinstance(equation, str):
             tensor.load = _int8(tensor.load, _einsum_scale(scale.load, tensor.shape, equation))
         elif mode == "int8":
             tensor.load = _int8(tensor.load, scale.load)
+        elif mode != "int4":
+            continue
         elif zero is not None and g_idx is not None:
             tensor.load = _int4_grouped(tensor.load, scale.load, zero.load, g_idx.load)
+        elif _packed_along_inputs(keras_version) and not isinstance(equation, str):
+            tensor.load = _int4_along_inputs(tensor.load, scale.load)
         else:
             tensor.load = _int4(tensor.load, scale.load)
+
+
+def mark(tensors: list[Tensor], mode: str | None) -> None:
+    """Tag a quantized layer's tensors with its mode; `dequantize_layers` decodes them once
+    the file's Keras version is known."""
+    if mode in QUANTIZED_ROLES:
+        for tensor in tensors:
+            tensor.quantization = mode
+
+
+def dequantize_layers(layers: list[Layer], keras_version: str | None) -> None:
+    """`dequantize` every layer `mark` tagged, with the Keras version of the file."""
+    for layer in layers:
+        mode = next((t.quantization for t in layer.tensors if t.quantization), None)
+        if mode:
+            dequantize(layer.tensors, mode, layer.config, keras_version)
+
+
+def _packed_along_inputs(keras_version: str | None) -> bool:
+    """True for a file Keras 3.0-3.13 wrote (int4 codes packed along the input axis)."""
+    parts = str(keras_version or "").split(".")
+    if len(parts) < 2 or not all(p.isdigit() for p in parts[:2]):
+        return False  # no version (a weights-only file): the layout of Keras since 3.14
+    major, minor = int(parts[0]), int(parts[1])
+    return major == 3 and (major, minor) < INT4_ALONG_OUTPUTS_SINCE
+
+
+def _int4_along_inputs(codes: Loader, scale: Loader) -> Loader:
+    """Keras < 3.14: two codes a byte down the input axis; the file keeps no input width,
+    and an odd one left the last row's high nibbles zero (Keras's `pack_int4` pads with 0)."""
+
+    def load() -> np.ndarray:
+        packed = np.ascontiguousarray(codes()).astype(np.int8)
+        odd = packed.shape[0] and not np.any(packed[-1].view(np.uint8) >> 4)
+        length = 2 * packed.shape[0] - int(bool(odd))
+        unpacked = np.swapaxes(unpack_int4(np.swapaxes(packed, 0, -1), length), 0, -1)
+        return unpacked.astype(np.float32) / scale().astype(np.float32)
+
+    return load
+
+
+def _awq_scales(tensor: Tensor | None) -> Loader | None:
+    return tensor.load if tensor is not None else None
+
+
+def _transposed_grouped(
+    codes: Loader, params: tuple[Loader, Loader, Loader], bits: int | None, awq: Loader | None
+) -> Loader:
+    """GPTQ/AWQ (keras/src/layers/core/dense.py `_gptq_call`, `_awq_call`): codes (units, in)
+    uint8, 4-bit ones packed two a byte along the units axis; scale and zero (units, groups).
+    Returns the kernel Keras multiplies, (in, units)."""
+    scale, zero, g_idx = params
+
+    def load() -> np.ndarray:
+        s = scale().astype(np.float32)
+        stored = codes()
+        q = stored.astype(np.float32)
+        if bits == 4 or (bits is None and stored.shape[0] != s.shape[0]):
+            q = _unpack_unsigned(stored, s.shape[0]).astype(np.float32)
+        groups = g_idx().astype(np.int64)
+        w = (q - np.take(zero().astype(np.float32), groups, axis=-1)) * np.take(s, groups, -1)
+        w = w.T
+        return w / awq().astype(np.float32)[:, None] if awq is not None else w
+
+    return load
+
+
+def _unpack_unsigned(packed: np.ndarray, length: int) -> np.ndarray:
+    """Two unsigned 4-bit codes per uint8 along axis 0 (low nibble first) -> `length` rows."""
+    raw = packed.astype(np.uint8)
+    stacked = np.stack([raw & 0x0F, raw >> 4], axis=1)
+    return stacked.reshape(-1, *raw.shape[1:])[:length]
 
 
 def _embeddings(
@@ -83,10 +183,7 @@ def _unpacked(codes: Loader, length: int) -> Loader:
 def saved_order(tensors: list[Tensor], mode: str | None) -> list[Tensor]:
     """A quantized layer's tensors in Keras's serialization order (the native files' order;
     legacy `.h5` lists trainable ones first, so the bias came before the kernel)."""
-    order = {
-        "int8": ("kernel", "bias", "kernel_scale"),
-        "int4": ("kernel", "bias", "kernel_scale", "kernel_zero", "g_idx"),
-    }.get(mode or "")
+    order = QUANTIZED_ROLES.get(mode or "")
     if not order:
         return tensors
     rank = {role: i for i, role in enumerate(order)}
