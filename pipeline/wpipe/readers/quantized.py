@@ -61,7 +61,10 @@ def dequantize(
             continue
         zero, g_idx = by_name.get(f"{scope}kernel_zero"), by_name.get(f"{scope}g_idx")
         equation = config.get("equation")
-        if mode in ("gptq", "awq") and zero is not None and g_idx is not None:
+        if mode in ("gptq", "awq") and (zero is None or g_idx is None):
+            # Keras 3.15's .keras/.weights.h5 saves no kernel_zero (its own load fails too)
+            tensor.status = f"not-dequantized: {mode} kernel saved without its zero point"
+        elif mode in ("gptq", "awq"):
             bits = quantization_bits(config) or (4 if mode == "awq" else None)
             tensor.load = _transposed_grouped(
                 tensor.load, (scale.load, zero.load, g_idx.load), bits,
@@ -70,7 +73,7 @@ def dequantize(
         elif mode == "int8" and isinstance(equation, str):
             tensor.load = _int8(tensor.load, _einsum_scale(scale.load, tensor.shape, equation))
         elif mode == "int8":
-            tensor.load = _int8(tensor.load, scale.load)
+            tensor.load = _int8(tensor.load, _unit_scale(scale.load, tensor.shape))
         elif mode != "int4":
             continue
         elif zero is not None and g_idx is not None:
@@ -219,6 +222,28 @@ def _einsum_scale(scale: Loader, kernel_shape: tuple[int, ...], equation: str) -
         s = scale().reshape([kernel_shape[axis] for axis in stored])
         s = np.transpose(s, [stored.index(axis) for axis in kept])
         return s.reshape([n if axis in kept else 1 for axis, n in enumerate(kernel_shape)])
+
+    return load
+
+
+def _unit_scale(scale: Loader, kernel_shape: tuple[int, ...]) -> Loader:
+    """A kernel_scale without the equation that lays it out (a weights-only file): Dense's
+    (units,) broadcasts as it is; an EinsumDense's kept sizes go to the kernel axes of those
+    sizes, in order (Keras stores them in the output's order, most often the kernel's)."""
+
+    def load() -> np.ndarray:
+        s = scale()
+        kept = [n for n in s.shape if n != 1]
+        if s.ndim <= 1 or len(kernel_shape) < len(kept):
+            return s
+        shape, axis = [1] * len(kernel_shape), 0
+        for n in kept:
+            while axis < len(kernel_shape) and kernel_shape[axis] != n:
+                axis += 1
+            if axis == len(kernel_shape):
+                return s  # no such axis: left as stored
+            shape[axis], axis = n, axis + 1
+        return s.reshape(shape)
 
     return load
 

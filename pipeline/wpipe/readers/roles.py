@@ -174,9 +174,9 @@ def _quantized_by_shape(
     uint8 kernel (GPTQ; AWQ adds one variable), or float8's scalar scales and histories."""
     if class_name not in QUANTIZABLE or len(shapes) < 2:
         return None
-    if "uint8" in dtypes:
-        with_bias = dtypes[0] != "uint8"
-        return "gptq" if len(shapes) == 4 + with_bias else "awq"
+    if "uint8" in dtypes:  # GPTQ/AWQ: ([bias,] kernel, scale, [zero,] [awq_scales,] g_idx)
+        floats = sum(d != "uint8" for d in dtypes[dtypes[0] != "uint8" :])
+        return "awq" if floats == 3 else "gptq"
     if len(shapes) in (7, 8) and shapes[-2] == () and len(shapes[-1]) == 1:
         return "float8"  # ..., outputs_grad_scale (), outputs_grad_amax_history (n,)
     if dtypes[0] != "int8":
@@ -184,13 +184,20 @@ def _quantized_by_shape(
     if len(shapes) >= 4:
         return "int4"  # sub-channel: kernel_zero and g_idx as well
     scale = shapes[-1]  # (kernel, [bias,] kernel_scale): one scale per unit
-    return "int8" if scale and scale[-1] == shapes[0][-1] else "int4"
+    # an int8 EinsumDense keeps its scale in the output's rank; int4's per-channel one is 1-D
+    return "int8" if scale and (scale[-1] == shapes[0][-1] or len(scale) > 1) else "int4"
 
 
 def _quantized_roles(
     mode: str, config: dict, shapes: Sequence[tuple[int, ...]]
 ) -> tuple[str, ...] | None:
     roles = QUANTIZED_ROLES[mode]
+    if mode in ("gptq", "awq") and shapes:
+        if len(shapes[0]) != 1:  # the bias, saved first, is the only 1-D variable there
+            roles = tuple(r for r in roles if r != "bias")
+        if len(shapes) == len(roles) - 1:  # Keras 3.15's native save leaves kernel_zero out
+            roles = tuple(r for r in roles if r != "kernel_zero")
+        return roles
     if config.get("use_bias") is False or (config.get("equation") and not config.get("bias_axes")):
         roles = tuple(r for r in roles if r != "bias")
     elif not config and len(shapes) == len(roles) - 1 and mode in ("float8", "gptq", "awq"):
