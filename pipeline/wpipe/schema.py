@@ -199,8 +199,9 @@ WEIGHTS = Table(
         _c(
             "quantization",
             STR,
-            "Keras quantization mode of the layer (int8, int4; NULL if none); a quantized "
-            "kernel's statistics are of its dequantized values (README: Quantized layers)",
+            "Keras quantization mode of the layer (int8, int4, float8, gptq, awq; NULL if none); "
+            "a quantized kernel's statistics are of its dequantized values (README: Quantized "
+            "layers)",
         ),
         _c(
             "tied_sources",
