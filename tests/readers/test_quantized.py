@@ -53,6 +53,8 @@ MODE_FILES = [
     "k3_quant_einsum_int8.keras", "k3_quant_einsum_int8.h5", "k3_quant_einsum_int8.weights.h5",
     "k3_quant_int4_odd.keras", "k3_quant_int4_odd.h5", "k3_quant_int4_odd.weights.h5",
     "k313_quant_int4_odd.keras", "k313_quant_int4_odd.h5",
+    "k3_quant_einsum_int4.keras", "k3_quant_einsum_int4.h5", "k3_quant_einsum_int4.weights.h5",
+    "k313_quant_einsum_int4.keras", "k313_quant_einsum_int4.h5",
 ]  # fmt: skip
 
 

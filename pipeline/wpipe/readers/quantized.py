@@ -78,8 +78,8 @@ def dequantize(
             continue
         elif zero is not None and g_idx is not None:
             tensor.load = _int4_grouped(tensor.load, scale.load, zero.load, g_idx.load)
-        elif _packed_along_inputs(keras_version) and not isinstance(equation, str):
-            tensor.load = _int4_along_inputs(tensor.load, scale.load)
+        elif _packed_along_inputs(keras_version):
+            tensor.load = _int4_along_inputs(tensor.load, scale.load, equation)
         else:
             tensor.load = _int4(tensor.load, scale.load)
 
@@ -109,18 +109,32 @@ def _packed_along_inputs(keras_version: str | None) -> bool:
     return major == 3 and (major, minor) < INT4_ALONG_OUTPUTS_SINCE
 
 
-def _int4_along_inputs(codes: Loader, scale: Loader) -> Loader:
-    """Keras < 3.14: two codes a byte down the input axis; the file keeps no input width,
-    and an odd one left the last row's high nibbles zero (Keras's `pack_int4` pads with 0)."""
+def _int4_along_inputs(codes: Loader, scale: Loader, equation: str | None) -> Loader:
+    """Keras < 3.14: two codes a byte along the input axis (an EinsumDense's first summed
+    kernel axis, its kernel keeping its rank and its scale laid out as int8's)."""
 
     def load() -> np.ndarray:
-        packed = np.ascontiguousarray(codes()).astype(np.int8)
-        odd = packed.shape[0] and not np.any(packed[-1].view(np.uint8) >> 4)
-        length = 2 * packed.shape[0] - int(bool(odd))
-        unpacked = np.swapaxes(unpack_int4(np.swapaxes(packed, 0, -1), length), 0, -1)
-        return unpacked.astype(np.float32) / scale().astype(np.float32)
+        if not isinstance(equation, str):
+            return _unpacked_along(codes(), 0).astype(np.float32) / scale().astype(np.float32)
+        unpacked = _unpacked_along(codes(), _first_summed_axis(equation))
+        laid_out = _einsum_scale(scale, unpacked.shape, equation)()
+        return unpacked.astype(np.float32) / laid_out.astype(np.float32)
 
     return load
+
+
+def _unpacked_along(packed: np.ndarray, axis: int) -> np.ndarray:
+    """Signed codes packed two a byte along `axis`. The file keeps no unpacked length: an odd
+    one left the last packed slice's high nibbles zero (Keras's `pack_int4` pads with 0)."""
+    moved = np.moveaxis(np.asarray(packed).astype(np.int8), axis, -1)
+    odd = moved.shape[-1] and not np.any(moved[..., -1].view(np.uint8) >> 4)
+    return np.moveaxis(unpack_int4(moved, 2 * moved.shape[-1] - int(bool(odd))), -1, axis)
+
+
+def _first_summed_axis(equation: str) -> int:
+    inputs, output = equation.replace("...", "").split("->")
+    kernel = inputs.split(",")[1]
+    return next((axis for axis, label in enumerate(kernel) if label not in output), 0)
 
 
 def _awq_scales(tensor: Tensor | None) -> Loader | None:
