@@ -105,16 +105,19 @@ def test_int4_packing_axis_follows_the_files_keras_version() -> None:
     assert np.asarray(next(t for t in stored if t.role == "kernel").load()).shape == (4, 5)
 
 
+@pytest.mark.parametrize("ext", ["keras", "weights.h5"])
 @pytest.mark.parametrize("mode", ["gptq", "awq"])
-def test_native_gptq_awq_without_zero_point_is_not_dequantized(mode: str) -> None:
-    """Keras 3.15's .keras leaves kernel_zero out: roles still right, parameters are what
-    the file holds (Keras's own count less the zero points), the kernel is not analysed."""
+def test_native_gptq_awq_without_zero_point_is_not_dequantized(mode: str, ext: str) -> None:
+    """Keras 3.15's native saves leave kernel_zero out: roles still right (from the config,
+    or from dtypes and count without one), parameters are what the file holds (Keras's own
+    count less the zero points), the kernel is not analysed."""
     spec = json.loads((ARCH_EXPECTED / f"k3_quant_{mode}.h5.json").read_text())
     zeros = sum(math.prod(e["shape"]) for e in spec["weights"] if e["role"] == "kernel_zero")
-    with open_model(ARCH / f"k3_quant_{mode}.keras") as model:
+    with open_model(ARCH / f"k3_quant_{mode}.{ext}") as model:
         (up,) = [x for x in model.layers if x.layer_path == "block/up"]
         want = [r for r in QUANTIZED_ROLES[mode] if r != "kernel_zero"]
         assert [t.role for t in up.tensors] == want
         assert sum(t.size for x in model.layers for t in x.tensors) == spec["count_params"] - zeros
         kernel = next(t for t in up.tensors if t.role == "kernel")
         assert kernel.status.startswith("not-dequantized")
+        assert all(t.role != "unknown" for x in model.layers for t in x.tensors)
