@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 from wpipe.readers import open_model
+from wpipe.readers.base import ModelReadError
 from wpipe.readers.quantized import dequantize
 from wpipe.readers.roles import QUANTIZED_ROLES
 
@@ -121,3 +122,38 @@ def test_native_gptq_awq_without_zero_point_is_not_dequantized(mode: str, ext: s
         kernel = next(t for t in up.tensors if t.role == "kernel")
         assert kernel.status.startswith("not-dequantized")
         assert all(t.role != "unknown" for x in model.layers for t in x.tensors)
+
+
+@pytest.mark.parametrize(
+    ("fname", "layer", "damage"),
+    [
+        ("k3_quant_gptq.h5", "up", "group out of range"),
+        ("k3_quant_gptq.h5", "up", "g_idx too long"),
+        ("k3_quant_int4.h5", "q1", "group out of range"),
+        ("k3_quant_int4.h5", "q1", "g_idx too long"),
+    ],
+)
+def test_damaged_quantization_parameters_are_one_clear_error(tmp_path, fname, layer, damage):
+    """Group indices past the scales, or more of them than the kernel has rows (which would
+    make the gathered scales far larger than the file): `corrupt`, naming file and tensor."""
+    path = tmp_path / fname
+    path.write_bytes((ARCH / fname).read_bytes())
+    with h5py.File(path, "r+") as f:
+        name = next(n for n in _dataset_names(f) if n.endswith(f"{layer}/g_idx:0") or
+                    n.endswith(f"{layer}/g_idx"))  # fmt: skip
+        values = f[name][()]
+        del f[name]
+        f[name] = values + 99 if damage == "group out of range" else np.zeros(10_000, "float32")
+    with open_model(path) as model:
+        (found,) = [x for x in model.layers if x.layer_path.endswith(layer)]
+        kernel = next(t for t in found.tensors if t.role == "kernel")
+        with pytest.raises(ModelReadError) as err:
+            kernel.load()
+    assert err.value.code == "corrupt" and str(path) in err.value.message
+    assert "quantization parameters" in err.value.message
+
+
+def _dataset_names(f: h5py.File) -> list[str]:
+    names: list[str] = []
+    f.visititems(lambda n, obj: names.append(n) if isinstance(obj, h5py.Dataset) else None)
+    return names

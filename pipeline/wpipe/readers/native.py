@@ -84,7 +84,7 @@ def read(
         layers.append(
             _layer(path or "vars", path or "vars", None, {}, True, [groups[path]], "", where)
         )
-    quantized.dequantize_layers(layers, (metadata or {}).get("keras_version"))
+    quantized.dequantize_layers(layers, (metadata or {}).get("keras_version"), where)
     optimizer_sizes = [
         ds.size
         for p, g in groups.items()

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from wpipe.readers.base import Layer, Tensor
+from wpipe.readers.base import Layer, ModelReadError, Tensor
 from wpipe.readers.keras_config import quantization_bits
 from wpipe.readers.roles import QUANTIZED_ROLES
 
@@ -92,12 +92,29 @@ def mark(tensors: list[Tensor], mode: str | None) -> None:
             tensor.quantization = mode
 
 
-def dequantize_layers(layers: list[Layer], keras_version: str | None) -> None:
-    """`dequantize` every layer `mark` tagged, with the Keras version of the file."""
+def dequantize_layers(layers: list[Layer], keras_version: str | None, where: str) -> None:
+    """`dequantize` every layer `mark` tagged, with the Keras version of the file; codes and
+    parameters that do not fit each other (a damaged file) are a `corrupt` ModelReadError."""
     for layer in layers:
         mode = next((t.quantization for t in layer.tensors if t.quantization), None)
-        if mode:
-            dequantize(layer.tensors, mode, layer.config, keras_version)
+        if not mode:
+            continue
+        dequantize(layer.tensors, mode, layer.config, keras_version)
+        for tensor in layer.tensors:
+            if tensor.role in ("kernel", "embeddings"):
+                tensor.load = _checked(tensor.load, f"{where}: {tensor.source_name}")
+
+
+def _checked(load: Loader, what: str) -> Loader:
+    def checked() -> np.ndarray:
+        try:
+            return load()
+        except (ValueError, IndexError) as exc:  # shapes or group indices that do not fit
+            raise ModelReadError(
+                "corrupt", f"{what}: its quantization parameters do not fit its codes ({exc})"
+            ) from None
+
+    return checked
 
 
 def _packed_along_inputs(keras_version: str | None) -> bool:
@@ -150,17 +167,26 @@ def _transposed_grouped(
     scale, zero, g_idx = params
 
     def load() -> np.ndarray:
-        s = scale().astype(np.float32)
+        s, z = scale().astype(np.float32), zero().astype(np.float32)
         stored = codes()
         q = stored.astype(np.float32)
         if bits == 4 or (bits is None and stored.shape[0] != s.shape[0]):
             q = _unpack_unsigned(stored, s.shape[0]).astype(np.float32)
         groups = g_idx().astype(np.int64)
-        w = (q - np.take(zero().astype(np.float32), groups, axis=-1)) * np.take(s, groups, -1)
-        w = w.T
-        return w / awq().astype(np.float32)[:, None] if awq is not None else w
+        a = awq().astype(np.float32) if awq is not None else None
+        # every array below is the codes' size: checked before it is made
+        _fit(q.ndim == 2 and s.ndim == 2 and z.shape == s.shape and s.shape[0] == q.shape[0]
+             and groups.shape == (q.shape[1],) and (a is None or a.shape == groups.shape),
+             q, s, groups)  # fmt: skip
+        w = ((q - np.take(z, groups, axis=-1)) * np.take(s, groups, axis=-1)).T
+        return w / a[:, None] if a is not None else w
 
     return load
+
+
+def _fit(fits: bool, codes: np.ndarray, scale: np.ndarray, g_idx: np.ndarray) -> None:
+    if not fits:
+        raise ValueError(f"codes {codes.shape}, scale {scale.shape}, g_idx {g_idx.shape}")
 
 
 def _unpack_unsigned(packed: np.ndarray, length: int) -> np.ndarray:
@@ -278,9 +304,17 @@ def _int4_grouped(
     units); an Embedding table's output columns, axis -1, scale (input_dim, n_groups))."""
 
     def load() -> np.ndarray:
-        groups = g_idx().astype(np.int64)
-        s = np.take(scale().astype(np.float32), groups, axis=axis)  # now the table's shape
-        q = unpack_int4(codes(), s.shape[-1]).astype(np.float32)
-        return (q - np.take(zero().astype(np.float32), groups, axis=axis)) * s
+        groups, packed = g_idx().astype(np.int64), codes()
+        sc, z = scale().astype(np.float32), zero().astype(np.float32)
+        # the scale taken by group must stay the codes' size: checked before it is made
+        if axis == 0:
+            fits = groups.shape == packed.shape[:1] and sc.shape[-1] <= 2 * packed.shape[-1]
+        else:
+            fits = groups.size <= 2 * packed.shape[-1] and sc.shape[:1] == packed.shape[:1]
+        fits = fits and sc.ndim == 2 and z.shape == sc.shape and packed.ndim == 2
+        _fit(fits and groups.ndim == 1, packed, sc, groups)
+        s = np.take(sc, groups, axis=axis)  # now the table's shape
+        q = unpack_int4(packed, s.shape[-1]).astype(np.float32)
+        return (q - np.take(z, groups, axis=axis)) * s
 
     return load
