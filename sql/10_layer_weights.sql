@@ -2,7 +2,9 @@
 -- weights (a BatchNorm moving variance is no model's largest weight; docs: health-rules).
 CREATE OR REPLACE MACRO is_statistic(role) AS
     role IN ('moving_mean', 'moving_variance', 'mean', 'variance', 'count',
-             'kernel_scale', 'kernel_zero', 'g_idx', 'embeddings_scale', 'embeddings_zero');
+             'kernel_scale', 'kernel_zero', 'g_idx', 'embeddings_scale', 'embeddings_zero',
+             'awq_scales', 'inputs_scale', 'inputs_amax_history', 'kernel_amax_history',
+             'outputs_grad_scale', 'outputs_grad_amax_history');
 
 -- layer_weights: one row per weight tensor with its layer's class and its model's name,
 -- the usual starting point for comparing one layer or role across models.

@@ -204,8 +204,8 @@ WEIGHTS = Table(
         _c(
             "quantization",
             STR,
-            "Keras quantization mode of the layer (int8, int4; NULL if none); a quantized "
-            "kernel's statistics are of its dequantized values (docs: file-formats)",
+            "Keras quantization mode of the layer (int8, int4, float8, gptq, awq; NULL if none); "
+            "a quantized kernel's statistics are of its dequantized values (docs: file-formats)",
         ),
         _c(
             "tied_sources",

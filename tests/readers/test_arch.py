@@ -155,10 +155,13 @@ def test_small_architectures_match_keras(small, name):
 
 def test_every_kind_and_writer_is_present():
     kinds = {"convbn_variants", "nested_bidi", "custom_layer", "subclassed", "quant_int8",
-             "quant_int4", "hub_bert", "hub_gpt2", "app_mobilenet_v2"}  # fmt: skip
+             "quant_int4", "hub_bert", "hub_gpt2", "app_mobilenet_v2", "quant_float8",
+             "quant_einsum_int8", "quant_einsum_int4", "quant_int4_odd", "quant_gptq",
+             "quant_awq"}  # fmt: skip
     for kind in kinds:
         assert any(f"_{kind}." in n for n in SMALL), kind
-    assert {n.split("_", 1)[0] for n in SMALL} == {"k2", "k3", "k3j"}
+    # k313: Keras 3.13 (int4 packed along the input axis), from its own venv
+    assert {n.split("_", 1)[0] for n in SMALL} == {"k2", "k3", "k3j", "k313"}
     # committed fixtures stay small
     assert sum((ARCH / n).stat().st_size for n in SMALL) < 25e6
 
@@ -231,10 +234,12 @@ def test_quantized_kernels_are_analysed_dequantized(small, name):
     kernels = {e["layer_path"]: e for e in spec_of(name)["weights"] if e["role"] == "kernel"}
     rows = small.query(
         "SELECT layer_path, norm, lambda_max FROM spectra JOIN models USING (model_id) "
-        "WHERE models.path LIKE ? AND weight_name = 'kernel' AND matrix = 'full'",
+        "WHERE models.path LIKE ? AND weight_name = 'kernel' AND matrix = 'full' "
+        "AND norm IS NOT NULL",
         [f"%/{name}"],
     )
-    assert {r[0] for r in rows} == set(kernels)
+    # a kernel stored with more than two axes (EinsumDense) has no matrix rule: no spectrum
+    assert {r[0] for r in rows} == {p for p, e in kernels.items() if len(e["shape"]) == 2}
     for layer_path, norm, lambda_max in rows:
         want = kernels[layer_path]["stats"]["l2"] ** 2
         assert norm == pytest.approx(want, rel=1e-5) and 0 < lambda_max <= norm * (1 + 1e-9)

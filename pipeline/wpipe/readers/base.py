@@ -33,7 +33,7 @@ class Tensor:
     # Element order when it differs from Keras 2's: "theano" conv kernels (filters, in, *k),
     # "cudnn" recurrent weights (per-gate cuDNN blocks, bias of 8u/6u).
     layout: str = "keras"
-    quantization: str | None = None  # int8 / int4: the layer's Keras quantization mode
+    quantization: str | None = None  # int8 / int4 / float8 / gptq / awq: the layer's mode
     # "ok", or "<code>: <reason>" for a tensor that is kept but not analysed (complex, string,
     # enum, compound dtypes; a dataset never written): weights gets a row without statistics.
     status: str = "ok"

@@ -19,7 +19,7 @@ MAX_LAYERS = 100_000
 # Variables Keras creates non-trainable, whatever the layer's `trainable` flag says
 # (quantization parameters included: Keras's quantized layers create them trainable=False).
 NON_TRAINABLE_ROLES = {"moving_mean", "moving_variance", "kernel_scale", "kernel_zero", "g_idx",
-                       "embeddings_scale", "embeddings_zero"}  # fmt: skip
+                       "embeddings_scale", "embeddings_zero", "awq_scales"}  # fmt: skip
 # Keras's quantized layers store their kernel (int8 codes) non-trainable; bias stays trainable.
 QUANTIZED_CODES = {"kernel", "embeddings"}
 QUANTIZED_POLICIES = {"QuantizedDTypePolicy", "Int4DTypePolicy", "QuantizedFloat8DTypePolicy",
@@ -28,7 +28,9 @@ QUANTIZED_POLICIES = {"QuantizedDTypePolicy", "Int4DTypePolicy", "QuantizedFloat
 # DepthwiseConv kernel is `depthwise_kernel` whichever Keras wrote it (Keras 3 says `kernel`).
 UNNAMED_ROLE = {"LayerScale": "gamma"}
 RENAMED_ROLE = {("DepthwiseConv1D", "kernel"): "depthwise_kernel",
-                ("DepthwiseConv2D", "kernel"): "depthwise_kernel"}  # fmt: skip
+                ("DepthwiseConv2D", "kernel"): "depthwise_kernel",
+                # a GPTQ/AWQ EinsumDense names its kernel_zero `zero_point` (Dense does not)
+                ("EinsumDense", "zero_point"): "kernel_zero"}  # fmt: skip
 NON_TRAINABLE_BY_CLASS = {"Normalization": {"mean", "variance", "count"}}
 
 # Keras 1 weight suffixes (`dense_1_W`) and BatchNormalization's misnamed variance.
@@ -220,13 +222,23 @@ def canonical_role(class_name: str | None, role: str) -> str:
 
 def quantization_mode(config: dict[str, Any] | None) -> str | None:
     """`int8`, `int4`, `float8`, ... from a layer config's dtype policy; None if not quantized."""
+    # "int4/128" (block size), "gptq/4/128" (bits, group size), "int8_from_float32" (Keras
+    # 3.0-3.5 policy names)
+    return _policy_mode(config).split("/")[0].split("_from_")[0] or None
+
+
+def quantization_bits(config: dict[str, Any] | None) -> int | None:
+    """The weight bits a GPTQ/AWQ policy names (`gptq/4/128` -> 4); None if it names none."""
+    parts = _policy_mode(config).split("_from_")[0].split("/")
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+
+
+def _policy_mode(config: dict[str, Any] | None) -> str:
     policy = inner_config(config or {}).get("dtype")
     if not isinstance(policy, dict) or policy.get("class_name") not in QUANTIZED_POLICIES:
-        return None
+        return ""
     inner = policy.get("config") if isinstance(policy.get("config"), dict) else {}
-    mode = inner.get("mode") or inner.get("name") or ""
-    # "int4/128" (block size), "int8_from_float32" (Keras 3.0-3.5 policy names)
-    return str(mode).split("/")[0].split("_from_")[0] or None
+    return str(inner.get("mode") or inner.get("name") or "")
 
 
 def role_of(weight_name: str) -> str:
@@ -241,6 +253,8 @@ def role_of(weight_name: str) -> str:
 def is_trainable(
     role: str, class_name: str | None, layer_trainable: bool, quantization: str | None = None
 ) -> bool:
+    if quantization == "float8":  # Keras trains its kernel, scales and amax histories
+        return layer_trainable
     if not layer_trainable or role in NON_TRAINABLE_ROLES:
         return False
     if quantization and role in QUANTIZED_CODES:

@@ -80,6 +80,7 @@ def read(f: h5py.File, where: str) -> Model:
     n_opt_tensors, n_opt_params = _optimizer_counts(f)
     keras_version = h5safe.attr(weights_root, "keras_version") or h5safe.attr(f, "keras_version")
     backend = h5safe.attr(weights_root, "backend") or h5safe.attr(f, "backend")
+    quantized.dequantize_layers(layers, keras_version, where)
     return Model(
         path=where,
         format=FULL_MODEL if full else WEIGHTS_ONLY,
@@ -234,7 +235,7 @@ def _layer(
     layout = _layout(class_name, config)
     tensors = _fuse_keras1_gates(tensors)
     tensors = quantized.saved_order(tensors, mode)
-    quantized.dequantize(tensors, mode, spec.config if spec else None)
+    quantized.mark(tensors, mode)
     for tensor in tensors:
         if layout == "cudnn" or (layout == "theano" and tensor.role == "kernel"):
             tensor.layout = layout

@@ -84,6 +84,7 @@ def read(
         layers.append(
             _layer(path or "vars", path or "vars", None, {}, True, [groups[path]], "", where)
         )
+    quantized.dequantize_layers(layers, (metadata or {}).get("keras_version"), where)
     optimizer_sizes = [
         ds.size
         for p, g in groups.items()
@@ -255,8 +256,7 @@ def _layer(
                     **h5safe.tensor_fields(ds, where),
                 )
             )
-    mode = next((m for m in modes if m), None)
-    quantized.dequantize(tensors, mode, config)
+    quantized.mark(tensors, next((m for m in modes if m), None))
     return Layer(layer_path, name, class_name, config or None, trainable, tensors)
 
 

@@ -41,10 +41,15 @@ ROLES: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 # Keras 3 quantized layers' `variable_serialization_spec` (keras/src/layers/core/dense.py); a
 # missing bias, and int4's per-channel mode (no kernel_zero, g_idx), shift later indices down.
+# GPTQ and AWQ save the bias first; their `quantized_kernel` is the variable named `kernel`.
 QUANTIZED_ROLES = {
     "int8": ("kernel", "bias", "kernel_scale"),
     "int4": ("kernel", "bias", "kernel_scale", "kernel_zero", "g_idx"),
-}
+    "float8": ("kernel", "bias", "inputs_scale", "inputs_amax_history", "kernel_scale",
+               "kernel_amax_history", "outputs_grad_scale", "outputs_grad_amax_history"),
+    "gptq": ("bias", "kernel", "kernel_scale", "kernel_zero", "g_idx"),
+    "awq": ("bias", "kernel", "kernel_scale", "kernel_zero", "awq_scales", "g_idx"),
+}  # fmt: skip
 # keras/src/layers/core/embedding.py: int4's sub-channel zero and g_idx are skipped when absent.
 QUANTIZED_EMBEDDING_ROLES = {
     "int8": ("embeddings", "embeddings_scale"),
@@ -165,22 +170,39 @@ def _roles_by_shape(shapes: Sequence[tuple[int, ...]]) -> tuple[str, ...] | None
 def _quantized_by_shape(
     class_name: str | None, shapes: Sequence[tuple[int, ...]], dtypes: Sequence[str]
 ) -> str | None:
-    """int8 / int4 Dense without config: an int8 kernel, and int4 packs two codes a byte."""
-    if class_name not in QUANTIZABLE or not dtypes or dtypes[0] != "int8" or len(shapes) < 2:
+    """A quantized Dense without config: an int8 kernel (int4 packs two codes a byte), a
+    uint8 kernel (GPTQ; AWQ adds one variable), or float8's scalar scales and histories."""
+    if class_name not in QUANTIZABLE or len(shapes) < 2:
+        return None
+    if "uint8" in dtypes:  # GPTQ/AWQ: ([bias,] kernel, scale, [zero,] [awq_scales,] g_idx)
+        floats = sum(d != "uint8" for d in dtypes[dtypes[0] != "uint8" :])
+        return "awq" if floats == 3 else "gptq"
+    if len(shapes) in (7, 8) and shapes[-2] == () and len(shapes[-1]) == 1:
+        return "float8"  # ..., outputs_grad_scale (), outputs_grad_amax_history (n,)
+    if dtypes[0] != "int8":
         return None
     if len(shapes) >= 4:
         return "int4"  # sub-channel: kernel_zero and g_idx as well
     scale = shapes[-1]  # (kernel, [bias,] kernel_scale): one scale per unit
-    return "int8" if scale and scale[-1] == shapes[0][-1] else "int4"
+    # an int8 EinsumDense keeps its scale in the output's rank; int4's per-channel one is 1-D
+    return "int8" if scale and (scale[-1] == shapes[0][-1] or len(scale) > 1) else "int4"
 
 
 def _quantized_roles(
     mode: str, config: dict, shapes: Sequence[tuple[int, ...]]
 ) -> tuple[str, ...] | None:
     roles = QUANTIZED_ROLES[mode]
+    if mode in ("gptq", "awq") and shapes:
+        if len(shapes[0]) != 1:  # the bias, saved first, is the only 1-D variable there
+            roles = tuple(r for r in roles if r != "bias")
+        if len(shapes) == len(roles) - 1:  # Keras 3.15's native save leaves kernel_zero out
+            roles = tuple(r for r in roles if r != "kernel_zero")
+        return roles
     if config.get("use_bias") is False or (config.get("equation") and not config.get("bias_axes")):
         roles = tuple(r for r in roles if r != "bias")
-    elif not config and len(shapes) in (2, 4):
+    elif not config and len(shapes) == len(roles) - 1 and mode in ("float8", "gptq", "awq"):
+        roles = tuple(r for r in roles if r != "bias")  # one short without config: no bias
+    elif not config and mode in ("int8", "int4") and len(shapes) in (2, 4):
         roles = tuple(r for r in roles if r != "bias")  # odd count without config: no bias
     if mode == "int4" and len(shapes) == len(roles) - 2:
         roles = tuple(r for r in roles if r not in ("kernel_zero", "g_idx"))  # per-channel
