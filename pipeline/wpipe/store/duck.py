@@ -86,7 +86,7 @@ def insert_arrow(
 
 
 def refresh_tags(con: duckdb.DuckDBPyConnection, pattern: str | None = None) -> None:
-    """Re-derive model_tags for every model from its path (README: Tags)."""
+    """Re-derive model_tags for every model from its path (docs: comparing)."""
     rows = con.execute("SELECT model_id, path FROM models").fetchall()
     tags = [
         {"model_id": mid, "key": k, "value": v}
