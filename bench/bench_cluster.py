@@ -151,13 +151,14 @@ def copy_or_ranged(fs, key: str, repeats: int, served) -> dict[str, float]:
 
 def per_file_costs(sweep: Path, bucket_url: str, served, n: int = 200) -> dict[str, float]:
     """Driver and worker costs per file, measured in this process on `n` files."""
-    from wpipe import remote, store
-    from wpipe.analysis import StatsOptions
-    from wpipe.filemap import FileJob, Settings, process_file
-    from wpipe.ingest import BATCH_MODELS, commit_batch, discover, ingest_options
-    from wpipe.remote import open_lake
-    from wpipe.spectra import SpectraOptions
-    from wpipe.tables import ValuesMode
+    from wpipe import store
+    from wpipe.analyse.spectra import SpectraOptions
+    from wpipe.analyse.stats import StatsOptions
+    from wpipe.analyse.tables import ValuesMode
+    from wpipe.ingest.driver import BATCH_MODELS, commit_batch, discover, ingest_options
+    from wpipe.ingest.filemap import FileJob, Settings, process_file
+    from wpipe.store import remote
+    from wpipe.store.remote import open_lake
 
     costs: dict[str, float] = {}
     started = time.perf_counter()

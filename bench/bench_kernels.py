@@ -51,7 +51,7 @@ def cpu_timed(fn, repeats: int = 3) -> tuple[float, float]:
 
 
 def stats_kernel() -> None:
-    from wpipe.analysis import StatsOptions, tensor_stats
+    from wpipe.analyse.stats import StatsOptions, tensor_stats
 
     options = StatsOptions()
     rng = np.random.default_rng(0)
@@ -78,7 +78,7 @@ def stats_kernel() -> None:
 
 
 def _baseline_analysis():
-    """wpipe.analysis as of BASELINE_COMMIT, or None without git history."""
+    """wpipe.analyse.stats as of BASELINE_COMMIT, or None without git history."""
     try:
         source = subprocess.run(
             ["git", "-C", str(ROOT), "show", f"{BASELINE_COMMIT}:pipeline/wpipe/analysis.py"],
@@ -97,7 +97,7 @@ def _baseline_analysis():
 
 
 def small_zoo() -> None:
-    from wpipe import analysis
+    from wpipe.analyse import stats as analysis
 
     before = _baseline_analysis()
     if before is None:
@@ -152,7 +152,7 @@ def vgg_ingest(big: Path) -> dict[str, float]:
 
 def spectra_vs_svd(big: Path) -> None:
     import scipy.linalg
-    from wpipe.spectra import SpectraOptions, tensor_spectra
+    from wpipe.analyse.spectra import SpectraOptions, tensor_spectra
 
     ours_cpu = ours_wall = svd_cpu = svd_wall = 0.0
     exact_diff: dict = {}

@@ -1,5 +1,5 @@
 """Lineage suggestions' cost for a few hundred models of one architecture (#27): the whole
-`wpipe.lineage.suggest` (SQL features + numpy tree) against the method it replaced (nearest
+`wpipe.compare.lineage.suggest` (SQL features + numpy tree) against the method it replaced (nearest
 model with lower mean kernel kurtosis; its loop is kept below as the baseline), in one run.
 
 The database holds COPIES copies of the lineage test family (tests/fixtures/lineage_tree,
@@ -25,7 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from wpipe import lineage, store  # noqa: E402
+from wpipe import store  # noqa: E402
+from wpipe.compare import lineage  # noqa: E402
 
 from tests.conftest import Warehouse  # noqa: E402
 

@@ -103,8 +103,10 @@ def build_big_db(n: int = BIG_MODELS) -> None:
 def replicate(db_path: str, n: int) -> None:
     """Copy the one model of `db_path` under n model ids, one lake commit per table."""
     import numpy as np
-    from wpipe import remote, schema, store
-    from wpipe.tables import file_stem, model_id_for
+    from wpipe import store
+    from wpipe.analyse.tables import file_stem, model_id_for
+    from wpipe.core import schema
+    from wpipe.store import remote
 
     database = store.Database(db_path)
     lake = remote.open_lake(database.lake_beside())

@@ -31,12 +31,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipeline"))
 
-from wpipe.ingest import ingest
+from wpipe.analyse.spectra import SpectraOptions
+from wpipe.analyse.spectra_tables import SpectraCollector
+from wpipe.analyse.tables import ValuesMode
+from wpipe.ingest.driver import ingest
 from wpipe.readers import open_model
-from wpipe.spectra import SpectraOptions
-from wpipe.spectra_tables import SpectraCollector
 from wpipe.store import Database
-from wpipe.tables import ValuesMode
 
 WW_SCRIPT = r"""
 import json, os, sys, time, warnings
@@ -132,7 +132,7 @@ def run_wpipe(paths: list[Path], root: Path, mode: str = "all") -> tuple[dict, f
 
 def spectra_alone(path: Path) -> tuple[float, float]:
     """Wall and CPU seconds of the spectra of every tensor of the file as an ingest computes
-    them (wpipe.spectra_tables.SpectraCollector: tensors up to 64 MB on background threads,
+    them (wpipe.analyse.spectra_tables.SpectraCollector: tensors up to 64 MB on background threads,
     one per core, larger ones in this thread), without reading, statistics or lake: the
     arrays are loaded beforehand."""
     tensors = []

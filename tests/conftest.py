@@ -19,9 +19,9 @@ import h5py
 import numpy as np
 import pytest
 from wpipe import store
-from wpipe.analysis import StatsOptions
-from wpipe.ingest import Report, ingest
-from wpipe.tables import ValuesMode
+from wpipe.analyse.stats import StatsOptions
+from wpipe.analyse.tables import ValuesMode
+from wpipe.ingest.driver import Report, ingest
 
 # A test sees no terminal size unless it sets one, as under CI (pytest-xdist's workers export
 # the controller's COLUMNS and LINES, which would make piped output look like a terminal's).

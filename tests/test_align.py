@@ -1,4 +1,4 @@
-"""Permutation-aware distance (wpipe.align): hidden units matched before measuring."""
+"""Permutation-aware distance (wpipe.compare.align): hidden units matched before measuring."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from wpipe.align import align
+from wpipe.compare.align import align
 from wpipe.readers import open_model
 
 from tests.conftest import FIXTURES, MODELS

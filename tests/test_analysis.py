@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from scipy import stats as sps
-from wpipe.analysis import (
+from wpipe.analyse.stats import (
     CHUNK,
     COMPILED_MIN,
     COUNTS_MIN,
@@ -14,7 +14,7 @@ from wpipe.analysis import (
     sample_indices,
     tensor_stats,
 )
-from wpipe.stats_kernel import BLOCK
+from wpipe.analyse.stats_kernel import BLOCK
 
 RNG = np.random.default_rng(7)
 ARRAYS = {
@@ -191,7 +191,7 @@ def test_counted_16_bit_statistics_equal_the_numpy_path(name):
 
 
 def test_numpy_value_counts_equal_the_compiled_ones():
-    from wpipe.stats_kernel import value_counts
+    from wpipe.analyse.stats_kernel import value_counts
 
     for name, a in COUNTED_CASES.items():
         expected = value_counts(a)
@@ -223,7 +223,7 @@ def assert_same_statistics(a: np.ndarray, kernel: str) -> None:
 
 
 def test_value_counts_take_16_bit_values_only():
-    from wpipe.stats_kernel import value_counts
+    from wpipe.analyse.stats_kernel import value_counts
 
     cases = KERNEL_CASES
     for name in ("float16", "bfloat16", "bfloat16-nan-inf"):
@@ -238,7 +238,7 @@ def test_value_counts_take_16_bit_values_only():
 POLICY = """
 import sys
 import numpy as np
-from wpipe import analysis
+from wpipe.analyse import stats as analysis
 analysis.RENT_VALUES = 2 * analysis.COMPILED_MIN
 a = np.random.default_rng(0).normal(size=analysis.COMPILED_MIN).astype(np.float32)
 seen = []

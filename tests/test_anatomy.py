@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from wpipe import anatomy
+from wpipe.analyse import anatomy
 
 
 def _groups(class_name: str, role: str, array: np.ndarray) -> list[anatomy.SliceGroup]:

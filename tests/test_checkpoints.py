@@ -7,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from wpipe.checkpoints import Save, checkpoint_number, format_of, series_of
+from wpipe.compare.checkpoints import Save, checkpoint_number, format_of, series_of
 
 from tests.conftest import EXPECTED, MODELS, Warehouse
 

@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 from typer.testing import CliRunner
-from wpipe import schema
 from wpipe.cli import app
+from wpipe.core import schema
 
 from tests.conftest import MODELS
 
@@ -192,7 +192,7 @@ def test_reading_the_database_loads_neither_the_lake_nor_the_readers(db, command
 
 
 def test_the_cli_default_of_values_is_the_pipelines():
-    from wpipe import tables
+    from wpipe.analyse import tables
     from wpipe.cli import ingest as cli_ingest
 
     assert cli_ingest.DEFAULT_VALUES == tables.DEFAULT_VALUES

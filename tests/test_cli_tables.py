@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 from wpipe.cli import app
-from wpipe.schema import ALL_TABLES
+from wpipe.core.schema import ALL_TABLES
 
 from tests.conftest import EXPECTED, MODELS
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from wpipe import store
 from wpipe.cli import app
 from wpipe.compare import MetricsError, add_metrics, correlate, pair_drift
-from wpipe.tags import parse_tags
+from wpipe.core.tags import parse_tags
 
 from tests.conftest import EXAMPLES, MODELS, Warehouse, dense_config, expected, write_legacy_h5
 
@@ -256,7 +256,7 @@ def test_series_drift_from_the_chunked_map_equals_numpy_on_the_files(tmp_path, m
     """Checkpoints read in one chunk are diffed against the previous one still in memory,
     the first of a chunk against its predecessor's file: both equal numpy on h5py's arrays."""
     import h5py
-    from wpipe import plan
+    from wpipe.ingest import plan
 
     monkeypatch.setattr(plan, "CHUNKS_PER_WORKER", 1)  # chunks e01-e03, e04-e05
     shutil.copytree(EXAMPLES / "cnn_lr1e-3", tmp_path / "run")

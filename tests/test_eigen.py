@@ -1,4 +1,5 @@
-"""wpipe.eigen's threads change nothing but time: a stack's slices split over threads give the
+"""wpipe.analyse.eigen's threads change nothing but time: a stack's slices split over threads give
+the
 eigenvalues of one thread (and of a float64 SVD, within docs: spectral's bounds), the
 spectra collector's background thread gives the rows of the synchronous one in the same order,
 and a pinned section keeps one BLAS thread, nested contexts and other threads included."""
@@ -8,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
-from wpipe import eigen, spectra_tables
+from wpipe.analyse import eigen, spectra_tables
+from wpipe.analyse.spectra import SpectraOptions
+from wpipe.analyse.tables import GatheredRows, gather_spectra
 from wpipe.readers import open_model
-from wpipe.spectra import SpectraOptions
-from wpipe.tables import GatheredRows, gather_spectra
 
 from tests.conftest import MODELS
 

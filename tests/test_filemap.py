@@ -8,11 +8,12 @@ import shutil
 import h5py
 import numpy as np
 import pyarrow.parquet as pq
-from wpipe import remote, schema
-from wpipe.analysis import StatsOptions
-from wpipe.filemap import FileJob, Settings, process_chunk, process_file
-from wpipe.spectra import SpectraOptions
-from wpipe.tables import GATHERED, ValuesMode
+from wpipe.analyse.spectra import SpectraOptions
+from wpipe.analyse.stats import StatsOptions
+from wpipe.analyse.tables import GATHERED, ValuesMode
+from wpipe.core import schema
+from wpipe.ingest.filemap import FileJob, Settings, process_chunk, process_file
+from wpipe.store import remote
 
 from tests.conftest import dense_config, write_legacy_h5
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from wpipe.identity import tensor_sha
+from wpipe.analyse.identity import tensor_sha
 
 from tests.conftest import MODELS, Warehouse, expected
 

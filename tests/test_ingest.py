@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from wpipe import store, tables
-from wpipe.analysis import StatsOptions
-from wpipe.ingest import discover, ingest
-from wpipe.tables import ValuesMode
+from wpipe import store
+from wpipe.analyse import tables
+from wpipe.analyse.stats import StatsOptions
+from wpipe.analyse.tables import ValuesMode
+from wpipe.ingest.driver import discover, ingest
 
 from tests.conftest import EXAMPLES, MODELS, Warehouse
 
@@ -196,7 +197,7 @@ def test_peak_memory_stays_within_three_largest_tensors_plus_300_mb(tmp_path):
 
 def test_progress_reports_every_phase_with_counts(tmp_path):
     from wpipe import store
-    from wpipe.ingest import ingest
+    from wpipe.ingest.driver import ingest
 
     zoo = tmp_path / "zoo"
     shutil.copytree(EXAMPLES / "cnn_lr1e-2", zoo / "run")
@@ -259,7 +260,8 @@ def test_drift_is_stored_batch_by_batch_as_in_one_batch(tmp_path, monkeypatch):
     rows come at the end), and epoch_10's drift against it waits for them. The end of the
     run's series pass (which reads any pair missing or stale) has only epoch_9's own pair to
     read, which no worker read."""
-    from wpipe import compare, plan
+    from wpipe import compare
+    from wpipe.ingest import plan
 
     models = tmp_path / "models"
     (models / "run").mkdir(parents=True)
@@ -282,7 +284,7 @@ def test_drift_is_stored_batch_by_batch_as_in_one_batch(tmp_path, monkeypatch):
     real_series_drift = compare.series_drift
     monkeypatch.setattr(compare, "series_drift", series_drift)
     monkeypatch.setattr(plan, "CHUNK_FILES", 1)
-    monkeypatch.setattr(sys.modules["wpipe.batches"], "BATCH_MODELS", 1)
+    monkeypatch.setattr(sys.modules["wpipe.ingest.batches"], "BATCH_MODELS", 1)
     batched = Warehouse(tmp_path / "batched")
     report = batched.ingest(models)
     assert (report.ingested, report.copied, report.drift_pairs) == (5, 1, 3)

@@ -18,7 +18,9 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
-from wpipe import api, filemap, schema, store, views
+from wpipe import api, store, views
+from wpipe.core import schema
+from wpipe.ingest import filemap
 from wpipe.store import sync
 from wpipe.store.lake import Lake
 
@@ -151,7 +153,7 @@ def test_commits_beyond_the_loaded_version_are_rolled_back(folder, warehouse, tm
         job = filemap.FileJob(str(MODELS / "k2_uncompiled.h5"), lake.location, 1, 1.0,
                               filemap.Settings(*_settings()))  # fmt: skip
         outcome = filemap.process_file(job)
-        from wpipe.ingest import commit_batch
+        from wpipe.ingest.driver import commit_batch
 
         commit_batch(lake, [outcome], set())  # committed, never loaded
         assert lake.dataset("models").count_rows() == 4
@@ -163,10 +165,10 @@ def test_commits_beyond_the_loaded_version_are_rolled_back(folder, warehouse, tm
 
 
 def _settings():
-    from wpipe.analysis import StatsOptions
-    from wpipe.ingest import ingest_options
-    from wpipe.spectra import SpectraOptions
-    from wpipe.tables import ValuesMode
+    from wpipe.analyse.spectra import SpectraOptions
+    from wpipe.analyse.stats import StatsOptions
+    from wpipe.analyse.tables import ValuesMode
+    from wpipe.ingest.driver import ingest_options
 
     options, values, spectra = StatsOptions(), ValuesMode.default(), SpectraOptions()
     return options, values, spectra, ingest_options(options, values, spectra)

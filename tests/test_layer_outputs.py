@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from typer.testing import CliRunner
-from wpipe import layer_outputs as lo
-from wpipe.analysis import StatsOptions
+from wpipe.analyse.stats import StatsOptions
 from wpipe.cli import app
+from wpipe.compare import layer_outputs as lo
 
 from tests.conftest import EXAMPLES
 from tests.forward.keras_cases import MODELS as FORWARD_MODELS

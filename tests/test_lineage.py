@@ -1,4 +1,4 @@
-"""Fine-tunes against their base (wpipe.lineage, wpipe.updates, `wpipe lineage`).
+"""Fine-tunes against their base (wpipe.compare.lineage, wpipe.analyse.updates, `wpipe lineage`).
 
 Expected values are numpy on the arrays h5py reads from the Keras files; the family (a run's
 checkpoints and four fine-tunes of its last one) was trained by tf_keras
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 from wpipe import store
+from wpipe.analyse.updates import tensor_update
 from wpipe.cli import app
-from wpipe.lineage import _Tree, set_base, suggest
-from wpipe.updates import tensor_update
+from wpipe.compare.lineage import _Tree, set_base, suggest
 
 from tests.conftest import FIXTURES, Warehouse
 

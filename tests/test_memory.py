@@ -17,7 +17,7 @@ import sys
 import duckdb
 import numpy as np
 from wpipe import store
-from wpipe.memory import MALLOC_SETTINGS
+from wpipe.ingest.memory import MALLOC_SETTINGS
 
 from tests.conftest import dense_config, write_legacy_h5
 
@@ -86,7 +86,7 @@ def test_workers_of_an_ingest_get_its_malloc_settings() -> None:
     names = list(MALLOC_SETTINGS)
     script = (
         "import os, sys\n"
-        "from wpipe import memory, workers\n"
+        "from wpipe.ingest import memory, workers\n"
         "memory.tune_malloc()\n"
         f"print(dict(workers.map_files(os.getenv, {names!r}, 1, timeout=60)))\n"
     )
@@ -100,7 +100,7 @@ def test_workers_of_an_ingest_get_its_malloc_settings() -> None:
 
 def _allocate_in_a_bound(gib: float) -> str:
     import numpy as np
-    from wpipe import memory
+    from wpipe.ingest import memory
 
     try:
         with memory.bounded(30_000):  # a 30 KB file
@@ -112,7 +112,7 @@ def _allocate_in_a_bound(gib: float) -> str:
 
 def _reserve_after_a_bound() -> str:
     import numpy as np
-    from wpipe import memory
+    from wpipe.ingest import memory
 
     with memory.bounded(30_000):
         pass
@@ -123,7 +123,7 @@ def _reserve_after_a_bound() -> str:
 def test_a_worker_reading_a_small_file_cannot_take_gigabytes():
     import multiprocessing
 
-    from wpipe import memory
+    from wpipe.ingest import memory
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         assert pool.apply(_allocate_in_a_bound, (4.0,)) == "refused"

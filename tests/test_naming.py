@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from wpipe import store
-from wpipe.naming import assign_names
+from wpipe.store.naming import assign_names
 
 from tests.conftest import MODELS, Warehouse
 
@@ -92,5 +92,5 @@ def test_newcomers_that_want_one_name_all_widen():
 
 
 def test_the_store_names_through_one_function(tmp_path):
-    # the naming rule lives in wpipe.naming: the store keeps no rule of its own
+    # the naming rule lives in wpipe.store.naming: the store keeps no rule of its own
     assert not hasattr(store, "unique_names")

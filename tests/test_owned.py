@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
-from wpipe import api, filemap, schema, store
+from wpipe import api, store
 from wpipe.cli import app
-from wpipe.ingest import commit_batch
+from wpipe.core import schema
+from wpipe.ingest import filemap
+from wpipe.ingest.driver import commit_batch
 from wpipe.store import owned, sync
 
 from tests.conftest import MODELS, Warehouse
@@ -172,6 +174,6 @@ def test_the_refusal_is_one_line_whatever_the_users_file_is_named(tmp_path, fold
 
 
 def test_the_spectra_cache_folder_is_known_as_wpipes():
-    from wpipe.spectra_tables import CACHE_FOLDER
+    from wpipe.analyse.spectra_tables import CACHE_FOLDER
 
     assert owned._CACHE == CACHE_FOLDER  # a lake holding one is still taken as wpipe's

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import wpipe
 from typer.testing import CliRunner
-from wpipe import charts, compare, plan
+from wpipe import charts, compare
 from wpipe.cli import app
+from wpipe.ingest import plan
 
 from tests.charts.conftest import data_rows
 from tests.conftest import EXPECTED, MODELS, Warehouse, dense_config, write_legacy_h5
@@ -126,7 +127,7 @@ def test_the_series_pass_pairs_by_position(paired, tmp_path):
 
 def test_the_python_position_pairs_are_align_layers_pairs(paired):
     # ingest drift and the series pass pair in Python (no query per pair): the same pairs
-    from wpipe.drift import position_pairs
+    from wpipe.analyse.drift import position_pairs
     from wpipe.readers import open_model
 
     con = wpipe.connect(paired.db_path)

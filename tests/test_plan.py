@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from wpipe.analysis import StatsOptions
-from wpipe.filemap import FileJob, Settings
-from wpipe.plan import CHUNK_FILE_BYTES, CHUNK_FILES, chunked, predecessors, series_order
+from wpipe.analyse.stats import StatsOptions
+from wpipe.ingest.filemap import FileJob, Settings
+from wpipe.ingest.plan import CHUNK_FILE_BYTES, CHUNK_FILES, chunked, predecessors, series_order
 
 
 def test_predecessors_follow_epochs_in_each_folder_not_text_order() -> None:

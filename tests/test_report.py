@@ -240,7 +240,7 @@ def test_report_over_500_models_is_bounded(tmp_path):
 def test_a_figure_set_aside_from_its_data_gives_altairs_own_spec(db_path):
     # the report serialises charts with their inline rows set aside (for speed): the spec
     # must be the one Altair writes for the same chart, rows included
-    from wpipe.report_page import spec_of
+    from wpipe.report.document import spec_of
 
     con = wpipe.connect(db_path)
     try:

@@ -33,8 +33,8 @@ sync_api = pytest.importorskip(
 
 import duckdb  # noqa: E402
 import wpipe  # noqa: E402
-from wpipe.report_page import Builder, html_table  # noqa: E402
-from wpipe.report_page import page as page_html  # noqa: E402
+from wpipe.report.document import Builder, html_table  # noqa: E402
+from wpipe.report.document import page as page_html  # noqa: E402
 
 from tests.charts.conftest import many_models  # noqa: E402
 

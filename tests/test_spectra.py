@@ -13,13 +13,13 @@ import warnings
 import numpy as np
 import pytest
 from typer.testing import CliRunner
-from wpipe import eigen, spectra, spectra_tables
+from wpipe.analyse import eigen, spectra, spectra_tables
+from wpipe.analyse.eigen import eigenvalues, gram_noise, spectrum
+from wpipe.analyse.spectra import SpectraOptions, esd_metrics, fit_power_law, plan
+from wpipe.analyse.tables import ValuesMode
 from wpipe.cli import app
-from wpipe.eigen import eigenvalues, gram_noise, spectrum
-from wpipe.ingest import ingest
-from wpipe.spectra import SpectraOptions, esd_metrics, fit_power_law, plan
+from wpipe.ingest.driver import ingest
 from wpipe.store import Database
-from wpipe.tables import ValuesMode
 
 from tests.conftest import MODELS, Warehouse, expected
 
@@ -262,7 +262,7 @@ def test_norms_and_lambda_max_equal_numpy_on_keras_arrays(loaded, name):
             assert rows[where] == pytest.approx((
                 evals[0], evals[0], evals.sum(), math.log10(evals.sum()), math.log10(evals[0]),
                 evals.sum() / evals[0], evals.size, n, m, len(mats)), rel=1e-7)  # fmt: skip
-            noise = gram_noise(n) * evals[0]  # wpipe.eigen's float32 bound
+            noise = gram_noise(n) * evals[0]  # wpipe.analyse.eigen's float32 bound
             assert stored[where] == pytest.approx(evals, rel=1e-9, abs=noise)
             checked += 1
     assert checked

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wpipe.suggest import close_to, did_you_mean, listing
+from wpipe.core.suggest import close_to, did_you_mean, listing
 
 NAMES = ["cnn_lr1e-2/e01", "cnn_lr1e-2/e05", "cnn_lr1e-3/e05", "lstm_classifier", "sweep/bar"]
 

@@ -9,10 +9,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from wpipe import schema, tables, tiles
-from wpipe.analysis import StatsOptions, sample_indices
+from wpipe.analyse import tables, tiles
+from wpipe.analyse.stats import StatsOptions, sample_indices
+from wpipe.analyse.tables import FileInfo, ValuesMode, build_tables
+from wpipe.core import schema
 from wpipe.readers import Layer, Model, Tensor
-from wpipe.tables import FileInfo, ValuesMode, build_tables
 
 # tensors on both sides of the gather threshold (tables.KEEP_RAW = 4096 rows)
 SHAPES = {"a": [(5, 5, 1, 8), (8,)], "b": [(200, 40), (40,)], "c": [(40, 3), (3,)]}

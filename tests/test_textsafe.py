@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 from typer.testing import CliRunner
 from wpipe.cli import app
-from wpipe.textsafe import stored, to_os
+from wpipe.core.textsafe import stored, to_os
 
 from tests.conftest import MODELS, Warehouse
 

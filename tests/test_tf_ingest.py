@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from wpipe.walk import walk
+from wpipe.readers.walk import walk
 
 from tests.conftest import EXPECTED, MODELS
 

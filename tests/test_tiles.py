@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from wpipe import tiles
+from wpipe.analyse import tiles
 
 
 def test_small_tensors_keep_one_cell_per_weight():

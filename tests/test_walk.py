@@ -16,8 +16,8 @@ from pathlib import Path
 import duckdb
 import pytest
 from wpipe import store
-from wpipe.dblock import DatabaseBusy, Protected, WriterLock, protected_paths
-from wpipe.walk import walk as discover
+from wpipe.core.dblock import DatabaseBusy, Protected, WriterLock, protected_paths
+from wpipe.readers.walk import walk as discover
 
 from tests.conftest import MODELS
 from tests.fuzz.deep import nest, remove_tree
@@ -182,7 +182,7 @@ def with_good(levels: dict[int, str]) -> dict[int, tuple[str, bytes]]:
 
 
 def test_a_folder_nested_1200_deep_is_walked_to_the_depth_limit_and_reported(deep):
-    from wpipe.walk import MAX_DEPTH
+    from wpipe.readers.walk import MAX_DEPTH
 
     top = deep
     nest(top, "d", 1200, with_good({50: "mid.h5", MAX_DEPTH: "last.h5", MAX_DEPTH + 1: "x.h5"}))
@@ -208,7 +208,7 @@ def test_a_folder_whose_path_is_longer_than_path_max_is_reported_and_the_rest_wa
 
 
 def test_an_ingest_of_a_deep_folder_stores_the_good_files_and_one_error_row(deep, warehouse):
-    from wpipe.walk import MAX_DEPTH
+    from wpipe.readers.walk import MAX_DEPTH
 
     top = deep
     nest(top, "d", 1200, with_good({1100: "lost.h5"}))

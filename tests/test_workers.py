@@ -8,7 +8,7 @@ import signal
 import time
 
 import pytest
-from wpipe.workers import WorkerFailure, map_files, scaled_limit
+from wpipe.ingest.workers import WorkerFailure, map_files, scaled_limit
 
 from tests.fuzz.cases import SOURCES, damaged
 

@@ -1,8 +1,8 @@
 """Reference pages generated from the code at build time: the CLI (from the Typer app), the
-table contract (from `wpipe.schema`), the views with their SQL and the settings (from the
+table contract (from `wpipe.core.schema`), the views with their SQL and the settings (from the
 package's SQL files), and the figures (drawn from the demo database by `wpipe.charts`).
 
-Every generator imports from a few public places only — `wpipe.cli.app`, `wpipe.schema`,
+Every generator imports from a few public places only — `wpipe.cli.app`, `wpipe.core.schema`,
 `wpipe.views`, `wpipe.charts`, `wpipe.connect` — so a module moved inside the package is fixed
 here in one spot. Each returns Markdown (or writes files); `hooks.py` puts them into pages.
 """
@@ -78,7 +78,7 @@ def _required(param: Any) -> str:
 
 
 def contract_tables():
-    from wpipe import schema
+    from wpipe.core import schema
 
     return schema.ALL_TABLES
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import duckdb
 
-from wpipe import dblock, schema, store, views
+from wpipe import store, views
+from wpipe.core import dblock, schema
+from wpipe.core.suggest import did_you_mean
 from wpipe.store.duck import serve_moved
-from wpipe.suggest import did_you_mean
 
 DEFAULT_DB = "wpipe.duckdb"
 
@@ -244,7 +245,7 @@ def connect_lake(lake: str | os.PathLike) -> duckdb.DuckDBPyConnection:
     """Query a lake in place — a folder or an `s3://` URL (standard AWS settings) — with
     DuckDB: an in-memory connection whose contract tables scan the lake's Delta tables
     through their Arrow datasets (no copy, no DuckDB extension to download)."""
-    from wpipe.remote import open_lake
+    from wpipe.store.remote import open_lake
     from wpipe.store.sync import lake_connection
 
     return lake_connection(open_lake(lake))

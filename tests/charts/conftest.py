@@ -19,7 +19,8 @@ import h5py
 import numpy as np
 import pytest
 import wpipe
-from wpipe import schema, store
+from wpipe import store
+from wpipe.core import schema
 from wpipe.store.lake import Lake, write_data_file
 
 from tests.conftest import MODELS, Warehouse, expected

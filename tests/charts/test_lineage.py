@@ -10,7 +10,7 @@ import wpipe
 from typer.testing import CliRunner
 from wpipe import charts, store
 from wpipe.cli import app
-from wpipe.lineage import set_base
+from wpipe.compare.lineage import set_base
 
 from tests.charts.conftest import LINEAGE_CHARTS, data_rows, png_size, vega_lite_schema
 from tests.conftest import FIXTURES, Warehouse

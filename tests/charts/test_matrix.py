@@ -8,9 +8,10 @@ import json
 import numpy as np
 import pytest
 import wpipe
-from wpipe import charts, store, tiles
-from wpipe.ingest import ingest
-from wpipe.tables import ValuesMode
+from wpipe import charts, store
+from wpipe.analyse import tiles
+from wpipe.analyse.tables import ValuesMode
+from wpipe.ingest.driver import ingest
 
 from tests.charts.conftest import data_rows, make_zoo, tensor
 from tests.conftest import Warehouse

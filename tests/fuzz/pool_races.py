@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from wpipe import workers
+from wpipe.ingest import workers
 
 START_DELAY = 0.2  # seconds a starting worker sleeps, give or take START_JITTER
 START_JITTER = 0.02
@@ -34,7 +34,7 @@ if __name__ == "__mp_main__":  # a worker starting, slowly
 def churn(rounds: int) -> None:
     for _ in range(rounds):
         results = workers.map_files(square, list(range(4)), jobs=2, timeout=30.0,
-                                    preload=["wpipe.workers"])  # fmt: skip
+                                    preload=["wpipe.ingest.workers"])  # fmt: skip
         next(results)
         results.close()  # stops the pool; its second worker may still be starting
 

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import duckdb
 import psutil
+from wpipe.core.textsafe import display
 from wpipe.store import Lake
 from wpipe.store.lake import TABLES
-from wpipe.textsafe import display
 
 from tests.conftest import MODELS
 from tests.fuzz import lake_cases

@@ -14,7 +14,7 @@ import struct
 import numpy as np
 import pytest
 from wpipe.readers import ModelReadError, open_model
-from wpipe.walk import walk
+from wpipe.readers.walk import walk
 
 from tests.conftest import MODELS, Warehouse, expected
 

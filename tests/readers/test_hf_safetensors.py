@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 from wpipe.readers import ModelReadError, hf_safetensors, open_model
-from wpipe.walk import walk
+from wpipe.readers.walk import walk
 
 from tests.conftest import EXPECTED, Warehouse
 from tests.readers import safetensors_write as sw
@@ -416,8 +416,8 @@ def test_a_header_length_is_checked_before_any_byte_of_it_is_read(tmp_path):
 def test_a_sharded_export_is_fingerprinted_and_hashed_with_its_shards(tmp_path):
     """A changed shard is a changed model: the files of the save are the index and its
     shards (the config beside is not part of it)."""
-    from wpipe.filemap import sha256_of
-    from wpipe.plan import fingerprint
+    from wpipe.ingest.filemap import sha256_of
+    from wpipe.ingest.plan import fingerprint
     from wpipe.readers import model_files
 
     shutil.copytree(EXPORTS / "llama_sharded", tmp_path / "m")

@@ -14,9 +14,9 @@ import sys
 import duckdb
 import numpy as np
 import pytest
+from wpipe.analyse.tables import arch_id
 from wpipe.readers import ModelReadError, open_model
-from wpipe.tables import arch_id
-from wpipe.walk import walk
+from wpipe.readers.walk import walk
 
 from tests.conftest import EXPECTED, MODELS, REPO
 

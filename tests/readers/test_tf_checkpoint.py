@@ -7,9 +7,9 @@ import json
 
 import numpy as np
 import pytest
+from wpipe.analyse.tables import arch_id
 from wpipe.readers import ModelReadError, open_model
 from wpipe.readers.keras_config import parse_json
-from wpipe.tables import arch_id
 
 from tests.conftest import EXPECTED, MODELS
 from tests.readers import tf_write

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from wpipe import schema
+from wpipe.core import schema
 
 from tests.conftest import MODELS, Warehouse
 

@@ -11,9 +11,10 @@ import time
 import dask
 import distributed
 import pytest
-from wpipe import remote, workers
-from wpipe.filemap import sha256_of
-from wpipe.ingest import discover
+from wpipe.ingest import workers
+from wpipe.ingest.driver import discover
+from wpipe.ingest.filemap import sha256_of
+from wpipe.store import remote
 
 from tests.scale.conftest import PREFIX, python_line, upload
 
@@ -112,7 +113,7 @@ def test_an_unreachable_scheduler_is_a_connection_error_naming_it():
 
 def test_without_the_extra_dask_is_one_line_naming_the_pip_command():
     code = ("import sys; sys.modules['distributed'] = None\n"
-            "from wpipe import workers, extras\n"
+            "from wpipe.ingest import workers; from wpipe.core import extras\n"
             "try:\n    list(workers.map_files_on_dask(str, ['x'], 'local', 1, ['k']))\n"
             "except extras.MissingExtra as exc:\n    print(exc)\n")  # fmt: skip
     line = python_line(code)

@@ -7,7 +7,7 @@ import os
 import signal
 
 import distributed
-from wpipe.plan import Report
+from wpipe.ingest.plan import Report
 
 from tests.conftest import Warehouse
 from tests.scale.conftest import slow, tables_paths_aside

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from wpipe import remote
-from wpipe.ingest import discover
+from wpipe.ingest.driver import discover
 from wpipe.readers import open_model
+from wpipe.store import remote
 
 from tests.conftest import MODELS
 from tests.scale.conftest import PREFIX, python_line, upload
@@ -68,7 +68,7 @@ def test_a_plain_http_endpoint_is_allowed_for_the_lake(s3_endpoint):
 @pytest.mark.parametrize(("module", "extra"), [("s3fs", "s3"), ("fsspec", "s3")])
 def test_without_the_extra_an_s3_path_is_one_line_naming_the_pip_command(module, extra):
     code = (f"import sys; sys.modules[{module!r}] = None\n"
-            "from wpipe import remote, extras\n"
+            "from wpipe.store import remote; from wpipe.core import extras\n"
             "try:\n    remote.filesystem('s3://bucket/models/')\n"
             "except extras.MissingExtra as exc:\n    print(exc)\n")  # fmt: skip
     line = python_line(code)

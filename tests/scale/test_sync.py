@@ -12,10 +12,11 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 from typer.testing import CliRunner
-from wpipe import api, schema
+from wpipe import api
 from wpipe.cli import app
-from wpipe.remote import open_lake
+from wpipe.core import schema
 from wpipe.store import write_data_file
+from wpipe.store.remote import open_lake
 
 from tests.conftest import MODELS, Warehouse
 from tests.scale.conftest import IN_PROCESS

@@ -15,9 +15,9 @@ from typing import Any
 import altair as alt
 import duckdb
 
+from wpipe.analyse.tiles import TILE_EXACT
 from wpipe.charts import base
 from wpipe.charts.base import MAX_FACETS, NoData, model_ids
-from wpipe.tiles import TILE_EXACT
 
 MAX_CHANNELS = 4  # input channels drawn per filter when they are not RGB
 

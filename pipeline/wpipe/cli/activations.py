@@ -21,7 +21,7 @@ from wpipe.cli.common import (
 from wpipe.cli.render import emit
 
 if TYPE_CHECKING:  # numpy and the forward pass load when the command runs
-    from wpipe import layer_outputs as lo
+    from wpipe.compare import layer_outputs as lo
 
 
 def activations_command(
@@ -46,8 +46,8 @@ def activations_command(
 ) -> None:
     """Run each model's layers in numpy (no TensorFlow, no code from the file) on sample inputs
     and store per-layer output statistics, histograms and per-unit activity."""
-    from wpipe import layer_outputs as lo
-    from wpipe.analysis import StatsOptions
+    from wpipe.analyse.stats import StatsOptions
+    from wpipe.compare import layer_outputs as lo
 
     if (input_file is None) == (random is None):
         fail("give exactly one of --input FILE or --random N")
@@ -100,7 +100,7 @@ def activations_command(
 
 def _random_for(path: str, n: int, seed: int, name: str | None) -> lo.InputSet | str:
     """Random inputs shaped for this model, or the reason they cannot be made."""
-    from wpipe import layer_outputs as lo
+    from wpipe.compare import layer_outputs as lo
     from wpipe.forward import Unsupported, graph_of
     from wpipe.readers import ModelReadError, open_model
 

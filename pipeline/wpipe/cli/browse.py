@@ -105,7 +105,7 @@ def query_command(
 
 def schema_command(fmt: Format = FormatOption) -> None:
     """Describe every table and column of the database contract."""
-    from wpipe import schema
+    from wpipe.core import schema
 
     rows = [
         (table.name, column.name, str(column.type), column.doc)

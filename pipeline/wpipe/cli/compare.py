@@ -133,7 +133,7 @@ def _with_aligned(
 ) -> tuple[list[str], list[tuple]]:  # fmt: skip
     """The pair's rows with rel_l2_aligned after rel_l2 (NULL where not aligned), and one line
     with the whole-model distances or why the architecture is not aligned."""
-    from wpipe.aligned import aligned_pair, per_layer
+    from wpipe.compare.aligned import aligned_pair, per_layer
 
     result = aligned_pair(con, a, b)
     layers = per_layer(result) if result.status == "ok" else {}
@@ -153,7 +153,7 @@ def _with_aligned(
 def _aligned_matrix(
     con: duckdb.DuckDBPyConnection, ids: list[str], names: dict[str, str], fmt: Format
 ) -> None:
-    from wpipe.aligned import aligned_matrix
+    from wpipe.compare.aligned import aligned_matrix
 
     rows, refused = aligned_matrix(con, ids)
     listed = [(names[a], names[b], raw, al) for a, b, raw, al in rows]
@@ -168,7 +168,7 @@ def _against_base(
     con: duckdb.DuckDBPyConnection, ids: list[str], base: list[str], names: dict[str, str],
     fmt: Format,
 ) -> None:  # fmt: skip
-    from wpipe.lineage import compare_updates
+    from wpipe.compare.lineage import compare_updates
 
     if len(base) != 1:
         fail("--base names one model")

@@ -13,7 +13,7 @@ from rich.table import Table
 from wpipe.cli import render
 from wpipe.cli.common import MODELS_HELP, DbOption, connect, fail, resolve, say
 from wpipe.cli.progress import phases
-from wpipe.suggest import did_you_mean, listing
+from wpipe.core.suggest import did_you_mean, listing
 
 if TYPE_CHECKING:  # DuckDB loads with the command's connection
     import duckdb
@@ -215,7 +215,8 @@ def report_command(
 ) -> None:
     """Write one self-contained HTML report of the tables and figures; it opens offline."""
     # imported here: Altair adds 0.3 s to every command's start
-    from wpipe import report, report_page
+    from wpipe import report
+    from wpipe.report import document as report_page
 
     con = connect(db)
     ids = resolve(con, model) or None

@@ -6,8 +6,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from wpipe import remote
-from wpipe.plan import Report
+from wpipe.ingest.plan import Report
+from wpipe.store import remote
 
 # Suffixes of archives and compressions wpipe does not open (gzip, bzip2 and xz files are
 # read when named like a save, and reported by the walk otherwise): a model inside one is

@@ -12,12 +12,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from wpipe.cli.common import EXIT_FAILED_FILES, DbOption, err, fail, first_line, say, waiting
-from wpipe.extras import MissingExtra
-from wpipe.tags import check_pattern
+from wpipe.core.extras import MissingExtra
+from wpipe.core.tags import check_pattern
 
 if TYPE_CHECKING:  # the pipeline (numpy, Arrow, DuckDB, deltalake) loads when a command runs
     from wpipe import store
-    from wpipe.ingest import Outcome, Report
+    from wpipe.ingest.driver import Outcome, Report
 
 DEFAULT_VALUES = "auto"  # tables.DEFAULT_VALUES, without loading the pipeline (a test checks)
 
@@ -76,14 +76,16 @@ def ingest_command(
         start_readers()  # by a pool: its server starts now
     import duckdb
 
-    from wpipe import remote, store, workers
-    from wpipe.analysis import StatsOptions
+    from wpipe import store
+    from wpipe.analyse.spectra import SpectraOptions
+    from wpipe.analyse.stats import StatsOptions
+    from wpipe.analyse.tables import ValuesMode
     from wpipe.cli.hints import ingest_hints
-    from wpipe.ingest import StoreFailed, ingest
-    from wpipe.spectra import SpectraOptions
+    from wpipe.ingest import workers
+    from wpipe.ingest.driver import StoreFailed, ingest
+    from wpipe.store import remote
     from wpipe.store.owned import LakeNotOwned
     from wpipe.store.sync import LakeMismatch
-    from wpipe.tables import ValuesMode
 
     try:
         mode = ValuesMode.parse(values)
@@ -168,7 +170,7 @@ def start_readers() -> None:
     """The worker pool's server, started before this process loads the pipeline, so the two
     load theirs at once (on a 2-core machine an ingest into a new database answered ~0.5 s
     sooner); the malloc settings first, which the server and its workers inherit."""
-    from wpipe import memory, workers
+    from wpipe.ingest import memory, workers
 
     memory.tune_malloc()
     workers.start_server(workers.READER_MODULES)
@@ -181,7 +183,8 @@ def open_for_writing(path: Path, what: str) -> store.Database:
     database, its WAL or the lake before it is held."""
     import duckdb
 
-    from wpipe import dblock, store
+    from wpipe import store
+    from wpipe.core import dblock
     from wpipe.store import space
 
     if path.is_dir():
@@ -285,8 +288,8 @@ class IngestProgress:
 
 def compact_command(db: str | None = DbOption, lake: str | None = LakeOption) -> None:
     """Merge the lake's small data files and delete the merged ones (only files wpipe wrote)."""
-    from wpipe import api, remote, store
-    from wpipe.store import sync
+    from wpipe import api, store
+    from wpipe.store import remote, sync
     from wpipe.store.owned import LakeNotOwned
 
     db_path = db or api.default_db()
@@ -314,8 +317,8 @@ def sync_command(
     """Bring the database up to date from a lake other runs wrote: only what changed."""
     from deltalake.exceptions import DeltaError
 
-    from wpipe import api, remote
-    from wpipe.store import sync
+    from wpipe import api
+    from wpipe.store import remote, sync
 
     db_path = db or api.default_db()
     database = open_for_writing(Path(db_path), "wpipe sync")

@@ -31,7 +31,7 @@ def _name(con: duckdb.DuckDBPyConnection, model_id: str) -> str:
 
 
 def _set(con: duckdb.DuckDBPyConnection, child: str, base: str, source: str) -> None:
-    from wpipe import lineage
+    from wpipe.compare import lineage
     from wpipe.readers import ModelReadError
 
     try:
@@ -61,7 +61,7 @@ def clear_command(
     db: str | None = DbOption,
 ) -> None:
     """Forget CHILD's base and its computed updates."""
-    from wpipe import lineage
+    from wpipe.compare import lineage
 
     con = connect(db, read_only=False)
     if not lineage.clear_base(con, _one(con, child)):
@@ -115,7 +115,7 @@ def suggest_command(
     fmt: Format = FormatOption,
 ) -> None:
     """The likely base of each model without one, from the weights alone."""
-    from wpipe import lineage
+    from wpipe.compare import lineage
 
     con = connect(db, read_only=not accept)
     rows = [r for r in lineage.suggest(con) if r["confidence"] >= min_confidence]

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from wpipe.core.textsafe import display, to_os
 from wpipe.readers import (
     compressed,
     h5layout,
@@ -30,7 +31,6 @@ from wpipe.readers import (
 from wpipe.readers import lazy_h5py as h5py
 from wpipe.readers.base import Layer, Model, ModelReadError, Tensor
 from wpipe.readers.safefile import open_regular, require_regular, stat_problem
-from wpipe.textsafe import display, to_os
 
 __all__ = ["Layer", "Model", "ModelReadError", "Tensor", "lists_shards", "model_files",
            "open_model", "sniff"]  # fmt: skip

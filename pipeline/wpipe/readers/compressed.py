@@ -18,10 +18,10 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
+from wpipe.core.tags import MODEL_SUFFIXES
 from wpipe.readers.base import ModelReadError
 from wpipe.readers.keras_zip import MAX_INFLATED_BYTES, MAX_RATIO
 from wpipe.readers.safefile import open_regular
-from wpipe.tags import MODEL_SUFFIXES
 
 SUFFIXES = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz"}
 SIGNATURES = {"gzip": b"\x1f\x8b", "bzip2": b"BZh", "xz": b"\xfd7zXZ\x00"}

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from wpipe.core.textsafe import display
 from wpipe.readers import lazy_h5py as h5py
 from wpipe.readers.base import ModelReadError
-from wpipe.textsafe import display
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 MAX_TENSOR_BYTES = 4 << 30  # one tensor as stored; the largest real Keras weights are < 2 GB

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from wpipe import extras
+from wpipe.core import extras
 from wpipe.readers import inferred
 from wpipe.readers.base import Layer, Model, ModelReadError, Tensor
 from wpipe.readers.h5safe import (

@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING
 import duckdb
 import pyarrow as pa
 
-from wpipe import dblock, naming, schema, views
-from wpipe.tags import parse_tags
+from wpipe import views
+from wpipe.core import dblock, schema
+from wpipe.core.tags import parse_tags
+from wpipe.store import naming
 
 if TYPE_CHECKING:  # a reader (`wpipe models`) never loads the lake's Arrow datasets or Delta
     import pyarrow.dataset as pads

@@ -34,7 +34,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 from deltalake.transaction import AddAction, PostCommitHookProperties, RemoveAction
 
-from wpipe import schema
+from wpipe.core import schema
 from wpipe.store import owned
 from wpipe.store.location import LakeLocation
 

@@ -22,9 +22,9 @@ from collections.abc import Iterable
 
 import pyarrow.fs as pafs
 
-from wpipe import schema
+from wpipe.core import schema
+from wpipe.core.textsafe import display
 from wpipe.store.location import LakeLocation
-from wpipe.textsafe import display
 
 OWN = "_wpipe"  # wpipe's own folder in a lake: the marker and the record of written files
 MARKER = f"{OWN}/lake.json"

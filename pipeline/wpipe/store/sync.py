@@ -26,7 +26,8 @@ import pyarrow.dataset as pads
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from wpipe import schema, views
+from wpipe import views
+from wpipe.core import schema
 from wpipe.store.duck import Database, insert_arrow, refresh_tags
 from wpipe.store.lake import TABLES, Lake
 

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from wpipe import extras
-from wpipe.dblock import Protected
+from wpipe.core import extras
+from wpipe.core.dblock import Protected
+from wpipe.core.tags import MODEL_SUFFIXES
 from wpipe.readers import lists_shards
+from wpipe.readers.walk import walk
 from wpipe.store.lake import Lake
-from wpipe.tags import MODEL_SUFFIXES
-from wpipe.walk import walk
 
 # Saves fetched by one worker task land here (a fresh folder per task, removed afterwards).
 TMP_ENV = "WPIPE_TMPDIR"

@@ -4,7 +4,7 @@ each batch into DuckDB.
 
 The steps live beside this module: the map over files in `filepool`, the batches committed
 and loaded in `batches`, the last steps (prune, derived tables, compaction) in `finish`.
-Workers are run by `wpipe.workers.map_files` (each file under a time limit, a hung or dead
+Workers are run by `wpipe.ingest.workers.map_files` (each file under a time limit, a hung or dead
 worker replaced, its file recorded as `timeout` / `worker-died`). The driver only plans,
 commits and loads: an unchanged file costs a stat; files that may be
 copies of each other (same size) are hashed first so identical content is read once; each
@@ -23,20 +23,22 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
-from wpipe import dblock, memory, remote, store, workers
-from wpipe.analysis import StatsOptions
-from wpipe.batches import BATCH_MODELS, Driver, commit_batch, copy_rows, release
-from wpipe.filemap import Outcome, Settings
-from wpipe.filepool import FilePool
-from wpipe.finish import finish, is_gone, prune_gone
-from wpipe.plan import Report, key_of, make_plan, record_skipped
-from wpipe.spectra import SpectraOptions
-from wpipe.spectra_tables import CACHE_FOLDER
-from wpipe.store import space, sync
+from wpipe import store
+from wpipe.analyse.spectra import SpectraOptions
+from wpipe.analyse.spectra_tables import CACHE_FOLDER
+from wpipe.analyse.stats import StatsOptions
+from wpipe.analyse.tables import ValuesMode, model_id_for
+from wpipe.core import dblock
+from wpipe.ingest import memory, workers
+from wpipe.ingest.batches import BATCH_MODELS, Driver, commit_batch, copy_rows, release
+from wpipe.ingest.filemap import Outcome, Settings
+from wpipe.ingest.filepool import FilePool
+from wpipe.ingest.finish import finish, is_gone, prune_gone
+from wpipe.ingest.plan import Report, key_of, make_plan, record_skipped
+from wpipe.readers.walk import walk
+from wpipe.store import remote, space, sync
 from wpipe.store.lake import Lake
 from wpipe.store.space import StoreFailed
-from wpipe.tables import ValuesMode, model_id_for
-from wpipe.walk import walk
 
 SWEEP_REMOTE_AGE = 86400.0  # seconds: uncommitted files of a lake on object storage kept so long
 

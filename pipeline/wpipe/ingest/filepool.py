@@ -1,19 +1,26 @@
 """The ingest's map over files: hashing and reading them in replaceable worker processes
-(wpipe.workers) or on Dask, a chunk of small files per task."""
+(wpipe.ingest.workers) or on Dask, a chunk of small files per task."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
-from wpipe import workers
-from wpipe.filemap import ChunkOutcome, FileJob, Outcome, hash_files, process_chunk, process_file
-from wpipe.plan import chunked, series_order
-from wpipe.tables import model_id_for
+from wpipe.analyse.tables import model_id_for
+from wpipe.ingest import workers
+from wpipe.ingest.filemap import (
+    ChunkOutcome,
+    FileJob,
+    Outcome,
+    hash_files,
+    process_chunk,
+    process_file,
+)
+from wpipe.ingest.plan import chunked, series_order
 
 
 class FilePool:
-    """The map's two phases (hash, read) through wpipe.workers, small files a chunk per task:
+    """The map's two phases (hash, read) through wpipe.ingest.workers, small files a chunk per task:
     each task in a replaceable worker under the per-file time limit, or on Dask (`dask`:
     `local` or an address; a task's key follows its files' content and the settings, so a
     retried or duplicated task is one result). A chunk that is stopped or whose worker dies

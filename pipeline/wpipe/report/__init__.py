@@ -15,8 +15,8 @@ from pathlib import Path
 import duckdb
 
 from wpipe import charts
-from wpipe.report_activations import activations_section
-from wpipe.report_page import Builder, esc, html_table, page
+from wpipe.report.activations import activations_section
+from wpipe.report.document import Builder, esc, html_table, page
 
 MAX_TABLE_ROWS = 200  # rows of the models table (the rest are counted, not listed)
 MAX_ARCH_ROWS = 50  # rows of the architecture groups table

@@ -10,15 +10,16 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
-from wpipe import compare, remote, store
-from wpipe.checkpoints import Save, has_training_log, series_of, step_tag
-from wpipe.filemap import FileJob, Outcome, Settings
+from wpipe import compare, store
+from wpipe.analyse.tables import file_stem, model_id_for
+from wpipe.compare.checkpoints import Save, has_training_log, series_of, step_tag
+from wpipe.core.textsafe import display, stored, to_os
+from wpipe.ingest.filemap import FileJob, Outcome, Settings
 from wpipe.readers import ModelReadError, lists_shards, model_files
 from wpipe.readers.safefile import stat_problem
+from wpipe.readers.walk import Skipped
+from wpipe.store import remote
 from wpipe.store.lake import Lake
-from wpipe.tables import file_stem, model_id_for
-from wpipe.textsafe import display, stored, to_os
-from wpipe.walk import Skipped
 
 # Small files are read a chunk per task (few tasks, one data file per table per chunk, the
 # previous checkpoint's tensors still in memory): at most CHUNK_FILES files and CHUNK_BYTES;
@@ -66,7 +67,8 @@ def fingerprint_or_none(stored: str) -> tuple[int, float]:
 
 def predecessors(paths: list[str], pattern: str | None) -> dict[str, tuple[str, str]]:
     """path -> (previous checkpoint's path, series label) within each folder and format, by
-    the rule of compare.series (wpipe.checkpoints) before architectures and hashes are known.
+    the rule of compare.series (wpipe.compare.checkpoints) before architectures and hashes are
+    known.
     The series pass after the map checks architectures and fixes what this guess got wrong."""
     folders: dict[str, list[Save]] = {}
     for path in paths:

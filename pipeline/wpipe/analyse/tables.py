@@ -16,17 +16,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from wpipe import schema
-from wpipe.analysis import StatsOptions, sample_indices, tensor_stats
-from wpipe.anatomy import slice_columns, slice_groups
-from wpipe.identity import model_sha, tensor_sha
+from wpipe.analyse.anatomy import slice_columns, slice_groups
+from wpipe.analyse.identity import model_sha, tensor_sha
+from wpipe.analyse.spectra import SpectraOptions
+from wpipe.analyse.spectra_tables import SpectraCollector
+from wpipe.analyse.stats import StatsOptions, sample_indices, tensor_stats
+from wpipe.analyse.tiles import TileBudget, tile_columns
+from wpipe.core import schema
+from wpipe.core.tags import strip_model_suffix
+from wpipe.core.textsafe import display
 from wpipe.readers import Model, Tensor
 from wpipe.readers.keras_config import layer_fields
-from wpipe.spectra import SpectraOptions
-from wpipe.spectra_tables import SpectraCollector
-from wpipe.tags import strip_model_suffix
-from wpipe.textsafe import display
-from wpipe.tiles import TileBudget, tile_columns
 
 if TYPE_CHECKING:  # the forward pass (every layer family's module) loads with a file's costs
     from wpipe.forward.cost import LayerCost, ModelCost

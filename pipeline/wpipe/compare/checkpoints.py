@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-from wpipe.remote import is_url
-from wpipe.tags import MODEL_SUFFIXES, parse_tags, strip_model_suffix
+from wpipe.core.tags import MODEL_SUFFIXES, parse_tags, strip_model_suffix
+from wpipe.store.remote import is_url
 
 TRAINING_LOGS = ("history.csv", "training.log")  # Keras CSVLogger's usual names
 # prefix ending in a separator, a counter, then optional metrics (`-0.42`, `_val_loss0.42`)

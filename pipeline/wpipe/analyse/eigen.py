@@ -1,4 +1,4 @@
-"""Eigenvalues of WₖᵀWₖ for the slices of a weight matrix (wpipe.spectra's ESD), fast and
+"""Eigenvalues of WₖᵀWₖ for the slices of a weight matrix (wpipe.analyse.spectra's ESD), fast and
 within the tolerances of docs: spectral.
 
 The M×M Gram matrix is formed by a symmetric rank-k product (numpy's matmul calls BLAS syrk for
@@ -14,7 +14,7 @@ slice, and what each spectra column gets from it:
   Σλ (`ESD.total`: norm, log_norm, stable_rank's numerator) is ‖W‖²_F summed in float64, exact
   to ~1e-15 whatever the solver. The other columns (alpha, xmin, D, entropy, ...) and the
   eigenvalues table see the bound above: a slice whose smallest eigenvalue is below SETTLED ×
-  that noise is recomputed in float64, and wpipe.spectra redoes a whole ESD in float64 when
+  that noise is recomputed in float64, and wpipe.analyse.spectra redoes a whole ESD in float64 when
   the power-law fit reaches into the noise (`ESD.noise`).
 - float64 Gram elsewhere (near-square matrices, whose small eigenvalues a float32 solver would
   lose): exact to ~1e-13·λmax, diagonalised in float64 by numpy's eigvalsh (LAPACK dsyevd,

@@ -89,7 +89,7 @@ def tensor_stats(
 ) -> tuple[dict, Histogram | None]:
     """Distribution statistics of a tensor and its histogram (None when nothing is finite).
 
-    `kernel`: "numpy" (the reference), "compiled" (wpipe.stats_kernel, numba) or "auto": the
+    `kernel`: "numpy" (the reference), "compiled" (wpipe.analyse.stats_kernel, numba) or "auto": the
     compiled kernels for float32/float16 tensors of COMPILED_MIN values or more when numba is
     installed, once this process has done RENT_VALUES such values on numpy (below that, no
     process pays numba's start-up)."""
@@ -250,7 +250,7 @@ def _moment_columns(moments: _Moments, l1: float, zeros: int, near: int, grid: _
 
 
 def _compiled_kernel(flat: np.ndarray, kernel: str):
-    """wpipe.stats_kernel when it is to be used for this tensor, else None."""
+    """wpipe.analyse.stats_kernel when it is to be used for this tensor, else None."""
     if kernel == "numpy" or flat.dtype not in (np.float32, np.float16):
         if kernel == "compiled" and flat.dtype not in (np.float32, np.float16):
             raise ValueError(f"the compiled statistics take float32/float16, not {flat.dtype}")
@@ -258,7 +258,7 @@ def _compiled_kernel(flat: np.ndarray, kernel: str):
     if kernel == "auto" and not _bought(flat.size):
         return None
     try:
-        from wpipe import stats_kernel
+        from wpipe.analyse import stats_kernel
     except ImportError:  # numba not installed: the numpy path computes the same numbers
         if kernel == "compiled":
             raise
@@ -270,7 +270,7 @@ def _bought(size: int) -> bool:
     """Whether a tensor of `size` values runs on the compiled kernels (auto): see RENT_VALUES."""
     if size < COMPILED_MIN:
         return False
-    if "wpipe.stats_kernel" in sys.modules or _RENTED[0] >= RENT_VALUES:
+    if "wpipe.analyse.stats_kernel" in sys.modules or _RENTED[0] >= RENT_VALUES:
         return True
     _RENTED[0] += size
     return False

@@ -19,7 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from wpipe.dblock import Protected
+from wpipe.core.dblock import Protected
+from wpipe.core.tags import MODEL_SUFFIXES
 from wpipe.readers import (
     ModelReadError,
     compressed,
@@ -33,7 +34,6 @@ from wpipe.readers import (
     unsupported,
 )
 from wpipe.readers.safefile import stat_problem
-from wpipe.tags import MODEL_SUFFIXES
 
 # Folder levels below a folder given that the walk enters: real trees of runs and checkpoints
 # are a dozen deep; a folder nested thousands deep is hostile (see `_walk`).

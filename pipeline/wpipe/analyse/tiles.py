@@ -16,7 +16,7 @@ import math
 import numpy as np
 import pyarrow as pa
 
-from wpipe import schema
+from wpipe.core import schema
 
 TILE_EXACT = 16384  # a model's first 4-D kernel keeps one cell per weight up to this (`filters`)
 TILE_GRID = 32  # at most this many cells per side of any other tensor

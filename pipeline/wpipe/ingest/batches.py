@@ -15,13 +15,15 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from wpipe import compare, memory, schema, store
-from wpipe.filemap import ChunkOutcome, FileJob, Outcome, TableSink
-from wpipe.plan import fingerprint_or_none
+from wpipe import compare, store
+from wpipe.analyse.tables import file_stem, model_id_for
+from wpipe.core import schema
+from wpipe.ingest import memory
+from wpipe.ingest.filemap import ChunkOutcome, FileJob, Outcome, TableSink
+from wpipe.ingest.plan import fingerprint_or_none
 from wpipe.store import space, sync
 from wpipe.store.lake import DataFile, Lake, write_data_file
 from wpipe.store.space import StoreFailed
-from wpipe.tables import file_stem, model_id_for
 
 # A batch is committed and loaded when it holds this many models, this many bytes of small
 # tables, or is this old: few commits, bounded driver memory, little lost to a kill. A

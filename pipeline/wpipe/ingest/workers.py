@@ -59,10 +59,10 @@ AUTO_BYTES_PER_SECOND = 2 << 20
 DEFAULT_FILE_TIMEOUT = AUTO
 TimeLimit = float | None | str  # seconds, no limit, or AUTO
 WINDOW_PER_WORKER = 4
-# What an ingest's worker runs (the map's functions are wpipe.filemap's; a file's compute
+# What an ingest's worker runs (the map's functions are wpipe.ingest.filemap's; a file's compute
 # columns need the forward pass, which the driver never loads): imported once by the pool's
 # server (or each Dask worker) as it starts, not by every worker, and nothing of the driver's.
-READER_MODULES = ("wpipe.filemap", "wpipe.forward.cost")
+READER_MODULES = ("wpipe.ingest.filemap", "wpipe.forward.cost")
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -277,7 +277,7 @@ def dask_client(address: str, jobs: int, preload: Sequence[str] = ()) -> Iterato
     """A `distributed.Client` on `address` (`local`: a LocalCluster of `jobs` worker
     processes, started here and stopped on exit; its workers import `preload` as they start,
     in parallel, instead of in their first task)."""
-    from wpipe import extras
+    from wpipe.core import extras
 
     extras.require("distributed", "dask", "--dask")
     import distributed

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wpipe.anatomy import (
+from wpipe.analyse.anatomy import (
     CONV,
     CONV_TRANSPOSE,
     DENSE,
@@ -30,10 +30,10 @@ from wpipe.anatomy import (
     SEPARABLE,
     _wrapped,
 )
-from wpipe.eigen import SOLVER_WORK, spectrum
+from wpipe.analyse.eigen import SOLVER_WORK, spectrum
 from wpipe.readers.base import from_cudnn
 
-# 2: float32 Gram where N >= 2M (wpipe.eigen); 3: there, a float32 solver from 256 columns
+# 2: float32 Gram where N >= 2M (wpipe.analyse.eigen); 3: there, a float32 solver from 256 columns
 # with λmax refined in float64, and Σλ the float64 ‖W‖²_F
 METHOD_VERSION = "wpipe-spectra/3"
 EVALS_THRESH = 1e-5  # eigenvalues at or below this are not fitted (WeightWatcher EVALS_THRESH)
@@ -65,7 +65,8 @@ KS_FIRST = 16  # candidates computed exactly in the first round (then twice as m
 
 @dataclass(frozen=True)
 class SpectraOptions:
-    """How spectra are computed. `cache_dir` is for the ingest glue (wpipe.spectra_tables)."""
+    """How spectra are computed. `cache_dir` is for the ingest glue
+    (wpipe.analyse.spectra_tables)."""
 
     mode: str = "auto"  # auto | all | none
     pool: bool = True  # one pooled ESD per convolution kernel (False: one per kernel position)
@@ -381,7 +382,8 @@ def _unsettled(metrics: dict, evals: np.ndarray, noise: float) -> bool:
 
 def esd_metrics(evals: np.ndarray, n: int, total: float | None = None) -> dict:
     """Metrics of a descending ESD whose matrices have largest dimension `n` (docs: spectral);
-    `total`: Σλ = ‖W‖²_F computed exactly (wpipe.eigen's Gram traces), else the eigenvalues' sum."""
+    `total`: Σλ = ‖W‖²_F computed exactly (wpipe.analyse.eigen's Gram traces), else the eigenvalues'
+    sum."""
     num = int(evals.size)
     lam = float(evals[0])
     out: dict = {"num_evals": num, "lambda_max": lam, "spectral_norm": lam}

@@ -13,12 +13,12 @@ from datetime import datetime, timezone
 import duckdb
 import pyarrow as pa
 
-from wpipe import schema
+from wpipe.analyse.updates import tensor_update, update_pair
 from wpipe.compare import comparable_layers
+from wpipe.core import schema
 from wpipe.readers import Model
-from wpipe.remote import open_save
 from wpipe.store import insert_arrow
-from wpipe.updates import tensor_update, update_pair
+from wpipe.store.remote import open_save
 
 
 def set_base(

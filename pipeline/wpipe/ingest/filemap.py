@@ -25,9 +25,20 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from wpipe import memory, remote, schema
-from wpipe.analysis import StatsOptions
-from wpipe.drift import drift_row, positions, weighted_layers
+from wpipe.analyse.drift import drift_row, positions, weighted_layers
+from wpipe.analyse.spectra import SpectraOptions
+from wpipe.analyse.stats import StatsOptions
+from wpipe.analyse.tables import (
+    FileInfo,
+    GatheredRows,
+    ValuesMode,
+    arch_id,
+    build_tables,
+    model_id_for,
+)
+from wpipe.core import schema
+from wpipe.core.textsafe import display, to_os
+from wpipe.ingest import memory
 from wpipe.readers import (
     Model,
     ModelReadError,
@@ -42,18 +53,8 @@ from wpipe.readers import (
 )
 from wpipe.readers import lazy_h5py as h5py
 from wpipe.readers.safefile import stat_problem
-from wpipe.spectra import SpectraOptions
-from wpipe.store import space
+from wpipe.store import remote, space
 from wpipe.store.lake import DataFile, DataFileWriter, LakeLocation, write_data_file
-from wpipe.tables import (
-    FileInfo,
-    GatheredRows,
-    ValuesMode,
-    arch_id,
-    build_tables,
-    model_id_for,
-)
-from wpipe.textsafe import display, to_os
 
 # Rows of one table of one model kept in memory (and sent back to the driver) before the
 # worker streams them into a data file of its own: small models batch into few files,

@@ -8,12 +8,13 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from wpipe import compare, remote, schema, store
-from wpipe.batches import Driver, release
-from wpipe.store import sync
+from wpipe import compare, store
+from wpipe.core import schema
+from wpipe.core.textsafe import to_os
+from wpipe.ingest.batches import Driver, release
+from wpipe.store import remote, sync
 from wpipe.store.duck import refresh_tags
 from wpipe.store.lake import Lake
-from wpipe.textsafe import to_os
 
 # Tables with more files than this are compacted (small files merged) at the end of a run.
 COMPACT_FILES = 64

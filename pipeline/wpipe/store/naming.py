@@ -18,8 +18,8 @@ from pathlib import Path, PurePath
 import duckdb
 import pyarrow as pa
 
-from wpipe.tags import strip_model_suffix
-from wpipe.textsafe import stored
+from wpipe.core.tags import strip_model_suffix
+from wpipe.core.textsafe import stored
 
 
 def _root_of(path: PurePath, roots: Iterable[PurePath]) -> PurePath | None:

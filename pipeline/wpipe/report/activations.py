@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from wpipe import charts
-from wpipe.report_page import Builder, esc, html_table
+from wpipe.report.document import Builder, esc, html_table
 
 MAX_RUN_ROWS = 100  # rows of the runs table
 MAX_STATUS_ROWS = 50  # rows of the layers-that-could-not-run table

@@ -9,8 +9,8 @@ from itertools import combinations
 
 import duckdb
 
-from wpipe.align import Alignment, align
-from wpipe.remote import open_save
+from wpipe.compare.align import Alignment, align
+from wpipe.store.remote import open_save
 
 
 def _path(con: duckdb.DuckDBPyConnection, model_id: str) -> str:

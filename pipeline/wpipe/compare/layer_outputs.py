@@ -1,7 +1,7 @@
 """Layer outputs on sample inputs: input sets, the forward pass per model, and its tables.
 
 Glue between the numpy forward pass (wpipe.forward), the statistics of `weights`
-(wpipe.analysis.tensor_stats, the same definitions) and DuckDB. A model's rows are keyed by
+(wpipe.analyse.stats.tensor_stats, the same definitions) and DuckDB. A model's rows are keyed by
 (model_id, input_set); input_set is a content hash of the inputs, so the same arrays under
 another name are the same set, and a pass already stored for the model file's current
 SHA-256 is not computed again.
@@ -21,8 +21,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from wpipe import schema, store
-from wpipe.analysis import StatsOptions, tensor_stats
+from wpipe import store
+from wpipe.analyse.stats import StatsOptions, tensor_stats
+from wpipe.core import schema
 from wpipe.forward import LayerOutput, Stopped, Unsupported, forward, graph_of
 from wpipe.forward.graph import Graph, Ref
 from wpipe.readers import ModelReadError, open_model

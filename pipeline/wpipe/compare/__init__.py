@@ -14,12 +14,12 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from wpipe import schema
-from wpipe.checkpoints import Save, has_training_log, name_series, series_of
-from wpipe.drift import drift_row, position_pairs, symmetric_distance, tensor_drift
+from wpipe.analyse.drift import drift_row, position_pairs, symmetric_distance, tensor_drift
+from wpipe.compare.checkpoints import Save, has_training_log, name_series, series_of
+from wpipe.core import schema
 from wpipe.readers import Model, ModelReadError
-from wpipe.remote import is_url, open_save
 from wpipe.store import insert_arrow
+from wpipe.store.remote import is_url, open_save
 
 LOG_NAMES = ("training.log",)  # CSVLogger's usual name besides *.csv
 
@@ -31,7 +31,7 @@ def folder_of(path: str) -> str:
 
 def series(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
     """Checkpoint series: models of one arch_id, folder and format (two or more) with evidence
-    of training order, in that order (docs: checkpoints; wpipe.checkpoints)."""
+    of training order, in that order (docs: checkpoints; wpipe.compare.checkpoints)."""
     rows = con.execute(
         "SELECT m.model_id, m.path, m.arch_id, m.name, coalesce(e.value, s.value), m.sha256 "
         "FROM models AS m "

@@ -1,6 +1,7 @@
 """The `spectra` and `eigenvalues` tables of one model, with a content-addressed cache.
 
-Glue between the pure analysis (wpipe.spectra) and the per-model tables (wpipe.tables): the
+Glue between the pure analysis (wpipe.analyse.spectra) and the per-model tables
+(wpipe.analyse.tables): the
 result of each tensor worth caching (CACHE_MIN_WORK) is cached in `<lake>/.spectra-cache/`
 under the SHA-256 of its bytes and of everything else the result depends on (method version,
 layer class, weight name, role, layout, dtype, shape, the planned matrices), so a re-ingested
@@ -21,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wpipe.anatomy import _wrapped
-from wpipe.eigen import (
+from wpipe.analyse.anatomy import _wrapped
+from wpipe.analyse.eigen import (
     SOLVER_THREADED_ORDER,
     SOLVER_WORK,
     UNLIMITED_BELOW,
@@ -30,7 +31,7 @@ from wpipe.eigen import (
     pool_share,
     thread_pool,
 )
-from wpipe.spectra import (
+from wpipe.analyse.spectra import (
     AUTO_RATE,
     METHOD_VERSION,
     SpectraOptions,
@@ -147,7 +148,7 @@ class SpectraCollector:
 
 
 def _cost(planned) -> float:
-    """Estimated multiply-adds of a tensor's spectra (wpipe.spectra.cost_seconds' model)."""
+    """Estimated multiply-adds of a tensor's spectra (wpipe.analyse.spectra.cost_seconds' model)."""
     return sum(cost_seconds(p.rf, p.n, p.m) for p in planned if not p.skip) * AUTO_RATE
 
 
