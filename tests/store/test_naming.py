@@ -12,7 +12,7 @@ from wpipe.store.naming import assign_names
 
 from tests.conftest import MODELS, Warehouse
 
-DEMO = Path(__file__).resolve().parents[1] / "examples" / "models"
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "models"
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from wpipe.ingest.driver import commit_batch
 from wpipe.store import owned, sync
 
 from tests.conftest import MODELS, Warehouse
-from tests.test_lake import _settings, assert_lake_equals_database
+from tests.store.test_lake import _settings, assert_lake_equals_database
 
 runner = CliRunner()
 TABLES = [t.name for t in schema.MODEL_TABLES]

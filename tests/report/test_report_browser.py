@@ -38,7 +38,7 @@ from wpipe.report.document import page as page_html  # noqa: E402
 
 from tests.charts.conftest import many_models  # noqa: E402
 
-ARTEFACTS = Path(__file__).parent / "artefacts"
+ARTEFACTS = Path(__file__).parents[1] / "artefacts"
 WIDTH, HEIGHT = 1400, 900
 ARGS = [
     "--headless",

@@ -15,7 +15,7 @@ from wpipe.cli import app
 from tests.charts.conftest import h5_layers
 from tests.conftest import MODELS, Warehouse, dense_config, expected, write_legacy_h5
 
-DEMO = Path(__file__).resolve().parents[1] / "examples" / "models"
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "models"
 runner = CliRunner()
 
 

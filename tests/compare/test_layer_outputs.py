@@ -18,7 +18,7 @@ from tests.conftest import EXAMPLES
 from tests.forward.keras_cases import MODELS as FORWARD_MODELS
 from tests.forward.keras_cases import expected
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "examples" / "inputs"
 runner = CliRunner()
 
