@@ -121,42 +121,39 @@ def _check_unique_keys(model: Model, where: str) -> None:
             )
 
 
+# Layouts told apart by their name or a small header, before sniffing HDF5 or ZIP: each a
+# test of the path and the reader that opens it (first match wins).
+_FOLDER_LAYOUTS = (
+    (orbax.claims, orbax.open_step),
+    (saved_model.claims, saved_model.open_folder),
+    (keras_dir.claims, keras_dir.open_folder),
+)
+_FILE_LAYOUTS = (
+    (sharded.is_index, sharded.open_shards),
+    (hf_safetensors.is_index, hf_safetensors.open_index),
+    (hf_safetensors.claims, hf_safetensors.open_file),
+    (tf_bundle.is_index, tf_checkpoint.open_checkpoint),
+)
+
+
 @contextmanager
 def _open(p: Path, where: str, layouts: h5layout.Layouts | None = None) -> Iterator[Model]:
     reason = unsupported.identify(p)
     if reason:
         raise ModelReadError("unsupported-format", f"{where}: {reason}")
     if p.is_dir():
-        if orbax.claims(p):
-            with orbax.open_step(p, where) as model:
-                yield model
-            return
-        if saved_model.claims(p):
-            with saved_model.open_folder(p, where) as model:
-                yield model
-            return
-        if not keras_dir.claims(p):
+        opener = next((o for claims, o in _FOLDER_LAYOUTS if claims(p)), None)
+        if opener is None:
             raise ModelReadError("not-keras", f"{where}: folder is not a Keras save")
-        with keras_dir.open_folder(p, where) as model:
+        with opener(p, where) as model:
             yield model
         return
     size = require_regular(p, where).st_size
     if size == 0:
         raise ModelReadError("empty-file", f"{where}: file is empty (0 bytes)")
-    if sharded.is_index(p):
-        with sharded.open_shards(p, where) as model:
-            yield model
-        return
-    if hf_safetensors.is_index(p):
-        with hf_safetensors.open_index(p, where) as model:
-            yield model
-        return
-    if hf_safetensors.claims(p):
-        with hf_safetensors.open_file(p, where) as model:
-            yield model
-        return
-    if tf_bundle.is_index(p):
-        with tf_checkpoint.open_checkpoint(p, where) as model:
+    opener = next((o for claims, o in _FILE_LAYOUTS if claims(p)), None)
+    if opener is not None:
+        with opener(p, where) as model:
             yield model
         return
     packed = compressed.kind_of(p, where)
