@@ -41,9 +41,10 @@ docs: $(DEV)
 	test -f demo.duckdb || $(MAKE) demo
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
-# Two workers (the machines have 2 cores), each test file on one worker (its fixtures built once).
+# Two workers (the machines have 2 cores), each test file on one worker (its fixtures built once);
+# the 20 slowest tests are listed at the end, to keep an eye on the suite's time.
 test: $(DEV)
-	$(BIN)/pytest -q -n 2 --dist loadfile
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=20
 
 # The report opened in Chromium (tests/report/test_report_browser.py): the demo's and a 300-model
 # report. Chromium comes from the system (Debian: `apt-get install chromium`), driven by the
