@@ -162,24 +162,43 @@ def suggest(con: duckdb.DuckDBPyConnection) -> list[dict]:
     grandparent-base-child at the base in degrees (None when the base is a root) and the rule
     that chose it: `nearest` (confidence 1 − nearest / second nearest candidate distance) or
     `sibling` (placed beside a same-recipe twin; confidence 1 − SIBLING_SPREAD / spread ratio)."""
-    named = dict(con.execute("SELECT child_id, base_id FROM lineage").fetchall())
+    named = named_bases(con)
+    out = []
+    for ids in architectures(con).values():
+        out += [r for r in suggest_among(con, ids, named) if r["child_id"] not in named]
+    return out
+
+
+def named_bases(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """child_id -> base_id of every base the user named (or accepted)."""
+    return dict(con.execute("SELECT child_id, base_id FROM lineage").fetchall())
+
+
+def architectures(con: duckdb.DuckDBPyConnection) -> dict[str | None, list[str]]:
+    """arch_id -> its models, most recently ingested first (the SUGGEST_MAX_MODELS latest), for
+    every architecture shared by two models or more."""
     groups = con.execute(
         "SELECT arch_id, list(model_id ORDER BY ingested_at DESC) FROM models "
         "GROUP BY arch_id HAVING count(*) > 1"
     ).fetchall()
+    return {arch: ids[:SUGGEST_MAX_MODELS] for arch, ids in groups}
+
+
+def suggest_among(
+    con: duckdb.DuckDBPyConnection, ids: list[str], named: dict[str, str]
+) -> list[dict]:  # fmt: skip
+    """`suggest`'s rows for the models `ids` of one architecture, the models with a `named`
+    base included (what their weights say; their named base serves the others' rules)."""
+    vectors, kurtosis, shapes = _features(con, ids)
+    if vectors is None:
+        return []
+    index = {m: i for i, m in enumerate(ids)}
+    known = {index[c]: index[b] for c, b in named.items() if c in index and b in index}
     out = []
-    for _, ids in groups:
-        ids = ids[:SUGGEST_MAX_MODELS]
-        vectors, kurtosis, shapes = _features(con, ids)
-        if vectors is None:
-            continue
-        index = {m: i for i, m in enumerate(ids)}
-        known = {index[c]: index[b] for c, b in named.items() if c in index and b in index}
-        for row in _Tree(vectors, kurtosis, shapes).grow(known):
-            child, base = row.pop("child"), row.pop("base")
-            if ids[child] not in named:
-                out.append({"child_id": ids[child], "base_id": ids[base], **row,
-                            "kurtosis_gap": float(kurtosis[child] - kurtosis[base])})  # fmt: skip
+    for row in _Tree(vectors, kurtosis, shapes).grow(known):
+        child, base = row.pop("child"), row.pop("base")
+        out.append({"child_id": ids[child], "base_id": ids[base], **row,
+                    "kurtosis_gap": float(kurtosis[child] - kurtosis[base])})  # fmt: skip
     return out
 
 
@@ -216,22 +235,22 @@ class _Tree:
         return ages
 
     def grow(self, known: dict[int, int]):
-        """One row per model with an older relative, in order of age; `known` bases are
-        kept and serve as their children's base in the rules."""
+        """One row per model with an older relative, in order of age (a model with a `known`
+        base too); `known` bases are kept and serve as their children's base in the rules."""
         import numpy as np
 
         for child in np.argsort(self.ages, kind="stable"):
             older = np.flatnonzero(
                 (self.ages < self.ages[child]) & (self.rel[child] < UNRELATED_DISTANCE)
             )
-            if child in known:
-                self.parent[child] = known[child]
-                continue
             if known:  # a named base may be younger: never suggest a descendant (a loop)
                 older = np.array([m for m in older if not self._descends(m, child)], dtype=int)
-            if older.size:
-                row = self._choose(int(child), older)
+            row = self._choose(int(child), older) if older.size else None
+            if child in known:  # what its weights say; the named base serves the rules
+                self.parent[child] = known[child]
+            elif row is not None:
                 self.parent[child] = row["base"]
+            if row is not None:
                 yield row
 
     def _choose(self, child: int, older) -> dict:
