@@ -33,6 +33,9 @@ def refresh(con: duckdb.DuckDBPyConnection) -> int:
         "SELECT name, value FROM ingest_state WHERE starts_with(name, ?)", [STATE_PREFIX]
     ).fetchall())  # fmt: skip
     changed = [arch for arch in groups if stored.get(_key(arch)) != current.get(arch)]
+    keys = [_key(arch) for arch in groups]
+    if not changed and set(stored) <= set(keys):
+        return 0  # an architecture gone, or left with one model, has rows to drop
     named, now = named_bases(con), datetime.now(timezone.utc)
     rows = [{**row, "computed_at": now}
             for arch in changed for row in suggest_among(con, groups[arch], named)]  # fmt: skip
@@ -47,11 +50,11 @@ def refresh(con: duckdb.DuckDBPyConnection) -> int:
         )
         table = schema.SUGGESTED_BASES
         insert_arrow(con, table, pa.Table.from_pylist(rows, schema=table.arrow_schema))
-        keys = [_key(arch) for arch in groups]
         con.execute("DELETE FROM ingest_state WHERE starts_with(name, ?) "
                     "AND NOT list_contains(?, name)", [STATE_PREFIX, keys])  # fmt: skip
-        con.executemany("INSERT OR REPLACE INTO ingest_state VALUES (?, ?)",
-                        [(_key(arch), current[arch]) for arch in changed])  # fmt: skip
+        for arch in changed:
+            con.execute("INSERT OR REPLACE INTO ingest_state VALUES (?, ?)",
+                        [_key(arch), current[arch]])  # fmt: skip
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
