@@ -14,7 +14,7 @@ import duckdb
 import pyarrow as pa
 
 from wpipe.analyse.updates import tensor_update, update_pair
-from wpipe.compare import comparable_layers
+from wpipe.compare import comparable_layers, model_files
 from wpipe.core import schema
 from wpipe.readers import Model
 from wpipe.store import insert_arrow
@@ -31,15 +31,13 @@ def set_base(
         raise ValueError("a model cannot be its own base")
     if child in _ancestors(con, base):
         raise ValueError("that base descends from the child: lineage cannot be a loop")
-    shas = dict(con.execute("SELECT model_id, sha256 FROM models WHERE model_id IN (?, ?)",
-                            [child, base]).fetchall())  # fmt: skip
     pairs = comparable_layers(con, base, child)
     siblings = [s for (s,) in con.execute(
         "SELECT child_id FROM lineage WHERE base_id = ? AND child_id <> ?", [base, child]
     ).fetchall()]  # fmt: skip
-    paths = _paths(con, [base, child, *siblings])
+    files = model_files(con, [base, child, *siblings])
     with ExitStack() as stack:
-        models = {m: stack.enter_context(open_save(paths[m])) for m in paths}
+        models = {m: stack.enter_context(open_save(f.path)) for m, f in files.items()}
         updates, pair_rows = _rows(models, base, child, siblings, pairs, con)
     con.execute("BEGIN TRANSACTION")
     try:
@@ -47,7 +45,7 @@ def set_base(
         con.execute("DELETE FROM updates WHERE child_id = ?", [child])
         con.execute("DELETE FROM update_pairs WHERE child_a = ? OR child_b = ?", [child, child])
         row = {"child_id": child, "base_id": base, "source": source,
-               "sha256_child": shas.get(child), "sha256_base": shas.get(base),
+               "sha256_child": files[child].sha256, "sha256_base": files[base].sha256,
                "set_at": datetime.now(timezone.utc)}  # fmt: skip
         insert_arrow(con, schema.LINEAGE, _table(schema.LINEAGE, [row]))
         insert_arrow(con, schema.UPDATES, _table(schema.UPDATES, updates))
@@ -86,13 +84,6 @@ def _ancestors(con: duckdb.DuckDBPyConnection, model: str) -> set[str]:
         seen.add(model)
         model = bases[model]
     return seen | {model}
-
-
-def _paths(con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, str]:
-    rows = con.execute(
-        "SELECT model_id, path FROM models WHERE list_contains(?, model_id)", [ids]
-    ).fetchall()
-    return dict(rows)
 
 
 def _tensors(model: Model, layer_path: str) -> dict:
@@ -369,10 +360,10 @@ def compare_updates(
     import numpy as np
 
     layers_a, layers_b = comparable_layers(con, base, a), comparable_layers(con, base, b)
-    paths = _paths(con, [base, a, b])
     out = []
     with ExitStack() as stack:
-        models = {m: stack.enter_context(open_save(paths[m])) for m in paths}
+        models = {m: stack.enter_context(open_save(f.path))
+                  for m, f in model_files(con, [base, a, b]).items()}  # fmt: skip
         for layer in (la for la in models[base].layers if la.tensors):
             path = layer.layer_path
             if path not in layers_a or path not in layers_b:
