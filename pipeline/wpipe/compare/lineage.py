@@ -325,14 +325,19 @@ def _features(con: duckdb.DuckDBPyConnection, ids: list[str]):
     the (rows, cols) of each tensor's cells in that order; (None, None, None) unless every
     model has the same cells."""
     import numpy as np
+    import pyarrow.compute as pc
 
-    rows = con.execute(
-        "SELECT t.model_id, list(t.mean ORDER BY w.weight_index, t.tile_row, t.tile_col) "
-        "FROM weight_tiles AS t JOIN weights AS w USING (model_id, layer_path, weight_name) "
-        "WHERE list_contains(?, t.model_id) GROUP BY t.model_id",
-        [ids],
-    ).fetchall()
-    cells = {m: v for m, v in rows}
+    # as Arrow, not Python lists: half the time of the whole for some hundred models
+    means = (
+        con.sql(
+            "SELECT t.model_id, list(t.mean ORDER BY w.weight_index, t.tile_row, t.tile_col) "
+            "FROM weight_tiles AS t JOIN weights AS w USING (model_id, layer_path, weight_name) "
+            "WHERE list_contains($ids, t.model_id) GROUP BY t.model_id",
+            params={"ids": ids},
+        )
+        .to_arrow_reader()
+        .read_all()
+    )
     ages = dict(con.execute(
         "SELECT model_id, avg(kurtosis) FROM weights WHERE list_contains(?, model_id) "
         "AND role IN ('kernel', 'depthwise_kernel', 'pointwise_kernel', 'recurrent_kernel', "
@@ -343,11 +348,14 @@ def _features(con: duckdb.DuckDBPyConnection, ids: list[str]):
         "JOIN weights AS w USING (model_id, layer_path, weight_name) WHERE t.model_id = ? "
         "GROUP BY w.weight_index ORDER BY w.weight_index", [ids[0]]
     ).fetchall()  # fmt: skip
-    lengths = {len(v) for v in cells.values()}
-    if (len(cells) != len(ids) or len(lengths) != 1 or any(ages.get(m) is None for m in ids)
+    lists = means.column(1).combine_chunks()
+    lengths = set(pc.list_value_length(lists).to_pylist())
+    if (means.num_rows != len(ids) or len(lengths) != 1 or any(ages.get(m) is None for m in ids)
             or sum(r * c for r, c in shapes) != lengths.pop()):  # fmt: skip
         return None, None, None
-    vectors = np.array([[x if x is not None else 0.0 for x in cells[m]] for m in ids])
+    cells = pc.fill_null(lists.flatten(), 0.0).to_numpy(zero_copy_only=False)
+    row = {m: i for i, m in enumerate(means.column(0).to_pylist())}
+    vectors = cells.reshape(means.num_rows, -1)[[row[m] for m in ids]].astype(np.float64)
     return vectors, np.array([ages[m] for m in ids]), shapes
 
 
