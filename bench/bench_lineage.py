@@ -68,6 +68,14 @@ def new_tree(vectors, kurtosis, shapes) -> list[dict]:
 
 
 def build(folder: Path, copies: int) -> Warehouse:
+    w = Warehouse(folder)
+    report = w.ingest(make_copies(folder, copies), jobs=2)
+    assert not report.failed, report.failed
+    return w
+
+
+def make_copies(folder: Path, copies: int) -> Path:
+    """The folder of the family's nudged copies (module docstring)."""
     models = folder / "models"
     rng = np.random.default_rng(0)
     for k in range(copies):
@@ -78,10 +86,7 @@ def build(folder: Path, copies: int) -> Warehouse:
             with h5py.File(target, "r+") as f:
                 kernel = f["model_weights/h1/h1/kernel:0"]
                 kernel[0, 0] += np.float32(rng.normal(0, 1e-3))
-    w = Warehouse(folder)
-    report = w.ingest(models, jobs=2)
-    assert not report.failed, report.failed
-    return w
+    return models
 
 
 def main() -> None:

@@ -53,3 +53,19 @@ SELECT base, model_a, model_b, layer_path,
 FROM update_tensors
 GROUP BY GROUPING SETS ((base, model_a, model_b, layer_path), (base, model_a, model_b))
 ORDER BY base, model_a, model_b, layer_path NULLS FIRST;
+
+-- lineage_suggestions: one row per model whose weights suggest a base (`suggested_bases`,
+-- refreshed by `wpipe lineage suggest` and by an ingest that changed models), with the base
+-- named in `lineage` if any: `accepted` when it is the suggested one. Accept one with
+-- `wpipe lineage set MODEL SUGGESTED_BASE`, or every one with `wpipe lineage suggest --accept`.
+CREATE OR REPLACE VIEW lineage_suggestions AS
+SELECT c.name AS model, b.name AS suggested_base, s.confidence, s.rule, s.distance,
+       s.kurtosis_gap, s.angle_at_base, n.name AS named_base,
+       coalesce(l.base_id = s.base_id, false) AS accepted, l.source AS named_by,
+       s.computed_at, s.child_id, s.base_id
+FROM suggested_bases AS s
+JOIN models AS c ON c.model_id = s.child_id
+JOIN models AS b ON b.model_id = s.base_id
+LEFT JOIN lineage AS l ON l.child_id = s.child_id
+LEFT JOIN models AS n ON n.model_id = l.base_id
+ORDER BY model;

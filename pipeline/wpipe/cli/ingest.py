@@ -318,12 +318,15 @@ def sync_command(
     from deltalake.exceptions import DeltaError
 
     from wpipe import api
+    from wpipe.compare import suggestions
     from wpipe.store import remote, sync
 
     db_path = db or api.default_db()
     database = open_for_writing(Path(db_path), "wpipe sync")
     try:
         pulled = sync.pull(database, remote.open_lake(lake))
+        if pulled.models or pulled.removed:  # the suggested bases are this database's own
+            suggestions.refresh(database.con)
     except (LookupError, MissingExtra, OSError, DeltaError) as exc:
         fail(f"{lake}: {first_line(exc)}")
     finally:

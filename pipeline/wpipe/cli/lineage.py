@@ -1,5 +1,5 @@
 """`wpipe lineage`: name a model's base, see what fine-tunes changed and whether they agree,
-and the bases the weights suggest (a writer for set, clear and suggest --accept)."""
+and the bases the weights suggest (a writer: set, clear, and suggest, which stores them)."""
 
 from __future__ import annotations
 
@@ -114,16 +114,20 @@ def suggest_command(
     db: str | None = DbOption,
     fmt: Format = FormatOption,
 ) -> None:
-    """The likely base of each model without one, from the weights alone."""
-    from wpipe.compare import lineage
+    """The likely base of each model without one, from the weights alone (stored, and kept
+    in the lineage_suggestions view)."""
+    from wpipe.compare import suggestions
 
-    con = connect(db, read_only=not accept)
-    rows = [r for r in lineage.suggest(con) if r["confidence"] >= min_confidence]
-    names = dict(con.execute("SELECT model_id, name FROM models").fetchall())
-    table = [(names[r["child_id"]], names[r["base_id"]], r["distance"], r["confidence"],
-              r["kurtosis_gap"], r["angle_at_base"], r["rule"]) for r in rows]  # fmt: skip
+    con = connect(db, read_only=False)
+    suggestions.refresh(con)
+    rows = con.execute(
+        "SELECT model, suggested_base, distance, confidence, kurtosis_gap, angle_at_base, rule, "
+        "child_id, base_id FROM lineage_suggestions "
+        "WHERE named_base IS NULL AND confidence >= ? ORDER BY model",
+        [min_confidence],
+    ).fetchall()
     emit(["model", "suggested_base", "distance", "confidence", "kurtosis_gap", "angle_at_base",
-          "rule"], table, fmt, title="suggested bases")  # fmt: skip
+          "rule"], [r[:7] for r in rows], fmt, title="suggested bases")  # fmt: skip
     if accept:
-        for r in rows:
-            _set(con, r["child_id"], r["base_id"], "suggested")
+        for *_, child, base in rows:
+            _set(con, child, base, "suggested")

@@ -5,11 +5,12 @@ the derived tables `drift`, `model_tags` and `model_metrics`."""
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from itertools import combinations, pairwise
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 import pyarrow as pa
@@ -52,8 +53,22 @@ def series(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
     return {name: [s.key for s in chain] for name, chain in name_series(found).items()}
 
 
-def _file_of(con: duckdb.DuckDBPyConnection, model_id: str) -> tuple[str, str]:
-    return con.execute("SELECT path, sha256 FROM models WHERE model_id = ?", [model_id]).fetchone()
+class ModelFile(NamedTuple):
+    path: str
+    sha256: str | None
+
+
+def model_files(
+    con: duckdb.DuckDBPyConnection, model_ids: Iterable[str] | None = None
+) -> dict[str, ModelFile]:  # fmt: skip
+    """model_id -> its file (path, content hash), for each of `model_ids` stored (None: all)."""
+    query = "SELECT model_id, path, sha256 FROM models"
+    if model_ids is None:
+        rows = con.execute(query).fetchall()
+    else:
+        rows = con.execute(f"{query} WHERE list_contains(?, model_id)", [list(model_ids)])
+        rows = rows.fetchall()
+    return {m: ModelFile(path, sha) for m, path, sha in rows}
 
 
 def _drift_rows(
@@ -126,7 +141,8 @@ def paired_paths(con: duckdb.DuckDBPyConnection, model_ids: list[str]) -> pa.Tab
 def pair_drift(con: duckdb.DuckDBPyConnection, a: str, b: str) -> pa.Table:
     """Drift rows (the drift table's columns) for the comparable layers of A and B, computed
     from the files now and stored nowhere: an on-demand comparison changes no table."""
-    (path_a, sha_a), (path_b, sha_b) = _file_of(con, a), _file_of(con, b)
+    files = model_files(con, [a, b])
+    (path_a, sha_a), (path_b, sha_b) = files[a], files[b]
     layers = comparable_layers(con, a, b)
     with open_save(path_a) as model_a, open_save(path_b) as model_b:
         rows = _drift_rows(model_a, model_b, (a, b), (sha_a, sha_b), None, layers)
@@ -168,8 +184,7 @@ def series_drift(
     wanted: set[tuple[str, str]] = set()
     done: list[tuple[str, str]] = []
     rows: list[dict] = []
-    listing = con.execute("SELECT model_id, path, sha256 FROM models").fetchall()
-    files = {m: (p, h) for m, p, h in listing}
+    files = model_files(con)
     known = set(
         con.execute(
             # an on-demand pair (series NULL) becomes a series pair when its files join one
@@ -190,10 +205,10 @@ def series_drift(
                     if held is not None:
                         held[2].close()
                     stack = ExitStack()
-                    held = (a, stack.enter_context(open_save(files[a][0])), stack)
+                    held = (a, stack.enter_context(open_save(files[a].path)), stack)
                 stack_b = ExitStack()
-                model_b = stack_b.enter_context(open_save(files[b][0]))
-                shas = (files[a][1], files[b][1])
+                model_b = stack_b.enter_context(open_save(files[b].path))
+                shas = (files[a].sha256, files[b].sha256)
                 try:
                     # a series is one arch_id: align_layers pairs it by position
                     pairs = position_pairs(held[1], model_b)
@@ -266,10 +281,8 @@ class Distances:
 def distance_table(con: duckdb.DuckDBPyConnection, model_ids: list[str]) -> Distances:
     """Every model's layers paired with the first model's by align_layers, then the distance
     of every two models' layers paired with the same layer of the first."""
-    paths = [
-        con.execute("SELECT path FROM models WHERE model_id = ?", [m]).fetchone()[0]
-        for m in model_ids
-    ]
+    files = model_files(con, model_ids)
+    paths = [files[m].path for m in model_ids]
     first = model_ids[0]
     pairs = [{}] + [
         {a: (b, certain) for a, b, certain in layer_pairs(con, first, m)} for m in model_ids[1:]

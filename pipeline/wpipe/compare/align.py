@@ -154,7 +154,6 @@ def _match(
     for _ in range(MAX_ROUNDS):
         changed = False
         for k, group in enumerate(groups):
-            current = _apply(groups, perms, arrays_b)
             score = np.zeros((group.size, group.size))
             for layer in (group.producer, *group.per_unit):
                 for role, a in arrays_a[layer].items():
@@ -164,8 +163,9 @@ def _match(
                     score += _out_rows(a) @ _out_rows(b).T
             if group.consumer is not None:
                 a = arrays_a[group.consumer]["kernel"]
-                b = current[group.consumer]["kernel"]
-                b = _permute_in(b, group, np.argsort(perms[k]))  # undo this group's own
+                b = arrays_b[group.consumer]["kernel"]  # this group's own permutation left out
+                if k + 1 < len(groups):  # the consumer produces the next group's units
+                    b = np.take(b, perms[k + 1], axis=-1)
                 score += (
                     _in_rows(a, group.size, group.positions)
                     @ _in_rows(b, group.size, group.positions).T

@@ -9,17 +9,15 @@ from itertools import combinations
 
 import duckdb
 
+from wpipe.compare import model_files
 from wpipe.compare.align import Alignment, align
 from wpipe.store.remote import open_save
 
 
-def _path(con: duckdb.DuckDBPyConnection, model_id: str) -> str:
-    return con.execute("SELECT path FROM models WHERE model_id = ?", [model_id]).fetchall()[0][0]
-
-
 def aligned_pair(con: duckdb.DuckDBPyConnection, a: str, b: str) -> Alignment:
     """B aligned to A (the reference), from their files."""
-    with open_save(_path(con, a)) as model_a, open_save(_path(con, b)) as model_b:
+    files = model_files(con, [a, b])
+    with open_save(files[a].path) as model_a, open_save(files[b].path) as model_b:
         return align(model_a, model_b)
 
 
@@ -53,7 +51,8 @@ def aligned_matrix(
     and, for pairs the alignment does not handle, the reason."""
     rows, refused = [], {}
     with ExitStack() as stack:
-        models = {m: stack.enter_context(open_save(_path(con, m))) for m in model_ids}
+        files = model_files(con, model_ids)
+        models = {m: stack.enter_context(open_save(files[m].path)) for m in model_ids}
         for a, b in combinations(model_ids, 2):
             result = align(models[a], models[b])
             if result.status != "ok":

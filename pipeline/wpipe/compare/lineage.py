@@ -14,7 +14,7 @@ import duckdb
 import pyarrow as pa
 
 from wpipe.analyse.updates import tensor_update, update_pair
-from wpipe.compare import comparable_layers
+from wpipe.compare import comparable_layers, model_files
 from wpipe.core import schema
 from wpipe.readers import Model
 from wpipe.store import insert_arrow
@@ -31,15 +31,13 @@ def set_base(
         raise ValueError("a model cannot be its own base")
     if child in _ancestors(con, base):
         raise ValueError("that base descends from the child: lineage cannot be a loop")
-    shas = dict(con.execute("SELECT model_id, sha256 FROM models WHERE model_id IN (?, ?)",
-                            [child, base]).fetchall())  # fmt: skip
     pairs = comparable_layers(con, base, child)
     siblings = [s for (s,) in con.execute(
         "SELECT child_id FROM lineage WHERE base_id = ? AND child_id <> ?", [base, child]
     ).fetchall()]  # fmt: skip
-    paths = _paths(con, [base, child, *siblings])
+    files = model_files(con, [base, child, *siblings])
     with ExitStack() as stack:
-        models = {m: stack.enter_context(open_save(paths[m])) for m in paths}
+        models = {m: stack.enter_context(open_save(f.path)) for m, f in files.items()}
         updates, pair_rows = _rows(models, base, child, siblings, pairs, con)
     con.execute("BEGIN TRANSACTION")
     try:
@@ -47,7 +45,7 @@ def set_base(
         con.execute("DELETE FROM updates WHERE child_id = ?", [child])
         con.execute("DELETE FROM update_pairs WHERE child_a = ? OR child_b = ?", [child, child])
         row = {"child_id": child, "base_id": base, "source": source,
-               "sha256_child": shas.get(child), "sha256_base": shas.get(base),
+               "sha256_child": files[child].sha256, "sha256_base": files[base].sha256,
                "set_at": datetime.now(timezone.utc)}  # fmt: skip
         insert_arrow(con, schema.LINEAGE, _table(schema.LINEAGE, [row]))
         insert_arrow(con, schema.UPDATES, _table(schema.UPDATES, updates))
@@ -86,13 +84,6 @@ def _ancestors(con: duckdb.DuckDBPyConnection, model: str) -> set[str]:
         seen.add(model)
         model = bases[model]
     return seen | {model}
-
-
-def _paths(con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, str]:
-    rows = con.execute(
-        "SELECT model_id, path FROM models WHERE list_contains(?, model_id)", [ids]
-    ).fetchall()
-    return dict(rows)
 
 
 def _tensors(model: Model, layer_path: str) -> dict:
@@ -162,24 +153,43 @@ def suggest(con: duckdb.DuckDBPyConnection) -> list[dict]:
     grandparent-base-child at the base in degrees (None when the base is a root) and the rule
     that chose it: `nearest` (confidence 1 − nearest / second nearest candidate distance) or
     `sibling` (placed beside a same-recipe twin; confidence 1 − SIBLING_SPREAD / spread ratio)."""
-    named = dict(con.execute("SELECT child_id, base_id FROM lineage").fetchall())
+    named = named_bases(con)
+    out = []
+    for ids in architectures(con).values():
+        out += [r for r in suggest_among(con, ids, named) if r["child_id"] not in named]
+    return out
+
+
+def named_bases(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """child_id -> base_id of every base the user named (or accepted)."""
+    return dict(con.execute("SELECT child_id, base_id FROM lineage").fetchall())
+
+
+def architectures(con: duckdb.DuckDBPyConnection) -> dict[str | None, list[str]]:
+    """arch_id -> its models, most recently ingested first (the SUGGEST_MAX_MODELS latest), for
+    every architecture shared by two models or more."""
     groups = con.execute(
         "SELECT arch_id, list(model_id ORDER BY ingested_at DESC) FROM models "
         "GROUP BY arch_id HAVING count(*) > 1"
     ).fetchall()
+    return {arch: ids[:SUGGEST_MAX_MODELS] for arch, ids in groups}
+
+
+def suggest_among(
+    con: duckdb.DuckDBPyConnection, ids: list[str], named: dict[str, str]
+) -> list[dict]:  # fmt: skip
+    """`suggest`'s rows for the models `ids` of one architecture, the models with a `named`
+    base included (what their weights say; their named base serves the others' rules)."""
+    vectors, kurtosis, shapes = _features(con, ids)
+    if vectors is None:
+        return []
+    index = {m: i for i, m in enumerate(ids)}
+    known = {index[c]: index[b] for c, b in named.items() if c in index and b in index}
     out = []
-    for _, ids in groups:
-        ids = ids[:SUGGEST_MAX_MODELS]
-        vectors, kurtosis, shapes = _features(con, ids)
-        if vectors is None:
-            continue
-        index = {m: i for i, m in enumerate(ids)}
-        known = {index[c]: index[b] for c, b in named.items() if c in index and b in index}
-        for row in _Tree(vectors, kurtosis, shapes).grow(known):
-            child, base = row.pop("child"), row.pop("base")
-            if ids[child] not in named:
-                out.append({"child_id": ids[child], "base_id": ids[base], **row,
-                            "kurtosis_gap": float(kurtosis[child] - kurtosis[base])})  # fmt: skip
+    for row in _Tree(vectors, kurtosis, shapes).grow(known):
+        child, base = row.pop("child"), row.pop("base")
+        out.append({"child_id": ids[child], "base_id": ids[base], **row,
+                    "kurtosis_gap": float(kurtosis[child] - kurtosis[base])})  # fmt: skip
     return out
 
 
@@ -216,22 +226,22 @@ class _Tree:
         return ages
 
     def grow(self, known: dict[int, int]):
-        """One row per model with an older relative, in order of age; `known` bases are
-        kept and serve as their children's base in the rules."""
+        """One row per model with an older relative, in order of age (a model with a `known`
+        base too); `known` bases are kept and serve as their children's base in the rules."""
         import numpy as np
 
         for child in np.argsort(self.ages, kind="stable"):
             older = np.flatnonzero(
                 (self.ages < self.ages[child]) & (self.rel[child] < UNRELATED_DISTANCE)
             )
-            if child in known:
-                self.parent[child] = known[child]
-                continue
             if known:  # a named base may be younger: never suggest a descendant (a loop)
                 older = np.array([m for m in older if not self._descends(m, child)], dtype=int)
-            if older.size:
-                row = self._choose(int(child), older)
+            row = self._choose(int(child), older) if older.size else None
+            if child in known:  # what its weights say; the named base serves the rules
+                self.parent[child] = known[child]
+            elif row is not None:
                 self.parent[child] = row["base"]
+            if row is not None:
                 yield row
 
     def _choose(self, child: int, older) -> dict:
@@ -315,14 +325,19 @@ def _features(con: duckdb.DuckDBPyConnection, ids: list[str]):
     the (rows, cols) of each tensor's cells in that order; (None, None, None) unless every
     model has the same cells."""
     import numpy as np
+    import pyarrow.compute as pc
 
-    rows = con.execute(
-        "SELECT t.model_id, list(t.mean ORDER BY w.weight_index, t.tile_row, t.tile_col) "
-        "FROM weight_tiles AS t JOIN weights AS w USING (model_id, layer_path, weight_name) "
-        "WHERE list_contains(?, t.model_id) GROUP BY t.model_id",
-        [ids],
-    ).fetchall()
-    cells = {m: v for m, v in rows}
+    # as Arrow, not Python lists: half the time of the whole for some hundred models
+    means = (
+        con.sql(
+            "SELECT t.model_id, list(t.mean ORDER BY w.weight_index, t.tile_row, t.tile_col) "
+            "FROM weight_tiles AS t JOIN weights AS w USING (model_id, layer_path, weight_name) "
+            "WHERE list_contains($ids, t.model_id) GROUP BY t.model_id",
+            params={"ids": ids},
+        )
+        .to_arrow_reader()
+        .read_all()
+    )
     ages = dict(con.execute(
         "SELECT model_id, avg(kurtosis) FROM weights WHERE list_contains(?, model_id) "
         "AND role IN ('kernel', 'depthwise_kernel', 'pointwise_kernel', 'recurrent_kernel', "
@@ -333,11 +348,14 @@ def _features(con: duckdb.DuckDBPyConnection, ids: list[str]):
         "JOIN weights AS w USING (model_id, layer_path, weight_name) WHERE t.model_id = ? "
         "GROUP BY w.weight_index ORDER BY w.weight_index", [ids[0]]
     ).fetchall()  # fmt: skip
-    lengths = {len(v) for v in cells.values()}
-    if (len(cells) != len(ids) or len(lengths) != 1 or any(ages.get(m) is None for m in ids)
+    lists = means.column(1).combine_chunks()
+    lengths = set(pc.list_value_length(lists).to_pylist())
+    if (means.num_rows != len(ids) or len(lengths) != 1 or any(ages.get(m) is None for m in ids)
             or sum(r * c for r, c in shapes) != lengths.pop()):  # fmt: skip
         return None, None, None
-    vectors = np.array([[x if x is not None else 0.0 for x in cells[m]] for m in ids])
+    cells = pc.fill_null(lists.flatten(), 0.0).to_numpy(zero_copy_only=False)
+    row = {m: i for i, m in enumerate(means.column(0).to_pylist())}
+    vectors = cells.reshape(means.num_rows, -1)[[row[m] for m in ids]].astype(np.float64)
     return vectors, np.array([ages[m] for m in ids]), shapes
 
 
@@ -350,10 +368,10 @@ def compare_updates(
     import numpy as np
 
     layers_a, layers_b = comparable_layers(con, base, a), comparable_layers(con, base, b)
-    paths = _paths(con, [base, a, b])
     out = []
     with ExitStack() as stack:
-        models = {m: stack.enter_context(open_save(paths[m])) for m in paths}
+        models = {m: stack.enter_context(open_save(f.path))
+                  for m, f in model_files(con, [base, a, b]).items()}  # fmt: skip
         for layer in (la for la in models[base].layers if la.tensors):
             path = layer.layer_path
             if path not in layers_a or path not in layers_b:

@@ -560,6 +560,22 @@ UPDATE_PAIRS = Table(
     ),
 )
 
+SUGGESTED_BASES = Table(
+    "suggested_bases",
+    "model of a shared architecture with an older relative: the base its weights suggest "
+    "(`wpipe lineage suggest`, refreshed by an ingest that changed models; docs: lineage)",
+    (
+        _c("child_id", STR, "models.model_id of the model"),
+        _c("base_id", STR, "models.model_id of its most likely base"),
+        _c("distance", F64, "relative distance of the two (tile means)"),
+        _c("confidence", F64, "0-1: 1 - nearest / second nearest, or from the spread ratio"),
+        _c("kurtosis_gap", F64, "the model's mean kernel kurtosis minus the base's"),
+        _c("angle_at_base", F64, "angle base's base - base - model, degrees (NULL: a root base)"),
+        _c("rule", STR, "nearest or sibling (placed beside a same-recipe twin)"),
+        _c("computed_at", TS, "when the suggestions of its architecture were computed"),
+    ),
+)
+
 MODEL_TABLES = (
     MODELS, LAYERS, WEIGHTS, HISTOGRAMS, WEIGHT_VALUES, UNITS, SPECTRA, EIGENVALUES, WEIGHT_TILES,
 )  # fmt: skip
@@ -570,8 +586,9 @@ DERIVED_TABLES = (DRIFT, MODEL_TAGS, MODEL_METRICS)
 ACTIVATION_TABLES = (
     ACTIVATION_RUNS, ACTIVATIONS, ACTIVATION_HISTOGRAMS, ACTIVATION_UNITS, ACTIVATION_STATUS,
 )  # fmt: skip
-# Lineage is the user's word, its updates computed from the files (DuckDB only, like drift).
-LINEAGE_TABLES = (LINEAGE, UPDATES, UPDATE_PAIRS)
+# Lineage is the user's word, its updates computed from the files, the suggested bases from the
+# stored tile means (DuckDB only, like drift).
+LINEAGE_TABLES = (LINEAGE, UPDATES, UPDATE_PAIRS, SUGGESTED_BASES)
 # Names are given once and kept (DuckDB only, like ingest_errors): never recomputed.
 ALL_TABLES = (
     *MODEL_TABLES, *DERIVED_TABLES, *ACTIVATION_TABLES, *LINEAGE_TABLES, INGEST_ERRORS,

@@ -1,6 +1,6 @@
 """The ingest's last steps, once every file is read: models whose files are gone dropped
-(`prune_gone`) or counted (`is_gone`), derived tables, names and series drift refreshed, the lake's
-small files compacted (`finish`)."""
+(`prune_gone`) or counted (`is_gone`), derived tables, names, series drift and suggested bases
+refreshed, the lake's small files compacted (`finish`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from wpipe import compare, store
+from wpipe.compare import suggestions
 from wpipe.core import schema
 from wpipe.core.textsafe import to_os
 from wpipe.ingest.batches import Driver, release
@@ -68,6 +69,9 @@ def finish(db, lake: Lake, driver: Driver, tag_pattern, drift: bool, progress, r
         report.drift_pairs += pairs
         report.warnings += problems
         db.drift_done()
+    if changed:  # the architectures whose models changed, only
+        progress.phase("lineage", 0)
+        suggestions.refresh(db.con)
     if renamed or changed or driver.touched:  # names are given (and mtimes touched) here
         release(db)
         sync.push_models(db, lake)
