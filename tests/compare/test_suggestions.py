@@ -128,3 +128,16 @@ def test_a_suggestion_is_accepted_from_the_view(family):
     # the view keeps them after its refresh (the named bases changed the fingerprint)
     shown = _query(db, "SELECT model FROM lineage_suggestions WHERE accepted")
     assert {m for (m,) in shown} == {model, *named}
+
+
+def test_an_architecture_over_the_ingest_limit_waits_for_lineage_suggest(tmp_path, monkeypatch):
+    from wpipe.compare import suggestions
+
+    monkeypatch.setattr(suggestions, "AT_INGEST_MAX_MODELS", 21)  # the family has 22
+    db = tmp_path / "w.duckdb"
+    _ingest(TREE, db)
+    assert _suggested(db) == {}  # the n x n distances are not spent at ingest
+    listed = runner.invoke(app, ["lineage", "suggest", "-f", "json", "--db", str(db)])
+    assert listed.exit_code == 0, listed.output
+    found = {m: base for m, (base, _) in _suggested(db).items()}
+    assert sum(found.get(c) == b for c, b in TRUTH.items()) / len(TRUTH) >= 0.9, found

@@ -21,18 +21,24 @@ from wpipe.store import insert_arrow
 STATE_PREFIX = "suggested-bases:"  # ingest_state name of an architecture's fingerprint
 # Raised when the method changes, so that stored suggestions are computed again.
 METHOD_VERSION = "1"
+# An ingest computes an architecture's suggestions only up to this many models: the method
+# holds an n x n distance matrix (8 MB at 1,000 models, 800 MB at 10,000), so a larger
+# architecture waits for `wpipe lineage suggest`, which asks for it.
+AT_INGEST_MAX_MODELS = 1000
 
 
-def refresh(con: duckdb.DuckDBPyConnection) -> int:
+def refresh(con: duckdb.DuckDBPyConnection, max_models: int | None = None) -> int:
     """Bring `suggested_bases` up to date: the rows of architectures that changed computed
-    again, those of models no longer stored (or no longer sharing an architecture) dropped.
-    The number of architectures computed."""
+    again (those with at most `max_models` models, when given), those of models no longer
+    stored (or no longer sharing an architecture) dropped. The number of architectures
+    computed."""
     groups = architectures(con)
     current = _fingerprints(con)
     stored = dict(con.execute(
         "SELECT name, value FROM ingest_state WHERE starts_with(name, ?)", [STATE_PREFIX]
     ).fetchall())  # fmt: skip
-    changed = [arch for arch in groups if stored.get(_key(arch)) != current.get(arch)]
+    changed = [arch for arch in groups if stored.get(_key(arch)) != current.get(arch)
+               and (max_models is None or len(groups[arch]) <= max_models)]  # fmt: skip
     keys = [_key(arch) for arch in groups]
     if not changed and set(stored) <= set(keys):
         return 0  # an architecture gone, or left with one model, has rows to drop

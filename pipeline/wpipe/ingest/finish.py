@@ -71,7 +71,7 @@ def finish(db, lake: Lake, driver: Driver, tag_pattern, drift: bool, progress, r
         db.drift_done()
     if changed:  # the architectures whose models changed, only
         progress.phase("lineage", 0)
-        suggestions.refresh(db.con)
+        suggestions.refresh(db.con, suggestions.AT_INGEST_MAX_MODELS)
     if renamed or changed or driver.touched:  # names are given (and mtimes touched) here
         release(db)
         sync.push_models(db, lake)
