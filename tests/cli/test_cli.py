@@ -171,13 +171,15 @@ def test_help_and_version_load_no_part_of_the_pipeline(args):
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
-# What reading the database needs: DuckDB, and Arrow for the contract's types; never the lake
-# (deltalake, Arrow's datasets), the readers, the kernels or the charts.
-NOT_FOR_READERS = ("deltalake", "pyarrow.dataset", "altair", "numba", "h5py", "pandas", "scipy")
+# What reading the database needs: DuckDB alone; never Arrow or numpy (the contract names its
+# types without them), the lake (deltalake), the readers, the kernels or the charts.
+NOT_FOR_READERS = ("pyarrow", "numpy", "deltalake", "altair", "numba", "h5py", "pandas", "scipy")
 
 
-@pytest.mark.parametrize("command", [["models"], ["query", "SELECT count(*) FROM models"]])
-def test_reading_the_database_loads_neither_the_lake_nor_the_readers(db, command):
+@pytest.mark.parametrize(
+    "command", [["models"], ["query", "SELECT count(*) FROM models"], ["layers", "*"]]
+)
+def test_reading_the_database_loads_neither_arrow_nor_the_lake_nor_the_readers(db, command):
     import subprocess
     import sys
 
