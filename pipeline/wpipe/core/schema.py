@@ -1,7 +1,8 @@
 """The table contract: every table, column, type and meaning, in one place.
 
 Users write SQL against these names (DESIGN.md). Add columns freely; never rename or remove.
-The store creates Parquet and DuckDB tables from this; `wpipe schema` prints it.
+The store creates Parquet and DuckDB tables from this; `wpipe schema` prints it. The module
+is longer than 600 lines because the contract is one list, read top to bottom.
 
 A column's type is given by its Arrow name (STR is `string`, `list_of(I64)` is
 `list<item: int64>`); the Arrow type itself (`Column.type`, `Table.arrow_schema`) is built on
