@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from wpipe.cli.common import EXIT_FAILED_FILES, DbOption, err, fail, first_line, say, waiting
+from wpipe.cli.common import EXIT_FAILED_FILES, DbOption, console, fail, first_line, say, waiting
 from wpipe.core.extras import MissingExtra
 from wpipe.core.tags import check_pattern
 
 if TYPE_CHECKING:  # the pipeline (numpy, Arrow, DuckDB, deltalake) loads when a command runs
+    from rich.progress import Progress
+
     from wpipe import store
     from wpipe.ingest.driver import Outcome, Report
 
@@ -100,6 +100,10 @@ def ingest_command(
     db_path = db or api.default_db()
     database = open_for_writing(Path(db_path), "wpipe ingest")
     lake_path = lake or database.lake_beside() or store.default_lake(db_path)
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    err = console(stderr=True)
     progress = Progress(
         TextColumn("[bold]{task.fields[phase]}"),
         BarColumn(),

@@ -20,13 +20,13 @@ from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
 from functools import cached_property
-from typing import Any
-
-from rich.cells import cell_len, set_cell_size
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from wpipe.cli.common import Format, say
+
+if TYPE_CHECKING:  # rich loads with the first table printed
+    from rich.console import Console
+    from rich.table import Table
 
 MAX_TEXT = 40  # widest text column; longer values end in an ellipsis
 MIN_TEXT = 10  # a text column is shortened to no less than this (or its header)
@@ -244,6 +244,9 @@ def _table(
         )
         _records(names, rows, title)
         return
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title=title, header_style="bold", title_justify="left")
     for column, w in plan.chosen:
         wrap = column.role is Role.WRAP
@@ -292,8 +295,15 @@ def _print_rows_fast(console: Console, table: Table, plan: Plan, n_rows: int) ->
 
 def _fitted(text: str, width: int, right: bool) -> str:
     """A cell as rich draws it in a no-wrap column: cut with an ellipsis, padded to `width`."""
-    length = len(text) if text.isascii() else cell_len(text)  # ASCII: a character a cell
+    if text.isascii():  # a character a cell
+        length = len(text)
+    else:
+        from rich.cells import cell_len
+
+        length = cell_len(text)
     if length > width:
+        from rich.cells import set_cell_size
+
         text = set_cell_size(text, width - 1) + "…"
         length = width
     pad = " " * (width - length)
