@@ -14,6 +14,7 @@ from wpipe.core.extras import MissingExtra
 from wpipe.core.tags import check_pattern
 
 if TYPE_CHECKING:  # the pipeline (numpy, Arrow, DuckDB, deltalake) loads when a command runs
+    import duckdb
     from rich.progress import Progress
 
     from wpipe import store
@@ -202,13 +203,14 @@ def open_for_writing(path: Path, what: str) -> store.Database:
     except OSError as exc:
         fail(f"{path}: cannot open for writing ({exc.strerror or first_line(exc)})")
     try:
+        con = None
         if path.exists():
             try:
-                _check_ours(path)
+                con = _check_ours(path)
             except BaseException:  # not a wpipe database: no lock file left beside it
                 lock.discard()
                 raise
-        return store.Database(path, lock=lock)
+        return store.Database(path, lock=lock, con=con)
     except duckdb.Error as exc:
         lock.release()
         if space.is_full(exc):  # opening writes (the schema, the WAL): as a full run says
@@ -223,8 +225,9 @@ def open_for_writing(path: Path, what: str) -> store.Database:
         raise
 
 
-def _check_ours(path: Path) -> None:
-    """Refuse another program's DuckDB file; wait (WPIPE_WAIT) while another process has it."""
+def _check_ours(path: Path) -> duckdb.DuckDBPyConnection:
+    """Refuse another program's DuckDB file; wait (WPIPE_WAIT) while another process has it.
+    Returns the file open for writing (the writer's connection: opened once)."""
     from wpipe import api
 
     try:
@@ -236,13 +239,16 @@ def _check_ours(path: Path) -> None:
             "SELECT list(table_name ORDER BY table_name) FROM duckdb_tables() "
             "WHERE schema_name = 'main'"
         ).fetchone()[0]
-    finally:
+    except BaseException:
         con.close()
-    if tables and "models" not in tables:
-        fail(
-            f"{path}: a DuckDB database of another program (tables "
-            f"{', '.join(tables[:5])}); give wpipe its own --db file"
-        )
+        raise
+    if not tables or "models" in tables:
+        return con
+    con.close()
+    fail(
+        f"{path}: a DuckDB database of another program (tables "
+        f"{', '.join(tables[:5])}); give wpipe its own --db file"
+    )
 
 
 def _summary(report: Report, quiet: bool, prune: bool, db_path: str) -> None:

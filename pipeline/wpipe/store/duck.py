@@ -265,14 +265,17 @@ class Database:
         path: str | os.PathLike,
         read_only: bool = False,
         lock: dblock.WriterLock | None = None,
+        con: duckdb.DuckDBPyConnection | None = None,
     ) -> None:
         """A writer first takes the writer lock (`lock`, or a new one: DatabaseBusy when
-        another wpipe writer has it), before DuckDB touches the file."""
+        another wpipe writer has it), before DuckDB touches the file. `con`: the file already
+        open (a caller that checked it first), used rather than opened a second time."""
         self.path = str(path)
         self._lock = None if read_only else (lock or dblock.WriterLock(self.path))
         self.memory_limit = MEMORY_LIMIT if read_only else WRITER_MEMORY_LIMIT
         try:
-            self.con = configure(duckdb.connect(self.path, read_only=read_only), self.memory_limit)
+            opened = con or duckdb.connect(self.path, read_only=read_only)
+            self.con = configure(opened, self.memory_limit)
             self.lost_lake = not read_only and not ensure_schema(self.con)
             self.served = _served_views(self.con)
         except BaseException:
