@@ -282,15 +282,24 @@ def _print_rows_fast(console: Console, table: Table, plan: Plan, n_rows: int) ->
     with console.capture() as captured:
         console.print(table)
     lines = captured.get().splitlines(keepends=True)
-    right = [column.numeric or column.role is Role.NUMBER for column, _ in plan.chosen]
-    widths = [width for _, width in plan.chosen]
+    fitted = [
+        _fitted_column(column.cells[1:n_rows], width, column.numeric or column.role is Role.NUMBER)
+        for column, width in plan.chosen
+    ]
     write = sys.stdout.write
     write("".join(lines[:-1]))
-    for r in range(1, n_rows):
-        cells = [column.cells[r] for column, _ in plan.chosen]
-        parts = map(_fitted, cells, widths, right)
-        write(f"│ {' │ '.join(parts)} │\n")
+    write("".join(f"│ {' │ '.join(parts)} │\n" for parts in zip(*fitted)))
     write(lines[-1])
+
+
+def _fitted_column(cells: list[str], width: int, right: bool) -> list[str]:
+    """`_fitted` of every cell of a column; an ASCII cell that fits is padded by str's own
+    method (a call per cell less: a 10,000-row table has 100,000 cells)."""
+    pad = str.rjust if right else str.ljust
+    return [
+        pad(text, width) if len(text) <= width and text.isascii() else _fitted(text, width, right)
+        for text in cells
+    ]
 
 
 def _fitted(text: str, width: int, right: bool) -> str:
