@@ -288,7 +288,7 @@ def _print_rows_fast(console: Console, table: Table, plan: Plan, n_rows: int) ->
     ]
     write = sys.stdout.write
     write("".join(lines[:-1]))
-    write("".join(f"│ {' │ '.join(parts)} │\n" for parts in zip(*fitted)))
+    write("".join(f"│ {' │ '.join(parts)} │\n" for parts in zip(*fitted, strict=True)))
     write(lines[-1])
 
 
