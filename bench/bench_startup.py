@@ -84,6 +84,15 @@ def _become_subreaper() -> None:
         ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 
 
+def _reap() -> None:
+    """Wait for every process left to this one (Linux: a subreaper's orphans)."""
+    while True:
+        try:
+            os.wait4(-1, 0)
+        except ChildProcessError:
+            return
+
+
 def build_big_db(n: int = BIG_MODELS) -> None:
     """The cached n-model database (see the module's docstring), made where it stays (its
     served views name its lake's files); a marker file says it is complete."""
@@ -184,6 +193,7 @@ def variants() -> dict[str, Path]:
 def main() -> None:
     _become_subreaper()
     build_big_db()
+    _reap()  # what building it left running (its ingest's pool server), not the first case's
     todo = {}
     for label, work in variants().items():
         work.mkdir(parents=True, exist_ok=True)

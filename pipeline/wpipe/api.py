@@ -147,6 +147,8 @@ def _temporary_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     for table in schema.ALL_TABLES:
         if table.name.lower() not in stored:
             con.execute(store._ddl(table).replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+    if store.stored_views_current(con, stored):
+        return
     try:
         views.apply(con, temporary=True)
     except (duckdb.BinderException, duckdb.CatalogException) as exc:

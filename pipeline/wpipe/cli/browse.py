@@ -108,7 +108,7 @@ def schema_command(fmt: Format = FormatOption) -> None:
     from wpipe.core import schema
 
     rows = [
-        (table.name, column.name, str(column.type), column.doc)
+        (table.name, column.name, column.type_name, column.doc)
         for table in schema.ALL_TABLES
         for column in table.columns
     ]

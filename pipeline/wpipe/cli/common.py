@@ -5,21 +5,36 @@ from __future__ import annotations
 
 import sys
 from enum import Enum
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 if TYPE_CHECKING:  # DuckDB, Arrow and numpy load with the first command that opens a database
     import duckdb
+    from rich.console import Console
 
 EXIT_FAILED_FILES = 1
 EXIT_USAGE = 2
 EXIT_BUG = 3
 
-out = Console()
-err = Console(stderr=True)
+_CONSOLES: dict[bool, Console] = {}
+
+
+def console(stderr: bool = False) -> Console:
+    """The command's console on stdout or stderr (rich loads with the first one: `--version`
+    and `--help` never need it)."""
+    if stderr not in _CONSOLES:
+        from rich.console import Console
+
+        _CONSOLES[stderr] = Console(stderr=stderr)
+    return _CONSOLES[stderr]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("out", "err"):  # the consoles, by the names commands use
+        return console(stderr=name == "err")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 DbOption = typer.Option(
     None, "--db", envvar="WPIPE_DB", help="DuckDB file \\[default: wpipe.duckdb]"
@@ -48,12 +63,15 @@ def models_option(default_all: bool = True) -> typer.models.OptionInfo:
 
 def say(message: str) -> None:
     """One line on stderr, no markup."""
-    err.print(message, markup=False, highlight=False, soft_wrap=True)
+    console(stderr=True).print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """End the command with one line on stderr and `code` (2: a usage error)."""
-    err.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    text = f"[red]error:[/red] {escape(message)}"
+    console(stderr=True).print(text, markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

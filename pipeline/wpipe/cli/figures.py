@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from wpipe.cli import render
 from wpipe.cli.common import MODELS_HELP, DbOption, connect, fail, resolve, say
@@ -189,6 +187,9 @@ def _list_charts(charts: Any) -> None:
         pad = max(len(name) for name, _ in lines)
         sys.stdout.writelines(f"{name:<{pad}}  {text}\n" for name, text in lines)
         return
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 2, 0, 0))
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")

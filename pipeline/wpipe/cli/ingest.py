@@ -8,14 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from wpipe.cli.common import EXIT_FAILED_FILES, DbOption, err, fail, first_line, say, waiting
+from wpipe.cli.common import EXIT_FAILED_FILES, DbOption, console, fail, first_line, say, waiting
 from wpipe.core.extras import MissingExtra
 from wpipe.core.tags import check_pattern
 
 if TYPE_CHECKING:  # the pipeline (numpy, Arrow, DuckDB, deltalake) loads when a command runs
+    import duckdb
+    from rich.progress import Progress
+
     from wpipe import store
     from wpipe.ingest.driver import Outcome, Report
 
@@ -100,6 +101,10 @@ def ingest_command(
     db_path = db or api.default_db()
     database = open_for_writing(Path(db_path), "wpipe ingest")
     lake_path = lake or database.lake_beside() or store.default_lake(db_path)
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    err = console(stderr=True)
     progress = Progress(
         TextColumn("[bold]{task.fields[phase]}"),
         BarColumn(),
@@ -198,13 +203,14 @@ def open_for_writing(path: Path, what: str) -> store.Database:
     except OSError as exc:
         fail(f"{path}: cannot open for writing ({exc.strerror or first_line(exc)})")
     try:
+        con = None
         if path.exists():
             try:
-                _check_ours(path)
+                con = _check_ours(path)
             except BaseException:  # not a wpipe database: no lock file left beside it
                 lock.discard()
                 raise
-        return store.Database(path, lock=lock)
+        return store.Database(path, lock=lock, con=con)
     except duckdb.Error as exc:
         lock.release()
         if space.is_full(exc):  # opening writes (the schema, the WAL): as a full run says
@@ -219,8 +225,9 @@ def open_for_writing(path: Path, what: str) -> store.Database:
         raise
 
 
-def _check_ours(path: Path) -> None:
-    """Refuse another program's DuckDB file; wait (WPIPE_WAIT) while another process has it."""
+def _check_ours(path: Path) -> duckdb.DuckDBPyConnection:
+    """Refuse another program's DuckDB file; wait (WPIPE_WAIT) while another process has it.
+    Returns the file open for writing (the writer's connection: opened once)."""
     from wpipe import api
 
     try:
@@ -232,13 +239,16 @@ def _check_ours(path: Path) -> None:
             "SELECT list(table_name ORDER BY table_name) FROM duckdb_tables() "
             "WHERE schema_name = 'main'"
         ).fetchone()[0]
-    finally:
+    except BaseException:
         con.close()
-    if tables and "models" not in tables:
-        fail(
-            f"{path}: a DuckDB database of another program (tables "
-            f"{', '.join(tables[:5])}); give wpipe its own --db file"
-        )
+        raise
+    if not tables or "models" in tables:
+        return con
+    con.close()
+    fail(
+        f"{path}: a DuckDB database of another program (tables "
+        f"{', '.join(tables[:5])}); give wpipe its own --db file"
+    )
 
 
 def _summary(report: Report, quiet: bool, prune: bool, db_path: str) -> None:

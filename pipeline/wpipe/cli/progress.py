@@ -7,10 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-from wpipe.cli.common import err
+from wpipe.cli.common import console
 
 Step = Callable[[str, str], None]
 
@@ -19,6 +16,10 @@ Step = Callable[[str, str], None]
 def phases(first: str, detail: str = "") -> Iterator[Step]:
     """Show `first` now; the yielded `step(phase, detail)` moves the line on. The line is
     cleared when the block ends, whatever ended it."""
+    from rich.markup import escape
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    err = console(stderr=True)
     progress = Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.fields[phase]}"),

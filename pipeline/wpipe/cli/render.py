@@ -20,13 +20,13 @@ from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
 from functools import cached_property
-from typing import Any
-
-from rich.cells import cell_len, set_cell_size
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from wpipe.cli.common import Format, say
+
+if TYPE_CHECKING:  # rich loads with the first table printed
+    from rich.console import Console
+    from rich.table import Table
 
 MAX_TEXT = 40  # widest text column; longer values end in an ellipsis
 MIN_TEXT = 10  # a text column is shortened to no less than this (or its header)
@@ -84,6 +84,8 @@ def width() -> int:
 
 def cell(value: Any) -> str:
     """A value as one unbreakable piece of text."""
+    if type(value) is str:  # the most common cell first: a 10,000-row table has 100,000
+        return " ".join(value.split())  # newlines and tabs would break the row
     if value is None:
         return "–"
     if isinstance(value, bool):
@@ -242,6 +244,9 @@ def _table(
         )
         _records(names, rows, title)
         return
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title=title, header_style="bold", title_justify="left")
     for column, w in plan.chosen:
         wrap = column.role is Role.WRAP
@@ -277,21 +282,37 @@ def _print_rows_fast(console: Console, table: Table, plan: Plan, n_rows: int) ->
     with console.capture() as captured:
         console.print(table)
     lines = captured.get().splitlines(keepends=True)
-    right = [column.numeric or column.role is Role.NUMBER for column, _ in plan.chosen]
-    widths = [width for _, width in plan.chosen]
+    fitted = [
+        _fitted_column(column.cells[1:n_rows], width, column.numeric or column.role is Role.NUMBER)
+        for column, width in plan.chosen
+    ]
     write = sys.stdout.write
     write("".join(lines[:-1]))
-    for r in range(1, n_rows):
-        cells = [column.cells[r] for column, _ in plan.chosen]
-        parts = map(_fitted, cells, widths, right)
-        write(f"│ {' │ '.join(parts)} │\n")
+    write("".join(f"│ {' │ '.join(parts)} │\n" for parts in zip(*fitted, strict=True)))
     write(lines[-1])
+
+
+def _fitted_column(cells: list[str], width: int, right: bool) -> list[str]:
+    """`_fitted` of every cell of a column; an ASCII cell that fits is padded by str's own
+    method (a call per cell less: a 10,000-row table has 100,000 cells)."""
+    pad = str.rjust if right else str.ljust
+    return [
+        pad(text, width) if len(text) <= width and text.isascii() else _fitted(text, width, right)
+        for text in cells
+    ]
 
 
 def _fitted(text: str, width: int, right: bool) -> str:
     """A cell as rich draws it in a no-wrap column: cut with an ellipsis, padded to `width`."""
-    length = cell_len(text)
+    if text.isascii():  # a character a cell
+        length = len(text)
+    else:
+        from rich.cells import cell_len
+
+        length = cell_len(text)
     if length > width:
+        from rich.cells import set_cell_size
+
         text = set_cell_size(text, width - 1) + "…"
         length = width
     pad = " " * (width - length)

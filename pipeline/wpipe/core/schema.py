@@ -1,22 +1,34 @@
 """The table contract: every table, column, type and meaning, in one place.
 
 Users write SQL against these names (DESIGN.md). Add columns freely; never rename or remove.
-The store creates Parquet and DuckDB tables from this; `wpipe schema` prints it.
+The store creates Parquet and DuckDB tables from this; `wpipe schema` prints it. The module
+is longer than 600 lines because the contract is one list, read top to bottom.
+
+A column's type is given by its Arrow name (STR is `string`, `list_of(I64)` is
+`list<item: int64>`); the Arrow type itself (`Column.type`, `Table.arrow_schema`) is built on
+first use, so that a reader of the database (`wpipe models`, `wpipe query`) never loads pyarrow.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 @dataclass(frozen=True)
 class Column:
     name: str
-    type: pa.DataType
+    type_name: str  # the Arrow type's name, as str() of it: string, double, list<item: int64>
     doc: str
+
+    @property
+    def type(self) -> pa.DataType:
+        """The Arrow type (loads pyarrow)."""
+        return arrow_type(self.type_name)
 
 
 @dataclass(frozen=True)
@@ -28,26 +40,39 @@ class Table:
     # cached: the ingest asks for it per tensor, and building it costs ~30 µs
     @cached_property
     def arrow_schema(self) -> pa.Schema:
-        return pa.schema([pa.field(c.name, c.type) for c in self.columns])
+        import pyarrow
+
+        return pyarrow.schema([pyarrow.field(c.name, c.type) for c in self.columns])
 
     @property
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
 
 
-def _c(name: str, type_: pa.DataType, doc: str) -> Column:
-    return Column(name, type_, doc)
+def _c(name: str, type_name: str, doc: str) -> Column:
+    return Column(name, type_name, doc)
 
 
-STR, I64, I32, F64, F32, BOOL = (
-    pa.string(),
-    pa.int64(),
-    pa.int32(),
-    pa.float64(),
-    pa.float32(),
-    pa.bool_(),
-)
-TS = pa.timestamp("us", tz="UTC")
+STR, I64, I32, F64, F32, BOOL = "string", "int64", "int32", "double", "float", "bool"
+TS = "timestamp[us, tz=UTC]"
+
+
+def list_of(item: str) -> str:
+    """The name of the Arrow list type of `item`s."""
+    return f"list<item: {item}>"
+
+
+def arrow_type(name: str) -> pa.DataType:
+    """The Arrow type of a contract type name (str() of it gives the name back)."""
+    import pyarrow
+
+    if name.startswith("list<item: "):
+        return pyarrow.list_(arrow_type(name[len("list<item: ") : -1]))
+    if name == TS:
+        return pyarrow.timestamp("us", tz="UTC")
+    return pyarrow.type_for_alias(name)
+
+
 TENSOR_KEY = (
     _c("model_id", STR, "model the tensor belongs to (models.model_id)"),
     _c("layer_path", STR, "layer path, nested models joined with '/' (layers.layer_path)"),
@@ -127,9 +152,9 @@ LAYERS = Table(
         _c("activation", STR, "activation from the config (wrapped layer's for wrappers)"),
         _c("units", I64, "units / output_dim from the config"),
         _c("filters", I64, "filters / nb_filter from the config"),
-        _c("kernel_size", pa.list_(I64), "kernel size from the config"),
+        _c("kernel_size", list_of(I64), "kernel size from the config"),
         _c("config", STR, "the layer's config as JSON text"),
-        _c("output_shape", pa.list_(I64), "one sample's output shape (first output, first call)"),
+        _c("output_shape", list_of(I64), "one sample's output shape (first output, first call)"),
         _c("macs", I64, "multiply-adds per sample, every call (0: elementwise or lookup)"),
         _c("output_bytes", I64, "float32 bytes of one sample's outputs, every call"),
     ),
@@ -171,7 +196,7 @@ WEIGHTS = Table(
         _c("role", STR, "kernel, recurrent_kernel, bias, gamma, beta, moving_mean, ..."),
         _c("trainable", BOOL, "counted as trainable by Keras"),
         _c("dtype", STR, "stored dtype (bfloat16 is decoded to float32 for analysis)"),
-        _c("shape", pa.list_(I64), "tensor shape"),
+        _c("shape", list_of(I64), "tensor shape"),
         _c("size", I64, "number of elements"),
         _c("source_name", STR, "where the tensor lives in the file, verbatim"),
         _c(
@@ -209,7 +234,7 @@ WEIGHTS = Table(
         ),
         _c(
             "tied_sources",
-            pa.list_(STR),
+            list_of(STR),
             "other places the file lists this same variable (a weight tied across layers, "
             "e.g. T5's shared embedding under encoder and decoder): counted once, here; "
             "NULL if none (docs: file-formats)",
@@ -423,7 +448,7 @@ ACTIVATIONS = Table(
     (
         *ACTIVATION_KEY,
         _c("class_name", STR, "Keras class of the layer"),
-        _c("shape", pa.list_(I64), "output shape, samples first"),
+        _c("shape", list_of(I64), "output shape, samples first"),
         _c("size", I64, "number of elements"),
         *CENTRE,
         _c("abs_mean", F64, "mean of |a|"),
@@ -541,7 +566,7 @@ UPDATES = Table(
         _c("effective_rank", F64, "exp(entropy of σ/Σσ) of τ as a matrix (Roy & Vetterli)"),
         _c("top1_share", F64, "share of ‖τ‖² in τ's largest singular value"),
         _c("top8_share", F64, "share of ‖τ‖² in τ's 8 largest singular values"),
-        _c("singular_values", pa.list_(F64), "τ's 64 largest singular values (NULL: too large)"),
+        _c("singular_values", list_of(F64), "τ's 64 largest singular values (NULL: too large)"),
     ),
 )
 

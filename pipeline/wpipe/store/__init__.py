@@ -9,6 +9,7 @@ from wpipe.store.duck import (
     default_lake,
     ensure_schema,
     insert_arrow,
+    stored_views_current,
 )
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ __all__ = [
     "default_lake",
     "ensure_schema",
     "insert_arrow",
+    "stored_views_current",
     "write_data_file",
 ]
 

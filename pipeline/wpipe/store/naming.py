@@ -16,7 +16,6 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePath
 
 import duckdb
-import pyarrow as pa
 
 from wpipe.core.tags import strip_model_suffix
 from wpipe.core.textsafe import stored
@@ -106,6 +105,8 @@ def refresh(con: duckdb.DuckDBPyConnection, roots: Iterable[str | Path] = ()) ->
     names = assign_names(taken, new, roots)
     now = datetime.now(timezone.utc)
     if names:  # one Arrow insert: executemany costs milliseconds a row
+        import pyarrow as pa
+
         rows = pa.table({
             "model_id": list(names), "name": list(names.values()),
             "path": [new[k] for k in names], "named_at": [now] * len(names),

@@ -1,0 +1,58 @@
+"""The table contract's types: named without loading pyarrow, made into Arrow and DuckDB types
+on use, the same types either way."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import duckdb
+import pyarrow as pa
+from wpipe.core import schema
+from wpipe.store import duck
+
+COLUMNS = [(table, column) for table in schema.ALL_TABLES for column in table.columns]
+
+
+def test_every_type_name_is_arrows_own_spelling_of_the_column_type():
+    for table, column in COLUMNS:
+        assert isinstance(column.type, pa.DataType), (table.name, column.name)
+        assert str(column.type) == column.type_name, (table.name, column.name)
+
+
+def test_the_arrow_types_are_those_the_contract_names():
+    assert schema.MODELS.arrow_schema.field("model_id").type == pa.string()
+    assert schema.MODELS.arrow_schema.field("mtime").type == pa.float64()
+    assert schema.MODELS.arrow_schema.field("ingested_at").type == pa.timestamp("us", tz="UTC")
+    assert schema.LAYERS.arrow_schema.field("layer_index").type == pa.int32()
+    assert schema.LAYERS.arrow_schema.field("kernel_size").type == pa.list_(pa.int64())
+    assert schema.LAYERS.arrow_schema.field("trainable").type == pa.bool_()
+    assert schema.WEIGHT_VALUES.arrow_schema.field("value").type == pa.float32()
+    assert schema.WEIGHTS.arrow_schema.field("tied_sources").type == pa.list_(pa.string())
+    assert schema.UPDATES.arrow_schema.field("singular_values").type == pa.list_(pa.float64())
+
+
+def test_duckdb_tables_made_from_the_contract_give_back_its_arrow_types():
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    for table in schema.ALL_TABLES:
+        con.execute(duck._ddl(table))
+        got = con.sql(f"SELECT * FROM {table.name}").to_arrow_table().schema
+        assert got.names == table.column_names
+        for field, want in zip(got, table.arrow_schema, strict=True):
+            if pa.types.is_list(want.type):  # DuckDB names a list's item field `l`
+                assert pa.types.is_list(field.type), (table.name, field.name)
+                assert field.type.value_type == want.type.value_type, (table.name, field.name)
+            else:
+                assert field.type == want.type, (table.name, field.name)
+
+
+def test_the_contract_and_its_duckdb_tables_are_known_without_pyarrow():
+    probe = (
+        "import sys\nfrom wpipe.core import schema\nfrom wpipe.store import duck\n"
+        "ddl = [duck._ddl(t) for t in schema.ALL_TABLES]\n"
+        "names = [c.type_name for t in schema.ALL_TABLES for c in t.columns]\n"
+        "print(sorted(m for m in ('pyarrow', 'numpy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
