@@ -111,6 +111,44 @@ def test_every_command_has_help():
         assert result.exit_code == 0 and "Usage" in result.output
 
 
+def _every_command():
+    import click
+    import typer
+
+    root = typer.main.get_command(app)
+    ctx = click.Context(root)
+    todo = [("", root)]
+    while todo:
+        prefix, group = todo.pop()
+        for name in group.list_commands(ctx):
+            command = group.get_command(ctx, name)
+            yield f"{prefix}{name}", command
+            if hasattr(command, "list_commands"):
+                todo.append((f"{prefix}{name} ", command))
+
+
+def test_help_texts_survive_rich_markup_and_summaries_are_one_line():
+    # `wpipe --help` renders with rich markup: "[the file's name]" in a help text is a markup
+    # tag and vanishes ("Name of the input set ."); the list of commands shows each summary
+    # (the first paragraph) with its line breaks, so a wrapped docstring breaks mid-sentence
+    from rich.markup import RE_TAGS
+
+    commands = list(_every_command())
+    assert len(commands) > 15
+    for full, command in commands:
+        summary = (command.help or "").strip().split("\n\n")[0]
+        assert summary and "\n" not in summary, f"wpipe {full}: {summary!r}"
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        for text in texts:
+            tags = [m for m in RE_TAGS.finditer(text) if len(m.group(2)) % 2 == 0]  # unescaped
+            assert not tags, f"wpipe {full}: {text!r} loses its [...] text"
+
+
+def test_a_help_text_reads_whole_on_the_terminal():
+    result = runner.invoke(app, ["activations", "--help"], env={"COLUMNS": "200"})
+    assert "Name of the input set (default: the input file's name)." in result.output
+
+
 def _hold(db: str, read_only: bool):
     import subprocess
     import sys

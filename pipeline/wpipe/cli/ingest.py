@@ -45,7 +45,7 @@ def ingest_command(
     bins: int = typer.Option(64, min=1, max=65536, help="Histogram bins per tensor."),
     prune: bool = typer.Option(False, help="Drop models whose files were deleted."),
     tag_pattern: str | None = typer.Option(
-        None, help="Regex with groups key and value for tags in names [docs: comparing]."
+        None, help="Regex with groups key and value for tags in names (docs: comparing)."
     ),
     drift: bool = typer.Option(True, help="Compute drift between consecutive checkpoints."),
     spectra: str = typer.Option(
