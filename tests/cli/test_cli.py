@@ -39,6 +39,12 @@ def test_ingest_reports_a_summary_and_exits_1_when_a_file_fails(tmp_path):
     assert "1 ingested" in result.output and "1 failed" in result.output
 
 
+def test_the_summary_of_one_file_says_file(tmp_path):
+    shutil.copy2(MODELS / "k2_uncompiled.h5", tmp_path / "one.h5")
+    result = runner.invoke(app, ["ingest", str(tmp_path / "one.h5"), "--db", str(tmp_path / "t")])
+    assert result.exit_code == 0 and "1 file: 1 ingested" in result.output, result.output
+
+
 def test_ingest_usage_errors_exit_2(tmp_path):
     db = str(tmp_path / "t.duckdb")
     assert runner.invoke(app, ["ingest", str(tmp_path / "nope"), "--db", db]).exit_code == 2

@@ -252,7 +252,7 @@ def _summary(report: Report, quiet: bool, prune: bool, db_path: str) -> None:
     mb = report.bytes_read / 1e6
     rate = f", {mb / report.seconds:.1f} MB/s" if report.seconds and mb else ""
     say(
-        f"{report.files} files: {report.ingested} ingested"
+        f"{report.files} file{'' if report.files == 1 else 's'}: {report.ingested} ingested"
         + (f" ({report.copied} identical to another, read once)" if report.copied else "")
         + f", {report.unchanged} unchanged, {len(report.failed)} failed"
         + (f", {report.pruned} pruned" if prune else "")
