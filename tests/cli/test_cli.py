@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 
 import pytest
@@ -153,6 +154,14 @@ def test_help_texts_survive_rich_markup_and_summaries_are_one_line():
 def test_a_help_text_reads_whole_on_the_terminal():
     result = runner.invoke(app, ["activations", "--help"], env={"COLUMNS": "200"})
     assert "Name of the input set (default: the input file's name)." in result.output
+
+
+def test_no_help_text_is_cut_at_80_columns():
+    # rich cuts a word wider than the help column with an ellipsis ("(weights.near_zero_f…")
+    for full, _ in _every_command():
+        result = runner.invoke(app, [*full.split(), "--help"], env={"COLUMNS": "80"})
+        cut = [line for line in result.output.splitlines() if re.search(r"\w… *│$", line)]
+        assert not cut, f"wpipe {full}: {cut}"
 
 
 def _hold(db: str, read_only: bool):

@@ -40,7 +40,7 @@ def ingest_command(
         "at most 32,768 a model), all or none.",
     ),
     near_zero: float = typer.Option(
-        1e-3, min=0.0, help="|w| below this counts as near zero (weights.near_zero_frac)."
+        1e-3, min=0.0, help="|w| below this counts as near zero (near_zero_frac in weights)."
     ),
     bins: int = typer.Option(64, min=1, max=65536, help="Histogram bins per tensor."),
     prune: bool = typer.Option(False, help="Drop models whose files were deleted."),
