@@ -122,6 +122,7 @@ def test_a_random_probe_too_large_fails_its_models_in_one_line(db) -> None:
     (row,) = json.loads(res.stdout)
     assert row["status"] == "failed"
     assert row["reason"].startswith("--random 100000000: ") and "give fewer" in row["reason"]
+    assert f": {row['reason']}" in res.stderr  # whole on stderr, where a table would cut it
 
 
 def test_bad_input_is_one_line_and_a_mismatch_fails_the_model_only(db, tmp_path) -> None:

@@ -75,6 +75,7 @@ def activations_command(
         inputs = file_inputs or _random_for(path, random or 0, seed, name)
         if isinstance(inputs, str):
             report.append((model_name, name or f"random:{random}", "failed", 0, None, None, inputs))
+            say(f"{path}: {inputs}")  # whole, as for a failed run: a table cuts the reason
             failed += 1
             continue
         outcome = lo.compute(
