@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 
 import pytest
@@ -37,6 +38,12 @@ def test_ingest_reports_a_summary_and_exits_1_when_a_file_fails(tmp_path):
     assert result.exit_code == 1
     assert f"{tmp_path / 'bad.h5'}: not a Keras model file" in result.output
     assert "1 ingested" in result.output and "1 failed" in result.output
+
+
+def test_the_summary_of_one_file_says_file(tmp_path):
+    shutil.copy2(MODELS / "k2_uncompiled.h5", tmp_path / "one.h5")
+    result = runner.invoke(app, ["ingest", str(tmp_path / "one.h5"), "--db", str(tmp_path / "t")])
+    assert result.exit_code == 0 and "1 file: 1 ingested" in result.output, result.output
 
 
 def test_ingest_usage_errors_exit_2(tmp_path):
@@ -109,6 +116,52 @@ def test_every_command_has_help():
     for name in commands:
         result = runner.invoke(app, [name, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output
+
+
+def _every_command():
+    import click
+    import typer
+
+    root = typer.main.get_command(app)
+    ctx = click.Context(root)
+    todo = [("", root)]
+    while todo:
+        prefix, group = todo.pop()
+        for name in group.list_commands(ctx):
+            command = group.get_command(ctx, name)
+            yield f"{prefix}{name}", command
+            if hasattr(command, "list_commands"):
+                todo.append((f"{prefix}{name} ", command))
+
+
+def test_help_texts_survive_rich_markup_and_summaries_are_one_line():
+    # `wpipe --help` renders with rich markup: "[the file's name]" in a help text is a markup
+    # tag and vanishes ("Name of the input set ."); the list of commands shows each summary
+    # (the first paragraph) with its line breaks, so a wrapped docstring breaks mid-sentence
+    from rich.markup import RE_TAGS
+
+    commands = list(_every_command())
+    assert len(commands) > 15
+    for full, command in commands:
+        summary = (command.help or "").strip().split("\n\n")[0]
+        assert summary and "\n" not in summary, f"wpipe {full}: {summary!r}"
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        for text in texts:
+            tags = [m for m in RE_TAGS.finditer(text) if len(m.group(2)) % 2 == 0]  # unescaped
+            assert not tags, f"wpipe {full}: {text!r} loses its [...] text"
+
+
+def test_a_help_text_reads_whole_on_the_terminal():
+    result = runner.invoke(app, ["activations", "--help"], env={"COLUMNS": "200"})
+    assert "Name of the input set (default: the input file's name)." in result.output
+
+
+def test_no_help_text_is_cut_at_80_columns():
+    # rich cuts a word wider than the help column with an ellipsis ("(weights.near_zero_f…")
+    for full, _ in _every_command():
+        result = runner.invoke(app, [*full.split(), "--help"], env={"COLUMNS": "80"})
+        cut = [line for line in result.output.splitlines() if re.search(r"\w… *│$", line)]
+        assert not cut, f"wpipe {full}: {cut}"
 
 
 def _hold(db: str, read_only: bool):

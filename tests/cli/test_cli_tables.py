@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from wpipe.cli import app
 from wpipe.core.schema import ALL_TABLES
 
-from tests.conftest import EXPECTED, MODELS
+from tests.conftest import EXPECTED, FIXTURES, MODELS
 
 runner = CliRunner()
 
@@ -332,3 +332,33 @@ def test_rows_drawn_without_rich_match_rich_cell_for_cell(capsys, monkeypatch, t
         monkeypatch.setattr(render, "FAST_ROWS", 2)
         assert ours == by_rich and "…" in ours and len(ours.splitlines()) >= 8
     assert "日本語" in ours  # at 200 columns, cut in the middle of wide characters
+
+
+@pytest.fixture(scope="module")
+def family_db(tmp_path_factory):
+    """The lineage family (a run's checkpoints and fine-tunes of its last one), two bases named."""
+    root = tmp_path_factory.mktemp("family")
+    shutil.copytree(FIXTURES / "lineage", root / "run")
+    db = str(root / "f.duckdb")
+    assert runner.invoke(app, ["ingest", str(root), "--db", db, "-j", "1", "-q"]).exit_code == 0
+    for tune in ("low_digits", "high_digits"):
+        named = ["lineage", "set", f"run/tunes/{tune}", "run/series/e5", "--db", db]
+        assert runner.invoke(app, named).exit_code == 0
+    return db
+
+
+@pytest.mark.parametrize(
+    ("command", "names"),
+    [
+        (["lineage", "suggest"], ["model", "suggested_base"]),
+        (["lineage", "show"], ["model", "base"]),
+        (["lineage", "agreement", "run/series/e5"], ["model_a", "model_b"]),
+    ],
+)
+def test_lineage_tables_at_80_columns_keep_the_models_they_pair(family_db, command, names):
+    table, _ = _run(family_db, 80, *command)
+    assert table and all(len(line) <= 80 for line in table)
+    header = _cells(table[1])
+    assert header[: len(names)] == names
+    bases = {_cells(line)[1] for line in table[3:-1]}
+    assert bases and all(b.startswith("run/") for b in bases), bases

@@ -114,6 +114,17 @@ def test_npz_by_input_name_reruns_incrementally_and_random_probes(db, tmp_path) 
                                      ("random", 4, "stopped")]  # fmt: skip
 
 
+def test_a_random_probe_too_large_fails_its_models_in_one_line(db) -> None:
+    # 10**8 samples of k3_graph's inputs were a MemoryError, reported as a bug in wpipe
+    res = runner.invoke(app, ["activations", "-m", "k3_graph", "--random", str(10**8), "--db", db,
+                              "-f", "json"])  # fmt: skip
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    (row,) = json.loads(res.stdout)
+    assert row["status"] == "failed"
+    assert row["reason"].startswith("--random 100000000: ") and "give fewer" in row["reason"]
+    assert f": {row['reason']}" in res.stderr  # whole on stderr, where a table would cut it
+
+
 def test_bad_input_is_one_line_and_a_mismatch_fails_the_model_only(db, tmp_path) -> None:
     (tmp_path / "junk.npy").write_bytes(b"not numpy")
     bad = runner.invoke(app, ["activations", "--input", str(tmp_path / "junk.npy"), "--db", db])

@@ -1,10 +1,12 @@
-"""The table contract's types: named without loading pyarrow, made into Arrow and DuckDB types
-on use, the same types either way."""
+"""The table contract: its types named without loading pyarrow, made into Arrow and DuckDB types
+on use, the same types either way; its meanings true to what the readers write."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -56,3 +58,21 @@ def test_the_contract_and_its_duckdb_tables_are_known_without_pyarrow():
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+READERS = Path(__file__).resolve().parents[2] / "pipeline" / "wpipe" / "readers"
+
+
+def test_models_format_names_every_layout_a_reader_writes():
+    # `wpipe schema` once said "h5-model (full model) or h5-weights" while ingests also wrote
+    # keras-zip, tf-savedmodel, safetensors, orbax-checkpoint, ...; the readers' own constants
+    # are the list (a format string literal in a reader is one of these constants)
+    written = set()
+    for module in READERS.glob("*.py"):
+        written |= set(re.findall(r'^[A-Z0-9_]+ = "([a-z0-9]+(?:-[a-z0-9]+)+|safetensors)"$',
+                                  module.read_text(), re.M))  # fmt: skip
+    assert {"h5-model", "weights-h5", "keras-zip", "tf-checkpoint", "safetensors"} <= written
+    models = next(t for t in schema.ALL_TABLES if t.name == "models")
+    meaning = next(c.doc for c in models.columns if c.name == "format")
+    named = set(re.findall(r"[a-z0-9-]+", meaning))
+    assert written <= named, f"models.format does not name {sorted(written - named)}"

@@ -190,6 +190,19 @@ def test_bad_file_is_recorded_and_the_run_goes_on(tmp_path, warehouse, name):
     assert warehouse.query("SELECT count(*) FROM models") == [(1,)]
 
 
+def test_a_copy_of_a_failed_file_names_the_file_it_copies(tmp_path, warehouse):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    make_random(folder / "a.h5")
+    (folder / "b.h5").write_bytes((folder / "a.h5").read_bytes())
+    report = warehouse.ingest(folder)
+    by_path = {o.path: o for o in report.failed}
+    assert len(by_path) == 2, report.failed
+    copy = next(o for o in report.failed if o.error == "copy-of-failed")
+    original = next(p for p in by_path if p != copy.path)
+    assert copy.message == f"{copy.path}: identical to {original} (see its error)"
+
+
 def test_unchanged_failure_is_not_retried_and_a_fixed_file_clears_its_error(tmp_path, warehouse):
     bad = tmp_path / "m.h5"
     make_random(bad)

@@ -37,15 +37,17 @@ def activations_command(
         help="N seeded random samples of each model's input shape (a probe, not data).",
     ),
     name: str | None = typer.Option(
-        None, "--name", help="Name of the input set [the file's name]."
+        None, "--name", help="Name of the input set (default: the input file's name)."
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Samples per forward batch."),
     seed: int = typer.Option(0, "--seed", help="Seed of --random inputs."),
     db: str | None = DbOption,
     fmt: Format = FormatOption,
 ) -> None:
-    """Run each model's layers in numpy (no TensorFlow, no code from the file) on sample inputs
-    and store per-layer output statistics, histograms and per-unit activity."""
+    """Run each model's layers in numpy on sample inputs and store what their outputs show.
+
+    No TensorFlow and no code from the file: per-layer output statistics, histograms and
+    per-unit activity."""
     from wpipe.analyse.stats import StatsOptions
     from wpipe.compare import layer_outputs as lo
 
@@ -73,6 +75,7 @@ def activations_command(
         inputs = file_inputs or _random_for(path, random or 0, seed, name)
         if isinstance(inputs, str):
             report.append((model_name, name or f"random:{random}", "failed", 0, None, None, inputs))
+            say(f"{path}: {inputs}")  # whole, as for a failed run: a table cuts the reason
             failed += 1
             continue
         outcome = lo.compute(

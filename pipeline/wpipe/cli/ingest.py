@@ -41,12 +41,12 @@ def ingest_command(
         "at most 32,768 a model), all or none.",
     ),
     near_zero: float = typer.Option(
-        1e-3, min=0.0, help="|w| below this counts as near zero (weights.near_zero_frac)."
+        1e-3, min=0.0, help="|w| below this counts as near zero (near_zero_frac in weights)."
     ),
     bins: int = typer.Option(64, min=1, max=65536, help="Histogram bins per tensor."),
     prune: bool = typer.Option(False, help="Drop models whose files were deleted."),
     tag_pattern: str | None = typer.Option(
-        None, help="Regex with groups key and value for tags in names [docs: comparing]."
+        None, help="Regex with groups key and value for tags in names (docs: comparing)."
     ),
     drift: bool = typer.Option(True, help="Compute drift between consecutive checkpoints."),
     spectra: str = typer.Option(
@@ -262,7 +262,7 @@ def _summary(report: Report, quiet: bool, prune: bool, db_path: str) -> None:
     mb = report.bytes_read / 1e6
     rate = f", {mb / report.seconds:.1f} MB/s" if report.seconds and mb else ""
     say(
-        f"{report.files} files: {report.ingested} ingested"
+        f"{report.files} file{'' if report.files == 1 else 's'}: {report.ingested} ingested"
         + (f" ({report.copied} identical to another, read once)" if report.copied else "")
         + f", {report.unchanged} unchanged, {len(report.failed)} failed"
         + (f", {report.pruned} pruned" if prune else "")

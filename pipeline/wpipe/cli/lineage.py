@@ -8,10 +8,16 @@ from typing import TYPE_CHECKING
 import typer
 
 from wpipe.cli.common import DbOption, Format, FormatOption, connect, fail, resolve, say
-from wpipe.cli.render import emit
+from wpipe.cli.render import Layout, emit
 
 if TYPE_CHECKING:  # DuckDB loads with the command's connection
     import duckdb
+
+# What each table keeps at any width (render.Layout): without these a narrow terminal kept the
+# numbers and left out the base, the one column the command is about.
+FINE_TUNES_LAYOUT = Layout(key=("model", "base"), numbers=("rel_update", "untouched_tensors"))
+AGREEMENT_LAYOUT = Layout(key=("model_a", "model_b"), numbers=("cosine", "sign_conflict_rate"))
+SUGGEST_LAYOUT = Layout(key=("model", "suggested_base"), numbers=("confidence", "distance"))
 
 app = typer.Typer(
     help="Fine-tunes against their base: name bases, compare updates, see suggestions.",
@@ -76,7 +82,8 @@ def show_command(db: str | None = DbOption, fmt: Format = FormatOption) -> None:
         "SELECT model, base, source, n_tensors, untouched_tensors, rel_update, "
         "max_tensor_rel_update, stale FROM fine_tunes"
     )
-    emit([d[0] for d in result.description], result.fetchall(), fmt, title="fine-tunes")
+    columns = [d[0] for d in result.description]
+    emit(columns, result.fetchall(), fmt, title="fine-tunes", layout=FINE_TUNES_LAYOUT)
     stale = [m for m, s in con.execute("SELECT model, stale FROM fine_tunes").fetchall() if s]
     if stale:
         say(f"{len(stale)} fine-tunes changed since: `wpipe lineage set` computes them again")
@@ -102,7 +109,8 @@ def agreement_command(
     if not rows:
         fail(f"{base!r} has fewer than two fine-tunes with computed updates"
              + (f" in layer {layer!r}" if layer else ""))  # fmt: skip
-    emit([d[0] for d in result.description], rows, fmt, title=f"agreement of {base}'s fine-tunes")
+    title = f"agreement of {base}'s fine-tunes"
+    emit([d[0] for d in result.description], rows, fmt, title=title, layout=AGREEMENT_LAYOUT)
 
 
 @app.command("suggest")
@@ -127,7 +135,8 @@ def suggest_command(
         [min_confidence],
     ).fetchall()
     emit(["model", "suggested_base", "distance", "confidence", "kurtosis_gap", "angle_at_base",
-          "rule"], [r[:7] for r in rows], fmt, title="suggested bases")  # fmt: skip
+          "rule"], [r[:7] for r in rows], fmt, title="suggested bases",
+         layout=SUGGEST_LAYOUT)  # fmt: skip
     if accept:
         for *_, child, base in rows:
             _set(con, child, base, "suggested")

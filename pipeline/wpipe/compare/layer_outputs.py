@@ -10,6 +10,7 @@ SHA-256 is not computed again.
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from wpipe.forward.graph import Graph, Ref
 from wpipe.readers import ModelReadError, open_model
 
 UNKNOWN_DIM = 8  # length used for a None dimension (sequence length) of random inputs
+RANDOM_BYTES = 1 << 30  # --random N: what its arrays may take, checked before they are made
 FLUSHED = float(np.finfo(np.float32).tiny)  # below: a subnormal float32, flushed to 0 by TF
 RAIL = 0.99  # a bounded unit is on a rail beyond this share of its half-range (tanh: |a| > 0.99)
 # bounded activations: (centre, half-range) of their output interval
@@ -137,12 +139,19 @@ def random_inputs(graph: Graph, n: int, seed: int = 0) -> InputSet:
     rng = np.random.default_rng(seed)
     vocab = _smallest_vocabulary(graph) or 2
     embedded = embedding_inputs(graph)
-    arrays = {}
+    arrays, shapes = {}, {}
     for ref in graph.inputs:
         shape = graph.input_shapes.get(ref.layer)
         if shape is None:
             raise InputError("the architecture records no input shape: give --input")
-        dims = (n, *(UNKNOWN_DIM if d is None else d for d in shape[1:]))
+        shapes[ref.layer] = (n, *(UNKNOWN_DIM if d is None else d for d in shape[1:]))
+    size = sum(8 * math.prod(dims) for dims in shapes.values())  # int64 ids, float64 draws
+    if size > RANDOM_BYTES:
+        raise InputError(f"--random {n}: {n} samples of this model's inputs take "
+                         f"{size / 2**30:.1f} GiB, more than {RANDOM_BYTES / 2**30:.0f}; "
+                         "give fewer")  # fmt: skip
+    for ref in graph.inputs:
+        dims = shapes[ref.layer]
         if ref.layer in embedded:
             arrays[ref.layer] = rng.integers(0, embedded[ref.layer], size=dims).astype(np.int64)
         elif "int" in graph.input_dtypes.get(ref.layer, "float32"):

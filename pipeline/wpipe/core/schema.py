@@ -94,7 +94,13 @@ MODELS = Table(
         _c("sha256", STR, "SHA-256 of the file's bytes"),
         _c("file_bytes", I64, "file size in bytes"),
         _c("mtime", F64, "file modification time (seconds since the epoch) when ingested"),
-        _c("format", STR, "on-disk layout: h5-model (full model) or h5-weights (save_weights)"),
+        _c(
+            "format",
+            STR,
+            "on-disk layout read: h5-model, h5-weights, h5-keras0, keras-zip, keras-dir, "
+            "weights-h5, weights-sharded, tf-savedmodel, tf-checkpoint, orbax-checkpoint, "
+            "safetensors, safetensors-sharded (docs: file-formats)",
+        ),
         _c(
             "keras_version", STR, "Keras version the writer recorded (NULL where none: Keras 0.x/1)"
         ),

@@ -214,9 +214,11 @@ class Driver:
         self.progress.phase("copy", len(self.copies))
         for job, source in self.copies:
             if source not in self.known_ids:  # the file it is identical to failed
+                original = next((o.path for o in self.report.failed if o.model_id == source),
+                                "a file that failed")  # fmt: skip
                 self._failed(Outcome(job.path, model_id_for(job.path), "failed",
                                      error="copy-of-failed", message=f"{job.path}: identical "
-                                     "to a file that failed (see its error)"), job)  # fmt: skip
+                                     f"to {original} (see its error)"), job)  # fmt: skip
                 continue
             outcome = copy_rows(self.lake, job, source)
             self.report.ingested += 1
