@@ -122,8 +122,9 @@ def suggest_command(
     db: str | None = DbOption,
     fmt: Format = FormatOption,
 ) -> None:
-    """The likely base of each model without one, from the weights alone (stored, and kept
-    in the lineage_suggestions view)."""
+    """The likely base of each model without one, from the weights alone.
+
+    The suggestions are stored: the lineage_suggestions view shows them with the bases named."""
     from wpipe.compare import suggestions
 
     con = connect(db, read_only=False)
