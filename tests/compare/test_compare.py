@@ -214,7 +214,7 @@ def test_correlate_warns_below_eight_models(zoo, tmp_path):
     w, _ = zoo
     result = runner.invoke(app, ["correlate", "val_acc", "--db", str(w.db_path)],
                            env={"COLUMNS": "200"})  # fmt: skip
-    assert result.exit_code == 0 and "only 2 models" in result.output
+    assert result.exit_code == 0 and "only 2 models" in result.output, result.output
     missing = runner.invoke(app, ["correlate", "nope", "--db", str(w.db_path)])
     assert missing.exit_code == 2
 
@@ -282,3 +282,24 @@ def test_series_drift_from_the_chunked_map_equals_numpy_on_the_files(tmp_path, m
         want = [np.linalg.norm(y - x) / np.linalg.norm(x),
                 x @ y / (np.linalg.norm(x) * np.linalg.norm(y)), np.abs(y - x).max()]  # fmt: skip
         assert [rel_l2, cosine, max_abs] == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+def test_training_log_is_attached_by_modelcheckpoint_numbers(tmp_path):
+    # Keras's documented pattern weights.{epoch:02d}-{val_loss:.2f}: no epoch tag in the names,
+    # the counter is the epoch (CSVLogger's epoch 0 is the file numbered 01)
+    run = tmp_path / "run"
+    run.mkdir()
+    rng = np.random.default_rng(0)
+    for epoch, loss in ((1, "0.50"), (2, "0.40")):
+        kernel = rng.standard_normal((4, 3), dtype="f4")
+        write_legacy_h5(run / f"weights.{epoch:02d}-{loss}.h5", {"d": {"d/kernel:0": kernel}},
+                        dense_config("d"))  # fmt: skip
+    (run / "training.log").write_text("epoch,loss,val_loss\n0,0.61,0.50\n1,0.45,0.40\n")
+    w = Warehouse(tmp_path)
+    report = w.ingest(run)
+    assert not report.warnings, report.warnings
+    got = w.query(
+        "SELECT name, metric, value FROM model_metrics JOIN models USING (model_id) "
+        "WHERE metric = 'val_loss' ORDER BY name"
+    )
+    assert got == [("weights.01-0.50", "val_loss", 0.5), ("weights.02-0.40", "val_loss", 0.4)]

@@ -16,7 +16,13 @@ import duckdb
 import pyarrow as pa
 
 from wpipe.analyse.drift import drift_row, position_pairs, symmetric_distance, tensor_drift
-from wpipe.compare.checkpoints import Save, has_training_log, name_series, series_of
+from wpipe.compare.checkpoints import (
+    Save,
+    checkpoint_number,
+    has_training_log,
+    name_series,
+    series_of,
+)
 from wpipe.core import schema
 from wpipe.readers import Model, ModelReadError
 from wpipe.store import insert_arrow
@@ -326,7 +332,8 @@ def add_metrics(con: duckdb.DuckDBPyConnection, csv_path: Path) -> int:
     its values match a model's name, path (absolute or relative to the CSV), file name, or
     model_id prefix. A Keras CSVLogger file (an `epoch` column and no model column) is
     attached to the checkpoints in its folder: its epoch k (0-based) is the checkpoint tagged
-    epoch k+1 (ModelCheckpoint counts from 1). Every other numeric column is a metric."""
+    epoch k+1, or numbered k+1 by ModelCheckpoint's own names (it counts from 1).
+    Every other numeric column is a metric."""
     with open(csv_path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
@@ -401,15 +408,21 @@ def attach_training_logs(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 
 def _epoch_targets(con: duckdb.DuckDBPyConnection, folder: Path) -> dict[int, str]:
-    rows = con.execute(
-        "SELECT m.model_id, m.path, t.value FROM models AS m JOIN model_tags AS t "
-        "USING (model_id) WHERE t.key = 'epoch'"
-    ).fetchall()
-    return {
-        int(value): model_id
-        for model_id, path, value in rows
-        if Path(path).parent == folder.resolve()
-    }
+    """epoch -> model of the folder's checkpoints: by their epoch tags (`e05.h5`), else by the
+    counter of ModelCheckpoint's own names when they share a prefix (`weights.05-0.42.h5`,
+    `model.05.keras`, `ckpt_0010.keras`: Keras fills the counter with the epoch)."""
+    rows = con.execute("SELECT model_id, path FROM models").fetchall()
+    here = [(m, p) for m, p in rows if Path(p).parent == folder.resolve()]
+    tags = dict(
+        con.execute("SELECT model_id, value FROM model_tags WHERE key = 'epoch'").fetchall()
+    )
+    tagged = {int(tags[m]): m for m, _ in here if m in tags}
+    if tagged:
+        return tagged
+    numbered = {m: n for m, p in here if (n := checkpoint_number(p)) is not None}
+    if len({prefix for prefix, _ in numbered.values()}) != 1:
+        return {}
+    return {n: m for m, (_, n) in numbered.items()}
 
 
 def _match_model(con: duckdb.DuckDBPyConnection, ref: str, base: Path) -> list[str]:
