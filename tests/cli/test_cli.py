@@ -282,3 +282,13 @@ def test_the_pool_starts_with_the_command_only_for_a_new_database_without_a_lake
     assert not reads_every_file(str(db), "s3://bucket/lake")
     db.write_bytes(b"")
     assert not reads_every_file(str(db), str(tmp_path / "elsewhere.lake"))
+
+
+def test_json_output_is_strict_json(db):
+    # Python's json writes NaN and Infinity, which strict parsers (jq, JavaScript) refuse
+    sql = "SELECT 'nan'::DOUBLE AS a, 'inf'::DOUBLE AS b, 1.5::DOUBLE AS c"
+    result = runner.invoke(app, ["query", sql, "--db", db, "-f", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output, parse_constant=lambda c: pytest.fail(c)) == [
+        {"a": None, "b": None, "c": 1.5}
+    ]

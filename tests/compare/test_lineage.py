@@ -21,7 +21,7 @@ from wpipe.analyse.updates import tensor_update
 from wpipe.cli import app
 from wpipe.compare.lineage import _Tree, set_base, suggest
 
-from tests.conftest import FIXTURES, Warehouse
+from tests.conftest import FIXTURES, Warehouse, dense_config, write_legacy_h5
 
 FAMILY = FIXTURES / "lineage"
 TRUTH = json.loads((FAMILY / "truth.json").read_text())
@@ -267,3 +267,17 @@ def test_compare_against_a_base_equals_numpy(family):
         assert rows[layer]["sign_conflict_rate"] == pytest.approx(
             np.count_nonzero(both & (np.sign(ta) != np.sign(tb))) / both.sum()
         )
+
+
+def test_a_base_of_another_architecture_is_refused(tmp_path):
+    # a new user's `lineage set cnn/e05 lstm_classifier` said "0 tensors compared" and exit 0
+    rng = np.random.default_rng(0)
+    for name, shape in (("a", (4, 3)), ("b", (6, 5))):
+        kernel = rng.standard_normal(shape, dtype="f4")
+        write_legacy_h5(tmp_path / f"{name}.h5", {"d": {"d/kernel:0": kernel}}, dense_config("d"))
+    (tmp_path / "lake").mkdir()
+    w = Warehouse(tmp_path / "lake")
+    w.ingest(tmp_path / "a.h5", tmp_path / "b.h5")
+    result = runner.invoke(app, ["lineage", "set", "a", "b", "--db", str(w.db_path)])
+    assert result.exit_code == 2 and "no tensor" in result.output, result.output
+    assert w.query("SELECT count(*) FROM lineage") == [(0,)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import sys
@@ -69,7 +70,7 @@ def emit(
         writer.writerows(rows)
     elif fmt is Format.json:
         records = [{c: _jsonable(v) for c, v in zip(columns, row, strict=True)} for row in rows]
-        sys.stdout.write(json.dumps(records, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(records, indent=2, default=str, allow_nan=False) + "\n")
     elif fmt is Format.records:
         _records(columns, rows, title)
     else:
@@ -332,4 +333,6 @@ def _records(names: list[str], rows: list[tuple], title: str | None) -> None:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # NaN and ±inf are not JSON (strict parsers refuse Python's NaN/Infinity)
     return value

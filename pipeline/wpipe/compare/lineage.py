@@ -39,6 +39,9 @@ def set_base(
     with ExitStack() as stack:
         models = {m: stack.enter_context(open_save(f.path)) for m, f in files.items()}
         updates, pair_rows = _rows(models, base, child, siblings, pairs, con)
+    if not updates:
+        raise ValueError("the two models share no tensor of one shape, so nothing of the "
+                         "child is an update of the base (different architectures?)")  # fmt: skip
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute("DELETE FROM lineage WHERE child_id = ?", [child])
