@@ -19,7 +19,7 @@ import duckdb
 from wpipe import store, views
 from wpipe.core import dblock, schema
 from wpipe.core.suggest import did_you_mean
-from wpipe.store.duck import serve_moved
+from wpipe.store.duck import serve_moved, table_ddl
 
 DEFAULT_DB = "wpipe.duckdb"
 
@@ -146,7 +146,7 @@ def _temporary_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     stored = views.stored_names(con)
     for table in schema.ALL_TABLES:
         if table.name.lower() not in stored:
-            con.execute(store._ddl(table).replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+            con.execute(table_ddl(table).replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
     if store.stored_views_current(con, stored):
         return
     try:

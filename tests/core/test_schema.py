@@ -38,7 +38,7 @@ def test_duckdb_tables_made_from_the_contract_give_back_its_arrow_types():
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     for table in schema.ALL_TABLES:
-        con.execute(duck._ddl(table))
+        con.execute(duck.table_ddl(table))
         got = con.sql(f"SELECT * FROM {table.name}").to_arrow_table().schema
         assert got.names == table.column_names
         for field, want in zip(got, table.arrow_schema, strict=True):
@@ -52,7 +52,7 @@ def test_duckdb_tables_made_from_the_contract_give_back_its_arrow_types():
 def test_the_contract_and_its_duckdb_tables_are_known_without_pyarrow():
     probe = (
         "import sys\nfrom wpipe.core import schema\nfrom wpipe.store import duck\n"
-        "ddl = [duck._ddl(t) for t in schema.ALL_TABLES]\n"
+        "ddl = [duck.table_ddl(t) for t in schema.ALL_TABLES]\n"
         "names = [c.type_name for t in schema.ALL_TABLES for c in t.columns]\n"
         "print(sorted(m for m in ('pyarrow', 'numpy') if m in sys.modules))"
     )

@@ -518,3 +518,19 @@ def test_sampled_values_spilled_to_a_data_file_keep_their_rows(folder, warehouse
     assert warehouse.query("SELECT count(*) FROM weight_values") == [(expected,)]
     assert expected > 10
     assert_lake_equals_database(warehouse)
+
+
+def test_a_reader_of_an_older_database_gets_the_tables_it_lacks(folder, warehouse):
+    """A database of an older wpipe lacks the tables added since (suggested_bases): a reader
+    gets them as empty TEMP tables, and every view reads (a read command once failed here)."""
+    warehouse.ingest(folder)
+    con = duckdb.connect(str(warehouse.db_path))
+    con.execute("DROP VIEW lineage_suggestions")
+    con.execute("DROP TABLE suggested_bases")
+    con.close()
+    con = api.connect(warehouse.db_path)
+    try:
+        assert con.execute("SELECT count(*) FROM lineage_suggestions").fetchall() == [(0,)]
+        assert con.execute("SELECT count(*) FROM model_summary").fetchall() == [(3,)]
+    finally:
+        con.close()

@@ -66,7 +66,7 @@ SERVED = (schema.HISTOGRAMS, schema.WEIGHT_VALUES, schema.UNITS, schema.EIGENVAL
           schema.WEIGHT_TILES)  # fmt: skip
 
 
-def _ddl(table: schema.Table) -> str:
+def table_ddl(table: schema.Table) -> str:
     columns = ", ".join(f'"{c.name}" {_DUCK_TYPES[c.type_name]}' for c in table.columns)
     return f"CREATE TABLE IF NOT EXISTS {table.name} ({columns})"
 
@@ -136,7 +136,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> bool:
         if table.name in served:
             continue
         if table.name not in present:
-            con.execute(_ddl(table))
+            con.execute(table_ddl(table))
         else:
             _add_missing_columns(con, table, present[table.name])
     con.execute(LAKE_VERSIONS_DDL)
