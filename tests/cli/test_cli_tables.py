@@ -362,3 +362,26 @@ def test_lineage_tables_at_80_columns_keep_the_models_they_pair(family_db, comma
     assert header[: len(names)] == names
     bases = {_cells(line)[1] for line in table[3:-1]}
     assert bases and all(b.startswith("run/") for b in bases), bases
+
+
+@pytest.fixture(scope="module")
+def health_db(tmp_path_factory):
+    """Models made sick on purpose (tests/fixtures/make_health_fixtures.py): weight findings."""
+    root = tmp_path_factory.mktemp("health")
+    for name in ("k2_health_cnn.h5", "k2_health_lstm.h5"):
+        shutil.copy2(MODELS / name, root / name)
+    path = root / "h.duckdb"
+    result = runner.invoke(app, ["ingest", str(root), "--db", str(path), "-j", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    return str(path)
+
+
+@pytest.mark.parametrize("command", [["health"], ["spectra"]])
+def test_health_and_spectra_are_tables_at_80_columns(health_db, command):
+    # a new user saw one 14-line block per finding at 80, 100 and 120 columns (health needed
+    # 123 columns to keep every figure it called essential, spectra 83)
+    lines, notes = _lines(health_db, 80, *command)
+    assert "one block per row" not in notes
+    _check_width(lines, 80)
+    columns, rows = shown(lines)
+    assert {"model", "layer_path", "weight_name"} <= set(columns) and rows
