@@ -23,11 +23,17 @@ LAYERS_LAYOUT = Layout(
     key=("model", "layer_path", "class_name"), numbers=("n_params", "n_trainable", "macs")
 )
 SCHEMA_LAYOUT = Layout(key=("table", "column"), wrap=("meaning",))
-# What a row needs at 80 columns; the other figures are shown where the terminal is wider
-# (a table that cannot keep these falls back to one block per row)
-HEALTH_LAYOUT = Layout(key=("model", "layer_path", "weight_name", "flags"), numbers=("dead",))
+# What a row needs at 80 columns; the other figures follow, in the `then` order, where the
+# terminal is wider (a table that cannot keep key and numbers falls back to one block per row)
+HEALTH_LAYOUT = Layout(
+    key=("model", "layer_path", "weight_name", "flags"),
+    numbers=("dead",),
+    then=("max_abs_ratio", "nonfinite_count", "max_abs", "near_zero_frac", "forget_bias_mean"),
+)
 SPECTRA_LAYOUT = Layout(
-    key=("model", "layer_path", "weight_name", "matrix"), numbers=("alpha", "stable_rank")
+    key=("model", "layer_path", "weight_name", "matrix"),
+    numbers=("alpha", "stable_rank"),
+    then=("alpha_weighted", "log_norm"),
 )
 
 

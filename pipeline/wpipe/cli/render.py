@@ -47,6 +47,7 @@ class Layout:
     key: tuple[str, ...] = ()
     numbers: tuple[str, ...] = ()
     wrap: tuple[str, ...] = ()
+    then: tuple[str, ...] = ()  # the other columns to show first, in this order, where room allows
 
 
 class Role(Enum):
@@ -128,6 +129,7 @@ class _Column:
     numeric: bool  # every value a number: right-aligned, never shortened
     role: Role
     piped: bool = False  # no terminal: text is never shortened
+    rank: int = 0  # among the other columns: the layout's `then` order, those it names first
 
     @cached_property
     def empty(self) -> bool:
@@ -178,9 +180,10 @@ class Plan:
 
 
 def _others_first(column: _Column) -> tuple:
-    """The order in which columns outside the key and numbers get room: numbers, then short
-    text before long text (paths, messages); empty columns last."""
-    return (column.empty, not column.numeric, column.need(False))
+    """The order in which columns outside the key and numbers get room: those the layout
+    names next, then numbers, then short text before long text (paths, messages); empty
+    columns last."""
+    return (column.empty, column.rank, not column.numeric, column.need(False))
 
 
 def fit(columns: list[_Column], space: int) -> Plan | None:
@@ -232,6 +235,7 @@ def _table(
             and any(r[i] is not None for r in rows),
             _role(name, layout),
             piped=space >= PIPED_WIDTH,
+            rank=layout.then.index(name) if name in layout.then else len(layout.then),
         )
         for i, name in enumerate(names)
     ]
