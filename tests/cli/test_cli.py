@@ -7,6 +7,7 @@ import io
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -257,6 +258,22 @@ def test_reading_the_database_loads_neither_arrow_nor_the_lake_nor_the_readers(d
         f"try:\n    app({[*command, '--db', db]!r})\nexcept SystemExit as e:\n"
         "    assert not e.code, e.code\n"
         f"print(sorted(m for m in {NOT_FOR_READERS!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_reingest_that_changes_nothing_loads_no_arrow_compute_or_datasets(db):
+    # Arrow's compute and dataset modules (~0.15 s) load where rows are read or written
+    import subprocess
+    import sys
+
+    folder = str(Path(db).parent / "zoo")
+    probe = (
+        "import sys\nfrom wpipe.cli import app\n"
+        f"try:\n    app({['ingest', folder, '--db', db, '-q']!r})\nexcept SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "print(sorted(m for m in ('pyarrow.compute', 'pyarrow.dataset') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from wpipe import compare, store
 from wpipe.analyse.tables import file_stem, model_id_for
@@ -201,6 +200,8 @@ class Driver:
                 self.on_done(failure)
         self.by_sha = {sha: m for sha, m in self.by_sha.items() if m not in failed}
         self._hold_drift()
+        import pyarrow.compute as pc  # here: a run that reads nothing never loads it
+
         self.drift = [t.filter(pc.invert(pc.is_in(t.column("model_b"), pa.array(list(failed)))))
                       for t in self.drift]  # fmt: skip
         self.pending, self.shared, self.held = [], [], 0
@@ -242,6 +243,10 @@ class Driver:
         ~17 MB of the driver and their store took ~60 MB more. The rest stay held; `final`:
         they are dropped (their previous checkpoint failed or is gone)."""
         self._hold_drift()
+        if not self.drift:
+            return  # nothing held (a run that read nothing never loads Arrow's compute)
+        import pyarrow.compute as pc
+
         ids, id_shas = pa.array(list(by_id), pa.string()), pa.array(list(by_id.values()))
         held = []
         for rows in self.drift:

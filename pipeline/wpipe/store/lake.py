@@ -22,14 +22,11 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import unquote
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 from deltalake.transaction import AddAction, PostCommitHookProperties, RemoveAction
@@ -37,6 +34,10 @@ from deltalake.transaction import AddAction, PostCommitHookProperties, RemoveAct
 from wpipe.core import schema
 from wpipe.store import owned
 from wpipe.store.location import LakeLocation
+
+if TYPE_CHECKING:  # Arrow's compute, dataset and Parquet modules load where rows are read or
+    # written: a run that changes nothing (a no-op ingest) never needs them
+    import pyarrow.dataset as pads
 
 TABLES = {t.name: t for t in schema.MODEL_TABLES}  # a model's rows: committed per batch
 # every contract table by name: the shared ones (drift, errors, names) are overwritten whole
@@ -117,6 +118,8 @@ class DataFileWriter:
         # no ARROW:schema: dictionary-typed key columns read back as plain strings, as the
         # Delta schema says
         self._schema = _file_schema(table)
+        import pyarrow.parquet as pq
+
         self._writer = pq.ParquetWriter(
             self._sink, self._schema, store_schema=False, **_parquet_options(table)
         )
@@ -137,6 +140,8 @@ class DataFileWriter:
                 ids = ids.combine_chunks()
             if pa.types.is_dictionary(ids.type):
                 ids = ids.dictionary
+            import pyarrow.compute as pc
+
             self._ids.update(pc.unique(ids).to_pylist())
         if data.schema != self._schema:  # held string-keyed rows into a dictionary-keyed file
             data = data.cast(self._schema)
@@ -229,6 +234,8 @@ class Lake:
             subtree = pafs.SubTreeFileSystem(f"{root.rstrip('/')}/{name}", fs)
             return self.table(name).to_pyarrow_dataset(filesystem=subtree, schema=arrow_schema)
         paths = [self._logged_path(name, f) for f in files]
+        import pyarrow.dataset as pads
+
         return pads.dataset(paths, schema=arrow_schema, format="parquet", filesystem=fs)
 
     def _logged_path(self, name: str, file: str) -> str:
@@ -295,6 +302,8 @@ class Lake:
         maxs = (
             adds.column("max.model_id").to_pylist() if "max.model_id" in adds.column_names else None
         )
+        import pyarrow.compute as pc
+
         wanted = pa.array(sorted(model_ids))
         out = {}
         for i, path in enumerate(paths):
@@ -322,6 +331,8 @@ class Lake:
 
     def _rewrite_without(self, name: str, path: str, model_ids: set[str]) -> DataFile:
         source = self.dataset(name, [path])
+        import pyarrow.compute as pc
+
         keep = ~pc.field("model_id").isin(sorted(model_ids))
         writer = DataFileWriter(self.location, name)
         try:
@@ -337,6 +348,8 @@ class Lake:
         files = list(self.files_holding(name, model_ids))
         if not files:
             return TABLES[name].arrow_schema.empty_table()
+        import pyarrow.compute as pc
+
         return self.dataset(name, files).to_table(
             filter=pc.field("model_id").isin(sorted(model_ids))
         )
@@ -424,6 +437,8 @@ class Lake:
     def _batches(
         self, name: str, files: list[str], dictionary: list[str]
     ) -> Iterator[pa.RecordBatch]:
+        import pyarrow.parquet as pq
+
         fs = self._fs[0]
         for file in files:
             with fs.open_input_file(self._logged_path(name, file)) as source:

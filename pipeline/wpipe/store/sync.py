@@ -22,7 +22,6 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.dataset as pads
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
@@ -146,6 +145,8 @@ def migrate_partitions(db: Database, lake: Lake) -> bool:
     for name, table in TABLES.items():
         files = [str(p / f"{name}.parquet") for p in old if (p / f"{name}.parquet").is_file()]
         migrated += files
+        import pyarrow.dataset as pads  # a lake of an old layout only
+
         rows = pads.dataset(files, schema=table.arrow_schema, format="parquet")
         reader = pa.RecordBatchReader.from_batches(table.arrow_schema, rows.to_batches())
         versions[name] = lake.overwrite(name, reader)
