@@ -411,8 +411,8 @@ def _epoch_targets(con: duckdb.DuckDBPyConnection, folder: Path) -> dict[int, st
     """epoch -> model of the folder's checkpoints: by their epoch tags (`e05.h5`), else by the
     counter of ModelCheckpoint's own names when they share a prefix (`weights.05-0.42.h5`,
     `model.05.keras`, `ckpt_0010.keras`: Keras fills the counter with the epoch)."""
-    rows = con.execute("SELECT model_id, path FROM models").fetchall()
-    here = [(m, p) for m, p in rows if Path(p).parent == folder.resolve()]
+    where = folder.resolve()
+    here = [(m, f.path) for m, f in model_files(con).items() if Path(f.path).parent == where]
     tags = dict(
         con.execute("SELECT model_id, value FROM model_tags WHERE key = 'epoch'").fetchall()
     )
