@@ -10,12 +10,12 @@ from wpipe.cli.common import (
     FormatOption,
     connect,
     fail,
-    first_line,
     models_option,
     resolve,
     say,
 )
 from wpipe.cli.render import Layout, emit
+from wpipe.core.textsafe import first_line
 
 # What each table keeps at any width (render.Layout): the columns naming a row and the numbers.
 MODELS_LAYOUT = Layout(key=("name",), numbers=("n_layers", "n_params", "n_trainable"))

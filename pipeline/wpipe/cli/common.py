@@ -116,10 +116,5 @@ def resolve(con: duckdb.DuckDBPyConnection, refs: list[str] | None) -> list[str]
         fail(str(exc))
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def stdout_is_terminal() -> bool:
     return sys.stdout.isatty()

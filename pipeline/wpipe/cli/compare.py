@@ -8,17 +8,9 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from wpipe.cli.common import (
-    DbOption,
-    Format,
-    FormatOption,
-    connect,
-    fail,
-    first_line,
-    resolve,
-    say,
-)
+from wpipe.cli.common import DbOption, Format, FormatOption, connect, fail, resolve, say
 from wpipe.cli.render import Layout, emit
+from wpipe.core.textsafe import first_line
 
 if TYPE_CHECKING:  # DuckDB loads with the command's connection
     import duckdb

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from wpipe.cli.common import EXIT_FAILED_FILES, DbOption, console, fail, first_line, say, waiting
+from wpipe.cli.common import EXIT_FAILED_FILES, DbOption, console, fail, say, waiting
 from wpipe.core.extras import MissingExtra
 from wpipe.core.tags import check_pattern
+from wpipe.core.textsafe import first_line
 
 if TYPE_CHECKING:  # the pipeline (numpy, Arrow, DuckDB, deltalake) loads when a command runs
     import duckdb

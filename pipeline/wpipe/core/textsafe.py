@@ -50,3 +50,9 @@ def to_os(text: str) -> str:
 def _unescape(match: re.Match) -> str:
     escape = match.group(1)
     return "\\" if escape == "\\" else chr(0xDC00 + int(escape[1:], 16))
+
+
+def first_line(exc: BaseException) -> str:
+    """An error's first line (its type's name when it says nothing): one line for a user."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

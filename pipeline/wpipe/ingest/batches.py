@@ -17,6 +17,7 @@ import pyarrow as pa
 from wpipe import compare, store
 from wpipe.analyse.tables import file_stem, model_id_for
 from wpipe.core import schema
+from wpipe.core.textsafe import first_line
 from wpipe.ingest import memory
 from wpipe.ingest.filemap import ChunkOutcome, FileJob, Outcome, TableSink
 from wpipe.ingest.plan import fingerprint_or_none
@@ -191,7 +192,7 @@ class Driver:
             job = self.jobs.get(outcome.path)
             size, mtime = (job.size, job.mtime) if job and alone else (-1, 0.0)
             message = (f"{outcome.path}: its rows could not be loaded into the database "
-                       f"({type(exc).__name__}: {space.first_line(exc)}); not stored")  # fmt: skip
+                       f"({type(exc).__name__}: {first_line(exc)}); not stored")  # fmt: skip
             self.db.record_error(outcome.path, "load-failed", message, size, mtime)
             failure = Outcome(outcome.path, outcome.model_id, "failed", error="load-failed",
                               message=message)  # fmt: skip

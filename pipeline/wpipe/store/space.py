@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import os
 
+from wpipe.core.textsafe import first_line
+
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 # pyarrow, delta-rs and DuckDB report a full disk in their message, mostly without an errno;
 # DuckDB then refuses every statement on the connection it invalidated
@@ -28,11 +30,6 @@ def is_full(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return any(t in text for t in _FULL_TEXTS)
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def full_reason(exc: BaseException) -> str:
