@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from wpipe.core import extras
+from wpipe.core.textsafe import first_line
 from wpipe.readers import inferred
 from wpipe.readers.base import Layer, Model, ModelReadError, Tensor
 from wpipe.readers.h5safe import (
@@ -279,7 +280,7 @@ class ArrayStore:
 
 def _first_line(exc: Exception) -> str:
     """tensorstore's reason, without the spec and source locations it appends."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = first_line(exc)
     return text.split(" [tensorstore_spec=")[0].split(" [source locations=")[0][:300]
 
 
